@@ -1,0 +1,32 @@
+"""Padded tensors from CSR sequences (vectorized; no per-user Python loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pad_left(starts: np.ndarray, ends: np.ndarray, items: np.ndarray, length: int, pad: int = 0) -> np.ndarray:
+    """Matrix (n, length): row i holds the last `length` items of items[starts[i]:ends[i]], left-padded."""
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    idx = ends[:, None] - length + np.arange(length, dtype=np.int64)[None, :]
+    valid = idx >= starts[:, None]
+    out = np.full(idx.shape, pad, dtype=np.int64)
+    out[valid] = items[idx[valid]]
+    return out
+
+
+def last_window(offsets: np.ndarray, items: np.ndarray, length: int, pad: int = 0) -> np.ndarray:
+    """Left-padded matrix (n_seq, length) holding the last `length` items of every CSR sequence."""
+    return pad_left(offsets[:-1], offsets[1:], items, length, pad)
+
+
+def training_windows(offsets: np.ndarray, items: np.ndarray, max_len: int, min_len: int = 2) -> np.ndarray:
+    """Training rows of length max_len + 1 (inputs = row[:-1], next-item targets = row[1:]).
+
+    Every sequence with at least `min_len` items contributes its last max_len + 1 items,
+    left-padded with 0.
+    """
+    lengths = np.diff(offsets)
+    keep = lengths >= min_len
+    return pad_left(offsets[:-1][keep], offsets[1:][keep], items, max_len + 1)

@@ -1,0 +1,132 @@
+"""Train/validation/test splits for next-item evaluation.
+
+* Leave-one-out: per user, the last event is the test target, the second-to-last the validation
+  target; training uses the rest. Needs >= 3 events per user.
+* Global temporal split: two cut-off times. Training events are strictly before the validation
+  cut-off; each user's first event in [valid_cut, test_cut) is a validation target, and each
+  user's first event at/after test_cut is a test target, with everything before it as history.
+  No training event is at or after the validation cut-off (tested).
+
+Histories are CSR arrays (offsets, items) over the `EventLog`'s item indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from userseq.data.eventlog import EventLog
+from userseq.errors import DataError
+
+
+@dataclass
+class EvalSet:
+    """Targets to rank: for user `users[i]`, history `items[offsets[i]:offsets[i+1]]`, target `targets[i]`."""
+
+    users: np.ndarray
+    targets: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def history(self, i: int) -> np.ndarray:
+        return self.items[self.offsets[i] : self.offsets[i + 1]]
+
+
+@dataclass
+class Split:
+    """Training sequences per user (CSR) plus validation and test target sets."""
+
+    kind: str
+    train_offsets: np.ndarray
+    train_items: np.ndarray
+    valid: EvalSet
+    test: EvalSet
+    info: dict = field(default_factory=dict)
+    train_max_timestamp: float | None = None
+
+
+def _csr_take(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    """Concatenate items[starts[i]:ends[i]] for all i (vectorized)."""
+    lengths = (ends - starts).astype(np.int64)
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    total = int(new_offsets[-1])
+    idx = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+    return new_offsets, items[idx]
+
+
+def leave_one_out(log: EventLog) -> Split:
+    offsets, items = log.sequences()
+    lengths = np.diff(offsets)
+    short = np.flatnonzero(lengths < 3)
+    if len(short):
+        u = short[0]
+        raise DataError(
+            f"{log.source}: leave-one-out needs at least 3 events per user (train, validation, test), but "
+            f"{len(short):,} users have fewer (e.g. user {log.user_ids[int(u)]!r} has {int(lengths[u])}). "
+            "Drop them with min_user_events: 3 (CLI: --min-user-events 3; the count is reported) "
+            "or use the temporal split."
+        )
+    users = np.arange(log.n_users, dtype=np.int64)
+    starts, ends = offsets[:-1], offsets[1:]
+    train_offsets, train_items = _csr_take(offsets, items, starts, ends - 2)
+    valid = EvalSet(users, items[ends - 2].copy(), train_offsets, train_items)
+    test_offsets, test_items = _csr_take(offsets, items, starts, ends - 1)
+    test = EvalSet(users, items[ends - 1].copy(), test_offsets, test_items)
+    return Split("leave-one-out", train_offsets, train_items, valid, test, info={"users": log.n_users})
+
+
+def temporal_split(
+    log: EventLog, test_quantile: float = 0.9, valid_quantile: float = 0.8,
+    test_cut: float | None = None, valid_cut: float | None = None,
+) -> Split:
+    """Global time split at the given quantiles of event time (or explicit cut-off values)."""
+    ts = log.timestamps()
+    if test_cut is None:
+        test_cut = float(np.quantile(ts, test_quantile, method="higher"))
+    if valid_cut is None:
+        valid_cut = float(np.quantile(ts, valid_quantile, method="higher"))
+    if not valid_cut <= test_cut:
+        raise DataError(f"temporal split: valid cut-off {valid_cut} must not be after test cut-off {test_cut}.")
+    offsets, items = log.sequences()
+    starts, ends = offsets[:-1], offsets[1:]
+    users = np.arange(log.n_users)
+    # per user: number of events before a cut = searchsorted within the user's (sorted) timestamps
+    user_of_event = np.repeat(users, np.diff(offsets))
+    before_valid = np.bincount(user_of_event[ts < valid_cut], minlength=log.n_users)
+    before_test = np.bincount(user_of_event[ts < test_cut], minlength=log.n_users)
+    train_offsets, train_items = _csr_take(offsets, items, starts, starts + before_valid)
+    info: dict = {"valid_cut": valid_cut, "test_cut": test_cut}
+
+    def targets(n_before: np.ndarray, upper: float | None, name: str) -> EvalSet:
+        pos = starts + n_before
+        has = pos < ends
+        if upper is not None:
+            has &= ts[np.minimum(pos, len(ts) - 1)] < upper
+        no_history = has & (n_before == 0)
+        keep = has & (n_before > 0)
+        info[f"{name}_users"] = int(keep.sum())
+        info[f"{name}_users_without_history"] = int(no_history.sum())
+        u = users[keep]
+        h_off, h_items = _csr_take(offsets, items, starts[u], pos[u])
+        return EvalSet(u, items[pos[u]].copy(), h_off, h_items)
+
+    valid = targets(before_valid, test_cut, "valid")
+    test = targets(before_test, None, "test")
+    if len(test) == 0:
+        raise DataError(f"{log.source}: temporal split left no test users; lower test_quantile or set test_cut.")
+    _, train_ts = _csr_take(offsets, ts, starts, starts + before_valid)
+    return Split("temporal", train_offsets, train_items, valid, test, info,
+                 train_max_timestamp=float(train_ts.max()) if len(train_ts) else None)
+
+
+def make_split(log: EventLog, kind: str = "loo", **kw) -> Split:
+    if kind in ("loo", "leave-one-out"):
+        return leave_one_out(log)
+    if kind in ("temporal", "time"):
+        return temporal_split(log, **kw)
+    raise DataError(f"unknown split '{kind}'. Use 'loo' (leave-one-out) or 'temporal'.")
