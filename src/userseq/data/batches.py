@@ -30,3 +30,13 @@ def training_windows(offsets: np.ndarray, items: np.ndarray, max_len: int, min_l
     lengths = np.diff(offsets)
     keep = lengths >= min_len
     return pad_left(offsets[:-1][keep], offsets[1:][keep], items, max_len + 1)
+
+
+def csr_take(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray):
+    """Concatenate items[starts[i]:ends[i]] for all i (vectorized)."""
+    lengths = (ends - starts).astype(np.int64)
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    total = int(new_offsets[-1])
+    idx = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+    return new_offsets, items[idx]

@@ -196,11 +196,11 @@ class EventLog:
     # ------------------------------------------------------------------ id lookups
     def user_index(self, ids: Any) -> np.ndarray:
         """Map original user ids to indices; unknown ids give -1."""
-        return _lookup(self.user_ids, ids, offset=0)
+        return lookup_ids(self.user_ids, ids, offset=0)
 
     def item_index(self, ids: Any) -> np.ndarray:
         """Map original item ids to indices (1-based); unknown ids give 0."""
-        return _lookup(self.item_ids, ids, offset=1)
+        return lookup_ids(self.item_ids, ids, offset=1)
 
     def describe(self) -> dict[str, Any]:
         """Summary numbers used by `userseq validate`."""
@@ -314,7 +314,7 @@ def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int, k_core: bool)
     return df, Step(name, before, df.height, u0 - df["user_raw"].n_unique(), i0 - df["item_raw"].n_unique())
 
 
-def _lookup(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
+def lookup_ids(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
     query = pl.Series("id", list(ids) if not isinstance(ids, pl.Series) else ids)
     if query.dtype != id_map.dtype:
         try:

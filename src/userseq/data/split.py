@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from userseq.data.batches import csr_take
 from userseq.data.eventlog import EventLog
 from userseq.errors import DataError
 
@@ -49,16 +50,6 @@ class Split:
     train_max_timestamp: float | None = None
 
 
-def _csr_take(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """Concatenate items[starts[i]:ends[i]] for all i (vectorized)."""
-    lengths = (ends - starts).astype(np.int64)
-    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    total = int(new_offsets[-1])
-    idx = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
-    return new_offsets, items[idx]
-
-
 def leave_one_out(log: EventLog) -> Split:
     offsets, items = log.sequences()
     lengths = np.diff(offsets)
@@ -73,9 +64,9 @@ def leave_one_out(log: EventLog) -> Split:
         )
     users = np.arange(log.n_users, dtype=np.int64)
     starts, ends = offsets[:-1], offsets[1:]
-    train_offsets, train_items = _csr_take(offsets, items, starts, ends - 2)
+    train_offsets, train_items = csr_take(offsets, items, starts, ends - 2)
     valid = EvalSet(users, items[ends - 2].copy(), train_offsets, train_items)
-    test_offsets, test_items = _csr_take(offsets, items, starts, ends - 1)
+    test_offsets, test_items = csr_take(offsets, items, starts, ends - 1)
     test = EvalSet(users, items[ends - 1].copy(), test_offsets, test_items)
     return Split("leave-one-out", train_offsets, train_items, valid, test, info={"users": log.n_users})
 
@@ -99,7 +90,7 @@ def temporal_split(
     user_of_event = np.repeat(users, np.diff(offsets))
     before_valid = np.bincount(user_of_event[ts < valid_cut], minlength=log.n_users)
     before_test = np.bincount(user_of_event[ts < test_cut], minlength=log.n_users)
-    train_offsets, train_items = _csr_take(offsets, items, starts, starts + before_valid)
+    train_offsets, train_items = csr_take(offsets, items, starts, starts + before_valid)
     info: dict = {"valid_cut": valid_cut, "test_cut": test_cut}
 
     def targets(n_before: np.ndarray, upper: float | None, name: str) -> EvalSet:
@@ -112,14 +103,14 @@ def temporal_split(
         info[f"{name}_users"] = int(keep.sum())
         info[f"{name}_users_without_history"] = int(no_history.sum())
         u = users[keep]
-        h_off, h_items = _csr_take(offsets, items, starts[u], pos[u])
+        h_off, h_items = csr_take(offsets, items, starts[u], pos[u])
         return EvalSet(u, items[pos[u]].copy(), h_off, h_items)
 
     valid = targets(before_valid, test_cut, "valid")
     test = targets(before_test, None, "test")
     if len(test) == 0:
         raise DataError(f"{log.source}: temporal split left no test users; lower test_quantile or set test_cut.")
-    _, train_ts = _csr_take(offsets, ts, starts, starts + before_valid)
+    _, train_ts = csr_take(offsets, ts, starts, starts + before_valid)
     return Split("temporal", train_offsets, train_items, valid, test, info,
                  train_max_timestamp=float(train_ts.max()) if len(train_ts) else None)
 

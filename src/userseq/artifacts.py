@@ -1,0 +1,79 @@
+"""Run-directory files: safetensors tensors, id maps as Parquet, JSON, data fingerprints.
+
+No pickle anywhere: everything a run directory holds is safetensors, Parquet, YAML or JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from userseq.errors import ArtifactError
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file; a missing, truncated or corrupt file gives an ArtifactError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: file not found. Is this a userseq run directory (created by `userseq train`)?")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(
+            f"{p}: corrupt or truncated checkpoint ({str(e).splitlines()[0]}). Retrain, or restore the file "
+            "from a backup."
+        ) from None
+    return tensors, meta
+
+
+def save_ids(series: pl.Series, path: str | Path) -> None:
+    pl.DataFrame({"index": np.arange(len(series)), "id": series}).write_parquet(path)
+
+
+def load_ids(path: str | Path) -> pl.Series:
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: id map not found; the run directory is incomplete.")
+    try:
+        return pl.read_parquet(p)["id"]
+    except Exception as e:  # polars/arrow raise several types for corrupt files
+        raise ArtifactError(f"{p}: corrupt id map ({str(e).splitlines()[0]}).") from None
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: not found.")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p}: not valid JSON ({e}).") from None
+
+
+def fingerprint(*arrays: np.ndarray, extra: str = "") -> str:
+    """A short, stable hash of arrays (the data a model was trained on)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(memoryview(a).cast("B"))
+    h.update(extra.encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,156 @@
+"""Experiment configuration: pydantic models, YAML in and out, clear errors for bad keys/values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from userseq.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """How events are read, filtered and split."""
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    timestamp_col: str = "timestamp"
+    min_user_events: int = Field(0, ge=0)
+    min_item_events: int = Field(0, ge=0)
+    k_core: bool = False
+    dedup_consecutive: bool = False
+    split: Literal["loo", "temporal"] = "loo"
+    valid_quantile: float = Field(0.8, gt=0, lt=1)
+    test_quantile: float = Field(0.9, gt=0, lt=1)
+
+
+class ModelConfig(_Strict):
+    """Encoder architecture. `name` picks the family; unused fields are ignored by other families."""
+
+    name: Literal["sasrec", "bert4rec", "gru4rec"] = "sasrec"
+    dim: int = Field(64, ge=2)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_len: int = Field(200, ge=2)
+    ffn_dim: int | None = Field(None, ge=1, description="feed-forward width (default: dim for SASRec, 4*dim for BERT4Rec)")
+    mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec masking proportion")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide(cls, v: int, info: Any) -> int:
+        dim = info.data.get("dim", 64)
+        if dim % v:
+            raise ValueError(f"heads ({v}) must divide dim ({dim})")
+        return v
+
+
+class LossConfig(_Strict):
+    """Training objective over the item catalogue."""
+
+    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
+    negatives: int = Field(256, ge=1, description="negatives for sampled_softmax / gbce")
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    logq: bool = Field(True, description="logQ correction for sampled softmax")
+    gbce_t: float = Field(0.75, ge=0, le=1, description="gSASRec calibration parameter t")
+
+
+class TrainConfig(_Strict):
+    """The training loop."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0)
+    patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
+    monitor: str = "ndcg@10"
+    max_minutes: float | None = Field(None, gt=0, description="training time budget")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (measured faster there)"
+    )
+    eval_every: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
+    valid_users: int | None = Field(None, ge=1, description="validate on a fixed random subset of users (None: all)")
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    filter_seen: bool = Field(True, description="remove the user's history items from the ranking")
+    user_chunk: int = Field(1024, ge=1)
+    item_chunk: int = Field(262_144, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(v))
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    dataset: str | None = Field(None, description="dataset name or path the run was trained on")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def updated(self, overrides: dict[str, Any]) -> RunConfig:
+        """Apply dotted overrides like {"train.epochs": 5, "model.name": "gru4rec"}."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, field = key.partition(".")
+            if section not in data or (field and field not in data[section]):
+                raise ConfigError(f"unknown config key '{key}'.")
+            if field:
+                data[section][field] = value
+            else:
+                data[section] = value
+        return parse_config(data, "<overrides>")
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                section = err["loc"][0] if len(err["loc"]) > 1 else None
+                model = RunConfig.model_fields[section].annotation if section in RunConfig.model_fields else RunConfig
+                allowed = ", ".join(getattr(model, "model_fields", {}).keys())
+                problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
+            else:
+                got = err.get("input")
+                problems.append(f"'{loc}': {err['msg']} (got {got!r})")
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (data, model, loss, train, eval) at the top level.")
+    return parse_config(data, str(p))

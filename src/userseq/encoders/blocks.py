@@ -1,0 +1,78 @@
+"""Building blocks shared by the transformer encoders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Boolean (B, 1, L, L) mask, True = may attend. Padded keys are hidden; a position always
+    sees itself so that fully padded rows do not produce NaNs (their outputs are never used)."""
+    B, L = mask.shape
+    allowed = mask[:, None, None, :].expand(B, 1, L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=mask.device)
+    if causal:
+        allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool, device=mask.device))
+    return allowed | eye
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with random bytes instead of Bernoulli floats: about 7x cheaper on CPU,
+    where torch's bernoulli_ was 40% of a SASRec training step. The keep probability is rounded
+    to a multiple of 1/256."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = max(1, min(256, round((1.0 - p) * 256)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+        keep = words.view(torch.uint8)[:n].view(x.shape) < self.threshold
+        return x * (keep.to(x.dtype) * (256.0 / self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through scaled_dot_product_attention. Attention weights are not
+    dropped out (that alone cost ~40% of a CPU step); residual and feed-forward dropout remain."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Self-attention over x (B, L, D); with last_only, only the last position queries: (B, 1, D)."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], D))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, activation: str = "relu") -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.drop = Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        y = self.drop(self.attn(self.ln1(x), attn_mask, last_only))
+        x = (x[:, -1:] if last_only else x) + y
+        return x + self.drop(self.ffn(self.ln2(x)))

@@ -1,0 +1,68 @@
+"""Transformer sequence encoder. SASRec = causal; BERT4Rec = bidirectional with a [mask] token."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from userseq.encoders.base import SequenceEncoder
+from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask
+from userseq.items.base import ItemRepr
+
+
+class TransformerEncoder(SequenceEncoder):
+    """Item embedding (+ learned positions, right-aligned so the newest event always has the same
+    position) -> dropout -> `layers` pre-LN blocks -> LayerNorm.
+
+    causal=True is SASRec (Kang & McAuley 2018); causal=False with a [mask] token is BERT4Rec
+    (Sun et al. 2019).
+    """
+
+    def __init__(
+        self,
+        items: ItemRepr,
+        max_len: int,
+        layers: int = 2,
+        heads: int = 1,
+        dropout: float = 0.1,
+        ffn_dim: int | None = None,
+        causal: bool = True,
+        activation: str = "relu",
+        scale_embeddings: bool = True,
+        mask_token: int | None = None,
+    ) -> None:
+        super().__init__()
+        dim = items.dim
+        self.items, self.dim, self.max_len, self.causal = items, dim, max_len, causal
+        self.scale = math.sqrt(dim) if scale_embeddings else 1.0
+        self._mask_token = mask_token
+        self.positions = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
+        self.drop = Dropout(dropout)
+        ffn = ffn_dim or (dim if causal else 4 * dim)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ffn, dropout, activation) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def mask_token(self) -> int | None:
+        return self._mask_token
+
+    def forward(self, item_ids, mask, features=None):
+        return self._run(item_ids, mask, last_only=False)
+
+    def last(self, item_ids, mask, features=None):
+        # the final block computes queries for the last position only
+        return self._run(item_ids, mask, last_only=True)[:, -1]
+
+    def _run(self, item_ids, mask, last_only: bool):
+        L = item_ids.shape[1]
+        if L > self.max_len:
+            item_ids, mask = item_ids[:, -self.max_len :], mask[:, -self.max_len :]
+            L = self.max_len
+        pos = self.positions.weight[self.max_len - L :]
+        x = self.items(item_ids) * self.scale + pos
+        x = self.drop(x) * mask.unsqueeze(-1)
+        am = attention_mask(mask, self.causal)
+        for i, block in enumerate(self.blocks):
+            x = block(x, am, last_only and i == len(self.blocks) - 1)
+        return self.norm(x)

@@ -1,0 +1,41 @@
+"""Item representations: how an item index becomes a vector.
+
+Every encoder embeds its inputs and scores its outputs through an `ItemRepr`, so id tables,
+text-derived vectors and compressed tables are interchangeable. Index 0 is padding; indices
+1..n_items are real items; indices above n_items are special tokens (e.g. BERT4Rec's [mask]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ItemRepr(nn.Module):
+    """Interface: `forward(ids) -> (..., dim)` and `output_matrix() -> (n_items + 1, dim)`."""
+
+    n_items: int
+    dim: int
+
+    def output_matrix(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class IdEmbedding(ItemRepr):
+    """One learned vector per item id (the classic table), with optional special tokens."""
+
+    def __init__(self, n_items: int, dim: int, special_tokens: int = 0) -> None:
+        super().__init__()
+        self.n_items, self.dim, self.special_tokens = n_items, dim, special_tokens
+        self.table = nn.Embedding(n_items + 1 + special_tokens, dim, padding_idx=0)
+        nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(dim))
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)
+
+    def output_matrix(self) -> torch.Tensor:
+        return self.table.weight[: self.n_items + 1]
