@@ -132,7 +132,7 @@ def gbce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, neg: torch.Ten
     """BCE with per-position negatives; beta < 1 is gSASRec's generalized BCE, beta = 1 plain BCE."""
     pos = (h * W[targets]).sum(-1).float()  # (N,)
     negs = torch.einsum("nd,nkd->nk", h, W[neg]).float()  # (N, K)
-    if beta != 1.0:
+    if abs(beta - 1.0) > 1e-9:
         # gamma(s) = log(1 / (sigmoid(s)^-beta - 1)), computed in float64 for stability
         p = torch.sigmoid(pos.double()).clamp(min=1e-10, max=1 - 1e-10)
         pos = torch.log(1.0 / (p.pow(-beta) - 1.0).clamp(min=1e-10)).float()

@@ -212,6 +212,9 @@ class Trainer:
                 if budget and self.state.seconds > budget and not self.state.stopped:
                     self.state.stopped = f"time budget of {cfg.max_minutes} min reached"
                 self.save_checkpoint(model, opt)
+                if not self.quiet and not self.console.is_terminal:  # logs and CI: one line per epoch
+                    self.console.print(f"epoch {epoch}: loss {record['loss']:.4f} "
+                                       f"({record['epoch_seconds']:.1f}s) {last_val}", highlight=False)
         if not self.state.stopped:
             self.state.stopped = f"reached {cfg.epochs} epochs"
         if self.best_weights is not None:

@@ -1,0 +1,318 @@
+"""The `userseq` command line (typer). User errors print one message and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from userseq.errors import UserseqError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="User and item embeddings from behaviour sequences.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Named public datasets.")
+app.add_typer(datasets_app, name="datasets")
+out = Console()
+err = Console(stderr=True)
+
+DataArg = Annotated[str, typer.Option("--data", "-d", help="dataset name (userseq datasets list) or events file")]
+RunDirArg = Annotated[Path, typer.Argument(help="run directory created by `userseq train`")]
+
+
+# ---------------------------------------------------------------------- datasets
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Show the named datasets and where a local copy was found."""
+    from userseq.data.datasets import list_datasets
+
+    t = Table("name", "description", "local copy", "source")
+    for d in list_datasets():
+        t.add_row(d.name, d.description, str(d.found_at) if d.found_at else "[dim]not found (fetch downloads it)[/]",
+                  d.url)
+    out.print(t)
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(name: str, dest: Annotated[Path | None, typer.Option(help="target directory")] = None) -> None:
+    """Download a named dataset (verified by checksum) unless a local copy exists."""
+    from userseq.data.datasets import fetch_dataset
+
+    out.print(f"{name}: {fetch_dataset(name, dest)}")
+
+
+# ---------------------------------------------------------------------- validate
+@app.command()
+def validate(
+    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset name")],
+    user_col: Annotated[str, typer.Option(help="user id column")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="item id column")] = "item_id",
+    timestamp_col: Annotated[str, typer.Option(help="timestamp column")] = "timestamp",
+    min_user_events: int = 0,
+    min_item_events: int = 0,
+    k_core: bool = False,
+    dedup_consecutive: bool = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Read an event log and print a data report (counts, lengths, time range, problems)."""
+    from userseq.config import DataConfig
+    from userseq.data.load import load_events
+
+    cfg = DataConfig(user_col=user_col, item_col=item_col, timestamp_col=timestamp_col,
+                     min_user_events=min_user_events, min_item_events=min_item_events, k_core=k_core,
+                     dedup_consecutive=dedup_consecutive)
+    log = load_events(data, cfg)
+    d = log.describe()
+    problems = []
+    if log.timestamp_kind == "position":
+        problems.append("timestamps are positions in the published sequence (the source has no timestamps); "
+                        "the temporal split is not meaningful")
+    if d["users_under_3_events"]:
+        problems.append(f"{d['users_under_3_events']:,} users have fewer than 3 events: leave-one-out needs "
+                        "--min-user-events 3 (they will be counted) or a temporal split")
+    if d["timestamp_ties"]:
+        problems.append(f"{d['timestamp_ties']:,} events share their user's previous timestamp; input order "
+                        "breaks the tie")
+    if d["consecutive_repeats"]:
+        problems.append(f"{d['consecutive_repeats']:,} consecutive repeats of the same item (--dedup-consecutive "
+                        "collapses them)")
+    d["problems"] = problems + list(log.notes)
+    d["steps"] = [s.describe() for s in log.report]
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    t = Table(title=f"data report: {d['source']}", show_header=False)
+    t.add_row("users", f"{d['users']:,}")
+    t.add_row("items", f"{d['items']:,}")
+    t.add_row("events", f"{d['events']:,}")
+    ln = d["length"]
+    t.add_row("events per user", f"min {ln['min']}  p5 {ln['p5']:.0f}  p25 {ln['p25']:.0f}  median {ln['p50']:.0f}  "
+              f"p75 {ln['p75']:.0f}  p95 {ln['p95']:.0f}  max {ln['max']}  mean {ln['mean']:.1f}")
+    kind = {"time": "", "numeric": " (numbers)", "position": " (sequence positions, no timestamps)"}[log.timestamp_kind]
+    t.add_row("time range", f"{d['time_range'][0]} .. {d['time_range'][1]}{kind}")
+    t.add_row("duplicate (user, item) pairs", f"{d['duplicate_user_item_pairs']:,}")
+    for s in d["steps"]:
+        t.add_row("step", s)
+    out.print(t)
+    if d["problems"]:
+        out.print("[bold yellow]problems found:[/]")
+        for p in d["problems"]:
+            out.print(f"  - {p}")
+    else:
+        out.print("[green]no problems found[/]")
+
+
+# ---------------------------------------------------------------------- train / evaluate
+@app.command()
+def train(
+    data: DataArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")],
+    model: Annotated[str | None, typer.Option(help="sasrec | bert4rec | gru4rec")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (sections data/model/loss/train/eval)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="training time budget in minutes")] = None,
+    loss: Annotated[str | None, typer.Option(help="ce | sampled_softmax | bce | gbce")] = None,
+    split: Annotated[str | None, typer.Option(help="loo | temporal")] = None,
+    min_user_events: Annotated[int | None, typer.Option(help="drop users with fewer events (reported)")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.safetensors")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a sequential recommender, evaluate it with full ranking and save the run."""
+    from userseq.config import load_config
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.tasks.nextitem import NextItemRecommender, _split_kw
+
+    cfg = load_config(config)
+    cfg = cfg.updated({"model.name": model, "train.epochs": epochs, "train.max_minutes": max_minutes,
+                       "loss.name": loss, "data.split": split, "data.min_user_events": min_user_events,
+                       "train.seed": seed, "train.device": device, "dataset": data})
+    t0 = time.time()
+    log = load_events(data, cfg.data)
+    err.print(f"loaded {log.source}: {log.n_users:,} users, {log.n_items:,} items, {log.n_events:,} events "
+              f"({time.time() - t0:.1f}s)")
+    sp = make_split(log, cfg.data.split, **_split_kw(cfg))
+    rec = NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
+    metrics = _evaluate_run(rec, log, sp, out_dir)
+    _print_metrics(metrics, f"{cfg.model.name} on {data}")
+    out.print(f"saved run to {out_dir}")
+
+
+def _evaluate_run(rec: Any, log: Any, sp: Any, run_dir: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from userseq.artifacts import write_json
+    from userseq.eval.ranking import evaluate, popularity_scorer
+
+    c = rec.config.eval
+    metrics: dict[str, Any] = {
+        "valid": rec.evaluate(sp.valid), "test": rec.evaluate(sp.test),
+        "filter_seen": c.filter_seen, "split": sp.kind, "split_info": sp.info,
+        "model": rec.config.model.name, "loss": rec.config.loss.name, "train": rec.train_state,
+        "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
+                 "fingerprint": rec.data_fingerprint, "timestamp_kind": log.timestamp_kind},
+    }
+    seen = (sp.test.offsets, sp.test.items) if c.filter_seen else None
+    counts = np.bincount(sp.train_items, minlength=log.n_items + 1)
+    metrics["baselines"] = {"popularity": evaluate(popularity_scorer(counts), log.n_items, sp.test.targets, seen, c.ks,
+                                                   c.user_chunk, c.item_chunk)}
+    write_json(metrics, Path(run_dir) / "metrics.json")
+    return metrics
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    t = Table(title=title)
+    keys = [k for k in metrics["test"] if k != "users"]
+    t.add_column("split")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name in ("valid", "test"):
+        t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
+    for name, m in metrics.get("baselines", {}).items():
+        t.add_row(f"test ({name})", *(f"{m[k]:.4f}" for k in keys))
+    out.print(t)
+    tr = metrics.get("train") or {}
+    if tr:
+        out.print(f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')}), {tr.get('seconds')}s, "
+                  f"{tr.get('seconds_per_epoch')}s/epoch; seen items filtered: {metrics['filter_seen']}")
+
+
+@app.command()
+def evaluate(
+    run_dir: RunDirArg,
+    data: Annotated[str | None, typer.Option(help="evaluate on this data instead of the training data")] = None,
+    filter_seen: Annotated[bool | None, typer.Option(help="filter history items from the ranking")] = None,
+) -> None:
+    """Full-ranking evaluation of a saved run; writes RUN_DIR/metrics.json."""
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.tasks.nextitem import NextItemRecommender, _split_kw, data_fingerprint
+
+    rec = NextItemRecommender.load(run_dir)
+    cfg = rec.config
+    if filter_seen is not None:
+        rec.config = cfg = cfg.updated({"eval.filter_seen": filter_seen})
+    source = data or cfg.dataset
+    if not source:
+        raise UserseqError(f"{run_dir}: the run does not record its data; pass --data.")
+    log = load_events(source, cfg.data)
+    fp = data_fingerprint(log)
+    if data is None and rec.data_fingerprint and fp != rec.data_fingerprint:
+        raise UserseqError(f"{source}: data changed since training (fingerprint {fp} != {rec.data_fingerprint}); "
+                           "pass --data explicitly to evaluate on other data.")
+    if log.n_items != len(rec.item_ids) or not log.item_ids.equals(rec.item_ids):
+        raise UserseqError(f"{source}: its item catalogue differs from the model's; evaluation needs the same items.")
+    sp = make_split(log, cfg.data.split, **_split_kw(cfg))
+    metrics = _evaluate_run(rec, log, sp, run_dir)
+    _print_metrics(metrics, f"{cfg.model.name}: {run_dir}")
+    out.print(f"wrote {run_dir / 'metrics.json'}")
+
+
+# ---------------------------------------------------------------------- recommend / embed
+@app.command()
+def recommend(
+    run_dir: RunDirArg,
+    user: Annotated[list[str] | None, typer.Option("--user", "-u", help="user id (repeatable)")] = None,
+    history: Annotated[str | None, typer.Option(help="comma-separated item ids, oldest first (new users)")] = None,
+    k: Annotated[int, typer.Option("-k", help="number of items")] = 10,
+    keep_seen: Annotated[bool, typer.Option(help="allow items from the history")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+) -> None:
+    """Top-k next items for known users, or for an explicit history."""
+    from userseq.tasks.nextitem import NextItemRecommender
+
+    if k <= 0:
+        raise UserseqError(f"-k must be a positive integer (got {k}).")
+    if not user and not history:
+        raise UserseqError("give --user ID (a user seen in training) or --history ITEM,ITEM,... (any user).")
+    rec = NextItemRecommender.load(run_dir)
+    frames = []
+    if user:
+        frames.append(rec.recommend(_typed(user, rec.user_ids), k, filter_seen=not keep_seen))
+    if history:
+        items = _typed([h.strip() for h in history.split(",") if h.strip()], rec.item_ids)
+        df = rec.recommend_history([items], k, filter_seen=not keep_seen, ids=["<history>"])
+        frames.append(df.with_columns(df["user_id"].cast(str)))
+    import polars as pl
+
+    res = pl.concat([f.with_columns(f["user_id"].cast(pl.String)) for f in frames])
+    if as_json:
+        rows = res.to_dicts()
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = Table("user", "rank", "item", "score")
+    meta = _item_titles(rec)
+    if meta is not None:
+        t.add_column("title")
+    for r in res.iter_rows(named=True):
+        row = [str(r["user_id"]), str(r["rank"]), str(r["item_id"]), f"{r['score']:.4f}"]
+        if meta is not None:
+            row.append(meta.get(r["item_id"], ""))
+        t.add_row(*row)
+    out.print(t)
+
+
+def _item_titles(rec: Any) -> dict | None:
+    from userseq.data.datasets import is_dataset_name, load_item_metadata
+
+    name = rec.config.dataset
+    if not (name and is_dataset_name(name)):
+        return None
+    try:
+        meta = load_item_metadata(name)
+    except UserseqError:
+        return None
+    return None if meta is None else dict(zip(meta["item_id"].to_list(), meta["title"].to_list(), strict=True))
+
+
+def _typed(values: list[str], id_map: Any) -> list[Any]:
+    """Command-line ids are strings; convert them to the id type the model was trained with."""
+    if id_map.dtype.is_integer():
+        try:
+            return [int(v) for v in values]
+        except ValueError:
+            raise UserseqError(f"ids must be integers for this model (got {values[:3]}).") from None
+    return values
+
+
+@app.command()
+def embed(
+    run_dir: RunDirArg,
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Parquet file for user embeddings")],
+    items_out: Annotated[Path | None, typer.Option(help="Parquet file for item embeddings")] = None,
+) -> None:
+    """Write user (and item) embeddings to Parquet: columns id, embedding (list of floats)."""
+    import polars as pl
+
+    from userseq.tasks.nextitem import NextItemRecommender
+
+    rec = NextItemRecommender.load(run_dir)
+    users = rec.user_embeddings()
+    pl.DataFrame({"user_id": rec.user_ids, "embedding": users}).write_parquet(out_path)
+    out.print(f"wrote {len(users):,} user embeddings (dim {users.shape[1]}) to {out_path}")
+    items_out = items_out or out_path.with_name(out_path.stem + "_items.parquet")
+    items = rec.item_embeddings()
+    pl.DataFrame({"item_id": rec.item_ids, "embedding": items}).write_parquet(items_out)
+    out.print(f"wrote {len(items):,} item embeddings to {items_out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserseqError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
