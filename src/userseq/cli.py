@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from userseq.errors import UserseqError
+from userseq.errors import ConfigError, UserseqError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="User and item embeddings from behaviour sequences.")
@@ -114,6 +115,9 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")],
     model: Annotated[str | None, typer.Option(help="sasrec | bert4rec | gru4rec")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config (sections data/model/loss/train/eval)")] = None,
+    user_col: Annotated[str | None, typer.Option(help="user id column (default user_id)")] = None,
+    item_col: Annotated[str | None, typer.Option(help="item id column (default item_id)")] = None,
+    timestamp_col: Annotated[str | None, typer.Option(help="timestamp column (default timestamp)")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="training time budget in minutes")] = None,
     loss: Annotated[str | None, typer.Option(help="ce | sampled_softmax | bce | gbce")] = None,
@@ -126,23 +130,45 @@ def train(
 ) -> None:
     """Train a sequential recommender, evaluate it with full ranking and save the run."""
     from userseq.config import load_config
+    from userseq.data.datasets import is_dataset_name
     from userseq.data.load import load_events
     from userseq.data.split import make_split
-    from userseq.tasks.nextitem import NextItemRecommender, _split_kw
 
-    cfg = load_config(config)
-    cfg = cfg.updated({"model.name": model, "train.epochs": epochs, "train.max_minutes": max_minutes,
-                       "loss.name": loss, "data.split": split, "data.min_user_events": min_user_events,
-                       "train.seed": seed, "train.device": device, "dataset": data})
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserseqError(f"--out {out_dir}: exists and is not a directory; choose a run directory.")
+    # a file path is recorded absolute, so `evaluate RUN` works from any working directory
+    dataset = data if is_dataset_name(data) or not Path(data).exists() else str(Path(data).resolve())
+    cfg = _with_options(load_config(config), {
+        "--model": ("model.name", model), "--epochs": ("train.epochs", epochs),
+        "--max-minutes": ("train.max_minutes", max_minutes), "--loss": ("loss.name", loss),
+        "--split": ("data.split", split), "--min-user-events": ("data.min_user_events", min_user_events),
+        "--user-col": ("data.user_col", user_col), "--item-col": ("data.item_col", item_col),
+        "--timestamp-col": ("data.timestamp_col", timestamp_col), "--seed": ("train.seed", seed),
+        "--device": ("train.device", device), "--data": ("dataset", dataset),
+    })
     t0 = time.time()
     log = load_events(data, cfg.data)
     err.print(f"loaded {log.source}: {log.n_users:,} users, {log.n_items:,} items, {log.n_events:,} events "
               f"({time.time() - t0:.1f}s)")
+    from userseq.tasks.nextitem import NextItemRecommender, _split_kw  # torch: imported once the data is fine
+
     sp = make_split(log, cfg.data.split, **_split_kw(cfg))
     rec = NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
     metrics = _evaluate_run(rec, log, sp, out_dir)
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")
+
+
+def _with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
+    """Apply command-line options to a config; a bad value names the option, not the config key."""
+    try:
+        return cfg.updated({key: value for key, value in options.values()})
+    except ConfigError as e:
+        msg = str(e).replace("<overrides>: invalid config: ", "")
+        for flag, (key, value) in options.items():
+            if value is not None:
+                msg = msg.replace(f"'{key}':", f"{flag} {value}:")
+        raise ConfigError(f"invalid command-line option: {msg}") from None
 
 
 def _evaluate_run(rec: Any, log: Any, sp: Any, run_dir: Path) -> dict[str, Any]:
@@ -202,6 +228,9 @@ def evaluate(
     source = data or cfg.dataset
     if not source:
         raise UserseqError(f"{run_dir}: the run does not record its data; pass --data.")
+    if data is None and Path(source).suffix and not Path(source).exists():
+        raise UserseqError(f"{run_dir}: the run was trained on {source}, which no longer exists; "
+                           "pass --data PATH (the same events) to evaluate.")
     log = load_events(source, cfg.data)
     fp = data_fingerprint(log)
     if data is None and rec.data_fingerprint and fp != rec.data_fingerprint:
@@ -235,9 +264,11 @@ def recommend(
     rec = NextItemRecommender.load(run_dir)
     frames = []
     if user:
-        frames.append(rec.recommend(_typed(user, rec.user_ids), k, filter_seen=not keep_seen))
+        frames.append(rec.recommend(_typed(user, rec.user_ids, "user"), k, filter_seen=not keep_seen))
     if history:
-        items = _typed([h.strip() for h in history.split(",") if h.strip()], rec.item_ids)
+        items = _typed([h.strip() for h in history.split(",") if h.strip()], rec.item_ids, "item")
+        if not items:
+            raise UserseqError("--history is empty; give item ids separated by commas, oldest first.")
         df = rec.recommend_history([items], k, filter_seen=not keep_seen, ids=["<history>"])
         frames.append(df.with_columns(df["user_id"].cast(str)))
     import polars as pl
@@ -272,13 +303,16 @@ def _item_titles(rec: Any) -> dict | None:
     return None if meta is None else dict(zip(meta["item_id"].to_list(), meta["title"].to_list(), strict=True))
 
 
-def _typed(values: list[str], id_map: Any) -> list[Any]:
+def _typed(values: list[str], id_map: Any, what: str) -> list[Any]:
     """Command-line ids are strings; convert them to the id type the model was trained with."""
     if id_map.dtype.is_integer():
-        try:
-            return [int(v) for v in values]
-        except ValueError:
-            raise UserseqError(f"ids must be integers for this model (got {values[:3]}).") from None
+        bad = [v for v in values if not v.strip().lstrip("+-").isdigit()]
+        if bad:
+            hint = ("recommend from an explicit history instead: --history ITEM,ITEM,..." if what == "user"
+                    else "check the ids")
+            raise UserseqError(f"unknown {what} id(s) {bad[:5]}: this model's {what} ids are integers, so these "
+                               f"are not in the training data; {hint}.")
+        return [int(v) for v in values]
     return values
 
 
@@ -293,6 +327,9 @@ def embed(
 
     from userseq.tasks.nextitem import NextItemRecommender
 
+    for path in (out_path, items_out):
+        if path is not None and not path.parent.is_dir():
+            raise UserseqError(f"{path}: directory {path.parent} does not exist; create it first.")
     rec = NextItemRecommender.load(run_dir)
     users = rec.user_embeddings()
     pl.DataFrame({"user_id": rec.user_ids, "embedding": users}).write_parquet(out_path)
@@ -307,7 +344,8 @@ def main() -> None:
     try:
         app()
     except UserseqError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        # soft_wrap: no line breaks inserted into the message (logs, CI); escape: ids may contain [brackets]
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

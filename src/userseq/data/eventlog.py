@@ -13,13 +13,14 @@ Every later stage (splits, batches, models, services) reads an `EventLog`. It gu
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from userseq.data.io import scan_table
+from userseq.data.io import collect_table, describe_rows, scan_table, source_kind
 from userseq.errors import DataError
 
 TimestampKind = Literal["time", "numeric", "position"]
@@ -85,7 +86,8 @@ class EventLog:
         lf, name = scan_table(source)
         schema = lf.collect_schema()
         _require_columns(name, schema.names(), columns)
-        return cls.from_frame(lf.collect(), columns=columns, source=name, **options)
+        df = collect_table(lf, name, id_columns=[columns.user, columns.item])
+        return cls.from_frame(df, columns=columns, source=name, **options)
 
     @classmethod
     def from_frame(
@@ -109,18 +111,21 @@ class EventLog:
         columns = columns or Columns()
         if not isinstance(df, pl.DataFrame):
             lf, name = scan_table(df)
-            df = lf.collect()
+            df = collect_table(lf, name, id_columns=[columns.user, columns.item])
             source = source or name
         source = source or "<DataFrame>"
         _require_columns(source, df.columns, columns)
         if df.height == 0:
-            raise DataError(f"{source}: no event rows (only a header). Add events or check the filter upstream.")
+            what = "the DataFrame has no rows" if source_kind(source) == "frame" else "no event rows (only a header)"
+            raise DataError(f"{source}: {what}. Add events or check the filter upstream.")
+        notes = list(notes or [])
+        df = _rename_reserved(df, columns, notes)
 
         df = df.with_row_index(ROW)
         df = df.rename({columns.user: "user_raw", columns.item: "item_raw", columns.timestamp: "timestamp"})
         for col in ("user_raw", "item_raw"):
             orig = columns.user if col == "user_raw" else columns.item
-            _check_ids(source, df, col, orig)
+            df = _check_ids(source, df, col, orig)
         df, kind = _parse_timestamps(source, df, columns.timestamp, timestamp_kind)
         n0 = df.height
         df = df.sort(["user_raw", "timestamp", ROW])
@@ -156,7 +161,7 @@ class EventLog:
             source=source,
             timestamp_kind=kind,
             report=report,
-            notes=list(notes or []),
+            notes=notes,
         )
 
     # ------------------------------------------------------------------ sizes and sequences
@@ -227,39 +232,104 @@ class EventLog:
 
 
 # ---------------------------------------------------------------------- helpers
+RESERVED = ("user", "item", "user_raw", "item_raw", "timestamp", ROW)  # names used internally
+_ALIASES = {
+    "user": ("user", "userid", "uid", "customer", "customerid", "visitor", "visitorid", "session", "sessionid"),
+    "item": ("item", "itemid", "iid", "product", "productid", "movie", "movieid", "sku", "asin", "article"),
+    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "eventtime", "createdat", "unixtime"),
+}
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _close_column(col: str, role: str, names: list[str], taken: set[str]) -> str | None:
+    """The found column the user most likely meant for `col` (or None)."""
+    candidates = [n for n in names if n not in taken]
+    by_norm = {_norm(n): n for n in reversed(candidates)}
+    if _norm(col) in by_norm:  # 'User ID', 'userId', ' user_id'
+        return by_norm[_norm(col)]
+    for alias in _ALIASES.get(role, ()):
+        if alias in by_norm:
+            return by_norm[alias]
+    close = difflib.get_close_matches(_norm(col), list(by_norm), n=1, cutoff=0.7)
+    if close:
+        return by_norm[close[0]]
+    # e.g. 'user_name' for 'user_id', 'product_sku' for 'item': the role word inside the name
+    inside = [n for n in candidates if any(a in _norm(n) for a in _ALIASES.get(role, (role,))[:3])]
+    return inside[0] if len(inside) == 1 else None
+
+
 def _require_columns(source: str, names: list[str], columns: Columns) -> None:
-    for role, col in (("user", columns.user), ("item", columns.item), ("timestamp", columns.timestamp)):
+    roles = (("user", columns.user), ("item", columns.item), ("timestamp", columns.timestamp))
+    if len({c for _, c in roles}) < 3:
+        raise DataError(
+            f"{source}: the user, item and timestamp columns must be three different columns "
+            f"(got user='{columns.user}', item='{columns.item}', timestamp='{columns.timestamp}')."
+        )
+    taken = {c for _, c in roles if c in names}
+    for role, col in roles:
         if col not in names:
-            close = [n for n in names if n.lower().replace(" ", "_") == col.lower() or col.lower() in n.lower()]
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            close = _close_column(col, role, names, taken)
+            hint = f" Did you mean '{close}'?" if close else ""
+            opt = "timestamp" if role == "timestamp" else role
             raise DataError(
                 f"{source}: missing required {role} column '{col}'. Found columns: {names}.{hint} "
-                f"Rename the column or pass its name (CLI: --{role}-col NAME; API: Columns({role}='NAME'))."
+                f"Rename the column or pass its name (CLI: --{opt}-col NAME; "
+                f"config: data.{opt}_col; API: Columns({role}='NAME'))."
             )
 
 
-def _row_hint(df: pl.DataFrame, mask: pl.Series) -> str:
+def _rename_reserved(df: pl.DataFrame, columns: Columns, notes: list[str]) -> pl.DataFrame:
+    """Extra input columns whose names userseq uses internally get an `_input` suffix (noted)."""
+    roles = {columns.user, columns.item, columns.timestamp}
+    clash = [c for c in df.columns if c in RESERVED and c not in roles]
+    if not clash:
+        return df
+    mapping = {}
+    for c in clash:
+        new = f"{c}_input"
+        while new in df.columns or new in mapping.values():
+            new += "_"
+        mapping[c] = new
+    notes.append("renamed extra column(s) " + ", ".join(f"'{a}' -> '{b}'" for a, b in mapping.items())
+                 + " (those names are used internally)")
+    return df.rename(mapping)
+
+
+def _row_hint(source: str, df: pl.DataFrame, mask: pl.Series) -> str:
     rows = df.filter(mask)[ROW].head(3).to_list()
-    return ", ".join(str(r + 1) for r in rows)
+    return describe_rows(source, rows)
 
 
-def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> None:
-    s = df[col]
+def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> pl.DataFrame:
+    s = original = df[col]
+    if isinstance(s.dtype, pl.Categorical | pl.Enum):
+        s = s.cast(pl.String)  # sort and map by the id values, not the category codes
+    if s.dtype == pl.Object or isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
+        raise DataError(f"{source}: column '{orig}' has unsupported type {s.dtype}; ids must be strings or integers.")
     nulls = s.is_null()
     if s.dtype == pl.String:
         nulls = nulls | (s.str.strip_chars() == "")
+    elif s.dtype.is_float():
+        nulls = nulls | s.is_nan()
     n_null = int(nulls.sum())
     if n_null:
         raise DataError(
-            f"{source}: column '{orig}' has {n_null:,} null/empty ids (data rows {_row_hint(df, nulls)}, "
-            "counting from 1 after the header). Remove those rows or fill the ids."
+            f"{source}: column '{orig}' has {n_null:,} null/empty ids ({_row_hint(source, df, nulls)}). "
+            "Remove those rows or fill the ids."
         )
-    if s.dtype == pl.Object or isinstance(s.dtype, pl.List | pl.Struct):
-        raise DataError(f"{source}: column '{orig}' has unsupported type {s.dtype}; ids must be strings or integers.")
     if s.dtype.is_float():
-        if not bool((s == s.round(0)).all()):
-            raise DataError(f"{source}: column '{orig}' holds non-integer numbers; ids must be integers or strings.")
-        df.replace_column(df.get_column_index(col), s.cast(pl.Int64))
+        bad = ~(s.is_finite() & (s == s.round(0)))
+        if bool(bad.any()):
+            first = int(bad.arg_max())
+            raise DataError(
+                f"{source}: column '{orig}' holds non-integer numbers ({_row_hint(source, df, bad)}: {s[first]!r}); "
+                "ids must be integers or strings."
+            )
+        s = s.cast(pl.Int64)
+    return df if s is original else df.with_columns(s.alias(col))
 
 
 def _parse_timestamps(
@@ -267,36 +337,58 @@ def _parse_timestamps(
 ) -> tuple[pl.DataFrame, TimestampKind]:
     s = df["timestamp"]
     nulls = s.is_null()
-    if int(nulls.sum()):
+    if s.dtype == pl.String:
+        nulls = nulls | (s.str.strip_chars() == "")
+    elif s.dtype.is_float():
+        nulls = nulls | s.is_nan()
+    if bool(nulls.any()):
         raise DataError(
-            f"{source}: column '{orig}' has {int(nulls.sum()):,} missing timestamps (data rows "
-            f"{_row_hint(df, nulls)}). Fill or drop them."
+            f"{source}: column '{orig}' has {int(nulls.sum()):,} missing timestamps "
+            f"({_row_hint(source, df, nulls)}). Fill or drop them."
         )
     if s.dtype == pl.String:
-        parsed = s.str.strip_chars().str.to_datetime(strict=False, time_unit="us")
-        if parsed.is_null().any():
-            # maybe numeric text
-            numeric = s.str.strip_chars().cast(pl.Float64, strict=False)
-            if numeric.is_null().any():
-                bad = parsed.is_null()
-                first = df.filter(bad).row(0, named=True)
-                raise DataError(
-                    f"{source}: column '{orig}' has {int(bad.sum()):,} unparsable timestamps; first at data row "
-                    f"{first[ROW] + 1}: {first['timestamp']!r}. Use ISO 8601 (2024-01-31T12:00:00) or Unix seconds."
-                )
-            s = numeric
-        else:
-            s = parsed
+        s = _parse_timestamp_strings(source, df, s.str.strip_chars(), orig)
     if s.dtype in (pl.Date,) or isinstance(s.dtype, pl.Datetime):
         s = s.cast(pl.Datetime("us")).dt.epoch("s")
         detected: TimestampKind = "time"
     elif s.dtype.is_numeric():
-        if s.dtype.is_float() and bool((s == s.round(0)).all()):
-            s = s.cast(pl.Int64)
+        if s.dtype.is_float():
+            inf = s.is_infinite()
+            if bool(inf.any()):
+                raise DataError(f"{source}: column '{orig}' has infinite timestamps ({_row_hint(source, df, inf)}).")
+            if bool((s == s.round(0)).all()):
+                s = s.cast(pl.Int64)
         detected = "numeric"
     else:
         raise DataError(f"{source}: column '{orig}' has type {s.dtype}; expected datetimes, ISO strings or numbers.")
     return df.with_columns(s.alias("timestamp")), (kind or detected)
+
+
+def _parse_timestamp_strings(source: str, df: pl.DataFrame, s: pl.Series, orig: str) -> pl.Series:
+    """Text timestamps: all numbers (Unix time as text) or all ISO 8601 dates/datetimes."""
+    numeric = s.cast(pl.Float64, strict=False)
+    if numeric.null_count() == 0:
+        return numeric
+    try:  # the format is inferred from the first value; values in other formats become null
+        parsed = s.str.to_datetime(strict=False, time_unit="us")
+    except pl.exceptions.PolarsError:  # no format fits the first value
+        parsed = pl.Series("timestamp", [None] * len(s), dtype=pl.Datetime("us"))
+    if parsed.null_count() == 0:
+        return parsed
+    bad = parsed.is_null() & numeric.is_null()
+    if bool(bad.any()):
+        first = int(bad.arg_max())
+        raise DataError(
+            f"{source}: column '{orig}' has {int(bad.sum()):,} unparsable timestamps; first at "
+            f"{describe_rows(source, [int(df[ROW][first])])}: {s[first]!r}. Use ISO 8601 (2024-01-31T12:00:00, "
+            "one format for the whole column) or Unix seconds."
+        )
+    i_num, i_date = int(numeric.is_not_null().arg_max()), int(parsed.is_not_null().arg_max())
+    raise DataError(
+        f"{source}: column '{orig}' mixes numbers ({describe_rows(source, [int(df[ROW][i_num])])}: {s[i_num]!r}) "
+        f"and date strings ({describe_rows(source, [int(df[ROW][i_date])])}: {s[i_date]!r}). "
+        "Use one kind for the whole column: ISO 8601 or Unix seconds."
+    )
 
 
 def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int, k_core: bool) -> tuple[pl.DataFrame, Step]:

@@ -1,7 +1,24 @@
-"""Reading event tables from files and DataFrames with Polars (lazy where the format allows)."""
+"""Reading event tables from files and DataFrames with Polars (lazy where the format allows).
+
+Errors are `DataError`s that name the file, and where Polars tells us, the row and column.
+
+Type rules for id columns, per format:
+
+* CSV/TSV: a column's type is inferred from its values. When a value later in the file does
+  not fit the type inferred from the first rows (e.g. ``u7`` after 10,000 numeric user ids),
+  the file is re-read as text and only the columns that do not fit stay text: CSV has no
+  number/string distinction, so ``123`` and ``u7`` are simply two string ids.
+* JSONL: JSON does distinguish ``1`` from ``"1"``. Polars silently turns a column that mixes
+  numbers and strings into strings (so ``1`` and ``"1"`` would become the same id); userseq
+  refuses such id columns with an error naming a row of each kind instead of guessing.
+* pandas: an ``object`` column that mixes Python types (e.g. ``int`` and ``str``) is refused.
+"""
 
 from __future__ import annotations
 
+import csv
+import difflib
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +29,7 @@ from userseq.errors import DataError
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+_NUMBER = r"^\s*-?\d+(\.\d*)?([eE][+-]?\d+)?\s*$"
 
 
 def _format_of(path: Path) -> tuple[str, bool]:
@@ -23,10 +41,46 @@ def _format_of(path: Path) -> tuple[str, bool]:
     return (suffixes[-1] if suffixes else ""), compressed
 
 
+def source_kind(name: str) -> str:
+    """'csv', 'jsonl', 'parquet' or 'frame' for a source name as returned by `scan_table`."""
+    if name.startswith("<"):
+        return "frame"
+    fmt, _ = _format_of(Path(name))
+    if fmt in CSV_SUFFIXES or fmt == ".txt":
+        return "csv"
+    if fmt in JSONL_SUFFIXES:
+        return "jsonl"
+    return "parquet" if fmt in PARQUET_SUFFIXES else "other"
+
+
+def describe_rows(name: str, rows: list[int]) -> str:
+    """Human row references for 0-based data rows of a source: file lines for CSV, 1-based rows
+    for JSONL/Parquet, 0-based positions for DataFrames (what `df.row(i)` / `df.iloc[i]` take)."""
+    kind = source_kind(name)
+    if kind == "csv":  # line 1 is the header
+        return ("line " if len(rows) == 1 else "lines ") + ", ".join(str(r + 2) for r in rows)
+    if kind == "frame":
+        return ("0-based row index " if len(rows) == 1 else "0-based row indices ") + ", ".join(map(str, rows))
+    return ("1-based row " if len(rows) == 1 else "1-based rows ") + ", ".join(str(r + 1) for r in rows)
+
+
+def _unknown_name_hint(word: str) -> str:
+    from userseq.data.datasets import DATASETS  # lazy: datasets imports the event log, which imports us
+
+    close = difflib.get_close_matches(word.lower(), list(DATASETS), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"not a known dataset name and no such file.{hint} Known datasets: {', '.join(DATASETS)} "
+        "(see `userseq datasets list`); or pass the path of an events file (.csv, .tsv, .parquet, .jsonl)."
+    )
+
+
 def check_file(path: str | Path) -> Path:
     """Fail with a clear message when a file is missing, a directory, or empty."""
     p = Path(path)
     if not p.exists():
+        if not p.suffix and len(p.parts) == 1:  # a bare word: probably meant as a dataset name
+            raise DataError(f"{p}: {_unknown_name_hint(str(p))}")
         raise DataError(
             f"{p}: file not found. Check the path, or use a named dataset (see `userseq datasets list`)."
         )
@@ -37,11 +91,17 @@ def check_file(path: str | Path) -> Path:
     return p
 
 
+def _csv_options(fmt: str) -> dict[str, Any]:
+    sep = CSV_SUFFIXES.get(fmt, "\t" if fmt == ".txt" else ",")
+    return dict(separator=sep, infer_schema_length=10_000, try_parse_dates=False)
+
+
 def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFrame, str]:
     """Open an events table lazily. Returns the LazyFrame and a human-readable source name.
 
     `source` may be a path (CSV/TSV, Parquet, JSONL; CSV/TSV/JSONL may be gzip-compressed),
-    a Polars DataFrame/LazyFrame, or a pandas DataFrame.
+    a Polars DataFrame/LazyFrame, or a pandas DataFrame. Collect it with `collect_table`, which
+    turns parse errors into `DataError`s.
     """
     if isinstance(source, pl.LazyFrame):
         return source, "<LazyFrame>"
@@ -57,16 +117,18 @@ def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFr
     name = str(path)
     fmt, compressed = _format_of(path)
     try:
+        if compressed and path.suffixes[-1].lower() == ".bz2":
+            raise DataError(f"{name}: bz2 compression is not supported; decompress it or use gzip (.gz).")
         if fmt in PARQUET_SUFFIXES:
             lf = pl.scan_parquet(path)
             lf.collect_schema()
         elif fmt in CSV_SUFFIXES or fmt == ".txt":
-            sep = CSV_SUFFIXES.get(fmt, "\t" if fmt == ".txt" else ",")
-            kw: dict[str, Any] = dict(separator=sep, infer_schema_length=10_000, try_parse_dates=False)
+            kw = _csv_options(fmt)
             lf = pl.read_csv(path, **kw).lazy() if compressed else pl.scan_csv(path, **kw)
             schema = lf.collect_schema()
-            if len(schema) == 1 and sep == "," and "\t" in next(iter(schema)):
+            if len(schema) == 1 and kw["separator"] == "," and "\t" in next(iter(schema)):
                 raise DataError(f"{name}: looks tab-separated but has a .csv name; rename it to .tsv.")
+            lf = _strip_header(lf)
         elif fmt in JSONL_SUFFIXES:
             lf = pl.read_ndjson(path, infer_schema_length=None).lazy() if compressed else pl.scan_ndjson(
                 path, infer_schema_length=None
@@ -86,6 +148,101 @@ def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFr
     if not lf.collect_schema().names():
         raise DataError(f"{name}: no columns found. Expected a header row with user_id, item_id, timestamp.")
     return lf, name
+
+
+def _strip_header(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """'user_id, item_id, timestamp' headers: drop the blanks around names when that keeps them unique."""
+    names = lf.collect_schema().names()
+    stripped = [c.strip() for c in names]
+    if stripped != names and len(set(stripped)) == len(stripped):
+        lf = lf.rename(dict(zip(names, stripped, strict=True)))
+    return lf
+
+
+def collect_table(lf: pl.LazyFrame, name: str, id_columns: list[str] | None = None) -> pl.DataFrame:
+    """Collect a table opened by `scan_table`, with clear errors for malformed contents.
+
+    CSV columns whose inferred type does not fit a later value are re-read as text (see the module
+    docstring); JSONL `id_columns` that mix JSON numbers and strings are refused.
+    """
+    kind = source_kind(name)
+    try:
+        df = lf.collect()
+    except pl.exceptions.ComputeError as e:
+        if kind != "csv":
+            raise DataError(f"{name}: could not parse: {_first_line(e)}") from None
+        df = _reread_csv_as_text(Path(name), lf.collect_schema(), e)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise DataError(f"{name}: could not read: {_first_line(e)}") from None
+    if kind == "jsonl":
+        for col in id_columns or []:
+            if col in df.columns and df[col].dtype == pl.String:
+                _check_jsonl_mixed(Path(name), df, col)
+    return df
+
+
+def _reread_csv_as_text(path: Path, inferred: pl.Schema, error: Exception) -> pl.DataFrame:
+    name = str(path)
+    fmt, _ = _format_of(path)
+    kw = _csv_options(fmt)
+    kw.pop("infer_schema_length")
+    try:
+        raw = _strip_header(pl.read_csv(path, infer_schema=False, **kw).lazy()).collect()
+    except pl.exceptions.PolarsError as e:
+        where = _ragged_line(path, kw["separator"])
+        raise DataError(
+            f"{name}: could not parse as {fmt.lstrip('.')}: {_first_line(e)}"
+            + (f" ({where})" if where else "")
+            + ". Check the separator and quoting of that row."
+        ) from None
+    cols = []
+    for col, dtype in zip(raw.columns, inferred.values(), strict=False):
+        s = raw[col]
+        if dtype != pl.String:
+            typed = s.cast(dtype, strict=False)
+            if typed.null_count() == s.null_count():
+                s = typed  # every value fits the inferred type; other columns stay text
+        cols.append(s)
+    return pl.DataFrame(cols)
+
+
+def _ragged_line(path: Path, sep: str, max_lines: int = 5_000_000) -> str:
+    """Find the first line with more fields than the header (only on the error path)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f, delimiter=sep)
+            header = next(reader, [])
+            for row in reader:
+                if reader.line_num > max_lines:
+                    break
+                if len(row) > len(header):  # fewer fields are read as missing values
+                    return f"line {reader.line_num} has {len(row)} fields, the header has {len(header)}"
+    except (OSError, csv.Error):
+        return ""
+    return ""
+
+
+def _check_jsonl_mixed(path: Path, df: pl.DataFrame, col: str) -> None:
+    s = df[col]
+    if not bool(s.str.contains(_NUMBER).any()):
+        return  # no value even looks like a number: the column held JSON strings only
+    try:  # JSON numbers read as Float64; JSON strings (even "1") do not and become null
+        numbers = pl.read_ndjson(path, schema_overrides={col: pl.Float64}, ignore_errors=True,
+                                 infer_schema_length=None)[col]
+    except pl.exceptions.PolarsError:
+        return
+    is_number = numbers.is_not_null()
+    is_string = s.is_not_null() & ~is_number
+    if len(numbers) != len(s) or not bool(is_number.any()) or not bool(is_string.any()):
+        return
+    i_num, i_str = int(is_number.arg_max()), int(is_string.arg_max())
+    raise DataError(
+        f"{path}: column '{col}' mixes JSON numbers and strings (e.g. {describe_rows(str(path), [i_num])}: "
+        f"{s[i_num]}, {describe_rows(str(path), [i_str])}: {s[i_str]!r}). Ids must have one type: write them all as strings "
+        f"(\"{s[i_num]}\") or all as numbers. To treat them all as strings, read the file yourself and pass the "
+        "frame: EventLog.read(pl.read_ndjson(path, infer_schema_length=None))."
+    )
 
 
 def _from_pandas(df: Any) -> pl.DataFrame:

@@ -24,29 +24,36 @@ def _seen_mask_(scores: torch.Tensor, rows: np.ndarray, offsets: np.ndarray, ite
     scores[torch.from_numpy(r[sel]), torch.from_numpy(cols[sel] - lo)] = float("-inf")
 
 
-def rank_targets(
+MAX_CELLS = 1 << 25  # at most 32M scores (128 MB) in one users x items chunk
+
+
+def scan_catalogue(
     scorer: Scorer,
     n_items: int,
-    targets: np.ndarray,
+    n_rows: int,
+    targets: np.ndarray | None = None,
     seen: tuple[np.ndarray, np.ndarray] | None = None,
     k: int = 10,
     user_chunk: int = 1024,
     item_chunk: int = 262_144,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks (1-based, pessimistic) of `targets` and top-k item lists for every user row.
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """One pass over all (user row, item) scores in bounded chunks.
 
-    Item index 0 (padding) is never ranked. `seen=(offsets, items)` removes those items from
-    each user's ranking (the target too, if it was seen: then it ranks last).
+    Returns (ranks, top_items, top_scores): 1-based pessimistic ranks of `targets` (None when no
+    targets are given) and the top-k items with their scores for every row. Item 0 (padding) is
+    never ranked; `seen=(offsets, items)` removes those items from each row's ranking (a seen
+    target then ranks last). Chunks never exceed MAX_CELLS scores, whatever the catalogue size.
     """
-    n = len(targets)
-    ranks = np.empty(n, dtype=np.int64)
-    top = np.zeros((n, k), dtype=np.int64)
+    user_chunk = max(1, min(user_chunk, n_rows))
+    item_chunk = max(1, min(item_chunk, MAX_CELLS // user_chunk))
+    ranks = np.empty(n_rows, dtype=np.int64) if targets is not None else None
+    k_eff = min(k, n_items)
+    top = np.zeros((n_rows, k_eff), dtype=np.int64)
+    top_s = np.zeros((n_rows, k_eff), dtype=np.float32)
     total = n_items + 1
     bounds = [(lo, min(lo + item_chunk, total)) for lo in range(0, total, item_chunk)]
-    k_eff = min(k, n_items)
-    for u0 in range(0, n, user_chunk):
-        rows = np.arange(u0, min(u0 + user_chunk, n))
-        tgt = torch.from_numpy(targets[rows].astype(np.int64))
+    for u0 in range(0, n_rows, user_chunk):
+        rows = np.arange(u0, min(u0 + user_chunk, n_rows))
 
         def chunk_scores(lo: int, hi: int, rows=rows) -> torch.Tensor:
             s = scorer(rows, lo, hi).float().clone()
@@ -56,38 +63,52 @@ def rank_targets(
                 _seen_mask_(s, rows, seen[0], seen[1], lo, hi)
             return s
 
-        # pass 1: the target's own score, read from the same matrix product that ranks it
-        if len(bounds) == 1:
-            cached = chunk_scores(0, total)
-            t_score = cached.gather(1, tgt[:, None]).squeeze(1)
-        else:
-            cached = None
-            t_score = torch.empty(len(rows))
-            for lo, hi in bounds:
-                inside = (tgt >= lo) & (tgt < hi)
-                if inside.any():
-                    s = chunk_scores(lo, hi)
-                    t_score[inside] = s[inside].gather(1, (tgt[inside] - lo)[:, None]).squeeze(1)
-        higher = torch.zeros(len(rows), dtype=torch.long)
-        equal = torch.zeros(len(rows), dtype=torch.long)
+        cached = chunk_scores(0, total) if len(bounds) == 1 else None
+        t_score = None
+        if targets is not None:
+            # the target's own score, read from the same matrix product that ranks it
+            tgt = torch.from_numpy(targets[rows].astype(np.int64))
+            if cached is not None:
+                t_score = cached.gather(1, tgt[:, None]).squeeze(1)
+            else:
+                t_score = torch.empty(len(rows))
+                for lo, hi in bounds:
+                    inside = (tgt >= lo) & (tgt < hi)
+                    if inside.any():
+                        s = chunk_scores(lo, hi)
+                        t_score[inside] = s[inside].gather(1, (tgt[inside] - lo)[:, None]).squeeze(1)
+            higher = torch.zeros(len(rows), dtype=torch.long)
+            equal = torch.zeros(len(rows), dtype=torch.long)
         best_s = torch.full((len(rows), k_eff), float("-inf"))
         best_i = torch.zeros((len(rows), k_eff), dtype=torch.long)
         for lo, hi in bounds:
             s = cached if cached is not None else chunk_scores(lo, hi)
-            higher += (s > t_score[:, None]).sum(1)
-            equal += (s == t_score[:, None]).sum(1)
-            kk = min(k_eff, hi - lo)
-            cs, ci = torch.topk(s, kk, dim=1)
-            both_s = torch.cat([best_s, cs], 1)
-            both_i = torch.cat([best_i, ci + lo], 1)
+            if t_score is not None:
+                higher += (s > t_score[:, None]).sum(1)
+                equal += (s == t_score[:, None]).sum(1)
+            cs, ci = torch.topk(s, min(k_eff, hi - lo), dim=1)
+            both_s, both_i = torch.cat([best_s, cs], 1), torch.cat([best_i, ci + lo], 1)
             order = torch.topk(both_s, k_eff, dim=1).indices
             best_s, best_i = both_s.gather(1, order), both_i.gather(1, order)
-        target_finite = torch.isfinite(t_score)
-        rank = 1 + higher + (equal - 1)  # `equal` includes the target itself
-        # a filtered (-inf) target sits below every finite item: rank = number of rankable items
-        rank = torch.where(target_finite, rank, torch.full_like(rank, n_items))
-        ranks[rows] = rank.numpy()
-        top[rows, :k_eff] = best_i.numpy()
+        if t_score is not None:
+            rank = 1 + higher + (equal - 1)  # `equal` includes the target itself
+            # a filtered (-inf) target ties with every filtered item: pessimistically last
+            ranks[rows] = torch.where(torch.isfinite(t_score), rank, torch.full_like(rank, n_items)).numpy()
+        top[rows], top_s[rows] = best_i.numpy(), best_s.numpy()
+    return ranks, top, top_s
+
+
+def rank_targets(
+    scorer: Scorer,
+    n_items: int,
+    targets: np.ndarray,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
+    k: int = 10,
+    user_chunk: int = 1024,
+    item_chunk: int = 262_144,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks (1-based, pessimistic) of `targets` and top-k item lists for every row."""
+    ranks, top, _ = scan_catalogue(scorer, n_items, len(targets), targets, seen, k, user_chunk, item_chunk)
     return ranks, top
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
 from userseq.errors import ArtifactError, ConfigError, UserseqError
-from userseq.eval.ranking import evaluate, matrix_scorer
+from userseq.eval.ranking import evaluate, matrix_scorer, scan_catalogue
 from userseq.objectives.nextitem import NextItemLoss
 from userseq.train.loop import Trainer, resolve_device
 
@@ -105,6 +106,7 @@ class NextItemRecommender:
             if state.history else None,
             "train_sequences": int(len(rows)), "device": str(trainer.device),
             "precision": str(trainer.autocast_dtype or torch.float32).replace("torch.", ""),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         }
         if run_dir is not None:
             self.save(run_dir)
@@ -175,19 +177,14 @@ class NextItemRecommender:
 
     # ------------------------------------------------------------------ recommending
     def _topk(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool):
-        if not isinstance(k, int | np.integer) or k <= 0:
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
             raise UserseqError(f"k must be a positive integer (got {k!r}).")
-        n_items = len(self.item_ids)
         users = self.encode(offsets, items)
-        scores = users @ self.item_matrix().T
-        scores[:, 0] = float("-inf")
-        if filter_seen:
-            lengths = np.diff(offsets)
-            r = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
-            scores[r, torch.from_numpy(items.astype(np.int64))] = float("-inf")
-        k = min(k, n_items)
-        s, idx = torch.topk(scores, k, dim=1)
-        return s.numpy(), idx.numpy()
+        seen = (offsets, items) if filter_seen else None
+        c = self.config.eval
+        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()), len(self.item_ids), len(users),
+                                       None, seen, int(k), c.user_chunk, c.item_chunk)
+        return top_s, top
 
     def _frame(self, ids: Sequence[Any], s: np.ndarray, idx: np.ndarray) -> pl.DataFrame:
         n, k = idx.shape
