@@ -407,12 +407,20 @@ def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int, k_core: bool)
 
 
 def lookup_ids(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
-    query = pl.Series("id", list(ids) if not isinstance(ids, pl.Series) else ids)
+    """Indices of `ids` in `id_map` (+offset); ids that are not in the map give -1 (offset 0) or 0.
+
+    Ids of another type are compared by value where that is exact ("10" finds 10, 10 finds "10";
+    10.5 finds nothing); each id is looked up on its own, so one odd id does not hide the others.
+    """
+    query = ids.rename("id") if isinstance(ids, pl.Series) else pl.Series("id", list(ids), strict=False)
     if query.dtype != id_map.dtype:
         try:
-            query = query.cast(id_map.dtype)
+            cast = query.cast(id_map.dtype, strict=False)
+            if query.dtype.is_float() and id_map.dtype.is_integer():
+                cast = cast.set(~(query == query.round(0)).fill_null(False), None)  # no truncation: 10.5 != 10
         except pl.exceptions.PolarsError:
-            query = pl.Series("id", [None] * len(query), dtype=id_map.dtype)
+            cast = pl.Series("id", [None] * len(query), dtype=id_map.dtype)
+        query = cast
     table = pl.DataFrame({"id": id_map, "idx": np.arange(len(id_map), dtype=np.int64) + offset})
     out = pl.DataFrame({"id": query}).join(table, on="id", how="left", maintain_order="left")
     return out["idx"].fill_null(-1 if offset == 0 else 0).to_numpy()
