@@ -92,3 +92,22 @@ def test_coverage_and_baselines():
     rep = repeat_scorer(np.array([0, 3]), np.array([2, 1, 2], dtype=np.int32))
     s = rep(np.array([0]), 0, 4)
     assert s.tolist() == [[0.0, 2.0, 3.0, 0.0]]  # most recent occurrence of item 2 wins
+
+
+def test_scan_never_exceeds_the_chunk_budget(monkeypatch):
+    import userseq.eval.ranking as R
+
+    monkeypatch.setattr(R, "MAX_CELLS", 64)
+    sizes = []
+    U, W = torch.randn(20, 4), torch.randn(101, 4)
+    base = matrix_scorer(U, W)
+
+    def spy(rows, lo, hi):
+        sizes.append(len(rows) * (hi - lo))
+        return base(rows, lo, hi)
+
+    ranks, top, top_s = R.scan_catalogue(spy, 100, 20, np.arange(1, 21), None, k=5, user_chunk=8)
+    assert max(sizes) <= 64
+    ref, ref_top, _ = R.scan_catalogue(base, 100, 20, np.arange(1, 21), None, k=5)
+    assert (ranks == ref).all()
+    np.testing.assert_allclose(top_s, np.take_along_axis((U @ W.T).numpy(), ref_top, 1), rtol=1e-6)

@@ -172,23 +172,9 @@ def _with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
 
 
 def _evaluate_run(rec: Any, log: Any, sp: Any, run_dir: Path) -> dict[str, Any]:
-    import numpy as np
-
     from userseq.artifacts import write_json
-    from userseq.eval.ranking import evaluate, popularity_scorer
 
-    c = rec.config.eval
-    metrics: dict[str, Any] = {
-        "valid": rec.evaluate(sp.valid), "test": rec.evaluate(sp.test),
-        "filter_seen": c.filter_seen, "split": sp.kind, "split_info": sp.info,
-        "model": rec.config.model.name, "loss": rec.config.loss.name, "train": rec.train_state,
-        "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
-                 "fingerprint": rec.data_fingerprint, "timestamp_kind": log.timestamp_kind},
-    }
-    seen = (sp.test.offsets, sp.test.items) if c.filter_seen else None
-    counts = np.bincount(sp.train_items, minlength=log.n_items + 1)
-    metrics["baselines"] = {"popularity": evaluate(popularity_scorer(counts), log.n_items, sp.test.targets, seen, c.ks,
-                                                   c.user_chunk, c.item_chunk)}
+    metrics = rec.report(log, sp)
     write_json(metrics, Path(run_dir) / "metrics.json")
     return metrics
 
@@ -202,7 +188,7 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     for name in ("valid", "test"):
         t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
     for name, m in metrics.get("baselines", {}).items():
-        t.add_row(f"test ({name})", *(f"{m[k]:.4f}" for k in keys))
+        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" for k in keys))
     out.print(t)
     tr = metrics.get("train") or {}
     if tr:
@@ -338,6 +324,26 @@ def embed(
     items = rec.item_embeddings()
     pl.DataFrame({"item_id": rec.item_ids, "embedding": items}).write_parquet(items_out)
     out.print(f"wrote {len(items):,} item embeddings to {items_out}")
+
+
+# Task families add their commands here: each module defines `register(app)`.
+COMMAND_MODULES = ("userseq.tasks.ctr_cli", "userseq.serve.cli", "userseq.tasks.detect_cli")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name or name.startswith(f"{e.name}."):
+                continue  # that task family is not part of this build
+            raise
+        module.register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

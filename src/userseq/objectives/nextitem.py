@@ -108,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h * g, grad_W * g, None, None, None
 
 
-def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Full softmax cross-entropy over items 1..n_items (mean over rows)."""
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else torch.float32
     with torch.autocast(h.device.type, enabled=False):

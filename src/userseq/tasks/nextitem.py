@@ -26,7 +26,7 @@ from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
 from userseq.errors import ArtifactError, ConfigError, UserseqError
-from userseq.eval.ranking import evaluate, matrix_scorer, scan_catalogue
+from userseq.eval.ranking import evaluate, matrix_scorer, popularity_scorer, repeat_scorer, scan_catalogue
 from userseq.objectives.nextitem import NextItemLoss
 from userseq.train.loop import Trainer, resolve_device
 
@@ -174,6 +174,26 @@ class NextItemRecommender:
         """Full-ranking NDCG/HR/MRR/coverage of `eval_set` targets given their histories."""
         c = self.config.eval
         return self._evaluate(eval_set, ks or c.ks, c.filter_seen if filter_seen is None else filter_seen)
+
+    def report(self, log: EventLog, split: Split) -> dict[str, Any]:
+        """The `metrics.json` content: validation and test metrics, baselines on the same test
+        targets, the protocol, training figures and the data description."""
+        c = self.config.eval
+        seen = (split.test.offsets, split.test.items) if c.filter_seen else None
+        counts = np.bincount(split.train_items, minlength=log.n_items + 1)
+        pop = evaluate(popularity_scorer(counts), log.n_items, split.test.targets, seen, c.ks, c.user_chunk,
+                       c.item_chunk)
+        # the repeat baseline only scores history items, so it is evaluated without seen-item filtering
+        rep = evaluate(repeat_scorer(split.test.offsets, split.test.items), log.n_items, split.test.targets, None,
+                       c.ks, c.user_chunk, c.item_chunk)
+        return {
+            "valid": self.evaluate(split.valid), "test": self.evaluate(split.test),
+            "filter_seen": c.filter_seen, "ties": "pessimistic", "split": split.kind, "split_info": split.info,
+            "model": self.config.model.name, "loss": self.config.loss.name, "train": self.train_state,
+            "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
+                     "fingerprint": self.data_fingerprint, "timestamp_kind": log.timestamp_kind},
+            "baselines": {"popularity": pop, "repeat (no seen filter)": rep},
+        }
 
     # ------------------------------------------------------------------ recommending
     def _topk(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool):
