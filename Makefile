@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # Train SASRec (full softmax CE) on MovieLens-1M, evaluate with full ranking, print metrics, save the run.
 demo: $(STAMP)
-	$(BIN)/userseq train --data ml-1m --model sasrec --out runs/demo-ml1m --max-minutes 8
+	$(BIN)/userseq train --data ml-1m --config configs/sasrec-ml1m.yaml --out runs/demo-ml1m --max-minutes 8
 	$(BIN)/userseq evaluate runs/demo-ml1m
 	$(BIN)/userseq recommend runs/demo-ml1m --user 1 -k 10
 

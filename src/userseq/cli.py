@@ -162,9 +162,9 @@ def train(
 def _with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
     """Apply command-line options to a config; a bad value names the option, not the config key."""
     try:
-        return cfg.updated({key: value for key, value in options.values()})
+        return cfg.updated({key: value for key, value in options.values()}, source="command line")
     except ConfigError as e:
-        msg = str(e).replace("<overrides>: invalid config: ", "")
+        msg = str(e).replace("command line: invalid config: ", "")
         for flag, (key, value) in options.items():
             if value is not None:
                 msg = msg.replace(f"'{key}':", f"{flag} {value}:")

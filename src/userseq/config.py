@@ -107,7 +107,7 @@ class RunConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    def updated(self, overrides: dict[str, Any]) -> RunConfig:
+    def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
         """Apply dotted overrides like {"train.epochs": 5, "model.name": "gru4rec"}."""
         data = self.model_dump(mode="json")
         for key, value in overrides.items():
@@ -115,12 +115,12 @@ class RunConfig(_Strict):
                 continue
             section, _, field = key.partition(".")
             if section not in data or (field and field not in data[section]):
-                raise ConfigError(f"unknown config key '{key}'.")
+                raise ConfigError(f"{source}: unknown config key '{key}'.")
             if field:
                 data[section][field] = value
             else:
                 data[section] = value
-        return parse_config(data, "<overrides>")
+        return parse_config(data, source)
 
 
 def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:

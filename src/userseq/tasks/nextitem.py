@@ -53,7 +53,7 @@ class NextItemRecommender:
         over = dict(overrides or {})
         if model is not None:
             over["model.name"] = model
-        self.config = cfg.updated(over) if over else cfg
+        self.config = cfg.updated(over, source="NextItemRecommender arguments") if over else cfg
         self.encoder: SequenceEncoder | None = None
         self.user_ids: pl.Series | None = None
         self.item_ids: pl.Series | None = None
