@@ -128,7 +128,7 @@ class EventLog:
             df = _check_ids(source, df, col, orig)
         df, kind = _parse_timestamps(source, df, columns.timestamp, timestamp_kind)
         n0 = df.height
-        df = df.sort(["user_raw", "timestamp", ROW])
+        df = df.sort(["user_raw", "timestamp"], maintain_order=True)  # stable: input order breaks ties
         report = [Step("read", n0, n0)]
 
         if dedup_consecutive:
@@ -146,12 +146,15 @@ class EventLog:
                 f"{source}: no events left after filtering ({'; '.join(s.describe() for s in report[1:])}). "
                 "Lower min_user_events/min_item_events."
             )
-        user_ids = df["user_raw"].unique().sort()
+        # df is sorted by user: user indices come from the boundaries between users, items from a join
+        first = (pl.col("user_raw") != pl.col("user_raw").shift(1)).fill_null(True)
+        user_ids = df.filter(first)["user_raw"]
         item_ids = df["item_raw"].unique().sort()
-        df = df.with_columns(
-            (pl.col("user_raw").rank("dense") - 1).cast(pl.Int32).alias("user"),
-            pl.col("item_raw").rank("dense").cast(pl.Int32).alias("item"),
-        ).drop(["user_raw", "item_raw"])
+        item_map = pl.DataFrame({"item_raw": item_ids,
+                                 "item": pl.int_range(1, len(item_ids) + 1, dtype=pl.Int32, eager=True)})
+        df = (df.with_columns((first.cum_sum() - 1).cast(pl.Int32).alias("user"))
+              .join(item_map, on="item_raw", how="left", maintain_order="left")
+              .drop(["user_raw", "item_raw"]))
         front = ["user", "item", "timestamp", ROW]
         df = df.select(front + [c for c in df.columns if c not in front])
         return cls(
