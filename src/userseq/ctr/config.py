@@ -1,0 +1,159 @@
+"""CTR configuration: pydantic models (unknown keys and bad values are errors), YAML in and out.
+
+The training section is the shared `TrainConfig` (one training loop for every task); its CTR
+defaults differ only in the monitored metric (`auc`) and the batch size / patience.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from userseq.config import TrainConfig
+from userseq.errors import ConfigError
+
+MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
+MONITORS = ("auc", "gauc", "neg_logloss")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CTRDataConfig(_Strict):
+    """How CTR samples are built from an event log."""
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    timestamp_col: str = "timestamp"
+    label_col: str = Field("rating", description="column holding the label (or the rating it is derived from)")
+    label_threshold: float | None = Field(
+        4.0, description="label = value >= threshold (MovieLens: rating >= 4); null: the column already holds 0/1")
+    category_col: str | None = Field(
+        None, description="item category column in the events; default: MovieLens genres for named datasets")
+    target_col: str | None = Field(
+        None, description="boolean column marking the events that are CTR samples (default: every event)")
+    context_cols: list[str] = Field(default_factory=list, description="numeric per-event context features")
+    valid_quantile: float = Field(0.8, gt=0, lt=1, description="samples before this time quantile train")
+    test_quantile: float = Field(0.9, gt=0, lt=1, description="samples at/after this time quantile test")
+
+    @model_validator(mode="after")
+    def _order(self) -> CTRDataConfig:
+        if self.valid_quantile >= self.test_quantile:
+            raise ValueError(f"valid_quantile ({self.valid_quantile}) must be below test_quantile "
+                             f"({self.test_quantile})")
+        return self
+
+
+class CTRModelConfig(_Strict):
+    """The CTR model. `name` picks the interest module; the embedding and MLP blocks are shared."""
+
+    name: Literal["nohist", "mean", "din", "sim", "twin", "sdim", "dare"] = "din"
+    item_dim: int = Field(32, ge=1)
+    cat_dim: int = Field(16, ge=1)
+    user_dim: int = Field(16, ge=0, description="user-id embedding size (0: no user-id feature)")
+    max_len: int = Field(200, ge=1, description="recent behaviours read by mean and din")
+    long_len: int = Field(2000, ge=1, description="behaviours searched by sim, twin, sdim and dare")
+    top_k: int = Field(20, ge=1, description="behaviours kept by the search stage (sim, twin, dare)")
+    mlp: list[int] = Field(default_factory=lambda: [200, 80], description="prediction MLP hidden sizes")
+    activation: Literal["dice", "prelu"] = "dice"
+    att_hidden: list[int] = Field(default_factory=lambda: [80, 40], description="DIN local activation unit")
+    din_softmax: bool = Field(False, description="DIN code variant: softmax-normalized, scaled weights")
+    attn_item_dim: int | None = Field(None, ge=1, description="DARE attention item dim (default item_dim)")
+    attn_cat_dim: int | None = Field(None, ge=1, description="DARE attention category dim (default cat_dim)")
+    aux_loss: bool = Field(False, description="twin/dare: auxiliary loss on softmax attention over all behaviours")
+    num_hashes: int = Field(48, ge=1, description="SDIM m")
+    hash_bits: int = Field(3, ge=1, le=16, description="SDIM tau (bits per signature)")
+    hash_seed: int = 1234
+    pos_buckets: int = Field(64, ge=2, description="log-spaced buckets of the position counted back from the target")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("mlp", "att_hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError("must be a non-empty list of positive layer sizes")
+        return v
+
+    @property
+    def window(self) -> int:
+        """How many recent behaviours this model reads."""
+        if self.name == "nohist":
+            return 0
+        return self.max_len if self.name in ("mean", "din") else self.long_len
+
+
+def _train_defaults() -> TrainConfig:
+    return TrainConfig(epochs=20, batch_size=512, lr=1e-3, patience=2, monitor="auc", grad_clip=5.0)
+
+
+class CTRConfig(_Strict):
+    data: CTRDataConfig = Field(default_factory=CTRDataConfig)
+    model: CTRModelConfig = Field(default_factory=CTRModelConfig)
+    train: TrainConfig = Field(default_factory=_train_defaults)
+    dataset: str | None = Field(None, description="dataset name or path the run was trained on")
+
+    @model_validator(mode="after")
+    def _monitor(self) -> CTRConfig:
+        if self.train.monitor not in MONITORS:
+            raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)} for CTR "
+                             f"(got {self.train.monitor!r})")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def updated(self, overrides: dict[str, Any]) -> CTRConfig:
+        """Apply dotted overrides like {"model.name": "dare", "train.epochs": 3}; None values are skipped."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in data or (name and (not isinstance(data[section], dict) or name not in data[section])):
+                raise ConfigError(f"unknown config key '{key}'.")
+            if name:
+                data[section][name] = value
+            else:
+                data[section] = value
+        return parse_ctr_config(data, "<overrides>")
+
+
+def parse_ctr_config(data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
+    merged = dict(data)
+    if isinstance(merged.get("train"), dict):  # CTR defaults under the user's train keys
+        merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
+    try:
+        return CTRConfig.model_validate(merged)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                section = err["loc"][0] if len(err["loc"]) > 1 else None
+                model = CTRConfig.model_fields[section].annotation if section in CTRConfig.model_fields else CTRConfig
+                allowed = ", ".join(getattr(model, "model_fields", {}).keys())
+                problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
+            else:
+                problems.append(f"'{loc or 'config'}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: invalid CTR config: " + "; ".join(problems)) from None
+
+
+def load_ctr_config(path: str | Path | None) -> CTRConfig:
+    if path is None:
+        return CTRConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_ctr_config(data, str(p))

@@ -1,0 +1,356 @@
+"""CTR samples from an event log: labels, behaviour histories, categories, a time split, batches.
+
+Every CTR sample is one event (or one event marked by `target_col`): the user, the target item,
+its time, its 0/1 label, optional numeric context, and its history, the user's events strictly
+before the target's timestamp (events at the same second are not history: the log cannot say
+which came first). Histories are slices of one behaviour store (the log's events sorted by user,
+time, input row), so a sample is two offsets, not a copy: 100k samples over histories of up to
+10,000 events cost a few megabytes.
+
+The label comes from `label_col`: `value >= label_threshold` (MovieLens: rating >= 4), or the
+column's own 0/1 values when the threshold is null. The same column, bucketed, is the per-event
+history feature ("what the user thought of it"). Item categories come from `category_col`, or for
+named MovieLens datasets from their genres (the item's rarest genre: the most specific one).
+
+The split is global in time: samples before the `valid_quantile` time quantile train, samples in
+[valid, test) validate (early stopping), samples at/after the `test_quantile` time test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from userseq.ctr.config import CTRDataConfig
+from userseq.data.batches import pad_left
+from userseq.data.eventlog import EventLog, lookup_ids
+from userseq.errors import DataError
+
+MAX_FEATURE_VALUES = 64  # a label column with more distinct values is bucketed by quantiles
+NO_CATEGORY = "(none)"
+
+
+@dataclass
+class Behaviours:
+    """The behaviour store: events sorted by (user, time), CSR by user."""
+
+    offsets: np.ndarray  # (n_users + 1,) int64
+    items: np.ndarray  # (n_events,) int64 item indices 1..n_items
+    feats: np.ndarray  # (n_events,) int64 feature buckets 1..n_feats (0 = padding)
+    ts: np.ndarray  # (n_events,) float64
+
+
+@dataclass
+class Samples:
+    """CTR impressions; the history of sample i is behaviours[start[i]:end[i]]."""
+
+    user: np.ndarray  # int64 user index (1..n_users; 0 = unknown user)
+    item: np.ndarray  # int64 item index
+    ts: np.ndarray  # float64
+    start: np.ndarray  # int64
+    end: np.ndarray  # int64
+    label: np.ndarray  # float32 0/1
+    context: np.ndarray  # (n, C) float32
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def take(self, idx: np.ndarray) -> Samples:
+        return Samples(self.user[idx], self.item[idx], self.ts[idx], self.start[idx], self.end[idx],
+                       self.label[idx], self.context[idx])
+
+    @property
+    def history_lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+
+@dataclass
+class Vocab:
+    """Everything a model needs to read new data the way it read its training data (saved with it)."""
+
+    item_ids: pl.Series
+    user_ids: pl.Series
+    item_cat: np.ndarray  # (n_items + 1,) int64 category index per item (0 for the padding item)
+    cat_names: list[str]
+    feat_edges: np.ndarray  # bucket = searchsorted(edges, value, 'right') + 1
+    context_cols: list[str]
+    context_mean: np.ndarray
+    context_std: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_cats(self) -> int:
+        return len(self.cat_names)
+
+    @property
+    def n_feats(self) -> int:
+        return len(self.feat_edges) + 1
+
+    def feature_buckets(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.feat_edges, np.asarray(values, dtype=np.float64), side="right") + 1
+
+    def item_index(self, ids: Any, what: str = "item") -> np.ndarray:
+        """Item indices of original ids; unknown ids are an error naming them."""
+        ids = list(ids)
+        idx = lookup_ids(self.item_ids, ids, offset=1)
+        if (idx <= 0).any():
+            bad = [ids[j] for j in np.flatnonzero(idx <= 0)[:5]]
+            raise DataError(
+                f"unknown {what} id(s) {bad} ({int((idx <= 0).sum()):,} in all): not in the model's training "
+                "catalogue. A CTR model can only score items it was trained with; retrain with them or drop them."
+            )
+        return idx.astype(np.int64)
+
+
+@dataclass
+class CTRData:
+    behaviours: Behaviours
+    samples: Samples
+    vocab: Vocab
+    source: str = "<data>"
+    splits: dict[str, np.ndarray] = field(default_factory=dict)  # name -> sample indices
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Samples:
+        if name == "all":
+            return self.samples
+        if name not in self.splits:
+            raise DataError(f"no '{name}' split; known: {', '.join(self.splits)} or 'all'.")
+        return self.samples.take(self.splits[name])
+
+
+# ---------------------------------------------------------------------- labels and features
+def _column(log: EventLog, name: str, role: str, option: str) -> pl.Series:
+    cols = [c for c in log.frame.columns if c not in ("user", "item", "timestamp", "__row")]
+    if name not in log.frame.columns or name in ("user", "item", "__row"):
+        raise DataError(
+            f"{log.source}: missing {role} column '{name}'. Extra columns found: {cols}. "
+            f"Name the column with {option}."
+        )
+    s = log.frame[name]
+    n_null = s.null_count() + (int(s.is_nan().sum()) if s.dtype.is_float() else 0)
+    if n_null:
+        raise DataError(f"{log.source}: {role} column '{name}' has {n_null:,} missing values; fill or drop those rows.")
+    return s
+
+
+def labels_from(values: pl.Series, threshold: float | None, source: str, name: str) -> np.ndarray:
+    """0/1 labels: `value >= threshold`, or the values themselves (which must be 0/1)."""
+    if values.dtype == pl.Boolean:
+        values = values.cast(pl.Int8)
+    if not values.dtype.is_numeric():
+        raise DataError(f"{source}: label column '{name}' has type {values.dtype}; labels must be numbers "
+                        "(0/1, or ratings with label_threshold).")
+    v = values.to_numpy().astype(np.float64)
+    if threshold is not None:
+        return (v >= threshold).astype(np.float32)
+    bad = ~np.isin(v, (0.0, 1.0))
+    if bad.any():
+        found = np.unique(v[bad])[:5].tolist()
+        raise DataError(
+            f"{source}: labels in column '{name}' must be 0 or 1, but {int(bad.sum()):,} rows hold other values "
+            f"(e.g. {found}). Pass a threshold (CLI: --label-threshold 4; config: data.label_threshold) to derive "
+            "labels from ratings."
+        )
+    return v.astype(np.float32)
+
+
+def feature_edges(values: np.ndarray) -> np.ndarray:
+    """Bucket edges for the per-event history feature: one bucket per distinct value, or 16 quantile
+    buckets when there are more than MAX_FEATURE_VALUES distinct values."""
+    uniq = np.unique(values)
+    if len(uniq) <= MAX_FEATURE_VALUES:
+        return uniq[1:].astype(np.float64)
+    return np.unique(np.quantile(values, np.linspace(0, 1, 17)[1:-1]))
+
+
+def genre_categories(meta: pl.DataFrame, item_ids: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Category per item = its rarest genre in the catalogue (the most specific one); items without
+    genres (or missing from the metadata) get the category '(none)'."""
+    m = meta.select("item_id", "genres")
+    counts = m.explode("genres").drop_nulls("genres").group_by("genres").len()
+    freq = dict(zip(counts["genres"].to_list(), counts["len"].to_list(), strict=True))
+    lookup = dict(zip(m["item_id"].to_list(), m["genres"].to_list(), strict=True))
+    names: list[str] = [NO_CATEGORY]
+    index = {NO_CATEGORY: 1}
+    out = np.zeros(len(item_ids) + 1, dtype=np.int64)
+    for i, iid in enumerate(item_ids.to_list(), start=1):
+        genres = [g for g in (lookup.get(iid) or []) if g]
+        g = min(genres, key=lambda x: (freq.get(x, 0), x)) if genres else NO_CATEGORY
+        if g not in index:
+            index[g] = len(names) + 1
+            names.append(g)
+        out[i] = index[g]
+    return out, names
+
+
+def column_categories(log: EventLog, col: str) -> tuple[np.ndarray, list[str]]:
+    """Category per item from an events column (an item's first value; conflicting values are counted)."""
+    s = _column(log, col, "category", "--category-col / data.category_col")
+    df = pl.DataFrame({"item": log.frame["item"], "cat": s.cast(pl.String)})
+    per_item = df.group_by("item").agg(pl.col("cat").first(), pl.col("cat").n_unique().alias("n"))
+    names = sorted(per_item["cat"].unique().to_list())
+    index = {c: i + 1 for i, c in enumerate(names)}
+    out = np.zeros(log.n_items + 1, dtype=np.int64)
+    out[per_item["item"].to_numpy()] = [index[c] for c in per_item["cat"].to_list()]
+    return out, names
+
+
+# ---------------------------------------------------------------------- building samples
+def build_ctr_data(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None = None,
+                   vocab: Vocab | None = None, cuts: tuple[float, float] | None = None) -> CTRData:
+    """CTR samples and the time split from an event log.
+
+    `meta` (item_id, genres) gives categories when `cfg.category_col` is not set. With `vocab`
+    (a fitted model's), items and users are mapped to the model's indices (unknown items are an
+    error) and categories/feature buckets/context scaling come from the vocab; `cuts` fixes the
+    split times (valid_cut, test_cut) instead of taking quantiles.
+    """
+    src = log.source
+    label_values = _column(log, cfg.label_col, "label", "--label-col / data.label_col")
+    labels = labels_from(label_values, cfg.label_threshold, src, cfg.label_col)
+    raw_feat = label_values.cast(pl.Float64).to_numpy() if label_values.dtype != pl.Boolean else labels
+    ctx = np.zeros((log.n_events, len(cfg.context_cols)), dtype=np.float64)
+    for j, c in enumerate(cfg.context_cols):
+        s = _column(log, c, "context", "data.context_cols")
+        if not s.dtype.is_numeric():
+            raise DataError(f"{src}: context column '{c}' has type {s.dtype}; context features must be numeric.")
+        ctx[:, j] = s.cast(pl.Float64).to_numpy()
+    if cfg.target_col:
+        t = _column(log, cfg.target_col, "target-marker", "data.target_col")
+        if t.dtype != pl.Boolean and not set(t.unique().to_list()) <= {0, 1}:
+            raise DataError(f"{src}: target column '{cfg.target_col}' must be boolean or 0/1.")
+        is_target = t.cast(pl.Boolean).to_numpy()
+    else:
+        is_target = np.ones(log.n_events, dtype=bool)
+
+    offsets, items = log.sequences()
+    ts = log.timestamps().astype(np.float64)
+    users = np.repeat(np.arange(log.n_users, dtype=np.int64), np.diff(offsets))
+
+    if vocab is None:
+        if cfg.category_col:
+            item_cat, cat_names = column_categories(log, cfg.category_col)
+        elif meta is not None and "genres" in meta.columns:
+            item_cat, cat_names = genre_categories(meta, log.item_ids)
+        else:
+            item_cat, cat_names = np.ones(log.n_items + 1, dtype=np.int64), [NO_CATEGORY]
+            item_cat[0] = 0
+        vocab = Vocab(log.item_ids, log.user_ids, item_cat, cat_names, feature_edges(raw_feat),
+                      list(cfg.context_cols), np.zeros(len(cfg.context_cols)), np.ones(len(cfg.context_cols)))
+        item_map = np.arange(log.n_items + 1, dtype=np.int64)
+        user_map = np.arange(1, log.n_users + 1, dtype=np.int64)
+        fresh = True
+    else:
+        item_map = np.concatenate([[0], vocab.item_index(log.item_ids.to_list())])
+        user_map = lookup_ids(vocab.user_ids, log.user_ids, offset=1).astype(np.int64)  # unknown users -> 0
+        if list(cfg.context_cols) != vocab.context_cols:
+            raise DataError(f"{src}: context columns {cfg.context_cols} differ from the model's {vocab.context_cols}.")
+        fresh = False
+
+    beh = Behaviours(offsets.astype(np.int64), item_map[items], vocab.feature_buckets(raw_feat), ts)
+    # history end of event j: the first event of the same user with the same timestamp
+    new_group = np.ones(log.n_events, dtype=bool)
+    new_group[1:] = (users[1:] != users[:-1]) | (ts[1:] != ts[:-1])
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(log.n_events), 0))
+    sel = np.flatnonzero(is_target)
+    samples = Samples(
+        user=user_map[users[sel]], item=beh.items[sel], ts=ts[sel], start=offsets[users[sel]].astype(np.int64),
+        end=group_start[sel].astype(np.int64), label=labels[sel], context=ctx[sel].astype(np.float32),
+    )
+    if len(samples) == 0:
+        raise DataError(f"{src}: no CTR samples (target column '{cfg.target_col}' marks no event).")
+    data = CTRData(beh, samples, vocab, src)
+    data.splits, split_info = temporal_ctr_split(samples.ts, cfg.valid_quantile, cfg.test_quantile, cuts, src)
+    if fresh and len(cfg.context_cols):  # standardize context with training-period statistics only
+        train_ctx = samples.context[data.splits["train"]].astype(np.float64)
+        vocab.context_mean = train_ctx.mean(0) if len(train_ctx) else np.zeros(len(cfg.context_cols))
+        std = train_ctx.std(0) if len(train_ctx) else np.ones(len(cfg.context_cols))
+        vocab.context_std = np.where(std > 0, std, 1.0)
+    if len(cfg.context_cols):
+        samples.context = ((samples.context - vocab.context_mean) / vocab.context_std).astype(np.float32)
+    lengths = samples.history_lengths
+    data.info = {
+        "source": src, "users": log.n_users, "items": log.n_items, "events": log.n_events,
+        "samples": len(samples), "categories": vocab.n_cats, "feature_buckets": vocab.n_feats,
+        "label": f"{cfg.label_col} >= {cfg.label_threshold}" if cfg.label_threshold is not None else cfg.label_col,
+        "history_length": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
+                           "max": int(lengths.max()), "empty": int((lengths == 0).sum())},
+        **split_info,
+    }
+    for name, idx in data.splits.items():
+        data.info[f"{name}_positive_rate"] = float(samples.label[idx].mean()) if len(idx) else float("nan")
+    return data
+
+
+def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float, cuts: tuple[float, float] | None,
+                       source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Sample indices for train (t < valid_cut), valid (valid_cut <= t < test_cut), test (t >= test_cut)."""
+    if cuts is None:
+        valid_cut = float(np.quantile(ts, valid_q, method="higher"))
+        test_cut = float(np.quantile(ts, test_q, method="higher"))
+    else:
+        valid_cut, test_cut = map(float, cuts)
+    splits = {
+        "train": np.flatnonzero(ts < valid_cut),
+        "valid": np.flatnonzero((ts >= valid_cut) & (ts < test_cut)),
+        "test": np.flatnonzero(ts >= test_cut),
+    }
+    if cuts is None:
+        for name in ("train", "valid", "test"):
+            if len(splits[name]) == 0:
+                raise DataError(
+                    f"{source}: the time split left no {name} samples (valid cut {valid_cut}, test cut {test_cut}; "
+                    "many events share one timestamp?). Adjust data.valid_quantile / data.test_quantile."
+                )
+    info = {"split": "temporal", "valid_cut": valid_cut, "test_cut": test_cut,
+            **{f"{k}_samples": int(len(v)) for k, v in splits.items()}}
+    return splits, info
+
+
+# ---------------------------------------------------------------------- batches
+def position_buckets(back: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Bucket of the position counted back from the target (1 = most recent): exact up to 16, then
+    4 buckets per doubling, capped at n_buckets - 1 (0 is padding)."""
+    back = np.asarray(back, dtype=np.float64)
+    b = np.where(back <= 16, back, 16 + np.floor(4 * np.log2(np.maximum(back, 16) / 16)))
+    return np.clip(b, 1, n_buckets - 1).astype(np.int64)
+
+
+def make_batch(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, pos_buckets: int,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors for a batch of samples: the target, and the last `window` behaviours left-padded to the
+    longest history in the batch (not to `window`), with the position counted back from the target."""
+    hist_len = np.minimum(s.end - s.start, window)
+    width = int(hist_len.max()) if len(hist_len) and window > 0 else 0
+    items = pad_left(s.start, s.end, beh.items, width)
+    feats = pad_left(s.start, s.end, beh.feats, width)
+    pos = position_buckets(width - np.arange(width), pos_buckets)[None, :].repeat(len(s), 0)
+    mask = items > 0
+    pos[~mask] = 0
+    out = {
+        "user": s.user, "item": s.item, "cat": item_cat[s.item], "label": s.label,
+        "hist_item": items, "hist_cat": item_cat[items], "hist_feat": np.where(mask, feats, 0), "hist_pos": pos,
+        "mask": mask, "context": s.context,
+    }
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
+
+
+def iter_batches(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, pos_buckets: int,
+                 batch_size: int, device: torch.device | str = "cpu"):
+    """Batches in length order (little padding); yields (sample positions, batch)."""
+    order = np.argsort(np.minimum(s.history_lengths, window), kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        yield idx, make_batch(beh, s.take(idx), item_cat, window, pos_buckets, device)

@@ -1,0 +1,356 @@
+"""CTR models over behaviour histories: shared embedding and MLP blocks, one interest module each.
+
+Every model scores `[target, user, interest, target * interest, context] -> MLP -> logit`; they
+differ only in how `interest` is read from the history (METHODS.md sections 2-4):
+
+* `nohist`  no history (item + category + user features only)
+* `mean`    mean of the last `max_len` behaviour embeddings
+* `din`     DIN local activation unit g([e_j, t, e_j - t, e_j * t]) with Dice, weights not
+            normalized (paper) or softmax-normalized (`din_softmax`, the demo code)
+* `sim`     SIM-hard: search = the most recent `top_k` behaviours of the target's category, then
+            target attention over them
+* `twin`    TWIN: search = top-`top_k` of the attention scores over the last `long_len`
+            behaviours, then target attention (re-softmax over the top-k) with the same embeddings
+* `dare`    TWIN with decoupled tables: attention (search + weights) and representation (values,
+            target) embeddings are separate, the attention ones optionally smaller
+* `sdim`    SimHash signatures (m hashes of tau bits) of target and behaviours; the behaviours in the
+            target's bucket are summed, L2-normalized and averaged over hashes, no attention
+
+A behaviour's embedding is [item ; category] plus an embedding of its feature bucket (its rating),
+so both what the user saw and what they thought of it are read. Attention scores add a learned bias
+per position bucket counted back from the target (DARE's position table, as a scalar).
+
+Serving: `score_candidates(history, candidates)` scores many candidates for one history; it
+encodes the history once (keys/values; SDIM's bucket sums) so search models cost one matrix
+product over the history per candidate batch and SDIM costs O(m * tau * d) per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from userseq.ctr.config import CTRModelConfig
+
+NEG = -1e9
+
+
+class Dice(nn.Module):
+    """Dice activation (DIN): p = sigmoid(BN(s)), f = p * s + (1 - p) * alpha * s, with running
+    statistics at inference. One-row training batches use the running statistics."""
+
+    def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=eps)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        if self.training and flat.shape[0] > 1:
+            z = self.bn(flat)
+        else:
+            z = F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
+        p = torch.sigmoid(z).reshape(shape)
+        return p * x + (1 - p) * self.alpha * x
+
+
+def make_act(kind: str, dim: int) -> nn.Module:
+    if kind == "dice":
+        return Dice(dim)
+    return nn.PReLU(dim, init=0.1)
+
+
+class MLP(nn.Module):
+    """Linear -> activation (-> dropout) blocks, then a linear output of size `out`."""
+
+    def __init__(self, d_in: int, hidden: list[int], act: str, out: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(d_in, h), make_act(act, h)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            d_in = h
+        layers.append(nn.Linear(d_in, out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ItemEmbedding(nn.Module):
+    """[item ; category] for targets; plus a feature-bucket embedding for behaviours."""
+
+    def __init__(self, n_items: int, n_cats: int, n_feats: int, item_dim: int, cat_dim: int) -> None:
+        super().__init__()
+        self.dim = item_dim + cat_dim
+        self.item = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
+        self.cat = nn.Embedding(n_cats + 1, cat_dim, padding_idx=0)
+        self.feat = nn.Embedding(n_feats + 1, self.dim, padding_idx=0)
+        for emb in (self.item, self.cat, self.feat):
+            nn.init.normal_(emb.weight, std=0.05)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    def target(self, item: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.item(item), self.cat(cat)], -1)
+
+    def behaviour(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.target(b["hist_item"], b["hist_cat"]) + self.feat(b["hist_feat"])
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim restricted to `mask`; all-masked rows give zeros (not NaN)."""
+    p = torch.softmax(scores.masked_fill(~mask, NEG), -1) * mask
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def _expand(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t if t.shape[0] == n else t.expand(n, *t.shape[1:])
+
+
+class CTRModel(nn.Module):
+    """Base: embeddings, optional user/context features, prediction MLP. Subclasses set `interest`."""
+
+    has_interest = True
+
+    def __init__(self, cfg: CTRModelConfig, n_items: int, n_cats: int, n_feats: int, n_users: int,
+                 n_context: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb = ItemEmbedding(n_items, n_cats, n_feats, cfg.item_dim, cfg.cat_dim)
+        d = self.emb.dim
+        self.user = nn.Embedding(n_users + 1, cfg.user_dim) if cfg.user_dim else None
+        if self.user is not None:
+            nn.init.normal_(self.user.weight, std=0.05)
+        self.n_context = n_context
+        d_in = d + (cfg.user_dim or 0) + n_context + (2 * d if self.has_interest else 0)
+        self.mlp = MLP(d_in, cfg.mlp, cfg.activation, 1, cfg.dropout)
+        self.aux_logit: torch.Tensor | None = None
+
+    @property
+    def window(self) -> int:
+        return self.cfg.window
+
+    def target_repr(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.emb.target(b["item"], b["cat"])
+
+    def interest(self, b: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, b: dict[str, torch.Tensor], t: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        parts = [t]
+        if self.user is not None:
+            parts.append(self.user(b["user"]))
+        if u is not None:
+            parts += [u, t * u]
+        if self.n_context:
+            parts.append(b["context"])
+        return self.mlp(torch.cat(parts, -1)).squeeze(-1)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B,). History tensors may have batch size 1 (one history shared by all targets)."""
+        t = self.target_repr(b)
+        u = self.interest(b, t) if self.has_interest else None
+        return self.head(b, t, u)
+
+    # ---------------------------------------------------------------- serving
+    def encode_history(self, h: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-history state reused for every candidate (default: the raw history tensors)."""
+        return h
+
+    def score_state(self, state: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for candidate targets `b` (B,) against one encoded history."""
+        return self.forward({**state, **b})
+
+    def candidate_chunk(self, hist_len: int) -> int:
+        """Candidates per chunk when scoring one history (bounds the (chunk, L, .) activations)."""
+        return 1 << 30
+
+
+class NoHistory(CTRModel):
+    has_interest = False
+
+
+class MeanPool(CTRModel):
+    def interest(self, b, t):
+        if b["hist_item"].shape[1] == 0:
+            return torch.zeros_like(t)
+        e = self.emb.behaviour(b)
+        m = b["mask"].unsqueeze(-1).to(e.dtype)
+        u = (e * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return _expand(u, t.shape[0])
+
+
+class DIN(CTRModel):
+    """Local activation unit over the last `max_len` behaviours (computed on real positions only)."""
+
+    def __init__(self, cfg, *a, **k) -> None:
+        super().__init__(cfg, *a, **k)
+        d = self.emb.dim
+        self.att = MLP(4 * d, cfg.att_hidden, "dice", 1)
+
+    def interest(self, b, t):
+        n, L = t.shape[0], b["hist_item"].shape[1]
+        if L == 0:
+            return torch.zeros_like(t)
+        e = _expand(self.emb.behaviour(b), n)  # (B, L, d)
+        mask = _expand(b["mask"], n)
+        tq = t.unsqueeze(1).expand(-1, L, -1)
+        w = torch.zeros(n, L, dtype=e.dtype, device=e.device)
+        ev, tv = e[mask], tq[mask]
+        w[mask] = self.att(torch.cat([ev, tv, ev - tv, ev * tv], -1)).squeeze(-1).to(w.dtype)
+        if self.cfg.din_softmax:
+            w = masked_softmax(w / math.sqrt(e.shape[-1]), mask)
+        return torch.einsum("bl,bld->bd", w, e)
+
+    def candidate_chunk(self, hist_len: int) -> int:
+        return max(1, 2_000_000 // max(hist_len, 1))
+
+
+class SearchAttention(CTRModel):
+    """Two-stage long-sequence model: a search unit keeps `top_k` behaviours, target attention reads them.
+
+    search = "hard" (SIM): the most recent behaviours of the target's category;
+    search = "soft" (TWIN, DARE): the top-k attention scores over the whole window.
+    decoupled (DARE): separate attention and representation embedding tables.
+    """
+
+    def __init__(self, cfg, n_items, n_cats, n_feats, n_users, n_context=0, search="soft",
+                 decoupled=False) -> None:
+        super().__init__(cfg, n_items, n_cats, n_feats, n_users, n_context)
+        self.search, self.decoupled = search, decoupled
+        if decoupled:
+            self.att_emb = ItemEmbedding(n_items, n_cats, n_feats, cfg.attn_item_dim or cfg.item_dim,
+                                         cfg.attn_cat_dim or cfg.cat_dim)
+        self.pos_bias = nn.Embedding(cfg.pos_buckets, 1)
+        nn.init.zeros_(self.pos_bias.weight)
+        if cfg.aux_loss and search == "soft":
+            d = self.emb.dim
+            self.aux_mlp = MLP(3 * d, [cfg.mlp[0]], cfg.activation, 1)
+
+    @property
+    def attention_embedding(self) -> ItemEmbedding:
+        return self.att_emb if self.decoupled else self.emb
+
+    def encode_history(self, h):
+        if h["hist_item"].shape[1] == 0:
+            return dict(h)
+        state = dict(h)
+        state["values"] = self.emb.behaviour(h)
+        state["keys"] = self.attention_embedding.behaviour(h) if self.decoupled else state["values"]
+        state["bias"] = self.pos_bias(h["hist_pos"]).squeeze(-1)
+        return state
+
+    def _scores(self, q: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        # (B, L): q (B, dA) against keys (B or 1, L, dA), plus the position bias
+        s = torch.matmul(keys, q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1])
+        return s + bias
+
+    def interest(self, b, t):
+        st = b if "values" in b else self.encode_history(b)
+        n, L = t.shape[0], b["hist_item"].shape[1]
+        self.aux_logit = None
+        if L == 0:
+            return torch.zeros_like(t)
+        q = self.attention_embedding.target(b["item"], b["cat"]) if self.decoupled else t
+        mask = _expand(b["mask"], n)
+        k = min(self.cfg.top_k, L)
+        if self.search == "hard":
+            # the most recent same-category behaviours (left-padded: later column = more recent)
+            same = (_expand(b["hist_cat"], n) == b["cat"].unsqueeze(1)) & mask
+            recency = torch.arange(L, device=t.device, dtype=t.dtype).expand(n, L)
+            top = torch.topk(torch.where(same, recency, torch.full_like(recency, -1.0)), k, dim=1)
+            idx, keep = top.indices, top.values >= 0
+            keys = torch.gather(_expand(st["keys"], n), 1, idx.unsqueeze(-1).expand(-1, -1, st["keys"].shape[-1]))
+            bias = torch.gather(_expand(st["bias"], n), 1, idx)
+            w = masked_softmax(self._scores(q, keys, bias), keep)
+        else:
+            scores = self._scores(q, st["keys"], st["bias"]).masked_fill(~mask, NEG)
+            top = torch.topk(scores, k, dim=1)
+            idx = top.indices
+            keep = torch.gather(mask, 1, idx)
+            w = masked_softmax(top.values, keep)
+            if self.training and self.cfg.aux_loss:
+                v_all = _expand(st["values"], n)
+                u_all = torch.einsum("bl,bld->bd", masked_softmax(scores, mask), v_all)
+                self.aux_logit = self.aux_mlp(torch.cat([t, u_all, t * u_all], -1)).squeeze(-1)
+        vals = torch.gather(_expand(st["values"], n), 1, idx.unsqueeze(-1).expand(-1, -1, st["values"].shape[-1]))
+        return torch.einsum("bk,bkd->bd", w, vals)
+
+    def candidate_chunk(self, hist_len: int) -> int:
+        return max(1, 20_000_000 // max(hist_len, 1))
+
+
+class SDIM(CTRModel):
+    """Sampling-based interest: SimHash buckets instead of attention (fixed random projection)."""
+
+    def __init__(self, cfg, *a, **k) -> None:
+        super().__init__(cfg, *a, **k)
+        g = torch.Generator().manual_seed(cfg.hash_seed)
+        m, tau = cfg.num_hashes, cfg.hash_bits
+        self.register_buffer("proj", torch.randn(self.emb.dim, m * tau, generator=g))
+        self.register_buffer("powers", 2 ** torch.arange(tau, dtype=torch.int64))
+
+    def signatures(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., m) bucket ids in [0, 2^tau)."""
+        m, tau = self.cfg.num_hashes, self.cfg.hash_bits
+        bits = (torch.matmul(x.detach(), self.proj) > 0).to(torch.int64)
+        return (bits.reshape(*x.shape[:-1], m, tau) * self.powers).sum(-1)
+
+    @staticmethod
+    def _normalize_mean(sums: torch.Tensor) -> torch.Tensor:
+        """(B, m, d) bucket sums -> L2-normalize each (empty buckets stay zero) -> mean over hashes."""
+        return (sums / sums.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean(1)
+
+    def interest(self, b, t):
+        if "buckets" in b:  # serving: gather the target's bucket from the precomputed sums
+            sig = self.signatures(t)  # (B, m)
+            m = sig.shape[1]
+            buckets = b["buckets"][0]  # (m, 2^tau, d)
+            sums = buckets[torch.arange(m, device=t.device).unsqueeze(0), sig]  # (B, m, d)
+            return self._normalize_mean(sums)
+        n, L = t.shape[0], b["hist_item"].shape[1]
+        if L == 0:
+            return torch.zeros_like(t)
+        v = self.emb.behaviour(b)  # (B or 1, L, d)
+        match = (self.signatures(v) == self.signatures(t).unsqueeze(1)) & b["mask"].unsqueeze(-1)  # (B, L, m)
+        sums = torch.einsum("blm,bld->bmd", match.to(v.dtype), _expand(v, n))
+        return self._normalize_mean(sums)
+
+    def encode_history(self, h):
+        """Bucket sums (1, m, 2^tau, d) of one history: the per-user state of SDIM's BSE service."""
+        if h["hist_item"].shape[1] == 0:
+            return dict(h)
+        v = self.emb.behaviour(h)[0]  # (L, d)
+        v = v[h["mask"][0]]
+        m, n_b = self.cfg.num_hashes, 2 ** self.cfg.hash_bits
+        sig = self.signatures(v)  # (L, m)
+        flat = sig + torch.arange(m, device=v.device) * n_b  # (L, m) in [0, m * 2^tau)
+        sums = torch.zeros(m * n_b, v.shape[-1], dtype=v.dtype, device=v.device)
+        sums.index_add_(0, flat.reshape(-1), v.repeat_interleave(m, 0))
+        return {**h, "buckets": sums.reshape(1, m, n_b, -1)}
+
+
+def build_ctr_model(cfg: CTRModelConfig, n_items: int, n_cats: int, n_feats: int, n_users: int,
+                    n_context: int = 0) -> CTRModel:
+    args = (cfg, n_items, n_cats, n_feats, n_users, n_context)
+    if cfg.name == "nohist":
+        return NoHistory(*args)
+    if cfg.name == "mean":
+        return MeanPool(*args)
+    if cfg.name == "din":
+        return DIN(*args)
+    if cfg.name == "sim":
+        return SearchAttention(*args, search="hard")
+    if cfg.name == "twin":
+        return SearchAttention(*args, search="soft")
+    if cfg.name == "dare":
+        return SearchAttention(*args, search="soft", decoupled=True)
+    if cfg.name == "sdim":
+        return SDIM(*args)
+    raise ValueError(f"unknown CTR model {cfg.name!r}")
