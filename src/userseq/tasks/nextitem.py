@@ -75,13 +75,13 @@ class NextItemRecommender:
         rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(rows) == 0:
             raise UserseqError(f"{log.source}: no training sequence has 2 or more events; nothing to learn from.")
-        loss = NextItemLoss(cfg.loss, log.n_items, log.item_counts())
+        # popularity for negative sampling comes from the training events only (no test leakage)
+        loss = NextItemLoss(cfg.loss, log.n_items, np.bincount(split.train_items, minlength=log.n_items + 1))
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         self.device = trainer.device
         bs = cfg.train.batch_size
         n_batches = (len(rows) + bs - 1) // bs
         rows_t = torch.from_numpy(rows)
-
         lengths = (rows > 0).sum(1)
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
