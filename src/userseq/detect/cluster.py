@@ -1,0 +1,256 @@
+"""Behaviour clustering of user embeddings with explanations (FinDeepBehaviorCluster idea).
+
+`cluster_run(run_dir, out_dir)` reads a detector run (`embeddings.safetensors`, `users.parquet`,
+optional `user_pages.parquet`), clusters the user vectors with HDBSCAN (scikit-learn) after a PCA
+to a few dimensions, draws a 2-D PCA map (PNG), and writes a Markdown and an HTML report with, for
+each cluster: size, malicious-label rate and purity, mean detector score, the readable features
+that most distinguish it (standardised mean difference against all users), the pages its users
+edit far more often than others (lift), and a depth-2 decision-tree rule separating it from the
+rest.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from userseq.artifacts import load_tensors, write_json
+from userseq.errors import ArtifactError, ConfigError
+
+NON_FEATURES = ("user_id", "label", "split", "score")
+
+
+def _sklearn():
+    try:
+        from sklearn.cluster import HDBSCAN
+        from sklearn.decomposition import PCA
+        from sklearn.tree import DecisionTreeClassifier, export_text
+    except ImportError:
+        raise ConfigError("clustering needs scikit-learn: pip install scikit-learn") from None
+    return HDBSCAN, PCA, DecisionTreeClassifier, export_text
+
+
+def cluster_embeddings(emb: np.ndarray, min_cluster_size: int | None = None, seed: int = 0,
+                       pca_dims: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """HDBSCAN cluster labels (-1 = noise) and 2-D PCA coordinates for the map."""
+    HDBSCAN, PCA, _, _ = _sklearn()
+    x = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
+    dims = min(pca_dims, x.shape[1], max(1, x.shape[0] - 1))
+    z = PCA(n_components=dims, random_state=seed).fit_transform(x)
+    mcs = min_cluster_size or max(10, int(round(0.005 * len(x))))
+    labels = HDBSCAN(min_cluster_size=mcs, min_samples=min(mcs, 10), copy=True).fit_predict(z)
+    return labels, z[:, :2]
+
+
+def _rule(X: np.ndarray, names: list[str], target: np.ndarray, seed: int) -> str:
+    _, _, Tree, export_text = _sklearn()
+    if target.all() or not target.any():
+        return ""
+    tree = Tree(max_depth=2, random_state=seed, class_weight="balanced").fit(X, target)
+    # the leaf path with the highest share of cluster members, as one readable rule
+    t = tree.tree_
+    best, best_path = -1.0, ""
+
+    def walk(node: int, path: list[str]) -> None:
+        nonlocal best, best_path
+        if t.children_left[node] == -1:
+            v = t.value[node][0]
+            share = v[1] / v.sum() if v.sum() else 0
+            if share > best:
+                best, best_path = share, " and ".join(path) or "(all)"
+            return
+        f, thr = names[t.feature[node]], t.threshold[node]
+        walk(t.children_left[node], [*path, f"{f} <= {thr:.3g}"])
+        walk(t.children_right[node], [*path, f"{f} > {thr:.3g}"])
+
+    walk(0, [])
+    return best_path
+
+
+def explain_clusters(users: pl.DataFrame, labels: np.ndarray, pages: pl.DataFrame | None = None,
+                     seed: int = 0, top: int = 4) -> list[dict[str, Any]]:
+    feats = [c for c in users.columns if c not in NON_FEATURES]
+    X = users.select(feats).to_numpy().astype(np.float64)
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    y = users["label"].to_numpy()
+    scores = users["score"].to_numpy()
+    page_sets = None
+    if pages is not None and pages.height:
+        page_sets = pages.unique()
+    out = []
+    for c in sorted(set(labels.tolist())):
+        m = labels == c
+        d = (X[m].mean(0) - mu) / sd
+        order = np.argsort(-np.abs(d))[:top]
+        info: dict[str, Any] = {
+            "cluster": int(c), "size": int(m.sum()), "share": float(m.mean()),
+            "malicious_rate": float(y[m].mean()), "purity": float(max(y[m].mean(), 1 - y[m].mean())),
+            "mean_score": float(scores[m].mean()),
+            "distinguishing": [{"feature": feats[j], "cluster_mean": float(X[m, j].mean()),
+                                "overall_mean": float(mu[j]), "std_diff": float(d[j])} for j in order],
+            "rule": _rule(X, feats, m, seed) if c != -1 else "",
+        }
+        if page_sets is not None:
+            members = pl.Series("row", np.flatnonzero(m))
+            inside = page_sets.filter(pl.col("row").is_in(members.implode()))
+            cnt_in = inside.group_by("page").len().rename({"len": "n_in"})
+            cnt_all = page_sets.group_by("page").len().rename({"len": "n_all"})
+            t = cnt_in.join(cnt_all, on="page").with_columns(
+                (pl.col("n_in") / m.sum()).alias("share_in"),
+                ((pl.col("n_in") / m.sum()) / (pl.col("n_all") / len(labels))).alias("lift"))
+            t = t.filter(pl.col("n_in") >= max(3, int(0.02 * m.sum()))).sort(["lift", "n_in"], descending=True)
+            info["top_pages"] = [{"page": r["page"], "users": int(r["n_in"]), "lift": float(r["lift"])}
+                                 for r in t.head(5).iter_rows(named=True)]
+        out.append(info)
+    return out
+
+
+def _plot(xy: np.ndarray, labels: np.ndarray, y: np.ndarray, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("the cluster map needs matplotlib: pip install matplotlib") from None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    noise = labels == -1
+    ax = axes[0]
+    ax.scatter(xy[noise, 0], xy[noise, 1], s=2, c="lightgrey", label="noise")
+    cmap = plt.get_cmap("tab20")
+    for i, c in enumerate(sorted(set(labels[~noise].tolist()))):
+        m = labels == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(i % 20), label=f"c{c}")
+        cx, cy = np.median(xy[m], axis=0)
+        ax.text(cx, cy, str(c), fontsize=9, weight="bold")
+    ax.set_title("HDBSCAN clusters (PCA of user embeddings)")
+    ax = axes[1]
+    ax.scatter(xy[y == 0, 0], xy[y == 0, 1], s=2, c="tab:blue", alpha=0.5, label="benign")
+    ax.scatter(xy[y == 1, 0], xy[y == 1, 1], s=2, c="tab:red", alpha=0.5, label="malicious")
+    ax.legend(markerscale=5)
+    ax.set_title("labels")
+    for a in axes:
+        a.set_xlabel("PC1")
+        a.set_ylabel("PC2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# Behaviour clusters: {summary['run']}", "",
+             f"{summary['users']:,} users ({summary['sampled']}), {summary['clusters']} clusters, "
+             f"{summary['noise_share']:.1%} noise; size-weighted purity of clusters "
+             f"{summary['weighted_purity']:.3f} (label rate overall {summary['malicious_rate']:.3f}).", "",
+             "![map](map.png)", "",
+             "| cluster | users | share | malicious rate | purity | mean score |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for c in summary["per_cluster"]:
+        name = "noise" if c["cluster"] == -1 else str(c["cluster"])
+        lines.append(f"| {name} | {c['size']:,} | {c['share']:.1%} | {c['malicious_rate']:.3f} | {c['purity']:.3f} "
+                     f"| {c['mean_score']:.3f} |")
+    lines += ["", "Size distribution (clusters only): " + ", ".join(
+        f"{k} {v}" for k, v in summary["size_distribution"].items()), ""]
+    for c in summary["per_cluster"]:
+        if c["cluster"] == -1:
+            continue
+        lines += [f"## Cluster {c['cluster']} ({c['size']:,} users, malicious rate {c['malicious_rate']:.2f})", ""]
+        lines += ["Distinguishing features (cluster mean vs all users, standardised difference):", ""]
+        lines += [f"- `{f['feature']}`: {f['cluster_mean']:.3g} vs {f['overall_mean']:.3g} ({f['std_diff']:+.2f} sd)"
+                  for f in c["distinguishing"]]
+        if c.get("rule"):
+            lines += ["", f"Rule (depth-2 tree, cluster vs rest): `{c['rule']}`"]
+        if c.get("top_pages"):
+            lines += ["", "Pages over-represented: " + "; ".join(
+                f"{p['page']} ({p['users']} users, lift {p['lift']:.1f})" for p in c["top_pages"])]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _html(md: str) -> str:
+    """A minimal, dependency-free HTML rendering of the Markdown report."""
+    body, in_table, in_list = [], False, False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-:"):
+                continue
+            if not in_table:
+                body.append("<table border=1 cellpadding=3>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            body.append('<img src="map.png" width="100%">')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    return "<!doctype html><meta charset=utf-8><title>clusters</title>\n" + "\n".join(body) + "\n"
+
+
+def cluster_run(run_dir: str | Path, out_dir: str | Path, min_cluster_size: int | None = None,
+                max_users: int = 20000, seed: int = 0) -> dict[str, Any]:
+    """Cluster a detector run's users; write map.png, report.md, report.html, clusters.json."""
+    d, o = Path(run_dir), Path(out_dir)
+    if not (d / "users.parquet").is_file():
+        raise ArtifactError(f"{d}: users.parquet missing; cluster a run written by `userseq detect train`.")
+    tensors, _ = load_tensors(d / "embeddings.safetensors")
+    emb = tensors["embeddings"].numpy()
+    users = pl.read_parquet(d / "users.parquet")
+    if len(users) != len(emb):
+        raise ArtifactError(f"{d}: users.parquet ({len(users)}) and embeddings ({len(emb)}) disagree.")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(users), max_users, replace=False)) if len(users) > max_users else np.arange(len(users))
+    emb, users = emb[pick], users[pick]
+    pages = None
+    if (d / "user_pages.parquet").is_file():
+        up = pl.read_parquet(d / "user_pages.parquet")
+        remap = np.full(int(up["user"].max()) + 1, -1, dtype=np.int64)
+        remap[pick[pick <= up["user"].max()]] = np.arange(int((pick <= up["user"].max()).sum()))
+        pages = up.with_columns(pl.Series("row", remap[up["user"].to_numpy()])).filter(pl.col("row") >= 0) \
+            .select("row", "page")
+    labels, xy = cluster_embeddings(emb, min_cluster_size, seed)
+    o.mkdir(parents=True, exist_ok=True)
+    per = explain_clusters(users, labels, pages, seed)
+    sizes = np.array([c["size"] for c in per if c["cluster"] != -1])
+    clustered = [c for c in per if c["cluster"] != -1]
+    summary = {
+        "run": str(d), "users": len(users), "sampled": f"random sample of {len(users):,}" if len(pick) < len(tensors["embeddings"]) else "all users",
+        "clusters": len(clustered), "noise_share": float((labels == -1).mean()),
+        "malicious_rate": float(users["label"].mean()),
+        "weighted_purity": float(sum(c["purity"] * c["size"] for c in clustered) / max(1, sizes.sum())),
+        "size_distribution": {"min": int(sizes.min()) if len(sizes) else 0,
+                              "median": float(np.median(sizes)) if len(sizes) else 0,
+                              "max": int(sizes.max()) if len(sizes) else 0},
+        "per_cluster": per,
+    }
+    _plot(xy, labels, users["label"].to_numpy(), o / "map.png")
+    md = _markdown(summary)
+    (o / "report.md").write_text(md)
+    (o / "report.html").write_text(_html(md))
+    write_json(summary, o / "clusters.json")
+    pl.DataFrame({"user_id": users["user_id"], "cluster": labels}).write_parquet(o / "assignments.parquet")
+    return summary

@@ -1,0 +1,216 @@
+"""Detector networks: user encoders (event sequences or post sequences) + ONE classification head.
+
+* `EventInputs` is an `ItemRepr` over *events*: index e (1..n_events) gives the learned embedding of
+  event e's page plus a projection of its edit-time features. The shared encoders call
+  `items(item_ids)` only (they ignore `features`), so feeding event indices through this table is
+  how features reach them unchanged: `build_encoder(cfg, n, items=EventInputs(...))`.
+* `TokenEmbedding` accepts token ids *or* (soft) one-hot rows: `x @ E` keeps a white-box attacker's
+  gradient path from the detector's loss to a generator's token distribution (PETGEN).
+* Text user encoders: `HierLSTM` (word LSTM per post, post LSTM over posts; PETGEN's target),
+  `CNNSeq` (TextCNN per post + GRU over posts), `PostTransformer` (transformer over precomputed
+  per-post sentence vectors, e.g. MiniLM).
+* `Detector` = user encoder + `ClassifierHead`; `embed()` gives the user vector, `forward()` the logit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from userseq.encoders.base import SequenceEncoder
+from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask
+from userseq.items.base import IdEmbedding, ItemRepr
+
+
+# ---------------------------------------------------------------------- the one head
+class ClassifierHead(nn.Module):
+    """User vector (B, D) -> logit of 'malicious' (B,)."""
+
+    def __init__(self, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
+                                 nn.Linear(dim, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+
+class Detector(nn.Module):
+    """`user_encoder(**inputs) -> (B, D)` followed by the classification head."""
+
+    def __init__(self, user_encoder: nn.Module, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.user_encoder = user_encoder
+        self.head = ClassifierHead(dim, dropout)
+
+    def embed(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.user_encoder(**inputs)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(**inputs))
+
+
+# ---------------------------------------------------------------------- event sequences
+class EventInputs(ItemRepr):
+    """Event index -> page embedding + Linear(edit-time features). Index 0 is padding.
+
+    The per-event tables (`event_page`, `event_features`) are data, not parameters: they are not
+    saved with the model and are set with `set_events()` for whatever log is being scored.
+    """
+
+    def __init__(self, n_pages: int, n_features: int, dim: int) -> None:
+        super().__init__()
+        self.dim, self.n_items = dim, 0
+        self.pages = IdEmbedding(n_pages, dim)  # page 1 = rare/unknown page
+        self.proj = nn.Linear(n_features, dim)
+        self.register_buffer("event_page", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("event_features", torch.zeros(1, n_features), persistent=False)
+
+    def set_events(self, pages: torch.Tensor, features: torch.Tensor) -> None:
+        dev = self.proj.weight.device
+        self.event_page = torch.cat([torch.zeros(1, dtype=torch.long), pages.long()]).to(dev)
+        self.event_features = torch.cat([torch.zeros(1, features.shape[1]), features.float()]).to(dev)
+        self.n_items = len(pages)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.pages(self.event_page[ids]) + self.proj(self.event_features[ids])
+        return x * (ids > 0).unsqueeze(-1)
+
+    def output_matrix(self) -> torch.Tensor:
+        return self.pages.output_matrix()
+
+
+class EventUserEncoder(nn.Module):
+    """Shared sequence encoder over event indices; the user vector is its last hidden state."""
+
+    def __init__(self, encoder: SequenceEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def inputs(self) -> EventInputs:
+        return self.encoder.items  # type: ignore[return-value]
+
+    def forward(self, events: torch.Tensor) -> torch.Tensor:
+        return self.encoder.last(events, events > 0)
+
+
+# ---------------------------------------------------------------------- text sequences
+class TokenEmbedding(nn.Module):
+    """Token ids (..., T) long, or (soft) one-hot rows (..., T, V) float -> (..., T, dim)."""
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(vocab, dim) / math.sqrt(dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.is_floating_point():
+            return tokens @ self.weight
+        return F.embedding(tokens, self.weight)
+
+
+def _token_mask(tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    if token_mask is not None:
+        return token_mask
+    if tokens.is_floating_point():
+        return tokens[..., 1:].sum(-1) > 0  # column 0 is padding
+    return tokens > 0
+
+
+def _run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Final hidden state of a right-padded batch (N, T, d); rows with length 0 give zeros."""
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    _, h = rnn(packed)
+    if isinstance(h, tuple):
+        h = h[0]
+    return h[-1] * (lengths > 0).unsqueeze(-1)
+
+
+class HierLSTM(nn.Module):
+    """PETGEN's two-level detector: word LSTM per post -> post LSTM over posts.
+
+    Inputs: tokens (B, P, T) ids or (B, P, T, V) soft one-hot, right-padded; post_mask (B, P).
+    The user vector is [final post-level state ; mean of post vectors].
+    """
+
+    def __init__(self, vocab: int, emb_dim: int = 64, word_dim: int = 64, post_dim: int = 64,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.tokens = TokenEmbedding(vocab, emb_dim)
+        self.word = nn.LSTM(emb_dim, word_dim, batch_first=True)
+        self.post = nn.LSTM(word_dim, post_dim, batch_first=True)
+        self.drop = Dropout(dropout)
+        self.dim = post_dim + word_dim
+
+    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, P, T = tokens.shape[:3]
+        tm = _token_mask(tokens, token_mask)
+        x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1)
+        return _run_rnn(self.word, x, tm.reshape(B * P, T).sum(1)).view(B, P, -1)
+
+    def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        v = self.post_vectors(tokens, token_mask)
+        h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
+        m = post_mask.unsqueeze(-1).float()
+        mean = (v * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.cat([h, mean], -1)
+
+
+class CNNSeq(nn.Module):
+    """TextCNN per post (widths 2/3/4, masked max-pool) -> GRU over posts."""
+
+    def __init__(self, vocab: int, emb_dim: int = 64, channels: int = 32, post_dim: int = 64,
+                 dropout: float = 0.1, widths: tuple[int, ...] = (2, 3, 4)) -> None:
+        super().__init__()
+        self.tokens = TokenEmbedding(vocab, emb_dim)
+        self.convs = nn.ModuleList(nn.Conv1d(emb_dim, channels, w, padding=w // 2) for w in widths)
+        self.post = nn.GRU(channels * len(widths), post_dim, batch_first=True)
+        self.drop = Dropout(dropout)
+        self.dim = post_dim + channels * len(widths)
+
+    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, P, T = tokens.shape[:3]
+        tm = _token_mask(tokens, token_mask).reshape(B * P, 1, T)
+        x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1).transpose(1, 2)
+        outs = []
+        for conv in self.convs:
+            y = F.relu(conv(x))[..., :T]
+            outs.append(y.masked_fill(~tm, -1e4).amax(-1) * tm.any(-1))
+        return torch.cat(outs, -1).view(B, P, -1)
+
+    def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        v = self.post_vectors(tokens, token_mask)
+        h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
+        m = post_mask.unsqueeze(-1).float()
+        return torch.cat([h, (v * m).sum(1) / m.sum(1).clamp(min=1)], -1)
+
+
+class PostTransformer(nn.Module):
+    """Transformer (shared pre-LN blocks, bidirectional) over per-post sentence vectors (B, P, E)."""
+
+    def __init__(self, in_dim: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.1,
+                 max_posts: int = 64) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.positions = nn.Embedding(max_posts, dim)
+        nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 2 * dim, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = Dropout(dropout)
+        self.dim = dim
+
+    def forward(self, post_vectors: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        P = post_vectors.shape[1]
+        x = self.drop(self.proj(post_vectors) + self.positions.weight[:P]) * post_mask.unsqueeze(-1)
+        am = attention_mask(post_mask, causal=False)
+        for block in self.blocks:
+            x = block(x, am)
+        x = self.norm(x)
+        m = post_mask.unsqueeze(-1).float()
+        return (x * m).sum(1) / m.sum(1).clamp(min=1)

@@ -1,0 +1,303 @@
+"""Malicious-user detection: metrics, labels, features, splits, models, estimator, CLI, clustering."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from userseq.data.eventlog import EventLog
+from userseq.detect.data import (
+    FEATURE_NAMES,
+    TextData,
+    attach_labels,
+    edit_features,
+    event_data,
+    read_labels,
+    stratified_folds,
+    stratified_split,
+    validate_labels,
+)
+from userseq.errors import ConfigError, DataError, UserseqError
+from userseq.eval.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
+
+TINY = {"train.epochs": 6, "train.threads": 2, "model.dim": 16, "train.batch_size": 32, "train.lr": 3e-3}
+
+
+def synthetic_detect(n_users: int = 120, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Malicious users hit a few hot articles within minutes; benign users start on their own user
+    page and edit topic pages hours apart."""
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for u in range(n_users):
+        bad = u % 2
+        n = int(rng.integers(2, 12))
+        t = 1_700_000_000 + int(rng.integers(0, 10**6))
+        for j in range(n):
+            if bad:
+                page = f"Article {int(rng.integers(0, 8))}"
+                t += int(rng.integers(10, 120))
+            else:
+                page = f"User:u{u}" if j == 0 else f"Topic {int(rng.integers(5, 40))}"
+                t += int(rng.integers(600, 5000))
+            rows.append((f"u{u}", page, t))
+        labels.append((f"u{u}", bad))
+    return (pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row"),
+            pl.DataFrame(labels, schema=["user_id", "label"], orient="row"))
+
+
+def synthetic_text(n_users: int = 80, seed: int = 0) -> TextData:
+    rng = np.random.default_rng(seed)
+    good = "the article history section was updated with sources from the library".split()
+    bad = "lol buy cheap stuff here you idiot page sucks".split()
+    posts, labels = [], []
+    for u in range(n_users):
+        words = bad if u % 2 else good
+        posts.append([" ".join(rng.choice(words + good[:3], 8)) for _ in range(int(rng.integers(3, 7)))])
+        labels.append(u % 2)
+    return TextData(pl.Series("user_id", [f"t{u}" for u in range(n_users)]), posts, np.array(labels), source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def events_data():
+    ev, lab = synthetic_detect()
+    return event_data(EventLog.from_frame(ev), lab)
+
+
+# ---------------------------------------------------------------------- metrics (hand-computed)
+def test_roc_auc_hand_cases():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # tie counts 1/2
+    assert roc_auc([0, 1, 1], [0.2, 0.2, 0.9]) == pytest.approx(0.75)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_pr_auc_and_tpr_at_fpr_hand_cases():
+    # order by score: 1 (p=1/1), 0, 1 (p=2/3) -> AP = 0.5*1 + 0.5*2/3
+    assert pr_auc([1, 0, 1], [0.9, 0.8, 0.7]) == pytest.approx(0.5 + 1 / 3)
+    y, s = [1, 0, 1, 0, 1], [0.9, 0.8, 0.7, 0.2, 0.1]
+    assert tpr_at_fpr(y, s, 0.0) == pytest.approx(1 / 3)
+    assert tpr_at_fpr(y, s, 0.5) == pytest.approx(2 / 3)
+    assert tpr_at_fpr(y, s, 1.0) == pytest.approx(1.0)
+
+
+def test_binary_metrics_and_threshold():
+    y = np.array([0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.6, 0.4, 0.7, 0.9])
+    m = binary_metrics(y, s, 0.5)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["n"] == 5
+    t = best_threshold(y, s)
+    assert ((s >= t) == y).mean() == pytest.approx(0.8)
+    with pytest.raises(UserseqError, match="0 or 1"):
+        binary_metrics([0, 2], [0.1, 0.2])
+
+
+# ---------------------------------------------------------------------- labels: one clear error each
+def test_label_table_errors(tmp_path):
+    p = tmp_path / "l.csv"
+    pl.DataFrame({"user_id": ["a"], "is_bad": [1]}).write_csv(p)
+    with pytest.raises(DataError, match="missing label column 'label'"):
+        read_labels(p)
+    pl.DataFrame({"user_id": ["a", "b"], "label": [0, 2]}).write_csv(p)
+    with pytest.raises(DataError, match="must be 0/1.*row 2"):
+        read_labels(p)
+    pl.DataFrame({"user_id": ["a", "b"], "label": ["benign", "1"]}).write_csv(p)
+    with pytest.raises(DataError, match="must be 0/1"):
+        read_labels(p)
+    with pytest.raises(DataError, match="conflicting labels"):
+        validate_labels(pl.DataFrame({"user_id": ["a", "a"], "label": [0, 1]}))
+    ok = validate_labels(pl.DataFrame({"user_id": ["a", "b"], "label": ["true", "0"]}))
+    assert ok["label"].to_list() == [1, 0]
+
+
+def test_users_without_labels_and_single_class():
+    users = pl.Series("user_id", ["a", "b", "c"])
+    with pytest.raises(DataError, match="1 of 3 users with events have no label.*'c'"):
+        attach_labels(users, pl.DataFrame({"user_id": ["a", "b"], "label": [0, 1]}))
+    with pytest.raises(DataError, match="both classes"):
+        attach_labels(users, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 1, 1]}))
+    y = attach_labels(users, pl.DataFrame({"user_id": ["c", "a", "b", "zz"], "label": [1, 0, 1, 0]}))
+    assert y.tolist() == [0, 1, 1]
+
+
+def test_unknown_model_is_a_config_error():
+    from userseq.tasks.detect import UserDetector
+
+    with pytest.raises(ConfigError, match="unknown detector model 'lstm2'.*gru, transformer"):
+        UserDetector("lstm2")
+
+
+# ---------------------------------------------------------------------- features and splits
+def test_edit_features_by_hand():
+    ev = pl.DataFrame({"user_id": ["bob", "bob", "bob", "ann"],
+                       "item_id": ["User:bob", "Paris", "Paris", "Paris"],
+                       "timestamp": ["2013-01-01T00:00:00Z", "2013-01-01T00:01:00Z", "2013-01-01T01:01:00Z",
+                                     "2012-12-31T00:00:00Z"]})
+    log = EventLog.from_frame(ev)
+    X, names = edit_features(log)
+    assert tuple(names) == FEATURE_NAMES
+    f = {n: X[:, i] for i, n in enumerate(names)}
+    # rows: ann/Paris, bob/User:bob, bob/Paris (+60 s), bob/Paris (+3600 s)
+    assert f["first_event"].tolist() == [1, 1, 0, 0]
+    assert f["gap_lt_3min"].tolist() == [0, 0, 1, 0]
+    assert f["gap_gt_15min"].tolist() == [0, 0, 0, 1]
+    assert f["same_page_as_previous"].tolist() == [0, 0, 0, 1]
+    assert f["page_edited_before"].tolist() == [0, 0, 0, 1]
+    assert f["own_user_page"].tolist() == [0, 1, 0, 0]
+    assert f["ns_user"].tolist() == [0, 1, 0, 0] and f["ns_main"].tolist() == [1, 0, 1, 1]
+    assert f["page_new_in_log"].tolist() == [1, 1, 0, 0]  # ann edited Paris first (earlier in time)
+    assert f["gap_log"][2] == pytest.approx(np.log1p(60) / 10, rel=1e-5)
+
+
+def test_splits_are_disjoint_stratified_and_seeded():
+    y = np.array([0] * 50 + [1] * 30)
+    s = stratified_split(y, 0.1, 0.2, seed=3)
+    parts = [s.train, s.valid, s.test]
+    assert sum(len(p) for p in parts) == 80 and len(np.unique(np.concatenate(parts))) == 80
+    assert y[s.test].sum() == 6 and len(s.test) == 16
+    assert np.array_equal(stratified_split(y, 0.1, 0.2, seed=3).test, s.test)
+    folds = stratified_folds(y, 5, seed=0)
+    tests = np.concatenate([f.test for f in folds])
+    assert sorted(tests.tolist()) == list(range(80))
+    for f in folds:
+        assert not set(f.train) & set(f.test) and not set(f.valid) & set(f.test) and not set(f.train) & set(f.valid)
+
+
+# ---------------------------------------------------------------------- models
+@pytest.mark.parametrize("name", ["hlstm", "cnn"])
+def test_text_models_accept_soft_one_hot(name):
+    from userseq.detect.models import CNNSeq, HierLSTM
+
+    torch.manual_seed(0)
+    V = 30
+    enc = (HierLSTM(V, 8, 8, 8, 0.0) if name == "hlstm" else CNNSeq(V, 8, 4, 8, 0.0)).eval()
+    tokens = torch.randint(2, V, (2, 3, 5))
+    tokens[0, 2] = 0  # padded post
+    tokens[1, 1, 3:] = 0  # short post
+    pm = torch.tensor([[True, True, False], [True, True, True]])
+    hard = enc(tokens, pm)
+    soft = torch.nn.functional.one_hot(tokens, V).float().requires_grad_(True)
+    out = enc(soft, pm)
+    assert torch.allclose(hard, out, atol=1e-5)
+    out.sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0  # differentiable through the tokens
+
+
+@pytest.mark.parametrize("model", ["gru", "transformer"])
+def test_event_encoder_ignores_left_padding(events_data, model):
+    from userseq.tasks.detect import UserDetector
+
+    det = UserDetector(model, overrides=TINY)
+    det.pages = pl.Series("id", ["Article 1"])
+    det.feature_names = list(events_data.feature_names)
+    det.net = det._build(2, len(det.feature_names), 0).eval()
+    det._event_tables(events_data)
+    ev = torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0]])
+    ev[1, 2:] = ev[0, 2:]
+    a = det.net(events=ev[:1, 2:])
+    b = det.net(events=ev[1:])
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- estimator
+@pytest.mark.parametrize("model", ["gru", "transformer"])
+def test_event_detector_learns_and_reloads(events_data, tmp_path, model):
+    from userseq.tasks.detect import UserDetector, train_and_evaluate
+
+    det = UserDetector(model, overrides=TINY)
+    metrics = train_and_evaluate(events_data, det, tmp_path / "run", quiet=True)
+    assert metrics["test"]["roc_auc"] > 0.9 and metrics["test"]["accuracy"] > 0.75
+    assert set(metrics["first_k"]) == {"1", "2", "5", "10", "all"}
+    assert metrics["first_k"]["1"]["roc_auc"] > 0.8  # first event: own user page vs hot article
+    again = UserDetector.load(tmp_path / "run")
+    assert np.array_equal(again.predict_proba(events_data), det.predict_proba(events_data))
+    assert again.embed(events_data, first_k=2).shape == (events_data.n_users, 16)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"accuracy", "roc_auc", "f1"} <= set(saved["test"]) and "1" in saved["first_k"]
+
+
+def test_text_detector_hlstm_learns():
+    from userseq.tasks.detect import UserDetector
+
+    data = synthetic_text()
+    split = stratified_split(data.labels, 0.15, 0.25, seed=0)
+    det = UserDetector("hlstm", overrides={**TINY, "train.epochs": 8}).fit(data, split, quiet=True)
+    m = det.evaluate(data, split.test, first_k=[1])
+    assert m["test"]["roc_auc"] > 0.9
+    assert det.predict_proba(data).shape == (80,)
+
+
+def test_model_data_mismatch_is_clear(events_data):
+    from userseq.tasks.detect import UserDetector
+
+    with pytest.raises(DataError, match="reads post texts"):
+        UserDetector("hlstm").fit(events_data)
+
+
+def test_baselines_run(events_data):
+    pytest.importorskip("sklearn")
+    from userseq.detect.baselines import fit_baseline
+
+    s = stratified_split(events_data.labels, 0.1, 0.3, seed=0)
+    for name in ("logreg", "pages"):
+        score = fit_baseline(name, events_data, s.train)
+        assert roc_auc(events_data.labels[s.test], score(s.test)) > 0.9
+        assert score(s.test, 1).shape == (len(s.test),)
+
+
+# ---------------------------------------------------------------------- command line + clustering
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cli):
+    d = tmp_path_factory.mktemp("detect")
+    ev, lab = synthetic_detect(160, seed=1)
+    ev.write_csv(d / "events.csv")
+    lab.write_csv(d / "labels.csv")
+    r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv", "--model", "gru",
+                   "--out", d / "run", "--epochs", "6", "--dim", "16", "--batch-size", "16", "--lr", "0.003", "--quiet")
+    assert r.code == 0, r.output
+    return d
+
+
+def test_cli_train_writes_metrics(trained_run):
+    m = json.loads((trained_run / "run" / "metrics.json").read_text())
+    assert m["test"]["roc_auc"] > 0.9 and m["first_k"]["1"]["n"] == m["test"]["n"]
+
+
+def test_cli_score_first_k(trained_run, cli):
+    r = cli("detect", "score", trained_run / "run", "--events", trained_run / "events.csv", "--first-k", "1")
+    assert r.code == 0, r.output
+    table = pl.read_csv(r.stdout.encode())
+    assert table.columns == ["user_id", "score", "flagged"] and len(table) == 160
+    assert ((table["score"] >= 0) & (table["score"] <= 1)).all()
+
+
+def test_cli_errors(trained_run, cli):
+    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", trained_run / "labels.csv",
+            "--model", "nope", "--out", trained_run / "x")
+    assert r.code == 2 and "unknown detector model 'nope'" in r.error
+    bad = trained_run / "bad_labels.csv"
+    pl.DataFrame({"user_id": ["u0"], "label": [0]}).write_csv(bad)
+    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", bad, "--out", trained_run / "y")
+    assert r.code == 2 and "have no label" in r.error
+    r = cli("detect", "score", trained_run / "nothing", "--events", trained_run / "events.csv")
+    assert r.code == 2 and "not a detector run directory" in r.error
+
+
+def test_cli_cluster_report(trained_run, cli):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    r = cli("detect", "cluster", trained_run / "run", "--out", trained_run / "clusters", "--min-cluster-size", "8")
+    assert r.code == 0, r.output
+    out = trained_run / "clusters"
+    assert (out / "map.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "malicious rate" in report and (out / "report.html").exists()
+    summary = json.loads((out / "clusters.json").read_text())
+    assert summary["users"] == 160 and summary["clusters"] >= 2
+    assert summary["weighted_purity"] > 0.8  # the two behaviours separate
