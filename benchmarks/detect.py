@@ -72,10 +72,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["wiki", "petgen"], default=None)
     ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--table-only", action="store_true", help="rewrite RESULTS.md from the recorded rows")
     ap.add_argument("--max-minutes", type=float, default=12.0, help="training budget per neural model")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    rows_file = WORK / "rows.json"
+    rows_file = WORK / "rows.json"  # legacy single file; rows now live in row-<key>.json (parallel runs)
     rows = json.loads(rows_file.read_text()) if rows_file.exists() else {}
 
     def want(name):
@@ -85,10 +86,10 @@ def main() -> None:
         load = os.getloadavg()[0]
         rows[key] = {"line": fmt_row(dataset, label, m, m.get("seconds", 0), load), "command": command}
         write_json(m, WORK / f"{key}.json")
-        rows_file.write_text(json.dumps(rows, indent=1))
+        (WORK / f"row-{key}.json").write_text(json.dumps(rows[key], indent=1))
         print(rows[key]["line"], flush=True)
 
-    if args.only in (None, "wiki"):
+    if args.only in (None, "wiki") and not args.table_only:
         data = load_wiki_vandals()
         split = stratified_split(data.labels, 0.1, 0.2, seed=0)
         for name in ("logreg", "gbdt", "pages"):
@@ -105,7 +106,7 @@ def main() -> None:
             leak = load_wiki_vandals(with_leakage=True)
             record("wiki-leak-gbdt", "wiki-vandals", "**LEAKAGE** gbdt + revert/STiKi columns",
                    baseline_row("gbdt", leak, split), "python benchmarks/detect.py --only wiki --models leak")
-    if args.only in (None, "petgen"):
+    if args.only in (None, "petgen") and not args.table_only:
         data = load_petgen_wiki()
         for name, over in TEXT_NEURAL.items():
             if want(name):
@@ -118,6 +119,8 @@ def main() -> None:
                        f"userseq detect train --data petgen-wiki --model {name} --batch-size 32 --epochs "
                        f"{over['train.epochs']}")
 
+    for f in WORK.glob("row-*.json"):  # rows written by other (parallel) runs
+        rows[f.stem[4:]] = json.loads(f.read_text())
     order = [k for k in ("wiki-logreg", "wiki-gbdt", "wiki-pages", "wiki-gru", "wiki-transformer", "wiki-leak-gbdt",
                          "petgen-hlstm", "petgen-cnn", "petgen-minilm") if k in rows]
     header = ("| data | model | acc | ROC-AUC | PR-AUC | F1 | TPR@FPR5% | acc first 1 | first 2 | first 5 | first 10 "
