@@ -301,3 +301,14 @@ def test_cli_cluster_report(trained_run, cli):
     summary = json.loads((out / "clusters.json").read_text())
     assert summary["users"] == 160 and summary["clusters"] >= 2
     assert summary["weighted_purity"] > 0.8  # the two behaviours separate
+
+
+def test_cross_validation_folds(events_data):
+    from userseq.tasks.detect import UserDetector, train_and_evaluate
+
+    det = UserDetector("gru", overrides={**TINY, "train.epochs": 2})
+    m = train_and_evaluate(events_data, det, None, folds=2, quiet=True)
+    assert m["folds"] == 2 and len(m["per_fold"]) == 2
+    assert m["test"]["n"] == pytest.approx(events_data.n_users / 2)
+    assert m["test"]["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in m["per_fold"]]))
+    assert "accuracy_std" in m["test"]
