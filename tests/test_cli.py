@@ -257,7 +257,9 @@ def test_missing_run_files(cli, run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     (broken / "model.safetensors").unlink()
-    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors", "file not found")
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors is missing", "--resume")
+    (broken / "checkpoint.safetensors").unlink()
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "not a userseq run directory")
 
 
 def test_unknown_user(cli, run):

@@ -283,6 +283,12 @@ class NextItemRecommender:
         d = Path(run_dir)
         if not d.is_dir():
             raise ArtifactError(f"{d}: run directory not found.")
+        if not (d / CONFIG_FILE).exists() or not (d / MODEL_FILE).exists():
+            if (d / "checkpoint.safetensors").exists():
+                raise ArtifactError(f"{d}: {MODEL_FILE} is missing but a training checkpoint is there: training has "
+                                    "not finished; wait for it, or continue it with `userseq train ... --resume`.")
+            raise ArtifactError(f"{d}: not a userseq run directory (no {CONFIG_FILE} / {MODEL_FILE}); "
+                                "create one with `userseq train`.")
         try:
             cfg = load_config(d / CONFIG_FILE)
         except ConfigError as e:
