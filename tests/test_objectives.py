@@ -30,6 +30,15 @@ def test_fused_full_ce_matches_reference_value_and_gradients():
     assert gW[0].abs().max() == 0  # padding row gets no gradient
 
 
+def test_bf16_logits_stay_close_to_fp32():
+    torch.manual_seed(0)
+    h, W = torch.randn(200, 16) * 0.3, torch.randn(41, 16) * 0.3
+    t = torch.randint(1, 41, (200,))
+    a = full_ce(h, t, W, dtype=torch.float32)
+    b = full_ce(h, t, W, dtype=torch.bfloat16)
+    assert b.item() == pytest.approx(a.item(), rel=1e-2)
+
+
 def test_bce_equals_manual_binary_cross_entropy():
     torch.manual_seed(1)
     h, W = torch.randn(5, 4), torch.randn(10, 4)

@@ -59,6 +59,9 @@ class LossConfig(_Strict):
     sampler: Literal["uniform", "popularity"] = "uniform"
     logq: bool = Field(True, description="logQ correction for sampled softmax")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gSASRec calibration parameter t")
+    logits_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="matmul precision of the full-softmax CE (auto: follow autocast, else fp32); "
+        "bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
 
 
 class TrainConfig(_Strict):

@@ -198,15 +198,26 @@ class DIN(CTRModel):
         n, L = t.shape[0], b["hist_item"].shape[1]
         if L == 0:
             return torch.zeros_like(t)
-        e = _expand(self.emb.behaviour(b), n)  # (B, L, d)
+        e = self.emb.behaviour(b)  # (B or 1, L, d)
+        d = e.shape[-1]
+        # The first layer on [e, t, e - t, e * t] computed as e (W1 + W3)^T + t (W2 - W3)^T + (e * t) W4^T:
+        # the same function, without materializing the 4d-wide input (about 2x faster on CPU).
+        first = self.att.net[0]
+        w1, w2, w3, w4 = first.weight.split(d, dim=1)
+        pe = torch.matmul(e, (w1 + w3).t())  # per behaviour, shared by all targets of a history
+        pt = torch.matmul(t, (w2 - w3).t()) + first.bias
         mask = _expand(b["mask"], n)
-        tq = t.unsqueeze(1).expand(-1, L, -1)
+        bi, li = mask.nonzero(as_tuple=True)
+        hb = bi if e.shape[0] == n else torch.zeros_like(bi)
+        ev = e[hb, li]
+        h1 = pe[hb, li] + pt[bi] + torch.matmul(ev * t[bi], w4.t())
         w = torch.zeros(n, L, dtype=e.dtype, device=e.device)
-        ev, tv = e[mask], tq[mask]
-        w[mask] = self.att(torch.cat([ev, tv, ev - tv, ev * tv], -1)).squeeze(-1).to(w.dtype)
+        w[bi, li] = self.att.net[1:](h1).squeeze(-1).to(w.dtype)
         if self.cfg.din_softmax:
-            w = masked_softmax(w / math.sqrt(e.shape[-1]), mask)
-        return torch.einsum("bl,bld->bd", w, e)
+            w = masked_softmax(w / math.sqrt(d), mask)
+        if e.shape[0] == n:
+            return torch.einsum("bl,bld->bd", w, e)
+        return w @ e[0]
 
     def candidate_chunk(self, hist_len: int) -> int:
         return max(1, 2_000_000 // max(hist_len, 1))
@@ -294,13 +305,23 @@ class SDIM(CTRModel):
         g = torch.Generator().manual_seed(cfg.hash_seed)
         m, tau = cfg.num_hashes, cfg.hash_bits
         self.register_buffer("proj", torch.randn(self.emb.dim, m * tau, generator=g))
-        self.register_buffer("powers", 2 ** torch.arange(tau, dtype=torch.int64))
+        powers = torch.zeros(m * tau, m)  # bits -> bucket id as one matmul (exact in fp32 for tau <= 16)
+        for j in range(m):
+            powers[j * tau : (j + 1) * tau, j] = 2.0 ** torch.arange(tau)
+        self.register_buffer("powers", powers, persistent=False)
 
     def signatures(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., d) -> (..., m) bucket ids in [0, 2^tau)."""
-        m, tau = self.cfg.num_hashes, self.cfg.hash_bits
-        bits = (torch.matmul(x.detach(), self.proj) > 0).to(torch.int64)
-        return (bits.reshape(*x.shape[:-1], m, tau) * self.powers).sum(-1)
+        """(..., d) -> (..., m) bucket ids in [0, 2^tau), as float (exact small integers)."""
+        bits = torch.matmul(x.detach().float(), self.proj).gt_(0)
+        return torch.matmul(bits, self.powers)
+
+    def behaviour_signatures(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Signatures of the behaviours' [item ; category] embeddings (the feature embedding is a value,
+        not hashed, so a behaviour and a target of the same item share buckets). Computed once per
+        distinct item in the batch."""
+        uniq, inv = torch.unique(b["hist_item"], return_inverse=True)
+        cats = torch.zeros_like(uniq).scatter_(0, inv.reshape(-1), b["hist_cat"].reshape(-1))
+        return self.signatures(self.emb.target(uniq, cats))[inv]
 
     @staticmethod
     def _normalize_mean(sums: torch.Tensor) -> torch.Tensor:
@@ -309,7 +330,7 @@ class SDIM(CTRModel):
 
     def interest(self, b, t):
         if "buckets" in b:  # serving: gather the target's bucket from the precomputed sums
-            sig = self.signatures(t)  # (B, m)
+            sig = self.signatures(t).long()  # (B, m)
             m = sig.shape[1]
             buckets = b["buckets"][0]  # (m, 2^tau, d)
             sums = buckets[torch.arange(m, device=t.device).unsqueeze(0), sig]  # (B, m, d)
@@ -317,19 +338,20 @@ class SDIM(CTRModel):
         n, L = t.shape[0], b["hist_item"].shape[1]
         if L == 0:
             return torch.zeros_like(t)
-        v = self.emb.behaviour(b)  # (B or 1, L, d)
-        match = (self.signatures(v) == self.signatures(t).unsqueeze(1)) & b["mask"].unsqueeze(-1)  # (B, L, m)
-        sums = torch.einsum("blm,bld->bmd", match.to(v.dtype), _expand(v, n))
+        v = self.emb.behaviour(b)  # values (B or 1, L, d)
+        hk = self.behaviour_signatures(b)  # (B or 1, L, m)
+        match = (hk == self.signatures(t).unsqueeze(1)) & b["mask"].unsqueeze(-1)  # (B, L, m)
+        sums = torch.matmul(match.to(v.dtype).transpose(1, 2), _expand(v, n))  # (B, m, d)
         return self._normalize_mean(sums)
 
     def encode_history(self, h):
         """Bucket sums (1, m, 2^tau, d) of one history: the per-user state of SDIM's BSE service."""
         if h["hist_item"].shape[1] == 0:
             return dict(h)
-        v = self.emb.behaviour(h)[0]  # (L, d)
-        v = v[h["mask"][0]]
+        keep = h["mask"][0]
+        v = self.emb.behaviour(h)[0][keep]  # (L, d)
+        sig = self.behaviour_signatures(h)[0][keep].long()  # (L, m)
         m, n_b = self.cfg.num_hashes, 2 ** self.cfg.hash_bits
-        sig = self.signatures(v)  # (L, m)
         flat = sig + torch.arange(m, device=v.device) * n_b  # (L, m) in [0, m * 2^tau)
         sums = torch.zeros(m * n_b, v.shape[-1], dtype=v.dtype, device=v.device)
         sums.index_add_(0, flat.reshape(-1), v.repeat_interleave(m, 0))

@@ -58,7 +58,8 @@ class NextItemLoss:
     def __call__(self, h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         name = self.cfg.name
         if name == "ce":
-            return full_ce(h, targets, W)
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(self.cfg.logits_dtype)
+            return full_ce(h, targets, W, dtype=dtype)
         if name == "sampled_softmax":
             neg = self.sampler.sample((self.cfg.negatives,), h.device)
             return sampled_softmax(h, targets, W, neg, self.sampler if self.cfg.logq else None)
@@ -108,9 +109,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h * g, grad_W * g, None, None, None
 
 
-def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Full softmax cross-entropy over items 1..n_items (mean over rows)."""
-    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else torch.float32
+def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int = 8192,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Full softmax cross-entropy over items 1..n_items (mean over rows). `dtype` is the matmul
+    precision (default: the autocast dtype when autocast is on, else fp32)."""
+    if dtype is None:
+        on = torch.is_autocast_enabled(h.device.type)
+        dtype = torch.get_autocast_dtype(h.device.type) if on else torch.float32
     with torch.autocast(h.device.type, enabled=False):
         return _LinearCrossEntropy.apply(h, W, targets, chunk, dtype)
 
