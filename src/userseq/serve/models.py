@@ -1,0 +1,165 @@
+"""Request and response models of the HTTP service (pydantic; the OpenAPI schema comes from them)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Ids as in the input data: JSON integers or strings, converted to the model's id type.
+Id = Annotated[int | Annotated[str, Field(min_length=1, max_length=256)],
+               Field(description="an id as in the input data (integer or string)")]
+
+MAX_K = 1000
+MAX_HISTORY = 10_000
+MAX_LIST = 100_000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HistoryInput(_Request):
+    """Who the user is: a known `user_id`, an explicit recent `history`, or both (the history is
+    then appended to the user's training history: "what they just did")."""
+
+    user_id: Id | None = Field(None, description="a user seen in training")
+    history: list[Id] | None = Field(None, max_length=MAX_HISTORY,
+                                     description="item ids, oldest first (or in any order with `timestamps`)")
+    timestamps: list[datetime | float] | None = Field(
+        None, max_length=MAX_HISTORY,
+        description="one per history item (ISO 8601 or Unix seconds); the history is ordered by them, "
+                    "ties keep the given order")
+    unknown_items: Literal["error", "ignore"] = Field(
+        "error", description="history items not in the catalogue: 422 (error) or skipped and listed in the "
+                             "response (ignore)")
+
+    @model_validator(mode="after")
+    def _who(self) -> HistoryInput:
+        if self.user_id is None and not self.history:
+            raise ValueError("give `user_id` (a known user) and/or a non-empty `history` of item ids")
+        if self.history is not None and len(self.history) == 0 and self.user_id is None:
+            raise ValueError("`history` is empty; give at least one item id")
+        if self.timestamps is not None:
+            if self.history is None or len(self.timestamps) != len(self.history):
+                raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `history` has "
+                                 f"{len(self.history or [])}; give one timestamp per history item")
+        return self
+
+
+class RecommendRequest(HistoryInput):
+    """Top-k next items for a user (known and/or from an explicit history)."""
+
+    k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
+    exclude_seen: bool = Field(True, description="leave out items in the user's history")
+    allow: list[Id] | None = Field(None, max_length=MAX_LIST, description="only recommend from these items")
+    deny: list[Id] | None = Field(None, max_length=MAX_LIST, description="never recommend these items")
+    exact: bool = Field(False, description="exact scan of the whole catalogue instead of the ANN index")
+
+
+class EmbedRequest(HistoryInput):
+    """The user vector after the given history (the model's state after the last event)."""
+
+
+class ScoredItem(BaseModel):
+    item_id: Id
+    score: float
+    title: str | None = None
+    genres: list[str] | None = None
+
+
+class RecommendResponse(BaseModel):
+    user_id: Id | None
+    known_user: bool = Field(description="the user id was seen in training")
+    history_length: int = Field(description="events the recommendation was computed from")
+    k: int
+    items: list[ScoredItem]
+    ignored_items: list[Id] = Field(default_factory=list, description="unknown history items skipped")
+    index: str = Field(description="how candidates were found: the index kind, or 'exact'")
+
+
+class EmbedResponse(BaseModel):
+    user_id: Id | None
+    known_user: bool
+    history_length: int
+    dim: int
+    embedding: list[float]
+    ignored_items: list[Id] = Field(default_factory=list)
+
+
+class SimilarResponse(BaseModel):
+    id: Id
+    k: int
+    metric: str = Field(description="similarity measure (cosine of the embeddings)")
+    index: str
+    items: list[ScoredItem] | None = None
+    users: list[ScoredUser] | None = None
+
+
+class ScoredUser(BaseModel):
+    user_id: Id
+    score: float
+
+
+class ItemInfo(BaseModel):
+    item_id: Id
+    title: str | None = None
+    genres: list[str] | None = None
+    count: int = Field(description="events with this item in the training data")
+
+
+class UserInfo(BaseModel):
+    user_id: Id
+    history_length: int
+    history: list[ItemInfo] = Field(description="the most recent events, oldest first")
+
+
+class IdList(BaseModel):
+    total: int
+    ids: list[Id]
+
+
+class ItemSearch(BaseModel):
+    total: int
+    items: list[ItemInfo]
+
+
+class MapPoint(BaseModel):
+    item_id: Id
+    x: float
+    y: float
+    genre: str | None = None
+    title: str | None = None
+
+
+class MapResponse(BaseModel):
+    method: str
+    explained_variance: list[float]
+    points: list[MapPoint]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    items: int
+    users: int
+
+
+class Info(BaseModel):
+    model: dict[str, Any]
+    data_fingerprint: str | None
+    metrics: dict[str, Any] | None
+    index: dict[str, Any]
+    items: int
+    users: int
+    run_dir: str
+    userseq_version: str
+    item_metadata: bool = Field(description="titles/genres are available")
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="what was wrong with the request")
+    message: str | None = Field(None, description="one-line summary")
+
+
+SimilarResponse.model_rebuild()
