@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--minutes", type=float, default=3.0, help="training time budget")
-    ap.add_argument("--eval-users", type=int, default=20_000)
+    ap.add_argument("--eval-users", type=int, default=5_000)
     ap.add_argument("--workdir", type=Path, default=HERE / "_work" / "scale")
     ap.add_argument("--part", choices=["train", "eval"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
