@@ -220,7 +220,7 @@ class DIN(CTRModel):
         return w @ e[0]
 
     def candidate_chunk(self, hist_len: int) -> int:
-        return max(1, 2_000_000 // max(hist_len, 1))
+        return max(1, 1_000_000 // max(hist_len, 1))
 
 
 class SearchAttention(CTRModel):

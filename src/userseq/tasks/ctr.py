@@ -316,6 +316,7 @@ class CTREstimator:
                                             "context": context}])
         return self._score_candidates(beh, s, self.vocab.item_index(list(candidates), "candidate item"))
 
+    @torch.no_grad()
     def _score_candidates(self, beh: Behaviours, s: Samples, cand: np.ndarray) -> np.ndarray:
         model = self._check_fitted()
         cfg = self.config.model
