@@ -36,10 +36,14 @@ def load_store() -> dict:
 
 
 def save_row(key: str, row: dict) -> None:
-    store = load_store()
+    import fcntl
+
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
-    store[key] = row
-    STORE.write_text(json.dumps(store, indent=1) + "\n")
+    with open(STORE.with_suffix(".lock"), "w") as lock:  # parts may run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = load_store()
+        store[key] = row
+        STORE.write_text(json.dumps(store, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------- real data (CLI runs)

@@ -1,0 +1,105 @@
+"""`userseq ctr ...` end to end on a small events file, and one clear error for each bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from userseq.ctr.synthetic import synthetic_ctr_events
+
+TINY = """\
+model: {item_dim: 8, cat_dim: 4, user_dim: 4, mlp: [16], att_hidden: [8], num_hashes: 4, top_k: 5}
+train: {batch_size: 256, threads: 1, device: cpu}
+"""
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.error.count("error:") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.error, f"{fragment!r} not in {result.error!r}"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("ctr")
+    df = synthetic_ctr_events(n_users=60, n_items=120, n_cats=6, history_len=40, n_targets=5, evidence=2,
+                              recent_clean=10, seed=0)
+    events = d / "events.csv"
+    df.drop("click_prob").write_csv(events)
+    cfg = d / "tiny.yaml"
+    cfg.write_text(TINY)
+    return events, cfg
+
+
+@pytest.fixture(scope="module")
+def run(cli, files, tmp_path_factory) -> Path:
+    events, cfg = files
+    out = tmp_path_factory.mktemp("runs") / "dare"
+    res = cli("ctr", "train", "--data", events, "--model", "dare", "--category-col", "category", "--config", cfg,
+              "--epochs", "1", "--out", out, "--quiet")
+    assert res.code == 0, res.output
+    assert "saved run to" in res.stdout and "test" in res.stdout
+    return out
+
+
+def test_train_writes_run_and_metrics(run):
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["test"]) >= {"auc", "gauc", "logloss"}
+    assert 0 <= m["test"]["auc"] <= 1 and m["test"]["logloss"] > 0
+    assert m["split"]["split"] == "temporal" and m["model"] == "dare"
+    assert "category_col: category" in (run / "config.yaml").read_text()
+
+
+def test_evaluate_rewrites_metrics_identically(cli, run):
+    before = json.loads((run / "metrics.json").read_text())["test"]
+    (run / "metrics.json").unlink()
+    res = cli("ctr", "evaluate", run)
+    assert res.code == 0, res.output
+    after = json.loads((run / "metrics.json").read_text())["test"]
+    assert after["auc"] == before["auc"] and after["gauc"] == before["gauc"] and after["logloss"] == before["logloss"]
+
+
+def test_predict_for_user_and_history(cli, run, files):
+    res = cli("ctr", "predict", run, "--user", "3", "--item", "5", "--item", "7")
+    assert res.code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["item"] for r in rows] == ["5", "7"] and all(0 < r["probability"] < 1 for r in rows)
+    res = cli("ctr", "predict", run, "--history", "1,2,3", "--values", "5,1,4", "--item", "5")
+    assert res.code == 0, res.output
+    assert_user_error(cli("ctr", "predict", run, "--history", "1,2", "--item", "99999"),
+                      "unknown candidate item id(s) [99999]")
+    assert_user_error(cli("ctr", "predict", run, "--item", "5"), "give --user ID")
+
+
+def test_synth_command(cli, tmp_path):
+    out = tmp_path / "s.parquet"
+    res = cli("ctr", "synth", "--out", out, "--users", "5", "--history-len", "100", "--targets", "3")
+    assert res.code == 0, res.output
+    df = pl.read_parquet(out)
+    assert df.height == 5 * 103 and df["is_target"].sum() == 15
+
+
+def test_missing_label_column(cli, files, tmp_path):
+    events, cfg = files
+    bad = tmp_path / "nolabel.csv"
+    pl.read_csv(events).drop("rating").write_csv(bad)
+    assert_user_error(cli("ctr", "train", "--data", bad, "--config", cfg, "--out", tmp_path / "r", "--quiet"),
+                      "missing label column 'rating'")
+
+
+def test_labels_not_binary(cli, files, tmp_path):
+    events, cfg = files
+    assert_user_error(cli("ctr", "train", "--data", events, "--binary-labels", "--config", cfg, "--out",
+                          tmp_path / "r", "--quiet"), "labels in column 'rating' must be 0 or 1")
+
+
+def test_bad_model_name_and_not_a_ctr_run(cli, files, tmp_path):
+    events, cfg = files
+    assert_user_error(cli("ctr", "train", "--data", events, "--model", "bert", "--out", tmp_path / "r"),
+                      "--model bert")
+    assert_user_error(cli("ctr", "evaluate", tmp_path / "missing"), "run directory not found")
