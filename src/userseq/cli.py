@@ -307,23 +307,57 @@ def embed(
     run_dir: RunDirArg,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Parquet file for user embeddings")],
     items_out: Annotated[Path | None, typer.Option(help="Parquet file for item embeddings")] = None,
+    chunk_size: Annotated[int, typer.Option(help="users encoded and written per Parquet row group "
+                                                 "(memory stays bounded by this)")] = 65_536,
+    index: Annotated[bool, typer.Option("--index", help="also build the run's ANN indexes (RUN_DIR/index) "
+                                                        "from the same vectors, as `userseq index` does")] = False,
+    index_kind: Annotated[str | None, typer.Option(help="with --index: auto | exact | flat | hnsw | ivfpq")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Write user (and item) embeddings to Parquet: columns id, embedding (list of floats)."""
+    """Write user (and item) embeddings to Parquet: columns id, embedding (list of floats).
+
+    Users are encoded chunk by chunk and streamed to the file, so a million users need no more
+    memory than one chunk."""
     import polars as pl
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from userseq.tasks.nextitem import NextItemRecommender
 
+    if chunk_size <= 0:
+        raise UserseqError(f"--chunk-size must be a positive integer (got {chunk_size}).")
     for path in (out_path, items_out):
         if path is not None and not path.parent.is_dir():
             raise UserseqError(f"{path}: directory {path.parent} does not exist; create it first.")
+    cfg = None
+    if index:
+        from userseq.index.vector import IndexConfig
+
+        cfg = IndexConfig.from_options(kind=index_kind)
+    elif index_kind is not None:
+        raise UserseqError("--index-kind needs --index.")
+    from userseq.index.stream import write_user_embeddings
+
     rec = NextItemRecommender.load(run_dir)
-    users = rec.user_embeddings()
-    pl.DataFrame({"user_id": rec.user_ids, "embedding": users}).write_parquet(out_path)
-    out.print(f"wrote {len(users):,} user embeddings (dim {users.shape[1]}) to {out_path}")
+    n = len(rec.user_ids)
+    vectors_path = Path(run_dir) / "index" / "user_vectors.npy" if index else None
+    with Progress(TextColumn("embedding users"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, disable=quiet, transient=True) as bar:
+        task = bar.add_task("users", total=n)
+        done = write_user_embeddings(rec, out_path, chunk_size, vectors_path=vectors_path,
+                                     progress=lambda d: bar.update(task, completed=d))
+    out.print(f"wrote {done:,} user embeddings (dim {rec.encoder.dim}) to {out_path}")
     items_out = items_out or out_path.with_name(out_path.stem + "_items.parquet")
     items = rec.item_embeddings()
     pl.DataFrame({"item_id": rec.item_ids, "embedding": items}).write_parquet(items_out)
     out.print(f"wrote {len(items):,} item embeddings to {items_out}")
+    if index:
+        from userseq.index.run import RunIndex
+
+        built = RunIndex.build(rec, run_dir, cfg, chunk_size=chunk_size, user_vectors_path=vectors_path)
+        m = built.manifest
+        out.print(f"built {Path(run_dir) / 'index'}: items {m['items']['kind']} (recall@100 "
+                  f"{m['items']['recall@100']:.4f}), users {m['users']['kind']} (recall@100 "
+                  f"{m['users']['recall@100']:.4f}) in {m['build_seconds']:.1f}s")
 
 
 # Task families add their commands here: each module defines `register(app)`.
