@@ -39,7 +39,9 @@ def save_row(key: str, row: dict) -> None:
     import fcntl
 
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
-    with open(STORE.with_suffix(".lock"), "w") as lock:  # parts may run side by side
+    lock_path = HERE / "_work" / "ctr_runs.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:  # parts may run side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
         store = load_store()
         store[key] = row
