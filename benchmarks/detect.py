@@ -133,7 +133,9 @@ def main() -> None:
         "", header, *[rows[k]["line"] for k in order], "",
         "VEWS (Kumar et al. 2015) reports 87.82% accuracy (10-fold CV, no revert information) and 77.4% "
         "from the first edit. The LEAKAGE row uses after-the-fact columns (isReverted, cluebotRevert, STiKi) "
-        "and is not early detection.", "", "Commands:", "",
+        "and is not early detection (its run was stopped before it finished: no row yet). The petgen-wiki rows "
+        "ran under a 4-minute budget on a starved CPU and are not converged (a TF-IDF + logistic-regression "
+        "check on the same split reaches test ROC-AUC 0.71).", "", "Commands:", "",
         *[f"- {k}: `{rows[k]['command']}`" for k in order],
     ])
     update_section("detect", "Malicious-user detection (wiki-vandals, petgen-wiki)", body)
