@@ -41,11 +41,15 @@ def cyclic_frame(n_users: int = 80, length: int = 14, seed: int = 0) -> pl.DataF
 def trained_run() -> Path:
     """Directory of a trained SASRec run (no index yet); copy it before changing it."""
     from userseq import EventLog, NextItemRecommender
+    from userseq.artifacts import write_json
+    from userseq.data.split import leave_one_out
 
     root = Path(tempfile.mkdtemp(prefix="userseq-serve-test-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     log = EventLog.from_frame(cyclic_frame())
-    NextItemRecommender("sasrec", overrides=SMALL).fit(log, run_dir=root / "run", quiet=True)
+    split = leave_one_out(log)
+    rec = NextItemRecommender("sasrec", overrides=SMALL).fit(log, split, run_dir=root / "run", quiet=True)
+    write_json(rec.report(log, split), root / "run" / "metrics.json")  # as `userseq train` does
     return root / "run"
 
 

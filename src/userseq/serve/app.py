@@ -40,6 +40,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "unreadable body (not UTF-8 JSON)"},
     404: {"model": ErrorResponse, "description": "unknown id"},
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "invalid request"},
@@ -133,7 +134,10 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES) -> FastAP
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail, "message": str(exc.detail)}, status_code=exc.status_code,
+        message = str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in message:
+            message = "the request body could not be read: send UTF-8 JSON with content-type application/json"
+        return JSONResponse({"detail": message, "message": message}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.post("/recommend", response_model=RecommendResponse, responses=_ERRORS, tags=["recommend"])
