@@ -47,3 +47,38 @@ def test_unknown_model_name():
     cfg = ModelConfig.model_construct(name="foo")
     with pytest.raises(ConfigError, match="unknown model 'foo'"):
         build_encoder(cfg, 10)
+
+
+class _FeatureItems(torch.nn.Module):
+    """An ItemRepr that adds a projected per-event feature to the id embedding."""
+
+    def __init__(self, n_items, dim):
+        super().__init__()
+        from userseq.items.base import IdEmbedding
+
+        self.base = IdEmbedding(n_items, dim)
+        self.n_items, self.dim = n_items, dim
+        self.proj = torch.nn.Linear(1, dim)
+
+    def embed(self, ids, features=None):
+        x = self.base(ids)
+        return x if features is None else x + self.proj(features["f"])
+
+    def output_matrix(self):
+        return self.base.output_matrix()
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_features_reach_the_item_representation(name):
+    torch.manual_seed(0)
+    enc = build_encoder(ModelConfig(name=name, dim=8, max_len=8), 20, items=_FeatureItems(20, 8)).eval()
+    x = torch.randint(1, 21, (3, 6))
+    x[0, :2] = 0
+    f = torch.randn(3, 6, 1)
+    plain = enc.last(x, x > 0)
+    with_f = enc.last(x, x > 0, {"f": f})
+    assert not torch.allclose(plain, with_f)
+    # features are aligned with the (left-padded) events: extra padding keeps the result
+    wide = torch.cat([torch.zeros(3, 2, dtype=torch.long), x], 1)
+    fw = torch.cat([torch.zeros(3, 2, 1), f], 1)
+    torch.testing.assert_close(enc.last(wide, wide > 0, {"f": fw}), with_f, rtol=1e-5, atol=1e-5)

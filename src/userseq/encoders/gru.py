@@ -27,14 +27,17 @@ class GRUEncoder(SequenceEncoder):
     def forward(self, item_ids, mask, features=None):
         if item_ids.shape[1] > self.max_len:
             item_ids, mask = item_ids[:, -self.max_len :], mask[:, -self.max_len :]
+            if features is not None:
+                features = {k: v[:, -self.max_len :] for k, v in features.items()}
         B, L = item_ids.shape
         n = mask.sum(1)
         # Inputs are left-padded; the GRU must start at each row's first real event (padding would
         # otherwise change its state), so shift rows to the left, pack, run, and shift back.
         shift = (L - n).unsqueeze(1)
         pos = torch.arange(L, device=item_ids.device).unsqueeze(0)
-        left = torch.gather(item_ids, 1, (pos + shift).clamp(max=L - 1)) * (pos < n.unsqueeze(1))
-        x = self.drop(self.items(left))
+        x = self.items.embed(item_ids, features) * mask.unsqueeze(-1)
+        idx = (pos + shift).clamp(max=L - 1).unsqueeze(-1).expand(B, L, x.shape[-1])
+        x = self.drop(torch.gather(x, 1, idx) * (pos < n.unsqueeze(1)).unsqueeze(-1))
         packed = pack_padded_sequence(x, n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.gru(packed)
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=L)

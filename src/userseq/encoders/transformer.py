@@ -48,19 +48,21 @@ class TransformerEncoder(SequenceEncoder):
         return self._mask_token
 
     def forward(self, item_ids, mask, features=None):
-        return self._run(item_ids, mask, last_only=False)
+        return self._run(item_ids, mask, features, last_only=False)
 
     def last(self, item_ids, mask, features=None):
         # the final block computes queries for the last position only
-        return self._run(item_ids, mask, last_only=True)[:, -1]
+        return self._run(item_ids, mask, features, last_only=True)[:, -1]
 
-    def _run(self, item_ids, mask, last_only: bool):
+    def _run(self, item_ids, mask, features, last_only: bool):
         L = item_ids.shape[1]
         if L > self.max_len:
             item_ids, mask = item_ids[:, -self.max_len :], mask[:, -self.max_len :]
             L = self.max_len
         pos = self.positions.weight[self.max_len - L :]
-        x = self.items(item_ids) * self.scale + pos
+        if features is not None and L < item_ids.shape[1]:
+            features = {k: v[:, -L:] for k, v in features.items()}
+        x = self.items.embed(item_ids, features) * self.scale + pos
         x = self.drop(x) * mask.unsqueeze(-1)
         am = attention_mask(mask, self.causal)
         for i, block in enumerate(self.blocks):

@@ -14,10 +14,19 @@ from torch import nn
 
 
 class ItemRepr(nn.Module):
-    """Interface: `forward(ids) -> (..., dim)` and `output_matrix() -> (n_items + 1, dim)`."""
+    """Interface: `forward(ids, features=None) -> (..., dim)` and `output_matrix() -> (n_items + 1, dim)`.
+
+    `features` is the encoder's optional dict of per-event tensors (B, L, ...); representations that
+    use side information (event features, text) read it, id tables ignore it. Encoders pass it only
+    when it is given, so `forward(ids)` alone must work.
+    """
 
     n_items: int
     dim: int
+
+    def embed(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Call the representation, with features only when there are some."""
+        return self(ids) if features is None else self(ids, features)
 
     def output_matrix(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -34,7 +43,7 @@ class IdEmbedding(ItemRepr):
         with torch.no_grad():
             self.table.weight[0].zero_()
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.table(ids)
 
     def output_matrix(self) -> torch.Tensor:
