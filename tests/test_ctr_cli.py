@@ -103,3 +103,11 @@ def test_bad_model_name_and_not_a_ctr_run(cli, files, tmp_path):
     assert_user_error(cli("ctr", "train", "--data", events, "--model", "bert", "--out", tmp_path / "r"),
                       "--model bert")
     assert_user_error(cli("ctr", "evaluate", tmp_path / "missing"), "run directory not found")
+
+
+def test_set_overrides_and_bad_set(cli, files, tmp_path):
+    events, cfg = files
+    assert_user_error(cli("ctr", "train", "--data", events, "--config", cfg, "--set", "model.nope=1", "--out",
+                          tmp_path / "r"), "unknown config key 'model.nope'")
+    assert_user_error(cli("ctr", "train", "--data", events, "--config", cfg, "--set", "model.top_k", "--out",
+                          tmp_path / "r"), "expected KEY=VALUE")

@@ -83,6 +83,8 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(help="training time budget in minutes")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override KEY=VALUE (YAML value), "
+                                                   "e.g. --set model.attn_item_dim=8; repeatable")] = None,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.safetensors")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
@@ -102,6 +104,8 @@ def train(
         "--max-minutes": ("train.max_minutes", max_minutes), "--seed": ("train.seed", seed),
         "--device": ("train.device", device), "--data": ("dataset", dataset),
     })
+    if set_:
+        cfg = _apply(cfg, {f"--set {kv}": _key_value(kv) for kv in set_})
     if binary_labels:
         if label_threshold is not None:
             raise UserseqError("give either --binary-labels or --label-threshold, not both.")
@@ -209,6 +213,18 @@ def synth(
     out.print(f"wrote {df.height:,} events ({users:,} users x {history_len:,} history + {targets} impressions) to "
               f"{out_path}; train with: userseq ctr train --data {out_path} --category-col category "
               "--target-col is_target --model dare --out RUN")
+
+
+def _key_value(kv: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = kv.partition("=")
+    if not sep or not key.strip():
+        raise UserseqError(f"--set {kv!r}: expected KEY=VALUE, e.g. --set model.top_k=50.")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise UserseqError(f"--set {kv!r}: the value is not valid YAML.") from None
 
 
 def _typed(values: list[str], id_map: Any) -> list[Any]:
