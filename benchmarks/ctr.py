@@ -150,7 +150,8 @@ SYNTH_MODELS = {
 }
 
 
-def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: int, seed: int) -> None:
+def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: int, seed: int,
+                  batch_size: int = 512) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -165,6 +166,7 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
     cfg = CTRConfig().updated({"data.category_col": "category", "data.target_col": "is_target",
                                "model.user_dim": 0, "model.max_len": L, "model.long_len": L,
                                "train.epochs": epochs, "train.patience": 2, "train.threads": 1,
+                               "train.batch_size": batch_size,
                                "train.device": "cpu", "train.seed": seed})
     data = build_ctr_data(EventLog.from_frame(df), cfg.data)
     test = data.splits["test"]
@@ -177,6 +179,7 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
         print(f"   L={L} {name:<22} auc {m['auc']:.4f} gauc {m['gauc']:.4f} (oracle {oracle:.4f}) "
               f"{time.time() - t0:.0f}s", flush=True)
         save_row(f"synthetic/{L}/{name}", {"model": name, "L": L, "users": users, "targets": targets, "seed": seed,
+                                           "batch_size": batch_size,
                                            "test": m, "oracle_auc": oracle, "train": est.train_state,
                                            "load": os.getloadavg()})
 
@@ -228,24 +231,26 @@ def write_table() -> None:
         lines.append(f"| {r['L']:,} | {r['model']} | {r['ms_per_1000']:.1f} | {r['peak_mib']:.0f} | "
                      f"{r['extra_mib']:.0f} | {'/'.join(f'{x:.1f}' for x in r['load'])} |")
     if syn:
-        s0 = syn[0]
         lines += [
             "",
-            f"### Planted long-range interests (synthetic, L = {s0['L']:,}, {s0['users']} users x {s0['targets']} "
-            "impressions)",
+            "### Planted long-range interests (synthetic)",
             "",
-            "`userseq.ctr.synthetic`: the interest evidence (8 rated events per liked/disliked category) lies",
-            "only before the last 200 events; the recent 200 are noise. Last impression per user = test, the one",
-            "before = validation. Oracle AUC = AUC of the true click probabilities. All history models read the",
-            "whole history except `din (last 200)`. `python benchmarks/ctr.py --part synthetic`.",
+            "`userseq.ctr.synthetic` (seed 42): 2,000 items in 50 categories; per user 2 liked and 2 disliked",
+            "categories, whose evidence (8 events each, rated 5 / 1) lies only before the last 200 events; all",
+            "other history events are noise from neutral categories. Impressions: liked / disliked / neutral",
+            "category (one third each), click probability sigmoid(+2 / -2 / -0.5 + item quality). Time split",
+            "of the impressions: last 10% test, the 10% before validate. Oracle AUC = AUC of the true click",
+            "probabilities on the same test impressions. History models read the whole history except",
+            "`din (last 200)`. `python benchmarks/ctr.py --part synthetic --synthetic-length L ...`.",
             "",
-            "| model | test AUC | GAUC | logloss | oracle AUC | epochs (best) | train time | load |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | L | users x impressions | test AUC | GAUC | logloss | oracle AUC | epochs (best) | train time | load |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = list(SYNTH_MODELS)
         for r in sorted(syn, key=lambda r: (r["L"], order.index(r["model"]) if r["model"] in order else 99)):
             t, tr = r["test"], r["train"]
-            lines.append(f"| {r['model']} (L={r['L']:,}) | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | "
+            lines.append(f"| {r['model']} | {r['L']:,} | {r['users']} x {r['targets']} | {t['auc']:.4f} | "
+                         f"{t['gauc']:.4f} | {t['logloss']:.4f} | "
                          f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) | {tr['seconds']:.0f} s | "
                          f"{'/'.join(f'{x:.1f}' for x in r['load'])} |")
     dates = sorted({r["date"] for r in store.values()})
@@ -266,6 +271,7 @@ def main() -> None:
     ap.add_argument("--synthetic-length", type=int, default=1000)
     ap.add_argument("--synthetic-users", type=int, default=300)
     ap.add_argument("--synthetic-targets", type=int, default=20)
+    ap.add_argument("--synthetic-batch-size", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", type=Path, default=HERE / "_work" / "ctr")
@@ -276,7 +282,7 @@ def main() -> None:
         run_scaling(args.lengths, args.models or list(SCALING_MODELS), args.candidates, args.repeats)
     if args.part in ("synthetic", "all"):
         run_synthetic(args.synthetic_length, args.synthetic_users, args.synthetic_targets,
-                      args.models or list(SYNTH_MODELS), args.epochs, args.seed)
+                      args.models or list(SYNTH_MODELS), args.epochs, args.seed, args.synthetic_batch_size)
     write_table()
 
 
