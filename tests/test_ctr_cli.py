@@ -111,3 +111,28 @@ def test_set_overrides_and_bad_set(cli, files, tmp_path):
                           tmp_path / "r"), "unknown config key 'model.nope'")
     assert_user_error(cli("ctr", "train", "--data", events, "--config", cfg, "--set", "model.top_k", "--out",
                           tmp_path / "r"), "expected KEY=VALUE")
+
+
+def test_http_score_endpoint(cli, run):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from userseq.ctr.serve import create_ctr_app
+
+    client = TestClient(create_ctr_app(run))
+    assert client.get("/health").json()["model"] == "dare"
+    r = client.post("/score", json={"user": 3, "items": [5, 7]})
+    assert r.status_code == 200, r.text
+    got = [s["probability"] for s in r.json()["scores"]]
+    want = json.loads(cli("ctr", "predict", run, "--user", "3", "--item", "5", "--item", "7").stdout)
+    assert got == pytest.approx([w["probability"] for w in want], abs=1e-6)
+    r = client.post("/score", json={"history": [1, 2, 3], "history_values": [5, 1, 4], "items": ["5"]})
+    assert r.status_code == 200 and 0 < r.json()["scores"][0]["probability"] < 1
+    bad = client.post("/score", json={"history": [1], "items": [99999]})
+    assert bad.status_code == 422 and "unknown candidate item id(s) [99999]" in bad.json()["message"]
+    future = client.post("/score", json={"history": [1, 2], "history_timestamps": [5, 20], "timestamp": 10,
+                                         "items": [5]})
+    assert future.status_code == 422 and "at or after the target's timestamp" in future.json()["message"]
+    nobody = client.post("/score", json={"items": [5]})
+    assert nobody.status_code == 422 and "give `user`" in nobody.json()["message"]

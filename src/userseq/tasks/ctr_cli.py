@@ -187,6 +187,24 @@ def predict(
     out.print_json(json.dumps([{"item": i, "probability": float(p)} for i, p in zip(item, probs, strict=True)]))
 
 
+@ctr_app.command("serve")
+def serve(
+    run_dir: RunDir,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8001,
+) -> None:
+    """Serve POST /score (click probabilities of candidates for a user or history) over HTTP."""
+    try:
+        import uvicorn
+
+        from userseq.ctr.serve import create_ctr_app
+    except ModuleNotFoundError as e:
+        raise UserseqError(f"serving needs the serve extra ({e.name} is missing): pip install 'userseq[serve]'.") from None
+    app = create_ctr_app(run_dir)
+    out.print(f"serving {run_dir} ({app.state.estimator.config.model.name}) on http://{host}:{port}  (POST /score)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @ctr_app.command("synth")
 def synth(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Parquet/CSV file to write")],
