@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench bench-serve chromium serve-demo clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PY)'; run: make PY=/path/to/python3.11 ..."; exit 1; }
@@ -21,7 +21,17 @@ demo: $(STAMP)
 	$(BIN)/userseq evaluate runs/demo-ml1m
 	$(BIN)/userseq recommend runs/demo-ml1m --user 1 -k 10
 
-test: $(STAMP)
+# Headless Chromium for the web-page test (Debian packages; only installed when missing, and only
+# where apt-get can run as root). Without it tests/test_web.py is skipped with the reason.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium + chromium-driver (Debian) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			>/dev/null 2>&1 || echo "warning: could not install chromium; the browser test will be skipped"; \
+	else echo "note: chromium/chromium-driver not installed; the browser test will be skipped"; fi
+
+test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -31,6 +41,16 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/nextitem.py
+
+# ANN recall/latency (1M synthetic items + ML-1M) and HTTP load (ML-1M); needs runs/demo-ml1m or --run
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/ann.py
+	$(BIN)/python benchmarks/serve_load.py
+
+# Index the demo run and serve it with the web page on http://127.0.0.1:8000/
+serve-demo: $(STAMP)
+	$(BIN)/userseq index runs/demo-ml1m
+	$(BIN)/userseq serve runs/demo-ml1m
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
