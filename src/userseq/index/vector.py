@@ -42,7 +42,7 @@ class IndexConfig(BaseModel):
     ef_search: int = Field(256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
     nlist: int | None = Field(None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
     pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
-    nprobe: int = Field(64, ge=1, description="IVF lists visited per query")
+    nprobe: int = Field(128, ge=1, description="IVF lists visited per query")
     refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more memory, "
                                            "much better recall)")
     refine_factor: int = Field(4, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
@@ -154,41 +154,46 @@ class VectorIndex:
             return cls(kind, metric, dim, cfg, mat, {"n": n, "build_seconds": round(time.perf_counter() - t0, 3)},
                        center=None if prepared else center)
         faiss = _faiss()
-        fmetric = faiss.METRIC_INNER_PRODUCT
         params: dict[str, Any] = {}
         if kind == "flat":
-            index = faiss.IndexFlat(dim, fmetric)
-        elif kind == "hnsw":
-            # HNSW is much more accurate with L2 than with raw inner products over vectors of
-            # different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest norm) and
-            # 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
+            index = faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT)
+        else:
+            # Graph and IVF indexes are much more accurate with L2 than with raw inner products over
+            # vectors of different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest
+            # norm) and 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
             max_norm = 0.0
             for c in chunks():
                 c = c if prepared else _prep(c, metric, center)
                 max_norm = max(max_norm, float(np.linalg.norm(c, axis=1).max(initial=0.0)))
-            index = faiss.IndexHNSWFlat(dim + 1, cfg.hnsw_m, faiss.METRIC_L2)
-            index.hnsw.efConstruction = cfg.ef_construction
-            params = {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction, "mips_max_norm": max_norm}
-        else:
-            nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
-            nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
-            pq_m = cfg.pq_m or _default_pq_m(dim)
-            if dim % pq_m:
-                raise ConfigError(f"invalid index config: pq_m {pq_m} must divide the dimension {dim}.")
-            spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
-            index = faiss.index_factory(dim, spec, fmetric)
-            if sample is None:
-                train = _first_rows(chunks, cfg.train_sample, prepared, metric, center)
+            params["mips_max_norm"] = max_norm
+            if kind == "hnsw":
+                index_dim = dim + 1
+                index = faiss.IndexHNSWFlat(index_dim, cfg.hnsw_m, faiss.METRIC_L2)
+                index.hnsw.efConstruction = cfg.ef_construction
+                params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction}
             else:
-                train = sample if prepared else _prep(sample, metric, center)
-            train = train[: max(cfg.train_sample, 39 * nlist)]
-            index.train(np.ascontiguousarray(train, dtype=np.float32))
-            params = {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine, "train_rows": int(len(train))}
+                nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
+                nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
+                index_dim = -(-(dim + 1) // 4) * 4  # + the MIPS coordinate, zero-padded for 4-d sub-spaces
+                pq_m = cfg.pq_m or _default_pq_m(index_dim)
+                if index_dim % pq_m:
+                    raise ConfigError(f"invalid index config: pq_m {pq_m} must divide {index_dim} (the dimension "
+                                      f"{dim} + 1, rounded up to a multiple of 4).")
+                spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
+                index = faiss.index_factory(index_dim, spec, faiss.METRIC_L2)
+                if sample is None:
+                    train = _first_rows(chunks, cfg.train_sample, prepared, metric, center)
+                else:
+                    train = sample if prepared else _prep(sample, metric, center)
+                train = _augment(train[: max(cfg.train_sample, 39 * nlist)], max_norm, index_dim)
+                index.train(train)
+                params |= {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine, "train_rows": int(len(train))}
+            params["index_dim"] = index_dim
         pos = 0
         for c in chunks():
             c = c if prepared else _prep(c, metric, center)
-            if kind == "hnsw":
-                c = _augment(c, params["mips_max_norm"])
+            if kind != "flat":
+                c = _augment(c, params["mips_max_norm"], params["index_dim"])
             index.add(c)
             pos += len(c)
         _check_count(pos, n)
@@ -211,13 +216,13 @@ class VectorIndex:
         kk = min(k, self.n)
         if self.kind == "exact":
             s, i = _exact_topk(torch.from_numpy(q), self._impl, kk)
-        elif self.kind == "hnsw":
+        elif self.kind in ("hnsw", "ivfpq"):
             m = float(self.info["mips_max_norm"])
-            d, i = self._impl.search(_augment(q, None), kk, params=self._params(kk))
+            d, i = self._impl.search(_augment(q, None, int(self.info["index_dim"])), kk, params=self._params(kk))
             s = ((q * q).sum(1, keepdims=True) + m * m - d) / 2  # back from L2 distance to inner product
             s = np.where(i < 0, -np.inf, s).astype(np.float32)
         else:
-            s, i = self._impl.search(q, kk, params=self._params(kk))
+            s, i = self._impl.search(q, kk)
             s = np.where(i < 0, -np.inf, s).astype(np.float32)
         if kk < k:  # pad to the requested width so callers can rely on the shape
             s = np.concatenate([s, np.full((len(q), k - kk), -np.inf, np.float32)], 1)
@@ -281,7 +286,7 @@ class VectorIndex:
                                 "rebuild it with `userseq index RUN_DIR`.") from None
         n = int(impl.shape[0]) if kind == "exact" else int(impl.ntotal)
         if n != int(head.get("n", n)) or (kind == "exact" and impl.shape[1] != dim) or \
-                (kind != "exact" and impl.d != dim + (kind == "hnsw")):
+                (kind != "exact" and impl.d != int((head.get("info") or {}).get("index_dim", dim))):
             raise ArtifactError(f"{p}: index does not match its header {head_path}; rebuild it.")
         center = head.get("center")
         if center is not None and len(center) != dim:
@@ -320,13 +325,14 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def _augment(x: np.ndarray, max_norm: float | None) -> np.ndarray:
-    """Append the MIPS-to-L2 coordinate: sqrt(M^2 - |x|^2) for stored vectors, 0 for queries."""
-    if max_norm is None:
-        extra = np.zeros((len(x), 1), np.float32)
-    else:
-        extra = np.sqrt(np.maximum(max_norm**2 - (x * x).sum(1, keepdims=True), 0.0)).astype(np.float32)
-    return np.ascontiguousarray(np.concatenate([x, extra], 1), dtype=np.float32)
+def _augment(x: np.ndarray, max_norm: float | None, width: int) -> np.ndarray:
+    """Append the MIPS-to-L2 coordinate (sqrt(M^2 - |x|^2) for stored vectors, 0 for queries),
+    then zeros up to `width` columns."""
+    out = np.zeros((len(x), width), np.float32)
+    out[:, : x.shape[1]] = x
+    if max_norm is not None:
+        out[:, x.shape[1]] = np.sqrt(np.maximum(max_norm**2 - (x * x).sum(1), 0.0))
+    return out
 
 
 def _default_pq_m(dim: int) -> int:

@@ -104,6 +104,12 @@ def register(app: typer.Typer) -> None:
 
         if threads:
             torch.set_num_threads(threads)
+            try:
+                import faiss
+
+                faiss.omp_set_num_threads(threads)  # one query at a time: extra threads only add overhead
+            except ImportError:
+                pass
         service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
         app = create_app(service, max_body_bytes)
         m = service.index.manifest["items"]
