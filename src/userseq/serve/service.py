@@ -155,6 +155,7 @@ class Service:
         if item_meta is not None:
             self._set_meta(item_meta)
         self._map: dict[int, dict] = {}
+        self._haystack: pl.Series | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -360,16 +361,15 @@ class Service:
         return {"total": len(self.users), "ids": self.users.values[offset : offset + limit]}
 
     def search_items(self, q: str, limit: int) -> dict[str, Any]:
-        """Items whose id or title contains `q` (case-insensitive), most popular first."""
-        ql = q.strip().lower()
-        hits = []
-        for r, v in enumerate(self.items.values):
-            title = self.titles[r] if self.titles is not None else None
-            if ql in str(v).lower() or (title and ql in title.lower()):
-                hits.append(r)
-        hits.sort(key=lambda r: -int(self.counts[r]))
-        return {"total": len(hits), "items": [{**self.item_info(r), "count": int(self.counts[r])}
-                                              for r in hits[:limit]]}
+        """Items whose id or title contains `q` (case-insensitive), most frequent first."""
+        if self._haystack is None:
+            titles = self.titles or [None] * len(self.items)
+            self._haystack = pl.Series([f"{v} {t or ''}".lower() for v, t in zip(self.items.values, titles,
+                                                                                  strict=True)])
+        hits = np.flatnonzero(self._haystack.str.contains(q.strip().lower(), literal=True).to_numpy())
+        hits = hits[np.argsort(-self.counts[hits], kind="stable")]
+        return {"total": int(len(hits)), "items": [{**self.item_info(int(r)), "count": int(self.counts[r])}
+                                                   for r in hits[:limit]]}
 
     def item_map(self, n: int) -> dict[str, Any]:
         """A 2-D PCA projection of (up to n, most popular first) item embeddings, with genres."""
