@@ -179,7 +179,7 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
         print(f"   L={L} {name:<22} auc {m['auc']:.4f} gauc {m['gauc']:.4f} (oracle {oracle:.4f}) "
               f"{time.time() - t0:.0f}s", flush=True)
         save_row(f"synthetic/{L}/{name}", {"model": name, "L": L, "users": users, "targets": targets, "seed": seed,
-                                           "batch_size": batch_size,
+                                           "batch_size": batch_size, "max_epochs": epochs,
                                            "test": m, "oracle_auc": oracle, "train": est.train_state,
                                            "load": os.getloadavg()})
 
@@ -243,7 +243,7 @@ def write_table() -> None:
             "probabilities on the same test impressions. History models read the whole history except",
             "`din (last 200)`. `python benchmarks/ctr.py --part synthetic --synthetic-length L ...`.",
             "",
-            "| model | L | users x impressions | test AUC | GAUC | logloss | oracle AUC | epochs (best) | train time | load |",
+            "| model | L | users x impressions | test AUC | GAUC | logloss | oracle AUC | epochs (best) / max | train time | load |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = list(SYNTH_MODELS)
@@ -251,7 +251,8 @@ def write_table() -> None:
             t, tr = r["test"], r["train"]
             lines.append(f"| {r['model']} | {r['L']:,} | {r['users']} x {r['targets']} | {t['auc']:.4f} | "
                          f"{t['gauc']:.4f} | {t['logloss']:.4f} | "
-                         f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) | {tr['seconds']:.0f} s | "
+                         f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) / {r.get('max_epochs', '?')} | "
+                         f"{tr['seconds']:.0f} s | "
                          f"{'/'.join(f'{x:.1f}' for x in r['load'])} |")
     dates = sorted({r["date"] for r in store.values()})
     lines += ["", f"Rows kept in benchmarks/ctr_runs.json (run dates {dates[0]} .. {dates[-1]})." if dates else ""]
