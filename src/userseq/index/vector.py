@@ -45,7 +45,7 @@ class IndexConfig(BaseModel):
     nprobe: int = Field(128, ge=1, description="IVF lists visited per query")
     refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more memory, "
                                            "much better recall)")
-    refine_factor: int = Field(4, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
+    refine_factor: int = Field(10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
     train_sample: int = Field(100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
     seed: int = 0
 

@@ -100,6 +100,17 @@ async def _too_large(limit: int, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _json(content: Any) -> Response:
+    """A pre-serialised JSON answer: the hot endpoints build plain dicts that already follow their
+    response model, so FastAPI's second validation pass is skipped (the schema still documents them)."""
+    try:
+        import orjson
+
+        return Response(orjson.dumps(content), media_type="application/json")
+    except ImportError:
+        return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
+
+
 def _validation_message(errors: list[dict]) -> str:
     parts = []
     for e in errors[:5]:
@@ -143,22 +154,22 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES) -> FastAP
     @app.post("/recommend", response_model=RecommendResponse, responses=_ERRORS, tags=["recommend"])
     async def recommend(req: RecommendRequest) -> Any:
         """Top-k next items for a known user and/or an explicit recent history (new users work)."""
-        return await service.recommend(req)
+        return _json(await service.recommend(req))
 
     @app.post("/embed", response_model=EmbedResponse, responses=_ERRORS, tags=["recommend"])
     async def embed(req: EmbedRequest) -> Any:
         """The user embedding after a history (known user and/or explicit items)."""
-        return await service.embed(req)
+        return _json(await service.embed(req))
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=_ERRORS, tags=["similar"])
     async def similar_items(item_id: PathId, k: K = 10) -> Any:
         """Items whose embeddings are closest (cosine) to this item's."""
-        return service.similar_items(item_id, k)
+        return _json(service.similar_items(item_id, k))
 
     @app.get("/users/{user_id}/similar", response_model=SimilarResponse, responses=_ERRORS, tags=["similar"])
     async def similar_users(user_id: PathId, k: K = 10) -> Any:
         """Training users whose embeddings are closest (cosine) to this user's."""
-        return service.similar_users(user_id, k)
+        return _json(service.similar_users(user_id, k))
 
     @app.get("/items/{item_id}", response_model=ItemInfo, responses=_ERRORS, tags=["catalogue"])
     async def item(item_id: PathId) -> Any:

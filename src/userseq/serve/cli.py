@@ -110,8 +110,18 @@ def register(app: typer.Typer) -> None:
                 faiss.omp_set_num_threads(threads)  # one query at a time: extra threads only add overhead
             except ImportError:
                 pass
+            try:  # numpy's and faiss's BLAS pools: idle threads spin and steal the cores under load
+                from threadpoolctl import threadpool_limits
+
+                threadpool_limits(threads)
+            except ImportError:
+                pass
         service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
         app = create_app(service, max_body_bytes)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the loaded run's objects never become garbage: keep them out of every GC pass
         m = service.index.manifest["items"]
         err.print(f"serving {run_dir} ({len(service.items):,} items, {len(service.users):,} users, "
                   f"{m['kind']} index) on http://{host}:{port}/  (API docs: /docs)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from userseq.errors import UserseqError
 from userseq.index.run import RunIndex
@@ -144,7 +145,9 @@ class Service:
         self.run_dir = Path(run_dir)
         self.items = IdMap(rec.item_ids, "item")
         self.users = IdMap(rec.user_ids, "user")
-        self.item_vectors = rec.item_embeddings().astype(np.float32)  # row i = item_ids[i]
+        self.item_vectors = np.ascontiguousarray(rec.item_embeddings(), dtype=np.float32)  # row i = item_ids[i]
+        # exact scans through torch: it honours torch.set_num_threads (numpy's BLAS may spin extra threads)
+        self.item_matrix = torch.from_numpy(self.item_vectors)
         self.offsets, self.hist_items = rec.histories  # item indices are rows + 1
         self.max_len = rec.config.model.max_len
         self.batcher = EncodeBatcher(rec, max_batch)
@@ -261,7 +264,7 @@ class Service:
         import asyncio
 
         if row is not None and not history_given and self.index.user_vectors is not None:
-            return np.asarray(self.index.user_vectors[row])  # precomputed: no encoding needed
+            return np.array(self.index.user_vectors[row])  # precomputed (a copy: the map is read-only)
         return await asyncio.wrap_future(self.batcher.submit(seq[-self.max_len :]))
 
     def _id_rows(self, values: Sequence[Any] | None, field: str) -> np.ndarray | None:
@@ -295,7 +298,7 @@ class Service:
         n = len(self.items)
         if allow is not None:  # a candidate set: score it exactly (small by construction)
             cand = np.setdiff1d(np.unique(allow), excluded, assume_unique=True)
-            s = self.item_vectors[cand] @ vec
+            s = (self.item_matrix[torch.from_numpy(cand)] @ torch.from_numpy(vec)).numpy()
             order = np.argsort(-s, kind="stable")[:k]
             return s[order], cand[order], "exact (allow list)"
         index = self.index.items
@@ -310,9 +313,8 @@ class Service:
                     return s[ok][:k], r[ok][:k], index.kind
             how = "exact (ANN fell short after filtering)"
         # a flat index is an exact scan: do it directly (one matrix-vector product)
-        s = self.item_vectors @ vec
+        s = (self.item_matrix @ torch.from_numpy(np.array(vec, dtype=np.float32))).numpy()
         if len(excluded):
-            s = s.copy()
             s[excluded] = -np.inf
         kk = min(k, n)
         top = np.argpartition(-s, kk - 1)[:kk]
