@@ -126,27 +126,26 @@ class RunConfig(_Strict):
         return parse_config(data, source)
 
 
-def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
+def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str, what: str = "config") -> Any:
+    """Validate `data` against a pydantic config model; every problem is named in one ConfigError."""
     try:
-        return RunConfig.model_validate(data or {})
+        return model.model_validate(data or {})
     except ValidationError as e:
         problems = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 section = err["loc"][0] if len(err["loc"]) > 1 else None
-                model = RunConfig.model_fields[section].annotation if section in RunConfig.model_fields else RunConfig
-                allowed = ", ".join(getattr(model, "model_fields", {}).keys())
+                sub = model.model_fields[section].annotation if section in model.model_fields else model
+                allowed = ", ".join(getattr(sub, "model_fields", {}).keys())
                 problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
             else:
-                got = err.get("input")
-                problems.append(f"'{loc}': {err['msg']} (got {got!r})")
-        raise ConfigError(f"{source}: invalid config: " + "; ".join(problems)) from None
+                problems.append(f"'{loc or what}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: invalid {what}: " + "; ".join(problems)) from None
 
 
-def load_config(path: str | Path | None) -> RunConfig:
-    if path is None:
-        return RunConfig()
+def read_yaml_mapping(path: str | Path) -> dict[str, Any] | None:
+    """A YAML file holding a mapping (or nothing); clear errors for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found.")
@@ -155,5 +154,15 @@ def load_config(path: str | Path | None) -> RunConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (data, model, loss, train, eval) at the top level.")
-    return parse_config(data, str(p))
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level.")
+    return data
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
+    return validate_config(RunConfig, data, source)
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    return parse_config(read_yaml_mapping(path), str(path))
