@@ -179,8 +179,8 @@ def main() -> None:
         "structure and log-normal norms; queries mix two cluster centres), all "
         "6,040 real user vectors for ML-1M. Latency: one query at a time, 1 thread, top-100 "
         "(as the service queries). Batch: all queries at once, all threads.",
-        "- Index kinds are chosen automatically by size (`IndexConfig.kind = auto`: flat up to 100k vectors, "
-        "HNSW up to 2M, IVF-PQ above); "
+        "- `IndexConfig.kind = auto` picks flat up to 100k vectors, then IVF-PQ (nprobe 256, refine 10k) for "
+        "inner products (these results) and HNSW for the cosine (similar items/users) indexes; "
         "HNSW and IVF-PQ search inner products through the MIPS-to-L2 transform (an extra coordinate "
         "sqrt(M^2 - |x|^2)); IVF-PQ re-ranks `refine x k` PQ candidates with exact vectors.",
         "",

@@ -80,7 +80,9 @@ def test_short_catalogue_pads_results():
 
 def test_auto_kind_by_size(monkeypatch):
     cfg = IndexConfig(flat_max=100, hnsw_max=1000)
-    assert (cfg.resolve(100), cfg.resolve(101), cfg.resolve(1001)) == ("flat", "hnsw", "ivfpq")
+    assert (cfg.resolve(100), cfg.resolve(101), cfg.resolve(1001)) == ("flat", "ivfpq", "ivfpq")
+    assert (cfg.resolve(100, "cosine"), cfg.resolve(101, "cosine"), cfg.resolve(1001, "cosine")) == \
+        ("flat", "hnsw", "ivfpq")
     monkeypatch.setattr(vector_mod, "faiss_available", lambda: False)
     assert cfg.resolve(10**7) == "exact"  # no faiss: the exact torch fallback
     with pytest.raises(UserseqError, match="needs faiss"):

