@@ -254,10 +254,51 @@ def write_table() -> None:
                          f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) / {r.get('max_epochs', '?')} | "
                          f"{tr['seconds']:.0f} s | "
                          f"{'/'.join(f'{x:.1f}' for x in r['load'])} |")
+    lines += _findings(store)
     dates = sorted({r["date"] for r in store.values()})
     lines += ["", f"Rows kept in benchmarks/ctr_runs.json (run dates {dates[0]} .. {dates[-1]})." if dates else ""]
     update_section("ctr", "CTR over behaviour histories (DIN, SIM, TWIN, SDIM, DARE)", "\n".join(lines))
     print("\n".join(lines))
+
+
+def _findings(store: dict) -> list[str]:
+    """The paper expectations, checked against the rows (only where both sides were measured)."""
+    out = ["", "### Against the expected shape", ""]
+
+    def get(key: str, path: tuple[str, ...]) -> float | None:
+        r = store.get(key)
+        for p in path:
+            if r is None:
+                return None
+            r = r.get(p)
+        return r
+
+    for L in (100, 1000, 10000):
+        din, sdim, dare = (get(f"scaling/{L}/{m}", ("ms_per_1000",)) for m in ("din", "sdim", "dare"))
+        if din and sdim and dare:
+            out.append(f"- L = {L:,}: DIN {din:,.0f} ms, SDIM {sdim:,.0f} ms, DARE {dare:,.0f} ms per 1,000 candidates "
+                       f"(DIN / DARE = {din / dare:,.0f}x, DIN / SDIM = {din / sdim:,.0f}x).")
+    for L in (1000, 10000):
+        dare = get(f"synthetic/{L}/dare", ("test", "auc"))
+        small = get(f"synthetic/{L}/dare (attn dim / 4)", ("test", "auc"))
+        din_name = "din (full history)" if f"synthetic/{L}/din (full history)" in store else "din (last 200)"
+        din = get(f"synthetic/{L}/{din_name}", ("test", "auc"))
+        if dare is not None and din is not None:
+            out.append(f"- synthetic L = {L:,}: DARE AUC - {din_name} AUC = {dare - din:+.4f} "
+                       f"({'holds' if dare >= din else 'does not hold'}: DARE >= DIN).")
+        if dare is not None and small is not None:
+            out.append(f"- synthetic L = {L:,}: DARE attention dim / 4 changes AUC by {small - dare:+.4f} "
+                       f"({'within' if abs(small - dare) <= 0.002 else 'not within'} 0.002).")
+    for ds in ("ml-latest-small", "ml-100k"):
+        dare, small = get(f"real/{ds}/dare", ("metrics", "test", "auc")), get(f"real/{ds}/dare-attn4",
+                                                                              ("metrics", "test", "auc"))
+        din = get(f"real/{ds}/din", ("metrics", "test", "auc"))
+        if dare is not None and din is not None:
+            out.append(f"- {ds}: DARE AUC - DIN AUC = {dare - din:+.4f}.")
+        if dare is not None and small is not None:
+            out.append(f"- {ds}: DARE attention dim / 4 changes AUC by {small - dare:+.4f} "
+                       f"({'within' if abs(small - dare) <= 0.002 else 'not within'} 0.002).")
+    return out
 
 
 def main() -> None:
