@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from userseq.config import TrainConfig
+from userseq.config import TrainConfig, read_yaml_mapping, validate_config
 from userseq.errors import ConfigError
 
 MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
@@ -130,30 +130,10 @@ def parse_ctr_config(data: dict[str, Any] | None, source: str = "<config>") -> C
     merged = dict(data)
     if isinstance(merged.get("train"), dict):  # CTR defaults under the user's train keys
         merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
-    try:
-        return CTRConfig.model_validate(merged)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                section = err["loc"][0] if len(err["loc"]) > 1 else None
-                model = CTRConfig.model_fields[section].annotation if section in CTRConfig.model_fields else CTRConfig
-                allowed = ", ".join(getattr(model, "model_fields", {}).keys())
-                problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
-            else:
-                problems.append(f"'{loc or 'config'}': {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{source}: invalid CTR config: " + "; ".join(problems)) from None
+    return validate_config(CTRConfig, merged, source, what="CTR config")
 
 
 def load_ctr_config(path: str | Path | None) -> CTRConfig:
     if path is None:
         return CTRConfig()
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found.")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_ctr_config(data, str(p))
+    return parse_ctr_config(read_yaml_mapping(path), str(path))

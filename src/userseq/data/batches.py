@@ -40,3 +40,19 @@ def csr_take(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: n
     total = int(new_offsets[-1])
     idx = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
     return new_offsets, items[idx]
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                            bucket_batches: int = 32) -> list[np.ndarray]:
+    """Shuffled batches of row indices in which rows have similar lengths, so little compute is
+    spent on padding: shuffle, cut into buckets of `bucket_batches` batches, sort each bucket by
+    length, batch it, then shuffle the batch order."""
+    order = rng.permutation(len(lengths))
+    out = []
+    span = batch_size * bucket_batches
+    for b in range(0, len(order), span):
+        bucket = order[b : b + span]
+        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
+        out.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
+    rng.shuffle(out)
+    return out

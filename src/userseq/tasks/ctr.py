@@ -44,10 +44,10 @@ from userseq.ctr.data import (
     position_buckets,
 )
 from userseq.ctr.models import CTRModel, build_ctr_model
+from userseq.data.batches import length_bucketed_batches
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.errors import ArtifactError, ConfigError, DataError, UserseqError
 from userseq.eval.ctr import ctr_metrics
-from userseq.tasks.nextitem import length_bucketed_batches
 from userseq.train.loop import Trainer, resolve_device
 
 MODEL_FILE = "model.safetensors"

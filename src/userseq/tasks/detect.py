@@ -26,14 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from userseq.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
 from userseq.config import ModelConfig, TrainConfig
-from userseq.data.batches import pad_left
+from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
 from userseq.detect.models import CNNSeq, Detector, EventInputs, EventUserEncoder, HierLSTM, PostTransformer
 from userseq.encoders import build_encoder
 from userseq.errors import ArtifactError, ConfigError, DataError, UserseqError
 from userseq.eval.classification import best_threshold, binary_metrics
-from userseq.tasks.nextitem import length_bucketed_batches
 from userseq.train.loop import Trainer, resolve_device
 
 EVENT_MODELS = ("gru", "transformer")

@@ -21,7 +21,7 @@ from userseq.artifacts import (
     write_json,
 )
 from userseq.config import RunConfig, load_config, parse_config
-from userseq.data.batches import csr_take, pad_left, training_windows
+from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
@@ -315,22 +315,6 @@ class NextItemRecommender:
 
 
 # ---------------------------------------------------------------------- helpers
-def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                            bucket_batches: int = 32) -> list[np.ndarray]:
-    """Shuffled batches of row indices in which rows have similar lengths, so little compute is
-    spent on padding: shuffle, cut into buckets of `bucket_batches` batches, sort each bucket by
-    length, batch it, then shuffle the batch order."""
-    order = rng.permutation(len(lengths))
-    out = []
-    span = batch_size * bucket_batches
-    for b in range(0, len(order), span):
-        bucket = order[b : b + span]
-        bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
-        out.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
-    rng.shuffle(out)
-    return out
-
-
 def _split_kw(cfg: RunConfig) -> dict[str, Any]:
     if cfg.data.split == "temporal":
         return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
