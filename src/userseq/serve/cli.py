@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,6 +87,8 @@ def register(app: typer.Typer) -> None:
         max_body_bytes: Annotated[int, typer.Option(help="larger request bodies answer 413")] = 1 << 20,
         threads: Annotated[int | None, typer.Option(help="torch threads for encoding (default 1)")] = 1,
         log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+        switch_interval: Annotated[float | None, typer.Option(
+            help="Python GIL switch interval in seconds (default: Python's 0.005)")] = None,
     ) -> None:
         """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar, the
         web page at /, the OpenAPI schema at /docs."""
@@ -122,6 +125,8 @@ def register(app: typer.Typer) -> None:
 
         gc.collect()
         gc.freeze()  # the loaded run's objects never become garbage: keep them out of every GC pass
+        if switch_interval:  # the event loop and the encoding thread share the GIL
+            sys.setswitchinterval(switch_interval)
         m = service.index.manifest["items"]
         err.print(f"serving {run_dir} ({len(service.items):,} items, {len(service.users):,} users, "
                   f"{m['kind']} index) on http://{host}:{port}/  (API docs: /docs)")

@@ -102,7 +102,8 @@ class EncodeBatcher:
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         flat = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
-        return self.rec.encode(offsets, flat).numpy()
+        with torch.inference_mode():
+            return self.rec.encode(offsets, flat).numpy()
 
     def close(self) -> None:
         self._q.put(None)
