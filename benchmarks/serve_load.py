@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--rate", type=float, default=200.0, help="open-loop requests per second")
     ap.add_argument("--rate-seconds", type=float, default=15.0, help="open-loop duration")
+    ap.add_argument("--repeats", type=int, default=3, help="open-loop runs (the shared machine is noisy)")
     ap.add_argument("--kinds", nargs="+", default=["history", "user"])
     ap.add_argument("-k", type=int, default=100)
     ap.add_argument("--server-args", default="", help="extra `userseq serve` options, e.g. '--max-batch 32'")
@@ -178,7 +179,8 @@ def main() -> None:
         info = httpx.get(url + "/info", timeout=10).json()
         for kind in args.kinds:
             n_rate = int(args.rate * args.rate_seconds)
-            bodies = request_bodies(args.run, args.requests * len(args.concurrency) + n_rate + 200, kind, args.k)
+            bodies = request_bodies(args.run, args.requests * len(args.concurrency) + args.repeats * n_rate + 200,
+                                    kind, args.k)
             asyncio.run(closed_loop(url, bodies[:200], 8))  # warm-up (not recorded)
             pos = 200
             for c in args.concurrency:
@@ -187,11 +189,13 @@ def main() -> None:
                 res |= {"kind": kind, "mode": f"closed loop, concurrency {c}", "load": os.getloadavg()[0]}
                 log(f"{kind} c={c}: {res}")
                 rows.append(res)
-            res = asyncio.run(open_loop(url, bodies[pos : pos + n_rate], args.rate))
-            res |= {"kind": kind, "mode": f"open loop, {args.rate:.0f} req/s for {args.rate_seconds:.0f} s",
-                    "load": os.getloadavg()[0], "open": True}
-            log(f"{kind} rate={args.rate}: {res}")
-            rows.append(res)
+            for rep in range(args.repeats):
+                res = asyncio.run(open_loop(url, bodies[pos : pos + n_rate], args.rate))
+                pos += n_rate
+                res |= {"kind": kind, "mode": f"open loop, {args.rate:.0f} req/s for {args.rate_seconds:.0f} s "
+                                              f"(#{rep + 1})", "load": os.getloadavg()[0], "open": True}
+                log(f"{kind} rate={args.rate}: {res}")
+                rows.append(res)
     finally:
         proc.terminate()
         try:
@@ -229,12 +233,17 @@ def main() -> None:
         lines.append(f"| {r['kind']} | {r['mode']} | {r['requests']:,} | {r['errors']} | {r['rps']:.0f} | "
                      f"{r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | {r['load']:.2f} |")
     lines.append("")
-    for r in rows:
-        if r.get("open"):
-            ok = r["p99"] < TARGET_P99_MS and r["errors"] == 0
-            lines.append(f"- Target (p99 < {TARGET_P99_MS:.0f} ms at {args.rate:.0f} req/s, top-{args.k}, zero errors), "
-                         f"`{r['kind']}` requests: p99 {r['p99']:.2f} ms, {r['errors']} errors: "
-                         f"**{'PASS' if ok else 'FAIL'}**")
+    for kind in args.kinds:
+        runs = [r for r in rows if r.get("open") and r["kind"] == kind]
+        p99s = sorted(r["p99"] for r in runs)
+        med = p99s[len(p99s) // 2]
+        errs = sum(r["errors"] for r in runs)
+        passed = sum(r["p99"] < TARGET_P99_MS and r["errors"] == 0 for r in runs)
+        ok = med < TARGET_P99_MS and errs == 0
+        lines.append(f"- Target (p99 < {TARGET_P99_MS:.0f} ms at {args.rate:.0f} req/s, top-{args.k}, zero errors), "
+                     f"`{kind}` requests: p99 per run {', '.join(f'{p:.1f}' for p in p99s)} ms (median {med:.1f}; "
+                     f"{passed}/{len(runs)} runs within target), {errs} errors: **{'PASS' if ok else 'FAIL'}** "
+                     "(median run)")
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
