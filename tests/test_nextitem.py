@@ -64,8 +64,12 @@ def test_save_load_gives_identical_recommendations(fitted):
     assert a.equals(b)
     np.testing.assert_array_equal(rec.user_embeddings(), loaded.user_embeddings())
     np.testing.assert_array_equal(rec.item_embeddings(), loaded.item_embeddings())
-    for name in ("config.yaml", "model.safetensors", "user_ids.parquet", "item_ids.parquet", "run.json"):
+    for name in ("config.yaml", "model.safetensors", "user_ids.parquet", "item_ids.parquet", "run.json",
+                 "metrics.json"):
         assert (run / name).exists()
+    metrics = read_json(run / "metrics.json")
+    assert metrics["test"]["hr@10"] > 0.9 and metrics["filter_seen"] is True
+    assert set(metrics["baselines"]) == {"popularity", "repeat (no seen filter)"}
     assert read_json(run / "run.json")["data_fingerprint"] == rec.data_fingerprint
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from userseq.artifacts import read_json
 from userseq.errors import ConfigError, UserseqError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -153,8 +154,8 @@ def train(
     from userseq.tasks.nextitem import NextItemRecommender, _split_kw  # torch: imported once the data is fine
 
     sp = make_split(log, cfg.data.split, **_split_kw(cfg))
-    rec = NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
-    metrics = _evaluate_run(rec, log, sp, out_dir)
+    NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
+    metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics and baselines
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")
 

@@ -111,6 +111,7 @@ class NextItemRecommender:
         if run_dir is not None:
             self.save(run_dir)
             write_json(state.history, Path(run_dir) / "train_log.json")
+            write_json(self.report(log, split), Path(run_dir) / "metrics.json")
         return self
 
     def _loss(self, model: SequenceEncoder, rows: torch.Tensor, loss: NextItemLoss) -> torch.Tensor:
