@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from userseq.errors import ConfigError
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """How events are read, filtered and split."""
 
     user_col: str = "user_id"
@@ -30,7 +32,7 @@ class DataConfig(_Strict):
     test_quantile: float = Field(0.9, gt=0, lt=1)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Encoder architecture. `name` picks the family; unused fields are ignored by other families."""
 
     name: Literal["sasrec", "bert4rec", "gru4rec"] = "sasrec"
@@ -51,7 +53,7 @@ class ModelConfig(_Strict):
         return v
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     """Training objective over the item catalogue."""
 
     name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
@@ -64,7 +66,7 @@ class LossConfig(_Strict):
         "bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """The training loop."""
 
     epochs: int = Field(200, ge=1)
@@ -85,7 +87,7 @@ class TrainConfig(_Strict):
     valid_users: int | None = Field(None, ge=1, description="validate on a fixed random subset of users (None: all)")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     filter_seen: bool = Field(True, description="remove the user's history items from the ranking")
     user_chunk: int = Field(1024, ge=1)
@@ -99,7 +101,7 @@ class EvalConfig(_Strict):
         return sorted(set(v))
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

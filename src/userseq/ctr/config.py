@@ -10,20 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from userseq.config import TrainConfig, read_yaml_mapping, validate_config
+from userseq.config import StrictModel, TrainConfig, read_yaml_mapping, validate_config
 from userseq.errors import ConfigError
 
 MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
 MONITORS = ("auc", "gauc", "neg_logloss")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CTRDataConfig(_Strict):
+class CTRDataConfig(StrictModel):
     """How CTR samples are built from an event log."""
 
     user_col: str = "user_id"
@@ -48,7 +44,7 @@ class CTRDataConfig(_Strict):
         return self
 
 
-class CTRModelConfig(_Strict):
+class CTRModelConfig(StrictModel):
     """The CTR model. `name` picks the interest module; the embedding and MLP blocks are shared."""
 
     name: Literal["nohist", "mean", "din", "sim", "twin", "sdim", "dare"] = "din"
@@ -90,7 +86,7 @@ def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=20, batch_size=512, lr=1e-3, patience=2, monitor="auc", grad_clip=5.0)
 
 
-class CTRConfig(_Strict):
+class CTRConfig(StrictModel):
     data: CTRDataConfig = Field(default_factory=CTRDataConfig)
     model: CTRModelConfig = Field(default_factory=CTRModelConfig)
     train: TrainConfig = Field(default_factory=_train_defaults)

@@ -22,10 +22,10 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from userseq.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
-from userseq.config import ModelConfig, TrainConfig
+from userseq.config import ModelConfig, StrictModel, TrainConfig
 from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
@@ -43,11 +43,7 @@ CONFIG_FILE = "detect.yaml"
 MINILM_DIM = 384
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DetectModelConfig(_Strict):
+class DetectModelConfig(StrictModel):
     name: Literal["gru", "transformer", "hlstm", "cnn", "minilm"] = "gru"
     dim: int = Field(64, ge=2)
     layers: int = Field(1, ge=1)
@@ -65,7 +61,7 @@ def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=30, batch_size=128, lr=1e-3, patience=4, monitor="roc_auc", weight_decay=0.0)
 
 
-class DetectConfig(_Strict):
+class DetectConfig(StrictModel):
     model: DetectModelConfig = Field(default_factory=DetectModelConfig)
     train: TrainConfig = Field(default_factory=_train_defaults)
     prefix_prob: float = Field(0.5, ge=0, le=1, description="share of training rows cut to a random first-k prefix")
