@@ -73,6 +73,7 @@ def main() -> None:
             print(f"== {ds} / {model}", flush=True)
             r = run_one(ds, model, args.max_minutes, args.workdir, extra)
             r["date"] = time.strftime("%Y-%m-%d %H:%M")
+            r["cmd"] = r["cmd"].replace(str(HERE.parent) + "/", "")  # repository-relative paths
             saved[f"{ds}/{model}"] = r
             store.write_text(json.dumps(saved, indent=1) + "\n")
             t = r["metrics"]["test"]
