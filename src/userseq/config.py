@@ -114,18 +114,24 @@ class RunConfig(StrictModel):
 
     def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
         """Apply dotted overrides like {"train.epochs": 5, "model.name": "gru4rec"}."""
-        data = self.model_dump(mode="json")
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            section, _, field = key.partition(".")
-            if section not in data or (field and field not in data[section]):
-                raise ConfigError(f"{source}: unknown config key '{key}'.")
-            if field:
-                data[section][field] = value
-            else:
-                data[section] = value
+        data = merge_overrides(self.model_dump(mode="json"), overrides, f"{source}: unknown config key")
         return parse_config(data, source)
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
+    """Apply dotted overrides ({"train.epochs": 5}) to a config dict; None values are skipped.
+    An unknown section or field raises ConfigError(f"{error} '{key}'.")."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition(".")
+        if section not in data or (field and (not isinstance(data[section], dict) or field not in data[section])):
+            raise ConfigError(f"{error} '{key}'.")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    return data
 
 
 def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str, what: str = "config") -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from userseq.config import StrictModel, TrainConfig, read_yaml_mapping, validate_config
+from userseq.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
 from userseq.errors import ConfigError
 
 MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
@@ -104,17 +104,7 @@ class CTRConfig(StrictModel):
 
     def updated(self, overrides: dict[str, Any]) -> CTRConfig:
         """Apply dotted overrides like {"model.name": "dare", "train.epochs": 3}; None values are skipped."""
-        data = self.model_dump(mode="json")
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            section, _, name = key.partition(".")
-            if section not in data or (name and (not isinstance(data[section], dict) or name not in data[section])):
-                raise ConfigError(f"unknown config key '{key}'.")
-            if name:
-                data[section][name] = value
-            else:
-                data[section] = value
+        data = merge_overrides(self.model_dump(mode="json"), overrides, "unknown config key")
         return parse_ctr_config(data, "<overrides>")
 
 

@@ -25,7 +25,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from userseq.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
-from userseq.config import ModelConfig, StrictModel, TrainConfig
+from userseq.config import ModelConfig, StrictModel, TrainConfig, merge_overrides
 from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
@@ -73,17 +73,7 @@ class DetectConfig(StrictModel):
     dataset: str | None = None
 
     def updated(self, overrides: dict[str, Any]) -> DetectConfig:
-        data = self.model_dump(mode="json")
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            section, _, field = key.partition(".")
-            if section not in data or (field and (not isinstance(data[section], dict) or field not in data[section])):
-                raise ConfigError(f"unknown detect config key '{key}'.")
-            if field:
-                data[section][field] = value
-            else:
-                data[section] = value
+        data = merge_overrides(self.model_dump(mode="json"), overrides, "unknown detect config key")
         return parse_detect_config(data)
 
 
