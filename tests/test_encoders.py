@@ -82,3 +82,24 @@ def test_features_reach_the_item_representation(name):
     wide = torch.cat([torch.zeros(3, 2, dtype=torch.long), x], 1)
     fw = torch.cat([torch.zeros(3, 2, 1), f], 1)
     torch.testing.assert_close(enc.last(wide, wide > 0, {"f": fw}), with_f, rtol=1e-5, atol=1e-5)
+
+
+def test_init_std_and_attention_dropout_options():
+    cfg = ModelConfig(name="sasrec", dim=32, max_len=10, init_std=0.02, attn_dropout=0.5)
+    enc = build_encoder(cfg, n_items=500)
+    table = enc.items.table.weight
+    assert torch.all(table[0] == 0)  # padding row stays zero
+    assert abs(table[1:].std().item() - 0.02) < 0.002
+    assert abs(enc.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    assert torch.all(enc.blocks[0].attn.qkv.bias == 0)
+    ids = torch.randint(1, 501, (4, 10))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    enc.eval()
+    assert torch.equal(enc(ids, mask), enc(ids, mask))  # no attention dropout at inference
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(ids, mask)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, enc(ids, mask))
+    with pytest.raises(ValueError):
+        ModelConfig(attn_dropout=1.0)

@@ -75,3 +75,18 @@ def test_padding_helpers():
     assert w.tolist() == [[1, 2, 3], [6, 7, 8]]
     off, it = csr_take(offsets, items, np.array([0, 4]), np.array([2, 6]))
     assert off.tolist() == [0, 2, 4] and it.tolist() == [1, 2, 5, 6]
+
+
+def test_random_training_windows_cover_long_histories():
+    offsets = np.array([0, 3, 10])  # a short user (3 items) and a long one (7 items)
+    items = np.arange(1, 11)
+    rng = np.random.default_rng(0)
+    seen_ends = set()
+    for _ in range(200):
+        w = training_windows(offsets, items, max_len=3, rng=rng)
+        assert w.shape == (2, 4)
+        assert w[0].tolist() == [0, 1, 2, 3]  # shorter than a row: always the whole sequence
+        row = w[1].tolist()
+        assert row == list(range(row[0], row[0] + 4)) and 4 <= row[0] <= 7  # a contiguous crop of items 4..10
+        seen_ends.add(row[-1])
+    assert seen_ends == {7, 8, 9, 10}  # every crop position is drawn, the last one included

@@ -30,6 +30,9 @@ class DataConfig(StrictModel):
     split: Literal["loo", "temporal"] = "loo"
     valid_quantile: float = Field(0.8, gt=0, lt=1)
     test_quantile: float = Field(0.9, gt=0, lt=1)
+    train_windows: Literal["last", "random"] = Field(
+        "last", description="training row per user and epoch: the last max_len+1 items, or a random crop of "
+        "a longer history (redrawn every epoch; same cost per epoch)")
 
 
 class ModelConfig(StrictModel):
@@ -43,6 +46,10 @@ class ModelConfig(StrictModel):
     max_len: int = Field(200, ge=2)
     ffn_dim: int | None = Field(None, ge=1, description="feed-forward width (default: dim for SASRec, 4*dim for BERT4Rec)")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec masking proportion")
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights (transformers)")
+    init_std: float | None = Field(
+        None, gt=0, description="transformers: N(0, init_std) for every Linear/Embedding weight (GPT-2 style, "
+        "e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) item embeddings")
 
     @field_validator("heads")
     @classmethod

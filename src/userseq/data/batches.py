@@ -21,15 +21,23 @@ def last_window(offsets: np.ndarray, items: np.ndarray, length: int, pad: int = 
     return pad_left(offsets[:-1], offsets[1:], items, length, pad)
 
 
-def training_windows(offsets: np.ndarray, items: np.ndarray, max_len: int, min_len: int = 2) -> np.ndarray:
+def training_windows(offsets: np.ndarray, items: np.ndarray, max_len: int, min_len: int = 2,
+                     rng: np.random.Generator | None = None) -> np.ndarray:
     """Training rows of length max_len + 1 (inputs = row[:-1], next-item targets = row[1:]).
 
-    Every sequence with at least `min_len` items contributes its last max_len + 1 items,
-    left-padded with 0.
+    Every sequence with at least `min_len` items contributes one row, left-padded with 0: its last
+    max_len + 1 items, or, with `rng`, a random crop: a sequence longer than the row ends at a
+    uniformly drawn position, so over the epochs every part of a long history is trained on (the
+    row count, and so the cost of an epoch, stays the same).
     """
     lengths = np.diff(offsets)
     keep = lengths >= min_len
-    return pad_left(offsets[:-1][keep], offsets[1:][keep], items, max_len + 1)
+    starts, ends = offsets[:-1][keep], offsets[1:][keep]
+    if rng is not None:
+        span = max_len + 1
+        slack = np.maximum(ends - starts - span, 0)  # how far the window's end can move back
+        ends = ends - (rng.random(len(ends)) * (slack + 1)).astype(np.int64)
+    return pad_left(starts, ends, items, max_len + 1)
 
 
 def csr_take(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: np.ndarray):

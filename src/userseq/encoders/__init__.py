@@ -18,11 +18,13 @@ def build_encoder(cfg, n_items: int, items: ItemRepr | None = None) -> SequenceE
     """
     if cfg.name == "sasrec":
         return TransformerEncoder(items or IdEmbedding(n_items, cfg.dim), cfg.max_len, cfg.layers, cfg.heads,
-                                  cfg.dropout, cfg.ffn_dim, causal=True)
+                                  cfg.dropout, cfg.ffn_dim, causal=True, attn_dropout=cfg.attn_dropout,
+                                  init_std=cfg.init_std)
     if cfg.name == "bert4rec":
         return TransformerEncoder(items or IdEmbedding(n_items, cfg.dim, special_tokens=1), cfg.max_len,
                                   cfg.layers, cfg.heads, cfg.dropout, cfg.ffn_dim, causal=False,
-                                  activation="gelu", scale_embeddings=False, mask_token=n_items + 1)
+                                  activation="gelu", scale_embeddings=False, mask_token=n_items + 1,
+                                  attn_dropout=cfg.attn_dropout, init_std=cfg.init_std)
     if cfg.name == "gru4rec":
         return GRUEncoder(items or IdEmbedding(n_items, cfg.dim), cfg.max_len, cfg.layers, cfg.dropout)
     raise ConfigError(f"unknown model '{cfg.name}'. Choose one of: {', '.join(ENCODERS)}.")

@@ -7,7 +7,7 @@ import math
 from torch import nn
 
 from userseq.encoders.base import SequenceEncoder
-from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask
+from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask, init_normal_
 from userseq.items.base import ItemRepr
 
 
@@ -31,6 +31,8 @@ class TransformerEncoder(SequenceEncoder):
         activation: str = "relu",
         scale_embeddings: bool = True,
         mask_token: int | None = None,
+        attn_dropout: float = 0.0,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         dim = items.dim
@@ -41,8 +43,11 @@ class TransformerEncoder(SequenceEncoder):
         nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
         self.drop = Dropout(dropout)
         ffn = ffn_dim or (dim if causal else 4 * dim)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ffn, dropout, activation) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
+        if init_std is not None:
+            init_normal_(self, init_std)
 
     def mask_token(self) -> int | None:
         return self._mask_token

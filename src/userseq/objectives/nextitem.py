@@ -79,29 +79,40 @@ class NextItemLoss:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean CE of softmax(h @ W.T) against targets, with gradients computed in the forward pass,
     chunk by chunk: never stores the (N, |I|) logits for autograd and makes one pass over them.
-    Column 0 (padding) is excluded from the softmax."""
+    Column 0 (padding) is excluded from the softmax. The loss is accumulated in float64."""
 
     @staticmethod
     def forward(ctx, h, W, targets, chunk: int, compute_dtype):
         n = h.shape[0]
+        fp32 = compute_dtype == torch.float32
         hc, Wc = h.detach().to(compute_dtype), W.detach().to(compute_dtype)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
         grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        buf = torch.empty((min(chunk, n), W.shape[0]), dtype=torch.float32, device=h.device) if fp32 else None
         for i in range(0, n, chunk):
             hi, t = hc[i : i + chunk], targets[i : i + chunk]
-            logits = (hi @ Wc.T).float()
+            m = len(t)
+            # one logits buffer reused across chunks; softmax, loss and gradient in place (5 passes)
+            logits = torch.mm(hi, Wc.T, out=buf[:m]) if fp32 else (hi @ Wc.T).float()
             logits[:, 0] = float("-inf")
-            lse = torch.logsumexp(logits, dim=1, keepdim=True)
-            rows = torch.arange(len(t), device=h.device)
-            total += (lse.squeeze(1) - logits[rows, t]).sum()
-            p = torch.exp_(logits.sub_(lse))
-            p[rows, t] -= 1.0
-            p = p.div_(n).to(compute_dtype)
-            grad_h[i : i + chunk] = (p @ Wc).float()
-            grad_W += (p.T @ hi).float()
+            rows = torch.arange(m, device=h.device)
+            target_logit = logits[rows, t]
+            top = logits.amax(1, keepdim=True)
+            p = logits.sub_(top).exp_()
+            z = p.sum(1, keepdim=True)
+            total += (top.squeeze(1) + z.log().squeeze(1) - target_logit).sum(dtype=torch.float64)
+            p.mul_(z.reciprocal_().div_(n))  # softmax / n
+            p[rows, t] -= 1.0 / n  # d(mean CE)/d(logits)
+            if fp32:
+                torch.mm(p, Wc, out=grad_h[i : i + m])
+                grad_W.addmm_(p.T, hi)
+            else:
+                p = p.to(compute_dtype)
+                grad_h[i : i + m] = p @ Wc
+                grad_W += p.T @ hi
         ctx.save_for_backward(grad_h.to(h.dtype), grad_W.to(W.dtype))
-        return total / n
+        return (total / n).to(torch.float32)
 
     @staticmethod
     def backward(ctx, g):

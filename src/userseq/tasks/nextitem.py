@@ -86,9 +86,13 @@ class NextItemRecommender:
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
             rng = np.random.default_rng(cfg.train.seed + epoch)
+            rows_e = rows_t
+            if cfg.data.train_windows == "random":
+                rows_e = torch.from_numpy(training_windows(split.train_offsets, split.train_items,
+                                                           cfg.model.max_len, rng=rng))
             for idx in length_bucketed_batches(lengths, bs, rng):
                 width = int(lengths[idx].max())  # rows are left-padded: trim the all-padding columns
-                yield rows_t[torch.from_numpy(idx)][:, -width:].to(trainer.device, non_blocking=True)
+                yield rows_e[torch.from_numpy(idx)][:, -width:].to(trainer.device, non_blocking=True)
 
         valid = split.valid
         if cfg.train.valid_users and len(valid) > cfg.train.valid_users:
