@@ -9,6 +9,11 @@ train` too, but the summary sorts and selects on validation: never pick a settin
         --variant lr=0.001 --variant lr=0.001,init_std=0.02 --parallel 2 --out benchmarks/_work/sweep
 
 Override keys are `section.field=value`; a bare field is looked up in model/loss/train/data/eval.
+
+    python benchmarks/sweep.py --table      # render benchmarks/sweeps/*.json into RESULTS.md (section sweeps)
+
+A summary JSON records the device it ran on (`--note`) and the exact command; copy the ones worth
+keeping to benchmarks/sweeps/.
 """
 
 from __future__ import annotations
@@ -60,7 +65,29 @@ def summarize(run_dir: Path) -> dict:
             "valid_curve": [round(h["valid_ndcg@10"], 4) for h in log]}
 
 
+def render_table(folder: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import update_section
+
+    lines = []
+    for f in sorted(folder.glob("*.json")):
+        s = json.loads(f.read_text())
+        lines += [f"### {f.name}: {s['model']} on {s['data']}, base `{s['base']}`", "",
+                  f"{s.get('note', '')} Command: `{s.get('command', '?')}`. Wall {s['wall_s']:.0f} s "
+                  f"for all variants in parallel; selected on {s['selected_on']}.", "",
+                  "| variant | best valid NDCG@10 | best epoch / epochs | s/epoch (fastest, shared device) |",
+                  "|---|---:|---:|---:|"]
+        for r in s["results"]:
+            lines.append(f"| `{r['variant']}` | {r.get('best_valid_ndcg@10', 'failed')} | "
+                         f"{r.get('best_epoch')} / {r.get('epochs')} | {r.get('s_per_epoch')} |")
+        lines.append("")
+    update_section("sweeps", "Hyper-parameter sweeps (validation only)", "\n".join(lines))
+
+
 def main() -> None:
+    if "--table" in sys.argv:
+        render_table(Path(__file__).resolve().parent / "sweeps")
+        return
     from userseq.config import RunConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +100,7 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "_work" / "sweep")
     ap.add_argument("--summary", type=Path, help="write the summary JSON here (default OUT/summary.json)")
+    ap.add_argument("--note", default="", help="free text stored in the summary (device, load, purpose)")
     args = ap.parse_args()
 
     fields = {s: set(RunConfig.model_fields[s].annotation.model_fields) for s in SECTIONS}
@@ -114,7 +142,8 @@ def main() -> None:
         time.sleep(1)
     results.sort(key=lambda r: -r.get("best_valid_ndcg@10", -1))
     summary = {"data": args.data, "model": args.model, "base": str(args.base), "wall_s": round(time.time() - t0, 1),
-               "selected_on": "validation NDCG@10", "results": results}
+               "selected_on": "validation NDCG@10", "note": args.note,
+               "command": " ".join(["python", "benchmarks/sweep.py", *sys.argv[1:]]), "results": results}
     (args.summary or args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for r in results:
         print(f"{r.get('best_valid_ndcg@10', 'FAIL')!s:>8}  epoch {r.get('best_epoch')}/{r.get('epochs')}  "
