@@ -83,6 +83,7 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(5.0, gt=0)
     patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
     monitor: str = "ndcg@10"
+    monitor_mode: Literal["max", "min"] = Field("max", description="whether a higher or a lower monitor value is better")
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"

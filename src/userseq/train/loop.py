@@ -198,7 +198,8 @@ class Trainer:
                         metrics = validate(model)
                     record.update({f"valid_{k}": v for k, v in metrics.items()})
                     value = metrics[monitor]
-                    if value > self.state.best_metric:
+                    first = self.state.best_epoch == 0 or math.isnan(self.state.best_metric)
+                    if first or (value > self.state.best_metric if cfg.monitor_mode == "max" else value < self.state.best_metric):
                         self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = value, epoch, 0
                         self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     else:
