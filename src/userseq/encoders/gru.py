@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.blocks import Dropout
@@ -32,15 +31,15 @@ class GRUEncoder(SequenceEncoder):
         B, L = item_ids.shape
         n = mask.sum(1)
         # Inputs are left-padded; the GRU must start at each row's first real event (padding would
-        # otherwise change its state), so shift rows to the left, pack, run, and shift back.
+        # otherwise change its state), so shift rows to the left (padding now trails, and a causal
+        # GRU's outputs at real positions never see it), run, and shift back. No packing needed:
+        # the unpacked call takes oneDNN's fused RNN kernel on CPU (~10x faster than packed).
         shift = (L - n).unsqueeze(1)
         pos = torch.arange(L, device=item_ids.device).unsqueeze(0)
         x = self.items.embed(item_ids, features) * mask.unsqueeze(-1)
         idx = (pos + shift).clamp(max=L - 1).unsqueeze(-1).expand(B, L, x.shape[-1])
         x = self.drop(torch.gather(x, 1, idx) * (pos < n.unsqueeze(1)).unsqueeze(-1))
-        packed = pack_padded_sequence(x, n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        h, _ = self.gru(packed)
-        h, _ = pad_packed_sequence(h, batch_first=True, total_length=L)
+        h, _ = self.gru(x)
         back = (pos - shift).clamp(min=0)
         h = torch.gather(h, 1, back.unsqueeze(-1).expand(B, L, h.shape[-1])) * mask.unsqueeze(-1)
         return self.proj(self.drop(h))
