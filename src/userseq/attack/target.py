@@ -1,0 +1,144 @@
+"""A trained text detector seen by an attacker: scores for "history + one new post", by query (any
+text detector) or differentiably from one-hot token rows (white-box: hlstm, cnn).
+
+History post vectors are computed once per user and cached; only the new post is encoded per query.
+Scores equal `UserDetector.predict_proba` on the sequence with the new post appended (tested).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from userseq.attack.data import AttackUsers
+from userseq.errors import ConfigError, DataError
+from userseq.tasks.detect import UserDetector, encode_posts
+
+WHITE_BOX_MODELS = ("hlstm", "cnn")
+
+
+class TargetDetector:
+    def __init__(self, detector: UserDetector, name: str = "detector") -> None:
+        if detector.kind != "text":
+            raise ConfigError(f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
+                              "the attack needs a text detector (hlstm, cnn or minilm).")
+        self.det = detector
+        self.name = name
+        self.net = detector._check_fitted()
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.model = detector.config.model.name
+        self.max_posts = detector.config.model.max_posts
+        self.max_tokens = detector.config.model.max_tokens
+        self.threshold = float(detector.thresholds.get("all", 0.5))
+        self._hist: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._st = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TargetDetector:
+        return cls(UserDetector.load(run_dir), name=str(run_dir))
+
+    @property
+    def white_box(self) -> bool:
+        return self.model in WHITE_BOX_MODELS
+
+    @property
+    def vocab(self) -> list[str]:
+        if self.det.vocab is None:
+            raise ConfigError(f"{self.name}: model '{self.model}' has no token vocabulary.")
+        return self.det.vocab
+
+    def require_white_box(self, method: str) -> None:
+        if not self.white_box:
+            raise ConfigError(f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
+                              f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
+                              "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
+                              "or use copycat / textbugger.")
+
+    def check_vocab(self, vocab: list[str], who: str = "attacker") -> None:
+        mine = self.vocab
+        if len(mine) != len(vocab) or mine != list(vocab):
+            raise DataError(f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector {self.name} uses "
+                            f"{len(mine):,} (first differing index {_first_diff(mine, vocab)}). A white-box generator "
+                            "must be built over the detector's own vocabulary: refit the attacker against this "
+                            "detector, or evaluate its text black-box.")
+
+    # ------------------------------------------------------------------ post vectors
+    def _sentence_model(self):
+        if self._st is None:
+            from userseq.attack.quality import minilm_model
+
+            self._st = minilm_model()
+        return self._st
+
+    def post_vectors(self, posts: list[str]) -> torch.Tensor:
+        """(N, d) the detector's vector of each post text."""
+        ue = self.net.user_encoder
+        if self.model == "minilm":
+            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+            return torch.from_numpy(np.asarray(v, dtype=np.float32))
+        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens).astype(np.int64))
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(posts), 1024):
+                out.append(ue.post_vectors(ids[b:b + 1024]).squeeze(1))
+        return torch.cat(out) if out else torch.zeros(0, 1)
+
+    def onehot_post_vectors(self, rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the detector's vocabulary."""
+        self.require_white_box("gradient")
+        if rows.shape[-1] != len(self.vocab):
+            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns but detector "
+                            f"{self.name} has {len(self.vocab):,} tokens.")
+        return self.net.user_encoder.post_vectors(rows[:, None], token_mask[:, None]).squeeze(1)
+
+    def history(self, users: AttackUsers) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached (N, P, d) history post vectors and (N,) history lengths of every user."""
+        if self._hist is None or self._hist[0] != id(users):
+            flat = [p for h in users.history for p in h]
+            v = self.post_vectors(flat)
+            n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
+            P = int(n.max())
+            out = torch.zeros(users.n_users, P, v.shape[1])
+            pos = torch.arange(P)[None, :] < n[:, None]
+            out[pos] = v
+            self._hist = (id(users), out, n)
+        return self._hist[1], self._hist[2]
+
+    # ------------------------------------------------------------------ scores
+    def logits(self, hist: torch.Tensor, n_hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at position n_hist."""
+        B, P, d = hist.shape
+        full = torch.cat([hist, hist.new_zeros(B, 1, d)], 1)
+        full = full.index_put((torch.arange(B), n_hist), new)
+        mask = torch.arange(P + 1)[None, :] <= n_hist[:, None]
+        ue = self.net.user_encoder
+        user = ue.pool(full, mask) if self.white_box else ue(full, mask)
+        return self.net.head(user)
+
+    def user_logits(self, users: AttackUsers, idx: np.ndarray, new: torch.Tensor) -> torch.Tensor:
+        hist, n = self.history(users)
+        t = torch.as_tensor(idx, dtype=torch.long)
+        hb, nb = hist[t], n[t]
+        P = int(nb.max())
+        return self.logits(hb[:, :P], nb, new)
+
+    @torch.no_grad()
+    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str], batch: int = 512) -> np.ndarray:
+        """P(malicious) of users `idx` with `posts` (aligned) appended: black-box query access."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = []
+        for b in range(0, len(idx), batch):
+            v = self.post_vectors(posts[b:b + batch])
+            out.append(torch.sigmoid(self.user_logits(users, idx[b:b + batch], v)).numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def _first_diff(a: list[str], b: list[str]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
