@@ -29,6 +29,7 @@ class PostGenerator(nn.Module):
         super().__init__()
         self.vocab, self.hidden, self.max_tokens, self.min_tokens = vocab, hidden, max_tokens, min_tokens
         self.conditional = conditional
+        self.words: list[str] | None = None  # the vocabulary, when known
         self.emb = TokenEmbedding(vocab, emb_dim)
         self.bos = nn.Parameter(torch.zeros(emb_dim))
         self.drop = nn.Dropout(dropout)

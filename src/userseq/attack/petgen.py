@@ -39,8 +39,10 @@ TARGETS_PER_USER = 4  # posts predicted per user and pretraining step (the final
 
 
 def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int, conditional: bool = True) -> PostGenerator:
-    return PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens), g.min_tokens, g.dropout,
-                         conditional=conditional)
+    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens), g.min_tokens, g.dropout,
+                        conditional=conditional)
+    gen.words = list(vocab)  # the vocabulary it was built over (checked against the attacked detector's)
+    return gen
 
 
 def decode(ids: torch.Tensor, vocab: list[str]) -> list[str]:

@@ -73,6 +73,11 @@ class Attacker:
         check_histories(users.history)
         self.vocab = vocab = self._vocab(data, split, source)
         context_known(users.contexts, vocab)
+        if pretrained is not None and pretrained.words is not None and source.white_box:
+            source.check_vocab(pretrained.words, "pretrained generator")
+        elif pretrained is not None and pretrained.vocab != len(vocab):
+            raise DataError(f"vocabulary mismatch: the pretrained generator has {pretrained.vocab:,} tokens, the "
+                            f"attack's vocabulary {len(vocab):,}; pretrain it over the same vocabulary.")
         train, valid = np.asarray(split.train), np.asarray(split.valid)
         self.info = {"method": self.method, "source": source.name, "black_box": surrogate is not None,
                      "vocab": len(vocab), "truncated_histories": users.truncated,
