@@ -91,13 +91,25 @@ class PostGenerator(nn.Module):
         logits[:, early, PAD] = -1e9
         return logits
 
-    def teacher_forced(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """Logits (B, T, V) predicting targets (B, T) ids or (B, T, V) one-hot rows from the previous tokens."""
+    def states(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """Decoder states (B, T, hidden) predicting targets (B, T) ids or (B, T, V) rows from the previous tokens."""
         B = targets.shape[0]
         e = self.emb(targets)[:, :-1]
         e = torch.cat([self.bos.expand(B, 1, -1), e], 1)
         out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u, B))
-        return self.out(self.drop(out))
+        return self.drop(out)
+
+    def teacher_forced(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, T, V) predicting targets from the previous tokens."""
+        return self.out(self.states(targets, u))
+
+    def nll(self, targets: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL, token count) of right-padded id targets (B, T); the first `<pad>` (end of post) is a
+        target, later pads are not. Logits are computed only where counted (the vocabulary layer dominates)."""
+        T = targets.shape[1]
+        counted = torch.arange(T, device=targets.device)[None, :] <= (targets > 0).sum(1, keepdim=True)
+        logits = self.out(self.states(targets, u)[counted])
+        return F.cross_entropy(logits, targets[counted], reduction="sum"), counted.sum()
 
     def sample(self, u: torch.Tensor | None, batch: int | None = None, tau: float = 1.0, hard: bool = True,
                temperature: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
@@ -139,13 +151,3 @@ class PostGenerator(nn.Module):
             if not bool(alive.any()):
                 break
         return torch.stack(rows, 1), torch.stack(ids, 1), torch.stack(masks, 1)
-
-
-def nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL and token counts for right-padded targets (B, T); the first `<pad>` (end of
-    post) is a target, later pads are not."""
-    T = targets.shape[1]
-    lengths = (targets > 0).sum(1)
-    counted = torch.arange(T, device=targets.device)[None, :] <= lengths[:, None]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view_as(targets)
-    return (ce * counted).sum(1), counted.sum(1)

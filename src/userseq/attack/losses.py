@@ -40,7 +40,6 @@ def attack_loss(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (per * weight).sum() / weight.sum().clamp(min=1)
 
 
-def soft_nll(logits: torch.Tensor, rows: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """Mean per-token NLL of (soft) one-hot rows (B, T, V) under logits (B, T, V) on the counted positions."""
-    per = -(rows * F.log_softmax(logits, -1)).sum(-1)
-    return (per * counted).sum() / counted.sum().clamp(min=1)
+def soft_nll(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of (soft) one-hot rows (N, V) under logits (N, V)."""
+    return -(rows * F.log_softmax(logits, -1)).sum(-1).mean()

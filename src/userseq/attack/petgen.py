@@ -28,7 +28,7 @@ import torch
 from userseq.artifacts import load_tensors, save_tensors
 from userseq.attack.config import AttackConfig, GeneratorConfig, LossWeights
 from userseq.attack.data import AttackUsers, EncodedUsers, encode_users
-from userseq.attack.generator import PostGenerator, nll
+from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import attack_loss, set_mmd, soft_nll
 from userseq.attack.target import TargetDetector
 from userseq.config import TrainConfig
@@ -99,7 +99,7 @@ def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, 
     gen = build_generator(vocab, g, max_tokens, conditional)
     enc = encode_users(users, vocab, gen.max_tokens)
     posts = _all_posts(users, vocab, gen.max_tokens)
-    trainer = Trainer(tc.model_copy(update={"monitor": "neg_nll"}), None, quiet=quiet)
+    trainer = Trainer(tc.model_copy(update={"monitor": "neg_nll", "device": "cpu"}), None, quiet=quiet)
     bs = tc.batch_size if conditional else max(1, tc.batch_size // 8)  # a plain-LM batch holds every post of a user
 
     def batches(epoch: int) -> Iterator[np.ndarray]:
@@ -107,8 +107,8 @@ def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, 
 
     def loss_fn(model: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
         u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(int(idx.sum())))
-        s, c = nll(gen.teacher_forced(tgt, u), tgt)
-        return s.sum() / c.sum()
+        s, c = gen.nll(tgt, u)
+        return s / c
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         total, count = 0.0, 0
@@ -120,8 +120,8 @@ def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, 
                 tgt = enc.final[t]
             else:
                 u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(0))
-            s, c = nll(gen.teacher_forced(tgt, u), tgt)
-            total, count = total + float(s.sum()), count + int(c.sum())
+            s, c = gen.nll(tgt, u)
+            total, count = total + float(s), count + int(c)
         return {"neg_nll": -total / max(count, 1), "perplexity": float(np.exp(total / max(count, 1)))}
 
     trainer.fit(gen, batches, -(-len(train) // bs), loss_fn, validate)
@@ -187,15 +187,14 @@ class PetgenObjective:
         u = self.condition(t)
         out: dict[str, torch.Tensor] = {}
         if w.mle > 0:
-            s, c = nll(self.gen.teacher_forced(e.final[t], u), e.final[t])
-            out["mle"] = s.sum() / c.sum()
+            s, c = self.gen.nll(e.final[t], u)
+            out["mle"] = s / c
         rows, ids, mask = self.gen.sample(u, tau=self.tau, hard=self.hard)
         if w.lm > 0:
             with torch.no_grad():
                 uf = self.frozen.condition(e.history[t], e.n_hist[t], e.relevancy[t], e.context[t], e.has_context[t])
-            logits = self.frozen.teacher_forced(rows, uf)
             counted = torch.arange(rows.shape[1])[None, :] <= mask.sum(1, keepdim=True)  # tokens + end-of-post
-            out["lm"] = soft_nll(logits, rows, counted.float())
+            out["lm"] = soft_nll(self.frozen.out(self.frozen.states(rows, uf)[counted]), rows[counted])
         if w.attack > 0:
             assert self.source is not None
             v = self.source.onehot_post_vectors(rows, mask)
@@ -225,7 +224,7 @@ def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str]
     for p in frozen.parameters():
         p.requires_grad_(False)
     obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts, cfg.tau, cfg.hard)
-    tc = cfg.train.model_copy(update={"monitor": "neg_loss"})
+    tc = cfg.train.model_copy(update={"monitor": "neg_loss", "device": "cpu"})
     trainer = Trainer(tc, None, quiet=quiet)
 
     def batches(epoch: int) -> Iterator[np.ndarray]:

@@ -102,6 +102,7 @@ class SentenceVectors:
         if kind == "auto":
             kind = "minilm" if minilm_available() else "tfidf"
         self.kind = kind
+        self.cache: dict[str, np.ndarray] = {}
         if kind == "minilm":
             self.model = minilm_model()
         else:
@@ -115,21 +116,24 @@ class SentenceVectors:
         return "MiniLM cosine" if self.kind == "minilm" else "TF-IDF cosine (MiniLM not installed)"
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), d) unit vectors; texts seen before come from a cache (histories are scored per method)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if new:
+            if self.kind == "minilm":
+                v = np.asarray(self.model.encode(new, batch_size=64, convert_to_numpy=True, show_progress_bar=False))
+            else:
+                v = self.model.transform(new).toarray()
+            n = np.linalg.norm(v, axis=1, keepdims=True)
+            self.cache.update(zip(new, (v / np.where(n > 0, n, 1)).astype(np.float32), strict=True))
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
-        if self.kind == "minilm":
-            v = np.asarray(self.model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False))
-        else:
-            v = self.model.transform(texts).toarray()
-        n = np.linalg.norm(v, axis=1, keepdims=True)
-        return (v / np.where(n > 0, n, 1)).astype(np.float32)
+        return np.stack([self.cache[t] for t in texts])
 
 
 # ---------------------------------------------------------------------- perplexity
 @torch.no_grad()
 def perplexity(lm: torch.nn.Module, vocab: list[str], posts: list[str], max_tokens: int) -> float:
     """Per-token perplexity of `posts` under an unconditional `PostGenerator` (end-of-post counted)."""
-    from userseq.attack.generator import nll
     from userseq.tasks.detect import encode_posts
 
     if not posts:
@@ -139,8 +143,8 @@ def perplexity(lm: torch.nn.Module, vocab: list[str], posts: list[str], max_toke
     total, count = 0.0, 0
     for b in range(0, len(posts), 256):
         t = ids[b:b + 256]
-        s, c = nll(lm.teacher_forced(t, None), t)
-        total, count = total + float(s.sum()), count + int(c.sum())
+        s, c = lm.nll(t, None)
+        total, count = total + float(s), count + int(c)
     return math.exp(total / max(count, 1))
 
 

@@ -27,7 +27,8 @@ class TargetDetector:
         self.det = detector
         self.name = name
         self.net = detector._check_fitted()
-        self.net.eval()
+        detector.device = torch.device("cpu")  # the attack runs on CPU (the detector may have been loaded on a GPU)
+        self.net.cpu().eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.model = detector.config.model.name

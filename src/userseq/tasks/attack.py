@@ -149,6 +149,13 @@ class Attacker:
                             [au.contexts[i] for i in idx], vectors, self.vocab, lm, max_tokens)
 
 
+def reference_quality(att: Attacker, users: np.ndarray, vectors: SentenceVectors, lm: PostGenerator) -> dict[str, Any]:
+    """The quality metrics of the real final posts (BLEU against themselves is left out)."""
+    assert att.users is not None
+    q = att.quality(users, [att.users.final[i] for i in users], vectors, lm, lm.max_tokens)
+    return {**q, "bleu2": None, "bleu3": None, "bleu4": None}
+
+
 def _metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
     m = binary_metrics(y, s, threshold)
     return {k: m[k] for k in EFFICACY_KEYS}
@@ -236,7 +243,7 @@ def run_attack(detector: str | Path, data: str | Path, method: str, out: str | P
                                    cfg.generator, cfg.eval_lm.model_copy(update={"seed": cfg.eval_lm.seed + 1}),
                                    target.max_tokens if target.white_box else 30, False, quiet)
     quality = att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens)
-    reference = att.quality(test, [att.users.final[i] for i in test], vectors, eval_lm, eval_lm.max_tokens)
+    reference = reference_quality(att, test, vectors, eval_lm)
     scores = result.pop("scores")
     metrics = {"method": method, "detector": str(detector), "detector_model": target.model,
                "surrogate": str(surrogate) if surrogate else None,
