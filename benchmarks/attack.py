@@ -122,13 +122,25 @@ def main() -> None:
         progress.advance(task)
         ref = None
 
+        def log(msg: str) -> None:  # one line per step as well (logs, CI: the bar itself draws on a terminal only)
+            if not progress.console.is_terminal:
+                progress.console.print(f"[{(time.time() - t0) / 60:5.1f} min] {msg}", highlight=False)
+
+        log(f"pretrained generator {pretrained.train_state}, eval LM {eval_lm.train_state}")
+
+        fitted: dict[str, tuple] = {}
+
         def run_job(method, src_name, src, targets, label):
             nonlocal ref
             progress.update(task, description=f"{method} via {src_name}")
             t = time.time()
-            att = Attacker(method, overrides=args.overrides).fit(
-                data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
-            posts = att.generate(test)
+            if method in ("copycat", "lm") and method in fitted:  # detector-free: the same posts again
+                att, posts = fitted[method]
+            else:
+                att = Attacker(method, overrides=args.overrides).fit(
+                    data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
+                posts = att.generate(test)
+                fitted[method] = (att, posts)
             seconds = time.time() - t
             key = f"{method}@{label}"
             quality[key] = att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens)
@@ -142,6 +154,8 @@ def main() -> None:
                            else "white-box" if src is tdet else "black-box")
                 out.append({"method": method, "source": label, "target": tname, "setting": setting,
                             "seconds": seconds, **r, "info": att.info})
+            log(f"{key}: {seconds:.0f}s; " + ", ".join(
+                f"{o['target']} acc {o['clean']['accuracy']:.3f}->{o['attacked']['accuracy']:.3f}" for o in out))
             examples[key] = [{"user": users.user_ids[i], "label": int(y[i]), "context": users.contexts[i][:100],
                               "real": users.final[i][:160], "generated": p[:160]}
                              for i, p in list(zip(test, posts, strict=True))[:40:8]]
@@ -172,6 +186,7 @@ def main() -> None:
             train_detector("hlstm", data, adv_dir, args.defence_minutes, augment=augment)
             adv_seconds = time.time() - t
             adv = TargetDetector.load(adv_dir)
+            log(f"adversarially trained hlstm: {adv_seconds:.0f}s")
             progress.advance(task)
             for method, _ in defence_jobs:
                 _, out = run_job(method, "hlstm-adv", adv, {"hlstm-adv": adv}, "hlstm-adv")
