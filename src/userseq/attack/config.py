@@ -35,11 +35,11 @@ class LossWeights(StrictModel):
 
 
 def _pretrain_defaults() -> TrainConfig:
-    return TrainConfig(epochs=8, batch_size=64, lr=3e-3, patience=2, monitor="neg_nll", seed=0, max_minutes=3.0)
+    return TrainConfig(epochs=8, batch_size=16, lr=3e-3, patience=2, monitor="neg_nll", seed=0, max_minutes=3.0)
 
 
 def _attack_defaults() -> TrainConfig:
-    return TrainConfig(epochs=6, batch_size=32, lr=1e-3, patience=3, monitor="neg_loss", seed=0, max_minutes=2.0)
+    return TrainConfig(epochs=6, batch_size=16, lr=1e-3, patience=3, monitor="neg_loss", seed=0, max_minutes=2.0)
 
 
 class BaselineConfig(StrictModel):
