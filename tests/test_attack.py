@@ -29,7 +29,8 @@ DET = {"train.epochs": 3, "model.dim": 16, "train.batch_size": 4, "train.lr": 1e
 TINY = {"pretrain.epochs": 3, "train.epochs": 6, "eval_lm.epochs": 1, "generator.hidden": 32, "generator.emb_dim": 16,
         "generator.max_tokens": 10, "baselines.trigger_iters": 2, "baselines.trigger_candidates": 4,
         "pretrain.max_minutes": None, "train.max_minutes": None, "pretrain.lr": 1e-2, "train.lr": 1e-2,
-        "train.batch_size": 8, "losses.attack": 10.0, "pretrain.threads": 1, "train.threads": 1}
+        "train.batch_size": 8, "pretrain.batch_size": 32, "losses.attack": 10.0, "pretrain.threads": 1,
+        "train.threads": 1}
 
 
 def synthetic_posts(n_users: int = 80, seed: int = 0) -> TextData:

@@ -52,12 +52,11 @@ def _ids(posts: list[str], vocab: list[str], T: int) -> torch.Tensor:
 
 def _logits_of_ids(source: TargetDetector, users: AttackUsers, idx: np.ndarray, ids: torch.Tensor,
                    grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = F.one_hot(ids, len(source.vocab)).float()
-    if grad:
-        x.requires_grad_(True)
+    if not grad:  # token ids: an embedding lookup instead of a one-hot product
+        with torch.no_grad():
+            return source.user_logits(users, idx, source.id_post_vectors(ids)), None
+    x = F.one_hot(ids, len(source.vocab)).float().requires_grad_(True)
     logit = source.user_logits(users, idx, source.onehot_post_vectors(x, ids > 0))
-    if not grad:
-        return logit.detach(), None
     (g,) = torch.autograd.grad(logit.sum(), x)
     return logit.detach(), g
 

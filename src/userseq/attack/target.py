@@ -77,16 +77,20 @@ class TargetDetector:
 
     def post_vectors(self, posts: list[str]) -> torch.Tensor:
         """(N, d) the detector's vector of each post text."""
-        ue = self.net.user_encoder
         if self.model == "minilm":
             v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
             return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens).astype(np.int64))
+        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0].astype(np.int64))
         out = []
         with torch.no_grad():
             for b in range(0, len(posts), 1024):
-                out.append(ue.post_vectors(ids[b:b + 1024]).squeeze(1))
+                out.append(self.id_post_vectors(ids[b:b + 1024]))
         return torch.cat(out) if out else torch.zeros(0, 1)
+
+    def id_post_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, d) vectors of posts given as token ids (B, T) over the detector's vocabulary."""
+        self.require_white_box("token-id")
+        return self.net.user_encoder.post_vectors(ids[:, None]).squeeze(1)
 
     def onehot_post_vectors(self, rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the detector's vocabulary."""
