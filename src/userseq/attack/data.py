@@ -8,6 +8,9 @@ context is allowed and means "condition on the history only").
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +37,11 @@ class AttackUsers:
     @property
     def n_users(self) -> int:
         return len(self.history)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Content hash of the histories (detectors cache their history post vectors under it)."""
+        return hashlib.sha256(json.dumps(self.history).encode()).hexdigest()
 
     def sequences(self, finals: list[str] | None = None, users: np.ndarray | None = None) -> TextData:
         """TextData of history + final post (the real one, or `finals` aligned with `users`)."""

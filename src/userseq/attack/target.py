@@ -35,7 +35,7 @@ class TargetDetector:
         self.max_posts = detector.config.model.max_posts
         self.max_tokens = detector.config.model.max_tokens
         self.threshold = float(detector.thresholds.get("all", 0.5))
-        self._hist: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._hist: tuple[str, torch.Tensor, torch.Tensor] | None = None
         self._st = None
 
     @classmethod
@@ -102,7 +102,7 @@ class TargetDetector:
 
     def history(self, users: AttackUsers) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached (N, P, d) history post vectors and (N,) history lengths of every user."""
-        if self._hist is None or self._hist[0] != id(users):
+        if self._hist is None or self._hist[0] != users.fingerprint:
             flat = [p for h in users.history for p in h]
             v = self.post_vectors(flat)
             n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
@@ -110,7 +110,7 @@ class TargetDetector:
             out = torch.zeros(users.n_users, P, v.shape[1])
             pos = torch.arange(P)[None, :] < n[:, None]
             out[pos] = v
-            self._hist = (id(users), out, n)
+            self._hist = (users.fingerprint, out, n)
         return self._hist[1], self._hist[2]
 
     # ------------------------------------------------------------------ scores
