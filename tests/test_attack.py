@@ -13,6 +13,7 @@ import torch
 from userseq.attack.baselines import char_bugs, hotflip, textbugger
 from userseq.attack.data import attack_users
 from userseq.attack.defence import adversarial_augment
+from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import set_mmd
 from userseq.attack.quality import SentenceVectors, degenerate, self_bleu, sentence_bleu, text_quality
 from userseq.attack.target import TargetDetector
@@ -97,6 +98,24 @@ def test_text_quality_of_copies_is_perfect():
     assert q["oov_token_share"] == pytest.approx(7 / 9)
     assert q["similarity"].startswith("TF-IDF")
     assert 0 < q["style_similarity"] <= 1 and 0 < q["context_relevance"] <= 1
+
+
+def test_context_aware_history_weights_and_sampling():
+    gen = PostGenerator(12, emb_dim=4, hidden=3, max_tokens=6, min_tokens=2)
+    h, c, e = torch.eye(3)[None], torch.zeros(1, 3), math.e
+    with torch.no_grad():
+        u = gen.mix(h, torch.tensor([3]), torch.tensor([[0.0, 1.0, 0.0]]), c, torch.tensor([True]))
+        # softmax([0, 1, 0 | context 1]) with the recency scale at 0: the same-context post and the context weigh e
+        assert u[0].tolist() == pytest.approx([1 / (2 + 2 * e), e / (2 + 2 * e), 1 / (2 + 2 * e)])
+        u = gen.mix(h, torch.tensor([2]), torch.tensor([[0.0, 1.0, 0.0]]), c, torch.tensor([True]))
+        assert u[0].tolist() == pytest.approx([1 / (1 + 2 * e), e / (1 + 2 * e), 0.0])  # the third post is not history
+    torch.manual_seed(0)
+    rows, ids, mask = gen.sample(torch.randn(64, 3), tau=1.0, hard=True)
+    assert torch.allclose(rows.sum(-1), torch.ones(rows.shape[:2]))  # one-hot rows (straight-through)
+    assert (rows.argmax(-1)[mask] == ids[mask]).all() and (ids[~mask] == 0).all()
+    assert mask[:, :2].all() and not (ids == 1).any()  # min_tokens respected, <unk> never generated
+    length = mask.sum(1)
+    assert (mask == (torch.arange(mask.shape[1])[None] < length[:, None])).all()  # the mask is a prefix
 
 
 # ---------------------------------------------------------------------- the detector seen by the attacker
