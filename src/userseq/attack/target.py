@@ -35,7 +35,7 @@ class TargetDetector:
         self.max_posts = detector.config.model.max_posts
         self.max_tokens = detector.config.model.max_tokens
         self.threshold = float(detector.thresholds.get("all", 0.5))
-        self._hist: tuple[str, torch.Tensor, torch.Tensor] | None = None
+        self._hist: tuple[str, torch.Tensor, torch.Tensor, np.ndarray] | None = None
         self._st = None
 
     @classmethod
@@ -100,18 +100,27 @@ class TargetDetector:
                             f"{self.name} has {len(self.vocab):,} tokens.")
         return self.net.user_encoder.post_vectors(rows[:, None], token_mask[:, None]).squeeze(1)
 
-    def history(self, users: AttackUsers) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached (N, P, d) history post vectors and (N,) history lengths of every user."""
+    def history(self, users: AttackUsers, idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use of a user
+        (`idx`, default all) and cached under the users' content fingerprint."""
         if self._hist is None or self._hist[0] != users.fingerprint:
-            flat = [p for h in users.history for p in h]
-            v = self.post_vectors(flat)
             n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
-            P = int(n.max())
-            out = torch.zeros(users.n_users, P, v.shape[1])
-            pos = torch.arange(P)[None, :] < n[:, None]
-            out[pos] = v
-            self._hist = (users.fingerprint, out, n)
-        return self._hist[1], self._hist[2]
+            self._hist = (users.fingerprint, torch.zeros(0), n, np.zeros(users.n_users, dtype=bool))
+        key, vecs, n, done = self._hist
+        want = np.arange(users.n_users) if idx is None else np.unique(np.asarray(idx, dtype=np.int64))
+        todo = want[~done[want]]
+        if len(todo):
+            v = self.post_vectors([p for u in todo for p in users.history[u]])
+            if vecs.numel() == 0:
+                vecs = torch.zeros(users.n_users, int(n.max()), v.shape[1])
+            rows = torch.from_numpy(todo)
+            P = vecs.shape[1]
+            block = torch.zeros(len(todo), P, v.shape[1])
+            block[torch.arange(P)[None, :] < n[rows][:, None]] = v
+            vecs[rows] = block
+            done[todo] = True
+            self._hist = (key, vecs, n, done)
+        return vecs, n
 
     # ------------------------------------------------------------------ scores
     def logits(self, hist: torch.Tensor, n_hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -125,7 +134,7 @@ class TargetDetector:
         return self.net.head(user)
 
     def user_logits(self, users: AttackUsers, idx: np.ndarray, new: torch.Tensor) -> torch.Tensor:
-        hist, n = self.history(users)
+        hist, n = self.history(users, idx)
         t = torch.as_tensor(idx, dtype=torch.long)
         hb, nb = hist[t], n[t]
         P = int(nb.max())
