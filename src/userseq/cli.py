@@ -362,7 +362,7 @@ def embed(
 
 
 # Task families add their commands here: each module defines `register(app)`.
-COMMAND_MODULES = ("userseq.tasks.ctr_cli", "userseq.serve.cli", "userseq.tasks.detect_cli")
+COMMAND_MODULES = ("userseq.tasks.ctr_cli", "userseq.serve.cli", "userseq.tasks.detect_cli", "userseq.tasks.attack_cli")
 
 
 def _register_commands() -> None:

@@ -171,7 +171,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(md: str) -> str:
+def _html(md: str, title: str = "clusters") -> str:
     """A minimal, dependency-free HTML rendering of the Markdown report."""
     body, in_table, in_list = [], False, False
     for line in md.splitlines():
@@ -201,14 +201,15 @@ def _html(md: str) -> str:
         elif line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("!["):
-            body.append('<img src="map.png" width="100%">')
+            src = line[line.find("](") + 2:line.rfind(")")] if "](" in line else "map.png"
+            body.append(f'<img src="{html.escape(src)}" width="100%">')
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
     if in_list:
         body.append("</ul>")
-    return "<!doctype html><meta charset=utf-8><title>clusters</title>\n" + "\n".join(body) + "\n"
+    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>\n" + "\n".join(body) + "\n"
 
 
 def cluster_run(run_dir: str | Path, out_dir: str | Path, min_cluster_size: int | None = None,

@@ -92,6 +92,7 @@ class TextData:
     labels: np.ndarray | None
     contexts: list[str] | None = None
     source: str = ""
+    relevancy: list[list[int]] | None = None  # per history post: 1 if on the target context (PETGEN)
 
     @property
     def n_users(self) -> int:
@@ -171,7 +172,8 @@ def load_petgen_wiki(directory: Path | None = None) -> TextData:
     return TextData(user_ids=pl.Series("user_id", [r["seq_id"] for r in rows]),
                     posts=[list(r["posts"]) for r in rows],
                     labels=np.array([int(r["label"]) for r in rows], dtype=np.int64),
-                    contexts=[r.get("context", "") for r in rows], source="petgen-wiki")
+                    contexts=[r.get("context", "") for r in rows], source="petgen-wiki",
+                    relevancy=[list(r.get("relevancy", [])) for r in rows])
 
 
 # ---------------------------------------------------------------------- labels

@@ -154,7 +154,10 @@ class HierLSTM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        v = self.post_vectors(tokens, token_mask)
+        return self.pool(self.post_vectors(tokens, token_mask), post_mask)
+
+    def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        """User vector from post vectors (B, P, d); the attack inserts a generated post's vector here."""
         h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         mean = (v * m).sum(1) / m.sum(1).clamp(min=1)
@@ -185,7 +188,10 @@ class CNNSeq(nn.Module):
 
     def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        v = self.post_vectors(tokens, token_mask)
+        return self.pool(self.post_vectors(tokens, token_mask), post_mask)
+
+    def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        """User vector from post vectors (B, P, d) (see `HierLSTM.pool`)."""
         h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         return torch.cat([h, (v * m).sum(1) / m.sum(1).clamp(min=1)], -1)

@@ -237,13 +237,17 @@ class UserDetector:
 
     # ------------------------------------------------------------------ training
     def fit(self, data: EventData | TextData, split: DetectSplit | None = None, run_dir: str | Path | None = None,
-            quiet: bool = False) -> UserDetector:
-        """Train on `split.train`, select the epoch on `split.valid` (ROC-AUC); test users are never seen."""
+            quiet: bool = False, augment: Any = None) -> UserDetector:
+        """Train on `split.train`, select the epoch on `split.valid` (ROC-AUC); test users are never seen.
+        `augment(data, split) -> (data, split)` may add training users (adversarial training, `userseq.attack`)."""
         self._check_data(data)
         if data.labels is None:
             raise DataError(f"{data.source}: training needs user labels (--labels FILE with user_id,label).")
         cfg = self.config
         split = split or stratified_split(data.labels, cfg.valid, cfg.test, cfg.seed)
+        if augment is not None:
+            data, split = augment(data, split)
+            assert data.labels is not None
         y = data.labels
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
@@ -466,7 +470,7 @@ def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_and_evaluate(data: EventData | TextData, detector: UserDetector, out: str | Path | None = None,
-                       folds: int | None = None, quiet: bool = False) -> dict[str, Any]:
+                       folds: int | None = None, quiet: bool = False, augment: Any = None) -> dict[str, Any]:
     """Split by user (seeded, stratified), fit, evaluate on test (full + first-k), write the run.
 
     With `folds`, run stratified k-fold cross-validation: metrics are means (and std) over folds;
@@ -483,7 +487,7 @@ def train_and_evaluate(data: EventData | TextData, detector: UserDetector, out: 
     results = []
     for split in splits:
         fresh = UserDetector(config=cfg)
-        fresh.fit(data, split, run_dir=out, quiet=quiet)
+        fresh.fit(data, split, run_dir=out, quiet=quiet, augment=augment)
         results.append(fresh.evaluate(data, split.test))
         detector.__dict__.update(fresh.__dict__)
     metrics: dict[str, Any] = {

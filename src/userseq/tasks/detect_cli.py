@@ -51,6 +51,10 @@ def train(
     with_leakage: Annotated[bool, typer.Option(help="add after-the-fact columns (reverts, STiKi) as features: "
                                                "NOT early detection")] = False,
     max_minutes: float | None = None,
+    adversarial: Annotated[Path | None, typer.Option(help="adversarial training: an `attack run --train-posts` "
+                                                     "output directory; its posts are appended to copies of "
+                                                     "malicious training users")] = None,
+    adversarial_share: Annotated[float, typer.Option(help="share of those users copied")] = 1.0,
     user_col: str = "user_id",
     item_col: str = "item_id",
     timestamp_col: str = "timestamp",
@@ -72,9 +76,15 @@ def train(
     over = {"model.name": model, "train.epochs": epochs, "model.dim": dim, "model.max_len": max_len,
             "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "first_k": ks,
             "with_leakage": with_leakage, "train.max_minutes": max_minutes, "dataset": data}
+    augment = None
+    if adversarial is not None:
+        from userseq.attack.defence import augmenter
+
+        augment = augmenter(adversarial, adversarial_share, seed)
+        over["dataset"] = f"{data} + adversarial posts from {adversarial} (share {adversarial_share:g})"
     det = UserDetector(overrides=over)
     d = _load_data(data, labels, model, user_col, item_col, timestamp_col, text_col, with_leakage)
-    metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet)
+    metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet, augment=augment)
     t = metrics["test"]
     out.print(f"test: accuracy {t['accuracy']:.4f}  roc_auc {t['roc_auc']:.4f}  f1 {t['f1']:.4f}  "
               f"(n={int(t['n'])})")

@@ -1,0 +1,306 @@
+"""Adversarial audit benchmark on petgen-wiki: methods x detectors x white/black box, text quality, defence.
+
+Detector runs (hlstm, cnn, minilm) are read from --det-dir (DIR/det-NAME, made by `userseq detect train`;
+missing ones are trained here with --train-minutes each, not counted in the audit time). Then, with
+one progress bar:
+
+* every attack method is fitted against each token detector (hlstm, cnn: gradients or score queries,
+  training users only) and writes one post per test user; each post set is scored by every detector:
+  source == target is the white-box row, the others are black-box transfer rows (the source is the
+  surrogate). copycat and lm do not look at any detector; textbugger also queries minilm directly.
+* text quality of every post set (BLEU, self-BLEU, perplexity under one separately trained LM, MiniLM
+  style / context cosine, OOV and degenerate shares).
+* defence: hlstm retrained with attack posts (one per malicious training user, methods mixed round
+  robin) appended to copies of malicious training users; then every method attacks it again (adaptive,
+  white-box) and the table shows clean and attacked accuracy before / after.
+
+Writes the `attack` section of benchmarks/RESULTS.md, benchmarks/attack_audit.png and per-row JSON under
+benchmarks/_work/attack/.
+
+    nice -n 10 python benchmarks/attack.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results import machine_description, update_section  # noqa: E402
+
+from userseq.artifacts import write_json  # noqa: E402
+from userseq.attack.config import METHODS  # noqa: E402
+from userseq.attack.defence import adversarial_augment  # noqa: E402
+from userseq.attack.petgen import cached_generator  # noqa: E402
+from userseq.attack.quality import SentenceVectors  # noqa: E402
+from userseq.attack.target import TargetDetector  # noqa: E402
+from userseq.detect.data import load_petgen_wiki  # noqa: E402
+from userseq.tasks.attack import Attacker, efficacy, reference_quality, run_split, same_split  # noqa: E402
+from userseq.tasks.detect import UserDetector, train_and_evaluate  # noqa: E402
+
+WORK = HERE / "_work" / "attack"
+DETECTORS = ("hlstm", "cnn", "minilm")
+SOURCES = ("hlstm", "cnn")  # token detectors: gradients for petgen / hotflip / trigger
+
+
+def train_detector(name: str, data, out: Path, minutes: float, augment=None) -> None:
+    det = UserDetector(name, overrides={"train.epochs": 30, "train.batch_size": 32, "train.max_minutes": minutes,
+                                        "train.patience": 6, "dataset": "petgen-wiki"})
+    train_and_evaluate(data, det, out, quiet=True, augment=augment)
+
+
+def fmt(x, d=3):
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--det-dir", type=Path, default=WORK)
+    ap.add_argument("--detectors", nargs="*", default=list(DETECTORS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--train-minutes", type=float, default=10.0, help="budget of a missing detector's training")
+    ap.add_argument("--defence-minutes", type=float, default=4.0, help="budget of the adversarially trained hlstm")
+    ap.add_argument("--no-defence", action="store_true")
+    ap.add_argument("--overrides", type=json.loads, default={}, help="attack config overrides (JSON)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    WORK.mkdir(parents=True, exist_ok=True)
+    data = load_petgen_wiki()
+    t_det = time.time()
+    for name in args.detectors:
+        d = args.det_dir / f"det-{name}"
+        if not (d / "model.safetensors").is_file():
+            print(f"training detector {name} ({args.train_minutes:g} min budget) -> {d}", flush=True)
+            train_detector(name, data, d, args.train_minutes)
+    t_det = time.time() - t_det
+    dets = {n: TargetDetector.load(args.det_dir / f"det-{n}") for n in args.detectors}
+    split = run_split(args.det_dir / f"det-{args.detectors[0]}", data, dets[args.detectors[0]])
+    for n in args.detectors[1:]:
+        same_split(split, run_split(args.det_dir / f"det-{n}", data, dets[n]), n)
+    sources = [s for s in SOURCES if s in dets]
+    vocab = dets[sources[0]].vocab
+    for s in sources[1:]:
+        dets[s].check_vocab(vocab, f"{sources[0]} detector")  # one pretrained generator serves both
+    test = np.asarray(split.test)
+    tr, va = np.asarray(split.train), np.asarray(split.valid)
+    y = data.labels
+    mal_train = tr[y[tr] == 1]
+
+    t0 = time.time()
+    # (method, source) fits; copycat and lm are detector-independent
+    jobs = [(m, s) for m in args.methods for s in (["-"] if m in ("copycat", "lm") else sources)]
+    if "minilm" in dets and "textbugger" in args.methods:
+        jobs.append(("textbugger", "minilm"))
+    defence_jobs = [] if args.no_defence or "hlstm" not in dets else [(m, "hlstm-adv") for m in args.methods]
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    rows, quality, train_posts, examples = [], {}, {}, {}
+    with progress:
+        task = progress.add_task("attack audit", total=len(jobs) + len(defence_jobs) + 2)
+        progress.update(task, description="shared LMs + sentence vectors")
+        base = Attacker(config=None, overrides=args.overrides)
+        cfg = base.config
+        vectors = SentenceVectors(cfg.quality_embedding, [p for u in tr for p in data.posts[u]])
+        from userseq.attack.data import attack_users
+
+        users = attack_users(data, dets[sources[0]].max_posts)
+        cache = WORK / "cache"
+        was_cached = cache.is_dir() and any(cache.glob("*.safetensors"))
+        pretrained = cached_generator(cache, users, vocab, tr, va, cfg.generator, cfg.pretrain,
+                                      dets[sources[0]].max_tokens, True, quiet=True)
+        eval_lm = cached_generator(cache, users, vocab, tr, va, cfg.generator,
+                                   cfg.eval_lm.model_copy(update={"seed": cfg.eval_lm.seed + 1}),
+                                   dets[sources[0]].max_tokens, False, quiet=True)
+        progress.advance(task)
+        ref = None
+
+        def log(msg: str) -> None:  # one line per step as well (logs, CI: the bar itself draws on a terminal only)
+            if not progress.console.is_terminal:
+                progress.console.print(f"[{(time.time() - t0) / 60:5.1f} min] {msg}", highlight=False)
+
+        log(f"pretrained generator {pretrained.train_state}, eval LM {eval_lm.train_state}")
+
+        fitted: dict[str, tuple] = {}
+
+        def run_job(method, src_name, src, targets, label):
+            nonlocal ref
+            progress.update(task, description=f"{method} via {src_name}")
+            t = time.time()
+            if method in ("copycat", "lm") and method in fitted:  # detector-free: the same posts again
+                att, posts = fitted[method]
+            else:
+                att = Attacker(method, overrides=args.overrides).fit(
+                    data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
+                posts = att.generate(test)
+                fitted[method] = (att, posts)
+            seconds = time.time() - t
+            key = f"{method}@{label}"
+            quality[key] = att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens)
+            if ref is None:
+                ref = reference_quality(att, test, vectors, eval_lm)
+            out = []
+            for tname, tdet in targets.items():
+                r = efficacy(tdet, att.users, test, posts)
+                r.pop("scores")
+                setting = ("detector-free" if method in ("copycat", "lm")
+                           else "white-box" if src is tdet else "black-box")
+                out.append({"method": method, "source": label, "target": tname, "setting": setting,
+                            "seconds": seconds, **r, "info": att.info})
+            log(f"{key}: {seconds:.0f}s; " + ", ".join(
+                f"{o['target']} acc {o['clean']['accuracy']:.3f}->{o['attacked']['accuracy']:.3f}" for o in out))
+            examples[key] = [{"user": users.user_ids[i], "label": int(y[i]), "context": users.contexts[i][:100],
+                              "real": users.final[i][:160], "generated": p[:160]}
+                             for i, p in list(zip(test, posts, strict=True))[:40:8]]
+            return att, out
+
+        for method, s in jobs:
+            src = dets["hlstm" if s == "-" and "hlstm" in dets else (s if s != "-" else sources[0])]
+            targets = {s: dets[s]} if s == "minilm" else dets
+            att, out = run_job(method, s if s != "-" else "-", src, targets, s)
+            rows += out
+            if s in ("hlstm", "-") and defence_jobs:
+                train_posts[method] = att.generate(mal_train)
+            progress.advance(task)
+
+        defence = []
+        if defence_jobs:
+            progress.update(task, description="adversarial training of hlstm")
+            # one attack post per malicious training user, methods mixed round robin
+            order = list(train_posts)
+            posts = pl.DataFrame({"user_id": [users.user_ids[u] for u in mal_train],
+                                  "post": [train_posts[order[k % len(order)]][k] for k in range(len(mal_train))]})
+            adv_dir = WORK / "det-hlstm-adv"
+
+            def augment(d, sp):
+                return adversarial_augment(d, sp, posts, 1.0, 0)
+
+            t = time.time()
+            train_detector("hlstm", data, adv_dir, args.defence_minutes, augment=augment)
+            adv_seconds = time.time() - t
+            adv = TargetDetector.load(adv_dir)
+            log(f"adversarially trained hlstm: {adv_seconds:.0f}s")
+            progress.advance(task)
+            for method, _ in defence_jobs:
+                _, out = run_job(method, "hlstm-adv", adv, {"hlstm-adv": adv}, "hlstm-adv")
+                before = next(r for r in rows if r["method"] == method and r["target"] == "hlstm"
+                              and r["source"] in ("hlstm", "-"))
+                defence.append({"method": method, "before": before, "after": out[0]})
+                progress.advance(task)
+    audit_seconds = time.time() - t0
+    load = os.getloadavg()[0]
+    result = {"n_test": len(test), "n_malicious_test": int(y[test].sum()), "rows": rows, "quality": quality, "quality_real": ref, "defence": defence, "examples": examples,
+              "audit_seconds": audit_seconds, "lm_cached": was_cached,
+              "lm_seconds": pretrained.train_state.get("seconds", 0) + eval_lm.train_state.get("seconds", 0), "detector_training_seconds": t_det, "load": load,
+              "detectors": {n: json.loads((args.det_dir / f"det-{n}" / "metrics.json").read_text())["test"]
+                            for n in args.detectors},
+              "config": cfg.model_dump(mode="json")}
+    if defence:
+        result["defence_detector"] = json.loads((WORK / "det-hlstm-adv" / "metrics.json").read_text())["test"]
+        result["defence_training_seconds"] = adv_seconds
+    write_json(result, WORK / "audit.json")
+    plot(result, HERE / "attack_audit.png")
+    write_results(result, args)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, target in zip(axes, ("hlstm", "cnn"), strict=True):
+        for x in r["rows"]:
+            if x["target"] != target:
+                continue
+            key = f"{x['method']}@{x['source']}"
+            q = r["quality"][key]
+            marker = {"white-box": "o", "black-box": "^", "detector-free": "s"}[x["setting"]]
+            ax.scatter(q["bleu2"], x["attacked"]["accuracy"], marker=marker, s=50)
+            ax.annotate(f"{x['method']} ({x['source']})", (q["bleu2"], x["attacked"]["accuracy"]), fontsize=7)
+        clean = next((x["clean"]["accuracy"] for x in r["rows"] if x["target"] == target), None)
+        if clean is not None:
+            ax.axhline(clean, color="grey", ls="--", label="clean accuracy")
+        ax.set_xlabel("BLEU-2 vs real final post (higher = closer)")
+        ax.set_ylabel("detector accuracy, malicious users attacked (lower = stronger)")
+        ax.set_title(f"target {target}: o white-box, ^ black-box, s no detector")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_results(r: dict, args) -> None:
+    rows = r["rows"]
+    lines = [
+        f"Machine: {machine_description()} (shared with other jobs; 1-min load average at the end: {r['load']:.1f}). "
+        f"Data: petgen-wiki (794 users), the detectors' stratified user split (70/10/20, seed 0): the attacks are "
+        f"fitted on training users (epochs chosen on validation users) and write one post per test user "
+        f"({r['n_malicious_test']} malicious of {r['n_test']}). Figure: `benchmarks/attack_audit.png`. "
+        f"Audit time: {r['audit_seconds'] / 60:.1f} min"
+        + (f" plus {r['lm_seconds'] / 60:.1f} min of generator / perplexity-LM pretraining measured in an earlier run "
+           "and loaded from its cache" if r["lm_cached"] else f" (of which {r['lm_seconds'] / 60:.1f} min LM pretraining)")
+        + " (the detectors were trained before it).", "",
+        "Detectors (clean test metrics, threshold chosen on validation users):", "",
+        "| detector | accuracy | F1 | ROC-AUC |", "|---|---:|---:|---:|",
+        *[f"| {n} | {fmt(m['accuracy'])} | {fmt(m['f1'])} | {fmt(m['roc_auc'])} |" for n, m in r["detectors"].items()],
+        "", "### Efficacy (test users; 'attacked' = malicious users post the generated text)", "",
+        "`success` = share of the malicious users flagged on the clean sequence that are no longer flagged; "
+        "`P(mal)` = mean detector score of malicious users, clean -> attacked. Source = the detector the attack "
+        "was optimised against (white-box when it is the target; black-box transfer otherwise; copycat and lm use "
+        "no detector).", "",
+        "| method | source | target | setting | acc clean | acc attacked | F1 attacked | ROC-AUC clean | "
+        "ROC-AUC attacked | success | P(mal) clean -> attacked | fit+generate s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for x in rows:
+        ms = x["mean_score_malicious"]
+        lines.append(f"| {x['method']} | {x['source']} | {x['target']} | {x['setting']} | {fmt(x['clean']['accuracy'])} "
+                     f"| {fmt(x['attacked']['accuracy'])} | {fmt(x['attacked']['f1'])} | {fmt(x['clean']['roc_auc'])} "
+                     f"| {fmt(x['attacked']['roc_auc'])} | {fmt(x['success_rate'])} | {ms['clean']:.3f} -> "
+                     f"{ms['attacked']:.3f} | {x['seconds']:.0f} |")
+    q = r["quality"]
+    sim = (r["quality_real"] or {}).get("similarity", "")
+    lines += ["", f"### Text quality (test users; similarity: {sim})", "",
+              "| posts | BLEU-2 | BLEU-3 | BLEU-4 | self-BLEU-3 | perplexity | style | context | OOV share | "
+              "degenerate | tokens |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, v in [("real final posts", r["quality_real"]), *q.items()]:
+        if v is None:
+            continue
+        lines.append(f"| {key} | {fmt(v['bleu2'])} | {fmt(v['bleu3'])} | {fmt(v['bleu4'])} | {fmt(v['self_bleu3'])} "
+                     f"| {fmt(v['perplexity'], 1)} | {fmt(v['style_similarity'])} | {fmt(v['context_relevance'])} "
+                     f"| {fmt(v['oov_token_share'])} | {fmt(v['degenerate_share'])} | {fmt(v['mean_tokens'], 1)} |")
+    if r["defence"]:
+        dd = r["defence_detector"]
+        lines += ["", "### Defence: adversarial training of hlstm", "",
+                  f"hlstm retrained ({args.defence_minutes:g}-min budget, {r['defence_training_seconds']:.0f} s) with one "
+                  "attack post per malicious training user (methods mixed round robin, posts from the attacks on the "
+                  f"original hlstm) appended to a copy of the user. Clean test: accuracy {fmt(dd['accuracy'])}, "
+                  f"ROC-AUC {fmt(dd['roc_auc'])}. 'after' = the attack re-fitted against the retrained detector "
+                  "(adaptive, white-box).", "",
+                  "| method | acc clean before | acc attacked before | success before | acc clean after | "
+                  "acc attacked after | success after |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for d in r["defence"]:
+            b, a = d["before"], d["after"]
+            lines.append(f"| {d['method']} | {fmt(b['clean']['accuracy'])} | {fmt(b['attacked']['accuracy'])} "
+                         f"| {fmt(b['success_rate'])} | {fmt(a['clean']['accuracy'])} | {fmt(a['attacked']['accuracy'])} "
+                         f"| {fmt(a['success_rate'])} |")
+    lines += ["", "Command: `nice -n 10 python benchmarks/attack.py` (detector runs: `userseq detect train --data "
+              "petgen-wiki --model NAME --epochs 30 --batch-size 32 --max-minutes M --out benchmarks/_work/attack/det-NAME`). "
+              "Per-run CLI: `userseq attack run --detector RUN --data petgen-wiki --method petgen [--black-box-surrogate "
+              "RUN2] --out DIR`."]
+    update_section("attack", "Adversarial audit (petgen-wiki): PETGEN vs five baselines, transfer, defence",
+                   "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

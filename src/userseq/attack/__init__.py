@@ -1,0 +1,1 @@
+"""Adversarial audit of text detectors: PETGEN generator, baselines, quality metrics, defence."""

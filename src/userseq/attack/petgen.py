@@ -1,0 +1,275 @@
+"""Training the generator with the one Trainer: MLE pretraining, then the PETGEN objective.
+
+1. `pretrain_generator`: teacher-forced NLL of training users' posts. Each sampled post j of a user is
+   predicted from the context-aware encoding of the posts before it; the final post is also conditioned
+   on its target context and same-context flags (earlier posts have no known context). With
+   `conditional=False` the same code trains the plain LM that scores perplexity.
+2. `train_attack`: starting from the pretrained generator, minimise a weighted sum of
+   mle (real final posts of training users), lm (NLL of the generated post under the frozen pretrained
+   generator: realism), attack (BCE through the detector toward 'benign' on malicious users), recency
+   (MMD to the last posts) and relevancy (MMD to same-context posts, else the context). Representations
+   for the MMD terms come from the frozen pretrained encoder, so they cannot collapse.
+
+The epoch kept is the best on validation users (never test users).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from userseq.artifacts import load_tensors, save_tensors
+from userseq.attack.config import AttackConfig, GeneratorConfig, LossWeights
+from userseq.attack.data import AttackUsers, EncodedUsers, encode_users
+from userseq.attack.generator import PostGenerator
+from userseq.attack.losses import attack_loss, set_mmd, soft_nll
+from userseq.attack.target import TargetDetector
+from userseq.config import TrainConfig
+from userseq.tasks.detect import encode_posts
+from userseq.train.loop import Trainer
+
+TARGETS_PER_USER = 4  # posts predicted per user and pretraining step (the final post + 3 random earlier ones)
+
+
+def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int, conditional: bool = True) -> PostGenerator:
+    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens), g.min_tokens, g.dropout,
+                        conditional=conditional)
+    gen.words = list(vocab)  # the vocabulary it was built over (checked against the attacked detector's)
+    return gen
+
+
+def decode(ids: torch.Tensor, vocab: list[str]) -> list[str]:
+    return [" ".join(vocab[i] for i in row.tolist() if i > 1) for row in ids]
+
+
+def _batches(users: np.ndarray, bs: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(users)
+    for b in range(0, len(order), bs):
+        yield order[b:b + bs]
+
+
+# ---------------------------------------------------------------------- pretraining
+def _all_posts(users: AttackUsers, vocab: list[str], max_tokens: int) -> torch.Tensor:
+    """(N, P+1, T) ids of history + final post."""
+    seqs = [[*h, f] for h, f in zip(users.history, users.final, strict=True)]
+    return torch.from_numpy(encode_posts(seqs, vocab, max(len(s) for s in seqs), max_tokens).astype(np.int64))
+
+
+def _pretrain_rows(gen: PostGenerator, enc: EncodedUsers, posts: torch.Tensor, idx: np.ndarray,
+                   rng: np.random.Generator, all_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conditions (M, H) or None, targets (M, T)) for the users `idx`."""
+    t = torch.from_numpy(idx)
+    n = enc.n_hist[t]
+    if not gen.conditional:
+        rows = [(b, j) for b in range(len(idx)) for j in range(int(n[b]) + 1)]
+        bi, ji = map(torch.tensor, zip(*rows, strict=True))
+        return None, posts[t][bi, ji]  # type: ignore[return-value]
+    pairs = []
+    for b in range(len(idx)):
+        nb = int(n[b])
+        earlier = np.arange(1, nb)
+        if not all_targets and len(earlier) > TARGETS_PER_USER - 1:
+            earlier = rng.choice(earlier, TARGETS_PER_USER - 1, replace=False)
+        pairs += [(b, int(j)) for j in earlier] + [(b, nb)]
+    bi, ji = (torch.tensor(x) for x in zip(*pairs, strict=True))
+    up = posts[t]
+    B, S, T = up.shape
+    states = gen.encode_posts(up.reshape(B * S, T)).view(B, S, -1)
+    final = ji == n[bi]
+    rel = torch.zeros(len(bi), S)
+    rel[:, : enc.relevancy.shape[1]] = enc.relevancy[t][bi] * final[:, None]
+    ctx = gen.encode_posts(enc.context[t])
+    u = gen.mix(states[bi], ji, rel, ctx[bi], enc.has_context[t][bi] & final)
+    return u, up[bi, ji]
+
+
+def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, valid: np.ndarray,
+                       g: GeneratorConfig, tc: TrainConfig, max_tokens: int, conditional: bool = True,
+                       quiet: bool = False) -> PostGenerator:
+    """MLE-train a (conditional) generator on training users' posts; validation NLL on valid users' final posts
+    (conditional) or all their posts (plain LM)."""
+    gen = build_generator(vocab, g, max_tokens, conditional)
+    enc = encode_users(users, vocab, gen.max_tokens)
+    posts = _all_posts(users, vocab, gen.max_tokens)
+    trainer = Trainer(tc.model_copy(update={"monitor": "neg_nll", "device": "cpu"}), None, quiet=quiet)
+    bs = tc.batch_size if conditional else max(1, tc.batch_size // 8)  # a plain-LM batch holds every post of a user
+
+    def batches(epoch: int) -> Iterator[np.ndarray]:
+        yield from _batches(train, bs, tc.seed * 1000 + epoch)
+
+    def loss_fn(model: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(int(idx.sum())))
+        s, c = gen.nll(tgt, u)
+        return s / c
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        total, count = 0.0, 0
+        for b in range(0, len(valid), 64):
+            idx = valid[b:b + 64]
+            if conditional:
+                t = torch.from_numpy(idx)
+                u = gen.condition(enc.history[t], enc.n_hist[t], enc.relevancy[t], enc.context[t], enc.has_context[t])
+                tgt = enc.final[t]
+            else:
+                u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(0))
+            s, c = gen.nll(tgt, u)
+            total, count = total + float(s), count + int(c)
+        return {"neg_nll": -total / max(count, 1), "perplexity": float(np.exp(total / max(count, 1)))}
+
+    trainer.fit(gen, batches, -(-len(train) // bs), loss_fn, validate)
+    gen.eval()
+    gen.train_state = {"epochs": trainer.state.epoch, "best_epoch": trainer.state.best_epoch,  # type: ignore[attr-defined]
+                       "valid_perplexity": float(np.exp(-trainer.state.best_metric)),
+                       "seconds": round(trainer.state.seconds, 1)}
+    return gen
+
+
+def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[str], train: np.ndarray,
+                     valid: np.ndarray, g: GeneratorConfig, tc: TrainConfig, max_tokens: int, conditional: bool,
+                     quiet: bool = False) -> PostGenerator:
+    """`pretrain_generator`, reusing a copy saved in `cache` for the same vocabulary, users, split and config."""
+    key = hashlib.sha256(json.dumps([vocab, users.user_ids, users.final, train.tolist(), valid.tolist(),
+                                     g.model_dump(), tc.model_dump(), max_tokens, conditional]).encode()).hexdigest()[:16]
+    path = Path(cache) / f"{'generator' if conditional else 'lm'}-{key}.safetensors" if cache else None
+    if path is not None and path.is_file():
+        gen = build_generator(vocab, g, max_tokens, conditional)
+        tensors, meta = load_tensors(path)
+        gen.load_state_dict(tensors)
+        gen.train_state = json.loads(meta.get("train_state", "{}"))  # type: ignore[attr-defined]
+        return gen.eval()
+    gen = pretrain_generator(users, vocab, train, valid, g, tc, max_tokens, conditional, quiet)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(gen.state_dict(), path, {"train_state": json.dumps(gen.train_state)})  # type: ignore[attr-defined]
+    return gen
+
+
+# ---------------------------------------------------------------------- the PETGEN objective
+class PetgenObjective:
+    """The weighted PETGEN losses for a batch of users (a callable `loss_fn` for the Trainer)."""
+
+    def __init__(self, gen: PostGenerator, frozen: PostGenerator, users: AttackUsers, vocab: list[str],
+                 source: TargetDetector | None, weights: LossWeights, recent: int, tau: float, hard: bool) -> None:
+        self.gen, self.frozen, self.users, self.w = gen, frozen, users, weights
+        self.source, self.tau, self.hard, self.recent = source, tau, hard, recent
+        if weights.attack > 0:
+            if source is None:
+                raise ValueError("the attack loss needs a detector")
+            source.require_white_box("petgen")
+            source.check_vocab(vocab, "generator")
+        self.enc = encode_users(users, vocab, gen.max_tokens)
+        with torch.no_grad():
+            frozen.eval()
+            self.hist_states = frozen.history_states(self.enc.history)  # (N, P, H)
+            self.ctx_states = frozen.encode_posts(self.enc.context)  # (N, H)
+        P = self.enc.history.shape[1]
+        pos = torch.arange(P)[None, :]
+        n = self.enc.n_hist[:, None]
+        self.recent_mask = (pos < n) & (pos >= n - recent)
+        self.rel_mask = (self.enc.relevancy > 0) & (pos < n)
+        self.labels = torch.from_numpy(users.labels if users.labels is not None else np.zeros(users.n_users)).float()
+
+    def condition(self, t: torch.Tensor) -> torch.Tensor:
+        e = self.enc
+        return self.gen.condition(e.history[t], e.n_hist[t], e.relevancy[t], e.context[t], e.has_context[t])
+
+    def terms(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        t = torch.from_numpy(idx)
+        w, e = self.w, self.enc
+        u = self.condition(t)
+        out: dict[str, torch.Tensor] = {}
+        if w.mle > 0:
+            s, c = self.gen.nll(e.final[t], u)
+            out["mle"] = s / c
+        rows, ids, mask = self.gen.sample(u, tau=self.tau, hard=self.hard)
+        if w.lm > 0:
+            with torch.no_grad():
+                uf = self.frozen.condition(e.history[t], e.n_hist[t], e.relevancy[t], e.context[t], e.has_context[t])
+            counted = torch.arange(rows.shape[1])[None, :] <= mask.sum(1, keepdim=True)  # tokens + end-of-post
+            out["lm"] = soft_nll(self.frozen.out(self.frozen.states(rows, uf)[counted]), rows[counted])
+        if w.attack > 0:
+            assert self.source is not None
+            v = self.source.onehot_post_vectors(rows, mask)
+            logit = self.source.user_logits(self.users, idx, v)
+            out["attack"] = attack_loss(logit, self.labels[t])
+            out["p_malicious"] = torch.sigmoid(logit.detach())[self.labels[t] > 0].mean()
+        if w.recency > 0 or w.relevancy > 0:
+            x = self.frozen.encode_posts(rows, mask)
+            if w.recency > 0:
+                out["recency"] = set_mmd(x, self.hist_states[t], self.recent_mask[t]).mean()
+            if w.relevancy > 0:
+                ys = torch.cat([self.hist_states[t], self.ctx_states[t][:, None]], 1)
+                has_rel = self.rel_mask[t].any(1)
+                m = torch.cat([self.rel_mask[t], (~has_rel & e.has_context[t])[:, None]], 1)
+                out["relevancy"] = set_mmd(x, ys, m).mean()
+        return out
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.w, k) * v for k, v in terms.items() if k != "p_malicious")  # type: ignore[return-value]
+
+
+def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str], source: TargetDetector | None,
+                 train: np.ndarray, valid: np.ndarray, cfg: AttackConfig, weights: LossWeights,
+                 quiet: bool = False) -> tuple[PostGenerator, dict[str, Any]]:
+    gen = copy.deepcopy(pretrained)
+    frozen = copy.deepcopy(pretrained).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts, cfg.tau, cfg.hard)
+    tc = cfg.train.model_copy(update={"monitor": "neg_loss", "device": "cpu"})
+    trainer = Trainer(tc, None, quiet=quiet)
+
+    def batches(epoch: int) -> Iterator[np.ndarray]:
+        yield from _batches(train, tc.batch_size, tc.seed * 1000 + epoch)
+
+    def loss_fn(model: torch.nn.Module, idx: np.ndarray) -> torch.Tensor:
+        return obj.total(obj.terms(idx))
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed + 7)  # the same Gumbel noise every epoch
+        sums: dict[str, float] = {}
+        n = 0
+        for b in range(0, len(valid), 64):
+            idx = valid[b:b + 64]
+            terms = obj.terms(idx)
+            terms["total"] = obj.total(terms)
+            for k, v in terms.items():
+                if torch.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        torch.random.set_rng_state(state)
+        out = {k: v / n for k, v in sums.items()}
+        out["neg_loss"] = -out.pop("total")
+        return out
+
+    trainer.fit(gen, batches, -(-len(train) // tc.batch_size), loss_fn, validate)
+    gen.eval()
+    hist = trainer.state.history
+    return gen, {"epochs": trainer.state.epoch, "best_epoch": trainer.state.best_epoch,
+                 "seconds": round(trainer.state.seconds, 1), "stopped": trainer.state.stopped,
+                 "valid": {k[6:]: v for k, v in (hist[trainer.state.best_epoch - 1] if hist else {}).items()
+                           if k.startswith("valid_")}}
+
+
+@torch.no_grad()
+def generate_posts(gen: PostGenerator, users: AttackUsers, vocab: list[str], idx: np.ndarray, temperature: float,
+                   seed: int) -> list[str]:
+    gen.eval()
+    enc = encode_users(users, vocab, gen.max_tokens)
+    rng = torch.Generator().manual_seed(seed)
+    out: list[str] = []
+    for b in range(0, len(idx), 256):
+        t = torch.from_numpy(np.asarray(idx[b:b + 256]))
+        u = gen.condition(enc.history[t], enc.n_hist[t], enc.relevancy[t], enc.context[t], enc.has_context[t])
+        _, ids, _ = gen.sample(u, hard=True, temperature=temperature, generator=rng)
+        out += decode(ids, vocab)
+    return out

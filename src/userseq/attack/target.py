@@ -1,0 +1,158 @@
+"""A trained text detector seen by an attacker: scores for "history + one new post", by query (any
+text detector) or differentiably from one-hot token rows (white-box: hlstm, cnn).
+
+History post vectors are computed once per user and cached; only the new post is encoded per query.
+Scores equal `UserDetector.predict_proba` on the sequence with the new post appended (tested).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from userseq.attack.data import AttackUsers
+from userseq.errors import ConfigError, DataError
+from userseq.tasks.detect import UserDetector, encode_posts
+
+WHITE_BOX_MODELS = ("hlstm", "cnn")
+
+
+class TargetDetector:
+    def __init__(self, detector: UserDetector, name: str = "detector") -> None:
+        if detector.kind != "text":
+            raise ConfigError(f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
+                              "the attack needs a text detector (hlstm, cnn or minilm).")
+        self.det = detector
+        self.name = name
+        self.net = detector._check_fitted()
+        detector.device = torch.device("cpu")  # the attack runs on CPU (the detector may have been loaded on a GPU)
+        self.net.cpu().eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.model = detector.config.model.name
+        self.max_posts = detector.config.model.max_posts
+        self.max_tokens = detector.config.model.max_tokens
+        self.threshold = float(detector.thresholds.get("all", 0.5))
+        self._hist: tuple[str, torch.Tensor, torch.Tensor, np.ndarray] | None = None
+        self._st = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TargetDetector:
+        return cls(UserDetector.load(run_dir), name=str(run_dir))
+
+    @property
+    def white_box(self) -> bool:
+        return self.model in WHITE_BOX_MODELS
+
+    @property
+    def vocab(self) -> list[str]:
+        if self.det.vocab is None:
+            raise ConfigError(f"{self.name}: model '{self.model}' has no token vocabulary.")
+        return self.det.vocab
+
+    def require_white_box(self, method: str) -> None:
+        if not self.white_box:
+            raise ConfigError(f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
+                              f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
+                              "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
+                              "or use copycat / textbugger.")
+
+    def check_vocab(self, vocab: list[str], who: str = "attacker") -> None:
+        mine = self.vocab
+        if len(mine) != len(vocab) or mine != list(vocab):
+            raise DataError(f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector {self.name} uses "
+                            f"{len(mine):,} (first differing index {_first_diff(mine, vocab)}). A white-box generator "
+                            "must be built over the detector's own vocabulary: refit the attacker against this "
+                            "detector, or evaluate its text black-box.")
+
+    # ------------------------------------------------------------------ post vectors
+    def _sentence_model(self):
+        if self._st is None:
+            from userseq.attack.quality import minilm_model
+
+            self._st = minilm_model()
+        return self._st
+
+    def post_vectors(self, posts: list[str]) -> torch.Tensor:
+        """(N, d) the detector's vector of each post text."""
+        if self.model == "minilm":
+            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+            return torch.from_numpy(np.asarray(v, dtype=np.float32))
+        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0].astype(np.int64))
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(posts), 1024):
+                out.append(self.id_post_vectors(ids[b:b + 1024]))
+        return torch.cat(out) if out else torch.zeros(0, 1)
+
+    def id_post_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, d) vectors of posts given as token ids (B, T) over the detector's vocabulary."""
+        self.require_white_box("token-id")
+        return self.net.user_encoder.post_vectors(ids[:, None]).squeeze(1)
+
+    def onehot_post_vectors(self, rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the detector's vocabulary."""
+        self.require_white_box("gradient")
+        if rows.shape[-1] != len(self.vocab):
+            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns but detector "
+                            f"{self.name} has {len(self.vocab):,} tokens.")
+        return self.net.user_encoder.post_vectors(rows[:, None], token_mask[:, None]).squeeze(1)
+
+    def history(self, users: AttackUsers, idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use of a user
+        (`idx`, default all) and cached under the users' content fingerprint."""
+        if self._hist is None or self._hist[0] != users.fingerprint:
+            n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
+            self._hist = (users.fingerprint, torch.zeros(0), n, np.zeros(users.n_users, dtype=bool))
+        key, vecs, n, done = self._hist
+        want = np.arange(users.n_users) if idx is None else np.unique(np.asarray(idx, dtype=np.int64))
+        todo = want[~done[want]]
+        if len(todo):
+            v = self.post_vectors([p for u in todo for p in users.history[u]])
+            if vecs.numel() == 0:
+                vecs = torch.zeros(users.n_users, int(n.max()), v.shape[1])
+            rows = torch.from_numpy(todo)
+            P = vecs.shape[1]
+            block = torch.zeros(len(todo), P, v.shape[1])
+            block[torch.arange(P)[None, :] < n[rows][:, None]] = v
+            vecs[rows] = block
+            done[todo] = True
+            self._hist = (key, vecs, n, done)
+        return vecs, n
+
+    # ------------------------------------------------------------------ scores
+    def logits(self, hist: torch.Tensor, n_hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at position n_hist."""
+        B, P, d = hist.shape
+        full = torch.cat([hist, hist.new_zeros(B, 1, d)], 1)
+        full = full.index_put((torch.arange(B), n_hist), new)
+        mask = torch.arange(P + 1)[None, :] <= n_hist[:, None]
+        ue = self.net.user_encoder
+        user = ue.pool(full, mask) if self.white_box else ue(full, mask)
+        return self.net.head(user)
+
+    def user_logits(self, users: AttackUsers, idx: np.ndarray, new: torch.Tensor) -> torch.Tensor:
+        hist, n = self.history(users, idx)
+        t = torch.as_tensor(idx, dtype=torch.long)
+        hb, nb = hist[t], n[t]
+        P = int(nb.max())
+        return self.logits(hb[:, :P], nb, new)
+
+    @torch.no_grad()
+    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str], batch: int = 512) -> np.ndarray:
+        """P(malicious) of users `idx` with `posts` (aligned) appended: black-box query access."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = []
+        for b in range(0, len(idx), batch):
+            v = self.post_vectors(posts[b:b + batch])
+            out.append(torch.sigmoid(self.user_logits(users, idx[b:b + batch], v)).numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def _first_diff(a: list[str], b: list[str]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
