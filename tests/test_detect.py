@@ -61,6 +61,11 @@ def synthetic_text(n_users: int = 80, seed: int = 0) -> TextData:
     return TextData(pl.Series("user_id", [f"t{u}" for u in range(n_users)]), posts, np.array(labels), source="synthetic")
 
 
+def small_events():
+    ev, lab = synthetic_detect(20)
+    return event_data(EventLog.from_frame(ev), lab)
+
+
 @pytest.fixture(scope="module")
 def events_data():
     ev, lab = synthetic_detect()
@@ -190,19 +195,26 @@ def test_text_models_accept_soft_one_hot(name):
 
 
 @pytest.mark.parametrize("model", ["gru", "transformer"])
-def test_event_encoder_ignores_left_padding(events_data, model):
+def test_event_encoder_ignores_left_padding_and_reads_features(events_data, model):
     from userseq.tasks.detect import UserDetector
 
     det = UserDetector(model, overrides=TINY)
     det.pages = pl.Series("id", ["Article 1"])
     det.feature_names = list(events_data.feature_names)
     det.net = det._build(2, len(det.feature_names), 0).eval()
-    det._event_tables(events_data)
-    ev = torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0]])
-    ev[1, 2:] = ev[0, 2:]
-    a = det.net(events=ev[:1, 2:])
-    b = det.net(events=ev[1:])
-    assert torch.allclose(a, b, atol=1e-5)
+    prep = det._prepare(events_data)
+    users = np.flatnonzero(det._lengths(prep) >= 3)[:2]
+    inp = det._inputs(prep, users, np.array([3, 3]))
+    assert inp["pages"].shape == (2, 3) and inp["features"].shape == (2, 3, len(det.feature_names))
+    # the features reach the encoder through the per-event `features` dict (no per-dataset buffers)
+    first = prep["offsets"][users[0]]
+    assert torch.equal(inp["features"][0, -1], torch.from_numpy(events_data.features[first + 2]))
+    a = det.net(**inp)
+    padded = {"pages": torch.cat([torch.zeros(2, 2, dtype=torch.long), inp["pages"]], 1),
+              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]), inp["features"]], 1)}
+    assert torch.allclose(a, det.net(**padded), atol=1e-5)
+    changed = {"pages": inp["pages"], "features": inp["features"] + 1.0}
+    assert not torch.allclose(a, det.net(**changed), atol=1e-3)
 
 
 # ---------------------------------------------------------------------- estimator
@@ -249,6 +261,22 @@ def test_baselines_run(events_data):
         score = fit_baseline(name, events_data, s.train)
         assert roc_auc(events_data.labels[s.test], score(s.test)) > 0.9
         assert score(s.test, 1).shape == (len(s.test),)
+
+
+def test_tfidf_text_baseline():
+    pytest.importorskip("sklearn")
+    from userseq.detect.baselines import fit_baseline, user_documents
+
+    data = synthetic_text()
+    assert user_documents(data, 2)[0] == "\n".join(data.posts[0][:2])
+    s = stratified_split(data.labels, 0.1, 0.3, seed=0)
+    score = fit_baseline("tfidf", data, s.train)
+    assert roc_auc(data.labels[s.test], score(s.test)) > 0.95
+    assert score(s.test, 1).shape == (len(s.test),)
+    with pytest.raises(ConfigError, match="baseline 'tfidf' reads post texts"):
+        fit_baseline("tfidf", small_events(), s.train)
+    with pytest.raises(ConfigError, match="baseline 'pages' reads event sequences"):
+        fit_baseline("pages", data, s.train)
 
 
 # ---------------------------------------------------------------------- command line + clustering

@@ -4,18 +4,21 @@
   first-event features, log count) -> standardised logistic regression (`logreg`) or gradient
   boosted trees (`gbdt`).
 * `bag_of_pages`: binary user x page matrix over the first k events -> logistic regression (`pages`).
+* `tfidf` (post texts): TF-IDF of the user's first k posts (unigrams of the detectors' tokenizer,
+  sublinear tf, words in >= 2 training users) -> logistic regression.
 
-Both use the same splits; hyper-parameters are fixed (no tuning on test). Needs scikit-learn.
+All use the same splits; hyper-parameters are fixed (no tuning on test). Needs scikit-learn.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from userseq.detect.data import EventData
+from userseq.detect.data import EventData, TextData, tokenize
 from userseq.errors import ConfigError
 
 BASELINES = ("logreg", "gbdt", "pages")
+TEXT_BASELINES = ("tfidf",)
 
 
 def _prefix_rows(data: EventData, k: int | None, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +62,35 @@ def bag_of_pages(data: EventData, k: int | None = None, min_users: int = 2):
     return M
 
 
-def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k: int | None = None):
-    """A fitted scoring function `score(users, k) -> P(malicious)` for baseline `name`."""
+def user_documents(data: TextData, k: int | None = None) -> list[str]:
+    """One document per user: their first k posts joined by newlines."""
+    return ["\n".join(ps[:k]) for ps in data.posts]
+
+
+def _fit_tfidf(data: TextData, train: np.ndarray, k: int | None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    assert data.labels is not None
+    vec = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None, min_df=2, sublinear_tf=True)
+    docs = user_documents(data, k)
+    X = vec.fit_transform([docs[i] for i in train])
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(X, data.labels[train])
+
+    def score(users: np.ndarray, kk: int | None = None) -> np.ndarray:
+        dk = docs if kk == k else user_documents(data, kk)
+        return clf.predict_proba(vec.transform([dk[i] for i in users]))[:, 1]
+    return score
+
+
+def fit_baseline(name: str, data: EventData | TextData, train: np.ndarray, seed: int = 0, k: int | None = None):
+    """A fitted scoring function `score(users, k) -> P(malicious)` for baseline `name`
+    (`logreg`, `gbdt`, `pages` on event data; `tfidf` on post texts)."""
+    if isinstance(data, TextData) != (name in TEXT_BASELINES):
+        if name not in BASELINES + TEXT_BASELINES:
+            raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES + TEXT_BASELINES)}.")
+        what = "post texts" if name in TEXT_BASELINES else "event sequences"
+        raise ConfigError(f"baseline '{name}' reads {what}; got {type(data).__name__}.")
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.linear_model import LogisticRegression
@@ -69,6 +99,8 @@ def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k
     except ImportError:
         raise ConfigError("baselines need scikit-learn: pip install scikit-learn") from None
     assert data.labels is not None
+    if isinstance(data, TextData):
+        return _fit_tfidf(data, train, k)
     y = data.labels
     if name in ("logreg", "gbdt"):
         X, _ = hand_features(data, k)
@@ -92,4 +124,4 @@ def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k
             Mk = M if kk == k else bag_of_pages(data, kk)
             return clf.predict_proba(Mk[users][:, keep])[:, 1]
         return score
-    raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES + TEXT_BASELINES)}.")
