@@ -25,6 +25,7 @@ from results import machine_description, update_section  # noqa: E402
 from userseq.artifacts import write_json  # noqa: E402
 from userseq.detect.baselines import fit_baseline  # noqa: E402
 from userseq.detect.data import load_petgen_wiki, load_wiki_vandals, stratified_split  # noqa: E402
+from userseq.errors import ConfigError  # noqa: E402
 from userseq.eval.classification import best_threshold, binary_metrics  # noqa: E402
 from userseq.tasks.detect import UserDetector, train_and_evaluate  # noqa: E402
 
@@ -33,9 +34,8 @@ KS = [1, 2, 5, 10]
 WIKI_NEURAL = {"gru": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6, "train.patience": 2},
                "transformer": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6,
                                "train.patience": 2, "model.layers": 2}}
-TEXT_NEURAL = {"hlstm": {"train.epochs": 30, "train.batch_size": 32, "train.patience": 6},
-               "cnn": {"train.epochs": 30, "train.batch_size": 32, "train.patience": 6},
-               "minilm": {"train.epochs": 40, "train.batch_size": 32, "train.patience": 8}}
+# text models run with their defaults (tasks/detect.py MODEL_DEFAULTS, chosen on validation users)
+TEXT_NEURAL = ("hlstm", "cnn", "minilm")
 
 
 def baseline_row(name, data, split, leak=False):
@@ -54,7 +54,7 @@ def baseline_row(name, data, split, leak=False):
 
 def neural_row(name, data, over, max_minutes, dataset):
     t = time.time()
-    det = UserDetector(name, overrides={**over, "train.max_minutes": max_minutes, "train.threads": 2,
+    det = UserDetector(name, overrides={**over, "train.max_minutes": max_minutes, "train.threads": 1,
                                         "dataset": dataset, "first_k": KS})
     m = train_and_evaluate(data, det, WORK / f"{dataset}-{name}", quiet=True)
     m["seconds"] = time.time() - t
@@ -108,21 +108,24 @@ def main() -> None:
                    baseline_row("gbdt", leak, split), "python benchmarks/detect.py --only wiki --models leak")
     if args.only in (None, "petgen") and not args.table_only:
         data = load_petgen_wiki()
-        for name, over in TEXT_NEURAL.items():
+        split = stratified_split(data.labels, 0.1, 0.2, seed=0)
+        if want("tfidf"):
+            record("petgen-tfidf", "petgen-wiki", "baseline tfidf", baseline_row("tfidf", data, split),
+                   "python benchmarks/detect.py --only petgen --models tfidf")
+        for name in TEXT_NEURAL:
             if want(name):
                 try:
-                    m = neural_row(name, data, over, args.max_minutes, "petgen-wiki")
-                except Exception as e:  # minilm without its optional packages
+                    m = neural_row(name, data, {}, args.max_minutes, "petgen-wiki")
+                except ConfigError as e:  # minilm without its optional packages
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
                 record(f"petgen-{name}", "petgen-wiki", f"{name} (posts)", m,
-                       f"userseq detect train --data petgen-wiki --model {name} --batch-size 32 --epochs "
-                       f"{over['train.epochs']}")
+                       f"userseq detect train --data petgen-wiki --model {name} --max-minutes {args.max_minutes:g}")
 
     for f in WORK.glob("row-*.json"):  # rows written by other (parallel) runs
         rows[f.stem[4:]] = json.loads(f.read_text())
     order = [k for k in ("wiki-logreg", "wiki-gbdt", "wiki-pages", "wiki-gru", "wiki-transformer", "wiki-leak-gbdt",
-                         "petgen-hlstm", "petgen-cnn", "petgen-minilm") if k in rows]
+                         "petgen-tfidf", "petgen-hlstm", "petgen-cnn", "petgen-minilm") if k in rows]
     header = ("| data | model | acc | ROC-AUC | PR-AUC | F1 | TPR@FPR5% | acc first 1 | first 2 | first 5 | first 10 "
               "| seconds | load avg |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     body = "\n".join([

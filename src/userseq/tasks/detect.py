@@ -58,6 +58,28 @@ class DetectModelConfig(StrictModel):
     min_token_count: int = Field(2, ge=1)
 
 
+# Per-model defaults applied under the caller's settings (chosen on petgen-wiki VALIDATION users,
+# see benchmarks/RESULTS.md): text models learn slowly at first (the loss sits near 0.69 for ~5
+# epochs) and then overfit fast, so they get small batches, more epochs and more patience.
+_TEXT_DEFAULTS = {"train.batch_size": 32, "train.epochs": 40, "train.patience": 10}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hlstm": {**_TEXT_DEFAULTS, "model.dropout": 0.3},
+    "cnn": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3},
+    "minilm": {**_TEXT_DEFAULTS},
+}
+
+
+def _given_keys(config: dict[str, Any] | None) -> set[str]:
+    """Dotted keys set in a config mapping ({"train": {"lr": 1}} -> {"train.lr"})."""
+    keys: set[str] = set()
+    for sec, sub in (config or {}).items():
+        if isinstance(sub, dict):
+            keys.update(f"{sec}.{k}" for k in sub)
+        else:
+            keys.add(sec)
+    return keys
+
+
 def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=30, batch_size=128, lr=1e-3, patience=4, monitor="roc_auc", weight_decay=0.0)
 
@@ -146,6 +168,11 @@ class UserDetector:
         over = dict(overrides or {})
         if model is not None:
             over["model.name"] = check_model_name(model)
+        if not isinstance(config, DetectConfig):  # a new config: the model's defaults, then the caller's settings
+            given = _given_keys(config)
+            name = over.get("model.name") or cfg.model.name
+            defaults = {k: v for k, v in MODEL_DEFAULTS.get(name, {}).items() if k not in given}
+            over = {**defaults, **{k: v for k, v in over.items() if v is not None}}
         self.config = cfg.updated(over) if over else cfg
         self.net: Detector | None = None
         self.pages: pl.Series | None = None  # page vocabulary (event models), index 2.. in the table
