@@ -31,6 +31,9 @@ from userseq.tasks.detect import UserDetector, train_and_evaluate  # noqa: E402
 
 WORK = HERE / "_work" / "detect"
 KS = [1, 2, 5, 10]
+WIKI_BASELINES = {"logreg": "baseline logreg", "gbdt": "baseline gbdt", "pages": "baseline pages",
+                  "gbdt-prefix": "baseline gbdt-prefix (one GBDT per k, + page vandal rate)",
+                  "gbdt-prefix-name": "baseline gbdt-prefix-name (+ user-name features: not behaviour)"}
 WIKI_NEURAL = {"gru": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6, "train.patience": 2},
                "transformer": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6,
                                "train.patience": 2, "model.layers": 2}}
@@ -92,9 +95,9 @@ def main() -> None:
     if args.only in (None, "wiki") and not args.table_only:
         data = load_wiki_vandals()
         split = stratified_split(data.labels, 0.1, 0.2, seed=0)
-        for name in ("logreg", "gbdt", "pages"):
+        for name, label in WIKI_BASELINES.items():
             if want(name):
-                record(f"wiki-{name}", "wiki-vandals", f"baseline {name}", baseline_row(name, data, split),
+                record(f"wiki-{name}", "wiki-vandals", label, baseline_row(name, data, split),
                        f"python benchmarks/detect.py --only wiki --models {name}")
         for name, over in WIKI_NEURAL.items():
             if want(name):
@@ -124,7 +127,8 @@ def main() -> None:
 
     for f in WORK.glob("row-*.json"):  # rows written by other (parallel) runs
         rows[f.stem[4:]] = json.loads(f.read_text())
-    order = [k for k in ("wiki-logreg", "wiki-gbdt", "wiki-pages", "wiki-gru", "wiki-transformer", "wiki-leak-gbdt",
+    order = [k for k in ("wiki-logreg", "wiki-gbdt", "wiki-pages", "wiki-gbdt-prefix",
+                         "wiki-gbdt-prefix-name", "wiki-gru", "wiki-transformer", "wiki-leak-gbdt",
                          "petgen-tfidf", "petgen-hlstm", "petgen-cnn", "petgen-minilm") if k in rows]
     header = ("| data | model | acc | ROC-AUC | PR-AUC | F1 | TPR@FPR5% | acc first 1 | first 2 | first 5 | first 10 "
               "| seconds | load avg |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -221,10 +221,27 @@ def test_baselines_run(events_data):
     from userseq.detect.baselines import fit_baseline
 
     s = stratified_split(events_data.labels, 0.1, 0.3, seed=0)
-    for name in ("logreg", "pages"):
+    for name in ("logreg", "pages", "gbdt-prefix-name"):
         score = fit_baseline(name, events_data, s.train)
         assert roc_auc(events_data.labels[s.test], score(s.test)) > 0.9
         assert score(s.test, 1).shape == (len(s.test),)
+
+
+def test_page_vandal_rate_uses_training_labels_only():
+    from userseq.detect.baselines import page_vandal_rate
+
+    ev = pl.DataFrame({"user_id": ["a", "a", "a", "b", "c"], "item_id": ["P", "P", "Q", "P", "P"],
+                       "timestamp": [1, 2, 3, 4, 5]})
+    log = EventLog.from_frame(ev)
+    data = event_data(log, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 0, 1]}))
+    train = np.array([0, 1])  # a, b; c is a test user
+    rate, log_users = page_vandal_rate(data, train, smoothing=1.0)
+    # prior 0.5; P has training users {a (1), b (0)}; a's own vote is left out of a's events;
+    # a's two P edits count once; c's label is never read
+    assert rate.tolist() == pytest.approx([0.25, 0.25, 0.5, 0.75, 0.5])
+    assert log_users.tolist() == pytest.approx(np.log1p([1, 1, 0, 1, 2]).tolist())
+    data.labels = np.array([1, 0, 0])
+    assert page_vandal_rate(data, train, smoothing=1.0)[0].tolist() == pytest.approx(rate.tolist())
 
 
 def test_tfidf_text_baseline():
