@@ -63,7 +63,7 @@ class DetectModelConfig(StrictModel):
 # epochs) and then overfit fast, so they get small batches, more epochs and more patience.
 _TEXT_DEFAULTS = {"train.batch_size": 32, "train.epochs": 40, "train.patience": 10}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hlstm": {**_TEXT_DEFAULTS, "model.dropout": 0.3},
+    "hlstm": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "model.dim": 32},
     "cnn": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3},
     "minilm": {**_TEXT_DEFAULTS},
 }
