@@ -95,6 +95,19 @@ def test_users_without_labels_and_single_class():
     assert y.tolist() == [0, 1, 1]
 
 
+def test_text_models_start_from_their_defaults():
+    from userseq.tasks.detect import MODEL_DEFAULTS, UserDetector
+
+    c = UserDetector("hlstm").config
+    assert (c.train.batch_size, c.train.epochs, c.train.patience, c.model.dim) == (32, 40, 10, 32)
+    assert UserDetector("gru").config.train.batch_size == 128  # event models: the plain defaults
+    # the caller's settings win over the model's defaults (None = not given, as from the CLI)
+    c = UserDetector(config={"model": {"dim": 16}}, overrides={"model.name": "hlstm", "train.epochs": None,
+                                                               "train.lr": 0.01}).config
+    assert (c.model.dim, c.train.epochs, c.train.lr) == (16, 40, 0.01)
+    assert UserDetector("cnn").config.train.lr == MODEL_DEFAULTS["cnn"]["train.lr"]
+
+
 def test_unknown_model_is_a_config_error():
     from userseq.tasks.detect import UserDetector
 
