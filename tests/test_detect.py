@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from detect_support import TINY, synthetic_detect, synthetic_text
 
 from userseq.data.eventlog import EventLog
 from userseq.detect.data import (
     FEATURE_NAMES,
-    TextData,
     attach_labels,
     edit_features,
     event_data,
@@ -24,41 +24,10 @@ from userseq.detect.data import (
 from userseq.errors import ConfigError, DataError, UserseqError
 from userseq.eval.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
 
-TINY = {"train.epochs": 6, "train.threads": 2, "model.dim": 16, "train.batch_size": 32, "train.lr": 3e-3}
 
-
-def synthetic_detect(n_users: int = 120, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Malicious users hit a few hot articles within minutes; benign users start on their own user
-    page and edit topic pages hours apart."""
-    rng = np.random.default_rng(seed)
-    rows, labels = [], []
-    for u in range(n_users):
-        bad = u % 2
-        n = int(rng.integers(2, 12))
-        t = 1_700_000_000 + int(rng.integers(0, 10**6))
-        for j in range(n):
-            if bad:
-                page = f"Article {int(rng.integers(0, 8))}"
-                t += int(rng.integers(10, 120))
-            else:
-                page = f"User:u{u}" if j == 0 else f"Topic {int(rng.integers(5, 40))}"
-                t += int(rng.integers(600, 5000))
-            rows.append((f"u{u}", page, t))
-        labels.append((f"u{u}", bad))
-    return (pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row"),
-            pl.DataFrame(labels, schema=["user_id", "label"], orient="row"))
-
-
-def synthetic_text(n_users: int = 80, seed: int = 0) -> TextData:
-    rng = np.random.default_rng(seed)
-    good = "the article history section was updated with sources from the library".split()
-    bad = "lol buy cheap stuff here you idiot page sucks".split()
-    posts, labels = [], []
-    for u in range(n_users):
-        words = bad if u % 2 else good
-        posts.append([" ".join(rng.choice(words + good[:3], 8)) for _ in range(int(rng.integers(3, 7)))])
-        labels.append(u % 2)
-    return TextData(pl.Series("user_id", [f"t{u}" for u in range(n_users)]), posts, np.array(labels), source="synthetic")
+def small_events():
+    ev, lab = synthetic_detect(20)
+    return event_data(EventLog.from_frame(ev), lab)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +95,19 @@ def test_users_without_labels_and_single_class():
     assert y.tolist() == [0, 1, 1]
 
 
+def test_text_models_start_from_their_defaults():
+    from userseq.tasks.detect import MODEL_DEFAULTS, UserDetector
+
+    c = UserDetector("hlstm").config
+    assert (c.train.batch_size, c.train.epochs, c.train.patience, c.model.dim) == (32, 40, 10, 32)
+    assert UserDetector("gru").config.train.batch_size == 128  # event models: the plain defaults
+    # the caller's settings win over the model's defaults (None = not given, as from the CLI)
+    c = UserDetector(config={"model": {"dim": 16}}, overrides={"model.name": "hlstm", "train.epochs": None,
+                                                               "train.lr": 0.01}).config
+    assert (c.model.dim, c.train.epochs, c.train.lr) == (16, 40, 0.01)
+    assert UserDetector("cnn").config.train.lr == MODEL_DEFAULTS["cnn"]["train.lr"]
+
+
 def test_unknown_model_is_a_config_error():
     from userseq.tasks.detect import UserDetector
 
@@ -190,19 +172,26 @@ def test_text_models_accept_soft_one_hot(name):
 
 
 @pytest.mark.parametrize("model", ["gru", "transformer"])
-def test_event_encoder_ignores_left_padding(events_data, model):
+def test_event_encoder_ignores_left_padding_and_reads_features(events_data, model):
     from userseq.tasks.detect import UserDetector
 
     det = UserDetector(model, overrides=TINY)
     det.pages = pl.Series("id", ["Article 1"])
     det.feature_names = list(events_data.feature_names)
     det.net = det._build(2, len(det.feature_names), 0).eval()
-    det._event_tables(events_data)
-    ev = torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0]])
-    ev[1, 2:] = ev[0, 2:]
-    a = det.net(events=ev[:1, 2:])
-    b = det.net(events=ev[1:])
-    assert torch.allclose(a, b, atol=1e-5)
+    prep = det._prepare(events_data)
+    users = np.flatnonzero(det._lengths(prep) >= 3)[:2]
+    inp = det._inputs(prep, users, np.array([3, 3]))
+    assert inp["pages"].shape == (2, 3) and inp["features"].shape == (2, 3, len(det.feature_names))
+    # the features reach the encoder through the per-event `features` dict (no per-dataset buffers)
+    first = prep["offsets"][users[0]]
+    assert torch.equal(inp["features"][0, -1], torch.from_numpy(events_data.features[first + 2]))
+    a = det.net(**inp)
+    padded = {"pages": torch.cat([torch.zeros(2, 2, dtype=torch.long), inp["pages"]], 1),
+              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]), inp["features"]], 1)}
+    assert torch.allclose(a, det.net(**padded), atol=1e-5)
+    changed = {"pages": inp["pages"], "features": inp["features"] + 1.0}
+    assert not torch.allclose(a, det.net(**changed), atol=1e-3)
 
 
 # ---------------------------------------------------------------------- estimator
@@ -242,13 +231,49 @@ def test_model_data_mismatch_is_clear(events_data):
 
 def test_baselines_run(events_data):
     pytest.importorskip("sklearn")
+    from threadpoolctl import threadpool_limits
+
     from userseq.detect.baselines import fit_baseline
 
     s = stratified_split(events_data.labels, 0.1, 0.3, seed=0)
-    for name in ("logreg", "pages"):
-        score = fit_baseline(name, events_data, s.train)
-        assert roc_auc(events_data.labels[s.test], score(s.test)) > 0.9
-        assert score(s.test, 1).shape == (len(s.test),)
+    with threadpool_limits(1):  # tiny GBDTs: OpenMP threads only contend on a shared machine
+        for name in ("logreg", "pages", "gbdt-prefix-name"):
+            score = fit_baseline(name, events_data, s.train)
+            assert roc_auc(events_data.labels[s.test], score(s.test)) > 0.9
+            assert score(s.test, 1).shape == (len(s.test),)
+
+
+def test_page_vandal_rate_uses_training_labels_only():
+    from userseq.detect.baselines import page_vandal_rate
+
+    ev = pl.DataFrame({"user_id": ["a", "a", "a", "b", "c"], "item_id": ["P", "P", "Q", "P", "P"],
+                       "timestamp": [1, 2, 3, 4, 5]})
+    log = EventLog.from_frame(ev)
+    data = event_data(log, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 0, 1]}))
+    train = np.array([0, 1])  # a, b; c is a test user
+    rate, log_users = page_vandal_rate(data, train, smoothing=1.0)
+    # prior 0.5; P has training users {a (1), b (0)}; a's own vote is left out of a's events;
+    # a's two P edits count once; c's label is never read
+    assert rate.tolist() == pytest.approx([0.25, 0.25, 0.5, 0.75, 0.5])
+    assert log_users.tolist() == pytest.approx(np.log1p([1, 1, 0, 1, 2]).tolist())
+    data.labels = np.array([1, 0, 0])
+    assert page_vandal_rate(data, train, smoothing=1.0)[0].tolist() == pytest.approx(rate.tolist())
+
+
+def test_tfidf_text_baseline():
+    pytest.importorskip("sklearn")
+    from userseq.detect.baselines import fit_baseline, user_documents
+
+    data = synthetic_text()
+    assert user_documents(data, 2)[0] == "\n".join(data.posts[0][:2])
+    s = stratified_split(data.labels, 0.1, 0.3, seed=0)
+    score = fit_baseline("tfidf", data, s.train)
+    assert roc_auc(data.labels[s.test], score(s.test)) > 0.95
+    assert score(s.test, 1).shape == (len(s.test),)
+    with pytest.raises(ConfigError, match="baseline 'tfidf' reads post texts"):
+        fit_baseline("tfidf", small_events(), s.train)
+    with pytest.raises(ConfigError, match="baseline 'pages' reads event sequences"):
+        fit_baseline("pages", data, s.train)
 
 
 # ---------------------------------------------------------------------- command line + clustering

@@ -210,6 +210,17 @@ def test_bad_recommend_requests(client, body, status, needle):
     assert needle in r.json()["message"]
 
 
+def test_integer_ids_from_odd_strings():
+    import polars as pl
+
+    from userseq.serve.service import IdMap
+
+    ids = IdMap(pl.Series("id", [5, 7]), "item")
+    assert ids.row("7") == 1 and ids.row(" +5 ") == 0
+    for odd in ("²", "+-5", "٣", "5.0", "", True):
+        assert ids.row(odd) is None  # not an integer id: unknown, never a crash
+
+
 def test_bad_requests_elsewhere(client):
     assert client.post("/recommend", content=b"{oops", headers={"content-type": "application/json"}).status_code == 422
     assert client.post("/recommend", content=b"[1, 2]", headers={"content-type": "application/json"}).status_code == 422

@@ -4,18 +4,27 @@
   first-event features, log count) -> standardised logistic regression (`logreg`) or gradient
   boosted trees (`gbdt`).
 * `bag_of_pages`: binary user x page matrix over the first k events -> logistic regression (`pages`).
+* `gbdt-prefix`: one GBDT per prefix length k, trained on the training users' first k events:
+  hand features + the pages' vandal rate among *training* users (`page_vandal_rate`; a training
+  user's own label is left out). `gbdt-prefix-name` adds features of the user name
+  (`username_features`), which is known at edit time but is not behaviour.
+* `tfidf` (post texts): TF-IDF of the user's first k posts (unigrams of the detectors' tokenizer,
+  sublinear tf, words in >= 2 training users) -> logistic regression.
 
-Both use the same splits; hyper-parameters are fixed (no tuning on test). Needs scikit-learn.
+All use the same splits; hyper-parameters are fixed (no tuning on test). Needs scikit-learn.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from userseq.detect.data import EventData
+from userseq.detect.data import EventData, TextData, tokenize
 from userseq.errors import ConfigError
 
-BASELINES = ("logreg", "gbdt", "pages")
+BASELINES = ("logreg", "gbdt", "pages", "gbdt-prefix", "gbdt-prefix-name")
+TEXT_BASELINES = ("tfidf",)
 
 
 def _prefix_rows(data: EventData, k: int | None, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +68,89 @@ def bag_of_pages(data: EventData, k: int | None = None, min_users: int = 2):
     return M
 
 
-def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k: int | None = None):
-    """A fitted scoring function `score(users, k) -> P(malicious)` for baseline `name`."""
+def page_vandal_rate(data: EventData, train: np.ndarray, smoothing: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: the smoothed share of malicious users among the *training* users who edited the
+    event's page, and log(1 + that many users). Labels of other users are never read; for an event
+    of a training user, that user is left out of its page's counts (no label leaks into its own
+    features). Smoothing pulls rare pages towards the training base rate."""
+    assert data.labels is not None
+    f = data.log.frame
+    users, items = f["user"].to_numpy(), f["item"].to_numpy()
+    is_train = np.zeros(data.n_users, dtype=bool)
+    is_train[train] = True
+    y = data.labels
+    n_items = data.log.n_items + 1
+    pairs = np.unique(users.astype(np.int64) * n_items + items)  # one vote per (user, page)
+    pu, pi = pairs // n_items, pairs % n_items
+    keep = is_train[pu]
+    n = np.bincount(pi[keep], minlength=n_items).astype(np.float64)
+    v = np.bincount(pi[keep], weights=y[pu[keep]], minlength=n_items)
+    n_e, v_e = n[items].copy(), v[items].copy()
+    own = is_train[users]
+    n_e[own] -= 1
+    v_e[own] -= y[users[own]]
+    prior = float(y[train].mean())
+    return (v_e + smoothing * prior) / (n_e + smoothing), np.log1p(n_e)
+
+
+def username_features(data: EventData) -> tuple[np.ndarray, list[str]]:
+    """Per user, from the account name: length, digits, upper-case letters, has a space."""
+    import polars as pl
+
+    names = pl.DataFrame({"u": data.user_ids.cast(pl.String)}).select(
+        pl.col("u").str.len_chars().alias("name_length"),
+        pl.col("u").str.count_matches(r"\d").alias("name_digits"),
+        pl.col("u").str.count_matches(r"[A-Z]").alias("name_upper"),
+        pl.col("u").str.contains(" ").alias("name_has_space"))
+    return names.to_numpy().astype(np.float32), names.columns
+
+
+def prefix_features(data: EventData, k: int | None, rate: np.ndarray, log_users: np.ndarray,
+                    with_name: bool = False) -> np.ndarray:
+    """`hand_features` of the first k events + mean and max page vandal rate and mean log page users
+    over them (+ user-name features)."""
+    X, _ = hand_features(data, k)
+    users, rows = _prefix_rows(data, k)
+    n = np.bincount(users, minlength=data.n_users).astype(np.float64)
+    mean_rate = np.bincount(users, weights=rate[rows], minlength=data.n_users) / n
+    max_rate = np.zeros(data.n_users)
+    np.maximum.at(max_rate, users, rate[rows])
+    mean_log = np.bincount(users, weights=log_users[rows], minlength=data.n_users) / n
+    parts = [X, mean_rate[:, None], max_rate[:, None], mean_log[:, None]]
+    if with_name:
+        parts.append(username_features(data)[0])
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def user_documents(data: TextData, k: int | None = None) -> list[str]:
+    """One document per user: their first k posts joined by newlines."""
+    return ["\n".join(ps[:k]) for ps in data.posts]
+
+
+def _fit_tfidf(data: TextData, train: np.ndarray, k: int | None):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    assert data.labels is not None
+    vec = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None, min_df=2, sublinear_tf=True)
+    docs = user_documents(data, k)
+    X = vec.fit_transform([docs[i] for i in train])
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(X, data.labels[train])
+
+    def score(users: np.ndarray, kk: int | None = None) -> np.ndarray:
+        dk = docs if kk == k else user_documents(data, kk)
+        return clf.predict_proba(vec.transform([dk[i] for i in users]))[:, 1]
+    return score
+
+
+def fit_baseline(name: str, data: EventData | TextData, train: np.ndarray, seed: int = 0, k: int | None = None):
+    """A fitted scoring function `score(users, k) -> P(malicious)` for baseline `name`
+    (`logreg`, `gbdt`, `pages` on event data; `tfidf` on post texts)."""
+    if isinstance(data, TextData) != (name in TEXT_BASELINES):
+        if name not in BASELINES + TEXT_BASELINES:
+            raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES + TEXT_BASELINES)}.")
+        what = "post texts" if name in TEXT_BASELINES else "event sequences"
+        raise ConfigError(f"baseline '{name}' reads {what}; got {type(data).__name__}.")
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.linear_model import LogisticRegression
@@ -69,6 +159,8 @@ def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k
     except ImportError:
         raise ConfigError("baselines need scikit-learn: pip install scikit-learn") from None
     assert data.labels is not None
+    if isinstance(data, TextData):
+        return _fit_tfidf(data, train, k)
     y = data.labels
     if name in ("logreg", "gbdt"):
         X, _ = hand_features(data, k)
@@ -82,6 +174,22 @@ def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k
             Xk = X if kk == k else hand_features(data, kk)[0]
             return clf.predict_proba(Xk[users])[:, 1]
         return score
+    if name in ("gbdt-prefix", "gbdt-prefix-name"):
+        rate, log_users = page_vandal_rate(data, train)
+        with_name = name.endswith("-name")
+        models: dict[int | None, tuple[np.ndarray, Any]] = {}
+
+        def prefix_model(kk: int | None) -> tuple[np.ndarray, Any]:
+            if kk not in models:
+                Xk = prefix_features(data, kk, rate, log_users, with_name)
+                clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, random_state=seed)
+                models[kk] = (Xk, clf.fit(Xk[train], y[train]))
+            return models[kk]
+
+        def score(users: np.ndarray, kk: int | None = None) -> np.ndarray:
+            Xk, clf = prefix_model(kk)
+            return clf.predict_proba(Xk[users])[:, 1]
+        return score
     if name == "pages":
         M = bag_of_pages(data, k)
         keep = np.asarray((M[train] > 0).sum(0)).ravel() >= 2
@@ -92,4 +200,4 @@ def fit_baseline(name: str, data: EventData, train: np.ndarray, seed: int = 0, k
             Mk = M if kk == k else bag_of_pages(data, kk)
             return clf.predict_proba(Mk[users][:, keep])[:, 1]
         return score
-    raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES)}.")
+    raise ConfigError(f"unknown baseline '{name}'. Choose one of: {', '.join(BASELINES + TEXT_BASELINES)}.")

@@ -1,9 +1,9 @@
 """Detector networks: user encoders (event sequences or post sequences) + ONE classification head.
 
-* `EventInputs` is an `ItemRepr` over *events*: index e (1..n_events) gives the learned embedding of
-  event e's page plus a projection of its edit-time features. The shared encoders call
-  `items(item_ids)` only (they ignore `features`), so feeding event indices through this table is
-  how features reach them unchanged: `build_encoder(cfg, n, items=EventInputs(...))`.
+* `EventInputs` is an `ItemRepr` over *pages* that also reads the encoder's per-event `features`
+  dict: the vector of an event is its page's learned embedding plus a projection of its edit-time
+  features (`features["event"]`, (B, L, F)). The shared encoders pass `features` through to
+  `items.embed(ids, features)`, so `build_encoder(cfg, n, items=EventInputs(...))` is all it takes.
 * `TokenEmbedding` accepts token ids *or* (soft) one-hot rows: `x @ E` keeps a white-box attacker's
   gradient path from the detector's loss to a generator's token distribution (PETGEN).
 * Text user encoders: `HierLSTM` (word LSTM per post, post LSTM over posts; PETGEN's target),
@@ -56,28 +56,25 @@ class Detector(nn.Module):
 
 # ---------------------------------------------------------------------- event sequences
 class EventInputs(ItemRepr):
-    """Event index -> page embedding + Linear(edit-time features). Index 0 is padding.
+    """Page index -> page embedding, plus Linear(edit-time features) of each event. Index 0 is padding,
+    1 the shared 'rare/unknown page' vector.
 
-    The per-event tables (`event_page`, `event_features`) are data, not parameters: they are not
-    saved with the model and are set with `set_events()` for whatever log is being scored.
+    `forward(pages, features)` with `features["event"]` of shape (..., n_features); without features
+    (e.g. `output_matrix` users) only the page embedding is used.
     """
+
+    FEATURES = "event"
 
     def __init__(self, n_pages: int, n_features: int, dim: int) -> None:
         super().__init__()
-        self.dim, self.n_items = dim, 0
+        self.dim, self.n_items = dim, n_pages
         self.pages = IdEmbedding(n_pages, dim)  # page 1 = rare/unknown page
         self.proj = nn.Linear(n_features, dim)
-        self.register_buffer("event_page", torch.zeros(1, dtype=torch.long), persistent=False)
-        self.register_buffer("event_features", torch.zeros(1, n_features), persistent=False)
 
-    def set_events(self, pages: torch.Tensor, features: torch.Tensor) -> None:
-        dev = self.proj.weight.device
-        self.event_page = torch.cat([torch.zeros(1, dtype=torch.long), pages.long()]).to(dev)
-        self.event_features = torch.cat([torch.zeros(1, features.shape[1]), features.float()]).to(dev)
-        self.n_items = len(pages)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.pages(self.event_page[ids]) + self.proj(self.event_features[ids])
+    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.pages(ids)
+        if features is not None:
+            x = x + self.proj(features[self.FEATURES])
         return x * (ids > 0).unsqueeze(-1)
 
     def output_matrix(self) -> torch.Tensor:
@@ -85,18 +82,15 @@ class EventInputs(ItemRepr):
 
 
 class EventUserEncoder(nn.Module):
-    """Shared sequence encoder over event indices; the user vector is its last hidden state."""
+    """Shared sequence encoder over (page, edit-time features) events; the user vector is its last
+    hidden state. Inputs are left-padded: `pages` (B, L) long (0 = padding), `features` (B, L, F)."""
 
     def __init__(self, encoder: SequenceEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
-    @property
-    def inputs(self) -> EventInputs:
-        return self.encoder.items  # type: ignore[return-value]
-
-    def forward(self, events: torch.Tensor) -> torch.Tensor:
-        return self.encoder.last(events, events > 0)
+    def forward(self, pages: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder.last(pages, pages > 0, {EventInputs.FEATURES: features})
 
 
 # ---------------------------------------------------------------------- text sequences

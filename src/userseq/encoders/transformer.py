@@ -64,9 +64,9 @@ class TransformerEncoder(SequenceEncoder):
         if L > self.max_len:
             item_ids, mask = item_ids[:, -self.max_len :], mask[:, -self.max_len :]
             L = self.max_len
+            if features is not None:
+                features = {k: v[:, -L:] for k, v in features.items()}
         pos = self.positions.weight[self.max_len - L :]
-        if features is not None and L < item_ids.shape[1]:
-            features = {k: v[:, -L:] for k, v in features.items()}
         x = self.items.embed(item_ids, features) * self.scale + pos
         x = self.drop(x) * mask.unsqueeze(-1)
         am = attention_mask(mask, self.causal)

@@ -18,8 +18,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from userseq.errors import UserseqError
+from userseq.serve.classify import DetectorService
 from userseq.serve.models import (
     MAX_K,
+    ClassifyRequest,
+    ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
     ErrorResponse,
@@ -119,8 +122,9 @@ def _validation_message(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app for one loaded run. `userseq serve` runs it with uvicorn."""
+def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES, detector: DetectorService | None = None) -> FastAPI:
+    """The app for one loaded run (and optionally a detector run for /classify). `userseq serve`
+    runs it with uvicorn."""
     app = FastAPI(
         title="userseq", version=_version(),
         description="Next-item recommendations, similar items and users, and user embeddings computed on the "
@@ -160,6 +164,15 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES) -> FastAP
     async def embed(req: EmbedRequest) -> Any:
         """The user embedding after a history (known user and/or explicit items)."""
         return _json(await service.embed(req))
+
+    @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, tags=["detect"])
+    def classify(req: ClassifyRequest) -> Any:
+        """P(malicious) of one user from a posted sequence, with the detector run given to
+        `userseq serve --detector` (event detectors: `items` + `timestamps`; text detectors: `posts`)."""
+        if detector is None:
+            raise RequestError(404, "no detector is loaded: start the service with `userseq serve RUN --detector "
+                                    "DETECT_RUN` (a run directory from `userseq detect train`).")
+        return detector.classify(req)
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=_ERRORS, tags=["similar"])
     async def similar_items(item_id: PathId, k: K = 10) -> Any:

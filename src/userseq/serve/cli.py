@@ -89,9 +89,11 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
         switch_interval: Annotated[float | None, typer.Option(
             help="Python GIL switch interval in seconds (default: Python's 0.005)")] = None,
+        detector: Annotated[Path | None, typer.Option(
+            help="a detector run (`userseq detect train`) answering POST /classify")] = None,
     ) -> None:
-        """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar, the
-        web page at /, the OpenAPI schema at /docs."""
+        """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar,
+        /classify (with --detector), the web page at /, the OpenAPI schema at /docs."""
         try:
             import uvicorn
         except ImportError:
@@ -119,8 +121,11 @@ def register(app: typer.Typer) -> None:
                 threadpool_limits(threads)
             except ImportError:
                 pass
+        from userseq.serve.classify import DetectorService
+
+        classifier = DetectorService.from_run(detector) if detector is not None else None
         service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
-        app = create_app(service, max_body_bytes)
+        app = create_app(service, max_body_bytes, classifier)
         import gc
 
         gc.collect()
@@ -130,6 +135,8 @@ def register(app: typer.Typer) -> None:
         m = service.index.manifest["items"]
         err.print(f"serving {run_dir} ({len(service.items):,} items, {len(service.users):,} users, "
                   f"{m['kind']} index) on http://{host}:{port}/  (API docs: /docs)")
+        if classifier is not None:
+            err.print(f"POST /classify: detector {detector} ({classifier.model}, reads {classifier.info()['reads']})")
         try:
             uvicorn.run(app, host=host, port=port, log_level=log_level)
         finally:

@@ -62,6 +62,54 @@ class EmbedRequest(HistoryInput):
     """The user vector after the given history (the model's state after the last event)."""
 
 
+MAX_POSTS = 1000
+MAX_POST_CHARS = 20_000
+
+
+class ClassifyRequest(_Request):
+    """One user's sequence for a detector run: edit events (`items` + `timestamps`) for event
+    detectors, or `posts` for text detectors."""
+
+    user_id: Id | None = Field(None, description="the user's name (echoed; event detectors use it for the "
+                                                 "own-user-page feature, e.g. 'User:<name>')")
+    items: list[Id] | None = Field(None, min_length=1, max_length=MAX_HISTORY,
+                                   description="event detectors: page/item ids of the user's events")
+    timestamps: list[datetime | float] | None = Field(
+        None, max_length=MAX_HISTORY,
+        description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered by them, ties "
+                    "keep the given order, and the response counts the pairs that were out of order")
+    posts: list[Annotated[str, Field(max_length=MAX_POST_CHARS)]] | None = Field(
+        None, min_length=1, max_length=MAX_POSTS, description="text detectors: the user's posts, oldest first")
+    first_k: int | None = Field(None, ge=1, le=MAX_HISTORY,
+                                description="score from the first k events/posts only (early detection)")
+
+    @model_validator(mode="after")
+    def _one_sequence(self) -> ClassifyRequest:
+        if (self.items is None) == (self.posts is None):
+            raise ValueError("give exactly one of `items` (+ `timestamps`, event detectors) or `posts` (text "
+                             "detectors)")
+        if self.timestamps is not None and (self.items is None or len(self.timestamps) != len(self.items)):
+            raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `items` has "
+                             f"{len(self.items or [])}; give one timestamp per item")
+        if self.posts is not None:
+            empty = [i for i, p in enumerate(self.posts) if not p.strip()]
+            if empty:
+                raise ValueError(f"posts {empty[:10]} are empty; every post needs some text")
+        return self
+
+
+class ClassifyResponse(BaseModel):
+    user_id: Id | None
+    model: str = Field(description="the detector's model")
+    score: float = Field(description="P(malicious)")
+    flagged: bool = Field(description="score >= threshold")
+    threshold: float = Field(description="decision threshold chosen on validation users")
+    threshold_for: str = Field(description="the prefix length the threshold was chosen for ('all' or k)")
+    length: int = Field(description="events/posts received")
+    used: int = Field(description="events/posts the score was computed from (first_k, the model's limit)")
+    reordered: int = Field(0, description="adjacent event pairs whose timestamps were out of order (sorted)")
+
+
 class ScoredItem(BaseModel):
     item_id: Id
     score: float

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import queue
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ import torch
 from userseq.errors import UserseqError
 from userseq.index.run import RunIndex
 from userseq.index.vector import IndexConfig
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 class RequestError(UserseqError):
@@ -55,7 +58,7 @@ class IdMap:
                 return value
             if isinstance(value, str):
                 v = value.strip()
-                if v.lstrip("+-").isdigit():
+                if _INTEGER.fullmatch(v):  # ASCII digits only: int() rejects "²" and "+-5"
                     return int(v)
             return None
         return value if isinstance(value, str) else str(value)

@@ -5,7 +5,8 @@
 >>> det.embed(data)                         # user vectors for clustering
 
 Event models ('gru', 'transformer') run the shared encoders (`userseq.encoders`) over edit events
-(page embedding + edit-time features, see `detect.models.EventInputs`); text models ('hlstm',
+(page embedding + edit-time features passed as the encoders' per-event `features`, see
+`detect.models.EventInputs`); text models ('hlstm',
 'cnn', 'minilm') read post sequences. All end in the same classification head, trained with
 binary cross-entropy by the one training loop; the epoch kept is the best validation ROC-AUC.
 """
@@ -55,6 +56,28 @@ class DetectModelConfig(StrictModel):
     max_tokens: int = Field(30, ge=1)
     vocab_size: int = Field(20000, ge=10)
     min_token_count: int = Field(2, ge=1)
+
+
+# Per-model defaults applied under the caller's settings (chosen on petgen-wiki VALIDATION users,
+# see benchmarks/RESULTS.md): text models learn slowly at first (the loss sits near 0.69 for ~5
+# epochs) and then overfit fast, so they get small batches, more epochs and more patience.
+_TEXT_DEFAULTS = {"train.batch_size": 32, "train.epochs": 40, "train.patience": 10}
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hlstm": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "model.dim": 32},
+    "cnn": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3},
+    "minilm": {**_TEXT_DEFAULTS},
+}
+
+
+def _given_keys(config: dict[str, Any] | None) -> set[str]:
+    """Dotted keys set in a config mapping ({"train": {"lr": 1}} -> {"train.lr"})."""
+    keys: set[str] = set()
+    for sec, sub in (config or {}).items():
+        if isinstance(sub, dict):
+            keys.update(f"{sec}.{k}" for k in sub)
+        else:
+            keys.add(sec)
+    return keys
 
 
 def _train_defaults() -> TrainConfig:
@@ -145,6 +168,11 @@ class UserDetector:
         over = dict(overrides or {})
         if model is not None:
             over["model.name"] = check_model_name(model)
+        if not isinstance(config, DetectConfig):  # a new config: the model's defaults, then the caller's settings
+            given = _given_keys(config)
+            name = over.get("model.name") or cfg.model.name
+            defaults = {k: v for k, v in MODEL_DEFAULTS.get(name, {}).items() if k not in given}
+            over = {**defaults, **{k: v for k, v in over.items() if v is not None}}
         self.config = cfg.updated(over) if over else cfg
         self.net: Detector | None = None
         self.pages: pl.Series | None = None  # page vocabulary (event models), index 2.. in the table
@@ -187,25 +215,27 @@ class UserDetector:
         keep = n_users.filter(pl.col("n") >= self.config.model.page_min_users).sort("item")["item"].to_numpy()
         return data.log.item_ids.gather(keep - 1)
 
-    def _event_tables(self, data: EventData) -> None:
-        assert self.net is not None and self.pages is not None
+    def _event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page) and features."""
+        assert self.pages is not None
         idx = lookup_ids(self.pages, data.log.item_ids, offset=2)  # unknown -> 0
         idx = np.where(idx == 0, 1, idx)  # rare/unknown page -> 1
         per_event = idx[data.log.frame["item"].to_numpy() - 1]
         if data.features.shape[1] != len(self.feature_names):
             raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the model was trained "
                             f"with {len(self.feature_names)} ({self.feature_names}).")
-        inputs = self.net.user_encoder.inputs  # type: ignore[union-attr]
-        inputs.set_events(torch.from_numpy(per_event), torch.from_numpy(data.features))
+        pages = torch.from_numpy(np.concatenate([[0], per_event]).astype(np.int64))
+        feats = torch.cat([torch.zeros(1, data.features.shape[1]), torch.from_numpy(data.features).float()])
+        return pages, feats
 
     # ------------------------------------------------------------------ inputs per batch
     def _prepare(self, data: EventData | TextData) -> dict[str, Any]:
         """Per-dataset arrays the batches are cut from."""
         m = self.config.model
         if isinstance(data, EventData):
-            self._event_tables(data)
+            pages, feats = self._event_tables(data)
             offsets, _ = data.log.sequences()
-            return {"offsets": offsets, "n_events": data.log.n_events}
+            return {"offsets": offsets, "n_events": data.log.n_events, "event_pages": pages, "event_features": feats}
         n_posts = np.array([min(len(p), m.max_posts) for p in data.posts], dtype=np.int64)
         if m.name == "minilm":
             return {"vectors": torch.from_numpy(minilm_vectors(data.posts, m.max_posts)), "n_posts": n_posts}
@@ -224,8 +254,9 @@ class UserDetector:
             starts = prep["offsets"][users]
             ends = starts + k
             width = int(k.max())
-            ev = pad_left(starts, ends, np.arange(1, prep["n_events"] + 1, dtype=np.int64), width)
-            return {"events": torch.from_numpy(ev).to(self.device)}
+            ev = torch.from_numpy(pad_left(starts, ends, np.arange(1, prep["n_events"] + 1, dtype=np.int64), width))
+            return {"pages": prep["event_pages"][ev].to(self.device),
+                    "features": prep["event_features"][ev].to(self.device)}
         P = int(k.max())
         pm = torch.arange(P)[None, :] < torch.from_numpy(k)[:, None]
         u = torch.from_numpy(users)
@@ -313,8 +344,6 @@ class UserDetector:
     def _prep_for(self, data: EventData | TextData) -> dict[str, Any]:
         cache = getattr(self, "_prep_cache", None)
         if cache is not None and cache[0] is data:
-            if isinstance(data, EventData):
-                self._event_tables(data)
             return cache[1]
         prep = self._prepare(data)
         self._prep_cache = (data, prep)
