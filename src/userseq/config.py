@@ -27,9 +27,14 @@ class DataConfig(StrictModel):
     min_item_events: int = Field(0, ge=0)
     k_core: bool = False
     dedup_consecutive: bool = False
-    split: Literal["loo", "temporal"] = "loo"
+    split: Literal["loo", "temporal", "cold-start"] = "loo"
     valid_quantile: float = Field(0.8, gt=0, lt=1)
     test_quantile: float = Field(0.9, gt=0, lt=1)
+    cold_fraction: float = Field(0.2, gt=0, lt=1, description="cold-start split: share of items held out of "
+                                 "training (half for validation targets, half for test targets)")
+    cold_seed: int = Field(0, description="cold-start split: seed of the held-out item draw")
+    item_text: str | None = Field(None, description="item attribute table (item_id + text columns) for text "
+                                  "items; default: the named dataset's item metadata")
 
 
 class ModelConfig(StrictModel):
@@ -43,6 +48,17 @@ class ModelConfig(StrictModel):
     max_len: int = Field(200, ge=2)
     ffn_dim: int | None = Field(None, ge=1, description="feed-forward width (default: dim for SASRec, 4*dim for BERT4Rec)")
     mask_prob: float = Field(0.2, gt=0, lt=1, description="BERT4Rec masking proportion")
+    items: Literal["id", "text", "id+text"] = Field("id", description="item representation (docs/items.md)")
+    item_table: Literal["full", "hash", "qr", "unified", "matryoshka"] = Field(
+        "full", description="how id vectors are stored; compressed tables use model.compression")
+    compression: float = Field(1.0, ge=1, description="memory ratio of the item table vs the full fp32 table "
+                               "(matryoshka: dim / serving prefix)")
+    hash_functions: int = Field(2, ge=1, description="hash / unified tables: look-ups per feature")
+    text_adapter: Literal["moe", "mlp"] = Field("moe", description="text vector -> model space")
+    text_experts: int = Field(8, ge=1, description="experts of the MoE whitening adapter")
+    text_encoder: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
+    quantize: Literal["none", "int8", "pq"] = Field("none", description="set by `userseq compress`")
+    pq_subquantizers: int | None = Field(None, ge=1, description="set by `userseq compress --method pq`")
 
     @field_validator("heads")
     @classmethod
