@@ -68,6 +68,14 @@ class ModelConfig(StrictModel):
             raise ValueError(f"heads ({v}) must divide dim ({dim})")
         return v
 
+    @field_validator("compression")
+    @classmethod
+    def _compressed_table(cls, v: float, info: Any) -> float:
+        if v != 1 and info.data.get("item_table", "full") == "full":
+            raise ValueError("a compression ratio needs a compressed item table: set model.item_table (CLI "
+                             "--item-table) to hash, qr, unified or matryoshka")
+        return v
+
 
 class LossConfig(StrictModel):
     """Training objective over the item catalogue."""

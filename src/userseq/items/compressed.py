@@ -174,11 +174,12 @@ class QuantizedTable(ItemRepr):
 
     def decode(self) -> torch.Tensor:
         if self.method == "int8":
-            return self.codes.float() * self.scale.unsqueeze(1)
-        m, ksub, dsub = self.centroids.shape
-        codes = self.codes.long()
-        parts = [self.centroids[j][codes[:, j]] for j in range(m)]
-        return torch.cat(parts, 1)
+            out = self.codes.float() * self.scale.unsqueeze(1)
+        else:
+            codes = self.codes.long()
+            out = torch.cat([self.centroids[j][codes[:, j]] for j in range(self.centroids.shape[0])], 1)
+        out[0] = 0.0  # padding
+        return out
 
     def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.decoded[ids]

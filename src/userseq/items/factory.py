@@ -93,12 +93,6 @@ def id_table(cfg: Any, n_items: int, special: int, features: dict[str, torch.Ten
     raise ConfigError(f"unknown item table '{kind}'.")
 
 
-def check_config(cfg: Any) -> None:
-    if cfg.item_table == "full" and cfg.compression != 1:
-        raise ConfigError(f"model.compression {cfg.compression} needs a compressed item table: set model.item_table "
-                          "(CLI --item-table) to hash, qr, unified or matryoshka.")
-
-
 def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tensor] | None = None,
                 known: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
                 saved: dict[str, torch.Tensor] | None = None) -> ItemRepr:
@@ -109,7 +103,6 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
     token matrices for the unified table; `saved`: the encoder state dict of a saved run, from which
     all of these are taken instead.
     """
-    check_config(cfg)
     special = special_tokens(cfg)
     saved = {k[len("items."):]: v for k, v in (saved or {}).items() if k.startswith("items.")} or None
     if cfg.quantize != "none":

