@@ -26,6 +26,7 @@ from userseq.errors import ConfigError
 from userseq.items.base import ItemRepr
 
 PRIME = 2_147_483_647  # 2^31 - 1; ids up to ~4e9 keep (a * x + b) inside int64
+CHUNK = 1 << 20  # rows per chunk when a large table's matrix is built for inference
 
 
 def hash_params(k: int, seed: int) -> torch.Tensor:
@@ -64,7 +65,14 @@ class ComputedTable(ItemRepr):
         return out
 
     def output_matrix(self) -> torch.Tensor:
-        return self(torch.arange(self.n_items + 1, device=self._device()))
+        ids = torch.arange(self.n_items + 1, device=self._device())
+        if torch.is_grad_enabled() or self.n_items <= CHUNK:
+            return self(ids)
+        # inference on a huge catalogue: build the matrix in chunks (no k-fold look-up intermediate)
+        out = torch.empty(self.n_items + 1, self.dim, device=ids.device)
+        for lo in range(0, len(ids), CHUNK):
+            out[lo:lo + CHUNK] = self(ids[lo:lo + CHUNK])
+        return out
 
     def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self(ids)

@@ -252,7 +252,10 @@ class MoEWhitening(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(x)
         g = torch.softmax(self.gate(x), dim=-1)  # (..., K)
-        experts = torch.einsum("...ki,kio->...ko", x.unsqueeze(-2) - self.bias, self.weight)
+        k, i, o = self.weight.shape
+        # (x - b_k) W_k = x W_k - b_k W_k: one (i, K*o) product instead of K centred copies of x
+        experts = (x @ self.weight.permute(1, 0, 2).reshape(i, k * o)).unflatten(-1, (k, o))
+        experts = experts - torch.einsum("ki,kio->ko", self.bias, self.weight)
         return (g.unsqueeze(-1) * experts).sum(-2)
 
 
