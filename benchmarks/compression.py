@@ -119,7 +119,6 @@ def scale_child(n_items: int, table: str, ratio: float, steps: int, eval_users: 
     import numpy as np
     import torch
 
-    from userseq.config import RunConfig
     from userseq.encoders import build_encoder
     from userseq.eval.ranking import evaluate, matrix_scorer
     from userseq.items.factory import build_items, table_report

@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import synthetic_events
+
 from userseq import EventLog, NextItemRecommender
 from userseq.data.split import cold_start_split, leave_one_out
 from userseq.errors import ConfigError, DataError
