@@ -8,7 +8,7 @@ ML-1M and amazon-scientific, and a training-memory scaling run on a 10M-item syn
   10M-item catalogue, and with a full table on a smaller catalogue for the extrapolation; each in
   its own subprocess.
 
-    python benchmarks/compression.py --part table --datasets ml-1m amazon-scientific --max-minutes 1.5
+    python benchmarks/compression.py --part table --jobs 2     # budgets: the configs' train.max_minutes
     python benchmarks/compression.py --part scale --items 10000000
 """
 
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from nextitem import run_one
 from results import machine_description, update_section
 
@@ -32,6 +33,13 @@ CONFIGS = {"ml-1m": HERE / "configs" / "compression-ml-1m.yaml",
            "amazon-scientific": HERE / "configs" / "amazon-scientific.yaml"}
 METHODS = ("hash", "qr", "unified", "matryoshka")
 RATIOS = (2, 8, 32)
+
+
+def _machine() -> str:
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return machine_description() + gpu
 
 
 def _store() -> dict:
@@ -49,39 +57,61 @@ def _compress(run: Path, method: str, out: Path, ratio: float | None) -> tuple[d
     cmd = ["userseq", "compress", str(run), "--method", method, "--out", str(out)]
     if ratio is not None:
         cmd += ["--compression", str(ratio)]
-    proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True)
+    prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "userseq.cli"]
+    proc = subprocess.run([*prog, *cmd[1:]], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads((out / "metrics.json").read_text()), " ".join(cmd).replace(str(HERE.parent) + "/", "")
 
 
-def table_part(datasets: list[str], minutes: float, workdir: Path, methods: list[str], ratios: list[int]) -> None:
+def train_part(datasets: list[str], minutes: float, workdir: Path, methods: list[str], ratios: list[int],
+               jobs: int = 1) -> None:
+    """One training run per (dataset, table, ratio), `jobs` at a time (each its own process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    machine = _machine()
+    # interleaved by dataset, so that runs at a time are of different datasets
+    todo = [(ds, m, r) for m, r in [("full", 1)] + [(m, r) for m in methods for r in ratios] for ds in datasets]
+
+    def one(job: tuple[str, str, int]) -> None:
+        ds, method, ratio = job
+        extra = ["--config", str(CONFIGS[ds])]
+        extra += [] if method == "full" else ["--item-table", method, "--compression", str(ratio)]
+        r = run_one(ds, "sasrec", minutes, workdir / f"{ds}-{method}-{ratio}", extra)
+        r["cmd"] = r["cmd"].replace(str(HERE.parent) + "/", "").replace(str(workdir) + "/", "")
+        budget = minutes or yaml.safe_load(CONFIGS[ds].read_text())["train"]["max_minutes"]
+        r.update(method=method, ratio=ratio, budget=budget, jobs=jobs, machine=machine,
+                 date=time.strftime("%Y-%m-%d %H:%M"))
+        _save(f"{ds}/{method}/{ratio}", r)
+        print(f"== {ds}/{method}/{ratio}: ndcg@10 {r['metrics']['test']['ndcg@10']:.4f} "
+              f"bytes {r['metrics']['item_table_bytes']:,}", flush=True)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, todo))
+
+
+def post_part(datasets: list[str], workdir: Path) -> None:
+    """int8 and PQ (8x, 32x) post-training quantization of each dataset's full-table run."""
+    machine = _machine()
     for ds in datasets:
-        base = ["--config", str(CONFIGS[ds])]
-        variants = [("full", 1)] + [(m, r) for m in methods for r in ratios]
-        for method, ratio in variants:
-            key = f"{ds}/{method}/{ratio}"
-            print(f"== {key}", flush=True)
-            extra = base + ([] if method == "full" else ["--item-table", method, "--compression", str(ratio)])
-            r = run_one(ds, "sasrec", minutes, workdir / f"{ds}-{method}-{ratio}", extra)
-            r["cmd"] = r["cmd"].replace(str(HERE.parent) + "/", "")
-            r.update(method=method, ratio=ratio, budget=minutes, date=time.strftime("%Y-%m-%d %H:%M"))
-            _save(key, r)
-            print(f"   ndcg@10 {r['metrics']['test']['ndcg@10']:.4f} bytes {r['metrics']['item_table_bytes']:,}",
-                  flush=True)
         full_run = workdir / f"{ds}-full-1" / f"{ds}-sasrec"
+        budget = _store().get(f"{ds}/full/1", {}).get("budget")
         for method, ratio in [("int8", None), ("pq", 8), ("pq", 32)]:
             key = f"{ds}/{method}/{ratio or 4}"
             print(f"== {key}", flush=True)
             m, cmd = _compress(full_run, method, workdir / f"{ds}-{method}-{ratio}", ratio)
-            _save(key, {"dataset": ds, "method": method, "ratio": ratio or 4, "metrics": m, "cmd": cmd,
-                        "load": os.getloadavg()[1], "budget": minutes, "date": time.strftime("%Y-%m-%d %H:%M")})
+            _save(key, {"dataset": ds, "method": method, "ratio": ratio or 4, "metrics": m,
+                        "cmd": cmd.replace(str(workdir) + "/", ""), "load": os.getloadavg()[1], "budget": budget,
+                        "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M")})
 
 
 def table_section() -> None:
     rows = [r for r in _store().values() if "method" in r]
+    machines = sorted({r.get("machine", "?") for r in rows})
     lines = [
-        f"Machine: {machine_description()} (shared; load = 5-minute load average after the row).",
+        "Machines (the `machine` column): "
+        + "; ".join(f"{chr(65 + i)} = {m}" for i, m in enumerate(machines)) + ". Load = 5-minute load average",
+        "after the row (on A-type 2-core machines above 2 means the CPU was shared).",
         "",
         "SASRec (d=64, 2 blocks, max length 50), full-softmax CE, full ranking over the whole catalogue, seen",
         "items filtered, leave-one-out. ML-1M: benchmarks/configs/compression-ml-1m.yaml; amazon-scientific:",
@@ -94,8 +124,8 @@ def table_section() -> None:
         "(64, 32, ..., 64/ratio) and scores with the 64/ratio prefix: its bytes are those of the scoring",
         "matrix; the encoder's input look-up still reads full-width rows (docs/items.md).",
         "",
-        "| dataset | method | target ratio | item table bytes | achieved ratio | NDCG@10 | HR@10 | epochs (best) | budget | load | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | method | target ratio | item table bytes | achieved ratio | NDCG@10 | HR@10 | epochs (best) | budget | machine (runs at a time) | load | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = ["full", *METHODS, "int8", "pq"]
     for r in sorted(rows, key=lambda r: (r["dataset"], order.index(r["method"]), r["ratio"])):
@@ -105,7 +135,8 @@ def table_section() -> None:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['ratio']}x | {m['item_table_bytes']:,} | "
             f"{tab['full_fp32_bytes'] / m['item_table_bytes']:.1f}x | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | {ep} | "
-            f"{r['budget']} min | {r['load']:.1f} | `{r['cmd']}` |")
+            f"{r['budget']} min | {chr(65 + machines.index(r.get('machine', '?')))} ({r.get('jobs', 1)}) | "
+            f"{r['load']:.1f} | `{r['cmd']}` |")
     lines += ["", "Generated by `python benchmarks/compression.py --part table` (rows kept in "
               "benchmarks/compression_runs.json; dates: " + ", ".join(sorted({r["date"] for r in rows})) + ")."]
     update_section("compression", "Compressed item tables: bytes vs NDCG@10", "\n".join(lines))
@@ -232,11 +263,13 @@ def scale_section() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["table", "scale", "scale-child", "report"], default="report")
+    ap.add_argument("--part", choices=["table", "train", "post", "scale", "scale-child", "report"], default="report")
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (table/train)")
     ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-scientific"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--ratios", nargs="+", type=int, default=list(RATIOS))
-    ap.add_argument("--max-minutes", type=float, default=1.5)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="training budget per run (default: train.max_minutes of the dataset's config)")
     ap.add_argument("--workdir", type=Path, default=HERE / "_work" / "compression")
     ap.add_argument("--items", type=int, default=10_000_000)
     ap.add_argument("--full-items", nargs="+", type=int, default=[2_000_000])
@@ -248,8 +281,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.part == "scale-child":
         return scale_child(args.items, args.table, args.ratio, args.steps, args.eval_users, args.out)
-    if args.part == "table":
-        table_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios)
+    if args.part in ("table", "train"):
+        train_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios, args.jobs)
+    if args.part in ("table", "post"):
+        post_part(args.datasets, args.workdir)
     if args.part == "scale":
         scale_part(args.items, args.full_items, args.ratio, args.steps, args.eval_users, args.workdir)
     table_section()
