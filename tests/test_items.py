@@ -244,7 +244,7 @@ def test_text_items_rank_cold_items_and_reload_identically(fake_text, tmp_path):
     # 100 items, histories of 7: an id model ranks a never-trained item near chance (~10/93)
     log = EventLog.from_frame(synthetic_events(n_users=150, n_items=100, length=8))
     sp = cold_start_split(log, cold_fraction=0.3, seed=0)
-    over = {**TINY, "train.epochs": 12, "train.patience": 12, "train.lr": 0.005, "train.threads": 1}
+    over = {**TINY, "train.epochs": 8, "train.patience": 8, "train.lr": 0.005, "train.threads": 1}
     text = NextItemRecommender("sasrec", overrides={**over, "model.items": "text"}).fit(
         log, sp, item_meta=item_meta(100), quiet=True, run_dir=tmp_path / "text")
     ids = NextItemRecommender("sasrec", overrides=over).fit(log, sp, quiet=True)
