@@ -30,9 +30,8 @@ from results import machine_description, update_section
 HERE = Path(__file__).resolve().parent
 STORE = HERE / "compression_runs.json"
 CONFIGS = {"ml-1m": HERE / "configs" / "compression-ml-1m.yaml",
-           "amazon-scientific": HERE / "configs" / "compression-amazon-scientific.yaml"}
+           "amazon-scientific": HERE / "configs" / "amazon-scientific.yaml"}
 METHODS = ("hash", "qr", "unified", "matryoshka")
-RATIOS = (2, 8, 32)
 
 
 def _machine() -> str:
@@ -121,7 +120,7 @@ def table_section() -> None:
         "",
         "SASRec (d=64, 2 blocks, max length 50), full-softmax CE, full ranking over the whole catalogue, seen",
         "items filtered, leave-one-out. ML-1M: benchmarks/configs/compression-ml-1m.yaml (max length 50);",
-        "amazon-scientific: benchmarks/configs/compression-amazon-scientific.yaml. Every row of a dataset trains",
+        "amazon-scientific: benchmarks/configs/amazon-scientific.yaml. Every row of a dataset trains",
         "for the same fixed, short number of epochs (the budget column): the shared 2-core CPU allowed no more,",
         "and its load varied too much for equal-time budgets to be fair. Rows compare methods at equal training,",
         "not at convergence (longer training raises every row). Bytes = the item representation as stored (tables, hash seeds, codes,",
