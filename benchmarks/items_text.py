@@ -25,6 +25,18 @@ DATASET = "amazon-scientific"
 EPOCHS = yaml.safe_load((HERE / "configs" / f"{DATASET}.yaml").read_text())["train"]["epochs"]
 
 
+def _save(store: Path, key: str, row: dict) -> None:
+    """Add one row; several invocations (e.g. one per split) may run at once."""
+    import fcntl
+
+    (HERE / "_work").mkdir(exist_ok=True)
+    with open(HERE / "_work" / "items_runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = json.loads(store.read_text()) if store.exists() else {}
+        saved[key] = row
+        store.write_text(json.dumps(saved, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", nargs="+", default=["id", "text", "id+text"])
@@ -33,8 +45,8 @@ def main() -> None:
                     help="training time budget per run (default: the config's fixed epochs)")
     ap.add_argument("--workdir", type=Path, default=HERE / "_work" / "items_text")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--store", type=Path, default=STORE, help="JSON file that keeps the rows")
     args = ap.parse_args()
-    saved = json.loads(STORE.read_text()) if STORE.exists() else {}
     for split in [] if args.table_only else args.splits:
         for items in args.items:
             key = f"text/{split}/{items}"
@@ -44,10 +56,10 @@ def main() -> None:
             r["cmd"] = r["cmd"].replace(str(HERE.parent) + "/", "")
             budget = f"{args.max_minutes} min" if args.max_minutes else f"{EPOCHS} epochs"
             r.update(split=split, items=items, budget=budget, date=time.strftime("%Y-%m-%d %H:%M"))
-            saved[key] = r
-            STORE.write_text(json.dumps(saved, indent=1) + "\n")
+            _save(args.store, key, r)
             t = r["metrics"]["test"]
             print(f"   test ndcg@10 {t['ndcg@10']:.4f} hr@10 {t['hr@10']:.4f} ({r['wall']:.0f}s)", flush=True)
+    saved = json.loads(args.store.read_text()) if args.store.exists() else {}
     rows = [r for k, r in saved.items() if k.startswith("text/")]
     lines = [
         f"Machine: {machine_description()} (shared by several jobs: see the load column).",
