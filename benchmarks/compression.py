@@ -69,13 +69,14 @@ def _compress(run: Path, method: str, out: Path, ratio: float | None) -> tuple[d
 
 
 def train_part(datasets: list[str], minutes: float, workdir: Path, methods: list[str], ratios: list[int],
-               jobs: int = 1) -> None:
+               jobs: int = 1, redo: bool = False) -> None:
     """One training run per (dataset, table, ratio), `jobs` at a time (each its own process)."""
     from concurrent.futures import ThreadPoolExecutor
 
     machine = _machine()
     # interleaved by dataset, so that runs at a time are of different datasets; "full" = the baseline
     todo = [(ds, m, r) for m, r in [(m, r) for r in ratios for m in methods] for ds in datasets]
+    todo = [t for t in todo if redo or f"{t[0]}/{t[1]}/{t[2]}" not in _store()]  # rows already measured stay
 
     def one(job: tuple[str, str, int]) -> None:
         ds, method, ratio = job
@@ -261,12 +262,15 @@ def scale_section() -> None:
     if full:
         f = max(full, key=lambda r: r["items"])
         n10 = res[0]["items"]
-        # full table: parameters + gradient + two Adam moments, 4 x 4 bytes x d per item, plus the rest
-        extra = (n10 - f["items"]) * 64 * 4 * 4 / 2**30
+        # full table: weights, gradient, two Adam moments, the trainer's best-epoch copy and the validation
+        # matrix: 6 x 4 bytes x d per item, plus what does not grow with the catalogue
+        extra = (n10 - f["items"]) * 64 * 6 * 4 / 2**30
         lines += ["", f"Full fp32 table at {n10:,} items, extrapolated (not run: it would take about half of the "
                   f"shared machine's memory): peak RSS at {f['items']:,} items ({f['peak_rss_gb']:.2f} GiB) + "
-                  f"{n10 - f['items']:,} items x 64 dims x 16 bytes (weights, gradient, two Adam moments) = "
-                  f"{f['peak_rss_gb'] + extra:.1f} GiB, before the validation matrix."]
+                  f"{n10 - f['items']:,} items x 64 dims x 24 bytes (weights, gradient, two Adam moments, the "
+                  f"trainer's best-epoch copy, the validation matrix) = {f['peak_rss_gb'] + extra:.1f} GiB: it would "
+                  "fit in 24 GiB too, but with about 4x the hashed run's memory. The hashed run's peak is mostly the "
+                  "validation matrix (10M x 64 fp32 = 2.4 GiB); its training alone stays near the RSS after building."]
     lines += ["", f"Command: `{s['cmd']}` ({s['date']})."]
     update_section("compression_scale", "Compressed item tables: training memory at 10M items", "\n".join(lines))
     print("\n".join(lines))
@@ -276,6 +280,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["table", "train", "post", "scale", "scale-child", "report"], default="report")
     ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (table/train)")
+    ap.add_argument("--redo", action="store_true", help="retrain rows that are already in the store")
     ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-scientific"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--ratios", nargs="+", type=int, default=[8, 32, 2], help="in the order to run them")
@@ -293,11 +298,11 @@ def main() -> None:
     if args.part == "scale-child":
         return scale_child(args.items, args.table, args.ratio, args.steps, args.eval_users, args.out)
     if args.part in ("table", "train"):  # the full-table baseline first (post-training needs it)
-        train_part(args.datasets, args.max_minutes, args.workdir, ["full"], [1], args.jobs)
+        train_part(args.datasets, args.max_minutes, args.workdir, ["full"], [1], args.jobs, args.redo)
     if args.part in ("table", "post"):
         post_part(args.datasets, args.workdir)
     if args.part in ("table", "train"):
-        train_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios, args.jobs)
+        train_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios, args.jobs, args.redo)
     if args.part == "scale":
         scale_part(args.items, args.full_items, args.ratio, args.steps, args.eval_users, args.workdir)
     table_section()
