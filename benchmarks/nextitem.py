@@ -43,8 +43,10 @@ def run_one(dataset: str, model: str, minutes: float | None, workdir: Path, extr
     if minutes is not None:
         cmd += ["--max-minutes", str(minutes)]
     exe = Path(sys.executable).with_name("userseq")
+    # without the console script (e.g. a plain checkout on PYTHONPATH): the same CLI as a module
+    prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "userseq.cli"]
     t0 = time.time()
-    proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True)
+    proc = subprocess.run([*prog, *cmd[1:]], capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

@@ -122,7 +122,11 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="training time budget in minutes")] = None,
     loss: Annotated[str | None, typer.Option(help="ce | sampled_softmax | bce | gbce")] = None,
-    split: Annotated[str | None, typer.Option(help="loo | temporal")] = None,
+    split: Annotated[str | None, typer.Option(help="loo | temporal | cold-start")] = None,
+    items: Annotated[str | None, typer.Option(help="item representation: id | text | id+text")] = None,
+    item_table: Annotated[str | None, typer.Option(help="full | hash | qr | unified | matryoshka")] = None,
+    compression: Annotated[float | None, typer.Option(help="item-table memory ratio (e.g. 8 = 8x smaller)")] = None,
+    item_text: Annotated[str | None, typer.Option(help="item attribute table (item_id + text columns)")] = None,
     min_user_events: Annotated[int | None, typer.Option(help="drop users with fewer events (reported)")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
@@ -137,6 +141,9 @@ def train(
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UserseqError(f"--out {out_dir}: exists and is not a directory; choose a run directory.")
+    if item_text is not None and not Path(item_text).is_file():
+        raise UserseqError(f"--item-text {item_text}: file not found; pass a CSV/TSV, Parquet or JSONL table "
+                           "with an item_id column and text columns (title, description, ...).")
     # a file path is recorded absolute, so `evaluate RUN` works from any working directory
     dataset = data if is_dataset_name(data) or not Path(data).exists() else str(Path(data).resolve())
     cfg = _with_options(load_config(config), {
@@ -146,6 +153,9 @@ def train(
         "--user-col": ("data.user_col", user_col), "--item-col": ("data.item_col", item_col),
         "--timestamp-col": ("data.timestamp_col", timestamp_col), "--seed": ("train.seed", seed),
         "--device": ("train.device", device), "--data": ("dataset", dataset),
+        "--items": ("model.items", items), "--item-table": ("model.item_table", item_table),
+        "--compression": ("model.compression", compression),
+        "--item-text": ("data.item_text", item_text and str(Path(item_text).resolve())),
     })
     t0 = time.time()
     log = load_events(data, cfg.data)
@@ -223,7 +233,8 @@ def evaluate(
     if data is None and rec.data_fingerprint and fp != rec.data_fingerprint:
         raise UserseqError(f"{source}: data changed since training (fingerprint {fp} != {rec.data_fingerprint}); "
                            "pass --data explicitly to evaluate on other data.")
-    if log.n_items != len(rec.item_ids) or not log.item_ids.equals(rec.item_ids):
+    # the model's catalogue is the log's items, then items known only from their text (docs/items.md)
+    if log.n_items > len(rec.item_ids) or not log.item_ids.equals(rec.item_ids.head(log.n_items)):
         raise UserseqError(f"{source}: its item catalogue differs from the model's; evaluation needs the same items.")
     sp = make_split(log, cfg.data.split, **_split_kw(cfg))
     metrics = _evaluate_run(rec, log, sp, run_dir)
@@ -362,7 +373,8 @@ def embed(
 
 
 # Task families add their commands here: each module defines `register(app)`.
-COMMAND_MODULES = ("userseq.tasks.ctr_cli", "userseq.serve.cli", "userseq.tasks.detect_cli", "userseq.tasks.attack_cli")
+COMMAND_MODULES = ("userseq.tasks.ctr_cli", "userseq.serve.cli", "userseq.tasks.detect_cli", "userseq.tasks.attack_cli",
+                   "userseq.items.cli")
 
 
 def _register_commands() -> None:

@@ -27,12 +27,17 @@ class DataConfig(StrictModel):
     min_item_events: int = Field(0, ge=0)
     k_core: bool = False
     dedup_consecutive: bool = False
-    split: Literal["loo", "temporal"] = "loo"
+    split: Literal["loo", "temporal", "cold-start"] = "loo"
     valid_quantile: float = Field(0.8, gt=0, lt=1)
     test_quantile: float = Field(0.9, gt=0, lt=1)
     train_windows: Literal["last", "random"] = Field(
         "last", description="training row per user and epoch: the last max_len+1 items, or a random crop of "
         "a longer history (redrawn every epoch; same cost per epoch)")
+    cold_fraction: float = Field(0.2, gt=0, lt=1, description="cold-start split: share of items held out of "
+                                 "training (half for validation targets, half for test targets)")
+    cold_seed: int = Field(0, description="cold-start split: seed of the held-out item draw")
+    item_text: str | None = Field(None, description="item attribute table (item_id + text columns) for text "
+                                  "items; default: the named dataset's item metadata")
 
 
 class ModelConfig(StrictModel):
@@ -50,6 +55,17 @@ class ModelConfig(StrictModel):
     init_std: float | None = Field(
         None, gt=0, description="transformers: N(0, init_std) for every Linear/Embedding weight (GPT-2 style, "
         "e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) item embeddings")
+    items: Literal["id", "text", "id+text"] = Field("id", description="item representation (docs/items.md)")
+    item_table: Literal["full", "hash", "qr", "unified", "matryoshka"] = Field(
+        "full", description="how id vectors are stored; compressed tables use model.compression")
+    compression: float = Field(1.0, ge=1, description="memory ratio of the item table vs the full fp32 table "
+                               "(matryoshka: dim / serving prefix)")
+    hash_functions: int = Field(2, ge=1, description="hash / unified tables: look-ups per feature")
+    text_adapter: Literal["moe", "mlp"] = Field("moe", description="text vector -> model space")
+    text_experts: int = Field(8, ge=1, description="experts of the MoE whitening adapter")
+    text_encoder: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
+    quantize: Literal["none", "int8", "pq"] = Field("none", description="set by `userseq compress`")
+    pq_subquantizers: int | None = Field(None, ge=1, description="set by `userseq compress --method pq`")
 
     @field_validator("heads")
     @classmethod
@@ -57,6 +73,14 @@ class ModelConfig(StrictModel):
         dim = info.data.get("dim", 64)
         if dim % v:
             raise ValueError(f"heads ({v}) must divide dim ({dim})")
+        return v
+
+    @field_validator("compression")
+    @classmethod
+    def _compressed_table(cls, v: float, info: Any) -> float:
+        if v != 1 and info.data.get("item_table", "full") == "full":
+            raise ValueError("a compression ratio needs a compressed item table: set model.item_table (CLI "
+                             "--item-table) to hash, qr, unified or matryoshka")
         return v
 
 

@@ -6,6 +6,10 @@
   cut-off; each user's first event in [valid_cut, test_cut) is a validation target, and each
   user's first event at/after test_cut is a test target, with everything before it as history.
   No training event is at or after the validation cut-off (tested).
+* Cold start: a seeded random share of the items is held out of training entirely (every event
+  on them is removed from the training sequences); half of them are validation items, half test
+  items. A user whose last event is a held-out test (validation) item is a test (validation)
+  user, with all earlier events as history. Test targets are therefore never in training.
 
 Histories are CSR arrays (offsets, items) over the `EventLog`'s item indices.
 """
@@ -115,9 +119,46 @@ def temporal_split(
                  train_max_timestamp=float(train_ts.max()) if len(train_ts) else None)
 
 
+def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Hold `cold_fraction` of the items out of training; users whose last event is one of them
+    are evaluated on it (half the items for validation, half for test)."""
+    offsets, items = log.sequences()
+    n_cold = int(round(cold_fraction * log.n_items))
+    if n_cold < 2:
+        raise DataError(f"{log.source}: cold-start split: cold_fraction {cold_fraction} of {log.n_items} items "
+                        "holds out fewer than 2 items; raise data.cold_fraction.")
+    cold = np.random.default_rng(seed).permutation(np.arange(1, log.n_items + 1))[:n_cold]
+    role = np.zeros(log.n_items + 1, dtype=np.int8)  # 1 = validation item, 2 = test item
+    role[cold[: n_cold // 2]], role[cold[n_cold // 2 :]] = 1, 2
+    starts, ends = offsets[:-1], offsets[1:]
+    lengths = ends - starts
+    users = np.arange(log.n_users, dtype=np.int64)
+    last = items[np.maximum(ends - 1, 0)]
+    keep = role[items] == 0
+    user_of_event = np.repeat(users, lengths)
+    train_offsets = np.concatenate([[0], np.cumsum(np.bincount(user_of_event[keep], minlength=log.n_users))])
+    train_items = items[keep]
+    info: dict = {"cold_items": n_cold, "cold_fraction": cold_fraction, "cold_seed": seed,
+                  "train_events_removed": int((~keep).sum())}
+
+    def targets(r: int, name: str) -> EvalSet:
+        u = users[(lengths >= 2) & (role[last] == r)]
+        h_off, h_items = csr_take(offsets, items, starts[u], ends[u] - 1)
+        info[f"{name}_users"] = int(len(u))
+        return EvalSet(u, last[u].copy(), h_off, h_items)
+
+    valid, test = targets(1, "valid"), targets(2, "test")
+    if len(test) == 0 or len(valid) == 0:
+        raise DataError(f"{log.source}: cold-start split left no {'test' if len(test) == 0 else 'validation'} users "
+                        "(no user's last event is a held-out item); raise data.cold_fraction or change data.cold_seed.")
+    return Split("cold-start", train_offsets, train_items, valid, test, info)
+
+
 def make_split(log: EventLog, kind: str = "loo", **kw) -> Split:
     if kind in ("loo", "leave-one-out"):
         return leave_one_out(log)
     if kind in ("temporal", "time"):
         return temporal_split(log, **kw)
-    raise DataError(f"unknown split '{kind}'. Use 'loo' (leave-one-out) or 'temporal'.")
+    if kind == "cold-start":
+        return cold_start_split(log, **kw)
+    raise DataError(f"unknown split '{kind}'. Use 'loo' (leave-one-out), 'temporal' or 'cold-start'.")

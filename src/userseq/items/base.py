@@ -31,6 +31,16 @@ class ItemRepr(nn.Module):
     def output_matrix(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Output vectors of some items, `output_matrix()[ids]`. Sampled losses call this so that
+        representations that compute their rows (hashed, text) never build the whole matrix."""
+        return self.output_matrix()[ids]
+
+    def table_bytes(self) -> int:
+        """Bytes this representation stores for the catalogue: every parameter and persistent buffer
+        (tables, text vectors, codes, adapters), as saved in model.safetensors."""
+        return state_bytes(self)
+
 
 class IdEmbedding(ItemRepr):
     """One learned vector per item id (the classic table), with optional special tokens."""
@@ -48,3 +58,11 @@ class IdEmbedding(ItemRepr):
 
     def output_matrix(self) -> torch.Tensor:
         return self.table.weight[: self.n_items + 1]
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)
+
+
+def state_bytes(module: nn.Module) -> int:
+    """Bytes of a module's state dict (parameters and persistent buffers)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -1,7 +1,9 @@
 """Next-item losses over the catalogue.
 
 All take hidden states `h` (N, D) at the positions that have a target, the targets (N,) as item
-indices 1..n_items, and the item output matrix `W` (n_items + 1, D), row 0 = padding.
+indices 1..n_items, and the item output matrix `W` (n_items + 1, D), row 0 = padding. `NextItemLoss`
+also takes an item representation (anything with `output_matrix()` / `output_rows(ids)`): the
+sampled losses then compute only the rows they need (hashed and text tables never build the matrix).
 
 * `ce`: full softmax cross-entropy over every item (SASRec+ / BERT4Rec objective).
 * `sampled_softmax`: softmax over the positive and K shared sampled negatives, with logQ correction
@@ -55,8 +57,10 @@ class NextItemLoss:
         kind = cfg.sampler if cfg.name == "sampled_softmax" else "uniform"
         self.sampler = NegativeSampler(n_items, kind, item_counts)
 
-    def __call__(self, h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor, targets: torch.Tensor, W) -> torch.Tensor:
         name = self.cfg.name
+        if not torch.is_tensor(W):
+            W = W.output_matrix() if name == "ce" else _Rows(W)
         if name == "ce":
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(self.cfg.logits_dtype)
             return full_ce(h, targets, W, dtype=dtype)
@@ -74,6 +78,16 @@ class NextItemLoss:
             beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
             return gbce(h, targets, W, neg, beta=beta)
         raise ValueError(name)
+
+
+class _Rows:
+    """`W[idx]` through an item representation's `output_rows`."""
+
+    def __init__(self, items) -> None:
+        self.items = items
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.items.output_rows(idx)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

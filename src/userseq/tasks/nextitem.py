@@ -27,6 +27,8 @@ from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
 from userseq.errors import ArtifactError, ConfigError, UserseqError
 from userseq.eval.ranking import evaluate, matrix_scorer, popularity_scorer, repeat_scorer, scan_catalogue
+from userseq.items.base import ItemRepr
+from userseq.items.factory import build_items, categorical_features, matryoshka_dims, serve_dim, table_report
 from userseq.objectives.nextitem import NextItemLoss
 from userseq.train.loop import Trainer, resolve_device
 
@@ -60,23 +62,29 @@ class NextItemRecommender:
         self.histories: tuple[np.ndarray, np.ndarray] | None = None
         self.data_fingerprint: str | None = None
         self.train_state: dict[str, Any] = {}
+        self.item_info: dict[str, Any] = {}
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ training
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
-            resume: bool = False, quiet: bool = False) -> NextItemRecommender:
+            resume: bool = False, quiet: bool = False, item_meta: pl.DataFrame | None = None) -> NextItemRecommender:
+        """Train on `split` (default: the configured split of `log`). `item_meta` (item_id + attribute
+        columns) gives text items their text; by default it comes from `data.item_text` or from the
+        named dataset's item metadata (see docs/items.md)."""
         cfg = self.config
         split = split or make_split(log, cfg.data.split, **_split_kw(cfg))
         torch.manual_seed(cfg.train.seed)
-        encoder = build_encoder(cfg.model, log.n_items)
-        self.encoder, self.user_ids, self.item_ids = encoder, log.user_ids, log.item_ids
+        catalogue, items = self._build_item_repr(log, split, item_meta)
+        encoder = build_encoder(cfg.model, len(catalogue), items)
+        self.encoder, self.user_ids, self.item_ids = encoder, log.user_ids, catalogue
+        n_items = len(catalogue)
         self.histories = log.sequences()
         self.data_fingerprint = data_fingerprint(log)
         rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(rows) == 0:
             raise UserseqError(f"{log.source}: no training sequence has 2 or more events; nothing to learn from.")
         # popularity for negative sampling comes from the training events only (no test leakage)
-        loss = NextItemLoss(cfg.loss, log.n_items, np.bincount(split.train_items, minlength=log.n_items + 1))
+        loss = NextItemLoss(cfg.loss, n_items, np.bincount(split.train_items, minlength=n_items + 1))
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         self.device = trainer.device
         bs = cfg.train.batch_size
@@ -118,14 +126,64 @@ class NextItemRecommender:
             write_json(self.report(log, split), Path(run_dir) / "metrics.json")
         return self
 
+    def _build_item_repr(self, log: EventLog, split: Split, meta: pl.DataFrame | None
+                         ) -> tuple[pl.Series, ItemRepr | None]:
+        """The catalogue (the log's items, then items that only the attribute table knows) and the
+        configured item representation (None: the encoder's default id table)."""
+        from userseq.items.text import catalogue_extension, item_text_for, text_matrix
+
+        m = self.config.model
+        catalogue, self.item_info = log.item_ids, {}
+        source = "item_meta argument"
+        if meta is None and (m.items != "id" or m.item_table == "unified"):
+            meta, source = self._item_meta(log)
+        text = None
+        if m.items != "id":
+            if meta is None:
+                build_items(m, log.n_items)  # raises the "needs item text" error
+            extra = catalogue_extension(catalogue, meta)
+            if len(extra):
+                catalogue = pl.concat([catalogue, extra])
+            it = item_text_for(catalogue, meta, source)
+            vectors, has_text, stats = text_matrix(it, m.text_encoder)
+            text = (vectors, has_text)
+            self.item_info["item_text"] = {**it.report(), "vectors": stats, "catalogue_items_without_events": len(extra)}
+        if m.items == "id" and m.item_table == "full" and m.quantize == "none":
+            return catalogue, None
+        features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
+        known = torch.from_numpy(np.bincount(split.train_items, minlength=len(catalogue) + 1) > 0)
+        return catalogue, build_items(m, len(catalogue), text=text, known=known, features=features)
+
+    def _item_meta(self, log: EventLog) -> tuple[pl.DataFrame | None, str]:
+        from userseq.data.datasets import is_dataset_name, load_item_metadata
+        from userseq.items.text import read_item_table
+
+        d = self.config.data
+        if d.item_text:
+            return read_item_table(d.item_text), d.item_text
+        name = self.config.dataset or log.source.split(" ")[0]
+        if is_dataset_name(name):
+            meta = load_item_metadata(name)
+            if meta is not None:
+                return meta, f"{name} item metadata"
+        return None, ""
+
+    def _objective(self, h: torch.Tensor, targets: torch.Tensor, items: ItemRepr, loss: NextItemLoss) -> torch.Tensor:
+        """The loss; Matryoshka tables average it over nested prefixes of the vectors."""
+        m = self.config.model
+        if m.item_table != "matryoshka":
+            return loss(h, targets, items)
+        dims = matryoshka_dims(m)
+        return sum(loss(h[:, :d], targets, _Prefix(items, d)) for d in dims) / len(dims)
+
     def _loss(self, model: SequenceEncoder, rows: torch.Tensor, loss: NextItemLoss) -> torch.Tensor:
-        W = model.items.output_matrix()
+        W = model.items
         if model.causal:
             inputs, targets = rows[:, :-1], rows[:, 1:]
             mask = inputs > 0
             h = model(inputs, mask)
             sel = mask & (targets > 0)
-            return loss(h[sel], targets[sel], W)
+            return self._objective(h[sel], targets[sel], W, loss)
         # masked-item (Cloze) objective: hide a random share of real positions, predict them
         x = rows[:, 1:]
         real = x > 0
@@ -134,7 +192,7 @@ class NextItemRecommender:
         hide[none, -1] = real[none, -1]  # every row predicts at least its last item
         inputs = torch.where(hide, torch.full_like(x, model.mask_token()), x)
         h = model(inputs, real)
-        return loss(h[hide], x[hide], W)
+        return self._objective(h[hide], x[hide], W, loss)
 
     # ------------------------------------------------------------------ encoding
     def _check_fitted(self) -> SequenceEncoder:
@@ -163,10 +221,17 @@ class NextItemRecommender:
             width = int(min(L, max(1, lengths[rows].max() + (mask_tok is not None))))
             xt = torch.from_numpy(x[:, -width:]).to(self.device)
             out[torch.from_numpy(rows)] = enc.last(xt, xt > 0).float().cpu()
-        return out
+        return self._serving(out)
 
     def item_matrix(self) -> torch.Tensor:
-        return self._check_fitted().items.output_matrix().detach().float().cpu()
+        """(n_items + 1, D) item output vectors (D = the Matryoshka serving prefix where set)."""
+        enc = self._check_fitted()
+        with torch.no_grad():
+            return self._serving(enc.items.output_matrix().detach().float().cpu())
+
+    def _serving(self, vectors: torch.Tensor) -> torch.Tensor:
+        d = serve_dim(self.config.model)
+        return vectors if d == vectors.shape[1] else vectors[:, :d].contiguous()
 
     def _evaluate(self, eval_set: EvalSet, ks: Sequence[int], filter_seen: bool) -> dict[str, float]:
         users = self.encode(eval_set.offsets, eval_set.items)
@@ -185,17 +250,21 @@ class NextItemRecommender:
         targets, the protocol, training figures and the data description."""
         c = self.config.eval
         seen = (split.test.offsets, split.test.items) if c.filter_seen else None
-        counts = np.bincount(split.train_items, minlength=log.n_items + 1)
-        pop = evaluate(popularity_scorer(counts), log.n_items, split.test.targets, seen, c.ks, c.user_chunk,
+        n_items = len(self.item_ids)
+        counts = np.bincount(split.train_items, minlength=n_items + 1)
+        pop = evaluate(popularity_scorer(counts), n_items, split.test.targets, seen, c.ks, c.user_chunk,
                        c.item_chunk)
         # the repeat baseline only scores history items, so it is evaluated without seen-item filtering
-        rep = evaluate(repeat_scorer(split.test.offsets, split.test.items), log.n_items, split.test.targets, None,
+        rep = evaluate(repeat_scorer(split.test.offsets, split.test.items), n_items, split.test.targets, None,
                        c.ks, c.user_chunk, c.item_chunk)
+        tables = table_report(self._check_fitted().items, self.config.model)
         return {
             "valid": self.evaluate(split.valid), "test": self.evaluate(split.test),
+            "item_table_bytes": tables["item_table_bytes"], "item_table": tables, **self.item_info,
             "filter_seen": c.filter_seen, "ties": "pessimistic", "split": split.kind, "split_info": split.info,
             "model": self.config.model.name, "loss": self.config.loss.name, "train": self.train_state,
-            "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
+            "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "catalogue": n_items,
+                     "events": log.n_events,
                      "fingerprint": self.data_fingerprint, "timestamp_kind": log.timestamp_kind},
             "baselines": {"popularity": pop, "repeat (no seen filter)": rep},
         }
@@ -280,7 +349,8 @@ class NextItemRecommender:
         offsets, items = self.histories
         save_tensors({"offsets": torch.from_numpy(offsets.astype(np.int64)),
                       "items": torch.from_numpy(items.astype(np.int32))}, d / "histories.safetensors")
-        write_json({"train": self.train_state, "data_fingerprint": self.data_fingerprint}, d / "run.json")
+        write_json({"train": self.train_state, "data_fingerprint": self.data_fingerprint, "items": self.item_info},
+                   d / "run.json")
         return d
 
     @classmethod
@@ -303,9 +373,11 @@ class NextItemRecommender:
         rec.item_ids, rec.user_ids = load_ids(d / "item_ids.parquet"), load_ids(d / "user_ids.parquet")
         if meta.get("n_items") and int(meta["n_items"]) != len(rec.item_ids):
             raise ArtifactError(f"{d}: item_ids.parquet has {len(rec.item_ids)} items but the model expects {meta['n_items']}.")
-        enc = build_encoder(cfg.model, len(rec.item_ids))
         try:
+            enc = build_encoder(cfg.model, len(rec.item_ids), build_items(cfg.model, len(rec.item_ids), saved=tensors))
             enc.load_state_dict(tensors)
+        except KeyError as e:
+            raise ArtifactError(f"{d / MODEL_FILE}: weights do not match config.yaml: missing tensor {e}") from None
         except RuntimeError as e:
             raise ArtifactError(f"{d / MODEL_FILE}: weights do not match config.yaml: {str(e).splitlines()[0]}") from None
         rec.encoder = enc
@@ -315,7 +387,8 @@ class NextItemRecommender:
         rec.histories = (h["offsets"].numpy(), h["items"].numpy())
         rec.data_fingerprint = meta.get("data_fingerprint") or None
         if (d / "run.json").exists():
-            rec.train_state = read_json(d / "run.json").get("train", {})
+            run = read_json(d / "run.json")
+            rec.train_state, rec.item_info = run.get("train", {}), run.get("items", {})
         return rec
 
 
@@ -323,7 +396,22 @@ class NextItemRecommender:
 def _split_kw(cfg: RunConfig) -> dict[str, Any]:
     if cfg.data.split == "temporal":
         return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
+    if cfg.data.split == "cold-start":
+        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.cold_seed}
     return {}
+
+
+class _Prefix:
+    """The first `d` dimensions of an item representation's output vectors (Matryoshka losses)."""
+
+    def __init__(self, items: ItemRepr, d: int) -> None:
+        self.items, self.d = items, d
+
+    def output_matrix(self) -> torch.Tensor:
+        return self.items.output_matrix()[:, : self.d]
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.items.output_rows(ids)[..., : self.d]
 
 
 def _subset(e: EvalSet, pick: np.ndarray) -> EvalSet:

@@ -1,0 +1,87 @@
+"""`userseq compress RUN --method int8|pq --out RUN2`: post-training quantization of a run's item table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from userseq.errors import UserseqError
+
+FP32 = 4
+
+
+def compress_run(run_dir: str | Path, method: str, out_dir: str | Path, compression: float | None = None,
+                 subquantizers: int | None = None) -> Any:
+    """Quantize every item vector of a saved run (the catalogue and special tokens, whatever the
+    representation: id table, text adapter, hashed table) and save the result as a new run whose
+    model stores only the codes. Returns the new recommender (not yet evaluated)."""
+    import torch
+
+    from userseq.items.compressed import QuantizedTable, quantize_int8, quantize_pq
+    from userseq.items.factory import special_tokens, table_report
+    from userseq.tasks.nextitem import NextItemRecommender
+
+    if method not in ("int8", "pq"):
+        raise UserseqError(f"--method {method}: use int8 or pq.")
+    if Path(out_dir).resolve() == Path(run_dir).resolve():
+        raise UserseqError(f"--out {out_dir}: must differ from the run being compressed.")
+    rec = NextItemRecommender.load(run_dir)
+    cfg = rec.config.model
+    if cfg.quantize != "none":
+        raise UserseqError(f"{run_dir}: already quantized ({cfg.quantize}); compress the original run instead.")
+    enc = rec.encoder
+    enc.eval()
+    n, d = len(rec.item_ids), cfg.dim
+    before = table_report(enc.items, cfg)
+    with torch.no_grad():
+        matrix = enc.items(torch.arange(n + 1 + special_tokens(cfg), device=rec.device)).float().cpu()
+    if method == "int8":
+        if compression is not None or subquantizers is not None:
+            raise UserseqError("--method int8 has a fixed ratio (1 byte per value plus a scale per row); "
+                               "--compression / --subquantizers are for pq.")
+        codes, scale = quantize_int8(matrix)
+        table = QuantizedTable(n, d, "int8", codes, scale=scale)
+        m = None
+    else:
+        if subquantizers is None:
+            ratio = compression or 8.0
+            m = round(FP32 * d / ratio)  # PQ with 8-bit codes: M bytes per vector instead of 4 d
+            if m < 1 or m > d or d % m:
+                raise UserseqError(f"--compression {ratio}: PQ stores M one-byte codes per vector (ratio 4*dim/M = "
+                                   f"{FP32 * d}/M) and M must divide dim {d}, so ratios below 4 are not possible; "
+                                   "choose e.g. 4, 8, 16, 32 or pass --subquantizers.")
+        else:
+            m = subquantizers
+        codes, centroids = quantize_pq(matrix, m, train_rows=slice(1, n + 1))
+        table = QuantizedTable(n, d, "pq", codes, centroids=centroids)
+    rec.config = rec.config.updated({"model.quantize": method, "model.pq_subquantizers": m})
+    enc.items = table.to(rec.device)
+    after = table_report(table, rec.config.model)
+    rec.item_info = {**rec.item_info, "compressed": {
+        "from": str(Path(run_dir).resolve()), "method": method, "pq_subquantizers": m,
+        "bytes_before": before["item_table_bytes"], "bytes_after": after["item_table_bytes"]}}
+    rec.save(out_dir)
+    return rec
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def compress(
+        run_dir: Annotated[Path, typer.Argument(help="run directory created by `userseq train`")],
+        method: Annotated[str, typer.Option(help="int8 (per-row scale) | pq (faiss product quantization)")],
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="new run directory to write")],
+        compression: Annotated[float | None, typer.Option(help="pq: memory ratio vs fp32 (4*dim/M); default 8")] = None,
+        subquantizers: Annotated[int | None, typer.Option(help="pq: number of sub-quantizers M (bytes per item)")] = None,
+        data: Annotated[str | None, typer.Option(help="evaluate on this data instead of the run's")] = None,
+    ) -> None:
+        """Post-training int8 / PQ quantization of a run's item vectors; evaluates the new run and
+        writes OUT/metrics.json (with item_table_bytes)."""
+        from userseq.cli import evaluate, out
+
+        rec = compress_run(run_dir, method, out_dir, compression, subquantizers)
+        c = rec.item_info["compressed"]
+        out.print(f"{method}: item table {c['bytes_before']:,} -> {c['bytes_after']:,} bytes "
+                  f"({c['bytes_before'] / max(c['bytes_after'], 1):.1f}x smaller); saved {out_dir}")
+        evaluate(out_dir, data=data, filter_seen=None)

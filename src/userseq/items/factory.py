@@ -1,0 +1,149 @@
+"""`build_items`: the item representation a `ModelConfig` asks for.
+
+`model.items` picks what an item is (id | text | id+text); `model.item_table` how its id vectors
+are stored (full | hash | qr | unified | matryoshka) at `model.compression`; `model.quantize`
+(set by `userseq compress`) replaces everything by a quantized frozen matrix. Saved runs rebuild
+the same modules from their own tensors (`saved`), so no metadata, cache or encoder is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from userseq.errors import ConfigError
+from userseq.items.base import IdEmbedding, ItemRepr, state_bytes
+from userseq.items.compressed import (
+    HashEmbedding,
+    QREmbedding,
+    QuantizedTable,
+    UnifiedEmbedding,
+    qr_remainder_rows,
+)
+from userseq.items.text import TextItems
+
+FP32 = 4
+
+
+def special_tokens(cfg: Any) -> int:
+    """Rows above the catalogue the encoder needs (BERT4Rec's [mask])."""
+    return 1 if cfg.name == "bert4rec" else 0
+
+
+def serve_dim(cfg: Any) -> int:
+    """Dimension used for scoring and serving: a Matryoshka prefix, else the full dimension."""
+    if cfg.item_table == "matryoshka":
+        return max(1, round(cfg.dim / cfg.compression))
+    return cfg.dim
+
+
+def matryoshka_dims(cfg: Any) -> list[int]:
+    """Nested prefixes trained together: d, d/2, d/4, ... down to the serving prefix."""
+    dims, m, low = [], cfg.dim, serve_dim(cfg)
+    while m > low:
+        dims.append(m)
+        m //= 2
+    return [*dims, low]
+
+
+def categorical_features(catalogue: pl.Series, meta: pl.DataFrame | None) -> dict[str, torch.Tensor]:
+    """List-of-string attribute columns (e.g. genres) as padded (n_items + 1, T) token matrices
+    (token 0 = none), aligned with the catalogue; the input of the unified table."""
+    if meta is None:
+        return {}
+    out = {}
+    for col, dtype in sorted(meta.schema.items()):
+        if not (isinstance(dtype, pl.List) and dtype.inner == pl.String):
+            continue
+        ids = meta["item_id"].cast(catalogue.dtype, strict=False)
+        aligned = pl.DataFrame({"item_id": catalogue}).join(
+            pl.DataFrame({"item_id": ids, "v": meta[col]}).unique("item_id", keep="first"),
+            on="item_id", how="left", maintain_order="left")["v"].to_list()
+        vocab: dict[str, int] = {}
+        rows = [[vocab.setdefault(t, len(vocab) + 1) for t in (v or []) if t] for v in aligned]
+        width = max([1, *map(len, rows)])
+        mat = np.zeros((len(rows) + 1, width), dtype=np.int64)
+        for i, r in enumerate(rows, start=1):
+            mat[i, : len(r)] = r
+        out[col] = torch.from_numpy(mat)
+    return out
+
+
+def id_table(cfg: Any, n_items: int, special: int, features: dict[str, torch.Tensor] | None = None) -> ItemRepr:
+    """The id part at the configured compression: rows = ceil(full rows / compression)."""
+    kind, c = cfg.item_table, cfg.compression
+    if kind in ("full", "matryoshka"):
+        return IdEmbedding(n_items, cfg.dim, special)
+    if kind == "hash":
+        return HashEmbedding(n_items, cfg.dim, max(1, math.ceil(n_items / c)), cfg.hash_functions,
+                             special_tokens=special)
+    if kind == "qr":
+        return QREmbedding(n_items, cfg.dim, qr_remainder_rows(n_items, max(1, math.ceil(n_items / c))), special)
+    if kind == "unified":
+        features = dict(sorted((features or {}).items()))
+        # full = one d-wide row per id and per attribute value; the shared table has chunk-wide rows
+        vocab = n_items + sum(int(t.max()) for t in features.values())
+        lookups = cfg.hash_functions * (1 + len(features))
+        rows = max(1, math.ceil(vocab * lookups / c))
+        return UnifiedEmbedding(n_items, cfg.dim, rows, cfg.hash_functions, special_tokens=special, features=features)
+    raise ConfigError(f"unknown item table '{kind}'.")
+
+
+def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tensor] | None = None,
+                known: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
+                saved: dict[str, torch.Tensor] | None = None) -> ItemRepr:
+    """Item representation for a `ModelConfig`.
+
+    `text`: (vectors (n_items + 1, E), has_text (n_items + 1,)) for text items; `known`: items with
+    training events (id+text gives only those an id vector); `features`: categorical attribute
+    token matrices for the unified table; `saved`: the encoder state dict of a saved run, from which
+    all of these are taken instead.
+    """
+    special = special_tokens(cfg)
+    saved = {k[len("items."):]: v for k, v in (saved or {}).items() if k.startswith("items.")} or None
+    if cfg.quantize != "none":
+        if saved is None:
+            raise ConfigError("model.quantize is set by `userseq compress` on a trained run; train with "
+                              "quantize: none.")
+        return QuantizedTable(n_items, cfg.dim, cfg.quantize, saved["codes"], saved.get("scale"),
+                              saved.get("centroids"))
+    if saved is not None:
+        prefix = "ids.tokens_" if cfg.items == "id+text" else "tokens_"
+        features = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+    if cfg.items == "id":
+        if text is not None:
+            raise ConfigError("item text was given but model.items is 'id'; use --items text or id+text.")
+        return id_table(cfg, n_items, special, features)
+    if saved is not None:
+        text = (saved["text_vectors"], saved["has_text"])
+    if text is None:
+        raise ConfigError(f"model.items '{cfg.items}' needs item text: a named dataset with item text "
+                          "(amazon-scientific, MovieLens titles) or data.item_text (CLI --item-text FILE).")
+    vectors, has_text = text
+    if cfg.items == "text":
+        return TextItems(vectors, has_text, cfg.dim, "text", special_tokens=special, adapter=cfg.text_adapter,
+                         experts=cfg.text_experts, dropout=cfg.dropout,
+                         id_rows=None if saved is None else saved["id_rows"])
+    return TextItems(vectors, has_text, cfg.dim, "id+text", ids=id_table(cfg, n_items, special, features),
+                     known=known, special_tokens=special, adapter=cfg.text_adapter, experts=cfg.text_experts,
+                     dropout=cfg.dropout)
+
+
+def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:
+    """Bytes of the stored item representation and the plain fp32 id table it replaces.
+
+    Matryoshka serves a prefix: its table bytes are those of the (n_items + 1) x prefix matrix used
+    for scoring (the encoder still reads full-width input rows; see docs/items.md)."""
+    n, d = items.n_items, cfg.dim
+    full = (n + 1) * d * FP32
+    if cfg.item_table == "matryoshka" and cfg.quantize == "none":
+        stored = (n + 1) * serve_dim(cfg) * FP32
+    else:
+        stored = state_bytes(items)
+    return {"items": cfg.items, "table": cfg.item_table, "quantize": cfg.quantize, "dim": d,
+            "serve_dim": serve_dim(cfg), "item_table_bytes": int(stored), "full_fp32_bytes": int(full),
+            "compression": round(full / max(stored, 1), 3)}
