@@ -8,7 +8,7 @@ from torch import nn
 
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask, init_normal_
-from userseq.items.base import ItemRepr
+from userseq.items.base import IdEmbedding, ItemRepr
 
 
 class TransformerEncoder(SequenceEncoder):
@@ -46,8 +46,10 @@ class TransformerEncoder(SequenceEncoder):
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        if init_std is not None:
-            init_normal_(self, init_std)
+        if init_std is not None:  # the encoder's layers, and the item table when it is a plain id table
+            for child in self.children():
+                if child is not items or isinstance(items, IdEmbedding):
+                    init_normal_(child, init_std)
 
     def mask_token(self) -> int | None:
         return self._mask_token
