@@ -84,7 +84,7 @@ def cv_line():
     if not parts:
         return ""
     return ("petgen-wiki, 5-fold cross-validation (same stratified folds, seed 0; neural models with "
-            "`userseq detect train --data petgen-wiki --model M --folds 5 --max-minutes 10 --out "
+            "`userseq detect train --data petgen-wiki --model M --folds 5 --threads 1 --max-minutes 10 --out "
             "benchmarks/_work/detect/cv-petgen-M`): " + "; ".join(parts) + ".")
 
 

@@ -51,6 +51,7 @@ def train(
     with_leakage: Annotated[bool, typer.Option(help="add after-the-fact columns (reverts, STiKi) as features: "
                                                "NOT early detection")] = False,
     max_minutes: float | None = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is much faster on a busy machine)")] = None,
     user_col: str = "user_id",
     item_col: str = "item_id",
     timestamp_col: str = "timestamp",
@@ -71,7 +72,8 @@ def train(
         raise UserseqError(f"--out {out_dir}: exists and is not a directory.")
     over = {"model.name": model, "train.epochs": epochs, "model.dim": dim, "model.max_len": max_len,
             "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "first_k": ks,
-            "with_leakage": with_leakage, "train.max_minutes": max_minutes, "dataset": data}
+            "with_leakage": with_leakage, "train.max_minutes": max_minutes, "train.threads": threads,
+            "dataset": data}
     det = UserDetector(overrides=over)
     d = _load_data(data, labels, model, user_col, item_col, timestamp_col, text_col, with_leakage)
     metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet)
