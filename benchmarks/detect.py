@@ -178,7 +178,7 @@ def main() -> None:
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
                 record(f"petgen-{name}", "petgen-wiki", f"{name} (posts)", m,
-                       f"userseq detect train --data petgen-wiki --model {name} --max-minutes {args.max_minutes:g}")
+                       f"userseq detect train --data petgen-wiki --model {name} --threads 1 --max-minutes {args.max_minutes:g}")
 
     for f in WORK.glob("row-*.json"):  # rows written by other (parallel) runs
         rows[f.stem[4:]] = json.loads(f.read_text())
