@@ -84,7 +84,7 @@ def cv_line():
     if not parts:
         return ""
     return ("petgen-wiki, 5-fold cross-validation (same stratified folds, seed 0; neural models with "
-            "`userseq detect train --data petgen-wiki --model M --folds 5 --max-minutes 10 --out "
+            "`userseq detect train --data petgen-wiki --model M --folds 5 --threads 1 --max-minutes 10 --out "
             "benchmarks/_work/detect/cv-petgen-M`): " + "; ".join(parts) + ".")
 
 
@@ -178,7 +178,7 @@ def main() -> None:
                     print(f"{name}: skipped ({e})", flush=True)
                     continue
                 record(f"petgen-{name}", "petgen-wiki", f"{name} (posts)", m,
-                       f"userseq detect train --data petgen-wiki --model {name} --max-minutes {args.max_minutes:g}")
+                       f"userseq detect train --data petgen-wiki --model {name} --threads 1 --max-minutes {args.max_minutes:g}")
 
     for f in WORK.glob("row-*.json"):  # rows written by other (parallel) runs
         rows[f.stem[4:]] = json.loads(f.read_text())

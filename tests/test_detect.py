@@ -284,7 +284,8 @@ def trained_run(tmp_path_factory, cli):
     ev.write_csv(d / "events.csv")
     lab.write_csv(d / "labels.csv")
     r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv", "--model", "gru",
-                   "--out", d / "run", "--epochs", "6", "--dim", "16", "--batch-size", "16", "--lr", "0.003", "--quiet")
+                   "--out", d / "run", "--epochs", "6", "--dim", "16", "--batch-size", "16", "--lr", "0.003", "--threads", "1",
+            "--quiet")
     assert r.code == 0, r.output
     return d
 

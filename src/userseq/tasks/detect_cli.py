@@ -55,6 +55,7 @@ def train(
                                                      "output directory; its posts are appended to copies of "
                                                      "malicious training users")] = None,
     adversarial_share: Annotated[float, typer.Option(help="share of those users copied")] = 1.0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is much faster on a busy machine)")] = None,
     user_col: str = "user_id",
     item_col: str = "item_id",
     timestamp_col: str = "timestamp",
@@ -75,7 +76,8 @@ def train(
         raise UserseqError(f"--out {out_dir}: exists and is not a directory.")
     over = {"model.name": model, "train.epochs": epochs, "model.dim": dim, "model.max_len": max_len,
             "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "first_k": ks,
-            "with_leakage": with_leakage, "train.max_minutes": max_minutes, "dataset": data}
+            "with_leakage": with_leakage, "train.max_minutes": max_minutes, "train.threads": threads,
+            "dataset": data}
     augment = None
     if adversarial is not None:
         from userseq.attack.defence import augmenter
