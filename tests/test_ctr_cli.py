@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from cli_support import assert_user_error
 
 from userseq.ctr.synthetic import synthetic_ctr_events
 
@@ -16,12 +17,6 @@ train: {batch_size: 256, threads: 1, device: cpu}
 """
 
 
-def assert_user_error(result, *fragments: str) -> None:
-    assert result.code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.error.count("error:") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.error, f"{fragment!r} not in {result.error!r}"
 
 
 @pytest.fixture(scope="module")
