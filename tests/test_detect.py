@@ -194,6 +194,21 @@ def test_event_encoder_ignores_left_padding_and_reads_features(events_data, mode
     assert not torch.allclose(a, det.net(**changed), atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_shared_encoders_cut_features_with_inputs_past_max_len(name):
+    from userseq.config import ModelConfig
+    from userseq.detect.models import EventInputs
+    from userseq.encoders import build_encoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name=name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
+    enc = build_encoder(cfg, 5, items=EventInputs(5, 3, 8)).eval()
+    ids, feats = torch.randint(1, 6, (2, 6)), torch.randn(2, 6, 3)
+    long = enc.last(ids, ids > 0, {"event": feats})
+    short = enc.last(ids[:, -4:], ids[:, -4:] > 0, {"event": feats[:, -4:]})
+    assert torch.allclose(long, short, atol=1e-6)
+
+
 # ---------------------------------------------------------------------- estimator
 @pytest.mark.parametrize("model", ["gru", "transformer"])
 def test_event_detector_learns_and_reloads(events_data, tmp_path, model):
