@@ -82,13 +82,11 @@ def main() -> None:
     torch.set_num_threads(2)
     WORK.mkdir(parents=True, exist_ok=True)
     data = load_petgen_wiki()
-    t_det = time.time()
     for name in args.detectors:
         d = args.det_dir / f"det-{name}"
         if not (d / "model.safetensors").is_file():
             print(f"training detector {name} ({args.train_minutes:g} min budget) -> {d}", flush=True)
             train_detector(name, data, d, args.train_minutes)
-    t_det = time.time() - t_det
     dets = {n: TargetDetector.load(args.det_dir / f"det-{n}") for n in args.detectors}
     split = run_split(args.det_dir / f"det-{args.detectors[0]}", data, dets[args.detectors[0]])
     for n in args.detectors[1:]:
