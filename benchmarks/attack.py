@@ -72,17 +72,21 @@ def main() -> None:
     ap.add_argument("--defence-minutes", type=float, default=4.0, help="budget of the adversarially trained hlstm")
     ap.add_argument("--no-defence", action="store_true")
     ap.add_argument("--overrides", type=json.loads, default={}, help="attack config overrides (JSON)")
+    ap.add_argument("--table-only", action="store_true", help="rewrite RESULTS.md and the figure from audit.json")
     args = ap.parse_args()
+    if args.table_only:
+        result = json.loads((WORK / "audit.json").read_text())
+        plot(result, HERE / "attack_audit.png")
+        write_results(result, args)
+        return
     torch.set_num_threads(2)
     WORK.mkdir(parents=True, exist_ok=True)
     data = load_petgen_wiki()
-    t_det = time.time()
     for name in args.detectors:
         d = args.det_dir / f"det-{name}"
         if not (d / "model.safetensors").is_file():
             print(f"training detector {name} ({args.train_minutes:g} min budget) -> {d}", flush=True)
             train_detector(name, data, d, args.train_minutes)
-    t_det = time.time() - t_det
     dets = {n: TargetDetector.load(args.det_dir / f"det-{n}") for n in args.detectors}
     split = run_split(args.det_dir / f"det-{args.detectors[0]}", data, dets[args.detectors[0]])
     for n in args.detectors[1:]:
@@ -96,45 +100,50 @@ def main() -> None:
     y = data.labels
     mal_train = tr[y[tr] == 1]
 
-    t0 = time.time()
-    # (method, source) fits; copycat and lm are detector-independent
-    jobs = [(m, s) for m in args.methods for s in (["-"] if m in ("copycat", "lm") else sources)]
+    # (method, source) fits; copycat and lm are detector-independent. hlstm-source jobs and the defence come
+    # first; every finished job is saved under WORK/jobs/ and skipped when the script runs again (resumable).
+    jobs = [(m, s) for s in sources for m in args.methods if m not in ("copycat", "lm") or s == sources[0]]
     if "minilm" in dets and "textbugger" in args.methods:
         jobs.append(("textbugger", "minilm"))
+    first = [j for j in jobs if j[1] == sources[0]]
+    rest = [j for j in jobs if j[1] != sources[0]]
     defence_jobs = [] if args.no_defence or "hlstm" not in dets else [(m, "hlstm-adv") for m in args.methods]
+    jobdir = WORK / "jobs"
+    jobdir.mkdir(parents=True, exist_ok=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    rows, quality, train_posts, examples = [], {}, {}, {}
+    t0 = time.time()
     with progress:
         task = progress.add_task("attack audit", total=len(jobs) + len(defence_jobs) + 2)
         progress.update(task, description="shared LMs + sentence vectors")
-        base = Attacker(config=None, overrides=args.overrides)
-        cfg = base.config
+        cfg = Attacker(config=None, overrides=args.overrides).config
         vectors = SentenceVectors(cfg.quality_embedding, [p for u in tr for p in data.posts[u]])
         from userseq.attack.data import attack_users
 
         users = attack_users(data, dets[sources[0]].max_posts)
         cache = WORK / "cache"
-        was_cached = cache.is_dir() and any(cache.glob("*.safetensors"))
         pretrained = cached_generator(cache, users, vocab, tr, va, cfg.generator, cfg.pretrain,
                                       dets[sources[0]].max_tokens, True, quiet=True)
         eval_lm = cached_generator(cache, users, vocab, tr, va, cfg.generator,
                                    cfg.eval_lm.model_copy(update={"seed": cfg.eval_lm.seed + 1}),
                                    dets[sources[0]].max_tokens, False, quiet=True)
         progress.advance(task)
-        ref = None
 
         def log(msg: str) -> None:  # one line per step as well (logs, CI: the bar itself draws on a terminal only)
             if not progress.console.is_terminal:
                 progress.console.print(f"[{(time.time() - t0) / 60:5.1f} min] {msg}", highlight=False)
 
         log(f"pretrained generator {pretrained.train_state}, eval LM {eval_lm.train_state}")
-
         fitted: dict[str, tuple] = {}
 
-        def run_job(method, src_name, src, targets, label):
-            nonlocal ref
-            progress.update(task, description=f"{method} via {src_name}")
-            t = time.time()
+        def run_job(method, src, targets, label, train_posts=False):
+            """Fit, generate, score and rate one post set; the saved job is reused on a rerun."""
+            key = f"{method}@{label}"
+            path = jobdir / f"{key}.json"
+            if path.is_file():
+                progress.advance(task)
+                return json.loads(path.read_text())
+            progress.update(task, description=f"{method} via {label}")
+            t, c = time.time(), time.process_time()
             if method in ("copycat", "lm") and method in fitted:  # detector-free: the same posts again
                 att, posts = fitted[method]
             else:
@@ -142,70 +151,61 @@ def main() -> None:
                     data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
                 posts = att.generate(test)
                 fitted[method] = (att, posts)
-            seconds = time.time() - t
-            key = f"{method}@{label}"
-            quality[key] = att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens)
-            if ref is None:
-                ref = reference_quality(att, test, vectors, eval_lm)
-            out = []
+            fit_seconds = time.time() - t
+            job = {"key": key, "fit_seconds": fit_seconds, "rows": [],
+                   "quality": att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens),
+                   "reference": reference_quality(att, test, vectors, eval_lm),
+                   "examples": [{"user": users.user_ids[i], "label": int(y[i]), "context": users.contexts[i][:100],
+                                 "real": users.final[i][:160], "generated": p[:160]}
+                                for i, p in list(zip(test, posts, strict=True))[:40:8]]}
             for tname, tdet in targets.items():
                 r = efficacy(tdet, att.users, test, posts)
                 r.pop("scores")
                 setting = ("detector-free" if method in ("copycat", "lm")
                            else "white-box" if src is tdet else "black-box")
-                out.append({"method": method, "source": label, "target": tname, "setting": setting,
-                            "seconds": seconds, **r, "info": att.info})
-            log(f"{key}: {seconds:.0f}s; " + ", ".join(
-                f"{o['target']} acc {o['clean']['accuracy']:.3f}->{o['attacked']['accuracy']:.3f}" for o in out))
-            examples[key] = [{"user": users.user_ids[i], "label": int(y[i]), "context": users.contexts[i][:100],
-                              "real": users.final[i][:160], "generated": p[:160]}
-                             for i, p in list(zip(test, posts, strict=True))[:40:8]]
-            return att, out
-
-        for method, s in jobs:
-            src = dets["hlstm" if s == "-" and "hlstm" in dets else (s if s != "-" else sources[0])]
-            targets = {s: dets[s]} if s == "minilm" else dets
-            att, out = run_job(method, s if s != "-" else "-", src, targets, s)
-            rows += out
-            if s in ("hlstm", "-") and defence_jobs:
-                train_posts[method] = att.generate(mal_train)
+                job["rows"].append({"method": method, "source": label, "target": tname, "setting": setting,
+                                    "seconds": fit_seconds, **r, "info": att.info})
+            if train_posts:
+                pl.DataFrame({"user_id": [users.user_ids[u] for u in mal_train],
+                              "post": att.generate(mal_train)}).write_parquet(jobdir / f"{method}-train.parquet")
+            job["seconds"], job["cpu_seconds"] = time.time() - t, time.process_time() - c
+            write_json(job, path)
+            write_json(assemble(args, dets, test, y, pretrained, eval_lm, jobdir, cfg), WORK / "audit.json")
+            log(f"{key}: {job['seconds']:.0f}s ({job['cpu_seconds']:.0f} CPU s); " + ", ".join(
+                f"{o['target']} acc {o['clean']['accuracy']:.3f}->{o['attacked']['accuracy']:.3f}" for o in job["rows"]))
             progress.advance(task)
+            return job
 
-        defence = []
+        def targets_of(s):
+            return {s: dets[s]} if s == "minilm" else dets
+
+        for method, s in first:
+            run_job(method, dets[s], targets_of(s), "-" if method in ("copycat", "lm") else s,
+                    train_posts=bool(defence_jobs))
         if defence_jobs:
-            progress.update(task, description="adversarial training of hlstm")
-            # one attack post per malicious training user, methods mixed round robin
-            order = list(train_posts)
-            posts = pl.DataFrame({"user_id": [users.user_ids[u] for u in mal_train],
-                                  "post": [train_posts[order[k % len(order)]][k] for k in range(len(mal_train))]})
             adv_dir = WORK / "det-hlstm-adv"
+            if not (adv_dir / "model.safetensors").is_file():
+                progress.update(task, description="adversarial training of hlstm")
+                # one attack post per malicious training user, methods mixed round robin
+                tps = {m: pl.read_parquet(jobdir / f"{m}-train.parquet")["post"].to_list() for m in args.methods}
+                posts = pl.DataFrame({"user_id": [users.user_ids[u] for u in mal_train],
+                                      "post": [tps[args.methods[k % len(args.methods)]][k]
+                                               for k in range(len(mal_train))]})
 
-            def augment(d, sp):
-                return adversarial_augment(d, sp, posts, 1.0, 0)
+                def augment(d, sp):
+                    return adversarial_augment(d, sp, posts, 1.0, 0)
 
-            t = time.time()
-            train_detector("hlstm", data, adv_dir, args.defence_minutes, augment=augment)
-            adv_seconds = time.time() - t
-            adv = TargetDetector.load(adv_dir)
-            log(f"adversarially trained hlstm: {adv_seconds:.0f}s")
+                t, c = time.time(), time.process_time()
+                train_detector("hlstm", data, adv_dir, args.defence_minutes, augment=augment)
+                write_json({"seconds": time.time() - t, "cpu_seconds": time.process_time() - c},
+                           jobdir / "defence-training.json")
             progress.advance(task)
+            adv = TargetDetector.load(adv_dir)
             for method, _ in defence_jobs:
-                _, out = run_job(method, "hlstm-adv", adv, {"hlstm-adv": adv}, "hlstm-adv")
-                before = next(r for r in rows if r["method"] == method and r["target"] == "hlstm"
-                              and r["source"] in ("hlstm", "-"))
-                defence.append({"method": method, "before": before, "after": out[0]})
-                progress.advance(task)
-    audit_seconds = time.time() - t0
-    load = os.getloadavg()[0]
-    result = {"n_test": len(test), "n_malicious_test": int(y[test].sum()), "rows": rows, "quality": quality, "quality_real": ref, "defence": defence, "examples": examples,
-              "audit_seconds": audit_seconds, "lm_cached": was_cached,
-              "lm_seconds": pretrained.train_state.get("seconds", 0) + eval_lm.train_state.get("seconds", 0), "detector_training_seconds": t_det, "load": load,
-              "detectors": {n: json.loads((args.det_dir / f"det-{n}" / "metrics.json").read_text())["test"]
-                            for n in args.detectors},
-              "config": cfg.model_dump(mode="json")}
-    if defence:
-        result["defence_detector"] = json.loads((WORK / "det-hlstm-adv" / "metrics.json").read_text())["test"]
-        result["defence_training_seconds"] = adv_seconds
+                run_job(method, adv, {"hlstm-adv": adv}, "hlstm-adv")
+        for method, s in rest:
+            run_job(method, dets[s], targets_of(s), s)
+    result = assemble(args, dets, test, y, pretrained, eval_lm, jobdir, cfg)
     write_json(result, WORK / "audit.json")
     plot(result, HERE / "attack_audit.png")
     write_results(result, args)
@@ -239,6 +239,38 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def assemble(args, dets, test, y, pretrained, eval_lm, jobdir: Path, cfg) -> dict:
+    """audit.json content from the saved jobs (also after a partial run)."""
+    jobs = {p.stem: json.loads(p.read_text()) for p in sorted(jobdir.glob("*@*.json"))}
+    rows = [r for j in jobs.values() for r in j["rows"] if r["source"] != "hlstm-adv"]
+    defence = []
+    for key, j in jobs.items():
+        if key.endswith("@hlstm-adv"):
+            m = key.split("@")[0]
+            before = next((r for r in rows if r["method"] == m and r["target"] == "hlstm"
+                           and r["source"] in ("hlstm", "-")), None)
+            if before is not None:
+                defence.append({"method": m, "before": before, "after": j["rows"][0]})
+    ref = next(iter(jobs.values()))["reference"] if jobs else None
+    dt = jobdir / "defence-training.json"
+    result = {"n_test": len(test), "n_malicious_test": int(y[test].sum()), "rows": rows,
+              "quality": {k: j["quality"] for k, j in jobs.items()}, "quality_real": ref, "defence": defence,
+              "examples": {k: j["examples"] for k, j in jobs.items()},
+              "audit_seconds": sum(j["seconds"] for j in jobs.values()),
+              "audit_cpu_seconds": sum(j["cpu_seconds"] for j in jobs.values()),
+              "lm_seconds": pretrained.train_state.get("seconds", 0) + eval_lm.train_state.get("seconds", 0),
+              "load": os.getloadavg()[0], "jobs_done": len(jobs),
+              "detectors": {n: json.loads((args.det_dir / f"det-{n}" / "metrics.json").read_text())["test"]
+                            for n in dets}, "config": cfg.model_dump(mode="json")}
+    if defence and dt.is_file():
+        t = json.loads(dt.read_text())
+        result["defence_detector"] = json.loads((WORK / "det-hlstm-adv" / "metrics.json").read_text())["test"]
+        result["defence_training_seconds"] = t["seconds"]
+        result["audit_seconds"] += t["seconds"]
+        result["audit_cpu_seconds"] += t["cpu_seconds"]
+    return result
+
+
 def write_results(r: dict, args) -> None:
     rows = r["rows"]
     lines = [
@@ -246,10 +278,10 @@ def write_results(r: dict, args) -> None:
         f"Data: petgen-wiki (794 users), the detectors' stratified user split (70/10/20, seed 0): the attacks are "
         f"fitted on training users (epochs chosen on validation users) and write one post per test user "
         f"({r['n_malicious_test']} malicious of {r['n_test']}). Figure: `benchmarks/attack_audit.png`. "
-        f"Audit time: {r['audit_seconds'] / 60:.1f} min"
-        + (f" plus {r['lm_seconds'] / 60:.1f} min of generator / perplexity-LM pretraining measured in an earlier run "
-           "and loaded from its cache" if r["lm_cached"] else f" (of which {r['lm_seconds'] / 60:.1f} min LM pretraining)")
-        + " (the detectors were trained before it).", "",
+        f"Audit time (sum over the {r['jobs_done']} jobs and the defence training, a resumable run): "
+        f"{r['audit_seconds'] / 60:.1f} min wall, {r['audit_cpu_seconds'] / 60:.1f} min of process CPU time "
+        f"(torch on 2 threads), plus {r['lm_seconds'] / 60:.1f} min of generator and perplexity-LM pretraining "
+        "(3-min budgets each; cached). The detectors were trained before it.", "",
         "Detectors (clean test metrics, threshold chosen on validation users):", "",
         "| detector | accuracy | F1 | ROC-AUC |", "|---|---:|---:|---:|",
         *[f"| {n} | {fmt(m['accuracy'])} | {fmt(m['f1'])} | {fmt(m['roc_auc'])} |" for n, m in r["detectors"].items()],

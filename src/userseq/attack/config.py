@@ -45,7 +45,7 @@ def _attack_defaults() -> TrainConfig:
 class BaselineConfig(StrictModel):
     hotflip_flips: int = Field(5, ge=1, description="greedy HotFlip token flips per post")
     trigger_tokens: int = Field(5, ge=1, description="length of the universal trigger (prepended to the copycat post)")
-    trigger_iters: int = Field(8, ge=1)
+    trigger_iters: int = Field(4, ge=1, description="rounds over the trigger positions")
     trigger_candidates: int = Field(10, ge=1, description="candidate tokens tried per trigger position per round")
     textbugger_max_share: float = Field(0.3, gt=0, le=1, description="most words of the post TextBugger may perturb")
     textbugger_neighbours: int = Field(5, ge=0, description="word-substitution candidates (attacker LM embedding)")
