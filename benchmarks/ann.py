@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import machine_description, update_section  # noqa: E402
+from results import run_header, update_section  # noqa: E402
 
 K = 100
 
@@ -164,15 +163,9 @@ def main() -> None:
                                     users, args.kinds, args.single, {"ef_search": [64, 256], "nprobe": [(16, 10), (64, 10)]},
                                     log)
     load_after = os.getloadavg()
-    cmd = "python benchmarks/ann.py " + " ".join(sys.argv[1:])
     lines = [
-        f"Command: `{cmd.strip()}`",
-        "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Machine: {machine_description()}, {platform.platform()}",
-        f"- Load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-        f"after: {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f} (the 2 cores are shared; "
-        "timings are slower when the load is above 2)",
+        *run_header("ann.py", load_before),
+        f"- Load average (1/5/15 min) after: {'/'.join(f'{x:.2f}' for x in load_after)}",
         f"- Software: faiss {faiss.__version__}, torch {torch.__version__}, numpy {np.__version__}",
         f"- Recall@{K}: share of the exact top-{K} (brute-force inner product) found in the index's top-{K}; "
         f"{args.queries} queries for the synthetic catalogue (clustered items with a {args.latent}-d latent "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import machine_description, update_section  # noqa: E402
+from results import run_header, update_section  # noqa: E402
 
 
 def make_run(path: Path, n_users: int, n_items: int, mean_len: int, dim: int, max_len: int, seed: int = 0) -> None:
@@ -85,13 +84,8 @@ def main() -> None:
         rows.append({"chunk": chunk, "wall": wall, "rss": rss, "rows": meta.num_rows, "groups": meta.num_row_groups,
                      "mb": out.stat().st_size / 2**20, "load": os.getloadavg()[0]})
         print(rows[-1], flush=True)
-    cmd = "python benchmarks/embed_stream.py " + " ".join(sys.argv[1:])
     lines = [
-        f"Command: `{cmd.strip()}`",
-        "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Machine: {machine_description()}, {platform.platform()}",
-        f"- Load average (1 min) before: {load_before[0]:.2f} (the 2 cores are shared with other work)",
+        *run_header("embed_stream.py", load_before),
         f"- Run: {args.users:,} synthetic users (Poisson({args.mean_len}) events each), {args.items:,} items, "
         f"SASRec d={args.dim}, max_len {args.max_len} (untrained: the cost does not depend on the weights)",
         "- Each row is a fresh `userseq embed RUN --out FILE --chunk-size C --quiet` process; peak RSS is its "

@@ -7,7 +7,10 @@ Each script owns one section of benchmarks/RESULTS.md between `<!-- NAME:start -
 from __future__ import annotations
 
 import os
+import platform
 import re
+import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -38,3 +41,16 @@ def update_section(name: str, title: str, body: str, path: Path = RESULTS) -> No
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def run_header(script: str, load_before: tuple[float, ...], machine_note: str = "") -> list[str]:
+    """The first lines of a section: exact command, date, machine, load average before the run."""
+    cmd = f"python benchmarks/{script} " + " ".join(sys.argv[1:])
+    return [
+        f"Command: `{cmd.strip()}`",
+        "",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- Machine: {machine_description()}, {platform.platform()}{machine_note}",
+        f"- Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)} (the cores are shared "
+        "with other work: above ~2, timings are inflated)",
+    ]

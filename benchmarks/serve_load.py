@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import machine_description, update_section  # noqa: E402
+from results import run_header, update_section  # noqa: E402
 
 TARGET_P99_MS = 10.0
 
@@ -207,15 +206,10 @@ def main() -> None:
     import torch
     import uvicorn
 
-    cmd = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
     m = info["model"]
     lines = [
-        f"Command: `{cmd.strip()}`",
-        "",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Machine: {machine_description()}, {platform.platform()}; client and server share the 2 cores",
-        f"- Load average (1 min) before: {load_before[0]:.2f}; per row below (the cores are shared with other "
-        "work: above ~2, timings are inflated)",
+        *run_header("serve_load.py", load_before, "; client and server share the 2 cores"),
+        "- Load average per row below.",
         f"- Service: `userseq serve {args.run}{(' ' + args.server_args) if args.server_args else ''}` (1 uvicorn "
         "worker, torch 1 thread, concurrent histories encoded together in one forward pass)",
         f"- Model: {m['name']} d={m['dim']}, {m['layers']} layers, max_len {m['max_len']}; "
