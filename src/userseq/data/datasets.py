@@ -302,6 +302,16 @@ def _load_ml_latest_small(files: _Files, kind: str) -> _Events:
     return _Events(_epoch_seconds(df), files.where("ratings.csv"))
 
 
+def _s3rec_spec(name: str, fname: str, description: str, licence: str, sha256: str) -> DatasetSpec:
+    """A dataset from the S3-Rec repository: one `user item item ...` file, local or downloaded."""
+    return DatasetSpec(
+        name=name, description=description, licence=licence, homepage="https://github.com/RUCAIBox/CIKM2020-S3Rec",
+        downloads=(Download(f"{_S3REC}/{fname}", fname, sha256=sha256, checksum_source=_LOCAL_SHA),),
+        layouts=(Layout("s3rec", "amazon-s3rec", (fname,)), Layout("s3rec", ".", (fname,))),
+        load=_s3rec_loader(fname),
+    )
+
+
 def _s3rec_loader(filename: str) -> Loader:
     def load(files: _Files, kind: str) -> _Events:
         return _Events(_sequence_lines(files, filename), files.where(filename), "position", [POSITION_NOTE])
@@ -457,43 +467,19 @@ DATASETS: dict[str, DatasetSpec] = {
             load=_load_ml_latest_small,
             metadata=_meta_ml_latest_small,
         ),
-        DatasetSpec(
-            name="amazon-beauty",
-            description="Amazon Beauty 5-core, S3-Rec preprocessing (sequences, no timestamps): "
-            "22,363 users, 12,101 items, 198,502 events",
-            licence="Amazon review data (McAuley lab): research use only; S3-Rec repository has no licence file",
-            homepage="https://github.com/RUCAIBox/CIKM2020-S3Rec",
-            downloads=(
-                Download(
-                    f"{_S3REC}/Beauty.txt", "Beauty.txt",
-                    sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
-                    checksum_source=_LOCAL_SHA,
-                ),
-            ),
-            layouts=(
-                Layout("s3rec", "amazon-s3rec", ("Beauty.txt",)),
-                Layout("s3rec", ".", ("Beauty.txt",)),
-            ),
-            load=_s3rec_loader("Beauty.txt"),
+        _s3rec_spec(
+            "amazon-beauty", "Beauty.txt",
+            "Amazon Beauty 5-core, S3-Rec preprocessing (sequences, no timestamps): 22,363 users, 12,101 items, "
+            "198,502 events",
+            "Amazon review data (McAuley lab): research use only; S3-Rec repository has no licence file",
+            "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
         ),
-        DatasetSpec(
-            name="amazon-lastfm",
-            description="LastFM (HetRec 2011), S3-Rec preprocessing (sequences, no timestamps): "
-            "1,090 users, 3,646 items, 52,551 events",
-            licence="HetRec 2011 terms: research use; S3-Rec repository has no licence file",
-            homepage="https://github.com/RUCAIBox/CIKM2020-S3Rec",
-            downloads=(
-                Download(
-                    f"{_S3REC}/LastFM.txt", "LastFM.txt",
-                    sha256="9ded486adb5b0fe9dc761950afa0a9a05e93ff018992e0c52bf11afec529f802",
-                    checksum_source=_LOCAL_SHA,
-                ),
-            ),
-            layouts=(
-                Layout("s3rec", "amazon-s3rec", ("LastFM.txt",)),
-                Layout("s3rec", ".", ("LastFM.txt",)),
-            ),
-            load=_s3rec_loader("LastFM.txt"),
+        _s3rec_spec(
+            "amazon-lastfm", "LastFM.txt",
+            "LastFM (HetRec 2011), S3-Rec preprocessing (sequences, no timestamps): 1,090 users, 3,646 items, "
+            "52,551 events",
+            "HetRec 2011 terms: research use; S3-Rec repository has no licence file",
+            "9ded486adb5b0fe9dc761950afa0a9a05e93ff018992e0c52bf11afec529f802",
         ),
         DatasetSpec(
             name="amazon-scientific",
