@@ -17,7 +17,8 @@ one progress bar:
 Writes the `attack` section of benchmarks/RESULTS.md, benchmarks/attack_audit.png and per-row JSON under
 benchmarks/_work/attack/.
 
-    nice -n 10 python benchmarks/attack.py
+    python benchmarks/attack.py              # resumable: finished jobs are kept in benchmarks/_work/attack/jobs/
+    python benchmarks/attack.py --table-only # RESULTS.md + figure from what has finished
 """
 
 from __future__ import annotations
@@ -326,7 +327,8 @@ def write_results(r: dict, args) -> None:
             lines.append(f"| {d['method']} | {fmt(b['clean']['accuracy'])} | {fmt(b['attacked']['accuracy'])} "
                          f"| {fmt(b['success_rate'])} | {fmt(a['clean']['accuracy'])} | {fmt(a['attacked']['accuracy'])} "
                          f"| {fmt(a['success_rate'])} |")
-    lines += ["", "Command: `nice -n 10 python benchmarks/attack.py` (detector runs: `userseq detect train --data "
+    lines += ["", "Command: `python benchmarks/attack.py` (resumable: finished jobs are kept in "
+              "benchmarks/_work/attack/jobs/; detector runs: `userseq detect train --data "
               "petgen-wiki --model NAME --epochs 30 --batch-size 32 --max-minutes M --out benchmarks/_work/attack/det-NAME`). "
               "Per-run CLI: `userseq attack run --detector RUN --data petgen-wiki --method petgen [--black-box-surrogate "
               "RUN2] --out DIR`."]
