@@ -226,13 +226,14 @@ def plot(r: dict, path: Path) -> None:
             key = f"{x['method']}@{x['source']}"
             q = r["quality"][key]
             marker = {"white-box": "o", "black-box": "^", "detector-free": "s"}[x["setting"]]
-            ax.scatter(q["bleu2"], x["attacked"]["accuracy"], marker=marker, s=50)
-            ax.annotate(f"{x['method']} ({x['source']})", (q["bleu2"], x["attacked"]["accuracy"]), fontsize=7)
+            ax.scatter(q["style_similarity"], x["attacked"]["accuracy"], marker=marker, s=50)
+            ax.annotate(f"{x['method']} ({x['source']})", (q["style_similarity"], x["attacked"]["accuracy"]),
+                        fontsize=7, rotation=20)
         clean = next((x["clean"]["accuracy"] for x in r["rows"] if x["target"] == target), None)
         if clean is not None:
             ax.axhline(clean, color="grey", ls="--", label="clean accuracy")
-        ax.set_xlabel("BLEU-2 vs real final post (higher = closer)")
-        ax.set_ylabel("detector accuracy, malicious users attacked (lower = stronger)")
+        ax.set_xlabel("style similarity to the user's history (MiniLM cosine)")
+        ax.set_ylabel("accuracy under attack (lower = stronger)")
         ax.set_title(f"target {target}: o white-box, ^ black-box, s no detector")
         ax.legend(fontsize=8)
     fig.tight_layout()
