@@ -149,7 +149,8 @@ def main() -> None:
                 att, posts = fitted[method]
             else:
                 att = Attacker(method, overrides=args.overrides).fit(
-                    data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
+                    data, src, split, cache_dir=cache, quiet=True,
+                    pretrained=pretrained if src.white_box and src.vocab == vocab else None)  # else its own
                 posts = att.generate(test)
                 fitted[method] = (att, posts)
             fit_seconds = time.time() - t
@@ -202,7 +203,7 @@ def main() -> None:
                            jobdir / "defence-training.json")
             progress.advance(task)
             adv = TargetDetector.load(adv_dir)
-            for method, _ in defence_jobs:
+            for method, _ in sorted(defence_jobs, key=lambda j: (j[0] != "petgen", j[0] == "textbugger")):
                 run_job(method, adv, {"hlstm-adv": adv}, "hlstm-adv")
         for method, s in rest:
             run_job(method, dets[s], targets_of(s), s)
