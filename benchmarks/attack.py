@@ -17,7 +17,8 @@ one progress bar:
 Writes the `attack` section of benchmarks/RESULTS.md, benchmarks/attack_audit.png and per-row JSON under
 benchmarks/_work/attack/.
 
-    nice -n 10 python benchmarks/attack.py
+    python benchmarks/attack.py              # resumable: finished jobs are kept in benchmarks/_work/attack/jobs/
+    python benchmarks/attack.py --table-only # RESULTS.md + figure from what has finished
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def main() -> None:
                 att, posts = fitted[method]
             else:
                 att = Attacker(method, overrides=args.overrides).fit(
-                    data, src, split, pretrained=pretrained if src.white_box else None, cache_dir=cache, quiet=True)
+                    data, src, split, cache_dir=cache, quiet=True,
+                    pretrained=pretrained if src.white_box and src.vocab == vocab else None)  # else its own
                 posts = att.generate(test)
                 fitted[method] = (att, posts)
             fit_seconds = time.time() - t
@@ -201,7 +203,7 @@ def main() -> None:
                            jobdir / "defence-training.json")
             progress.advance(task)
             adv = TargetDetector.load(adv_dir)
-            for method, _ in defence_jobs:
+            for method, _ in sorted(defence_jobs, key=lambda j: (j[0] != "petgen", j[0] == "textbugger")):
                 run_job(method, adv, {"hlstm-adv": adv}, "hlstm-adv")
         for method, s in rest:
             run_job(method, dets[s], targets_of(s), s)
@@ -225,13 +227,14 @@ def plot(r: dict, path: Path) -> None:
             key = f"{x['method']}@{x['source']}"
             q = r["quality"][key]
             marker = {"white-box": "o", "black-box": "^", "detector-free": "s"}[x["setting"]]
-            ax.scatter(q["bleu2"], x["attacked"]["accuracy"], marker=marker, s=50)
-            ax.annotate(f"{x['method']} ({x['source']})", (q["bleu2"], x["attacked"]["accuracy"]), fontsize=7)
+            ax.scatter(q["style_similarity"], x["attacked"]["accuracy"], marker=marker, s=50)
+            ax.annotate(f"{x['method']} ({x['source']})", (q["style_similarity"], x["attacked"]["accuracy"]),
+                        fontsize=7, rotation=20)
         clean = next((x["clean"]["accuracy"] for x in r["rows"] if x["target"] == target), None)
         if clean is not None:
             ax.axhline(clean, color="grey", ls="--", label="clean accuracy")
-        ax.set_xlabel("BLEU-2 vs real final post (higher = closer)")
-        ax.set_ylabel("detector accuracy, malicious users attacked (lower = stronger)")
+        ax.set_xlabel("style similarity to the user's history (MiniLM cosine)")
+        ax.set_ylabel("accuracy under attack (lower = stronger)")
         ax.set_title(f"target {target}: o white-box, ^ black-box, s no detector")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -326,7 +329,8 @@ def write_results(r: dict, args) -> None:
             lines.append(f"| {d['method']} | {fmt(b['clean']['accuracy'])} | {fmt(b['attacked']['accuracy'])} "
                          f"| {fmt(b['success_rate'])} | {fmt(a['clean']['accuracy'])} | {fmt(a['attacked']['accuracy'])} "
                          f"| {fmt(a['success_rate'])} |")
-    lines += ["", "Command: `nice -n 10 python benchmarks/attack.py` (detector runs: `userseq detect train --data "
+    lines += ["", "Command: `python benchmarks/attack.py` (resumable: finished jobs are kept in "
+              "benchmarks/_work/attack/jobs/; detector runs: `userseq detect train --data "
               "petgen-wiki --model NAME --epochs 30 --batch-size 32 --max-minutes M --out benchmarks/_work/attack/det-NAME`). "
               "Per-run CLI: `userseq attack run --detector RUN --data petgen-wiki --method petgen [--black-box-surrogate "
               "RUN2] --out DIR`."]

@@ -153,6 +153,8 @@ def text_quality(generated: list[str], real_final: list[str], histories: list[li
                  vectors: SentenceVectors, vocab: list[str], lm: torch.nn.Module | None,
                  max_tokens: int) -> dict[str, Any]:
     """Quality metrics of `generated` posts (aligned with the users' real final posts, histories, contexts)."""
+    if lm is not None and getattr(lm, "words", None):
+        vocab = lm.words  # the LM's own (training) vocabulary: one reference for every method and detector
     gen = [tokenize(p) for p in generated]
     ref = [tokenize(p) for p in real_final]
     known = set(vocab[2:])
