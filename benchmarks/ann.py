@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import run_header, update_section  # noqa: E402
+from results import publish, run_header  # noqa: E402
 
 K = 100
 
@@ -185,10 +185,8 @@ def main() -> None:
                      f"{r['qps_batch']:,.0f} | {r['build_s']:.1f} | {r['mib']:.0f} |")
     if ml1m_note:
         lines += ["", ml1m_note]
-    body = "\n".join(lines)
-    print(body)
+    publish("ann", "ANN indexes: recall@100 against exact search, latency", lines, write=not args.no_write)
     if not args.no_write:
-        update_section("ann", "ANN indexes: recall@100 against exact search, latency", body)
         log("wrote the ann section of benchmarks/RESULTS.md")
 
 

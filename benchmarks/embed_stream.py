@@ -23,7 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import run_header, update_section  # noqa: E402
+from results import publish, run_header  # noqa: E402
 
 
 def make_run(path: Path, n_users: int, n_items: int, mean_len: int, dim: int, max_len: int, seed: int = 0) -> None:
@@ -97,10 +97,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['chunk']:,} | {r['rows']:,} | {r['groups']} | {r['mb']:.0f} | {r['wall']:.1f} | "
                      f"{r['rows'] / r['wall']:,.0f} | {r['rss']:.2f} | {r['load']:.2f} |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_section("embed", "Batch embeddings: streamed `userseq embed` over 1M users", body)
+    publish("embed", "Batch embeddings: streamed `userseq embed` over 1M users", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

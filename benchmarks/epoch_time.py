@@ -24,7 +24,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import run_header, update_section  # noqa: E402
+from results import publish, run_header  # noqa: E402
 
 BASE = {"model": {"name": "sasrec", "dim": 64, "layers": 2, "heads": 1, "dropout": 0.1, "max_len": 200},
         "loss": {"name": "ce"}, "train": {"batch_size": 128, "lr": 0.003}}
@@ -62,10 +62,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['variant']} | {min(r['epochs']):.1f} | {', '.join(f'{s:.1f}' for s in r['epochs'])} | "
                      f"{r['valid']:.4f} | {r['load']:.1f} |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_section("epoch_time", "SASRec training speed on ML-1M (seconds per epoch)", body)
+    publish("epoch_time", "SASRec training speed on ML-1M (seconds per epoch)", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,11 @@ def run_header(script: str, load_before: tuple[float, ...], machine_note: str = 
         f"- Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)} (the cores are shared "
         "with other work: above ~2, timings are inflated)",
     ]
+
+
+def publish(name: str, title: str, lines: list[str], write: bool = True) -> None:
+    """Print a section's lines and, unless `write` is false (--no-write), store them in RESULTS.md."""
+    body = "\n".join(lines)
+    print(body)
+    if write:
+        update_section(name, title, body)

@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import run_header, update_section  # noqa: E402
+from results import publish, run_header  # noqa: E402
 
 TARGET_P99_MS = 10.0
 
@@ -238,10 +238,8 @@ def main() -> None:
                      f"`{kind}` requests: p99 per run {', '.join(f'{p:.1f}' for p in p99s)} ms (median {med:.1f}; "
                      f"{passed}/{len(runs)} runs within target), {errs} errors: **{'PASS' if ok else 'FAIL'}** "
                      "(median run)")
-    body = "\n".join(lines)
-    print(body)
+    publish("serve", "HTTP service: /recommend throughput and latency (ML-1M)", lines, write=not args.no_write)
     if not args.no_write:
-        update_section("serve", "HTTP service: /recommend throughput and latency (ML-1M)", body)
         log("wrote the serve section of benchmarks/RESULTS.md")
 
 
