@@ -162,12 +162,12 @@ def scale_child(n_items: int, table: str, ratio: float, steps: int, eval_users: 
     import numpy as np
     import torch
 
+    from userseq.core.trainer import Trainer
     from userseq.encoders import build_encoder
-    from userseq.eval.ranking import evaluate, matrix_scorer
     from userseq.items.factory import build_items, table_report
-    from userseq.objectives.nextitem import NextItemLoss
-    from userseq.tasks.nextitem import NextItemRecommender
-    from userseq.train.loop import Trainer
+    from userseq.losses.nextitem import NextItemLoss
+    from userseq.metrics.ranking import evaluate, matrix_scorer
+    from userseq.nextitem.estimator import NextItemRecommender
 
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # noqa: E731
     over = {"model.max_len": 50, "model.item_table": table, "loss.name": "sampled_softmax",

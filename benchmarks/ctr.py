@@ -88,8 +88,8 @@ def scaling_cell(model: str, L: int, n_cand: int, repeats: int) -> dict:
     torch.set_num_threads(1)
     from userseq.ctr.config import CTRConfig
     from userseq.ctr.data import Behaviours, Samples, Vocab
+    from userseq.ctr.estimator import CTREstimator
     from userseq.ctr.models import build_ctr_model
-    from userseq.tasks.ctr import CTREstimator
 
     n_items, n_cats = 10_000, 100
     cfg = CTRConfig().updated({**SCALING_MODELS[model], "model.max_len": L, "model.long_len": L})
@@ -157,10 +157,10 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
     torch.set_num_threads(1)
     from userseq.ctr.config import CTRConfig
     from userseq.ctr.data import build_ctr_data
+    from userseq.ctr.estimator import CTREstimator
     from userseq.ctr.synthetic import synthetic_ctr_events
     from userseq.data.eventlog import EventLog
-    from userseq.eval.ctr import auc
-    from userseq.tasks.ctr import CTREstimator
+    from userseq.metrics.ctr import auc
 
     df = synthetic_ctr_events(n_users=users, history_len=L, n_targets=targets, seed=seed)
     cfg = CTRConfig().updated({"data.category_col": "category", "data.target_col": "is_target",

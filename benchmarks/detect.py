@@ -24,7 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from results import machine_description, update_section  # noqa: E402
 
-from userseq.artifacts import write_json  # noqa: E402
+from userseq.core.artifacts import write_json  # noqa: E402
+from userseq.core.errors import ConfigError  # noqa: E402
 from userseq.detect.baselines import fit_baseline  # noqa: E402
 from userseq.detect.data import (  # noqa: E402
     load_petgen_wiki,
@@ -32,9 +33,8 @@ from userseq.detect.data import (  # noqa: E402
     stratified_folds,
     stratified_split,
 )
-from userseq.errors import ConfigError  # noqa: E402
-from userseq.eval.classification import best_threshold, binary_metrics  # noqa: E402
-from userseq.tasks.detect import UserDetector, train_and_evaluate  # noqa: E402
+from userseq.detect.estimator import UserDetector, train_and_evaluate  # noqa: E402
+from userseq.metrics.classification import best_threshold, binary_metrics  # noqa: E402
 
 WORK = HERE / "_work" / "detect"
 KS = [1, 2, 5, 10]
@@ -44,7 +44,7 @@ WIKI_BASELINES = {"logreg": "baseline logreg", "gbdt": "baseline gbdt", "pages":
 WIKI_NEURAL = {"gru": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6, "train.patience": 2},
                "transformer": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6,
                                "train.patience": 2, "model.layers": 2}}
-# text models run with their defaults (tasks/detect.py MODEL_DEFAULTS, chosen on validation users)
+# text models run with their defaults (detect/estimator.py MODEL_DEFAULTS, chosen on validation users)
 TEXT_NEURAL = ("hlstm", "cnn", "minilm")
 
 
@@ -198,7 +198,7 @@ def main() -> None:
         "length k and add the page vandal rate among training users (docs/detection.md). The LEAKAGE row uses "
         "after-the-fact columns (isReverted, cluebotRevert, STiKi) and is not early detection.", "",
         "petgen-wiki: hlstm and cnn run with their per-model defaults, chosen on the 80 validation users "
-        "(tasks/detect.py MODEL_DEFAULTS; earlier rows at 0.49/0.61 ROC-AUC had stopped after 4-5 epochs "
+        "(detect/estimator.py MODEL_DEFAULTS; earlier rows at 0.49/0.61 ROC-AUC had stopped after 4-5 epochs "
         "under a 4-minute budget on a starved CPU, on the loss plateau of the first ~5 epochs). They now "
         "train to convergence (training loss near 0, best validation epoch kept), but word-level models "
         "learned from 556 training users overfit, and they still trail TF-IDF + logistic regression; on "

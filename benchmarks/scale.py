@@ -45,7 +45,7 @@ def eval_part(n_items: int, n_users: int, out: str) -> None:
     import numpy as np
     import torch
 
-    from userseq.eval.ranking import evaluate, matrix_scorer
+    from userseq.metrics.ranking import evaluate, matrix_scorer
 
     torch.manual_seed(0)
     U, W = torch.randn(n_users, 64), torch.randn(n_items + 1, 64)

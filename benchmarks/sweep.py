@@ -88,7 +88,7 @@ def main() -> None:
     if "--table" in sys.argv:
         render_table(Path(__file__).resolve().parent / "sweeps")
         return
-    from userseq.config import RunConfig
+    from userseq.nextitem.config import RunConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)

@@ -41,7 +41,7 @@ def cyclic_frame(n_users: int = 80, length: int = 14, seed: int = 0) -> pl.DataF
 def trained_run() -> Path:
     """Directory of a trained SASRec run (no index yet); copy it before changing it."""
     from userseq import EventLog, NextItemRecommender
-    from userseq.artifacts import write_json
+    from userseq.core.artifacts import write_json
     from userseq.data.split import leave_one_out
 
     root = Path(tempfile.mkdtemp(prefix="userseq-serve-test-"))

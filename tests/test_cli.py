@@ -300,8 +300,8 @@ def test_real_process_exit_code_and_stderr(tmp_path):
 
 
 def test_command_line_ids_follow_the_model_id_type():
-    from userseq.cli import _typed
-    from userseq.errors import UserseqError
+    from userseq.core.errors import UserseqError
+    from userseq.nextitem.cli import _typed
 
     ints = pl.Series("id", [3, 10])
     assert _typed(["10", " 3"], ints, "user") == [10, 3]

@@ -113,7 +113,7 @@ def test_http_score_endpoint(cli, run):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from userseq.ctr.serve import create_ctr_app
+    from userseq.serve.routes.ctr import create_ctr_app
 
     client = TestClient(create_ctr_app(run))
     assert client.get("/health").json()["model"] == "dare"

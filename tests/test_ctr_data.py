@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from userseq.core.errors import ConfigError, DataError
 from userseq.ctr.config import CTRConfig, CTRDataConfig
 from userseq.ctr.data import build_ctr_data, make_batch, position_buckets
 from userseq.data.eventlog import EventLog
-from userseq.errors import ConfigError, DataError
 
 FRAME = pl.DataFrame({
     "user_id": ["u1", "u1", "u1", "u1", "u2", "u2", "u2"],

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from userseq.errors import DataError
-from userseq.eval.ctr import auc, ctr_metrics, group_auc, logloss
+from userseq.core.errors import DataError
+from userseq.metrics.ctr import auc, ctr_metrics, group_auc, logloss
 
 
 def test_auc_hand_computed_with_ties():

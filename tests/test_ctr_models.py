@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from userseq.core.errors import ArtifactError, DataError
 from userseq.ctr.config import CTRConfig, CTRModelConfig
 from userseq.ctr.data import build_ctr_data, make_batch
+from userseq.ctr.estimator import CTREstimator
 from userseq.ctr.models import build_ctr_model
 from userseq.ctr.synthetic import synthetic_ctr_events
 from userseq.data.eventlog import EventLog
-from userseq.errors import ArtifactError, DataError
-from userseq.tasks.ctr import CTREstimator
 
 MODELS = ["nohist", "mean", "din", "sim", "twin", "sdim", "dare"]
 SMALL = {"model.item_dim": 8, "model.cat_dim": 8, "model.user_dim": 4, "model.mlp": [32, 16],
@@ -132,7 +132,7 @@ def test_long_range_signal_is_recovered(synth):
     sim = CTREstimator("sim", config=cfg, overrides=fit).fit(data, quiet=True).evaluate(data, "test")
     short = CTREstimator("din", config=cfg, overrides={**fit, "model.max_len": 50, "train.epochs": 2}).fit(
         data, quiet=True).evaluate(data, "test")
-    from userseq.eval.ctr import auc
+    from userseq.metrics.ctr import auc
 
     oracle = auc(data.samples.label[test], df.filter(df["is_target"])["click_prob"].to_numpy()[test])
     assert oracle > 0.8

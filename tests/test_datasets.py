@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from userseq.core.errors import DataError
 from userseq.data import datasets as ds
 from userseq.data.datasets import (
     POSITION_NOTE,
@@ -23,7 +24,6 @@ from userseq.data.datasets import (
     load_item_metadata,
 )
 from userseq.data.eventlog import EventLog
-from userseq.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # <repo>/../shared/data
 

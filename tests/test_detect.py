@@ -10,6 +10,7 @@ import pytest
 import torch
 from detect_support import TINY, synthetic_detect, synthetic_text
 
+from userseq.core.errors import ConfigError, DataError, UserseqError
 from userseq.data.eventlog import EventLog
 from userseq.detect.data import (
     FEATURE_NAMES,
@@ -21,8 +22,7 @@ from userseq.detect.data import (
     stratified_split,
     validate_labels,
 )
-from userseq.errors import ConfigError, DataError, UserseqError
-from userseq.eval.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
+from userseq.metrics.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
 
 
 def small_events():
@@ -96,7 +96,7 @@ def test_users_without_labels_and_single_class():
 
 
 def test_text_models_start_from_their_defaults():
-    from userseq.tasks.detect import MODEL_DEFAULTS, UserDetector
+    from userseq.detect.estimator import MODEL_DEFAULTS, UserDetector
 
     c = UserDetector("hlstm").config
     assert (c.train.batch_size, c.train.epochs, c.train.patience, c.model.dim) == (32, 40, 10, 32)
@@ -109,7 +109,7 @@ def test_text_models_start_from_their_defaults():
 
 
 def test_unknown_model_is_a_config_error():
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     with pytest.raises(ConfigError, match="unknown detector model 'lstm2'.*gru, transformer"):
         UserDetector("lstm2")
@@ -173,7 +173,7 @@ def test_text_models_accept_soft_one_hot(name):
 
 @pytest.mark.parametrize("model", ["gru", "transformer"])
 def test_event_encoder_ignores_left_padding_and_reads_features(events_data, model):
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     det = UserDetector(model, overrides=TINY)
     det.pages = pl.Series("id", ["Article 1"])
@@ -196,9 +196,9 @@ def test_event_encoder_ignores_left_padding_and_reads_features(events_data, mode
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_shared_encoders_cut_features_with_inputs_past_max_len(name):
-    from userseq.config import ModelConfig
     from userseq.detect.models import EventInputs
     from userseq.encoders import build_encoder
+    from userseq.encoders.config import ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(name=name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
@@ -212,7 +212,7 @@ def test_shared_encoders_cut_features_with_inputs_past_max_len(name):
 # ---------------------------------------------------------------------- estimator
 @pytest.mark.parametrize("model", ["gru", "transformer"])
 def test_event_detector_learns_and_reloads(events_data, tmp_path, model):
-    from userseq.tasks.detect import UserDetector, train_and_evaluate
+    from userseq.detect.estimator import UserDetector, train_and_evaluate
 
     det = UserDetector(model, overrides=TINY)
     metrics = train_and_evaluate(events_data, det, tmp_path / "run", quiet=True)
@@ -227,7 +227,7 @@ def test_event_detector_learns_and_reloads(events_data, tmp_path, model):
 
 
 def test_text_detector_hlstm_learns():
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     data = synthetic_text()
     split = stratified_split(data.labels, 0.15, 0.25, seed=0)
@@ -238,7 +238,7 @@ def test_text_detector_hlstm_learns():
 
 
 def test_model_data_mismatch_is_clear(events_data):
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     with pytest.raises(DataError, match="reads post texts"):
         UserDetector("hlstm").fit(events_data)
@@ -345,7 +345,7 @@ def test_cli_cluster_report(trained_run, cli):
 
 
 def test_cross_validation_folds(events_data):
-    from userseq.tasks.detect import UserDetector, train_and_evaluate
+    from userseq.detect.estimator import UserDetector, train_and_evaluate
 
     det = UserDetector("gru", overrides={**TINY, "train.epochs": 2})
     m = train_and_evaluate(events_data, det, None, folds=2, quiet=True)

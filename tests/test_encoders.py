@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from userseq.config import ModelConfig
+from userseq.core.errors import ConfigError
 from userseq.encoders import ENCODERS, build_encoder
-from userseq.errors import ConfigError
+from userseq.encoders.config import ModelConfig
 
 
 @pytest.mark.parametrize("name", ENCODERS)

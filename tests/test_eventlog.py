@@ -12,9 +12,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
+from userseq.core.errors import DataError, UserseqError
 from userseq.data.eventlog import Columns, EventLog
 from userseq.data.split import leave_one_out
-from userseq.errors import DataError, UserseqError
 
 
 def frame(rows: list[tuple], names=("user_id", "item_id", "timestamp")) -> pl.DataFrame:

@@ -10,7 +10,7 @@ pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'us
 
 from serve_support import fresh_run, trained_run  # noqa: E402
 
-from userseq.errors import ArtifactError, ConfigError, UserseqError  # noqa: E402
+from userseq.core.errors import ArtifactError, ConfigError, UserseqError  # noqa: E402
 from userseq.index import IndexConfig, RunIndex, VectorIndex, exact_search, recall_at_k  # noqa: E402
 from userseq.index import vector as vector_mod  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_run_index_build_load_and_staleness(tmp_path):
     q = rec.user_embeddings()[:5]
     np.testing.assert_array_equal(loaded.items.search(q, 10)[1], built.items.search(q, 10)[1])
     # the model changes: the old index is refused with a clear message
-    from userseq.artifacts import load_tensors, save_tensors
+    from userseq.core.artifacts import load_tensors, save_tensors
 
     tensors, meta = load_tensors(run / "model.safetensors")
     first = next(iter(tensors))

@@ -14,8 +14,8 @@ import torch
 from conftest import synthetic_events
 
 from userseq import EventLog, NextItemRecommender
+from userseq.core.errors import ConfigError, DataError
 from userseq.data.split import cold_start_split, leave_one_out
-from userseq.errors import ConfigError, DataError
 from userseq.items import text as text_mod
 from userseq.items.compressed import (
     HashEmbedding,
@@ -108,7 +108,7 @@ def test_categorical_features_align_with_catalogue():
 
 
 def test_matryoshka_prefixes():
-    from userseq.config import ModelConfig
+    from userseq.encoders.config import ModelConfig
 
     cfg = ModelConfig(dim=64, item_table="matryoshka", compression=8)
     assert serve_dim(cfg) == 8 and matryoshka_dims(cfg) == [64, 32, 16, 8]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from userseq import EventLog, NextItemRecommender
-from userseq.artifacts import read_json
+from userseq.core.artifacts import read_json
+from userseq.core.errors import ArtifactError, UserseqError
 from userseq.data.split import leave_one_out
-from userseq.errors import ArtifactError, UserseqError
 
 SMALL = {
     "model.dim": 32, "model.max_len": 16, "model.heads": 2, "train.batch_size": 32, "train.epochs": 12,

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from userseq.config import LossConfig
-from userseq.objectives.nextitem import NegativeSampler, NextItemLoss, full_ce, gbce, sampled_softmax
+from userseq.losses.config import LossConfig
+from userseq.losses.nextitem import NegativeSampler, NextItemLoss, full_ce, gbce, sampled_softmax
 
 
 def test_fused_full_ce_matches_reference_value_and_gradients():

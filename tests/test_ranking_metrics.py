@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from userseq.eval.ranking import (
+from userseq.metrics.ranking import (
     coverage,
     evaluate,
     matrix_scorer,
@@ -95,7 +95,7 @@ def test_coverage_and_baselines():
 
 
 def test_scan_never_exceeds_the_chunk_budget(monkeypatch):
-    import userseq.eval.ranking as R
+    import userseq.metrics.ranking as R
 
     monkeypatch.setattr(R, "MAX_CELLS", 64)
     sizes = []

@@ -275,7 +275,7 @@ def test_concurrent_requests_are_batched(service):
     hist = [[FIRST_ITEM + (s + j) % N_ITEMS for j in range(5)] for s in range(24)]
 
     async def many():
-        from userseq.serve.models import RecommendRequest
+        from userseq.serve.schemas import RecommendRequest
 
         return await asyncio.gather(*(service.recommend(RecommendRequest(history=h, k=3)) for h in hist))
 

@@ -18,10 +18,10 @@ from serve_support import fresh_run  # noqa: E402
 
 from userseq.data.eventlog import EventLog  # noqa: E402
 from userseq.detect.data import event_data, stratified_split  # noqa: E402
+from userseq.detect.estimator import UserDetector, train_and_evaluate  # noqa: E402
 from userseq.serve.app import create_app  # noqa: E402
-from userseq.serve.classify import DetectorService  # noqa: E402
+from userseq.serve.routes.detect import DetectorService  # noqa: E402
 from userseq.serve.service import Service  # noqa: E402
-from userseq.tasks.detect import UserDetector, train_and_evaluate  # noqa: E402
 
 T0 = 1_700_000_000
 # the synthetic pattern (detect_support.synthetic_detect): vandals hit hot articles seconds apart,

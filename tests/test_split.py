@@ -5,9 +5,9 @@ import polars as pl
 import pytest
 
 from userseq import EventLog
+from userseq.core.errors import DataError
 from userseq.data.batches import csr_take, last_window, training_windows
 from userseq.data.split import leave_one_out, make_split, temporal_split
-from userseq.errors import DataError
 
 
 def log_from(rows):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from userseq.config import TrainConfig
-from userseq.train.loop import Trainer
+from userseq.core.config import TrainConfig
+from userseq.core.trainer import Trainer
 
 
 def _fit(values, **cfg):

@@ -174,8 +174,8 @@ def test_page_user_recommendations_similar_and_map(browser, tmp_path):
 def test_page_with_movielens_titles(browser, tmp_path):
     """The synthetic items are integers 100..139, which are MovieLens-1M MovieIDs: with movies.dat
     the page shows the real titles (skipped when ML-1M is not available locally)."""
+    from userseq.core.errors import UserseqError
     from userseq.data.datasets import load_item_metadata
-    from userseq.errors import UserseqError
 
     try:
         meta = load_item_metadata("ml-1m")

@@ -1,7 +1,7 @@
 """userseq: user and item embeddings learned by sequence models from behaviour logs."""
 
+from userseq.core.errors import UserseqError
 from userseq.data.eventlog import EventLog
-from userseq.errors import UserseqError
 
 __all__ = ["EventLog", "UserseqError", "NextItemRecommender", "__version__"]
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy import keeps `import userseq` light (torch is loaded only when a model is needed).
     if name == "NextItemRecommender":
-        from userseq.tasks.nextitem import NextItemRecommender
+        from userseq.nextitem.estimator import NextItemRecommender
 
         return NextItemRecommender
     raise AttributeError(name)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from userseq.attack.data import AttackUsers
 from userseq.attack.target import TargetDetector
 from userseq.detect.data import tokenize
-from userseq.tasks.detect import encode_posts
+from userseq.detect.estimator import encode_posts
 
 LOOKALIKE = {"o": "0", "l": "1", "i": "1", "a": "@", "e": "3", "s": "$", "t": "7"}
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from userseq.config import StrictModel, TrainConfig, merge_overrides, validate_config
+from userseq.core.config import StrictModel, TrainConfig, merge_overrides, validate_config
 
 METHODS = ("petgen", "copycat", "hotflip", "trigger", "textbugger", "lm")
 GRADIENT_METHODS = ("petgen", "hotflip", "trigger")  # need a differentiable token path (white-box or surrogate)

@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from userseq.core.errors import DataError
 from userseq.detect.data import TextData, tokenize
-from userseq.errors import DataError
-from userseq.tasks.detect import encode_posts
+from userseq.detect.estimator import encode_posts
 
 
 @dataclass

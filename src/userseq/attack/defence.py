@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from userseq.core.errors import DataError
 from userseq.detect.data import DetectSplit, TextData
-from userseq.errors import DataError
 
 SUFFIX = "#adv"
 

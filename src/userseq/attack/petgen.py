@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from userseq.artifacts import load_tensors, save_tensors
 from userseq.attack.config import AttackConfig, GeneratorConfig, LossWeights
 from userseq.attack.data import AttackUsers, EncodedUsers, encode_users
 from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import attack_loss, set_mmd, soft_nll
 from userseq.attack.target import TargetDetector
-from userseq.config import TrainConfig
-from userseq.tasks.detect import encode_posts
-from userseq.train.loop import Trainer
+from userseq.core.artifacts import load_tensors, save_tensors
+from userseq.core.config import TrainConfig
+from userseq.core.trainer import Trainer
+from userseq.detect.estimator import encode_posts
 
 TARGETS_PER_USER = 4  # posts predicted per user and pretraining step (the final post + 3 random earlier ones)
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from userseq.core.errors import ConfigError
 from userseq.detect.data import tokenize
-from userseq.errors import ConfigError
 
 SMOOTH_EPS = 0.1
 
@@ -134,7 +134,7 @@ class SentenceVectors:
 @torch.no_grad()
 def perplexity(lm: torch.nn.Module, vocab: list[str], posts: list[str], max_tokens: int) -> float:
     """Per-token perplexity of `posts` under an unconditional `PostGenerator` (end-of-post counted)."""
-    from userseq.tasks.detect import encode_posts
+    from userseq.detect.estimator import encode_posts
 
     if not posts:
         return float("nan")

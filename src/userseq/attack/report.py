@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from userseq.core.errors import ConfigError
 from userseq.detect.cluster import _html
-from userseq.errors import ConfigError
 
 QUALITY_ROWS = (("bleu2", "BLEU-2 vs real final post"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),
                 ("self_bleu3", "self-BLEU-3 (lower = more diverse)"), ("perplexity", "perplexity (separate LM)"),

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from userseq.attack.data import AttackUsers
-from userseq.errors import ConfigError, DataError
-from userseq.tasks.detect import UserDetector, encode_posts
+from userseq.core.errors import ConfigError, DataError
+from userseq.detect.estimator import UserDetector, encode_posts
 
 WHITE_BOX_MODELS = ("hlstm", "cnn")
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from userseq.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
-from userseq.errors import ConfigError
+from userseq.core.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
+from userseq.core.errors import ConfigError
 
 MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
 MONITORS = ("auc", "gauc", "neg_logloss")

@@ -25,10 +25,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from userseq.core.errors import DataError
 from userseq.ctr.config import CTRDataConfig
 from userseq.data.batches import pad_left
 from userseq.data.eventlog import EventLog, lookup_ids
-from userseq.errors import DataError
 
 MAX_FEATURE_VALUES = 64  # a label column with more distinct values is bucketed by quantiles
 NO_CATEGORY = "(none)"

@@ -37,8 +37,8 @@ from typing import Any
 
 import polars as pl
 
+from userseq.core.errors import DataError
 from userseq.data.eventlog import EventLog, Step
-from userseq.errors import DataError
 
 __all__ = [
     "DATASETS",

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from userseq.core.errors import DataError
 from userseq.data.io import collect_table, describe_rows, scan_table, source_kind
-from userseq.errors import DataError
 
 TimestampKind = Literal["time", "numeric", "position"]
 ROW = "__row"  # input row number (0-based data row), used for stable tie-breaks and error messages

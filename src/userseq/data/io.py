@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from userseq.errors import DataError
+from userseq.core.errors import DataError
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from userseq.config import DataConfig
+from userseq.data.config import DataConfig
 from userseq.data.datasets import is_dataset_name, load_dataset
 from userseq.data.eventlog import Columns, EventLog
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from userseq.core.errors import DataError
 from userseq.data.batches import csr_take
 from userseq.data.eventlog import EventLog
-from userseq.errors import DataError
 
 
 @dataclass

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from userseq.core.errors import ConfigError
 from userseq.detect.data import EventData, TextData, tokenize
-from userseq.errors import ConfigError
 
 BASELINES = ("logreg", "gbdt", "pages", "gbdt-prefix", "gbdt-prefix-name")
 TEXT_BASELINES = ("tfidf",)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from userseq.artifacts import load_tensors, write_json
-from userseq.errors import ArtifactError, ConfigError
+from userseq.core.artifacts import load_tensors, write_json
+from userseq.core.errors import ArtifactError, ConfigError
 
 NON_FEATURES = ("user_id", "label", "split", "score")
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from userseq.core.errors import DataError
 from userseq.data.datasets import _search_roots
 from userseq.data.eventlog import Columns, EventLog, lookup_ids
 from userseq.data.io import collect_table, scan_table
-from userseq.errors import DataError
 
 DETECT_DATASETS = ("wiki-vandals", "petgen-wiki")
 LEAKAGE_COLUMNS = ("isReverted", "revertTime", "cluebotRevert", "stiki_score", "stiki_REP_USER")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from userseq.core.errors import ConfigError
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.gru import GRUEncoder
 from userseq.encoders.transformer import TransformerEncoder
-from userseq.errors import ConfigError
 from userseq.items.base import IdEmbedding, ItemRepr
 
 ENCODERS = ("sasrec", "bert4rec", "gru4rec")

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from userseq.artifacts import read_json, write_json
-from userseq.errors import ArtifactError
+from userseq.core.artifacts import read_json, write_json
+from userseq.core.errors import ArtifactError
 from userseq.index.stream import DEFAULT_CHUNK, write_user_embeddings
 from userseq.index.vector import IndexConfig, VectorIndex, exact_search, recall_at_k
 

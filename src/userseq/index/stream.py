@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from userseq.core.errors import UserseqError
 from userseq.data.batches import csr_take
-from userseq.errors import UserseqError
 
 DEFAULT_CHUNK = 65_536
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from userseq.errors import ArtifactError, ConfigError, UserseqError
+from userseq.core.errors import ArtifactError, ConfigError, UserseqError
 
 Kind = Literal["auto", "exact", "flat", "hnsw", "ivfpq"]
 Metric = Literal["ip", "cosine"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from userseq.errors import ConfigError
+from userseq.core.errors import ConfigError
 from userseq.items.base import ItemRepr
 
 PRIME = 2_147_483_647  # 2^31 - 1; ids up to ~4e9 keep (a * x + b) inside int64

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from userseq.errors import ConfigError
+from userseq.core.errors import ConfigError
 from userseq.items.base import IdEmbedding, ItemRepr, state_bytes
 from userseq.items.compressed import (
     HashEmbedding,

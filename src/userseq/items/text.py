@@ -28,7 +28,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from userseq.errors import ConfigError, DataError
+from userseq.core.errors import ConfigError, DataError
 from userseq.items.base import IdEmbedding, ItemRepr
 
 TEXT_ENCODERS = {"all-minilm-l6-v2": 384}

@@ -17,9 +17,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from userseq.errors import UserseqError
-from userseq.serve.classify import DetectorService
-from userseq.serve.models import (
+from userseq.core.errors import UserseqError
+from userseq.serve.routes.detect import DetectorService
+from userseq.serve.schemas import (
     MAX_K,
     ClassifyRequest,
     ClassifyResponse,

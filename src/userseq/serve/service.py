@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from userseq.errors import UserseqError
+from userseq.core.errors import UserseqError
 from userseq.index.run import RunIndex
 from userseq.index.vector import IndexConfig
 
@@ -171,8 +171,8 @@ class Service:
                  build_index: bool = True, index_config: IndexConfig | None = None,
                  log: Any = None) -> Service:
         """Load a run (and RUN/index, building it first when missing and `build_index`)."""
-        from userseq.artifacts import read_json
-        from userseq.tasks.nextitem import NextItemRecommender
+        from userseq.core.artifacts import read_json
+        from userseq.nextitem.estimator import NextItemRecommender
 
         say = log or (lambda msg: None)
         run_dir = Path(run_dir)

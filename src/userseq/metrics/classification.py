@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from userseq.errors import UserseqError
+from userseq.core.errors import UserseqError
 
 DEFAULT_FPRS = (0.01, 0.05, 0.1)
 

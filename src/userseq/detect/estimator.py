@@ -25,16 +25,17 @@ import torch.nn.functional as F
 import yaml
 from pydantic import Field, ValidationError
 
-from userseq.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
-from userseq.config import ModelConfig, StrictModel, TrainConfig, merge_overrides
+from userseq.core.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
+from userseq.core.config import StrictModel, TrainConfig, merge_overrides
+from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
+from userseq.core.trainer import Trainer, resolve_device
 from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
 from userseq.detect.models import CNNSeq, Detector, EventInputs, EventUserEncoder, HierLSTM, PostTransformer
 from userseq.encoders import build_encoder
-from userseq.errors import ArtifactError, ConfigError, DataError, UserseqError
-from userseq.eval.classification import best_threshold, binary_metrics
-from userseq.train.loop import Trainer, resolve_device
+from userseq.encoders.config import ModelConfig
+from userseq.metrics.classification import best_threshold, binary_metrics
 
 EVENT_MODELS = ("gru", "transformer")
 TEXT_MODELS = ("hlstm", "cnn", "minilm")

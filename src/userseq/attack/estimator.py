@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from userseq.artifacts import write_json
 from userseq.attack.baselines import Copycat, Neighbours, hotflip, learn_trigger, textbugger, with_trigger
 from userseq.attack.config import GRADIENT_METHODS, AttackConfig, parse_attack_config
 from userseq.attack.data import AttackUsers, attack_users, check_histories, context_known
@@ -26,10 +25,11 @@ from userseq.attack.generator import PostGenerator
 from userseq.attack.petgen import cached_generator, generate_posts, train_attack
 from userseq.attack.quality import SentenceVectors, text_quality
 from userseq.attack.target import TargetDetector
+from userseq.core.artifacts import write_json
+from userseq.core.errors import ConfigError, DataError, UserseqError
 from userseq.detect.data import DetectSplit, TextData, load_text_data, stratified_split
-from userseq.errors import ConfigError, DataError, UserseqError
-from userseq.eval.classification import binary_metrics
-from userseq.tasks.detect import build_vocab
+from userseq.detect.estimator import build_vocab
+from userseq.metrics.classification import binary_metrics
 
 EFFICACY_KEYS = ("accuracy", "f1", "roc_auc", "precision", "recall", "pr_auc")
 

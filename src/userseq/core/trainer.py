@@ -23,9 +23,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from userseq.artifacts import load_tensors, save_tensors
-from userseq.config import TrainConfig
-from userseq.errors import ArtifactError
+from userseq.core.artifacts import load_tensors, save_tensors
+from userseq.core.config import TrainConfig
+from userseq.core.errors import ArtifactError
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "trainer_state.json"
@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from userseq.errors import ConfigError
+        from userseq.core.errors import ConfigError
 
         raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
     return torch.device(name)

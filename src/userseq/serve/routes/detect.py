@@ -31,7 +31,7 @@ class DetectorService:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> DetectorService:
-        from userseq.tasks.detect import UserDetector
+        from userseq.detect.estimator import UserDetector
 
         return cls(UserDetector.load(run_dir), run_dir)
 

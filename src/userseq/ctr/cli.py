@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from userseq.errors import ConfigError, UserseqError
+from userseq.core.errors import ConfigError, UserseqError
 
 ctr_app = typer.Typer(no_args_is_help=True, help="CTR prediction over behaviour histories (DIN, SIM, TWIN, SDIM, DARE).")
 out = Console()
@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 def _load_log(data: str, cfg: Any):
     """EventLog plus item metadata (genres) for named datasets."""
-    from userseq.config import DataConfig
+    from userseq.data.config import DataConfig
     from userseq.data.datasets import is_dataset_name, load_item_metadata
     from userseq.data.load import load_events
 
@@ -113,7 +113,7 @@ def train(
     t0 = time.time()
     log, meta = _load_log(data, cfg)
     from userseq.ctr.data import build_ctr_data
-    from userseq.tasks.ctr import CTREstimator
+    from userseq.ctr.estimator import CTREstimator
 
     ctr = build_ctr_data(log, cfg.data, meta)
     i = ctr.info
@@ -122,7 +122,7 @@ def train(
               f"{i['history_length']['mean']:.0f} ({time.time() - t0:.1f}s)")
     est = CTREstimator(config=cfg).fit(ctr, run_dir=out_dir, resume=resume, quiet=quiet)
     metrics = est.report(ctr)
-    from userseq.artifacts import write_json
+    from userseq.core.artifacts import write_json
 
     write_json(metrics, out_dir / "metrics.json")
     _print(metrics, f"{cfg.model.name} on {data}")
@@ -135,8 +135,8 @@ def evaluate(
     data: Annotated[str | None, typer.Option(help="evaluate on this data instead of the training data")] = None,
 ) -> None:
     """AUC, GAUC (by user) and logloss on the test period; writes RUN_DIR/metrics.json."""
-    from userseq.artifacts import write_json
-    from userseq.tasks.ctr import CTREstimator, data_fingerprint
+    from userseq.core.artifacts import write_json
+    from userseq.ctr.estimator import CTREstimator, data_fingerprint
 
     est = CTREstimator.load(run_dir)
     source = data or est.config.dataset
@@ -165,7 +165,7 @@ def predict(
     values: Annotated[str | None, typer.Option(help="comma-separated ratings/labels of the history events")] = None,
 ) -> None:
     """Click probabilities of candidate items for a user or an explicit history (JSON)."""
-    from userseq.tasks.ctr import CTREstimator
+    from userseq.ctr.estimator import CTREstimator
 
     est = CTREstimator.load(run_dir)
     v = est.vocab
@@ -197,7 +197,7 @@ def serve(
     try:
         import uvicorn
 
-        from userseq.ctr.serve import create_ctr_app
+        from userseq.serve.routes.ctr import create_ctr_app
     except ModuleNotFoundError as e:
         raise UserseqError(f"serving needs the serve extra ({e.name} is missing): pip install 'userseq[serve]'.") from None
     app = create_ctr_app(run_dir)

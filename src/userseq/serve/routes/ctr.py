@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from userseq.errors import UserseqError
+from userseq.core.errors import UserseqError
 
 Id = Annotated[int | Annotated[str, Field(min_length=1, max_length=256)], Field(description="an id as in the data")]
 MAX_HISTORY = 100_000
@@ -78,7 +78,7 @@ def add_score_route(app: FastAPI, estimator: Any) -> None:
 
 def create_ctr_app(run_dir: str | Path) -> FastAPI:
     """A FastAPI app serving one saved CTR run."""
-    from userseq.tasks.ctr import CTREstimator
+    from userseq.ctr.estimator import CTREstimator
 
     est = CTREstimator.load(run_dir)
     app = FastAPI(title="userseq CTR", description="Click probabilities from a saved `userseq ctr train` run.")

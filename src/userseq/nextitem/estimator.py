@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from userseq.artifacts import (
+from userseq.core.artifacts import (
     fingerprint,
     load_ids,
     load_tensors,
@@ -20,17 +20,17 @@ from userseq.artifacts import (
     save_tensors,
     write_json,
 )
-from userseq.config import RunConfig, load_config, parse_config
+from userseq.core.errors import ArtifactError, ConfigError, UserseqError
+from userseq.core.trainer import Trainer, resolve_device
 from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
-from userseq.errors import ArtifactError, ConfigError, UserseqError
-from userseq.eval.ranking import evaluate, matrix_scorer, popularity_scorer, repeat_scorer, scan_catalogue
 from userseq.items.base import ItemRepr
 from userseq.items.factory import build_items, categorical_features, matryoshka_dims, serve_dim, table_report
-from userseq.objectives.nextitem import NextItemLoss
-from userseq.train.loop import Trainer, resolve_device
+from userseq.losses.nextitem import NextItemLoss
+from userseq.metrics.ranking import evaluate, matrix_scorer, popularity_scorer, repeat_scorer, scan_catalogue
+from userseq.nextitem.config import RunConfig, load_config, parse_config
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

@@ -36,9 +36,9 @@ def run(
 ) -> None:
     """Attack the detector's test users; writes OUT/metrics.json, generations.parquet, report.md/.html, scores.png."""
     from userseq.attack.config import parse_attack_config
-    from userseq.config import read_yaml_mapping
-    from userseq.errors import UserseqError
-    from userseq.tasks.attack import check_method, run_attack
+    from userseq.attack.estimator import check_method, run_attack
+    from userseq.core.config import read_yaml_mapping
+    from userseq.core.errors import UserseqError
 
     check_method(method)
     if out_dir.exists() and not out_dir.is_dir():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from userseq.config import LossConfig
+from userseq.losses.config import LossConfig
 
 
 class NegativeSampler:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from userseq.errors import UserseqError
+from userseq.core.errors import UserseqError
 
 detect_app = typer.Typer(no_args_is_help=True, help="Malicious-user detection and behaviour clustering.")
 out = Console()
@@ -24,7 +24,7 @@ def _load_data(data: str, labels: Path | None, model: str, user_col: str, item_c
                text_col: str, with_leakage: bool = False):
     from userseq.data.eventlog import Columns
     from userseq.detect.data import load_event_data, load_text_data
-    from userseq.tasks.detect import EVENT_MODELS
+    from userseq.detect.estimator import EVENT_MODELS
 
     cols = Columns(user=user_col, item=item_col, timestamp=timestamp_col, text=text_col)
     if model in EVENT_MODELS:
@@ -63,7 +63,7 @@ def train(
     quiet: bool = False,
 ) -> None:
     """Train a detector; writes RUN/metrics.json ({"test": ..., "first_k": {"1": ...}}) and the model."""
-    from userseq.tasks.detect import UserDetector, check_model_name, train_and_evaluate
+    from userseq.detect.estimator import UserDetector, check_model_name, train_and_evaluate
 
     check_model_name(model)
     try:
@@ -109,7 +109,7 @@ def score(
     """Score users: CSV of user_id, score (P(malicious)), flagged (validation-chosen threshold)."""
     import polars as pl
 
-    from userseq.tasks.detect import UserDetector
+    from userseq.detect.estimator import UserDetector
 
     if first_k is not None and first_k < 1:
         raise UserseqError(f"--first-k must be a positive integer (got {first_k}).")

@@ -1,7 +1,7 @@
 """CTR prediction over behaviour histories: the user-facing estimator.
 
 >>> from userseq.data.datasets import load_dataset, load_item_metadata
->>> from userseq.tasks.ctr import CTREstimator, ctr_data_from
+>>> from userseq.ctr.estimator import CTREstimator, ctr_data_from
 >>> data = ctr_data_from(load_dataset("ml-100k"), meta=load_item_metadata("ml-100k"))
 >>> est = CTREstimator("dare", overrides={"train.epochs": 3}).fit(data)
 >>> est.evaluate(data, "test")            # {'auc': ..., 'gauc': ..., 'logloss': ...}
@@ -23,7 +23,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from userseq.artifacts import (
+from userseq.core.artifacts import (
     fingerprint,
     load_ids,
     load_tensors,
@@ -32,6 +32,8 @@ from userseq.artifacts import (
     save_tensors,
     write_json,
 )
+from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
+from userseq.core.trainer import Trainer, resolve_device
 from userseq.ctr.config import CTRConfig, load_ctr_config, parse_ctr_config
 from userseq.ctr.data import (
     Behaviours,
@@ -46,9 +48,7 @@ from userseq.ctr.data import (
 from userseq.ctr.models import CTRModel, build_ctr_model
 from userseq.data.batches import length_bucketed_batches
 from userseq.data.eventlog import EventLog, lookup_ids
-from userseq.errors import ArtifactError, ConfigError, DataError, UserseqError
-from userseq.eval.ctr import ctr_metrics
-from userseq.train.loop import Trainer, resolve_device
+from userseq.metrics.ctr import ctr_metrics
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"

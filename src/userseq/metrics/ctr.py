@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from userseq.errors import DataError
+from userseq.core.errors import DataError
 
 EPS = 1e-7
 

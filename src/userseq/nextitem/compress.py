@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from userseq.errors import UserseqError
+from userseq.core.errors import UserseqError
 
 FP32 = 4
 
@@ -21,7 +19,7 @@ def compress_run(run_dir: str | Path, method: str, out_dir: str | Path, compress
 
     from userseq.items.compressed import QuantizedTable, quantize_int8, quantize_pq
     from userseq.items.factory import special_tokens, table_report
-    from userseq.tasks.nextitem import NextItemRecommender
+    from userseq.nextitem.estimator import NextItemRecommender
 
     if method not in ("int8", "pq"):
         raise UserseqError(f"--method {method}: use int8 or pq.")
@@ -64,24 +62,3 @@ def compress_run(run_dir: str | Path, method: str, out_dir: str | Path, compress
         "bytes_before": before["item_table_bytes"], "bytes_after": after["item_table_bytes"]}}
     rec.save(out_dir)
     return rec
-
-
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def compress(
-        run_dir: Annotated[Path, typer.Argument(help="run directory created by `userseq train`")],
-        method: Annotated[str, typer.Option(help="int8 (per-row scale) | pq (faiss product quantization)")],
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="new run directory to write")],
-        compression: Annotated[float | None, typer.Option(help="pq: memory ratio vs fp32 (4*dim/M); default 8")] = None,
-        subquantizers: Annotated[int | None, typer.Option(help="pq: number of sub-quantizers M (bytes per item)")] = None,
-        data: Annotated[str | None, typer.Option(help="evaluate on this data instead of the run's")] = None,
-    ) -> None:
-        """Post-training int8 / PQ quantization of a run's item vectors; evaluates the new run and
-        writes OUT/metrics.json (with item_table_bytes)."""
-        from userseq.cli import evaluate, out
-
-        rec = compress_run(run_dir, method, out_dir, compression, subquantizers)
-        c = rec.item_info["compressed"]
-        out.print(f"{method}: item table {c['bytes_before']:,} -> {c['bytes_after']:,} bytes "
-                  f"({c['bytes_before'] / max(c['bytes_after'], 1):.1f}x smaller); saved {out_dir}")
-        evaluate(out_dir, data=data, filter_seen=None)

@@ -1,0 +1,30 @@
+"""Pieces every command module shares: the two consoles, common arguments, and how command-line
+options are applied to a config (a bad value names the option, not the config key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from userseq.core.errors import ConfigError
+
+out = Console()
+err = Console(stderr=True)
+
+DataArg = Annotated[str, typer.Option("--data", "-d", help="dataset name (userseq datasets list) or events file")]
+RunDirArg = Annotated[Path, typer.Argument(help="run directory created by `userseq train`")]
+
+
+def with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
+    """Apply command-line options to a config; a bad value names the option, not the config key."""
+    try:
+        return cfg.updated({key: value for key, value in options.values()}, source="command line")
+    except ConfigError as e:
+        msg = str(e).replace("command line: invalid config: ", "")
+        for flag, (key, value) in options.items():
+            if value is not None:
+                msg = msg.replace(f"'{key}':", f"{flag} {value}:")
+        raise ConfigError(f"invalid command-line option: {msg}") from None

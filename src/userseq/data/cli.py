@@ -1,0 +1,101 @@
+"""`userseq datasets list|fetch` and `userseq validate` (registered by `userseq.cli`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from userseq.core.cli import out
+
+
+# ---------------------------------------------------------------------- datasets
+def datasets_list() -> None:
+    """Show the named datasets and where a local copy was found."""
+    from userseq.data.datasets import list_datasets
+
+    t = Table("name", "description", "local copy", "source")
+    for d in list_datasets():
+        t.add_row(d.name, d.description, str(d.found_at) if d.found_at else "[dim]not found (fetch downloads it)[/]",
+                  d.url)
+    out.print(t)
+
+
+def datasets_fetch(name: str, dest: Annotated[Path | None, typer.Option(help="target directory")] = None) -> None:
+    """Download a named dataset (verified by checksum) unless a local copy exists."""
+    from userseq.data.datasets import fetch_dataset
+
+    out.print(f"{name}: {fetch_dataset(name, dest)}")
+
+
+# ---------------------------------------------------------------------- validate
+def validate(
+    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset name")],
+    user_col: Annotated[str, typer.Option(help="user id column")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="item id column")] = "item_id",
+    timestamp_col: Annotated[str, typer.Option(help="timestamp column")] = "timestamp",
+    min_user_events: int = 0,
+    min_item_events: int = 0,
+    k_core: bool = False,
+    dedup_consecutive: bool = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Read an event log and print a data report (counts, lengths, time range, problems)."""
+    from userseq.data.config import DataConfig
+    from userseq.data.load import load_events
+
+    cfg = DataConfig(user_col=user_col, item_col=item_col, timestamp_col=timestamp_col,
+                     min_user_events=min_user_events, min_item_events=min_item_events, k_core=k_core,
+                     dedup_consecutive=dedup_consecutive)
+    log = load_events(data, cfg)
+    d = log.describe()
+    problems = []
+    if log.timestamp_kind == "position":
+        problems.append("timestamps are positions in the published sequence (the source has no timestamps); "
+                        "the temporal split is not meaningful")
+    if d["users_under_3_events"]:
+        problems.append(f"{d['users_under_3_events']:,} users have fewer than 3 events: leave-one-out needs "
+                        "--min-user-events 3 (they will be counted) or a temporal split")
+    if d["timestamp_ties"]:
+        problems.append(f"{d['timestamp_ties']:,} events share their user's previous timestamp; input order "
+                        "breaks the tie")
+    if d["consecutive_repeats"]:
+        problems.append(f"{d['consecutive_repeats']:,} consecutive repeats of the same item (--dedup-consecutive "
+                        "collapses them)")
+    d["problems"] = problems + list(log.notes)
+    d["steps"] = [s.describe() for s in log.report]
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    t = Table(title=f"data report: {d['source']}", show_header=False)
+    t.add_row("users", f"{d['users']:,}")
+    t.add_row("items", f"{d['items']:,}")
+    t.add_row("events", f"{d['events']:,}")
+    ln = d["length"]
+    t.add_row("events per user", f"min {ln['min']}  p5 {ln['p5']:.0f}  p25 {ln['p25']:.0f}  median {ln['p50']:.0f}  "
+              f"p75 {ln['p75']:.0f}  p95 {ln['p95']:.0f}  max {ln['max']}  mean {ln['mean']:.1f}")
+    kind = {"time": "", "numeric": " (numbers)", "position": " (sequence positions, no timestamps)"}[log.timestamp_kind]
+    t.add_row("time range", f"{d['time_range'][0]} .. {d['time_range'][1]}{kind}")
+    t.add_row("duplicate (user, item) pairs", f"{d['duplicate_user_item_pairs']:,}")
+    for s in d["steps"]:
+        t.add_row("step", s)
+    out.print(t)
+    if d["problems"]:
+        out.print("[bold yellow]problems found:[/]")
+        for p in d["problems"]:
+            out.print(f"  - {p}")
+    else:
+        out.print("[green]no problems found[/]")
+
+
+
+
+def register(app: typer.Typer) -> None:
+    datasets_app = typer.Typer(no_args_is_help=True, help="Named public datasets.")
+    datasets_app.command("list")(datasets_list)
+    datasets_app.command("fetch")(datasets_fetch)
+    app.add_typer(datasets_app, name="datasets")
+    app.command()(validate)

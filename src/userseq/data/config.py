@@ -1,0 +1,32 @@
+"""How events are read, filtered and split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from userseq.core.config import StrictModel
+
+
+class DataConfig(StrictModel):
+    """How events are read, filtered and split."""
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    timestamp_col: str = "timestamp"
+    min_user_events: int = Field(0, ge=0)
+    min_item_events: int = Field(0, ge=0)
+    k_core: bool = False
+    dedup_consecutive: bool = False
+    split: Literal["loo", "temporal", "cold-start"] = "loo"
+    valid_quantile: float = Field(0.8, gt=0, lt=1)
+    test_quantile: float = Field(0.9, gt=0, lt=1)
+    train_windows: Literal["last", "random"] = Field(
+        "last", description="training row per user and epoch: the last max_len+1 items, or a random crop of "
+        "a longer history (redrawn every epoch; same cost per epoch)")
+    cold_fraction: float = Field(0.2, gt=0, lt=1, description="cold-start split: share of items held out of "
+                                 "training (half for validation targets, half for test targets)")
+    cold_seed: int = Field(0, description="cold-start split: seed of the held-out item draw")
+    item_text: str | None = Field(None, description="item attribute table (item_id + text columns) for text "
+                                  "items; default: the named dataset's item metadata")
