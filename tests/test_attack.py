@@ -12,13 +12,13 @@ import torch
 
 from userseq.attack.baselines import char_bugs, hotflip, textbugger
 from userseq.attack.data import attack_users
-from userseq.attack.defence import adversarial_augment
 from userseq.attack.estimator import Attacker, efficacy
 from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import set_mmd
 from userseq.attack.quality import SentenceVectors, degenerate, self_bleu, sentence_bleu, text_quality
 from userseq.attack.target import TargetDetector
 from userseq.core.errors import ConfigError, DataError
+from userseq.detect.augment import adversarial_augment
 from userseq.detect.data import TextData, stratified_split, tokenize
 from userseq.detect.estimator import UserDetector
 

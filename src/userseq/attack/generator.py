@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from userseq.detect.models import TokenEmbedding, _run_rnn
+from userseq.detect.models import TokenEmbedding, run_rnn
 
 PAD, UNK = 0, 1
 
@@ -48,7 +48,7 @@ class PostGenerator(nn.Module):
         """(N, T) ids or (N, T, V) one-hot rows -> (N, hidden) final encoder state (zeros for empty posts)."""
         mask = token_mask if token_mask is not None else (tokens > 0 if not tokens.is_floating_point()
                                                            else tokens[..., 1:].sum(-1) > 0)
-        return _run_rnn(self.encoder, self.emb(tokens), mask.sum(1))
+        return run_rnn(self.encoder, self.emb(tokens), mask.sum(1))
 
     def history_states(self, history: torch.Tensor, n_hist: torch.Tensor | None = None) -> torch.Tensor:
         """(B, P, T) history ids -> (B, P, hidden) per-post encoder states."""

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from userseq.core.errors import ConfigError
-from userseq.detect.cluster import _html
+from userseq.detect.cluster import markdown_html
 
 QUALITY_ROWS = (("bleu2", "BLEU-2 vs real final post"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),
                 ("self_bleu3", "self-BLEU-3 (lower = more diverse)"), ("perplexity", "perplexity (separate LM)"),
@@ -98,4 +98,4 @@ def write_report(m: dict[str, Any], gens: pl.DataFrame, out: Path, n_examples: i
     plot_scores(gens, m["threshold"], out / "scores.png", f"{m['method']} vs {m['detector_model']} ({m['setting']})")
     md = report_markdown(m, gens, n_examples)
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(_html(md, title=f"attack report: {m['method']}"))
+    (out / "report.html").write_text(markdown_html(md, title=f"attack report: {m['method']}"))

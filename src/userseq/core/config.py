@@ -8,7 +8,7 @@ overridden with dotted keys (`merge_overrides`, the CLI's `--set section.key=val
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,18 +45,20 @@ class TrainConfig(StrictModel):
 
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
-    """Apply dotted overrides ({"train.epochs": 5}) to a config dict; None values are skipped.
-    An unknown section or field raises ConfigError(f"{error} '{key}'.")."""
+    """Apply dotted overrides ({"train.epochs": 5, "model.dim": 128}) to a config dict; None values
+    are skipped. A key that names no existing section or field raises ConfigError(f"{error} '{key}'.")."""
     for key, value in overrides.items():
         if value is None:
             continue
-        section, _, field = key.partition(".")
-        if section not in data or (field and (not isinstance(data[section], dict) or field not in data[section])):
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                raise ConfigError(f"{error} '{key}'.")
+            node = node[part]
+        if not isinstance(node, dict) or last not in node:
             raise ConfigError(f"{error} '{key}'.")
-        if field:
-            data[section][field] = value
-        else:
-            data[section] = value
+        node[last] = value
     return data
 
 
@@ -90,3 +92,44 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any] | None:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections at the top level.")
     return data
+
+
+Self = TypeVar("Self", bound="TaskConfig")
+
+
+class TaskConfig(StrictModel):
+    """The whole configuration of one estimator (its sections are other `StrictModel`s).
+
+    One way to read, override and write every task's config: `parse` (a mapping, every problem in
+    one ConfigError), `from_yaml` (a file, read with yaml.safe_load), `updated` (dotted overrides, as
+    the CLI's `--set section.key=value`) and `to_yaml`."""
+
+    @classmethod
+    def parse(cls: type[Self], data: dict[str, Any] | None, source: str = "<config>") -> Self:
+        return validate_config(cls, data, source)
+
+    @classmethod
+    def from_yaml(cls: type[Self], path: str | Path | None) -> Self:
+        return cls() if path is None else cls.parse(read_yaml_mapping(path), str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def updated(self: Self, overrides: dict[str, Any], source: str = "overrides") -> Self:
+        """A copy with dotted overrides applied ({"train.epochs": 5}); the result is validated again."""
+        data = merge_overrides(self.model_dump(mode="json"), overrides, f"{source}: unknown config key")
+        return type(self).parse(data, source)
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf setting as a dotted key ({"train.lr": 0.001, ...})."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = node
+
+        walk("", self.model_dump(mode="json"))
+        return out

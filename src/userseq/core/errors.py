@@ -19,3 +19,8 @@ class ConfigError(UserseqError):
 
 class ArtifactError(UserseqError):
     """Missing, corrupt or incompatible run directory / checkpoint."""
+
+
+class NotFittedError(UserseqError, ValueError, AttributeError):
+    """An estimator was used before `fit` or `load` (also a ValueError/AttributeError, like
+    scikit-learn's, so generic code that catches those keeps working)."""

@@ -410,7 +410,7 @@ def _get(r: Mapping[str, Any], key: str, i: int) -> Any:
 
 
 def _version() -> str:
-    from userseq import __version__
+    from userseq.core.version import __version__
 
     return __version__
 

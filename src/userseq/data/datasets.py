@@ -531,7 +531,7 @@ def _repo_shared_data() -> Path | None:
     return parents[4] / "shared" / "data" if len(parents) > 4 else None
 
 
-def _search_roots(name: str) -> list[Path]:
+def search_roots(name: str) -> list[Path]:
     """Directories searched for a local copy, in priority order (existing ones only, no duplicates)."""
     candidates: list[Path | None] = []
     env = os.environ.get("USERSEQ_DATA")
@@ -577,7 +577,7 @@ def _find_in(spec: DatasetSpec, root: Path) -> _Found | None:
 
 
 def _locate(spec: DatasetSpec) -> _Found | None:
-    for root in _search_roots(spec.name):
+    for root in search_roots(spec.name):
         found = _find_in(spec, root)
         if found is not None:
             return found

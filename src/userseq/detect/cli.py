@@ -80,7 +80,7 @@ def train(
             "dataset": data}
     augment = None
     if adversarial is not None:
-        from userseq.attack.defence import augmenter
+        from userseq.detect.augment import augmenter
 
         augment = augmenter(adversarial, adversarial_share, seed)
         over["dataset"] = f"{data} + adversarial posts from {adversarial} (share {adversarial_share:g})"

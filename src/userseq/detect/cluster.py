@@ -171,7 +171,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _html(md: str, title: str = "clusters") -> str:
+def markdown_html(md: str, title: str = "clusters") -> str:
     """A minimal, dependency-free HTML rendering of the Markdown report."""
     body, in_table, in_list = [], False, False
     for line in md.splitlines():
@@ -251,7 +251,7 @@ def cluster_run(run_dir: str | Path, out_dir: str | Path, min_cluster_size: int 
     _plot(xy, labels, users["label"].to_numpy(), o / "map.png")
     md = _markdown(summary)
     (o / "report.md").write_text(md)
-    (o / "report.html").write_text(_html(md))
+    (o / "report.html").write_text(markdown_html(md))
     write_json(summary, o / "clusters.json")
     pl.DataFrame({"user_id": users["user_id"], "cluster": labels}).write_parquet(o / "assignments.parquet")
     return summary

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from userseq.core.errors import DataError
-from userseq.data.datasets import _search_roots
+from userseq.data.datasets import search_roots
 from userseq.data.eventlog import Columns, EventLog, lookup_ids
 from userseq.data.io import collect_table, scan_table
 
@@ -114,7 +114,7 @@ class DetectSplit:
 # ---------------------------------------------------------------------- named datasets
 def dataset_dir(name: str, needs: str) -> Path:
     """Local directory of a detection dataset, searched like `userseq.data.datasets` does."""
-    for root in _search_roots(name):
+    for root in search_roots(name):
         for cand in (root / name, root):
             if (cand / needs).is_file():
                 return cand

@@ -115,7 +115,7 @@ def _token_mask(tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.
     return tokens > 0
 
 
-def _run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Final hidden state of a right-padded batch (N, T, d); rows with length 0 give zeros."""
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
     _, h = rnn(packed)
@@ -144,7 +144,7 @@ class HierLSTM(nn.Module):
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask)
         x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1)
-        return _run_rnn(self.word, x, tm.reshape(B * P, T).sum(1)).view(B, P, -1)
+        return run_rnn(self.word, x, tm.reshape(B * P, T).sum(1)).view(B, P, -1)
 
     def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,7 +152,7 @@ class HierLSTM(nn.Module):
 
     def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
         """User vector from post vectors (B, P, d); the attack inserts a generated post's vector here."""
-        h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
+        h = run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         mean = (v * m).sum(1) / m.sum(1).clamp(min=1)
         return torch.cat([h, mean], -1)
@@ -186,7 +186,7 @@ class CNNSeq(nn.Module):
 
     def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
         """User vector from post vectors (B, P, d) (see `HierLSTM.pool`)."""
-        h = _run_rnn(self.post, self.drop(v), post_mask.sum(1))
+        h = run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         return torch.cat([h, (v * m).sum(1) / m.sum(1).clamp(min=1)], -1)
 

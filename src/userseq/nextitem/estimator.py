@@ -424,6 +424,6 @@ def _lookup(id_map: pl.Series, ids: Sequence[Any]) -> np.ndarray:
 
 
 def _version() -> str:
-    from userseq import __version__
+    from userseq.core.version import __version__
 
     return __version__

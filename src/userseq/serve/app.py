@@ -231,6 +231,6 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES, detector:
 
 
 def _version() -> str:
-    from userseq import __version__
+    from userseq.core.version import __version__
 
     return __version__

@@ -402,7 +402,7 @@ class Service:
         return {"method": "pca", "explained_variance": [float(v) for v in var[:2]], "points": points}
 
     def info(self) -> dict[str, Any]:
-        from userseq import __version__
+        from userseq.core.version import __version__
 
         m = self.rec.config.model
         model = {"name": m.name, "dim": m.dim, "layers": m.layers, "max_len": m.max_len,

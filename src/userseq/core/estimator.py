@@ -1,0 +1,218 @@
+"""`Estimator[ConfigT]`: the one contract of every userseq task (next item, CTR, detection, attack).
+
+Written once here, like scikit-learn's `BaseEstimator` and RecTools' `ModelBase[Config]`:
+
+* construction from a config (`TaskConfig` subclass, a mapping, or None for the defaults) plus
+  dotted `overrides`; the resolved config is `est.config`;
+* `get_params()` / `set_params()` compatible with `sklearn.base.clone` (the one parameter is the
+  config; `set_params(train__lr=1e-3)` or `set_params(**{"train.lr": 1e-3})` change one setting);
+* fitted state in attributes with a trailing underscore; `check_is_fitted()` raises
+  `NotFittedError` until `fit` or `load` has run;
+* `save(dir)` / `Estimator.load(dir)`: a run directory with `estimator.json` (task, format version,
+  userseq version), the config as YAML, and the task's own tensors (safetensors) and tables
+  (Parquet/JSON), written by the subclass's `_save_state` / read by `_load_state`. Loading checks
+  the task and the format version; a run of another task or of a newer userseq is a clear error;
+  runs written by userseq 0.1 (format 1, no `estimator.json`) still load;
+* `write_metrics(dir, metrics)`: the one `metrics.json` writer (task and format version added).
+
+Subclasses set `task`, `config_class` and `fitted_attribute`, and register themselves simply by
+being defined (`ESTIMATORS`); `Estimator.load(dir)` on the base class returns the right subclass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from safetensors import safe_open
+
+from userseq.core.artifacts import read_json, write_json
+from userseq.core.config import TaskConfig
+from userseq.core.errors import ArtifactError, ConfigError, NotFittedError
+from userseq.core.registry import Registry
+from userseq.core.version import __version__
+
+ConfigT = TypeVar("ConfigT", bound=TaskConfig)
+E = TypeVar("E", bound="Estimator[Any]")
+
+FORMAT_VERSION = 2
+MANIFEST = "estimator.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+ESTIMATORS: Registry[type[Estimator[Any]]] = Registry("task", "Each is a package of userseq (nextitem, ctr, ...).")
+
+
+class Estimator(Generic[ConfigT]):
+    """Base class of the task estimators; see the module docstring for the contract."""
+
+    task: ClassVar[str] = ""
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    fitted_attribute: ClassVar[str] = ""  # the attribute that is None until fit/load
+    legacy_config_files: ClassVar[tuple[str, ...]] = ()  # format-1 names of the config file
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("task"):
+            ESTIMATORS.register(cls.task, cls, config=cls.config_class, replace=True)
+
+    def __init__(self, config: ConfigT | dict[str, Any] | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
+        self.config: ConfigT = self._resolve_config(config, overrides)
+
+    # ------------------------------------------------------------------ config and params
+    @classmethod
+    def _resolve_config(cls, config: Any, overrides: dict[str, Any] | None) -> ConfigT:
+        name = cls.__name__
+        if isinstance(config, cls.config_class):
+            cfg = config
+        elif config is None or isinstance(config, dict):
+            cfg = cls.config_class.parse(config, f"{name} config")
+        else:
+            raise ConfigError(f"{name}: config must be a {cls.config_class.__name__}, a mapping or None "
+                              f"(got {type(config).__name__}).")
+        over = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return cfg.updated(over, source=f"{name} arguments") if over else cfg  # type: ignore[return-value]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """{"config": the config}; with deep=True also every setting as `section__key` (scikit-learn's
+        nested-parameter spelling, usable in a parameter grid)."""
+        params: dict[str, Any] = {"config": self.config}
+        if deep:
+            params.update({k.replace(".", "__"): v for k, v in self.config.flat().items()})
+        return params
+
+    def set_params(self: E, **params: Any) -> E:
+        """Replace the config (`config=...`) and/or change settings (`train__lr=1e-3`, or dotted keys)."""
+        if "config" in params:
+            self.config = self._resolve_config(params.pop("config"), None)
+        if params:
+            over = {k.replace("__", "."): v for k, v in params.items()}
+            self.config = self.config.updated(over, source=f"{type(self).__name__}.set_params")
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task!r}, fitted={self.is_fitted})"
+
+    # ------------------------------------------------------------------ fitted state
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, self.fitted_attribute, None) is not None
+
+    def check_is_fitted(self) -> Any:
+        """The fitted object (e.g. the network); NotFittedError before `fit`/`load`."""
+        value = getattr(self, self.fitted_attribute, None)
+        if value is None:
+            name = type(self).__name__
+            raise NotFittedError(f"this {name} is not fitted yet; call fit(...) first, or "
+                                 f"{name}.load(run_dir) for a saved run.")
+        return value
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, run_dir: str | Path) -> Path:
+        """Write the fitted estimator to `run_dir` (created if needed); returns the path."""
+        self.check_is_fitted()
+        d = Path(run_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG_FILE).write_text(self.config.to_yaml())
+        self._save_state(d)
+        write_json({"task": self.task, "format_version": FORMAT_VERSION, "userseq_version": __version__,
+                    "estimator": f"{type(self).__module__}.{type(self).__qualname__}"}, d / MANIFEST)
+        return d
+
+    @classmethod
+    def load(cls: type[E], run_dir: str | Path) -> E:
+        """Read a run directory written by `save` (or by userseq 0.1). On the base class, the
+        estimator class is chosen by the run's task."""
+        d = Path(run_dir)
+        if not d.is_dir():
+            raise ArtifactError(f"{d}: run directory not found.")
+        task = read_manifest(d)["task"]
+        target = cls
+        if cls.task != task:
+            if cls.task:
+                raise ArtifactError(f"{d}: this is a '{task}' run, not a '{cls.task}' run; load it with "
+                                    f"the {task} estimator (or userseq.Estimator.load).")
+            target = estimator_class(task)
+        cfg = target._read_config(d)
+        est = target(config=cfg)
+        est._load_state(d)
+        return est  # type: ignore[return-value]
+
+    @classmethod
+    def _read_config(cls, d: Path) -> TaskConfig:
+        for name in (CONFIG_FILE, *cls.legacy_config_files):
+            if (d / name).is_file():
+                try:
+                    return cls.config_class.from_yaml(d / name)
+                except ConfigError as e:
+                    raise ArtifactError(f"{d}: bad {name}: {e}") from None
+        raise ArtifactError(f"{d}: {CONFIG_FILE} is missing; the run directory is incomplete.")
+
+    def _save_state(self, d: Path) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _load_state(self, d: Path) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def write_metrics(self, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Write `run_dir/metrics.json` (the task and format version first) and return what was written."""
+        out = {"task": self.task, "format_version": FORMAT_VERSION, **metrics}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_json(out, Path(run_dir) / METRICS_FILE)
+        return out
+
+
+def estimator_class(task: str) -> type[Estimator[Any]]:
+    """The estimator class of a task. A task is a userseq package (`userseq.<task>`): it is imported
+    on first use so that `Estimator.load` works without importing every task up front."""
+    if task not in ESTIMATORS:
+        try:
+            importlib.import_module(f"userseq.{task}.estimator")
+        except ModuleNotFoundError:
+            pass
+    return ESTIMATORS.get(task).obj
+
+
+def read_manifest(d: Path) -> dict[str, Any]:
+    """`estimator.json` of a run; for runs written before it existed (format 1) the task is read off
+    the files. Newer formats and unknown runs are ArtifactErrors that say what to do."""
+    if (d / MANIFEST).is_file():
+        m = read_json(d / MANIFEST)
+        if not isinstance(m, dict) or "task" not in m:
+            raise ArtifactError(f"{d / MANIFEST}: not a userseq run manifest (no 'task').")
+        version = m.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ArtifactError(
+                f"{d}: written by userseq {m.get('userseq_version', '?')} in run format {version}; this userseq "
+                f"({__version__}) reads formats up to {FORMAT_VERSION}. Upgrade userseq to load it.")
+        return m
+    task = legacy_task(d)
+    if task is None:
+        if (d / "checkpoint.safetensors").exists():
+            raise ArtifactError(f"{d}: training has not finished (a checkpoint but no saved model); wait for it, "
+                                "or continue it with `userseq train ... --resume`.")
+        raise ArtifactError(f"{d}: not a userseq run directory (no {MANIFEST}, {CONFIG_FILE} or model); "
+                            "create one with `userseq train` (or `userseq ctr|detect train`).")
+    return {"task": task, "format_version": 1}
+
+
+def legacy_task(d: Path) -> str | None:
+    """The task of a format-1 run (userseq 0.1): detect.yaml marks a detector; otherwise the task is
+    in the model's safetensors metadata."""
+    if (d / "detect.yaml").is_file():
+        return "detect"
+    model = d / "model.safetensors"
+    if (d / CONFIG_FILE).is_file() and model.is_file():
+        try:
+            with safe_open(str(model), framework="pt") as f:
+                return (f.metadata() or {}).get("task") or "nextitem"
+        except Exception:  # a corrupt file: the task's own loader reports it
+            return "nextitem"
+    return None
+
+
+def load(run_dir: str | Path) -> Estimator[Any]:
+    """Load any saved userseq run (the estimator class is chosen by its task)."""
+    return Estimator.load(run_dir)
