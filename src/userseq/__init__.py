@@ -1,16 +1,46 @@
-"""userseq: user and item embeddings learned by sequence models from behaviour logs."""
+"""userseq: user and item embeddings learned by sequence models from behaviour logs.
 
-from userseq.core.errors import UserseqError
+The public API. Heavy modules (torch) are imported on first use of a name, so `import userseq`
+stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from userseq.core.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    NotFittedError,
+    UserseqError,
+)
+from userseq.core.version import __version__
 from userseq.data.eventlog import EventLog
 
-__all__ = ["EventLog", "UserseqError", "NextItemRecommender", "__version__"]
-__version__ = "0.1.0"
+# public name -> module that defines it (imported lazily)
+_LAZY = {
+    "Estimator": "userseq.core.estimator",
+    "load": "userseq.core.estimator",
+    "Registry": "userseq.core.registry",
+    "TrainConfig": "userseq.core.config",
+    "Trainer": "userseq.core.trainer",
+    "NextItemRecommender": "userseq.nextitem.estimator",
+    "UserDetector": "userseq.detect.estimator",
+    "CTREstimator": "userseq.ctr.estimator",
+    "Attacker": "userseq.attack.estimator",
+}
+
+__all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError", "UserseqError",
+           "__version__", *_LAZY]
 
 
-def __getattr__(name: str):
-    # Lazy import keeps `import userseq` light (torch is loaded only when a model is needed).
-    if name == "NextItemRecommender":
-        from userseq.nextitem.estimator import NextItemRecommender
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'userseq' has no attribute {name!r}")
 
-        return NextItemRecommender
-    raise AttributeError(name)
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -28,3 +28,24 @@ def with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
             if value is not None:
                 msg = msg.replace(f"'{key}':", f"{flag} {value}:")
         raise ConfigError(f"invalid command-line option: {msg}") from None
+
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="override any config setting: --set model.dim=128 (repeatable; values are YAML)")]
+
+
+def parse_set(values: list[str] | None) -> dict[str, Any]:
+    """`--set a.b=VALUE` options -> {"a.b": VALUE}; values are parsed as YAML scalars/lists
+    (`--set eval.ks=[5,10]`, `--set train.max_minutes=null`)."""
+    import yaml
+
+    out_: dict[str, Any] = {}
+    for item in values or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.dim=128.")
+        try:
+            out_[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML.") from None
+    return out_

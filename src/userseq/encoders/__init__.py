@@ -30,4 +30,13 @@ def build_encoder(cfg, n_items: int, items: ItemRepr | None = None) -> SequenceE
     raise ConfigError(f"unknown model '{cfg.name}'. Choose one of: {', '.join(ENCODERS)}.")
 
 
-__all__ = ["ENCODERS", "GRUEncoder", "SequenceEncoder", "TransformerEncoder", "build_encoder"]
+def encoder_config(name: str, **settings):
+    """The validated config of encoder `name` with `settings` (e.g. dim, layers, dropout, max_len).
+    Settings the encoder does not have are an error. (Tasks that build an encoder for their own
+    use, e.g. detection, call this instead of constructing a config class.)"""
+    from userseq.encoders.config import ModelConfig
+
+    return ModelConfig(name=name, **settings)
+
+
+__all__ = ["encoder_config", "ENCODERS", "GRUEncoder", "SequenceEncoder", "TransformerEncoder", "build_encoder"]
