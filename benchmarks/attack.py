@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 from results import machine_description, update_section  # noqa: E402
 
 from userseq.attack.config import METHODS  # noqa: E402
-from userseq.attack.defence import adversarial_augment  # noqa: E402
+from userseq.detect.augment import adversarial_augment  # noqa: E402
 from userseq.attack.estimator import Attacker, efficacy, reference_quality, run_split, same_split  # noqa: E402
 from userseq.attack.petgen import cached_generator  # noqa: E402
 from userseq.attack.quality import SentenceVectors  # noqa: E402

@@ -49,3 +49,30 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML.") from None
     return out_
+
+
+def config_show(
+    run_dir: Annotated[Path | None, typer.Argument(help="a run directory (any task)")] = None,
+    task: Annotated[str | None, typer.Option(help="print the default config of a task instead "
+                                                  "(nextitem, ctr, detect, attack)")] = None,
+) -> None:
+    """Print a run's resolved config (every setting, defaults included) as YAML."""
+    from userseq.core.estimator import estimator_class, read_manifest
+
+    if (run_dir is None) == (task is None):
+        raise ConfigError("give a run directory (userseq config show RUN) or --task NAME, not both.")
+    if task is not None:
+        out.print(estimator_class(task).config_class().to_yaml(), end="", highlight=False)
+        return
+    from userseq.core.errors import ArtifactError
+
+    if not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir}: run directory not found.")
+    cls = estimator_class(read_manifest(run_dir)["task"])
+    out.print(cls._read_config(run_dir).to_yaml(), end="", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    config_app = typer.Typer(no_args_is_help=True, help="Show configurations.")
+    config_app.command("show")(config_show)
+    app.add_typer(config_app, name="config")
