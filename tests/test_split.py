@@ -90,3 +90,28 @@ def test_random_training_windows_cover_long_histories():
         assert row == list(range(row[0], row[0] + 4)) and 4 <= row[0] <= 7  # a contiguous crop of items 4..10
         seen_ends.add(row[-1])
     assert seen_ends == {7, 8, 9, 10}  # every crop position is drawn, the last one included
+
+
+def test_cold_start_split_is_seeded_by_split_seed():
+    rows = [(f"u{u}", f"i{(u + t) % 12}", t) for u in range(40) for t in range(4)]
+    log = log_from(rows)
+    a = make_split(log, "cold-start", cold_fraction=0.5, seed=1)
+    b = make_split(log, "cold-start", cold_fraction=0.5, seed=1)
+    c = make_split(log, "cold-start", cold_fraction=0.5, seed=2)
+    assert a.info["split_seed"] == 1 and a.info["cold_items"] == 6
+    assert np.array_equal(a.train_items, b.train_items)
+    assert not np.array_equal(a.test.targets, c.test.targets)
+    held_out = set(a.valid.targets) | set(a.test.targets)
+    assert held_out.isdisjoint(set(a.train_items.tolist()))  # cold items never in training
+
+
+def test_data_config_split_seed_reads_old_cold_seed():
+    from userseq.core.config import validate_config
+    from userseq.core.errors import ConfigError
+    from userseq.data.config import DataConfig
+
+    assert DataConfig(cold_seed=5).split_seed == 5  # old run configs
+    assert DataConfig.model_validate({"split_seed": 3, "cold_seed": 3}).split_seed == 3
+    assert "cold_seed" not in DataConfig().model_dump() and DataConfig().split_seed == 0
+    with pytest.raises(ConfigError, match="old name of data.split_seed"):
+        validate_config(DataConfig, {"cold_seed": 1, "split_seed": 2}, "run/config.yaml", "data")

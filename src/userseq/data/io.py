@@ -17,7 +17,6 @@ Type rules for id columns, per format:
 from __future__ import annotations
 
 import csv
-import difflib
 import gzip
 from pathlib import Path
 from typing import Any
@@ -64,23 +63,10 @@ def describe_rows(name: str, rows: list[int]) -> str:
     return ("1-based row " if len(rows) == 1 else "1-based rows ") + ", ".join(str(r + 1) for r in rows)
 
 
-def _unknown_name_hint(word: str) -> str:
-    from userseq.data.datasets import DATASETS  # lazy: datasets imports the event log, which imports us
-
-    close = difflib.get_close_matches(word.lower(), list(DATASETS), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return (
-        f"not a known dataset name and no such file.{hint} Known datasets: {', '.join(DATASETS)} "
-        "(see `userseq datasets list`); or pass the path of an events file (.csv, .tsv, .parquet, .jsonl)."
-    )
-
-
 def check_file(path: str | Path) -> Path:
     """Fail with a clear message when a file is missing, a directory, or empty."""
     p = Path(path)
     if not p.exists():
-        if not p.suffix and len(p.parts) == 1:  # a bare word: probably meant as a dataset name
-            raise DataError(f"{p}: {_unknown_name_hint(str(p))}")
         raise DataError(
             f"{p}: file not found. Check the path, or use a named dataset (see `userseq datasets list`)."
         )
@@ -142,9 +128,9 @@ def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFr
     except DataError:
         raise
     except pl.exceptions.ComputeError as e:  # malformed file contents
-        raise DataError(f"{name}: could not parse as {fmt.lstrip('.')}: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not parse as {fmt.lstrip('.')}: {first_line(e)}") from None
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise DataError(f"{name}: could not read: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not read: {first_line(e)}") from None
     if not lf.collect_schema().names():
         raise DataError(f"{name}: no columns found. Expected a header row with user_id, item_id, timestamp.")
     return lf, name
@@ -170,10 +156,10 @@ def collect_table(lf: pl.LazyFrame, name: str, id_columns: list[str] | None = No
         df = lf.collect()
     except pl.exceptions.ComputeError as e:
         if kind != "csv":
-            raise DataError(f"{name}: could not parse: {_first_line(e)}") from None
+            raise DataError(f"{name}: could not parse: {first_line(e)}") from None
         df = _reread_csv_as_text(Path(name), lf.collect_schema(), e)
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise DataError(f"{name}: could not read: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not read: {first_line(e)}") from None
     if kind == "jsonl":
         for col in id_columns or []:
             if col in df.columns and df[col].dtype == pl.String:
@@ -191,7 +177,7 @@ def _reread_csv_as_text(path: Path, inferred: pl.Schema, error: Exception) -> pl
     except pl.exceptions.PolarsError as e:
         where = _ragged_line(path, kw["separator"])
         raise DataError(
-            f"{name}: could not parse as {fmt.lstrip('.')}: {_first_line(e)}"
+            f"{name}: could not parse as {fmt.lstrip('.')}: {first_line(e)}"
             + (f" ({where})" if where else "")
             + ". Check the separator and quoting of that row."
         ) from None
@@ -257,9 +243,9 @@ def _from_pandas(df: Any) -> pl.DataFrame:
     try:
         return pl.from_pandas(df)
     except Exception as e:  # pyarrow conversion errors have many types
-        raise DataError(f"<pandas DataFrame>: could not convert to Polars: {_first_line(e)}") from None
+        raise DataError(f"<pandas DataFrame>: could not convert to Polars: {first_line(e)}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

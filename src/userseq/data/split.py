@@ -138,7 +138,7 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
     user_of_event = np.repeat(users, lengths)
     train_offsets = np.concatenate([[0], np.cumsum(np.bincount(user_of_event[keep], minlength=log.n_users))])
     train_items = items[keep]
-    info: dict = {"cold_items": n_cold, "cold_fraction": cold_fraction, "cold_seed": seed,
+    info: dict = {"cold_items": n_cold, "cold_fraction": cold_fraction, "split_seed": seed,
                   "train_events_removed": int((~keep).sum())}
 
     def targets(r: int, name: str) -> EvalSet:
@@ -150,7 +150,7 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
     valid, test = targets(1, "valid"), targets(2, "test")
     if len(test) == 0 or len(valid) == 0:
         raise DataError(f"{log.source}: cold-start split left no {'test' if len(test) == 0 else 'validation'} users "
-                        "(no user's last event is a held-out item); raise data.cold_fraction or change data.cold_seed.")
+                        "(no user's last event is a held-out item); raise data.cold_fraction or change data.split_seed.")
     return Split("cold-start", train_offsets, train_items, valid, test, info)
 
 
