@@ -14,10 +14,9 @@ import pytest
 
 from userseq.core.errors import DataError
 from userseq.data import datasets as ds
-from userseq.data.datasets import registry as ds_registry
 from userseq.data.datasets import (
-    POSITION_NOTE,
     DATASETS,
+    POSITION_NOTE,
     Download,
     dataset_path,
     fetch_dataset,
@@ -26,6 +25,7 @@ from userseq.data.datasets import (
     load_dataset,
     load_item_metadata,
 )
+from userseq.data.datasets import registry as ds_registry
 from userseq.data.eventlog import EventLog
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # <repo>/../shared/data
@@ -100,7 +100,8 @@ def test_ml1m_sasrec_counts(shared_data: Path) -> None:
     meta = load_item_metadata("ml-1m")
     assert meta is not None and meta.columns == ["item_id", "title", "genres"]
     assert meta["item_id"].dtype == log.item_ids.dtype
-    assert set(log.item_ids.to_list()) <= set(meta["item_id"].to_list())  # ids are MovieLens MovieIDs
+    # ids are MovieLens MovieIDs
+    assert set(log.item_ids.to_list()) <= set(meta["item_id"].to_list())
     toy = meta.filter(pl.col("item_id") == 1).row(0, named=True)
     assert toy["title"] == "Toy Story (1995)" and "Animation" in toy["genres"]
 
@@ -114,7 +115,8 @@ def test_ml100k_counts_and_metadata(shared_data: Path) -> None:
     meta = load_item_metadata("ml-100k")
     assert meta is not None and meta.height == 1682
     row = meta.filter(pl.col("item_id") == 2).row(0, named=True)
-    assert row["title"] == "GoldenEye (1995)" and row["genres"] == ["Action", "Adventure", "Thriller"]
+    assert row["title"] == "GoldenEye (1995)"
+    assert row["genres"] == ["Action", "Adventure", "Thriller"]
 
 
 def test_ml_latest_small_counts(shared_data: Path) -> None:
@@ -186,7 +188,8 @@ def test_ml1m_ratings_dat_filter_and_order(tmp_path: Path, monkeypatch: pytest.M
     (user_dir / "ml-1m").mkdir(parents=True)
     (user_dir / "ml-1m" / "ratings.dat").write_text("\n".join(lines) + "\n")
     (user_dir / "ml-1m" / "movies.dat").write_bytes(
-        "10::Caf\xe9 (1990)::Drama\n11::B (1991)::Comedy|Drama\n12::C (1992)::Horror\n".encode("latin-1")
+        "10::Caf\xe9 (1990)::Drama\n11::B (1991)::Comedy|Drama\n12::C (1992)::Horror\n"
+        .encode("latin-1")
     )
     monkeypatch.setenv("USERSEQ_DATA", str(user_dir))
 
@@ -199,7 +202,8 @@ def test_ml1m_ratings_dat_filter_and_order(tmp_path: Path, monkeypatch: pytest.M
     assert log.frame["rating"].to_list()[:3] == [3, 4, 5]
     step = log.report[1]
     assert "item >= 5" in step.name
-    assert (step.events_before, step.events_after, step.items_removed, step.users_removed) == (19, 15, 1, 0)
+    counts = (step.events_before, step.events_after, step.items_removed, step.users_removed)
+    assert counts == (19, 15, 1, 0)
 
     meta = load_item_metadata("ml-1m")
     assert meta is not None
@@ -262,7 +266,8 @@ def test_unverified_download_warns(tmp_path: Path, with_downloads) -> None:
 
 def test_unreachable_url_says_where_to_put_files(tmp_path: Path, with_downloads) -> None:
     missing = _file_url(tmp_path / "nowhere" / "ml-1m.zip")
-    with_downloads("ml-1m", dataclasses.replace(DATASETS.get("ml-1m").obj.downloads[0], url=missing))
+    download = DATASETS.get("ml-1m").obj.downloads[0]
+    with_downloads("ml-1m", dataclasses.replace(download, url=missing))
     with pytest.raises(DataError) as err:
         load_dataset("ml-1m")
     msg = str(err.value)
@@ -279,7 +284,8 @@ def test_unknown_name() -> None:
         "amazon-lastfm, amazon-scientific, wiki-vandals, petgen-wiki; or pass a path to an events "
         "file"
     )
-    assert is_dataset_name("ml-1m") and not is_dataset_name("ml-2m") and not is_dataset_name("events.csv")
+    assert is_dataset_name("ml-1m") and not is_dataset_name("ml-2m")
+    assert not is_dataset_name("events.csv")
 
 
 def test_registry_entries_are_complete() -> None:
@@ -295,7 +301,7 @@ def test_registry_entries_are_complete() -> None:
 
 # ---------------------------------------------------------------------- registering a dataset
 def test_register_dataset_through_public_api(tmp_path: Path, cli) -> None:
-    """A dataset registered with `userseq.register_dataset` loads by name, in Python and in the CLI."""
+    """A dataset registered with `userseq.register_dataset` loads by name, in Python and the CLI."""
     import userseq
 
     home = tmp_path / "clicks"
@@ -323,7 +329,8 @@ def test_register_dataset_through_public_api(tmp_path: Path, cli) -> None:
         assert res.code == 0, res.output
         assert '"users": 2' in res.stdout and '"events": 5' in res.stdout
         with pytest.raises(userseq.ConfigError, match="already registered"):
-            userseq.register_dataset("toy-clicks", toy_clicks, layouts=[ds.Layout("csv", home, "x")])
+            userseq.register_dataset("toy-clicks", toy_clicks,
+                                     layouts=[ds.Layout("csv", home, "x")])
     finally:
         DATASETS.unregister("toy-clicks")
     assert not is_dataset_name("toy-clicks")
@@ -378,7 +385,8 @@ def _vews_copy(root: Path, vandal_label: str = "vandal") -> Path:
     rows = {
         "benign_2013_1.csv.gz": "ann,1,2013-01-01T10:00:00Z,Cat,False,,,0.1,0.2\n"
                                 "ann,2,2013-01-01T11:00:00Z,User:ann,False,,,0.1,0.2\n",
-        "vandal_2013_1.csv.gz": "bob,3,2013-01-02T10:00:00Z,Dog,True,2013-01-02T10:01:00Z,1,0.9,0.8\n",
+        "vandal_2013_1.csv.gz":
+            "bob,3,2013-01-02T10:00:00Z,Dog,True,2013-01-02T10:01:00Z,1,0.9,0.8\n",
     }
     for name, body in rows.items():
         (d / name).write_bytes(gzip.compress((header + body).encode()))

@@ -24,8 +24,10 @@ def datasets_list() -> None:
     out.print(t)
 
 
-def datasets_fetch(name: str,
-                   dest: Annotated[Path | None, typer.Option(help="target directory")] = None) -> None:
+DestOption = Annotated[Path | None, typer.Option(help="target directory")]
+
+
+def datasets_fetch(name: str, dest: DestOption = None) -> None:
     """Download a named dataset (verified by checksum) unless a local copy exists."""
     from userseq.data.datasets import fetch_dataset
 
@@ -34,7 +36,8 @@ def datasets_fetch(name: str,
 
 # ---------------------------------------------------------------------- validate
 def validate(
-    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset name")],
+    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset "
+                                             "name")],
     user_col: Annotated[str, typer.Option(help="user id column")] = "user_id",
     item_col: Annotated[str, typer.Option(help="item id column")] = "item_id",
     timestamp_col: Annotated[str, typer.Option(help="timestamp column")] = "timestamp",

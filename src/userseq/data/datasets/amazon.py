@@ -40,7 +40,8 @@ def _s3rec(name: str, fname: str, description: str, licence: str, sha256: str) -
     return DatasetSpec(
         name=name, description=description, licence=licence,
         homepage="https://github.com/RUCAIBox/CIKM2020-S3Rec",
-        downloads=(Download(f"{_S3REC}/{fname}", fname, sha256=sha256, checksum_source=_LOCAL_SHA),),
+        downloads=(Download(f"{_S3REC}/{fname}", fname, sha256=sha256,
+                            checksum_source=_LOCAL_SHA),),
         layouts=(Layout("s3rec", "amazon-s3rec", (fname,)), Layout("s3rec", ".", (fname,))),
         load=read,
     )

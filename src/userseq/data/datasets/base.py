@@ -120,7 +120,8 @@ class DatasetSpec:
         if not self.name or not isinstance(self.name, str):
             raise DataError(f"a dataset needs a name (got {self.name!r}).")
         if not self.layouts:
-            raise DataError(f"dataset {self.name!r}: give at least one Layout (where its files sit).")
+            raise DataError(f"dataset {self.name!r}: give at least one Layout (where its files "
+                            "sit).")
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ class DatasetFiles:
         return data
 
     def read_table(self, name: str) -> pl.DataFrame:
-        """A CSV/TSV, Parquet or JSONL file (optionally .gz) read with the rules of `userseq.data.io`."""
+        """A CSV/TSV, Parquet or JSONL file (optionally .gz), read like `userseq.data.io` does."""
         if self._members is None:
             lf, where = scan_table(self.path / name)
             return collect_table(lf, where)

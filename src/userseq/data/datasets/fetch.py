@@ -80,7 +80,7 @@ def fetch(spec: DatasetSpec, dest: Path | None) -> Found:
 # ---------------------------------------------------------------------- download
 def download_file(spec: DatasetSpec, d: Download, target: Path,
                   timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Stream `d.url` to `target/d.filename`, verifying size and checksums; a bad file is removed."""
+    """Stream `d.url` to `target/d.filename`, checking size and checksums; a bad file is removed."""
     target.mkdir(parents=True, exist_ok=True)
     out = target / d.filename
     part = out.with_name(out.name + ".part")
@@ -182,7 +182,8 @@ def extract(archive: Path, target: Path) -> None:
             root = target.resolve()
             for member in zf.namelist():
                 if not (target / member).resolve().is_relative_to(root):
-                    raise DataError(f"{archive}: unsafe path {member!r} in archive; not extracting.")
+                    raise DataError(f"{archive}: unsafe path {member!r} in archive; not "
+                                    "extracting.")
             zf.extractall(target)
     except zipfile.BadZipFile as e:
         raise DataError(f"{archive}: not a valid zip archive ({e}). Delete it and download it "

@@ -43,7 +43,7 @@ def _meta_ml1m(files: DatasetFiles, kind: str) -> pl.DataFrame:
 
 
 def sasrec_item_filter(raw: pl.DataFrame, min_item: int = 5) -> tuple[pl.DataFrame, Step]:
-    """SASRec's ml-1m preprocessing: drop items with fewer than `min_item` ratings, keep all users."""
+    """SASRec's ml-1m preprocessing: drop items with under `min_item` ratings, keep all users."""
     kept = raw.filter(pl.len().over("item_id") >= min_item)
     step = Step(
         f"SASRec item filter (item >= {min_item} ratings)",
@@ -66,7 +66,8 @@ def _sasrec5(files: DatasetFiles) -> DatasetEvents:
                     maintain_order="left")
     missing = df["movie_id"].null_count()
     if missing:
-        raise DataError(f"{files.where(map_file)}: {missing:,} events use items missing from the map.")
+        raise DataError(f"{files.where(map_file)}: {missing:,} events use items missing from the "
+                        "map.")
     df = with_positions(df.select("user_id", pl.col("movie_id").alias("item_id")))
     notes = [POSITION_NOTE, "SASRec preprocessing (items with >= 5 ratings) was applied upstream; "
              "item ids are MovieLens MovieIDs"]
@@ -127,7 +128,8 @@ def _meta_ml100k(files: DatasetFiles, kind: str) -> pl.DataFrame:
             f"{_GROUPLENS}/ml-100k.zip", "ml-100k.zip",
             sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
             md5="0e33842e24a9c977be4e0107933c0723", size=4924029, extract=True,
-            checksum_source=f"{_TFDS}; md5 as published by GroupLens (used by torchtext and others)",
+            checksum_source=f"{_TFDS}; md5 as published by GroupLens (used by torchtext and "
+            "others)",
         ),
     ),
     layouts=(

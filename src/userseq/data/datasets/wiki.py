@@ -71,8 +71,9 @@ def _read_vews(files: DatasetFiles) -> tuple[pl.DataFrame, pl.DataFrame]:
     clash = labels.join(by_file.rename({"username": "user_id"}), on="user_id")
     clash = clash.filter(pl.col("label") != pl.col("file_label"))
     if clash.height:
-        raise DataError(f"{files.path}: {clash.height} users whose label in {_VEWS_USERS} disagrees "
-                        f"with their file prefix (e.g. {clash['user_id'].head(3).to_list()}).")
+        some = clash["user_id"].head(3).to_list()
+        raise DataError(f"{files.path}: {clash.height} users whose label in {_VEWS_USERS} "
+                        f"disagrees with their file prefix (e.g. {some}).")
     return events, labels
 
 
@@ -131,7 +132,8 @@ def _read_posts(files: DatasetFiles) -> pl.DataFrame:
     "794 users (397 malicious), 5-20 posts each",
     licence="MIT (claws-lab/petgen repository); cite He, Ahamad, Kumar, KDD 2021",
     homepage="https://github.com/claws-lab/petgen",
-    layouts=(Layout("petgen", "petgen-wiki", (_PETGEN_FILE,)), Layout("petgen", ".", (_PETGEN_FILE,))),
+    layouts=(Layout("petgen", "petgen-wiki", (_PETGEN_FILE,)),
+             Layout("petgen", ".", (_PETGEN_FILE,))),
     tasks=("detect", "attack"),
 )
 def read_petgen_wiki_events(files: DatasetFiles, kind: str) -> DatasetEvents:
