@@ -405,6 +405,15 @@ def test_detection_datasets_are_registered() -> None:
     assert "'wiki-vandals/users.tsv.gz'" in str(err.value)
 
 
+def test_datasets_list_command_shows_every_task(cli) -> None:
+    res = cli("datasets", "list")
+    assert res.code == 0, res.output
+    for name in DATASETS.names():
+        assert name in res.stdout  # names are never cut
+    assert "detect" in res.stdout and "nextitem, ctr" in res.stdout
+    assert "not found" in res.stdout  # isolated: no local copies
+
+
 def test_wiki_vandals_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from userseq.data.datasets.wiki import read_wiki_vandals
 

@@ -17,8 +17,14 @@ def datasets_list() -> None:
     """Show the named datasets (next-item, CTR and detection) and where a local copy was found."""
     from userseq.data.datasets import list_datasets
 
-    t = Table("name", "tasks", "description", "local copy", "source")
-    for d in list_datasets():
+    infos = list_datasets()
+    t = Table()
+    t.add_column("name", no_wrap=True, min_width=max(len(d.name) for d in infos))
+    t.add_column("tasks", no_wrap=True)
+    t.add_column("description", overflow="fold")
+    t.add_column("local copy", overflow="fold")  # paths and URLs in full, folded
+    t.add_column("source", overflow="fold")
+    for d in infos:
         found = str(d.found_at) if d.found_at else "[dim]not found (fetch downloads it)[/]"
         t.add_row(d.name, ", ".join(d.tasks), d.description, found, d.url)
     out.print(t)

@@ -147,10 +147,6 @@ class DatasetFiles:
         if path.suffix.lower() == ".zip":
             self._members = _zip_members(path)
 
-    @property
-    def is_zip(self) -> bool:
-        return self._members is not None
-
     def has(self, name: str) -> bool:
         if self._members is not None:
             return name in self._members
