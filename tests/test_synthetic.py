@@ -1,5 +1,5 @@
-"""The synthetic generator (benchmarks/synthetic.py) and the ingest path it feeds: Parquet -> EventLog
--> CSR -> padded training windows."""
+"""The synthetic generator (benchmarks/synthetic.py) and the ingest path it feeds: Parquet ->
+EventLog -> CSR -> padded training windows."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_file_schema_and_layout(parquet_path):
 def test_deterministic_and_popularity_skewed(parquet_path):
     a = synthetic.synthetic_frame(N_EVENTS, N_USERS, N_ITEMS, SEED, chunk_events=1_500)
     assert a.equals(pl.read_parquet(parquet_path))
-    assert not a.equals(synthetic.synthetic_frame(N_EVENTS, N_USERS, N_ITEMS, SEED + 1, chunk_events=1_500))
+    other = synthetic.synthetic_frame(N_EVENTS, N_USERS, N_ITEMS, SEED + 1, chunk_events=1_500)
+    assert not a.equals(other)
     counts = a["item_id"].value_counts(sort=True)["count"].to_numpy()
     assert counts[0] > 20 * np.median(counts)  # Zipf-like head
 
@@ -98,7 +99,8 @@ def test_training_windows_hand_built():
     # sequences: [5, 6, 7, 8, 9], [3], [1, 2], [4, 4, 4]
     offsets = np.array([0, 5, 6, 8, 11])
     items = np.array([5, 6, 7, 8, 9, 3, 1, 2, 4, 4, 4], dtype=np.int32)
-    w = training_windows(offsets, items, max_len=3)  # rows of max_len + 1; users with < 2 items dropped
+    # rows of max_len + 1; users with < 2 items dropped
+    w = training_windows(offsets, items, max_len=3)
     expected = np.array(
         [
             [6, 7, 8, 9],  # truncated to the last 4

@@ -24,6 +24,7 @@ _LAZY = {
     "Estimator": "userseq.core.estimator",
     "load": "userseq.core.estimator",
     "Registry": "userseq.core.registry",
+    "register_dataset": "userseq.data.datasets",
     "TrainConfig": "userseq.core.config",
     "Trainer": "userseq.core.trainer",
     "NextItemRecommender": "userseq.nextitem.estimator",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def pad_left(starts: np.ndarray, ends: np.ndarray, items: np.ndarray, length: int, pad: int = 0) -> np.ndarray:
-    """Matrix (n, length): row i holds the last `length` items of items[starts[i]:ends[i]], left-padded."""
+def pad_left(starts: np.ndarray, ends: np.ndarray, items: np.ndarray, length: int,
+             pad: int = 0) -> np.ndarray:
+    """Matrix (n, length): row i holds the last `length` items of items[starts[i]:ends[i]],
+    left-padded."""
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     idx = ends[:, None] - length + np.arange(length, dtype=np.int64)[None, :]

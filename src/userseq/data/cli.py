@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,17 +14,26 @@ from userseq.core.cli import out
 
 # ---------------------------------------------------------------------- datasets
 def datasets_list() -> None:
-    """Show the named datasets and where a local copy was found."""
+    """Show the named datasets (next-item, CTR and detection) and where a local copy was found."""
     from userseq.data.datasets import list_datasets
 
-    t = Table("name", "description", "local copy", "source")
-    for d in list_datasets():
-        t.add_row(d.name, d.description, str(d.found_at) if d.found_at else "[dim]not found (fetch downloads it)[/]",
-                  d.url)
+    infos = list_datasets()
+    t = Table()
+    t.add_column("name", no_wrap=True, min_width=max(len(d.name) for d in infos))
+    t.add_column("tasks", no_wrap=True)
+    t.add_column("description", overflow="fold")
+    t.add_column("local copy", overflow="fold")  # paths and URLs in full, folded
+    t.add_column("source", overflow="fold")
+    for d in infos:
+        found = str(d.found_at) if d.found_at else "[dim]not found (fetch downloads it)[/]"
+        t.add_row(d.name, ", ".join(d.tasks), d.description, found, d.url)
     out.print(t)
 
 
-def datasets_fetch(name: str, dest: Annotated[Path | None, typer.Option(help="target directory")] = None) -> None:
+DestOption = Annotated[Path | None, typer.Option(help="target directory")]
+
+
+def datasets_fetch(name: str, dest: DestOption = None) -> None:
     """Download a named dataset (verified by checksum) unless a local copy exists."""
     from userseq.data.datasets import fetch_dataset
 
@@ -33,7 +42,8 @@ def datasets_fetch(name: str, dest: Annotated[Path | None, typer.Option(help="ta
 
 # ---------------------------------------------------------------------- validate
 def validate(
-    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset name")],
+    data: Annotated[str, typer.Argument(help="events file (CSV/TSV/Parquet/JSONL) or dataset "
+                                             "name")],
     user_col: Annotated[str, typer.Option(help="user id column")] = "user_id",
     item_col: Annotated[str, typer.Option(help="item id column")] = "item_id",
     timestamp_col: Annotated[str, typer.Option(help="timestamp column")] = "timestamp",
@@ -48,36 +58,48 @@ def validate(
     from userseq.data.load import load_events
 
     cfg = DataConfig(user_col=user_col, item_col=item_col, timestamp_col=timestamp_col,
-                     min_user_events=min_user_events, min_item_events=min_item_events, k_core=k_core,
-                     dedup_consecutive=dedup_consecutive)
+                     min_user_events=min_user_events, min_item_events=min_item_events,
+                     k_core=k_core, dedup_consecutive=dedup_consecutive)
     log = load_events(data, cfg)
     d = log.describe()
-    problems = []
-    if log.timestamp_kind == "position":
-        problems.append("timestamps are positions in the published sequence (the source has no timestamps); "
-                        "the temporal split is not meaningful")
-    if d["users_under_3_events"]:
-        problems.append(f"{d['users_under_3_events']:,} users have fewer than 3 events: leave-one-out needs "
-                        "--min-user-events 3 (they will be counted) or a temporal split")
-    if d["timestamp_ties"]:
-        problems.append(f"{d['timestamp_ties']:,} events share their user's previous timestamp; input order "
-                        "breaks the tie")
-    if d["consecutive_repeats"]:
-        problems.append(f"{d['consecutive_repeats']:,} consecutive repeats of the same item (--dedup-consecutive "
-                        "collapses them)")
-    d["problems"] = problems + list(log.notes)
+    d["problems"] = _problems(d, log.timestamp_kind) + list(log.notes)
     d["steps"] = [s.describe() for s in log.report]
     if as_json:
         out.print_json(json.dumps(d))
-        return
+    else:
+        _print_report(d, log.timestamp_kind)
+
+
+def _problems(d: dict[str, Any], timestamp_kind: str) -> list[str]:
+    """What in a `describe()` report needs the user's attention, with what to do about it."""
+    problems = []
+    if timestamp_kind == "position":
+        problems.append("timestamps are positions in the published sequence (the source has no "
+                        "timestamps); the temporal split is not meaningful")
+    if d["users_under_3_events"]:
+        problems.append(f"{d['users_under_3_events']:,} users have fewer than 3 events: "
+                        "leave-one-out needs --min-user-events 3 (they will be counted) or a "
+                        "temporal split")
+    if d["timestamp_ties"]:
+        problems.append(f"{d['timestamp_ties']:,} events share their user's previous timestamp; "
+                        "input order breaks the tie")
+    if d["consecutive_repeats"]:
+        problems.append(f"{d['consecutive_repeats']:,} consecutive repeats of the same item "
+                        "(--dedup-consecutive collapses them)")
+    return problems
+
+
+def _print_report(d: dict[str, Any], timestamp_kind: str) -> None:
     t = Table(title=f"data report: {d['source']}", show_header=False)
     t.add_row("users", f"{d['users']:,}")
     t.add_row("items", f"{d['items']:,}")
     t.add_row("events", f"{d['events']:,}")
     ln = d["length"]
-    t.add_row("events per user", f"min {ln['min']}  p5 {ln['p5']:.0f}  p25 {ln['p25']:.0f}  median {ln['p50']:.0f}  "
+    t.add_row("events per user",
+              f"min {ln['min']}  p5 {ln['p5']:.0f}  p25 {ln['p25']:.0f}  median {ln['p50']:.0f}  "
               f"p75 {ln['p75']:.0f}  p95 {ln['p95']:.0f}  max {ln['max']}  mean {ln['mean']:.1f}")
-    kind = {"time": "", "numeric": " (numbers)", "position": " (sequence positions, no timestamps)"}[log.timestamp_kind]
+    kind = {"time": "", "numeric": " (numbers)",
+            "position": " (sequence positions, no timestamps)"}[timestamp_kind]
     t.add_row("time range", f"{d['time_range'][0]} .. {d['time_range'][1]}{kind}")
     t.add_row("duplicate (user, item) pairs", f"{d['duplicate_user_item_pairs']:,}")
     for s in d["steps"]:
@@ -89,8 +111,6 @@ def validate(
             out.print(f"  - {p}")
     else:
         out.print("[green]no problems found[/]")
-
-
 
 
 def register(app: typer.Typer) -> None:

@@ -59,7 +59,8 @@ class Step:
 
 @dataclass
 class EventLog:
-    """Validated, sorted, id-mapped events. Build with `EventLog.read(...)` or `EventLog.from_frame(...)`.
+    """Validated, sorted, id-mapped events. Build with `EventLog.read(...)` or
+    `EventLog.from_frame(...)`.
 
     `frame` has columns `user` (int, 0-based), `item` (int, 1-based), `timestamp`, `__row` and any
     extra columns of the input (weight, event, text, features), sorted by (user, timestamp, row).
@@ -114,58 +115,24 @@ class EventLog:
             df = collect_table(lf, name, id_columns=[columns.user, columns.item])
             source = source or name
         source = source or "<DataFrame>"
-        _require_columns(source, df.columns, columns)
-        if df.height == 0:
-            what = "the DataFrame has no rows" if source_kind(source) == "frame" else "no event rows (only a header)"
-            raise DataError(f"{source}: {what}. Add events or check the filter upstream.")
         notes = list(notes or [])
-        df = _rename_reserved(df, columns, notes)
-
-        df = df.with_row_index(ROW)
-        df = df.rename({columns.user: "user_raw", columns.item: "item_raw", columns.timestamp: "timestamp"})
-        for col in ("user_raw", "item_raw"):
-            orig = columns.user if col == "user_raw" else columns.item
-            df = _check_ids(source, df, col, orig)
-        df, kind = _parse_timestamps(source, df, columns.timestamp, timestamp_kind)
+        df, kind = _validated(df, columns, source, timestamp_kind, notes)
         n0 = df.height
-        df = df.sort(["user_raw", "timestamp"], maintain_order=True)  # stable: input order breaks ties
+        df = df.sort(["user_raw", "timestamp"], maintain_order=True)  # input order breaks ties
         report = [Step("read", n0, n0)]
-
         if dedup_consecutive:
-            prev_same = (pl.col("item_raw") == pl.col("item_raw").shift(1)) & (
-                pl.col("user_raw") == pl.col("user_raw").shift(1)
-            )
-            before = df.height
-            df = df.filter(~prev_same.fill_null(False))
-            report.append(Step("dedup consecutive repeats", before, df.height))
+            df, step = _dedup_consecutive(df)
+            report.append(step)
         if min_user_events > 0 or min_item_events > 0:
             df, step = _filter_counts(df, min_user_events, min_item_events, k_core)
             report.append(step)
         if df.height == 0:
-            raise DataError(
-                f"{source}: no events left after filtering ({'; '.join(s.describe() for s in report[1:])}). "
-                "Lower min_user_events/min_item_events."
-            )
-        # df is sorted by user: user indices come from the boundaries between users, items from a join
-        first = (pl.col("user_raw") != pl.col("user_raw").shift(1)).fill_null(True)
-        user_ids = df.filter(first)["user_raw"]
-        item_ids = df["item_raw"].unique().sort()
-        item_map = pl.DataFrame({"item_raw": item_ids,
-                                 "item": pl.int_range(1, len(item_ids) + 1, dtype=pl.Int32, eager=True)})
-        df = (df.with_columns((first.cum_sum() - 1).cast(pl.Int32).alias("user"))
-              .join(item_map, on="item_raw", how="left", maintain_order="left")
-              .drop(["user_raw", "item_raw"]))
-        front = ["user", "item", "timestamp", ROW]
-        df = df.select(front + [c for c in df.columns if c not in front])
-        return cls(
-            frame=df,
-            user_ids=user_ids.rename("user_id"),
-            item_ids=item_ids.rename("item_id"),
-            source=source,
-            timestamp_kind=kind,
-            report=report,
-            notes=notes,
-        )
+            steps = "; ".join(s.describe() for s in report[1:])
+            raise DataError(f"{source}: no events left after filtering ({steps}). Lower "
+                            "min_user_events/min_item_events.")
+        df, user_ids, item_ids = _index(df)
+        return cls(frame=df, user_ids=user_ids, item_ids=item_ids, source=source,
+                   timestamp_kind=kind, report=report, notes=notes)
 
     # ------------------------------------------------------------------ sizes and sequences
     @property
@@ -182,7 +149,8 @@ class EventLog:
         return self.frame.height
 
     def sequences(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-user chronological item sequences in CSR form: (offsets[n_users+1], items[n_events])."""
+        """Per-user chronological item sequences in CSR form: (offsets[n_users+1],
+        items[n_events])."""
         if self._csr is None:
             counts = np.bincount(self.frame["user"].to_numpy(), minlength=self.n_users)
             offsets = np.zeros(self.n_users + 1, dtype=np.int64)
@@ -219,27 +187,33 @@ class EventLog:
         users = self.frame["user"]
         same_item_prev = (items == items.shift(1)) & (users == users.shift(1))
         ts_tie = (ts == ts.shift(1)) & (users == users.shift(1))
+        kind = self.timestamp_kind
+        pairs = self.frame.select(["user", "item"]).n_unique()
         return {
             "source": self.source,
             "users": self.n_users,
             "items": self.n_items,
             "events": self.n_events,
-            "length": {"min": int(lengths.min()), **pct, "max": int(lengths.max()), "mean": float(lengths.mean())},
+            "length": {"min": int(lengths.min()), **pct, "max": int(lengths.max()),
+                       "mean": float(lengths.mean())},
             "timestamp_kind": self.timestamp_kind,
-            "time_range": [_fmt_ts(ts.min(), self.timestamp_kind), _fmt_ts(ts.max(), self.timestamp_kind)],
+            "time_range": [_fmt_ts(ts.min(), kind), _fmt_ts(ts.max(), kind)],
             "consecutive_repeats": int(same_item_prev.sum()),
-            "timestamp_ties": int(ts_tie.sum()) if self.timestamp_kind != "position" else 0,
+            "timestamp_ties": int(ts_tie.sum()) if kind != "position" else 0,
             "users_under_3_events": int((lengths < 3).sum()),
-            "duplicate_user_item_pairs": int(self.n_events - self.frame.select(["user", "item"]).n_unique()),
+            "duplicate_user_item_pairs": int(self.n_events - pairs),
         }
 
 
 # ---------------------------------------------------------------------- helpers
 RESERVED = ("user", "item", "user_raw", "item_raw", "timestamp", ROW)  # names used internally
 _ALIASES = {
-    "user": ("user", "userid", "uid", "customer", "customerid", "visitor", "visitorid", "session", "sessionid"),
-    "item": ("item", "itemid", "iid", "product", "productid", "movie", "movieid", "sku", "asin", "article"),
-    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "eventtime", "createdat", "unixtime"),
+    "user": ("user", "userid", "uid", "customer", "customerid", "visitor", "visitorid", "session",
+             "sessionid"),
+    "item": ("item", "itemid", "iid", "product", "productid", "movie", "movieid", "sku", "asin",
+             "article"),
+    "timestamp": ("timestamp", "ts", "time", "datetime", "date", "eventtime", "createdat",
+                  "unixtime"),
 }
 
 
@@ -296,8 +270,8 @@ def _rename_reserved(df: pl.DataFrame, columns: Columns, notes: list[str]) -> pl
         while new in df.columns or new in mapping.values():
             new += "_"
         mapping[c] = new
-    notes.append("renamed extra column(s) " + ", ".join(f"'{a}' -> '{b}'" for a, b in mapping.items())
-                 + " (those names are used internally)")
+    renamed = ", ".join(f"'{a}' -> '{b}'" for a, b in mapping.items())
+    notes.append(f"renamed extra column(s) {renamed} (those names are used internally)")
     return df.rename(mapping)
 
 
@@ -311,7 +285,8 @@ def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> pl.DataFra
     if isinstance(s.dtype, pl.Categorical | pl.Enum):
         s = s.cast(pl.String)  # sort and map by the id values, not the category codes
     if s.dtype == pl.Object or isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
-        raise DataError(f"{source}: column '{orig}' has unsupported type {s.dtype}; ids must be strings or integers.")
+        raise DataError(f"{source}: column '{orig}' has unsupported type {s.dtype}; ids must be "
+                        "strings or integers.")
     nulls = s.is_null()
     if s.dtype == pl.String:
         nulls = nulls | (s.str.strip_chars() == "")
@@ -320,16 +295,16 @@ def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> pl.DataFra
     n_null = int(nulls.sum())
     if n_null:
         raise DataError(
-            f"{source}: column '{orig}' has {n_null:,} null/empty ids ({_row_hint(source, df, nulls)}). "
-            "Remove those rows or fill the ids."
+            f"{source}: column '{orig}' has {n_null:,} null/empty ids "
+            f"({_row_hint(source, df, nulls)}). Remove those rows or fill the ids."
         )
     if s.dtype.is_float():
         bad = ~(s.is_finite() & (s == s.round(0)))
         if bool(bad.any()):
             first = int(bad.arg_max())
             raise DataError(
-                f"{source}: column '{orig}' holds non-integer numbers ({_row_hint(source, df, bad)}: {s[first]!r}); "
-                "ids must be integers or strings."
+                f"{source}: column '{orig}' holds non-integer numbers "
+                f"({_row_hint(source, df, bad)}: {s[first]!r}); ids must be integers or strings."
             )
         s = s.cast(pl.Int64)
     return df if s is original else df.with_columns(s.alias(col))
@@ -358,12 +333,14 @@ def _parse_timestamps(
         if s.dtype.is_float():
             inf = s.is_infinite()
             if bool(inf.any()):
-                raise DataError(f"{source}: column '{orig}' has infinite timestamps ({_row_hint(source, df, inf)}).")
+                raise DataError(f"{source}: column '{orig}' has infinite timestamps "
+                                f"({_row_hint(source, df, inf)}).")
             if bool((s == s.round(0)).all()):
                 s = s.cast(pl.Int64)
         detected = "numeric"
     else:
-        raise DataError(f"{source}: column '{orig}' has type {s.dtype}; expected datetimes, ISO strings or numbers.")
+        raise DataError(f"{source}: column '{orig}' has type {s.dtype}; expected datetimes, ISO "
+                        "strings or numbers.")
     return df.with_columns(s.alias("timestamp")), (kind or detected)
 
 
@@ -383,18 +360,62 @@ def _parse_timestamp_strings(source: str, df: pl.DataFrame, s: pl.Series, orig: 
         first = int(bad.arg_max())
         raise DataError(
             f"{source}: column '{orig}' has {int(bad.sum()):,} unparsable timestamps; first at "
-            f"{describe_rows(source, [int(df[ROW][first])])}: {s[first]!r}. Use ISO 8601 (2024-01-31T12:00:00, "
-            "one format for the whole column) or Unix seconds."
+            f"{describe_rows(source, [int(df[ROW][first])])}: {s[first]!r}. Use ISO 8601 "
+            "(2024-01-31T12:00:00, one format for the whole column) or Unix seconds."
         )
     i_num, i_date = int(numeric.is_not_null().arg_max()), int(parsed.is_not_null().arg_max())
+    where_num = describe_rows(source, [int(df[ROW][i_num])])
+    where_date = describe_rows(source, [int(df[ROW][i_date])])
     raise DataError(
-        f"{source}: column '{orig}' mixes numbers ({describe_rows(source, [int(df[ROW][i_num])])}: {s[i_num]!r}) "
-        f"and date strings ({describe_rows(source, [int(df[ROW][i_date])])}: {s[i_date]!r}). "
+        f"{source}: column '{orig}' mixes numbers ({where_num}: {s[i_num]!r}) "
+        f"and date strings ({where_date}: {s[i_date]!r}). "
         "Use one kind for the whole column: ISO 8601 or Unix seconds."
     )
 
 
-def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int, k_core: bool) -> tuple[pl.DataFrame, Step]:
+def _validated(df: pl.DataFrame, columns: Columns, source: str, kind: TimestampKind | None,
+               notes: list[str]) -> tuple[pl.DataFrame, TimestampKind]:
+    """Checked columns, ids and timestamps, renamed to user_raw / item_raw / timestamp, with the
+    input row number in `ROW`; extra columns with internal names are renamed (noted)."""
+    _require_columns(source, df.columns, columns)
+    if df.height == 0:
+        what = ("the DataFrame has no rows" if source_kind(source) == "frame"
+                else "no event rows (only a header)")
+        raise DataError(f"{source}: {what}. Add events or check the filter upstream.")
+    df = _rename_reserved(df, columns, notes).with_row_index(ROW)
+    df = df.rename({columns.user: "user_raw", columns.item: "item_raw",
+                    columns.timestamp: "timestamp"})
+    df = _check_ids(source, df, "user_raw", columns.user)
+    df = _check_ids(source, df, "item_raw", columns.item)
+    return _parse_timestamps(source, df, columns.timestamp, kind)
+
+
+def _dedup_consecutive(df: pl.DataFrame) -> tuple[pl.DataFrame, Step]:
+    """Collapse a user's consecutive repeats of one item into the first (df sorted by user)."""
+    same_user = pl.col("user_raw") == pl.col("user_raw").shift(1)
+    prev_same = (pl.col("item_raw") == pl.col("item_raw").shift(1)) & same_user
+    kept = df.filter(~prev_same.fill_null(False))
+    return kept, Step("dedup consecutive repeats", df.height, kept.height)
+
+
+def _index(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series, pl.Series]:
+    """Contiguous ids: (frame with user/item indices first, user ids, item ids), from a frame
+    sorted by user: user indices come from the boundaries between users, items from a join."""
+    first = (pl.col("user_raw") != pl.col("user_raw").shift(1)).fill_null(True)
+    user_ids = df.filter(first)["user_raw"]
+    item_ids = df["item_raw"].unique().sort()
+    index = pl.int_range(1, len(item_ids) + 1, dtype=pl.Int32, eager=True)
+    item_map = pl.DataFrame({"item_raw": item_ids, "item": index})
+    df = (df.with_columns((first.cum_sum() - 1).cast(pl.Int32).alias("user"))
+          .join(item_map, on="item_raw", how="left", maintain_order="left")
+          .drop(["user_raw", "item_raw"]))
+    front = ["user", "item", "timestamp", ROW]
+    df = df.select(front + [c for c in df.columns if c not in front])
+    return df, user_ids.rename("user_id"), item_ids.rename("item_id")
+
+
+def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int,
+                   k_core: bool) -> tuple[pl.DataFrame, Step]:
     before = df.height
     u0, i0 = df["user_raw"].n_unique(), df["item_raw"].n_unique()
     while True:
@@ -406,7 +427,8 @@ def _filter_counts(df: pl.DataFrame, min_user: int, min_item: int, k_core: bool)
         if not k_core or df.height == n:
             break
     name = f"{'k-core' if k_core else 'min-count'} filter (user >= {min_user}, item >= {min_item})"
-    return df, Step(name, before, df.height, u0 - df["user_raw"].n_unique(), i0 - df["item_raw"].n_unique())
+    return df, Step(name, before, df.height, u0 - df["user_raw"].n_unique(),
+                    i0 - df["item_raw"].n_unique())
 
 
 def lookup_ids(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
@@ -415,12 +437,16 @@ def lookup_ids(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
     Ids of another type are compared by value where that is exact ("10" finds 10, 10 finds "10";
     10.5 finds nothing); each id is looked up on its own, so one odd id does not hide the others.
     """
-    query = ids.rename("id") if isinstance(ids, pl.Series) else pl.Series("id", list(ids), strict=False)
+    if isinstance(ids, pl.Series):
+        query = ids.rename("id")
+    else:
+        query = pl.Series("id", list(ids), strict=False)
     if query.dtype != id_map.dtype:
         try:
             cast = query.cast(id_map.dtype, strict=False)
             if query.dtype.is_float() and id_map.dtype.is_integer():
-                cast = cast.set(~(query == query.round(0)).fill_null(False), None)  # no truncation: 10.5 != 10
+                fraction = ~(query == query.round(0)).fill_null(False)
+                cast = cast.set(fraction, None)  # no truncation: 10.5 != 10
         except pl.exceptions.PolarsError:
             cast = pl.Series("id", [None] * len(query), dtype=id_map.dtype)
         query = cast

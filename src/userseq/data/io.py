@@ -17,7 +17,6 @@ Type rules for id columns, per format:
 from __future__ import annotations
 
 import csv
-import difflib
 import gzip
 from pathlib import Path
 from typing import Any
@@ -57,37 +56,25 @@ def describe_rows(name: str, rows: list[int]) -> str:
     """Human row references for 0-based data rows of a source: file lines for CSV, 1-based rows
     for JSONL/Parquet, 0-based positions for DataFrames (what `df.row(i)` / `df.iloc[i]` take)."""
     kind = source_kind(name)
+    one = len(rows) == 1
     if kind == "csv":  # line 1 is the header
-        return ("line " if len(rows) == 1 else "lines ") + ", ".join(str(r + 2) for r in rows)
+        return ("line " if one else "lines ") + ", ".join(str(r + 2) for r in rows)
     if kind == "frame":
-        return ("0-based row index " if len(rows) == 1 else "0-based row indices ") + ", ".join(map(str, rows))
-    return ("1-based row " if len(rows) == 1 else "1-based rows ") + ", ".join(str(r + 1) for r in rows)
-
-
-def _unknown_name_hint(word: str) -> str:
-    from userseq.data.datasets import DATASETS  # lazy: datasets imports the event log, which imports us
-
-    close = difflib.get_close_matches(word.lower(), list(DATASETS), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return (
-        f"not a known dataset name and no such file.{hint} Known datasets: {', '.join(DATASETS)} "
-        "(see `userseq datasets list`); or pass the path of an events file (.csv, .tsv, .parquet, .jsonl)."
-    )
+        return ("0-based row index " if one else "0-based row indices ") + ", ".join(map(str, rows))
+    return ("1-based row " if one else "1-based rows ") + ", ".join(str(r + 1) for r in rows)
 
 
 def check_file(path: str | Path) -> Path:
     """Fail with a clear message when a file is missing, a directory, or empty."""
     p = Path(path)
     if not p.exists():
-        if not p.suffix and len(p.parts) == 1:  # a bare word: probably meant as a dataset name
-            raise DataError(f"{p}: {_unknown_name_hint(str(p))}")
-        raise DataError(
-            f"{p}: file not found. Check the path, or use a named dataset (see `userseq datasets list`)."
-        )
+        raise DataError(f"{p}: file not found. Check the path, or use a named dataset (see "
+                        "`userseq datasets list`).")
     if p.is_dir():
         raise DataError(f"{p}: is a directory; pass an events file (CSV/TSV, Parquet or JSONL).")
     if p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty (0 bytes). Expected a header and at least one event row.")
+        raise DataError(f"{p}: file is empty (0 bytes). Expected a header and at least one event "
+                        "row.")
     return p
 
 
@@ -96,7 +83,7 @@ def _csv_options(fmt: str) -> dict[str, Any]:
     return dict(separator=sep, infer_schema_length=10_000, try_parse_dates=False)
 
 
-def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFrame, str]:
+def scan_table(source: Any) -> tuple[pl.LazyFrame, str]:
     """Open an events table lazily. Returns the LazyFrame and a human-readable source name.
 
     `source` may be a path (CSV/TSV, Parquet, JSONL; CSV/TSV/JSONL may be gzip-compressed),
@@ -110,48 +97,56 @@ def scan_table(source: Any, columns: list[str] | None = None) -> tuple[pl.LazyFr
     if type(source).__module__.startswith("pandas"):
         return _from_pandas(source).lazy(), "<pandas DataFrame>"
     if not isinstance(source, str | Path):
-        raise DataError(
-            f"cannot read events from a {type(source).__name__}; pass a file path, a Polars or a pandas DataFrame."
-        )
+        raise DataError(f"cannot read events from a {type(source).__name__}; pass a file path, a "
+                        "Polars or a pandas DataFrame.")
     path = check_file(source)
     name = str(path)
-    fmt, compressed = _format_of(path)
+    fmt, _ = _format_of(path)
     try:
-        if compressed and path.suffixes[-1].lower() == ".bz2":
-            raise DataError(f"{name}: bz2 compression is not supported; decompress it or use gzip (.gz).")
-        if fmt in PARQUET_SUFFIXES:
-            lf = pl.scan_parquet(path)
-            lf.collect_schema()
-        elif fmt in CSV_SUFFIXES or fmt == ".txt":
-            kw = _csv_options(fmt)
-            lf = pl.read_csv(path, **kw).lazy() if compressed else pl.scan_csv(path, **kw)
-            schema = lf.collect_schema()
-            if len(schema) == 1 and kw["separator"] == "," and "\t" in next(iter(schema)):
-                raise DataError(f"{name}: looks tab-separated but has a .csv name; rename it to .tsv.")
-            lf = _strip_header(lf)
-        elif fmt in JSONL_SUFFIXES:
-            lf = pl.read_ndjson(path, infer_schema_length=None).lazy() if compressed else pl.scan_ndjson(
-                path, infer_schema_length=None
-            )
-            lf.collect_schema()
-        else:
-            raise DataError(
-                f"{name}: unknown file type '{fmt or path.name}'. Use .csv, .tsv, .parquet or .jsonl "
-                "(optionally .gz)."
-            )
+        lf = _scan_file(path, name)
     except DataError:
         raise
     except pl.exceptions.ComputeError as e:  # malformed file contents
-        raise DataError(f"{name}: could not parse as {fmt.lstrip('.')}: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not parse as {fmt.lstrip('.')}: {first_line(e)}") from None
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise DataError(f"{name}: could not read: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not read: {first_line(e)}") from None
     if not lf.collect_schema().names():
-        raise DataError(f"{name}: no columns found. Expected a header row with user_id, item_id, timestamp.")
+        raise DataError(f"{name}: no columns found. Expected a header row with user_id, item_id, "
+                        "timestamp.")
     return lf, name
 
 
+def _scan_file(path: Path, name: str) -> pl.LazyFrame:
+    """Open one file by its format (Polars errors propagate; `scan_table` words them)."""
+    fmt, compressed = _format_of(path)
+    if compressed and path.suffixes[-1].lower() == ".bz2":
+        raise DataError(f"{name}: bz2 compression is not supported; decompress it or use gzip "
+                        "(.gz).")
+    if fmt in PARQUET_SUFFIXES:
+        lf = pl.scan_parquet(path)
+        lf.collect_schema()
+        return lf
+    if fmt in CSV_SUFFIXES or fmt == ".txt":
+        kw = _csv_options(fmt)
+        lf = pl.read_csv(path, **kw).lazy() if compressed else pl.scan_csv(path, **kw)
+        schema = lf.collect_schema()
+        if len(schema) == 1 and kw["separator"] == "," and "\t" in next(iter(schema)):
+            raise DataError(f"{name}: looks tab-separated but has a .csv name; rename it to .tsv.")
+        return _strip_header(lf)
+    if fmt in JSONL_SUFFIXES:
+        if compressed:
+            lf = pl.read_ndjson(path, infer_schema_length=None).lazy()
+        else:
+            lf = pl.scan_ndjson(path, infer_schema_length=None)
+        lf.collect_schema()
+        return lf
+    raise DataError(f"{name}: unknown file type '{fmt or path.name}'. Use .csv, .tsv, .parquet or "
+                    ".jsonl (optionally .gz).")
+
+
 def _strip_header(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """'user_id, item_id, timestamp' headers: drop the blanks around names when that keeps them unique."""
+    """'user_id, item_id, timestamp' headers: drop the blanks around names when that keeps them
+    unique."""
     names = lf.collect_schema().names()
     stripped = [c.strip() for c in names]
     if stripped != names and len(set(stripped)) == len(stripped):
@@ -170,10 +165,10 @@ def collect_table(lf: pl.LazyFrame, name: str, id_columns: list[str] | None = No
         df = lf.collect()
     except pl.exceptions.ComputeError as e:
         if kind != "csv":
-            raise DataError(f"{name}: could not parse: {_first_line(e)}") from None
+            raise DataError(f"{name}: could not parse: {first_line(e)}") from None
         df = _reread_csv_as_text(Path(name), lf.collect_schema(), e)
     except (OSError, pl.exceptions.PolarsError) as e:
-        raise DataError(f"{name}: could not read: {_first_line(e)}") from None
+        raise DataError(f"{name}: could not read: {first_line(e)}") from None
     if kind == "jsonl":
         for col in id_columns or []:
             if col in df.columns and df[col].dtype == pl.String:
@@ -191,7 +186,7 @@ def _reread_csv_as_text(path: Path, inferred: pl.Schema, error: Exception) -> pl
     except pl.exceptions.PolarsError as e:
         where = _ragged_line(path, kw["separator"])
         raise DataError(
-            f"{name}: could not parse as {fmt.lstrip('.')}: {_first_line(e)}"
+            f"{name}: could not parse as {fmt.lstrip('.')}: {first_line(e)}"
             + (f" ({where})" if where else "")
             + ". Check the separator and quoting of that row."
         ) from None
@@ -217,7 +212,8 @@ def _ragged_line(path: Path, sep: str, max_lines: int = 5_000_000) -> str:
                 if reader.line_num > max_lines:
                     break
                 if len(row) > len(header):  # fewer fields are read as missing values
-                    return f"line {reader.line_num} has {len(row)} fields, the header has {len(header)}"
+                    return (f"line {reader.line_num} has {len(row)} fields, the header has "
+                            f"{len(header)}")
     except (OSError, csv.Error):
         return ""
     return ""
@@ -237,11 +233,12 @@ def _check_jsonl_mixed(path: Path, df: pl.DataFrame, col: str) -> None:
     if len(numbers) != len(s) or not bool(is_number.any()) or not bool(is_string.any()):
         return
     i_num, i_str = int(is_number.arg_max()), int(is_string.arg_max())
+    where_num, where_str = describe_rows(str(path), [i_num]), describe_rows(str(path), [i_str])
     raise DataError(
-        f"{path}: column '{col}' mixes JSON numbers and strings (e.g. {describe_rows(str(path), [i_num])}: "
-        f"{s[i_num]}, {describe_rows(str(path), [i_str])}: {s[i_str]!r}). Ids must have one type: write them all as strings "
-        f"(\"{s[i_num]}\") or all as numbers. To treat them all as strings, read the file yourself and pass the "
-        "frame: EventLog.read(pl.read_ndjson(path, infer_schema_length=None))."
+        f"{path}: column '{col}' mixes JSON numbers and strings (e.g. {where_num}: {s[i_num]}, "
+        f"{where_str}: {s[i_str]!r}). Ids must have one type: write them all as strings "
+        f"(\"{s[i_num]}\") or all as numbers. To treat them all as strings, read the file yourself "
+        "and pass the frame: EventLog.read(pl.read_ndjson(path, infer_schema_length=None))."
     )
 
 
@@ -257,9 +254,10 @@ def _from_pandas(df: Any) -> pl.DataFrame:
     try:
         return pl.from_pandas(df)
     except Exception as e:  # pyarrow conversion errors have many types
-        raise DataError(f"<pandas DataFrame>: could not convert to Polars: {_first_line(e)}") from None
+        raise DataError(f"<pandas DataFrame>: could not convert to Polars: "
+                        f"{first_line(e)}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

@@ -27,7 +27,8 @@ from userseq.data.eventlog import EventLog
 
 @dataclass
 class EvalSet:
-    """Targets to rank: for user `users[i]`, history `items[offsets[i]:offsets[i+1]]`, target `targets[i]`."""
+    """Targets to rank: for user `users[i]`, history `items[offsets[i]:offsets[i+1]]`, target
+    `targets[i]`."""
 
     users: np.ndarray
     targets: np.ndarray
@@ -61,8 +62,9 @@ def leave_one_out(log: EventLog) -> Split:
     if len(short):
         u = short[0]
         raise DataError(
-            f"{log.source}: leave-one-out needs at least 3 events per user (train, validation, test), but "
-            f"{len(short):,} users have fewer (e.g. user {log.user_ids[int(u)]!r} has {int(lengths[u])}). "
+            f"{log.source}: leave-one-out needs at least 3 events per user (train, validation, "
+            f"test), but {len(short):,} users have fewer (e.g. user {log.user_ids[int(u)]!r} has "
+            f"{int(lengths[u])}). "
             "Drop them with min_user_events: 3 (CLI: --min-user-events 3; the count is reported) "
             "or use the temporal split."
         )
@@ -72,7 +74,8 @@ def leave_one_out(log: EventLog) -> Split:
     valid = EvalSet(users, items[ends - 2].copy(), train_offsets, train_items)
     test_offsets, test_items = csr_take(offsets, items, starts, ends - 1)
     test = EvalSet(users, items[ends - 1].copy(), test_offsets, test_items)
-    return Split("leave-one-out", train_offsets, train_items, valid, test, info={"users": log.n_users})
+    return Split("leave-one-out", train_offsets, train_items, valid, test,
+                 info={"users": log.n_users})
 
 
 def temporal_split(
@@ -86,7 +89,8 @@ def temporal_split(
     if valid_cut is None:
         valid_cut = float(np.quantile(ts, valid_quantile, method="higher"))
     if not valid_cut <= test_cut:
-        raise DataError(f"temporal split: valid cut-off {valid_cut} must not be after test cut-off {test_cut}.")
+        raise DataError(f"temporal split: valid cut-off {valid_cut} must not be after test "
+                        f"cut-off {test_cut}.")
     offsets, items = log.sequences()
     starts, ends = offsets[:-1], offsets[1:]
     users = np.arange(log.n_users)
@@ -113,7 +117,8 @@ def temporal_split(
     valid = targets(before_valid, test_cut, "valid")
     test = targets(before_test, None, "test")
     if len(test) == 0:
-        raise DataError(f"{log.source}: temporal split left no test users; lower test_quantile or set test_cut.")
+        raise DataError(f"{log.source}: temporal split left no test users; lower test_quantile "
+                        "or set test_cut.")
     _, train_ts = csr_take(offsets, ts, starts, starts + before_valid)
     return Split("temporal", train_offsets, train_items, valid, test, info,
                  train_max_timestamp=float(train_ts.max()) if len(train_ts) else None)
@@ -125,8 +130,9 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
     offsets, items = log.sequences()
     n_cold = int(round(cold_fraction * log.n_items))
     if n_cold < 2:
-        raise DataError(f"{log.source}: cold-start split: cold_fraction {cold_fraction} of {log.n_items} items "
-                        "holds out fewer than 2 items; raise data.cold_fraction.")
+        raise DataError(f"{log.source}: cold-start split: cold_fraction {cold_fraction} of "
+                        f"{log.n_items} items holds out fewer than 2 items; raise "
+                        "data.cold_fraction.")
     cold = np.random.default_rng(seed).permutation(np.arange(1, log.n_items + 1))[:n_cold]
     role = np.zeros(log.n_items + 1, dtype=np.int8)  # 1 = validation item, 2 = test item
     role[cold[: n_cold // 2]], role[cold[n_cold // 2 :]] = 1, 2
@@ -136,9 +142,10 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
     last = items[np.maximum(ends - 1, 0)]
     keep = role[items] == 0
     user_of_event = np.repeat(users, lengths)
-    train_offsets = np.concatenate([[0], np.cumsum(np.bincount(user_of_event[keep], minlength=log.n_users))])
+    kept_per_user = np.bincount(user_of_event[keep], minlength=log.n_users)
+    train_offsets = np.concatenate([[0], np.cumsum(kept_per_user)])
     train_items = items[keep]
-    info: dict = {"cold_items": n_cold, "cold_fraction": cold_fraction, "cold_seed": seed,
+    info: dict = {"cold_items": n_cold, "cold_fraction": cold_fraction, "split_seed": seed,
                   "train_events_removed": int((~keep).sum())}
 
     def targets(r: int, name: str) -> EvalSet:
@@ -149,8 +156,10 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
 
     valid, test = targets(1, "valid"), targets(2, "test")
     if len(test) == 0 or len(valid) == 0:
-        raise DataError(f"{log.source}: cold-start split left no {'test' if len(test) == 0 else 'validation'} users "
-                        "(no user's last event is a held-out item); raise data.cold_fraction or change data.cold_seed.")
+        part = "test" if len(test) == 0 else "validation"
+        raise DataError(f"{log.source}: cold-start split left no {part} users (no user's last "
+                        "event is a held-out item); raise data.cold_fraction or change "
+                        "data.split_seed.")
     return Split("cold-start", train_offsets, train_items, valid, test, info)
 
 
@@ -161,4 +170,5 @@ def make_split(log: EventLog, kind: str = "loo", **kw) -> Split:
         return temporal_split(log, **kw)
     if kind == "cold-start":
         return cold_start_split(log, **kw)
-    raise DataError(f"unknown split '{kind}'. Use 'loo' (leave-one-out), 'temporal' or 'cold-start'.")
+    raise DataError(f"unknown split '{kind}'. Use 'loo' (leave-one-out), 'temporal' or "
+                    "'cold-start'.")

@@ -13,8 +13,6 @@ kept apart in `EventData.leakage` and never enter `features` unless asked for ex
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +22,11 @@ import numpy as np
 import polars as pl
 
 from userseq.core.errors import DataError
-from userseq.data.datasets import search_roots
+from userseq.data.datasets import dataset_path
+from userseq.data.datasets.wiki import read_petgen_wiki, read_wiki_vandals
 from userseq.data.eventlog import Columns, EventLog, lookup_ids
 from userseq.data.io import collect_table, scan_table
 
-DETECT_DATASETS = ("wiki-vandals", "petgen-wiki")
 LEAKAGE_COLUMNS = ("isReverted", "revertTime", "cluebotRevert", "stiki_score", "stiki_REP_USER")
 
 # Wikipedia namespaces (meta pages); anything else with a colon is an article title with a colon.
@@ -113,49 +111,18 @@ class DetectSplit:
 
 # ---------------------------------------------------------------------- named datasets
 def dataset_dir(name: str, needs: str) -> Path:
-    """Local directory of a detection dataset, searched like `userseq.data.datasets` does."""
-    for root in search_roots(name):
-        for cand in (root / name, root):
-            if (cand / needs).is_file():
-                return cand
-    raise DataError(f"dataset {name!r}: no local copy found (looked for {name}/{needs} under $USERSEQ_DATA, "
-                    "../shared/data and the cache). Set $USERSEQ_DATA to the directory holding it.")
-
-
-def is_detect_dataset(s: Any) -> bool:
-    return isinstance(s, str) and s in DETECT_DATASETS
+    """Local directory of a detection dataset, found like every named dataset (`dataset_path`)."""
+    path = dataset_path(name)
+    if path is None or not (path / needs).is_file():
+        raise DataError(f"dataset {name!r}: no local copy found (looked for {name}/{needs} under "
+                        "$USERSEQ_DATA, ../shared/data and the cache). Set $USERSEQ_DATA to the "
+                        "directory holding it.")
+    return path
 
 
 def read_wiki_vandals_frame(directory: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Raw VEWS edits (user_id, item_id=page title, timestamp + leakage columns) and the label table."""
-    d = directory or dataset_dir("wiki-vandals", "users.tsv.gz")
-    files = sorted(d.glob("benign_*.csv.gz")) + sorted(d.glob("vandal_*.csv.gz"))
-    if not files:
-        raise DataError(f"{d}: no benign_*.csv.gz / vandal_*.csv.gz files.")
-    frames = []
-    for f in files:
-        df = pl.read_csv(f, infer_schema_length=0)  # all text; the second line is blank
-        frames.append(df.filter(pl.col("username").is_not_null()).with_columns(
-            pl.lit(1 if f.name.startswith("vandal") else 0, dtype=pl.Int8).alias("file_label")))
-    df = pl.concat(frames)
-    events = df.select(
-        pl.col("username").alias("user_id"), pl.col("pagetitle").alias("item_id"),
-        pl.col("revtime").alias("timestamp"), pl.col("revid").cast(pl.Int64),
-        pl.col("isReverted") == "True",
-        pl.col("revertTime"),
-        pl.col("cluebotRevert").cast(pl.Int64, strict=False),
-        pl.col("stiki_score").cast(pl.Float64, strict=False),
-        pl.col("stiki_REP_USER").cast(pl.Float64, strict=False),
-    )
-    users = pl.read_csv(d / "users.tsv.gz", separator="\t", has_header=False, infer_schema_length=0,
-                        new_columns=["user_id", "userid", "block_time", "block_reason", "kind"])
-    labels = users.select("user_id", (pl.col("kind") == "vandal").cast(pl.Int64).alias("label"))
-    file_labels = df.group_by("username").agg(pl.col("file_label").max()).rename({"username": "user_id"})
-    clash = labels.join(file_labels, on="user_id").filter(pl.col("label") != pl.col("file_label"))
-    if clash.height:
-        raise DataError(f"{d}: {clash.height} users whose label in users.tsv.gz disagrees with their file prefix "
-                        f"(e.g. {clash['user_id'].head(3).to_list()}).")
-    return events, labels
+    return read_wiki_vandals(directory)
 
 
 def load_wiki_vandals(with_leakage: bool = False, directory: Path | None = None) -> EventData:
@@ -167,13 +134,10 @@ def load_wiki_vandals(with_leakage: bool = False, directory: Path | None = None)
 
 def load_petgen_wiki(directory: Path | None = None) -> TextData:
     """PETGEN Wikipedia post sequences (794 users, 5-20 posts, balanced)."""
-    d = directory or dataset_dir("petgen-wiki", "wiki_sequences.jsonl.gz")
-    rows = [json.loads(line) for line in gzip.open(d / "wiki_sequences.jsonl.gz", "rt", encoding="utf-8")]
-    return TextData(user_ids=pl.Series("user_id", [r["seq_id"] for r in rows]),
-                    posts=[list(r["posts"]) for r in rows],
-                    labels=np.array([int(r["label"]) for r in rows], dtype=np.int64),
-                    contexts=[r.get("context", "") for r in rows], source="petgen-wiki",
-                    relevancy=[list(r.get("relevancy", [])) for r in rows])
+    df = read_petgen_wiki(directory)
+    return TextData(user_ids=df["user_id"], posts=df["posts"].to_list(),
+                    labels=df["label"].to_numpy().astype(np.int64), contexts=df["context"].to_list(),
+                    source="petgen-wiki", relevancy=df["relevancy"].to_list())
 
 
 # ---------------------------------------------------------------------- labels

@@ -397,7 +397,7 @@ def _split_kw(cfg: RunConfig) -> dict[str, Any]:
     if cfg.data.split == "temporal":
         return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
     if cfg.data.split == "cold-start":
-        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.cold_seed}
+        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.split_seed}
     return {}
 
 
