@@ -8,18 +8,38 @@ overridden with dotted keys (`merge_overrides`, the CLI's `--set section.key=val
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from userseq.core.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated.
+
+    `renamed` maps old key names to new ones (e.g. {"cold_seed": "split_seed"}): configs of older
+    runs and overrides that use the old name are read as the new one."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed:
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if new in data and data[new] != value:
+                raise ValueError(f"'{old}' is the old name of '{new}'; give only {new} "
+                                 f"(got {old}={value!r}, {new}={data[new]!r})")
+            data.setdefault(new, value)
+        return data
 
 
 class TrainConfig(StrictModel):
@@ -117,6 +137,7 @@ class TaskConfig(StrictModel):
 
     def updated(self: Self, overrides: dict[str, Any], source: str = "overrides") -> Self:
         """A copy with dotted overrides applied ({"train.epochs": 5}); the result is validated again."""
+        overrides = {canonical_key(type(self), k): v for k, v in overrides.items()}
         data = merge_overrides(self.model_dump(mode="json"), overrides, f"{source}: unknown config key")
         return type(self).parse(data, source)
 
@@ -133,3 +154,17 @@ class TaskConfig(StrictModel):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+def canonical_key(model: type[BaseModel], key: str) -> str:
+    """A dotted key with old names replaced by new ones along the way ("data.cold_seed" ->
+    "data.split_seed"), following each section's `renamed` map."""
+    parts, out = key.split("."), []
+    node: Any = model
+    for part in parts:
+        renamed = getattr(node, "renamed", {}) if isinstance(node, type) else {}
+        part = renamed.get(part, part)
+        out.append(part)
+        field = getattr(node, "model_fields", {}).get(part) if isinstance(node, type) else None
+        node = field.annotation if field is not None else None
+    return ".".join(out)

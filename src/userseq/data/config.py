@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from userseq.core.config import StrictModel
 
@@ -12,7 +12,7 @@ from userseq.core.config import StrictModel
 class DataConfig(StrictModel):
     """How events are read, filtered and split."""
 
-    renamed: ClassVar[dict[str, str]] = {"cold_seed": "split_seed"}  # old key -> new key
+    renamed: ClassVar[dict[str, str]] = {"cold_seed": "split_seed"}  # old key -> new key (0.1 runs)
 
     user_col: str = "user_id"
     item_col: str = "item_id"
@@ -34,20 +34,3 @@ class DataConfig(StrictModel):
                             "held-out items); was `cold_seed`")
     item_text: str | None = Field(None, description="item attribute table (item_id + text columns) "
                                   "for text items; default: the named dataset's item metadata")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_names(cls, data: Any) -> Any:
-        """Old run configs: `cold_seed` is read as `split_seed`."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for old, new in cls.renamed.items():
-            if old not in data:
-                continue
-            value = data.pop(old)
-            if new in data and data[new] != value:
-                raise ValueError(f"data.{old} is the old name of data.{new}; give only {new} "
-                                 f"(got {old}={value!r}, {new}={data[new]!r})")
-            data.setdefault(new, value)
-        return data
