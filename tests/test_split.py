@@ -117,5 +117,5 @@ def test_data_config_split_seed_reads_old_cold_seed():
     assert DataConfig(cold_seed=5).split_seed == 5  # old run configs
     assert DataConfig.model_validate({"split_seed": 3, "cold_seed": 3}).split_seed == 3
     assert "cold_seed" not in DataConfig().model_dump() and DataConfig().split_seed == 0
-    with pytest.raises(ConfigError, match="old name of data.split_seed"):
+    with pytest.raises(ConfigError, match="old name of .split_seed."):
         validate_config(DataConfig, {"cold_seed": 1, "split_seed": 2}, "run/config.yaml", "data")
