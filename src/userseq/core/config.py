@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from userseq.core.errors import ConfigError
+from userseq.core.optim import OPTIMIZERS, SCHEDULERS
+from userseq.core.registry import Registry
 
 
 class StrictModel(BaseModel):
@@ -29,10 +32,18 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: str = Field("adam", description="adam | adamw | sgd, or a registered optimizer")
+    momentum: float = Field(0.0, ge=0, lt=1, description="momentum of the sgd optimizer")
+    scheduler: str = Field("none", description="learning-rate schedule: none | cosine | linear, "
+                           "or a registered scheduler")
+    warmup_steps: int = Field(0, ge=0,
+                              description="optimizer steps of linear learning-rate warm-up")
     grad_clip: float | None = Field(5.0, gt=0)
-    patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
+    patience: int = Field(10, ge=1,
+                          description="epochs without validation improvement before stopping")
     monitor: str = "ndcg@10"
-    monitor_mode: Literal["max", "min"] = Field("max", description="whether a higher or a lower monitor value is better")
+    monitor_mode: Literal["max", "min"] = Field(
+        "max", description="whether a higher or a lower monitor value is better")
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -41,7 +52,28 @@ class TrainConfig(StrictModel):
     )
     eval_every: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
-    valid_users: int | None = Field(None, ge=1, description="validate on a fixed random subset of users (None: all)")
+    valid_users: int | None = Field(
+        None, ge=1, description="validate on a fixed random subset of users (None: all)")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        return registered(OPTIMIZERS, name)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        return registered(SCHEDULERS, name)
+
+
+def registered(registry: Registry[Any], name: str) -> str:
+    """A config field validator's check of a registered name: the canonical name, or the registry's
+    message (the names to choose from) as a validation error, so `validate_config` reports it with
+    the file and the field."""
+    try:
+        return registry.canonical(name)
+    except ConfigError as e:
+        raise PydanticCustomError("unknown_name", str(e)) from None
 
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
