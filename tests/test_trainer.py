@@ -264,3 +264,24 @@ def test_checkpoint_of_the_previous_version_with_best_tensors_resumes(tmp_path):
     assert _same(resumed, best)  # the later epochs never beat 0.9: the old best weights win
     assert _same(resumed, load_tensors(tmp_path / "best.safetensors")[0])
     assert not any(k.startswith("best.") for k in load_tensors(tmp_path / CHECKPOINT)[0])
+
+
+class Tied(torch.nn.Module):
+    """Input and output share one weight matrix (tied embeddings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(3, 3, bias=False)
+        self.out = torch.nn.Linear(3, 3, bias=False)
+        self.out.weight = self.inp.weight
+
+    def forward(self, x):
+        return self.out(self.inp(x))
+
+
+@pytest.mark.parametrize("with_run_dir", [False, True])
+def test_tied_weights_checkpoint_and_best_file(tmp_path, with_run_dir):
+    trainer, model, per_epoch = _fit_recording([0.3, 0.1, 0.2], tmp_path if with_run_dir else None,
+                                               model=Tied())
+    assert trainer.state.best_epoch == 1 and _same(model, per_epoch[0]["weights"])
+    assert model.out.weight is model.inp.weight  # still tied after loading the best weights

@@ -21,7 +21,15 @@ from userseq.core.errors import ArtifactError
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
                  metadata: dict[str, str] | None = None) -> None:
-    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """Write tensors as safetensors. One that shares memory with an earlier one (tied weights, a
+    view) is written as a copy: safetensors stores every name on its own."""
+    cpu: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        cpu[k] = v.clone() if ptr in storages else v
+        storages.add(ptr)
     save_file(cpu, str(path), metadata=metadata)
 
 

@@ -1,4 +1,5 @@
-"""Configuration base: strict pydantic sections, YAML in, dotted overrides, one error for every problem.
+"""Configuration base: strict pydantic sections, YAML in, dotted overrides, one error for every
+problem.
 
 Every component config (data, encoder, loss, trainer, task) is a `StrictModel`: unknown keys are
 errors, assignments are validated. Configs are read with `yaml.safe_load` (`read_yaml_mapping`) and
@@ -78,7 +79,8 @@ def registered(registry: Registry[Any], name: str) -> str:
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
     """Apply dotted overrides ({"train.epochs": 5, "model.dim": 128}) to a config dict; None values
-    are skipped. A key that names no existing section or field raises ConfigError(f"{error} '{key}'.")."""
+    are skipped. A key that names no existing section or field raises
+    ConfigError(f"{error} '{key}'.")."""
     for key, value in overrides.items():
         if value is None:
             continue
@@ -94,8 +96,10 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str)
     return data
 
 
-def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str, what: str = "config") -> Any:
-    """Validate `data` against a pydantic config model; every problem is named in one ConfigError."""
+def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str,
+                    what: str = "config") -> Any:
+    """Validate `data` against a pydantic config model; every problem is named in one
+    ConfigError."""
     try:
         return model.model_validate(data or {})
     except ValidationError as e:
@@ -104,7 +108,8 @@ def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source:
             loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 section = err["loc"][0] if len(err["loc"]) > 1 else None
-                sub = model.model_fields[section].annotation if section in model.model_fields else model
+                fields = model.model_fields
+                sub = fields[section].annotation if section in fields else model
                 allowed = ", ".join(getattr(sub, "model_fields", {}).keys())
                 problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
             else:
