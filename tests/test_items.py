@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -13,10 +14,13 @@ import pytest
 import torch
 from conftest import synthetic_events
 
+import userseq
 from userseq import EventLog, NextItemRecommender
 from userseq.core.errors import ConfigError, DataError
 from userseq.data.split import cold_start_split, leave_one_out
+from userseq.items import ITEM_TABLES
 from userseq.items import text as text_mod
+from userseq.items.base import IdEmbedding
 from userseq.items.compressed import (
     HashEmbedding,
     QREmbedding,
@@ -26,15 +30,22 @@ from userseq.items.compressed import (
     quantize_int8,
     quantize_pq,
 )
-from userseq.items.factory import categorical_features, matryoshka_dims, serve_dim
-from userseq.items.text import TextItems, catalogue_extension, encode_texts, flatten_text, item_text_for
+from userseq.items.factory import build_items, categorical_features, matryoshka_dims, serve_dim
+from userseq.items.text import (
+    TextItems,
+    catalogue_extension,
+    encode_texts,
+    flatten_text,
+    item_text_for,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = {"model.dim": 16, "model.max_len": 20, "train.batch_size": 32}
 
 
 class FakeEncoder:
-    """Deterministic stand-in for MiniLM: 'product k' -> a smooth code of k (so text generalises)."""
+    """Deterministic stand-in for MiniLM: 'product k' -> a smooth code of k (so text
+    generalises)."""
 
     calls = 0
 
@@ -74,7 +85,8 @@ def test_hash_table_shares_rows_zero_padding_and_bytes():
     assert t.table_bytes() == 125 * 8 * 4 + 2 * 2 * 8  # the table + two (a, b) hash pairs
     # one hash function: at most 125 distinct vectors; two: most items get their own pair of rows
     # (about 7,900 unordered pairs for 1,000 items: ~60 birthday collisions expected)
-    assert len(torch.unique(HashEmbedding(1000, 8, rows=125, k=1).output_matrix()[1:], dim=0)) <= 125
+    one_hash = HashEmbedding(1000, 8, rows=125, k=1).output_matrix()[1:]
+    assert len(torch.unique(one_hash, dim=0)) <= 125
     assert len(torch.unique(out[1:], dim=0)) >= 900
 
 
@@ -90,11 +102,12 @@ def test_qr_rows_within_budget_and_unique_vectors():
 
 
 def test_unified_table_multiplexes_id_and_genres():
-    genres = torch.tensor([[0, 0], [1, 2], [1, 2], [3, 0]])  # items 1, 2 share genres; item 3 another
+    # items 1, 2 share genres; item 3 has another
+    genres = torch.tensor([[0, 0], [1, 2], [1, 2], [3, 0]])
     t = UnifiedEmbedding(3, 8, rows=16, k=2, features={"genres": genres})
     assert t.chunk == 2 and t.table.shape == (16, 2)  # 2 features x 2 look-ups x 2 dims = 8
     out = t.output_matrix()
-    assert torch.equal(out[1, 4:], out[2, 4:])  # the genre chunks are the same for the same genres
+    assert torch.equal(out[1, 4:], out[2, 4:])  # the same genres give the same genre chunks
     assert not torch.equal(out[1, 4:], out[3, 4:])
     with pytest.raises(ConfigError, match="divisible"):
         UnifiedEmbedding(3, 10, rows=16, k=2, features={"genres": genres})
@@ -104,7 +117,8 @@ def test_categorical_features_align_with_catalogue():
     meta = pl.DataFrame({"item_id": [2, 1], "title": ["b", "a"], "genres": [["x"], ["y", "x"]]})
     f = categorical_features(pl.Series([1, 2, 3]), meta)
     assert list(f) == ["genres"]
-    assert f["genres"].tolist() == [[0, 0], [1, 2], [2, 0], [0, 0]]  # vocab in catalogue order: y=1, x=2
+    # vocabulary in catalogue order: y=1, x=2
+    assert f["genres"].tolist() == [[0, 0], [1, 2], [2, 0], [0, 0]]
 
 
 def test_matryoshka_prefixes():
@@ -112,6 +126,61 @@ def test_matryoshka_prefixes():
 
     cfg = ModelConfig(dim=64, item_table="matryoshka", compression=8)
     assert serve_dim(cfg) == 8 and matryoshka_dims(cfg) == [64, 32, 16, 8]
+
+
+def _table_cfg(item_table, **kw):
+    """The model settings build_items reads (kept apart from the encoder config classes)."""
+    base = {"name": "sasrec", "dim": 16, "items": "id", "item_table": item_table,
+            "compression": 4.0, "hash_functions": 2, "quantize": "none", "text_adapter": "mlp",
+            "text_experts": 2, "dropout": 0.0}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_item_tables_are_built_by_name_through_the_registry():
+    assert ITEM_TABLES.names() == ["full", "matryoshka", "hash", "qr", "unified"]
+    expected = {"full": IdEmbedding, "matryoshka": IdEmbedding, "hash": HashEmbedding,
+                "qr": QREmbedding, "unified": UnifiedEmbedding}
+    genres = torch.tensor([[0, 0]] + [[1 + i % 3, 0] for i in range(30)])
+    for name, cls in expected.items():
+        t = build_items(_table_cfg(name), 30, features={"genres": genres})
+        assert type(t) is cls and t.output_matrix().shape == (31, 16), name
+    assert build_items(_table_cfg("hash"), 30).table.shape == (8, 16)  # ceil(30 / 4) rows
+    qr = build_items(_table_cfg("qr"), 300)  # a budget of 75 rows: remainder + quotient fit it
+    assert (qr.remainder.shape[0], qr.quotient.shape[0]) == (5, 60)  # qr_remainder_rows(300, 75)
+    # unified: (30 ids + 3 genres) x 2 look-ups x 2 features / 4 = 33 rows of 16 / 4 dims
+    uni = build_items(_table_cfg("unified"), 30, features={"genres": genres})
+    assert uni.table.shape == (33, 4)
+    bert = build_items(_table_cfg("full", name="bert4rec"), 30)
+    assert bert.table.weight.shape == (32, 16)  # + the [mask] row
+
+
+def test_unknown_item_table_is_the_registry_error():
+    for items in ("id", "text"):
+        with pytest.raises(ConfigError) as e:
+            build_items(_table_cfg("hashh", items=items), 30)
+        assert str(e.value).startswith("unknown item table 'hashh'. Did you mean 'hash'? Choose "
+                                       "one of: full, matryoshka, hash, qr, unified.")
+        assert "userseq.register_item_table" in str(e.value)
+
+
+def test_a_registered_item_table_is_built_by_build_items():
+    calls = []
+
+    @userseq.register_item_table("test-half-full")
+    def half_full(cfg, n_items, special_tokens, features):
+        calls.append((n_items, special_tokens, sorted(features)))
+        return IdEmbedding(n_items, cfg.dim, special_tokens)
+
+    try:
+        cfg = _table_cfg("test-half-full", name="bert4rec")
+        table = build_items(cfg, 12, features={"genres": torch.zeros(13, 1, dtype=torch.long)})
+        vectors = torch.randn(13, 8), torch.ones(13, dtype=torch.bool)
+        text = build_items(SimpleNamespace(**{**vars(cfg), "items": "id+text"}), 12, text=vectors)
+    finally:
+        ITEM_TABLES.unregister("test-half-full")
+    assert type(table) is IdEmbedding and table.table.weight.shape == (14, 16)
+    assert type(text.ids) is IdEmbedding
+    assert calls == [(12, 1, ["genres"]), (12, 1, [])]
 
 
 # ---------------------------------------------------------------------- quantization
@@ -146,10 +215,12 @@ def test_pq_codes_match_faiss_and_reload(tmp_path):
 # ---------------------------------------------------------------------- item text
 def test_flatten_text_and_missing_or_empty_counts():
     meta = pl.DataFrame({"item_id": ["a", "b", "c", "d"], "title": ["Red pen", "", None, "Ink"],
-                         "genres": [["office", "pens"], [], None, None], "asin": ["x1", "x2", "x3", "x4"]})
+                         "genres": [["office", "pens"], [], None, None],
+                         "asin": ["x1", "x2", "x3", "x4"]})
     flat, cols = flatten_text(meta)
     assert cols == ["title", "genres"]  # known text columns; the asin id is left out
-    assert flat["text"].to_list() == ["title: Red pen. genres: office, pens", "", None, "title: Ink"]
+    assert flat["text"].to_list() == ["title: Red pen. genres: office, pens", "", None,
+                                      "title: Ink"]
     it = item_text_for(pl.Series(["a", "b", "c", "d", "e"]), meta)
     assert it.texts[0] is None and it.texts[1].startswith("title: Red pen")
     assert (it.missing, it.empty) == (2, 1)  # c: only nulls, e: no row; b: only empty strings
@@ -172,7 +243,8 @@ def test_non_utf8_item_text_is_a_clear_error(tmp_path):
 
 def test_catalogue_extension_and_id_type():
     cat = pl.Series([1, 2, 3])
-    assert catalogue_extension(cat, pl.DataFrame({"item_id": ["3", "9", "9", "4"]})).to_list() == [9, 4]
+    new = catalogue_extension(cat, pl.DataFrame({"item_id": ["3", "9", "9", "4"]}))
+    assert new.to_list() == [9, 4]
     with pytest.raises(DataError, match="id type"):
         catalogue_extension(cat, pl.DataFrame({"item_id": ["x"]}))
 
@@ -182,7 +254,8 @@ def test_vector_cache_keyed_by_text_hash(fake_text, tmp_path):
     assert v1.shape == (3, 384) and s1 == {"cached": 0, "encoded": 2} and fake_text.calls == 1
     path = tmp_path / "cache" / "text-vectors" / "all-minilm-l6-v2.parquet"
     df = pl.read_parquet(path)
-    assert sorted(df["hash"].to_list()) == sorted({text_mod.text_hash("product 1"), text_mod.text_hash("product 2")})
+    hashes = {text_mod.text_hash("product 1"), text_mod.text_hash("product 2")}
+    assert sorted(df["hash"].to_list()) == sorted(hashes)
     v2, s2 = encode_texts(["product 2", "product 3"])
     assert s2 == {"cached": 1, "encoded": 1} and fake_text.calls == 2
     np.testing.assert_array_equal(v2[0], v1[1])
@@ -210,7 +283,8 @@ def test_text_items_fallback_and_known_mask():
     assert torch.allclose(o[3], both.ids.table.weight[3])  # no text: id only
 
 
-@pytest.mark.skipif(not (SHARED / "amazon-text" / "Scientific").is_dir(), reason=f"{SHARED} is absent")
+@pytest.mark.skipif(not (SHARED / "amazon-text" / "Scientific").is_dir(),
+                    reason=f"{SHARED} is absent")
 def test_amazon_scientific_text_covers_the_catalogue(monkeypatch):
     from userseq.data.datasets import load_dataset, load_item_metadata
 
@@ -265,9 +339,11 @@ def test_text_items_rank_cold_items_and_reload_identically(fake_text, tmp_path):
 def test_missing_text_falls_back_to_id_and_is_reported(fake_text):
     log = EventLog.from_frame(synthetic_events(n_users=40, n_items=30))
     meta = item_meta(extra=False).with_columns(
-        pl.when(pl.col("item_id").is_in(["i1", "i2"])).then(pl.lit("")).otherwise(pl.col("title")).alias("title"))
+        pl.when(pl.col("item_id").is_in(["i1", "i2"])).then(pl.lit(""))
+        .otherwise(pl.col("title")).alias("title"))
     meta = meta.filter(pl.col("item_id") != "i3")
-    rec = NextItemRecommender("bert4rec", overrides={**TINY, "train.epochs": 2, "model.items": "id+text"}).fit(
+    over = {**TINY, "train.epochs": 2, "model.items": "id+text"}
+    rec = NextItemRecommender("bert4rec", overrides=over).fit(
         log, leave_one_out(log), item_meta=meta, quiet=True)
     info = rec.report(log, leave_one_out(log))["item_text"]
     assert (info["missing"], info["empty"], info["with_text"]) == (1, 2, 27)
@@ -277,16 +353,18 @@ def test_missing_text_falls_back_to_id_and_is_reported(fake_text):
 def test_text_without_metadata_is_a_clear_error():
     log = EventLog.from_frame(synthetic_events(n_users=10, n_items=10))
     with pytest.raises(ConfigError, match="needs item text"):
-        NextItemRecommender("sasrec", overrides={**TINY, "model.items": "text"}).fit(log, quiet=True)
+        NextItemRecommender("sasrec", overrides={**TINY, "model.items": "text"}).fit(log,
+                                                                                   quiet=True)
 
 
 @pytest.mark.parametrize("table", ["hash", "qr", "unified", "matryoshka"])
 def test_compressed_tables_train_save_and_reload(table, tmp_path):
     log = EventLog.from_frame(synthetic_events(n_users=40, n_items=30))
-    rec = NextItemRecommender("gru4rec", overrides={**TINY, "train.epochs": 2, "model.item_table": table,
-                                                    "model.compression": 4}).fit(log, quiet=True)
+    over = {**TINY, "train.epochs": 2, "model.item_table": table, "model.compression": 4}
+    rec = NextItemRecommender("gru4rec", overrides=over).fit(log, quiet=True)
     rep = rec.report(log, leave_one_out(log))["item_table"]
-    assert rep["full_fp32_bytes"] == 31 * 16 * 4 and rep["item_table_bytes"] < rep["full_fp32_bytes"] / 2.5
+    assert rep["full_fp32_bytes"] == 31 * 16 * 4
+    assert rep["item_table_bytes"] < rep["full_fp32_bytes"] / 2.5
     if table == "matryoshka":
         assert rec.item_embeddings().shape == (30, 4) and rec.user_embeddings().shape == (40, 4)
     rec.save(tmp_path / "run")
@@ -297,11 +375,12 @@ def test_compressed_tables_train_save_and_reload(table, tmp_path):
 
 def test_cli_cold_start_compress_and_errors(cli, synthetic_csv, tiny_config, tmp_path):
     run = tmp_path / "hash"
-    r = cli("train", "--data", synthetic_csv, "--config", tiny_config, "--out", run, "--epochs", "2",
-            "--item-table", "hash", "--compression", "4", "--split", "cold-start", "--quiet")
+    r = cli("train", "--data", synthetic_csv, "--config", tiny_config, "--out", run, "--epochs",
+            "2", "--item-table", "hash", "--compression", "4", "--split", "cold-start", "--quiet")
     assert r.code == 0, r.output
     m = json.loads((run / "metrics.json").read_text())
-    assert m["split"] == "cold-start" and m["item_table_bytes"] == 8 * 16 * 4 + 32  # ceil(30/4) rows + hashes
+    assert m["split"] == "cold-start"
+    assert m["item_table_bytes"] == 8 * 16 * 4 + 32  # ceil(30/4) rows + hashes
     r = cli("compress", run, "--method", "int8", "--out", tmp_path / "int8")
     assert r.code == 0, r.output
     q = json.loads((tmp_path / "int8" / "metrics.json").read_text())

@@ -23,7 +23,8 @@ def table_scorer(S):
 
 
 def test_ranks_are_pessimistic_on_ties():
-    # items 1..4 (column 0 = padding). user 0: target 3 scores 0.5, item 2 higher, item 1 ties -> rank 3
+    # items 1..4 (column 0 = padding). user 0: target 3 scores 0.5, item 2 higher, item 1 ties
+    # -> rank 3
     S = [[9.0, 0.5, 0.9, 0.5, 0.1], [9.0, 1.0, 1.0, 1.0, 1.0]]
     ranks, top = rank_targets(table_scorer(S), 4, np.array([3, 2]), k=2)
     assert ranks.tolist() == [3, 4]  # all-equal scores: the target ranks last, never first
@@ -50,7 +51,8 @@ def test_metrics_hand_computed():
 
 def test_seen_filtering_and_filtered_target():
     S = [[0, 0.9, 0.8, 0.7, 0.1], [0, 0.9, 0.8, 0.7, 0.1]]
-    seen = (np.array([0, 1, 2]), np.array([1, 3]))  # user0 saw item 1, user1 saw item 3 (its target)
+    # user0 saw item 1, user1 saw item 3 (its target)
+    seen = (np.array([0, 1, 2]), np.array([1, 3]))
     ranks, top = rank_targets(table_scorer(S), 4, np.array([2, 3]), seen, k=3)
     assert ranks[0] == 1  # item 1 removed -> item 2 is first
     assert ranks[1] == 4  # the target itself was filtered: it ranks last
@@ -72,7 +74,8 @@ def test_chunking_does_not_change_results(item_chunk, user_chunk):
     assert (r == ref_r).all()
     # top-k scores agree (order among exact ties may differ)
     S = (U @ W.T).numpy()
-    np.testing.assert_allclose(np.take_along_axis(S, top, 1), np.take_along_axis(S, ref_top, 1), rtol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(S, top, 1), np.take_along_axis(S, ref_top, 1),
+                               rtol=1e-6)
     # brute force rank
     for i in range(37):
         s = S[i].copy()

@@ -19,23 +19,34 @@ from safetensors.torch import load_file, safe_open, save_file
 from userseq.core.errors import ArtifactError
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors. One that shares memory with an earlier one (tied weights, a
+    view) is written as a copy: safetensors stores every name on its own."""
+    cpu: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        cpu[k] = v.clone() if ptr in storages else v
+        storages.add(ptr)
+    save_file(cpu, str(path), metadata=metadata)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file; a missing, truncated or corrupt file gives an ArtifactError."""
     p = Path(path)
     if not p.is_file():
-        raise ArtifactError(f"{p}: file not found. Is this a userseq run directory (created by `userseq train`)?")
+        raise ArtifactError(f"{p}: file not found. Is this a userseq run directory (created by "
+                            "`userseq train`)?")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ArtifactError(
-            f"{p}: corrupt or truncated checkpoint ({str(e).splitlines()[0]}). Retrain, or restore the file "
-            "from a backup."
+            f"{p}: corrupt or truncated checkpoint ({str(e).splitlines()[0]}). Retrain, or restore "
+            "the file from a backup."
         ) from None
     return tensors, meta
 

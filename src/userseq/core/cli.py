@@ -14,7 +14,8 @@ from userseq.core.errors import ConfigError
 out = Console()
 err = Console(stderr=True)
 
-DataArg = Annotated[str, typer.Option("--data", "-d", help="dataset name (userseq datasets list) or events file")]
+DataArg = Annotated[str, typer.Option("--data", "-d",
+                                      help="dataset name (userseq datasets list) or events file")]
 RunDirArg = Annotated[Path, typer.Argument(help="run directory created by `userseq train`")]
 
 

@@ -1,4 +1,5 @@
-"""Configuration base: strict pydantic sections, YAML in, dotted overrides, one error for every problem.
+"""Configuration base: strict pydantic sections, YAML in, dotted overrides, one error for every
+problem.
 
 Every component config (data, encoder, loss, trainer, task) is a `StrictModel`: unknown keys are
 errors, assignments are validated. Configs are read with `yaml.safe_load` (`read_yaml_mapping`) and
@@ -11,9 +12,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from userseq.core.errors import ConfigError
+from userseq.core.optim import OPTIMIZERS, SCHEDULERS
+from userseq.core.registry import Registry
 
 
 class StrictModel(BaseModel):
@@ -49,10 +53,18 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: str = Field("adam", description="adam | adamw | sgd, or a registered optimizer")
+    momentum: float = Field(0.0, ge=0, lt=1, description="momentum of the sgd optimizer")
+    scheduler: str = Field("none", description="learning-rate schedule: none | cosine | linear, "
+                           "or a registered scheduler")
+    warmup_steps: int = Field(0, ge=0,
+                              description="optimizer steps of linear learning-rate warm-up")
     grad_clip: float | None = Field(5.0, gt=0)
-    patience: int = Field(10, ge=1, description="epochs without validation improvement before stopping")
+    patience: int = Field(10, ge=1,
+                          description="epochs without validation improvement before stopping")
     monitor: str = "ndcg@10"
-    monitor_mode: Literal["max", "min"] = Field("max", description="whether a higher or a lower monitor value is better")
+    monitor_mode: Literal["max", "min"] = Field(
+        "max", description="whether a higher or a lower monitor value is better")
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -61,12 +73,34 @@ class TrainConfig(StrictModel):
     )
     eval_every: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
-    valid_users: int | None = Field(None, ge=1, description="validate on a fixed random subset of users (None: all)")
+    valid_users: int | None = Field(
+        None, ge=1, description="validate on a fixed random subset of users (None: all)")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        return registered(OPTIMIZERS, name)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        return registered(SCHEDULERS, name)
+
+
+def registered(registry: Registry[Any], name: str) -> str:
+    """A config field validator's check of a registered name: the canonical name, or the registry's
+    message (the names to choose from) as a validation error, so `validate_config` reports it with
+    the file and the field."""
+    try:
+        return registry.canonical(name)
+    except ConfigError as e:
+        raise PydanticCustomError("unknown_name", str(e)) from None
 
 
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
     """Apply dotted overrides ({"train.epochs": 5, "model.dim": 128}) to a config dict; None values
-    are skipped. A key that names no existing section or field raises ConfigError(f"{error} '{key}'.")."""
+    are skipped. A key that names no existing section or field raises
+    ConfigError(f"{error} '{key}'.")."""
     for key, value in overrides.items():
         if value is None:
             continue
@@ -82,8 +116,10 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str)
     return data
 
 
-def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str, what: str = "config") -> Any:
-    """Validate `data` against a pydantic config model; every problem is named in one ConfigError."""
+def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source: str,
+                    what: str = "config") -> Any:
+    """Validate `data` against a pydantic config model; every problem is named in one
+    ConfigError."""
     try:
         return model.model_validate(data or {})
     except ValidationError as e:
@@ -92,7 +128,8 @@ def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source:
             loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 section = err["loc"][0] if len(err["loc"]) > 1 else None
-                sub = model.model_fields[section].annotation if section in model.model_fields else model
+                fields = model.model_fields
+                sub = fields[section].annotation if section in fields else model
                 allowed = ", ".join(getattr(sub, "model_fields", {}).keys())
                 problems.append(f"unknown key '{loc}' (allowed here: {allowed})")
             else:

@@ -1,8 +1,13 @@
 """The one training loop, shared by every task.
 
 A task hands the loop a model, a batch iterator factory, a loss function and a validation
-function; the loop owns devices, precision, the optimizer, early stopping, checkpoints
-(safetensors, resumable), seeds, the progress bar and the time budget.
+function; the loop owns devices, precision, the optimizer and learning-rate schedule (chosen by
+name: `core.optim`), early stopping, checkpoints (safetensors, resumable), seeds, the progress bar
+and the time budget.
+
+The best weights are kept on disk, never as a second copy of the model in memory:
+RUN_DIR/best.safetensors (or a private temporary directory when there is no run directory),
+written atomically at each new best and loaded back into the model when training ends.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import json
 import math
 import os
 import random
+import tempfile
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +27,23 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from torch.optim.lr_scheduler import LRScheduler
 
 from userseq.core.artifacts import load_tensors, save_tensors
 from userseq.core.config import TrainConfig
-from userseq.core.errors import ArtifactError
+from userseq.core.errors import ArtifactError, ConfigError
+from userseq.core.optim import build_optimizer, build_scheduler
 
 CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
 STATE = "trainer_state.json"
 
 
@@ -41,9 +57,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from userseq.core.errors import ConfigError
-
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or "
+                          "'cpu'.")
     return torch.device(name)
 
 
@@ -72,11 +87,29 @@ class TrainState:
     stopped: str = ""
 
 
-class Trainer:
-    """Fit `model` by minimising `loss_fn(model, batch)`, selecting on `validate(model)[monitor]`."""
+@dataclass
+class FitRun:
+    """What one `Trainer.fit` call works with. Local to the call: the Trainer itself keeps no
+    tensors (the best weights are a file, see `Trainer.best_path`)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, console: Console | None = None,
-                 quiet: bool = False) -> None:
+    model: torch.nn.Module
+    batches: Callable[[int], Iterable[Any]]
+    n_batches: int
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor]
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None
+    opt: torch.optim.Optimizer
+    sched: LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    t_start: float = 0.0
+    last_val: str = ""  # the last validation summary (progress bar and log lines)
+
+
+class Trainer:
+    """Fit `model` by minimising `loss_fn(model, batch)`, selecting on
+    `validate(model)[monitor]`."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None,
+                 console: Console | None = None, quiet: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir else None
         self.console = console or Console(stderr=True)
@@ -84,47 +117,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = resolve_precision(cfg.precision, self.device)
         self.state = TrainState()
-        self.best_weights: dict[str, torch.Tensor] | None = None
-
-    # -------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        if self.run_dir is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        if self.best_weights is not None:
-            tensors.update({f"best.{k}": v for k, v in self.best_weights.items()})
-        opt_state = opt.state_dict()
-        for pid, st in opt_state["state"].items():
-            for key, val in st.items():
-                tensors[f"opt.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-        meta = {"param_groups": json.dumps(opt_state["param_groups"]), "trainer": json.dumps(asdict(self.state)),
-                "rng": json.dumps({"torch_seed_offset": self.state.step})}
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        save_tensors(tensors, tmp, meta)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
-        (self.run_dir / STATE).write_text(json.dumps(asdict(self.state), indent=1))
-
-    def load_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        assert self.run_dir is not None
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
-            raise ArtifactError(f"{path}: no checkpoint to resume from. Train without --resume first.")
-        tensors, meta = load_tensors(path)
-        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            model.load_state_dict(model_sd)
-        except RuntimeError as e:
-            raise ArtifactError(f"{path}: checkpoint does not match this model/config: {str(e).splitlines()[0]}") from None
-        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        self.best_weights = best or None
-        state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        self.state = TrainState(**json.loads(meta["trainer"]))
+        # the best weights so far: RUN_DIR/best.safetensors, or a temporary file during `fit`
+        self.best_path: Path | None = self.run_dir / BEST if self.run_dir else None
 
     # -------------------------------------------------------------- the loop
     def fit(
@@ -136,93 +130,234 @@ class Trainer:
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         resume: bool = False,
     ) -> TrainState:
+        """Train until `train.epochs`, early stopping or the time budget; the model ends with the
+        best validated weights (the last ones without `validate`)."""
+        run = self._start(model, batches, n_batches, loss_fn, validate)
+        with self._best_file(resume):
+            if resume:
+                self.load_checkpoint(model, run.opt, run.sched)
+                # resuming means: continue (e.g. with a larger budget or more epochs)
+                self.state.stopped = ""
+                seed_everything(self.cfg.seed + self.state.epoch)
+            run.t_start = time.time() - self.state.seconds
+            with self._progress() as progress:
+                bar = progress.add_task("train", total=n_batches, epoch=self.state.epoch + 1,
+                                        loss=float("nan"), val="")
+                while self.state.epoch < self.cfg.epochs and not self.state.stopped:
+                    self._epoch(run, progress, bar)
+            self._finish(model)
+        return self.state
+
+    def _start(self, model: torch.nn.Module, batches: Callable[[int], Iterable[Any]],
+               n_batches: int, loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+               validate: Callable[[torch.nn.Module], dict[str, float]] | None) -> FitRun:
+        """Threads, seed, device; the optimizer and schedule named by train.optimizer/.scheduler."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         model.to(self.device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if resume:
-            self.load_checkpoint(model, opt)
-            self.state.stopped = ""  # resuming means: continue (e.g. with a larger budget or more epochs)
-            seed_everything(cfg.seed + self.state.epoch)
+        opt = build_optimizer(model.parameters(), cfg)
+        sched = build_scheduler(opt, cfg, cfg.epochs * n_batches)
         scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=self.autocast_dtype))
-            if self.autocast_dtype is not None else nullcontext
-        )
-        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-        t_start = time.time() - self.state.seconds
-        progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[val]}"),
+        return FitRun(model, batches, n_batches, loss_fn, validate, opt, sched, scaler)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("loss {task.fields[loss]:.4f}  {task.fields[val]}"),
             console=self.console, disable=self.quiet, transient=False,
         )
-        monitor = cfg.monitor
-        last_val = ""
-        with progress:
-            task = progress.add_task("train", total=n_batches, epoch=self.state.epoch + 1, loss=float("nan"), val="")
-            while self.state.epoch < cfg.epochs and not self.state.stopped:
-                epoch = self.state.epoch + 1
-                progress.reset(task, total=n_batches, epoch=epoch, loss=float("nan"), val=last_val)
-                model.train()
-                t_epoch, total_loss, count = time.time(), 0.0, 0
-                for batch in batches(epoch):
-                    with autocast():
-                        loss = loss_fn(model, batch)
-                    opt.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(opt)
-                    else:
-                        loss.backward()
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    if scaler is not None:
-                        scaler.step(opt)
-                        scaler.update()
-                    else:
-                        opt.step()
-                    self.state.step += 1
-                    total_loss += float(loss.detach())
-                    count += 1
-                    progress.update(task, advance=1, loss=total_loss / count)
-                    if budget and time.time() - t_start > budget:
-                        self.state.stopped = f"time budget of {cfg.max_minutes} min reached"
-                        break
-                record = {"epoch": epoch, "loss": total_loss / max(count, 1), "epoch_seconds": time.time() - t_epoch}
-                self.state.epoch = epoch
-                if validate is not None and (epoch % cfg.eval_every == 0 or self.state.stopped or epoch == cfg.epochs):
-                    model.eval()
-                    with torch.no_grad():
-                        metrics = validate(model)
-                    record.update({f"valid_{k}": v for k, v in metrics.items()})
-                    value = metrics[monitor]
-                    first = self.state.best_epoch == 0 or math.isnan(self.state.best_metric)
-                    if first or (value > self.state.best_metric if cfg.monitor_mode == "max" else value < self.state.best_metric):
-                        self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = value, epoch, 0
-                        self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    else:
-                        self.state.bad_epochs += cfg.eval_every
-                        if self.state.bad_epochs >= cfg.patience:
-                            self.state.stopped = f"no {monitor} improvement for {self.state.bad_epochs} epochs"
-                    last_val = f"val {monitor} {value:.4f} (best {self.state.best_metric:.4f} @ {self.state.best_epoch})"
-                    progress.update(task, val=last_val)
-                self.state.seconds = time.time() - t_start
-                self.state.history.append(record)
-                if budget and self.state.seconds > budget and not self.state.stopped:
-                    self.state.stopped = f"time budget of {cfg.max_minutes} min reached"
-                self.save_checkpoint(model, opt)
-                if not self.quiet and not self.console.is_terminal:  # logs and CI: one line per epoch
-                    self.console.print(f"epoch {epoch}: loss {record['loss']:.4f} "
-                                       f"({record['epoch_seconds']:.1f}s) {last_val}", highlight=False)
+
+    def _epoch(self, run: FitRun, progress: Progress, bar: TaskID) -> None:
+        """One epoch: train, validate when due, note the time, checkpoint, log one line."""
+        epoch = self.state.epoch + 1
+        progress.reset(bar, total=run.n_batches, epoch=epoch, loss=float("nan"), val=run.last_val)
+        t_epoch = time.time()
+        loss = self._train_epoch(run, epoch,
+                                 lambda mean: progress.update(bar, advance=1, loss=mean))
+        record = {"epoch": epoch, "loss": loss, "epoch_seconds": time.time() - t_epoch}
+        self.state.epoch = epoch
+        if self._validation_due(run, epoch):
+            record.update(self._validate(run, epoch))
+            progress.update(bar, val=run.last_val)
+        self.state.seconds = time.time() - run.t_start
+        self.state.history.append(record)
+        self._check_budget(self.state.seconds)
+        self.save_checkpoint(run.model, run.opt, run.sched)
+        if not self.quiet and not self.console.is_terminal:  # logs and CI: one line per epoch
+            self.console.print(f"epoch {epoch}: loss {loss:.4f} ({record['epoch_seconds']:.1f}s) "
+                               f"{run.last_val}", highlight=False)
+
+    def _train_epoch(self, run: FitRun, epoch: int, advance: Callable[[float], None]) -> float:
+        """Train on the batches of `epoch` until they or the time budget run out; the mean loss."""
+        run.model.train()
+        total, count = 0.0, 0
+        for batch in run.batches(epoch):
+            total += self._step(run, batch)
+            count += 1
+            advance(total / count)
+            if self._check_budget(time.time() - run.t_start):
+                break
+        return total / max(count, 1)
+
+    def _step(self, run: FitRun, batch: Any) -> float:
+        """One optimizer step (autocast, fp16 loss scaling, clipping, the schedule); the loss."""
+        with self._autocast():
+            loss = run.loss_fn(run.model, batch)
+        run.opt.zero_grad(set_to_none=True)
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.opt)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), self.cfg.grad_clip)
+        if run.scaler is not None:
+            run.scaler.step(run.opt)
+            run.scaler.update()
+        else:
+            run.opt.step()
+        if run.sched is not None:
+            run.sched.step()
+        self.state.step += 1
+        return float(loss.detach())
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _check_budget(self, seconds: float) -> bool:
+        """Whether `seconds` of training exceed `train.max_minutes` (then the run is stopped)."""
+        minutes = self.cfg.max_minutes
+        if not minutes or seconds <= minutes * 60:
+            return False
         if not self.state.stopped:
-            self.state.stopped = f"reached {cfg.epochs} epochs"
-        if self.best_weights is not None:
-            model.load_state_dict(self.best_weights)
+            self.state.stopped = f"time budget of {minutes} min reached"
+        return True
+
+    # -------------------------------------------------------------- validation, early stopping
+    def _validation_due(self, run: FitRun, epoch: int) -> bool:
+        every, last = epoch % self.cfg.eval_every == 0, epoch == self.cfg.epochs
+        return run.validate is not None and (every or bool(self.state.stopped) or last)
+
+    def _validate(self, run: FitRun, epoch: int) -> dict[str, float]:
+        """Validate; keep the best weights or count a bad epoch; the record's `valid_*` entries."""
+        assert run.validate is not None
+        run.model.eval()
+        with torch.no_grad():
+            metrics = run.validate(run.model)
+        monitor, s = self.cfg.monitor, self.state
+        value = metrics[monitor]
+        if self._improved(value):
+            s.best_metric, s.best_epoch, s.bad_epochs = value, epoch, 0
+            self._save_best(run.model.state_dict())
+        else:
+            s.bad_epochs += self.cfg.eval_every
+            if s.bad_epochs >= self.cfg.patience:
+                s.stopped = f"no {monitor} improvement for {s.bad_epochs} epochs"
+        run.last_val = f"val {monitor} {value:.4f} (best {s.best_metric:.4f} @ {s.best_epoch})"
+        return {f"valid_{k}": v for k, v in metrics.items()}
+
+    def _improved(self, value: float) -> bool:
+        """Whether `value` beats the best so far (anything beats no value or NaN)."""
+        best = self.state.best_metric
+        if self.state.best_epoch == 0 or math.isnan(best):
+            return True
+        return value > best if self.cfg.monitor_mode == "max" else value < best
+
+    def _finish(self, model: torch.nn.Module) -> None:
+        """Name why training stopped and load the best weights back into `model`."""
+        s = self.state
+        if not s.stopped:
+            s.stopped = f"reached {self.cfg.epochs} epochs"
+        if s.best_epoch and self.best_path is not None:
+            model.load_state_dict(load_tensors(self.best_path)[0])
         if not self.quiet:
             self.console.print(
-                f"[bold]training stopped[/]: {self.state.stopped}; best {monitor} {self.state.best_metric:.4f} "
-                f"at epoch {self.state.best_epoch}; {self.state.seconds:.0f}s"
+                f"[bold]training stopped[/]: {s.stopped}; best {self.cfg.monitor} "
+                f"{s.best_metric:.4f} at epoch {s.best_epoch}; {s.seconds:.0f}s"
             )
-        return self.state
+
+    # -------------------------------------------------------------- best weights, checkpoints
+    @contextmanager
+    def _best_file(self, resume: bool) -> Iterator[None]:
+        """Set `best_path` for one fit: the run directory's best.safetensors (a fresh fit removes an
+        old one), or a file in a private temporary directory removed when the fit ends."""
+        if self.run_dir is not None:
+            if not resume and self.best_path is not None:
+                self.best_path.unlink(missing_ok=True)
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix="userseq-best-") as tmp:
+            self.best_path = Path(tmp) / BEST
+            try:
+                yield
+            finally:
+                self.best_path = None
+
+    def _save_best(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the best weights, atomically (tmp file + rename)."""
+        assert self.best_path is not None
+        self.best_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.best_path.with_name(BEST + ".tmp")
+        save_tensors(tensors, tmp, {"epoch": str(self.state.best_epoch)})
+        os.replace(tmp, self.best_path)
+
+    def save_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                        sched: LRScheduler | None = None) -> None:
+        """Write what resuming needs (model, optimizer, schedule, trainer state) to the run dir."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt_state = opt.state_dict()
+        for pid, st in opt_state["state"].items():
+            for key, val in st.items():
+                if val is not None:
+                    tensors[f"opt.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        meta = {"param_groups": json.dumps(opt_state["param_groups"]),
+                "trainer": json.dumps(asdict(self.state))}
+        if sched is not None:
+            meta["scheduler"] = json.dumps(sched.state_dict())
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        save_tensors(tensors, tmp, meta)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+        (self.run_dir / STATE).write_text(json.dumps(asdict(self.state), indent=1))
+
+    def load_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                        sched: LRScheduler | None = None) -> None:
+        """Restore what `save_checkpoint` wrote. Checkpoints of userseq 0.1 held the best weights
+        (`best.*` tensors); they are moved to best.safetensors."""
+        assert self.run_dir is not None
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            raise ArtifactError(f"{path}: no checkpoint to resume from. Train without --resume "
+                                "first.")
+        tensors, meta = load_tensors(path)
+        try:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError as e:
+            raise ArtifactError(f"{path}: checkpoint does not match this model/config: "
+                                f"{str(e).splitlines()[0]}") from None
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        if sched is not None and "scheduler" in meta:
+            sched.load_state_dict(json.loads(meta["scheduler"]))
+        self.state = TrainState(**json.loads(meta["trainer"]))
+        legacy = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        del tensors
+        self._restore_best(legacy, path)
+
+    def _restore_best(self, legacy: dict[str, torch.Tensor], checkpoint: Path) -> None:
+        if legacy:
+            self._save_best(legacy)
+        elif self.state.best_epoch and not (self.best_path and self.best_path.is_file()):
+            raise ArtifactError(
+                f"{checkpoint}: the best weights (epoch {self.state.best_epoch}) are missing: no "
+                f"{BEST} next to it. Train again without --resume.")

@@ -14,7 +14,8 @@ from torch import nn
 
 
 class ItemRepr(nn.Module):
-    """Interface: `forward(ids, features=None) -> (..., dim)` and `output_matrix() -> (n_items + 1, dim)`.
+    """Interface: `forward(ids, features=None) -> (..., dim)` and
+    `output_matrix() -> (n_items + 1, dim)`.
 
     `features` is the encoder's optional dict of per-event tensors (B, L, ...); representations that
     use side information (event features, text) read it, id tables ignore it. Encoders pass it only
@@ -24,7 +25,8 @@ class ItemRepr(nn.Module):
     n_items: int
     dim: int
 
-    def embed(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor,
+              features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Call the representation, with features only when there are some."""
         return self(ids) if features is None else self(ids, features)
 
@@ -53,7 +55,8 @@ class IdEmbedding(ItemRepr):
         with torch.no_grad():
             self.table.weight[0].zero_()
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.table(ids)
 
     def output_matrix(self) -> torch.Tensor:

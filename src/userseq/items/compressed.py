@@ -32,7 +32,8 @@ CHUNK = 1 << 20  # rows per chunk when a large table's matrix is built for infer
 def hash_params(k: int, seed: int) -> torch.Tensor:
     """(k, 2) int64 (a, b) pairs of k universal hash functions x -> ((a x + b) mod p) mod M."""
     rng = np.random.default_rng(seed)
-    return torch.from_numpy(np.stack([rng.integers(1, PRIME, k), rng.integers(0, PRIME, k)], 1).astype(np.int64))
+    ab = np.stack([rng.integers(1, PRIME, k), rng.integers(0, PRIME, k)], 1)
+    return torch.from_numpy(ab.astype(np.int64))
 
 
 def hash_rows(x: torch.Tensor, ab: torch.Tensor, rows: int) -> torch.Tensor:
@@ -55,7 +56,8 @@ class ComputedTable(ItemRepr):
         """Vectors of item indices 1..n_items (other values: anything; they are masked)."""
         raise NotImplementedError
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         inside = (ids > 0) & (ids <= self.n_items)
         out = self.rows(torch.where(inside, ids, torch.ones_like(ids))) * inside.unsqueeze(-1)
         if self.special is not None:
@@ -84,7 +86,8 @@ class ComputedTable(ItemRepr):
 class HashEmbedding(ComputedTable):
     """Hashing trick: item i -> sum_j T[h_j(i)], T of `rows` x d, k hash functions."""
 
-    def __init__(self, n_items: int, dim: int, rows: int, k: int = 2, seed: int = 0, special_tokens: int = 0) -> None:
+    def __init__(self, n_items: int, dim: int, rows: int, k: int = 2, seed: int = 0,
+                 special_tokens: int = 0) -> None:
         super().__init__(n_items, dim, special_tokens)
         self.k, self.n_rows = k, rows
         self.table = nn.Parameter(torch.randn(rows, dim) / math.sqrt(dim * k))
@@ -109,11 +112,13 @@ def qr_remainder_rows(n_items: int, budget_rows: int) -> int:
 class QREmbedding(ComputedTable):
     """Quotient-remainder trick: item i (0-based j = i - 1) -> Q[j // m] * R[j % m]."""
 
-    def __init__(self, n_items: int, dim: int, remainder_rows: int, special_tokens: int = 0) -> None:
+    def __init__(self, n_items: int, dim: int, remainder_rows: int,
+                 special_tokens: int = 0) -> None:
         super().__init__(n_items, dim, special_tokens)
         self.m = remainder_rows
         q_rows = max(1, math.ceil(n_items / remainder_rows))
-        std = dim ** -0.25  # the product of two N(0, d^-1/2) entries has variance 1/d, like a plain table
+        # the product of two N(0, d^-1/2) entries has variance 1/d, like a plain table
+        std = dim ** -0.25
         self.quotient = nn.Parameter(torch.randn(q_rows, dim) * std)
         self.remainder = nn.Parameter(torch.randn(remainder_rows, dim) * std)
 
@@ -127,15 +132,16 @@ class UnifiedEmbedding(ComputedTable):
     (n_items + 1, T) token-index matrices, 0 = none) share one table of `rows` x chunk; feature f
     does k look-ups with its own hashes and the (mean-pooled) chunks are concatenated to d."""
 
-    def __init__(self, n_items: int, dim: int, rows: int, k: int = 2, seed: int = 0, special_tokens: int = 0,
-                 features: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, n_items: int, dim: int, rows: int, k: int = 2, seed: int = 0,
+                 special_tokens: int = 0, features: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(n_items, dim, special_tokens)
         names = list(features or {})
         n_lookups = k * (1 + len(names))
         if dim % n_lookups:
-            raise ConfigError(f"unified item table: dim {dim} must be divisible by the number of look-ups "
-                              f"{n_lookups} (k={k} per feature x {1 + len(names)} features: id"
-                              f"{', ' + ', '.join(names) if names else ''}); change model.dim or "
+            raise ConfigError(f"unified item table: dim {dim} must be divisible by the number of "
+                              f"look-ups {n_lookups} (k={k} per feature x {1 + len(names)} "
+                              f"features: id{', ' + ', '.join(names) if names else ''}); change "
+                              "model.dim or "
                               "model.hash_functions.")
         self.k, self.n_rows, self.chunk, self.feature_names = k, rows, dim // n_lookups, names
         self.table = nn.Parameter(torch.randn(rows, self.chunk) / math.sqrt(dim))
@@ -163,8 +169,8 @@ class QuantizedTable(ItemRepr):
     are decoded once into `decoded` (not saved) when loaded; only codes are stored.
     """
 
-    def __init__(self, n_items: int, dim: int, method: str, codes: torch.Tensor, scale: torch.Tensor | None = None,
-                 centroids: torch.Tensor | None = None) -> None:
+    def __init__(self, n_items: int, dim: int, method: str, codes: torch.Tensor,
+                 scale: torch.Tensor | None = None, centroids: torch.Tensor | None = None) -> None:
         super().__init__()
         self.n_items, self.dim, self.method = n_items, dim, method
         self.register_buffer("codes", codes.contiguous())
@@ -185,11 +191,12 @@ class QuantizedTable(ItemRepr):
             out = self.codes.float() * self.scale.unsqueeze(1)
         else:
             codes = self.codes.long()
-            out = torch.cat([self.centroids[j][codes[:, j]] for j in range(self.centroids.shape[0])], 1)
+            out = torch.cat([c[codes[:, j]] for j, c in enumerate(self.centroids)], 1)
         out[0] = 0.0  # padding
         return out
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.decoded[ids]
 
     def output_matrix(self) -> torch.Tensor:
@@ -205,8 +212,8 @@ def quantize_int8(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
-def quantize_pq(matrix: torch.Tensor, subquantizers: int, train_rows: slice | None = None, seed: int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_pq(matrix: torch.Tensor, subquantizers: int, train_rows: slice | None = None,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Product quantization with faiss-trained codebooks (8 bits per code where there are at least
     256 training rows). Returns (codes (n, M) uint8, centroids (M, ksub, d / M))."""
     try:
@@ -216,13 +223,15 @@ def quantize_pq(matrix: torch.Tensor, subquantizers: int, train_rows: slice | No
     x = np.ascontiguousarray(matrix.detach().float().numpy())
     n, d = x.shape
     if subquantizers < 1 or d % subquantizers:
-        raise ConfigError(f"PQ: the number of sub-quantizers ({subquantizers}) must divide the dimension ({d}).")
+        raise ConfigError(f"PQ: the number of sub-quantizers ({subquantizers}) must divide the "
+                          f"dimension ({d}).")
     train = x[train_rows] if train_rows is not None else x
     nbits = max(1, min(8, int(math.log2(max(2, len(train))))))
     pq = faiss.ProductQuantizer(d, subquantizers, nbits)
     pq.cp.seed = seed
     pq.train(train)
-    cent = torch.from_numpy(faiss.vector_to_array(pq.centroids).reshape(subquantizers, pq.ksub, pq.dsub).copy())
+    flat = faiss.vector_to_array(pq.centroids)
+    cent = torch.from_numpy(flat.reshape(subquantizers, pq.ksub, pq.dsub).copy())
     # assign every row to its nearest centroid per sub-space (the same rule as faiss's encoder)
     xs = torch.from_numpy(x).view(n, subquantizers, pq.dsub)
     codes = torch.stack([torch.cdist(xs[:, j], cent[j]).argmin(1) for j in range(subquantizers)], 1)

@@ -1,14 +1,14 @@
 """`build_items`: the item representation a `ModelConfig` asks for.
 
 `model.items` picks what an item is (id | text | id+text); `model.item_table` how its id vectors
-are stored (full | hash | qr | unified | matryoshka) at `model.compression`; `model.quantize`
+are stored (a name of `ITEM_TABLES`: full | hash | qr | unified | matryoshka, or a registered
+table) at `model.compression`; `model.quantize`
 (set by `userseq compress`) replaces everything by a quantized frozen matrix. Saved runs rebuild
 the same modules from their own tensors (`saved`), so no metadata, cache or encoder is needed.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -16,14 +16,9 @@ import polars as pl
 import torch
 
 from userseq.core.errors import ConfigError
-from userseq.items.base import IdEmbedding, ItemRepr, state_bytes
-from userseq.items.compressed import (
-    HashEmbedding,
-    QREmbedding,
-    QuantizedTable,
-    UnifiedEmbedding,
-    qr_remainder_rows,
-)
+from userseq.items.base import ItemRepr, state_bytes
+from userseq.items.compressed import QuantizedTable
+from userseq.items.registry import ITEM_TABLES
 from userseq.items.text import TextItems
 
 FP32 = 4
@@ -50,7 +45,8 @@ def matryoshka_dims(cfg: Any) -> list[int]:
     return [*dims, low]
 
 
-def categorical_features(catalogue: pl.Series, meta: pl.DataFrame | None) -> dict[str, torch.Tensor]:
+def categorical_features(catalogue: pl.Series,
+                         meta: pl.DataFrame | None) -> dict[str, torch.Tensor]:
     """List-of-string attribute columns (e.g. genres) as padded (n_items + 1, T) token matrices
     (token 0 = none), aligned with the catalogue; the input of the unified table."""
     if meta is None:
@@ -73,24 +69,10 @@ def categorical_features(catalogue: pl.Series, meta: pl.DataFrame | None) -> dic
     return out
 
 
-def id_table(cfg: Any, n_items: int, special: int, features: dict[str, torch.Tensor] | None = None) -> ItemRepr:
-    """The id part at the configured compression: rows = ceil(full rows / compression)."""
-    kind, c = cfg.item_table, cfg.compression
-    if kind in ("full", "matryoshka"):
-        return IdEmbedding(n_items, cfg.dim, special)
-    if kind == "hash":
-        return HashEmbedding(n_items, cfg.dim, max(1, math.ceil(n_items / c)), cfg.hash_functions,
-                             special_tokens=special)
-    if kind == "qr":
-        return QREmbedding(n_items, cfg.dim, qr_remainder_rows(n_items, max(1, math.ceil(n_items / c))), special)
-    if kind == "unified":
-        features = dict(sorted((features or {}).items()))
-        # full = one d-wide row per id and per attribute value; the shared table has chunk-wide rows
-        vocab = n_items + sum(int(t.max()) for t in features.values())
-        lookups = cfg.hash_functions * (1 + len(features))
-        rows = max(1, math.ceil(vocab * lookups / c))
-        return UnifiedEmbedding(n_items, cfg.dim, rows, cfg.hash_functions, special_tokens=special, features=features)
-    raise ConfigError(f"unknown item table '{kind}'.")
+def id_table(cfg: Any, n_items: int, special: int,
+             features: dict[str, torch.Tensor] | None = None) -> ItemRepr:
+    """The id part, built by the `model.item_table` entry of `ITEM_TABLES`."""
+    return ITEM_TABLES.get(cfg.item_table).obj(cfg, n_items, special, features or {})
 
 
 def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -103,12 +85,14 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
     token matrices for the unified table; `saved`: the encoder state dict of a saved run, from which
     all of these are taken instead.
     """
+    ITEM_TABLES.canonical(cfg.item_table)  # an unknown name: the registry's ConfigError
     special = special_tokens(cfg)
-    saved = {k[len("items."):]: v for k, v in (saved or {}).items() if k.startswith("items.")} or None
+    saved = {k[len("items."):]: v for k, v in (saved or {}).items()
+             if k.startswith("items.")} or None
     if cfg.quantize != "none":
         if saved is None:
-            raise ConfigError("model.quantize is set by `userseq compress` on a trained run; train with "
-                              "quantize: none.")
+            raise ConfigError("model.quantize is set by `userseq compress` on a trained run; train "
+                              "with quantize: none.")
         return QuantizedTable(n_items, cfg.dim, cfg.quantize, saved["codes"], saved.get("scale"),
                               saved.get("centroids"))
     if saved is not None:
@@ -116,21 +100,22 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
         features = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
     if cfg.items == "id":
         if text is not None:
-            raise ConfigError("item text was given but model.items is 'id'; use --items text or id+text.")
+            raise ConfigError("item text was given but model.items is 'id'; use --items text or "
+                              "id+text.")
         return id_table(cfg, n_items, special, features)
     if saved is not None:
         text = (saved["text_vectors"], saved["has_text"])
     if text is None:
-        raise ConfigError(f"model.items '{cfg.items}' needs item text: a named dataset with item text "
-                          "(amazon-scientific, MovieLens titles) or data.item_text (CLI --item-text FILE).")
-    vectors, has_text = text
+        raise ConfigError(f"model.items '{cfg.items}' needs item text: a named dataset with item "
+                          "text (amazon-scientific, MovieLens titles) or data.item_text (CLI "
+                          "--item-text FILE).")
+    common = {"special_tokens": special, "adapter": cfg.text_adapter, "experts": cfg.text_experts,
+              "dropout": cfg.dropout}
     if cfg.items == "text":
-        return TextItems(vectors, has_text, cfg.dim, "text", special_tokens=special, adapter=cfg.text_adapter,
-                         experts=cfg.text_experts, dropout=cfg.dropout,
-                         id_rows=None if saved is None else saved["id_rows"])
-    return TextItems(vectors, has_text, cfg.dim, "id+text", ids=id_table(cfg, n_items, special, features),
-                     known=known, special_tokens=special, adapter=cfg.text_adapter, experts=cfg.text_experts,
-                     dropout=cfg.dropout)
+        id_rows = None if saved is None else saved["id_rows"]
+        return TextItems(*text, cfg.dim, "text", id_rows=id_rows, **common)
+    ids = id_table(cfg, n_items, special, features)
+    return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known, **common)
 
 
 def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:
@@ -145,5 +130,5 @@ def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:
     else:
         stored = state_bytes(items)
     return {"items": cfg.items, "table": cfg.item_table, "quantize": cfg.quantize, "dim": d,
-            "serve_dim": serve_dim(cfg), "item_table_bytes": int(stored), "full_fp32_bytes": int(full),
-            "compression": round(full / max(stored, 1), 3)}
+            "serve_dim": serve_dim(cfg), "item_table_bytes": int(stored),
+            "full_fp32_bytes": int(full), "compression": round(full / max(stored, 1), 3)}

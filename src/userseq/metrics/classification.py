@@ -27,7 +27,8 @@ def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative (true positives, false positives) at each distinct threshold, highest score first."""
+    """Cumulative (true positives, false positives) at each distinct threshold, highest score
+    first."""
     order = np.argsort(-s, kind="stable")
     ys, ss = y[order], s[order]
     last = np.r_[np.flatnonzero(np.diff(ss) != 0), len(ss) - 1]  # last index of each tie group
@@ -37,7 +38,8 @@ def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve (probability a random positive outscores a random negative; ties 1/2)."""
+    """Area under the ROC curve (probability a random positive outscores a random negative;
+    ties 1/2)."""
     y, s = _check(y, s)
     P, N = y.sum(), len(y) - y.sum()
     if P == 0 or N == 0:
@@ -60,7 +62,8 @@ def pr_auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float) -> float:
-    """Largest true-positive rate reachable with a false-positive rate <= `fpr` (threshold on scores)."""
+    """Largest true-positive rate reachable with a false-positive rate <= `fpr` (threshold on
+    scores)."""
     y, s = _check(y, s)
     P, N = y.sum(), len(y) - y.sum()
     if P == 0 or N == 0:

@@ -23,7 +23,8 @@ def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1:
-        raise DataError(f"labels and scores must be 1-D arrays of the same length (got {y.shape} and {s.shape}).")
+        raise DataError(f"labels and scores must be 1-D arrays of the same length (got {y.shape} "
+                        f"and {s.shape}).")
     if not np.isin(y, (0, 1)).all():
         raise DataError("labels must be 0 or 1.")
     if np.isnan(s).any():
@@ -70,7 +71,8 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     y, s = _check(labels, scores)
     g = np.asarray(groups)
     if g.shape != y.shape:
-        raise DataError(f"groups must have one entry per impression (got {g.shape}, expected {y.shape}).")
+        raise DataError(f"groups must have one entry per impression (got {g.shape}, expected "
+                        f"{y.shape}).")
     if len(y) == 0:
         return float("nan"), 0
     _, g_idx = np.unique(g, return_inverse=True)
@@ -80,7 +82,8 @@ def group_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray,
     size = np.bincount(gs, minlength=n_groups).astype(np.float64)
     n_pos = np.bincount(gs, weights=ys, minlength=n_groups)
     n_neg = size - n_pos
-    first = np.concatenate([[0], np.cumsum(size)[:-1]])  # global offset of each group in sorted order
+    # global offset of each group in sorted order
+    first = np.concatenate([[0], np.cumsum(size)[:-1]])
     rank_in_group = pos - first[gs]
     pos_rank_sum = np.bincount(gs, weights=rank_in_group * ys, minlength=n_groups)
     ok = (n_pos > 0) & (n_neg > 0)

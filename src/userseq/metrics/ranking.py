@@ -17,7 +17,8 @@ import torch
 Scorer = Callable[[np.ndarray, int, int], torch.Tensor]
 
 
-def _seen_mask_(scores: torch.Tensor, rows: np.ndarray, offsets: np.ndarray, items: np.ndarray, lo: int, hi: int):
+def _seen_mask_(scores: torch.Tensor, rows: np.ndarray, offsets: np.ndarray, items: np.ndarray,
+                lo: int, hi: int) -> None:
     """Set scores of each user's history items (within [lo, hi)) to -inf, in place."""
     r, cols, _ = _csr_rows(rows, offsets, items)
     sel = (cols >= lo) & (cols < hi)
@@ -54,48 +55,73 @@ def scan_catalogue(
     bounds = [(lo, min(lo + item_chunk, total)) for lo in range(0, total, item_chunk)]
     for u0 in range(0, n_rows, user_chunk):
         rows = np.arange(u0, min(u0 + user_chunk, n_rows))
-
-        def chunk_scores(lo: int, hi: int, rows=rows) -> torch.Tensor:
-            s = scorer(rows, lo, hi).float().clone()
-            if lo == 0:
-                s[:, 0] = float("-inf")
-            if seen is not None:
-                _seen_mask_(s, rows, seen[0], seen[1], lo, hi)
-            return s
-
-        cached = chunk_scores(0, total) if len(bounds) == 1 else None
-        t_score = None
-        if targets is not None:
-            # the target's own score, read from the same matrix product that ranks it
-            tgt = torch.from_numpy(targets[rows].astype(np.int64))
-            if cached is not None:
-                t_score = cached.gather(1, tgt[:, None]).squeeze(1)
-            else:
-                t_score = torch.empty(len(rows))
-                for lo, hi in bounds:
-                    inside = (tgt >= lo) & (tgt < hi)
-                    if inside.any():
-                        s = chunk_scores(lo, hi)
-                        t_score[inside] = s[inside].gather(1, (tgt[inside] - lo)[:, None]).squeeze(1)
-            higher = torch.zeros(len(rows), dtype=torch.long)
-            equal = torch.zeros(len(rows), dtype=torch.long)
-        best_s = torch.full((len(rows), k_eff), float("-inf"))
-        best_i = torch.zeros((len(rows), k_eff), dtype=torch.long)
-        for lo, hi in bounds:
-            s = cached if cached is not None else chunk_scores(lo, hi)
-            if t_score is not None:
-                higher += (s > t_score[:, None]).sum(1)
-                equal += (s == t_score[:, None]).sum(1)
-            cs, ci = torch.topk(s, min(k_eff, hi - lo), dim=1)
-            both_s, both_i = torch.cat([best_s, cs], 1), torch.cat([best_i, ci + lo], 1)
-            order = torch.topk(both_s, k_eff, dim=1).indices
-            best_s, best_i = both_s.gather(1, order), both_i.gather(1, order)
-        if t_score is not None:
-            rank = 1 + higher + (equal - 1)  # `equal` includes the target itself
-            # a filtered (-inf) target ties with every filtered item: pessimistically last
-            ranks[rows] = torch.where(torch.isfinite(t_score), rank, torch.full_like(rank, n_items)).numpy()
+        tgt = None if targets is None else torch.from_numpy(targets[rows].astype(np.int64))
+        rank, best_i, best_s = _scan_rows(_chunk_scorer(scorer, rows, seen), bounds, len(rows),
+                                          k_eff, tgt, n_items)
+        if ranks is not None and rank is not None:
+            ranks[rows] = rank.numpy()
         top[rows], top_s[rows] = best_i.numpy(), best_s.numpy()
     return ranks, top, top_s
+
+
+ChunkScores = Callable[[int, int], torch.Tensor]
+
+
+def _chunk_scorer(scorer: Scorer, rows: np.ndarray,
+                  seen: tuple[np.ndarray, np.ndarray] | None) -> ChunkScores:
+    """Scores of `rows` for items lo..hi-1, padding and (if given) seen items set to -inf."""
+
+    def chunk_scores(lo: int, hi: int) -> torch.Tensor:
+        s = scorer(rows, lo, hi).float().clone()
+        if lo == 0:
+            s[:, 0] = float("-inf")
+        if seen is not None:
+            _seen_mask_(s, rows, seen[0], seen[1], lo, hi)
+        return s
+
+    return chunk_scores
+
+
+def _scan_rows(chunk_scores: ChunkScores, bounds: list[tuple[int, int]], n: int, k: int,
+               tgt: torch.Tensor | None, n_items: int
+               ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(pessimistic ranks of `tgt` or None, top-k items, their scores) of n rows over the item
+    chunks `bounds` (a single chunk is scored once)."""
+    cached = chunk_scores(*bounds[0]) if len(bounds) == 1 else None
+    t_score = None if tgt is None else _target_scores(chunk_scores, bounds, tgt, cached)
+    higher = torch.zeros(n, dtype=torch.long)
+    equal = torch.zeros(n, dtype=torch.long)
+    best_s = torch.full((n, k), float("-inf"))
+    best_i = torch.zeros((n, k), dtype=torch.long)
+    for lo, hi in bounds:
+        s = cached if cached is not None else chunk_scores(lo, hi)
+        if t_score is not None:
+            higher += (s > t_score[:, None]).sum(1)
+            equal += (s == t_score[:, None]).sum(1)
+        cs, ci = torch.topk(s, min(k, hi - lo), dim=1)
+        both_s, both_i = torch.cat([best_s, cs], 1), torch.cat([best_i, ci + lo], 1)
+        order = torch.topk(both_s, k, dim=1).indices
+        best_s, best_i = both_s.gather(1, order), both_i.gather(1, order)
+    if t_score is None:
+        return None, best_i, best_s
+    rank = 1 + higher + (equal - 1)  # `equal` includes the target itself
+    # a filtered (-inf) target ties with every filtered item: pessimistically last
+    rank = torch.where(torch.isfinite(t_score), rank, torch.full_like(rank, n_items))
+    return rank, best_i, best_s
+
+
+def _target_scores(chunk_scores: ChunkScores, bounds: list[tuple[int, int]], tgt: torch.Tensor,
+                   cached: torch.Tensor | None) -> torch.Tensor:
+    """Each row's target score, read from the same matrix product that ranks it."""
+    if cached is not None:
+        return cached.gather(1, tgt[:, None]).squeeze(1)
+    t_score = torch.empty(len(tgt))
+    for lo, hi in bounds:
+        inside = (tgt >= lo) & (tgt < hi)
+        if inside.any():
+            s = chunk_scores(lo, hi)
+            t_score[inside] = s[inside].gather(1, (tgt[inside] - lo)[:, None]).squeeze(1)
+    return t_score
 
 
 def rank_targets(
@@ -108,7 +134,8 @@ def rank_targets(
     item_chunk: int = 262_144,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks (1-based, pessimistic) of `targets` and top-k item lists for every row."""
-    ranks, top, _ = scan_catalogue(scorer, n_items, len(targets), targets, seen, k, user_chunk, item_chunk)
+    ranks, top, _ = scan_catalogue(scorer, n_items, len(targets), targets, seen, k, user_chunk,
+                                   item_chunk)
     return ranks, top
 
 
@@ -167,7 +194,8 @@ def _csr_rows(rows: np.ndarray, offsets: np.ndarray, items: np.ndarray):
     starts, ends = offsets[rows], offsets[rows + 1]
     lengths = ends - starts
     r = np.repeat(np.arange(len(rows)), lengths)
-    within = np.arange(lengths.sum()) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # of each row's events, in the output
+    within = np.arange(lengths.sum()) - np.repeat(first, lengths)
     return r, items[np.repeat(starts, lengths) + within].astype(np.int64), within + 1
 
 
