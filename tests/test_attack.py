@@ -135,7 +135,7 @@ def test_baselines_only_lower_scores(world):
     assert all(len(tokenize(p)) >= 3 for p in base)
     train_posts = {p for u in split.train if data.labels[u] == 0 for p in data.posts[u]}
     assert set(base) <= train_posts  # copycat reuses benign training posts only
-    users = att.users
+    users = att.users_
     s0 = target.score(users, mal, base)
     flipped = hotflip(target, users, mal, base, flips=3)
     bugged = textbugger(target, users, mal, base, 0.5, None)
@@ -154,7 +154,7 @@ def test_petgen_beats_the_generator_without_attack_loss(world):
         assert "<unk>" not in " ".join(posts)
         res = att.evaluate(target, split.test, posts)
         scores[method], success[method] = res["mean_score_malicious"]["attacked"], res["success_rate"]
-        assert res["clean"] == efficacy(target, att.users, split.test, [att.users.final[i] for i in split.test])["clean"]
+        assert res["clean"] == efficacy(target, att.users_, split.test, [att.users_.final[i] for i in split.test])["clean"]
     assert scores["petgen"] < scores["lm"] - 0.03, scores
     assert success["petgen"] > success["lm"], success
 
@@ -197,7 +197,7 @@ def test_vocabulary_mismatch_between_generator_and_detector(world):
     other = TargetDetector(small, "small-vocab")
     att = Attacker("lm", overrides=TINY).fit(data, other, split, quiet=True)
     with pytest.raises(DataError, match="vocabulary mismatch"):
-        Attacker("petgen", overrides=TINY).fit(data, target, split, pretrained=att.pretrained)
+        Attacker("petgen", overrides=TINY).fit(data, target, split, pretrained=att.pretrained_)
     rows = torch.zeros(2, 5, 12)
     with pytest.raises(DataError, match="vocabulary mismatch"):
         target.onehot_post_vectors(rows, torch.ones(2, 5, dtype=torch.bool))

@@ -20,28 +20,41 @@ import torch.nn.functional as F
 
 from userseq.attack.data import AttackUsers
 from userseq.attack.target import TargetDetector
+from userseq.core.errors import DataError
 from userseq.detect.data import tokenize
 from userseq.detect.estimator import encode_posts
 
 LOOKALIKE = {"o": "0", "l": "1", "i": "1", "a": "@", "e": "3", "s": "$", "t": "7"}
 
 
+def copycat_pool(users: AttackUsers, train: np.ndarray) -> list[str]:
+    """The posts copycat may reuse: every post (3+ tokens) of the benign training users, sorted."""
+    if users.labels is None:
+        raise DataError("copycat needs labels of the training users")
+    labels = users.labels
+    pool = {p for u in train if labels[u] == 0 for p in [*users.history[u], users.final[u]]
+            if len(tokenize(p)) >= 3}
+    return sorted(pool)
+
+
 class Copycat:
-    def __init__(self, users: AttackUsers, train: np.ndarray) -> None:
+    """Nearest pool post (TF-IDF cosine) to each user's context, else to the user's history."""
+
+    def __init__(self, users: AttackUsers, pool: list[str]) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        if users.labels is None:
-            raise ValueError("copycat needs labels of the training users")
-        pool = {p for u in train if users.labels[u] == 0 for p in [*users.history[u], users.final[u]]
-                if len(tokenize(p)) >= 3}
-        self.pool = sorted(pool)
+        if not pool:
+            raise DataError("copycat: the benign training users have no post of 3+ tokens to reuse.")
+        self.pool = list(pool)
         self.users = users
-        self.vec = TfidfVectorizer(tokenizer=tokenize, token_pattern=None, lowercase=False, sublinear_tf=True)
+        self.vec = TfidfVectorizer(tokenizer=tokenize, token_pattern=None, lowercase=False,
+                                   sublinear_tf=True)
         self.matrix = self.vec.fit_transform(self.pool)
 
     def posts(self, idx: np.ndarray) -> list[str]:
         u = self.users
-        queries = [u.contexts[i] if tokenize(u.contexts[i] or "") else " ".join(u.history[i]) for i in idx]
+        queries = [u.contexts[i] if tokenize(u.contexts[i] or "") else " ".join(u.history[i])
+                   for i in idx]
         sims = (self.vec.transform(queries) @ self.matrix.T).toarray()
         return [self.pool[j] for j in sims.argmax(1)]
 

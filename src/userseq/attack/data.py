@@ -12,12 +12,13 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from userseq.core.errors import DataError
+from userseq.core.errors import ArtifactError, DataError
 from userseq.detect.data import TextData, tokenize
 from userseq.detect.estimator import encode_posts
 
@@ -135,3 +136,34 @@ def encode_users(users: AttackUsers, vocab: list[str], max_tokens: int) -> Encod
                         n_hist=torch.tensor([len(h) for h in users.history], dtype=torch.long),
                         relevancy=torch.from_numpy(rel), context=torch.from_numpy(ctx.astype(np.int64)),
                         has_context=torch.from_numpy(known), final=torch.from_numpy(fin.astype(np.int64)))
+
+
+# ---------------------------------------------------------------------- saved attackers
+def write_users(users: AttackUsers, path: Path) -> None:
+    """The attack inputs of every user as Parquet (one row per user)."""
+    pl.DataFrame({
+        "user_id": users.user_ids,
+        "history": pl.Series(users.history, dtype=pl.List(pl.String)),
+        "final": users.final, "context": users.contexts,
+        "relevancy": pl.Series([r.tolist() for r in users.relevancy], dtype=pl.List(pl.Float32)),
+        "label": pl.Series(users.labels.tolist() if users.labels is not None
+                           else [None] * users.n_users, dtype=pl.Int64),
+    }).write_parquet(path)
+
+
+def read_users(path: Path, truncated: int = 0) -> AttackUsers:
+    """`AttackUsers` written by `write_users`."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; the attack run directory is incomplete.")
+    try:
+        t = pl.read_parquet(path)
+        labels = t["label"]
+        return AttackUsers(
+            user_ids=[str(u) for u in t["user_id"].to_list()],
+            history=[list(h) for h in t["history"].to_list()], final=t["final"].to_list(),
+            contexts=t["context"].to_list(),
+            relevancy=[np.asarray(r, dtype=np.float32) for r in t["relevancy"].to_list()],
+            labels=None if labels.null_count() else labels.to_numpy().astype(np.int64),
+            truncated=truncated)
+    except (pl.exceptions.PolarsError, OSError, KeyError) as e:
+        raise ArtifactError(f"{path}: corrupt attack users table ({str(e).splitlines()[0]}).") from None

@@ -27,7 +27,8 @@ class PostGenerator(nn.Module):
     def __init__(self, vocab: int, emb_dim: int = 64, hidden: int = 128, max_tokens: int = 30,
                  min_tokens: int = 3, dropout: float = 0.1, conditional: bool = True) -> None:
         super().__init__()
-        self.vocab, self.hidden, self.max_tokens, self.min_tokens = vocab, hidden, max_tokens, min_tokens
+        self.vocab, self.emb_dim, self.hidden = vocab, emb_dim, hidden
+        self.max_tokens, self.min_tokens, self.dropout = max_tokens, min_tokens, dropout
         self.conditional = conditional
         self.words: list[str] | None = None  # the vocabulary, when known
         self.emb = TokenEmbedding(vocab, emb_dim)
@@ -50,7 +51,7 @@ class PostGenerator(nn.Module):
                                                            else tokens[..., 1:].sum(-1) > 0)
         return run_rnn(self.encoder, self.emb(tokens), mask.sum(1))
 
-    def history_states(self, history: torch.Tensor, n_hist: torch.Tensor | None = None) -> torch.Tensor:
+    def history_states(self, history: torch.Tensor) -> torch.Tensor:
         """(B, P, T) history ids -> (B, P, hidden) per-post encoder states."""
         B, P, T = history.shape
         return self.encode_posts(history.reshape(B * P, T)).view(B, P, -1)
@@ -72,14 +73,14 @@ class PostGenerator(nn.Module):
     def condition(self, history: torch.Tensor, n_hist: torch.Tensor, relevancy: torch.Tensor,
                   context: torch.Tensor, has_context: torch.Tensor) -> torch.Tensor:
         """Context-aware user state (B, hidden) from history ids (B, P, T) and context ids (B, T)."""
-        return self.mix(self.history_states(history, n_hist), n_hist, relevancy, self.encode_posts(context),
+        return self.mix(self.history_states(history), n_hist, relevancy, self.encode_posts(context),
                         has_context)
 
     # ------------------------------------------------------------------ decoding
     def _step_input(self, e: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return e if u is None else torch.cat([e, u[:, None].expand(-1, e.shape[1], -1)], -1)
 
-    def _h0(self, u: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def _h0(self, u: torch.Tensor | None) -> torch.Tensor | None:
         return None if u is None else torch.tanh(self.init(u))[None]
 
     def _mask_logits(self, logits: torch.Tensor, start: int) -> torch.Tensor:
@@ -96,12 +97,8 @@ class PostGenerator(nn.Module):
         B = targets.shape[0]
         e = self.emb(targets)[:, :-1]
         e = torch.cat([self.bos.expand(B, 1, -1), e], 1)
-        out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u, B))
+        out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u))
         return self.drop(out)
-
-    def teacher_forced(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """Logits (B, T, V) predicting targets from the previous tokens."""
-        return self.out(self.states(targets, u))
 
     def nll(self, targets: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL, token count) of right-padded id targets (B, T); the first `<pad>` (end of post) is a
@@ -121,7 +118,7 @@ class PostGenerator(nn.Module):
         """
         B = batch if u is None else u.shape[0]
         dev = self.out.weight.device
-        h = self._h0(u, B)
+        h = self._h0(u)
         e = self.bos.expand(B, 1, -1)
         alive = torch.ones(B, dtype=torch.bool, device=dev)
         rows, ids, masks = [], [], []

@@ -32,17 +32,51 @@ from userseq.attack.losses import attack_loss, set_mmd, soft_nll
 from userseq.attack.target import TargetDetector
 from userseq.core.artifacts import load_tensors, save_tensors
 from userseq.core.config import TrainConfig
+from userseq.core.errors import ArtifactError
 from userseq.core.trainer import Trainer
 from userseq.detect.estimator import encode_posts
 
 TARGETS_PER_USER = 4  # posts predicted per user and pretraining step (the final post + 3 random earlier ones)
 
 
-def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int, conditional: bool = True) -> PostGenerator:
-    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens), g.min_tokens, g.dropout,
-                        conditional=conditional)
-    gen.words = list(vocab)  # the vocabulary it was built over (checked against the attacked detector's)
+def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int,
+                    conditional: bool = True) -> PostGenerator:
+    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens),
+                        g.min_tokens, g.dropout, conditional=conditional)
+    gen.words = list(vocab)  # the vocabulary it was built over (checked against the detector's)
     return gen
+
+
+GENERATOR_SIZES = ("vocab", "emb_dim", "hidden", "max_tokens", "min_tokens", "dropout",
+                   "conditional")
+
+
+def save_generator(gen: PostGenerator, path: Path) -> None:
+    """Weights (safetensors) with the sizes and the training summary in the metadata."""
+    meta = {k: json.dumps(getattr(gen, k)) for k in GENERATOR_SIZES}
+    meta["train_state"] = json.dumps(getattr(gen, "train_state", {}))
+    save_tensors(gen.state_dict(), path, meta)
+
+
+def load_generator(path: Path, words: list[str]) -> PostGenerator:
+    """A generator written by `save_generator`, over the vocabulary `words`."""
+    tensors, meta = load_tensors(path)
+    missing = [k for k in GENERATOR_SIZES if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: not a saved generator (no {', '.join(missing)} metadata).")
+    sizes = {k: json.loads(meta[k]) for k in GENERATOR_SIZES}
+    if sizes["vocab"] != len(words):
+        raise ArtifactError(f"{path}: the generator has {sizes['vocab']:,} tokens but the saved "
+                            f"vocabulary {len(words):,}; the run directory is inconsistent.")
+    gen = PostGenerator(**sizes)
+    try:
+        gen.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: weights do not match their sizes: "
+                            f"{str(e).splitlines()[0]}") from None
+    gen.words = list(words)
+    gen.train_state = json.loads(meta.get("train_state", "{}"))  # type: ignore[attr-defined]
+    return gen.eval()
 
 
 def decode(ids: torch.Tensor, vocab: list[str]) -> list[str]:
@@ -148,7 +182,7 @@ def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[s
     gen = pretrain_generator(users, vocab, train, valid, g, tc, max_tokens, conditional, quiet)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(gen.state_dict(), path, {"train_state": json.dumps(gen.train_state)})  # type: ignore[attr-defined]
+        save_generator(gen, path)
     return gen
 
 
@@ -235,7 +269,7 @@ def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str]
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         state = torch.random.get_rng_state()
-        torch.manual_seed(cfg.seed + 7)  # the same Gumbel noise every epoch
+        torch.manual_seed(tc.seed + 7)  # the same Gumbel noise every epoch
         sums: dict[str, float] = {}
         n = 0
         for b in range(0, len(valid), 64):

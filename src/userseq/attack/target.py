@@ -19,28 +19,49 @@ from userseq.detect.estimator import UserDetector, encode_posts
 WHITE_BOX_MODELS = ("hlstm", "cnn")
 
 
+def detector_state(det: UserDetector) -> tuple[torch.nn.Module, list[str] | None, dict[str, float]]:
+    """(network, token vocabulary, thresholds) of a fitted detector: the one place the attack reads
+    the detector's fitted state (the estimator's trailing-underscore names, else the old ones)."""
+    net = det.check_is_fitted() if hasattr(det, "check_is_fitted") else det._check_fitted()
+    vocab = getattr(det, "vocab_", getattr(det, "vocab", None))
+    thresholds = getattr(det, "thresholds_", getattr(det, "thresholds", None)) or {}
+    return net, vocab, thresholds
+
+
+def detector_split_config(det: UserDetector) -> tuple[float, float, int]:
+    """(validation share, test share, split seed) of the detector run's user split (the seed is
+    `split_seed`, else the old `seed`)."""
+    c = det.config
+    return float(c.valid), float(c.test), int(getattr(c, "split_seed", getattr(c, "seed", 0)))
+
+
 class TargetDetector:
-    def __init__(self, detector: UserDetector, name: str = "detector") -> None:
+    """A fitted text detector as the attacker sees it (`run_dir`: where it was loaded from)."""
+
+    def __init__(self, detector: UserDetector, name: str = "detector",
+                 run_dir: str | Path | None = None) -> None:
         if detector.kind != "text":
-            raise ConfigError(f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
-                              "the attack needs a text detector (hlstm, cnn or minilm).")
+            raise ConfigError(
+                f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
+                "the attack needs a text detector (hlstm, cnn or minilm).")
         self.det = detector
         self.name = name
-        self.net = detector._check_fitted()
-        detector.device = torch.device("cpu")  # the attack runs on CPU (the detector may have been loaded on a GPU)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.net, self._vocab, thresholds = detector_state(detector)
+        detector.device = torch.device("cpu")  # the attack runs on CPU (the run may be on a GPU)
         self.net.cpu().eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.model = detector.config.model.name
         self.max_posts = detector.config.model.max_posts
         self.max_tokens = detector.config.model.max_tokens
-        self.threshold = float(detector.thresholds.get("all", 0.5))
+        self.threshold = float(thresholds.get("all", 0.5))
         self._hist: tuple[str, torch.Tensor, torch.Tensor, np.ndarray] | None = None
         self._st = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TargetDetector:
-        return cls(UserDetector.load(run_dir), name=str(run_dir))
+        return cls(UserDetector.load(run_dir), name=str(run_dir), run_dir=run_dir)
 
     @property
     def white_box(self) -> bool:
@@ -48,24 +69,26 @@ class TargetDetector:
 
     @property
     def vocab(self) -> list[str]:
-        if self.det.vocab is None:
+        if self._vocab is None:
             raise ConfigError(f"{self.name}: model '{self.model}' has no token vocabulary.")
-        return self.det.vocab
+        return self._vocab
 
     def require_white_box(self, method: str) -> None:
         if not self.white_box:
-            raise ConfigError(f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
-                              f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
-                              "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
-                              "or use copycat / textbugger.")
+            raise ConfigError(
+                f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
+                f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
+                "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
+                "or use copycat / textbugger.")
 
     def check_vocab(self, vocab: list[str], who: str = "attacker") -> None:
         mine = self.vocab
         if len(mine) != len(vocab) or mine != list(vocab):
-            raise DataError(f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector {self.name} uses "
-                            f"{len(mine):,} (first differing index {_first_diff(mine, vocab)}). A white-box generator "
-                            "must be built over the detector's own vocabulary: refit the attacker against this "
-                            "detector, or evaluate its text black-box.")
+            raise DataError(
+                f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector "
+                f"{self.name} uses {len(mine):,} (first differing index {_first_diff(mine, vocab)}). "
+                "A white-box generator must be built over the detector's own vocabulary: refit the "
+                "attacker against this detector, or evaluate its text black-box.")
 
     # ------------------------------------------------------------------ post vectors
     def _sentence_model(self):
