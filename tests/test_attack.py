@@ -9,15 +9,18 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from sklearn.base import clone
 
 from userseq.attack.baselines import char_bugs, hotflip, textbugger
+from userseq.attack.config import parse_attack_config
 from userseq.attack.data import attack_users
 from userseq.attack.estimator import Attacker, efficacy
 from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import set_mmd
 from userseq.attack.quality import SentenceVectors, degenerate, self_bleu, sentence_bleu, text_quality
 from userseq.attack.target import TargetDetector
-from userseq.core.errors import ConfigError, DataError
+from userseq.core.errors import ArtifactError, ConfigError, DataError, NotFittedError
+from userseq.core.estimator import Estimator
 from userseq.detect.augment import adversarial_augment
 from userseq.detect.data import TextData, stratified_split, tokenize
 from userseq.detect.estimator import UserDetector
@@ -159,6 +162,70 @@ def test_petgen_beats_the_generator_without_attack_loss(world):
     assert success["petgen"] > success["lm"], success
 
 
+# ---------------------------------------------------------------------- the estimator contract
+@pytest.fixture(scope="module")
+def saved_target(world, tmp_path_factory):
+    """The world's detector saved and loaded back: an attacker records the run it attacks."""
+    _, _, det, _ = world
+    run = det.save(tmp_path_factory.mktemp("det") / "hlstm")
+    return TargetDetector.load(run)
+
+
+def test_attacker_params_clone_and_old_seed_name():
+    att = Attacker("trigger", overrides={"baselines.trigger_tokens": 3})
+    assert att.get_params()["baselines__trigger_tokens"] == 3 and att.method == "trigger"
+    twin = clone(att)
+    assert twin.config == att.config and twin.config is not att.config and not twin.is_fitted
+    assert Attacker(config=att.config).config is att.config  # a config object is kept as is
+    old = Attacker(overrides={"seed": 3}).config  # the old name seeded sampling and the trigger
+    assert (old.sample_seed, old.baselines.trigger_seed, old.train.seed) == (3, 3, 0)
+    cfg = parse_attack_config({"seed": 4, "baselines": {"trigger_seed": 9}})
+    assert (cfg.sample_seed, cfg.baselines.trigger_seed) == (4, 9)  # the new name wins
+    assert "seed" not in cfg.model_dump() and "sample_seed: 4" in cfg.to_yaml()
+    with pytest.raises(ConfigError, match="generator.nope"):
+        Attacker(overrides={"generator.nope": 1})
+    with pytest.raises(ConfigError, match="unknown attack method 'nope'"):
+        Attacker("nope")
+    with pytest.raises(NotFittedError):
+        Attacker("copycat").generate(np.arange(3))
+
+
+@pytest.mark.parametrize("method", ["petgen", "hotflip", "trigger", "textbugger"])
+def test_saved_attacker_generates_the_same_posts(world, saved_target, tmp_path, method):
+    data, split, _, _ = world
+    att = Attacker(method, overrides=TINY).fit(data, saved_target, split, quiet=True)
+    posts = att.generate(split.test)
+    assert att.generate(split.test) == posts  # deterministic given the config's seeds
+    att.save(tmp_path / "att")
+    back = Estimator.load(tmp_path / "att")
+    assert isinstance(back, Attacker) and back.config == att.config and back.method == method
+    assert back.generate(split.test) == posts
+    assert back.info_ == json.loads(json.dumps(att.info_))
+    assert back.users_.user_ids == att.users_.user_ids and back.vocab_ == att.vocab_
+    assert back.runs_["source"] == str(saved_target.run_dir.resolve())
+    res = back.evaluate(saved_target, split.test, posts)
+    assert res == att.evaluate(saved_target, split.test, posts)
+    if method == "trigger":
+        assert back.trigger_ == att.trigger_ and len(back.trigger_) == 5
+    if method == "petgen":
+        for k, v in att.generator_.state_dict().items():
+            assert torch.equal(v, back.generator_.state_dict()[k]), k
+        other = back.set_params(sample_seed=1).generate(split.test)  # the seed is what varies
+        assert other != posts and back.set_params(sample_seed=0).generate(split.test) == posts
+
+
+def test_saving_needs_the_detector_run_and_loading_finds_it(world, tmp_path):
+    data, split, det, target = world
+    att = Attacker("copycat").fit(data, target, split)  # a detector built in memory: no run
+    with pytest.raises(ArtifactError, match="not loaded from a run directory"):
+        att.save(tmp_path / "a")
+    run = det.save(tmp_path / "det")
+    Attacker("copycat").fit(data, TargetDetector.load(run), split).save(tmp_path / "b")
+    run.rename(tmp_path / "moved")
+    with pytest.raises(ArtifactError, match=f"{run.resolve()}, is missing"):
+        Attacker.load(tmp_path / "b")
+
+
 # ---------------------------------------------------------------------- bad input
 def test_white_box_on_minilm_names_the_black_box_option(world):
     data, split, _, _ = world
@@ -239,7 +306,8 @@ def test_cli_attack_run_report_and_adversarial_training(cli, tmp_path):
     cfg.write_text("pretrain: {epochs: 1}\ntrain: {epochs: 1}\neval_lm: {epochs: 1}\n"
                    "generator: {hidden: 16, emb_dim: 8}\nquality_embedding: tfidf\n")
     r = cli("attack", "run", "--detector", tmp_path / "h", "--data", events, "--labels", labels, "--method", "petgen",
-            "--black-box-surrogate", tmp_path / "c", "--config", cfg, "--train-posts", "--out", tmp_path / "a", "--quiet")
+            "--black-box-surrogate", tmp_path / "c", "--config", cfg, "--set", "losses.recency=0.0", "--set", "generator.hidden=12", "--seed", "3",
+            "--train-posts", "--out", tmp_path / "a", "--quiet")
     assert r.code == 0, r.output
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     det_test = json.loads((tmp_path / "h" / "metrics.json").read_text())["test"]
@@ -255,9 +323,20 @@ def test_cli_attack_run_report_and_adversarial_training(cli, tmp_path):
     assert (tmp_path / "a" / "scores.png").stat().st_size > 1000 and "<table" in (tmp_path / "a" / "report.html").read_text()
     tp = pl.read_parquet(tmp_path / "a" / "train_posts.parquet")
     assert len(tp) == m["train_posts"] > 0
+    assert m["task"] == "attack"  # written by Estimator.write_metrics
+    att = Attacker.load(tmp_path / "a")  # the fitted attacker is saved with the report
+    c = att.config  # --config, then --set, then --seed (seeds every phase)
+    assert (c.losses.recency, c.generator.hidden, c.quality_embedding) == (0.0, 12, "tfidf")
+    assert (c.train.seed, c.pretrain.seed, c.eval_lm.seed, c.sample_seed) == (3, 3, 3, 3)
+    gens = pl.read_parquet(tmp_path / "a" / "generations.parquet")
+    where = {u: i for i, u in enumerate(att.users_.user_ids)}
+    assert att.generate([where[u] for u in gens["user_id"]]) == gens["generated"].to_list()
     r = cli("detect", "train", *det_args, "--model", "hlstm", "--adversarial", tmp_path / "a", "--out", tmp_path / "h2")
     assert r.code == 0, r.output
     assert "adversarial" in json.loads((tmp_path / "h2" / "metrics.json").read_text())["dataset"]
     bad = cli("attack", "run", "--detector", tmp_path / "h", "--data", events, "--labels", labels, "--method", "nope",
               "--out", tmp_path / "b")
     assert bad.code == 2 and "unknown attack method" in bad.error
+    bad = cli("attack", "run", "--detector", tmp_path / "h", "--data", events, "--labels", labels,
+              "--set", "generator.nope=1", "--out", tmp_path / "b")
+    assert bad.code == 2 and "generator.nope" in bad.error
