@@ -84,7 +84,8 @@ def run(
     if method is not None:
         check_method(method)
     options: dict[str, tuple[str, Any]] = {
-        "--epochs": ("train.epochs", epochs), "--pretrain-epochs": ("pretrain.epochs", pretrain_epochs),
+        "--epochs": ("train.epochs", epochs),
+        "--pretrain-epochs": ("pretrain.epochs", pretrain_epochs),
         **{f"--max-minutes ({k})": (f"{k}.max_minutes", max_minutes)
            for k in ("train", "pretrain", "eval_lm")},
         **{f"--seed ({k})": (k, seed) for k in SEEDS}}

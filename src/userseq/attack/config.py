@@ -85,7 +85,8 @@ class AttackConfig(TaskConfig):
     eval_lm: TrainConfig = Field(
         default_factory=_pretrain_defaults, description="the separate LM for perplexity")
     baselines: BaselineConfig = Field(default_factory=BaselineConfig)
-    tau: float = Field(1.0, gt=0, description="Gumbel-softmax temperature while training the attack")
+    tau: float = Field(
+        1.0, gt=0, description="Gumbel-softmax temperature while training the attack")
     hard: bool = Field(
         True, description="straight-through Gumbel-softmax (the detector sees the discrete post)")
     sample_temperature: float = Field(0.8, gt=0, description="sampling temperature at generation")

@@ -106,7 +106,9 @@ class Attacker(Estimator[AttackConfig]):
         users, source, vocab = self._prepare(data, detector, surrogate, split)
         _check_pretrained(pretrained, source, vocab)
         train, valid = np.asarray(split.train), np.asarray(split.valid)
-        copycat = Copycat(users, copycat_pool(users, train)) if self.method in COPYCAT_METHODS else None
+        copycat = None
+        if self.method in COPYCAT_METHODS:
+            copycat = Copycat(users, copycat_pool(users, train))
         info = self._fit_info(users, source, vocab, black_box=surrogate is not None)
         lm = None
         if self.method in LM_METHODS:
@@ -200,7 +202,8 @@ class Attacker(Estimator[AttackConfig]):
         return textbugger(source, au, idx, base, cfg.baselines.textbugger_max_share, nb)
 
     # ------------------------------------------------------------------ evaluating
-    def evaluate(self, target: TargetDetector, users: np.ndarray, posts: list[str]) -> dict[str, Any]:
+    def evaluate(self, target: TargetDetector, users: np.ndarray,
+                 posts: list[str]) -> dict[str, Any]:
         """Efficacy of `posts` against `target`: clean vs attacked metrics and the success rate."""
         return efficacy(target, self.check_is_fitted(), np.asarray(users, dtype=np.int64), posts)
 
@@ -220,8 +223,8 @@ class Attacker(Estimator[AttackConfig]):
         if self.runs_.get("source") is None:
             raise ArtifactError(
                 "cannot save this attacker: the detector it attacks was not loaded from a run "
-                "directory. Save the detector (det.save(DIR)), fit against TargetDetector.load(DIR) "
-                "and save again.")
+                "directory. Save the detector (det.save(DIR)), fit against "
+                "TargetDetector.load(DIR) and save again.")
         au = self.check_is_fitted()
         write_users(au, d / USERS_FILE)
         save_ids(pl.Series("id", self.vocab_ or []), d / VOCAB_FILE)
@@ -266,9 +269,9 @@ def _check_pretrained(pretrained: PostGenerator | None, source: TargetDetector,
     if pretrained.words is not None and source.white_box:
         source.check_vocab(pretrained.words, "pretrained generator")
     elif pretrained.vocab != len(vocab):
-        raise DataError(f"vocabulary mismatch: the pretrained generator has {pretrained.vocab:,} "
-                        f"tokens, the attack's vocabulary {len(vocab):,}; pretrain it over the same "
-                        "vocabulary.")
+        raise DataError(f"vocabulary mismatch: the pretrained generator has "
+                        f"{pretrained.vocab:,} tokens, the attack's vocabulary {len(vocab):,}; "
+                        "pretrain it over the same vocabulary.")
 
 
 def _vocab(data: TextData, split: DetectSplit, source: TargetDetector) -> list[str]:
@@ -366,9 +369,9 @@ def run_split(run_dir: str | Path, data: TextData, det: TargetDetector) -> Detec
 
 def same_split(a: DetectSplit, b: DetectSplit, what: str) -> None:
     if not (np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)):
-        raise DataError(f"{what}: the surrogate detector was trained on a different user split than "
-                        "the target, so its training users may be the target's test users. Train "
-                        "both with the same --seed and split fractions.")
+        raise DataError(f"{what}: the surrogate detector was trained on a different user split "
+                        "than the target, so its training users may be the target's test users. "
+                        "Train both with the same --seed and split fractions.")
 
 
 def _load_detectors(detector: str | Path, surrogate: str | Path | None, data: TextData,

@@ -84,9 +84,10 @@ class TargetDetector:
     def check_vocab(self, vocab: list[str], who: str = "attacker") -> None:
         mine = self.vocab
         if len(mine) != len(vocab) or mine != list(vocab):
+            first = _first_diff(mine, vocab)
             raise DataError(
                 f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector "
-                f"{self.name} uses {len(mine):,} (first differing index {_first_diff(mine, vocab)}). "
+                f"{self.name} uses {len(mine):,} (first differing index {first}). "
                 "A white-box generator must be built over the detector's own vocabulary: refit the "
                 "attacker against this detector, or evaluate its text black-box.")
 
@@ -101,9 +102,11 @@ class TargetDetector:
     def post_vectors(self, posts: list[str]) -> torch.Tensor:
         """(N, d) the detector's vector of each post text."""
         if self.model == "minilm":
-            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True,
+                                              show_progress_bar=False)
             return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0].astype(np.int64))
+        ids = encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0]
+        ids = torch.from_numpy(ids.astype(np.int64))
         out = []
         with torch.no_grad():
             for b in range(0, len(posts), 1024):
@@ -116,21 +119,24 @@ class TargetDetector:
         return self.net.user_encoder.post_vectors(ids[:, None]).squeeze(1)
 
     def onehot_post_vectors(self, rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the detector's vocabulary."""
+        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the
+        detector's vocabulary."""
         self.require_white_box("gradient")
         if rows.shape[-1] != len(self.vocab):
-            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns but detector "
-                            f"{self.name} has {len(self.vocab):,} tokens.")
+            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns "
+                            f"but detector {self.name} has {len(self.vocab):,} tokens.")
         return self.net.user_encoder.post_vectors(rows[:, None], token_mask[:, None]).squeeze(1)
 
-    def history(self, users: AttackUsers, idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use of a user
-        (`idx`, default all) and cached under the users' content fingerprint."""
+    def history(self, users: AttackUsers,
+                idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use
+        of a user (`idx`, default all) and cached under the users' content fingerprint."""
         if self._hist is None or self._hist[0] != users.fingerprint:
             n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
             self._hist = (users.fingerprint, torch.zeros(0), n, np.zeros(users.n_users, dtype=bool))
         key, vecs, n, done = self._hist
-        want = np.arange(users.n_users) if idx is None else np.unique(np.asarray(idx, dtype=np.int64))
+        want = (np.arange(users.n_users) if idx is None
+                else np.unique(np.asarray(idx, dtype=np.int64)))
         todo = want[~done[want]]
         if len(todo):
             v = self.post_vectors([p for u in todo for p in users.history[u]])
@@ -147,7 +153,8 @@ class TargetDetector:
 
     # ------------------------------------------------------------------ scores
     def logits(self, hist: torch.Tensor, n_hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at position n_hist."""
+        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at
+        position n_hist."""
         B, P, d = hist.shape
         full = torch.cat([hist, hist.new_zeros(B, 1, d)], 1)
         full = full.index_put((torch.arange(B), n_hist), new)
@@ -164,7 +171,8 @@ class TargetDetector:
         return self.logits(hb[:, :P], nb, new)
 
     @torch.no_grad()
-    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str], batch: int = 512) -> np.ndarray:
+    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str],
+              batch: int = 512) -> np.ndarray:
         """P(malicious) of users `idx` with `posts` (aligned) appended: black-box query access."""
         idx = np.asarray(idx, dtype=np.int64)
         out = []
