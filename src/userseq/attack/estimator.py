@@ -70,8 +70,9 @@ class Attacker(Estimator[AttackConfig]):
 
     Fitted state: `users_` (the attack inputs of every user of the fitted data), `source_` (the
     detector whose gradients or scores the attack used), `vocab_`, `generator_` (petgen, lm),
-    `pretrained_` (the MLE-pretrained generator), `copycat_`, `trigger_`, `runs_` (the run
-    directories of the target and the source detector) and `info_` (what fit did)."""
+    `pretrained_` (the MLE-pretrained generator; saved for textbugger only, whose word
+    substitutions use its embedding), `copycat_`, `trigger_`, `runs_` (the run directories of the
+    target and the source detector) and `info_` (what fit did)."""
 
     task = "attack"
     config_class = AttackConfig
