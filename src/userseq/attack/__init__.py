@@ -1,1 +1,2 @@
-"""Adversarial audit of text detectors: PETGEN generator, baselines, quality metrics, defence."""
+"""Adversarial audit of text detectors: PETGEN generator, baselines, quality metrics, report
+(the defence, adversarial training, is `userseq.detect.augment`)."""

@@ -1,13 +1,14 @@
 """Adversarial audit of text detectors: the user-facing estimator and the one-call run.
 
 >>> target = TargetDetector.load("runs/hlstm")
->>> att = Attacker(method="petgen").fit(data, target, split)        # white-box: the target's gradients
->>> posts = att.generate(split.test)                                  # one new post per test user
->>> att.evaluate(target, split.test, posts)                           # clean vs attacked metrics
+>>> att = Attacker(method="petgen").fit(data, target, split)   # white-box: the target's gradients
+>>> posts = att.generate(split.test)                             # one new post per test user
+>>> att.evaluate(target, split.test, posts)                      # clean vs attacked metrics
+>>> att.save("runs/att"); Attacker.load("runs/att").generate(split.test) == posts
 
-Black-box: `fit(data, target, split, surrogate=other)` optimises against `other` (gradients or score
-queries); the texts are then scored by the target. Every method writes plain text, so any detector
-(also the MiniLM one) can be evaluated on any attack.
+Black-box: `fit(data, target, split, surrogate=other)` optimises against `other` (gradients or
+score queries); the texts are then scored by the target. Every method writes plain text, so any
+detector (also the MiniLM one) can be evaluated on any attack.
 """
 
 from __future__ import annotations
@@ -18,141 +19,299 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from userseq.attack.baselines import Copycat, Neighbours, hotflip, learn_trigger, textbugger, with_trigger
-from userseq.attack.config import GRADIENT_METHODS, AttackConfig, parse_attack_config
-from userseq.attack.data import AttackUsers, attack_users, check_histories, context_known
+from userseq.attack.baselines import (
+    Copycat,
+    Neighbours,
+    copycat_pool,
+    hotflip,
+    learn_trigger,
+    textbugger,
+    with_trigger,
+)
+from userseq.attack.config import GRADIENT_METHODS, METHODS, AttackConfig
+from userseq.attack.data import (
+    AttackUsers,
+    attack_users,
+    check_histories,
+    context_known,
+    read_users,
+    write_users,
+)
 from userseq.attack.generator import PostGenerator
-from userseq.attack.petgen import cached_generator, generate_posts, train_attack
+from userseq.attack.petgen import (
+    cached_generator,
+    generate_posts,
+    load_generator,
+    save_generator,
+    train_attack,
+)
 from userseq.attack.quality import SentenceVectors, text_quality
-from userseq.attack.target import TargetDetector
-from userseq.core.artifacts import write_json
-from userseq.core.errors import ConfigError, DataError, UserseqError
+from userseq.attack.target import TargetDetector, detector_split_config
+from userseq.core.artifacts import load_ids, read_json, save_ids, write_json
+from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
+from userseq.core.estimator import Estimator
 from userseq.detect.data import DetectSplit, TextData, load_text_data, stratified_split
 from userseq.detect.estimator import build_vocab
 from userseq.metrics.classification import binary_metrics
 
 EFFICACY_KEYS = ("accuracy", "f1", "roc_auc", "precision", "recall", "pr_auc")
+STATE_FILE = "attacker.json"
+USERS_FILE = "attack_users.parquet"
+VOCAB_FILE = "vocab.parquet"
+POOL_FILE = "copycat_pool.parquet"
+GENERATOR_FILE = "generator.safetensors"
+PRETRAINED_FILE = "pretrained.safetensors"
+COPYCAT_METHODS = ("copycat", "hotflip", "trigger", "textbugger")
+LM_METHODS = ("petgen", "lm", "textbugger")  # need the MLE-pretrained generator
 
 
-class Attacker:
-    """One attack method fitted against one detector (white-box) or a surrogate (black-box)."""
+class Attacker(Estimator[AttackConfig]):
+    """One attack method fitted against one detector (white-box) or a surrogate (black-box).
+
+    Fitted state: `users_` (the attack inputs of every user of the fitted data), `source_` (the
+    detector whose gradients or scores the attack used), `vocab_`, `generator_` (petgen, lm),
+    `pretrained_` (the MLE-pretrained generator; saved for textbugger only, whose word
+    substitutions use its embedding), `copycat_`, `trigger_`, `runs_` (the run directories of the
+    target and the source detector) and `info_` (what fit did)."""
+
+    task = "attack"
+    config_class = AttackConfig
+    fitted_attribute = "users_"
 
     def __init__(self, method: str | None = None, config: AttackConfig | dict | None = None,
                  overrides: dict[str, Any] | None = None) -> None:
-        cfg = config if isinstance(config, AttackConfig) else parse_attack_config(config)
         over = dict(overrides or {})
         if method is not None:
-            over["method"] = method
-        self.config = cfg.updated(over) if over else cfg
-        self.users: AttackUsers | None = None
-        self.source: TargetDetector | None = None
-        self.vocab: list[str] = []
-        self.generator: PostGenerator | None = None
-        self.pretrained: PostGenerator | None = None
-        self.trigger: list[str] = []
-        self.copycat: Copycat | None = None
-        self.info: dict[str, Any] = {}
+            over["method"] = check_method(method)
+        super().__init__(config, over)
+        self.users_: AttackUsers | None = None
+        self.source_: TargetDetector | None = None
+        self.vocab_: list[str] | None = None
+        self.generator_: PostGenerator | None = None
+        self.pretrained_: PostGenerator | None = None
+        self.copycat_: Copycat | None = None
+        self.trigger_: list[str] | None = None
+        self.runs_: dict[str, str | None] = {}
+        self.info_: dict[str, Any] = {}
 
     @property
     def method(self) -> str:
         return self.config.method
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: TextData, detector: TargetDetector, split: DetectSplit, surrogate: TargetDetector | None = None,
-            cache_dir: str | Path | None = None, pretrained: PostGenerator | None = None,
-            quiet: bool = False) -> Attacker:
-        """Prepare the attack on training users (validation users select epochs); test users are not used."""
-        cfg = self.config
+    def fit(self, data: TextData, detector: TargetDetector, split: DetectSplit,
+            surrogate: TargetDetector | None = None, cache_dir: str | Path | None = None,
+            pretrained: PostGenerator | None = None, quiet: bool = False) -> Attacker:
+        """Prepare the attack on training users (validation users select epochs); test users are
+        not used."""
+        users, source, vocab = self._prepare(data, detector, surrogate, split)
+        _check_pretrained(pretrained, source, vocab)
+        train, valid = np.asarray(split.train), np.asarray(split.valid)
+        copycat = None
+        if self.method in COPYCAT_METHODS:
+            copycat = Copycat(users, copycat_pool(users, train))
+        info = self._fit_info(users, source, vocab, black_box=surrogate is not None)
+        lm = None
+        if self.method in LM_METHODS:
+            g = self.config
+            lm = pretrained or cached_generator(cache_dir, users, vocab, train, valid, g.generator,
+                                                g.pretrain, source.max_tokens, True, quiet)
+            info["pretrain"] = getattr(lm, "train_state", {})
+        generator = self._fit_generator(lm, users, vocab, source, train, valid, info, quiet)
+        trigger = self._fit_trigger(copycat, users, source, train, info)
+        self.users_, self.source_, self.vocab_, self.info_ = users, source, vocab, info
+        self.copycat_, self.pretrained_, self.generator_, self.trigger_ = (
+            copycat, lm, generator, trigger)
+        self.runs_ = {"detector": _run_path(detector), "source": _run_path(source)}
+        return self
+
+    def _prepare(self, data: TextData, detector: TargetDetector, surrogate: TargetDetector | None,
+                 split: DetectSplit) -> tuple[AttackUsers, TargetDetector, list[str]]:
+        """Checked attack inputs, the detector the attack optimises against, the vocabulary."""
         if data.labels is None:
             raise DataError(f"{data.source}: the attack needs user labels (who is malicious).")
         source = surrogate or detector
         if self.method in GRADIENT_METHODS:
             source.require_white_box(self.method)
-        self.source = source
-        self.users = users = attack_users(data, min(detector.max_posts, source.max_posts))
+        users = attack_users(data, min(detector.max_posts, source.max_posts))
         check_histories(users.history)
-        self.vocab = vocab = self._vocab(data, split, source)
+        vocab = _vocab(data, split, source)
         context_known(users.contexts, vocab)
-        if pretrained is not None and pretrained.words is not None and source.white_box:
-            source.check_vocab(pretrained.words, "pretrained generator")
-        elif pretrained is not None and pretrained.vocab != len(vocab):
-            raise DataError(f"vocabulary mismatch: the pretrained generator has {pretrained.vocab:,} tokens, the "
-                            f"attack's vocabulary {len(vocab):,}; pretrain it over the same vocabulary.")
-        train, valid = np.asarray(split.train), np.asarray(split.valid)
-        self.info = {"method": self.method, "source": source.name, "black_box": surrogate is not None,
-                     "vocab": len(vocab), "truncated_histories": users.truncated,
-                     "users_without_context": int(sum(1 for c in users.contexts if not (c or "").strip()))}
-        if self.method in ("copycat", "hotflip", "trigger", "textbugger"):
-            self.copycat = Copycat(users, train)
-        if self.method in ("petgen", "lm", "textbugger"):
-            self.pretrained = pretrained or cached_generator(
-                cache_dir, users, vocab, train, valid, cfg.generator, cfg.pretrain, source.max_tokens, True, quiet)
-            self.info["pretrain"] = getattr(self.pretrained, "train_state", {})
-        if self.method in ("petgen", "lm"):
-            weights = cfg.losses if self.method == "petgen" else cfg.losses.model_copy(update={"attack": 0.0})
-            assert self.pretrained is not None
-            self.generator, self.info["train"] = train_attack(
-                self.pretrained, users, vocab, source if weights.attack > 0 else None, train, valid, cfg, weights,
-                quiet)
-            self.info["losses"] = weights.model_dump()
-        if self.method == "trigger":
-            assert self.copycat is not None and users.labels is not None
-            mal = train[users.labels[train] == 1]
-            self.trigger = learn_trigger(source, users, mal, self.copycat.posts(mal), cfg.baselines.trigger_tokens,
-                                         cfg.baselines.trigger_iters, cfg.baselines.trigger_candidates, cfg.seed)
-            self.info["trigger"] = " ".join(self.trigger)
-        return self
+        return users, source, vocab
 
-    def _vocab(self, data: TextData, split: DetectSplit, source: TargetDetector) -> list[str]:
-        if source.white_box:
-            return source.vocab
-        m = source.det.config.model  # a token vocabulary of the training users for the attacker's own LM
-        return build_vocab(data.posts, np.asarray(split.train), m.vocab_size, m.min_token_count, m.max_tokens)
+    def _fit_info(self, users: AttackUsers, source: TargetDetector, vocab: list[str],
+                  black_box: bool) -> dict[str, Any]:
+        no_context = sum(1 for c in users.contexts if not (c or "").strip())
+        return {"method": self.method, "source": source.name, "black_box": black_box,
+                "vocab": len(vocab), "truncated_histories": users.truncated,
+                "users_without_context": int(no_context)}
 
-    def _check_fitted(self) -> tuple[AttackUsers, TargetDetector]:
-        if self.users is None or self.source is None:
-            raise UserseqError("the attacker is not fitted; call fit() first.")
-        return self.users, self.source
+    def _fit_generator(self, pretrained: PostGenerator | None, users: AttackUsers,
+                       vocab: list[str], source: TargetDetector, train: np.ndarray,
+                       valid: np.ndarray, info: dict[str, Any], quiet: bool,
+                       ) -> PostGenerator | None:
+        """petgen: the PETGEN objective; lm: the same without the attack loss."""
+        if self.method not in ("petgen", "lm"):
+            return None
+        assert pretrained is not None
+        cfg = self.config
+        weights = cfg.losses if self.method == "petgen" else cfg.losses.model_copy(
+            update={"attack": 0.0})
+        generator, info["train"] = train_attack(
+            pretrained, users, vocab, source if weights.attack > 0 else None, train, valid, cfg,
+            weights, quiet)
+        info["losses"] = weights.model_dump()
+        return generator
+
+    def _fit_trigger(self, copycat: Copycat | None, users: AttackUsers, source: TargetDetector,
+                     train: np.ndarray, info: dict[str, Any]) -> list[str] | None:
+        """trigger: universal trigger tokens learned on the training malicious users."""
+        if self.method != "trigger":
+            return None
+        assert copycat is not None and users.labels is not None
+        b = self.config.baselines
+        mal = train[users.labels[train] == 1]
+        trigger = learn_trigger(source, users, mal, copycat.posts(mal), b.trigger_tokens,
+                                b.trigger_iters, b.trigger_candidates, b.trigger_seed)
+        info["trigger"] = " ".join(trigger)
+        return trigger
 
     # ------------------------------------------------------------------ generating
     def generate(self, users: np.ndarray) -> list[str]:
-        """The new post of each given user (indices into the fitted data)."""
-        au, source = self._check_fitted()
+        """The new post of each given user (indices into the fitted data); deterministic given
+        the config (`sample_seed` seeds the generator's sampling)."""
+        au: AttackUsers = self.check_is_fitted()
+        source, vocab = self.source_, self.vocab_
+        assert source is not None and vocab is not None
         idx = np.asarray(users, dtype=np.int64)
         cfg = self.config
         if self.method in ("petgen", "lm"):
-            assert self.generator is not None
-            return generate_posts(self.generator, au, self.vocab, idx, cfg.sample_temperature, cfg.seed)
-        assert self.copycat is not None
-        base = self.copycat.posts(idx)
+            assert self.generator_ is not None
+            return generate_posts(self.generator_, au, vocab, idx, cfg.sample_temperature,
+                                  cfg.sample_seed)
+        assert self.copycat_ is not None
+        base = self.copycat_.posts(idx)
         if self.method == "copycat":
             return base
         if self.method == "hotflip":
             return hotflip(source, au, idx, base, cfg.baselines.hotflip_flips)
         if self.method == "trigger":
-            return with_trigger(self.trigger, base, source.max_tokens)
-        assert self.pretrained is not None
-        nb = Neighbours(self.vocab, self.pretrained.emb.weight, cfg.baselines.textbugger_neighbours)
+            assert self.trigger_ is not None
+            return with_trigger(self.trigger_, base, source.max_tokens)
+        assert self.pretrained_ is not None
+        nb = Neighbours(vocab, self.pretrained_.emb.weight, cfg.baselines.textbugger_neighbours)
         return textbugger(source, au, idx, base, cfg.baselines.textbugger_max_share, nb)
 
     # ------------------------------------------------------------------ evaluating
-    def evaluate(self, target: TargetDetector, users: np.ndarray, posts: list[str]) -> dict[str, Any]:
+    def evaluate(self, target: TargetDetector, users: np.ndarray,
+                 posts: list[str]) -> dict[str, Any]:
         """Efficacy of `posts` against `target`: clean vs attacked metrics and the success rate."""
-        au, _ = self._check_fitted()
-        return efficacy(target, au, np.asarray(users, dtype=np.int64), posts)
+        return efficacy(target, self.check_is_fitted(), np.asarray(users, dtype=np.int64), posts)
 
     def quality(self, users: np.ndarray, posts: list[str], vectors: SentenceVectors,
                 lm: PostGenerator | None, max_tokens: int) -> dict[str, Any]:
-        au, _ = self._check_fitted()
+        au: AttackUsers = self.check_is_fitted()
         idx = np.asarray(users, dtype=np.int64)
         return text_quality(posts, [au.final[i] for i in idx], [au.history[i] for i in idx],
-                            [au.contexts[i] for i in idx], vectors, self.vocab, lm, max_tokens)
+                            [au.contexts[i] for i in idx], vectors, self.vocab_ or [], lm,
+                            max_tokens)
+
+    # ------------------------------------------------------------------ persistence
+    def _save_state(self, d: Path) -> None:
+        """Everything `generate` needs, without pickle: the users (Parquet), the vocabulary, the
+        copycat pool, generator weights (safetensors), the trigger, `info_`, and the detector
+        runs (the source detector is loaded again from its run directory)."""
+        if self.runs_.get("source") is None:
+            raise ArtifactError(
+                "cannot save this attacker: the detector it attacks was not loaded from a run "
+                "directory. Save the detector (det.save(DIR)), fit against "
+                "TargetDetector.load(DIR) and save again.")
+        au = self.check_is_fitted()
+        write_users(au, d / USERS_FILE)
+        save_ids(pl.Series("id", self.vocab_ or []), d / VOCAB_FILE)
+        if self.copycat_ is not None:
+            pl.DataFrame({"post": self.copycat_.pool}).write_parquet(d / POOL_FILE)
+        if self.generator_ is not None:
+            save_generator(self.generator_, d / GENERATOR_FILE)
+        if self.pretrained_ is not None and self.method == "textbugger":  # its word neighbours
+            save_generator(self.pretrained_, d / PRETRAINED_FILE)
+        write_json({"runs": self.runs_, "trigger": self.trigger_, "truncated": au.truncated,
+                    "info": self.info_}, d / STATE_FILE)
+
+    def _load_state(self, d: Path) -> None:
+        state = read_json(d / STATE_FILE)
+        runs = state.get("runs", {})
+        self.runs_ = runs
+        self.source_ = load_detector_run(runs.get("source"), d)
+        self.users_ = read_users(d / USERS_FILE, int(state.get("truncated", 0)))
+        self.vocab_ = vocab = [str(w) for w in load_ids(d / VOCAB_FILE).to_list()]
+        if self.source_.white_box:  # fitted over its vocabulary: the run must not have changed
+            self.source_.check_vocab(vocab, f"saved attacker {d}")
+        if self.method in COPYCAT_METHODS:
+            self.copycat_ = Copycat(self.users_, _read_pool(d / POOL_FILE))
+        if self.method in ("petgen", "lm"):
+            self.generator_ = load_generator(d / GENERATOR_FILE, vocab)
+        if self.method == "textbugger":
+            self.pretrained_ = load_generator(d / PRETRAINED_FILE, vocab)
+        self.trigger_ = state.get("trigger")
+        self.info_ = state.get("info", {})
 
 
-def reference_quality(att: Attacker, users: np.ndarray, vectors: SentenceVectors, lm: PostGenerator) -> dict[str, Any]:
+def check_method(name: str) -> str:
+    if name not in METHODS:
+        raise ConfigError(f"unknown attack method '{name}'. Choose one of: {', '.join(METHODS)}.")
+    return name
+
+
+def _check_pretrained(pretrained: PostGenerator | None, source: TargetDetector,
+                      vocab: list[str]) -> None:
+    if pretrained is None:
+        return
+    if pretrained.words is not None and source.white_box:
+        source.check_vocab(pretrained.words, "pretrained generator")
+    elif pretrained.vocab != len(vocab):
+        raise DataError(f"vocabulary mismatch: the pretrained generator has "
+                        f"{pretrained.vocab:,} tokens, the attack's vocabulary {len(vocab):,}; "
+                        "pretrain it over the same vocabulary.")
+
+
+def _vocab(data: TextData, split: DetectSplit, source: TargetDetector) -> list[str]:
+    """The detector's vocabulary (white-box), else one of the training users for the attacker's
+    own LM."""
+    if source.white_box:
+        return source.vocab
+    m = source.det.config.model
+    return build_vocab(data.posts, np.asarray(split.train), m.vocab_size, m.min_token_count,
+                       m.max_tokens)
+
+
+def _run_path(det: TargetDetector) -> str | None:
+    return str(det.run_dir.resolve()) if det.run_dir is not None else None
+
+
+def _read_pool(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; the attack run directory is incomplete.")
+    return [str(p) for p in pl.read_parquet(path)["post"].to_list()]
+
+
+def load_detector_run(path: str | None, attack_dir: Path) -> TargetDetector:
+    """The detector of a saved attacker, from its run directory (a clear error if it is gone)."""
+    if path is None:
+        raise ArtifactError(f"{attack_dir / STATE_FILE}: names no detector run; the attack run "
+                            "directory is incomplete. Run the attack again.")
+    if not Path(path).is_dir():
+        raise ArtifactError(f"{attack_dir}: the detector run this attacker attacks, {path}, is "
+                            "missing. Restore it there (the attacker needs its weights and "
+                            "vocabulary), or run the attack again against a detector run.")
+    return TargetDetector.load(path)
+
+
+def reference_quality(att: Attacker, users: np.ndarray, vectors: SentenceVectors,
+                      lm: PostGenerator) -> dict[str, Any]:
     """The quality metrics of the real final posts (BLEU against themselves is left out)."""
-    assert att.users is not None
-    q = att.quality(users, [att.users.final[i] for i in users], vectors, lm, lm.max_tokens)
+    au: AttackUsers = att.check_is_fitted()
+    q = att.quality(users, [au.final[i] for i in users], vectors, lm, lm.max_tokens)
     return {**q, "bleu2": None, "bleu3": None, "bleu4": None}
 
 
@@ -161,10 +320,12 @@ def _metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]
     return {k: m[k] for k in EFFICACY_KEYS}
 
 
-def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray, posts: list[str]) -> dict[str, Any]:
-    """Detector metrics on `idx` with the real final posts (clean), with `posts` written by the malicious
-    users only (attacked: the threat model), and by every user (attacked_all: PETGEN's code protocol).
-    success_rate: share of the malicious users flagged on the clean sequence that are not flagged after."""
+def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
+             posts: list[str]) -> dict[str, Any]:
+    """Detector metrics on `idx` with the real final posts (clean), with `posts` written by the
+    malicious users only (attacked: the threat model), and by every user (attacked_all: PETGEN's
+    code protocol). success_rate: share of the malicious users flagged on the clean sequence that
+    are not flagged after."""
     if users.labels is None:
         raise DataError("efficacy needs labels.")
     if len(posts) != len(idx):
@@ -180,99 +341,125 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray, posts:
             "attacked_all": _metrics(y, gen, thr),
             "success_rate": float(flipped.sum() / flagged.sum()) if flagged.any() else None,
             "malicious_flagged_clean": int(flagged.sum()), "malicious": int((y == 1).sum()),
-            "mean_score_malicious": {"clean": float(clean[y == 1].mean()), "attacked": float(gen[y == 1].mean())},
+            "mean_score_malicious": {"clean": float(clean[y == 1].mean()),
+                                     "attacked": float(gen[y == 1].mean())},
             "threshold": thr, "scores": {"clean": clean.tolist(), "generated": gen.tolist()}}
 
 
 # ---------------------------------------------------------------------- run directories
 def run_split(run_dir: str | Path, data: TextData, det: TargetDetector) -> DetectSplit:
-    """The detector run's user split: RUN/users.parquet if present, else recomputed from its config."""
+    """The detector run's user split: RUN/users.parquet if present, else recomputed from its
+    config."""
     p = Path(run_dir) / "users.parquet"
     ids = [str(x) for x in data.user_ids.to_list()]
+    valid, test, seed = detector_split_config(det.det)
     if p.is_file():
         t = pl.read_parquet(p, columns=["user_id", "split"])
         where = dict(zip(t["user_id"].cast(pl.String).to_list(), t["split"].to_list(), strict=True))
         missing = [u for u in ids if u not in where]
         if missing:
-            raise DataError(f"{p}: {len(missing)} users of the data are not in the detector's run (e.g. "
-                            f"{missing[:3]}); attack the data the detector was trained on.")
+            raise DataError(f"{p}: {len(missing)} users of the data are not in the detector's run "
+                            f"(e.g. {missing[:3]}); attack the data the detector was trained on.")
         names = np.array([where[u] for u in ids])
         return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
-                           np.flatnonzero(names == "test"), seed=det.det.config.seed)
+                           np.flatnonzero(names == "test"), seed)
     if data.labels is None:
         raise DataError(f"{data.source}: labels needed to rebuild the detector's split.")
-    c = det.det.config
-    return stratified_split(data.labels, c.valid, c.test, c.seed)
+    return stratified_split(data.labels, valid, test, seed)
 
 
 def same_split(a: DetectSplit, b: DetectSplit, what: str) -> None:
     if not (np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)):
-        raise DataError(f"{what}: the surrogate detector was trained on a different user split than the target, so "
-                        "its training users may be the target's test users. Train both with the same --seed and "
-                        "split fractions.")
+        raise DataError(f"{what}: the surrogate detector was trained on a different user split "
+                        "than the target, so its training users may be the target's test users. "
+                        "Train both with the same --seed and split fractions.")
 
 
-def run_attack(detector: str | Path, data: str | Path, method: str, out: str | Path,
-               surrogate: str | Path | None = None, labels: str | Path | None = None,
-               config: AttackConfig | None = None, overrides: dict[str, Any] | None = None,
-               cache_dir: str | Path | None = None, train_posts: bool = False, quiet: bool = False,
-               vectors: SentenceVectors | None = None, eval_lm: PostGenerator | None = None) -> dict[str, Any]:
-    """Fit the attack, generate for the test users, evaluate and write OUT/metrics.json, generations.parquet,
-    report.md, report.html and scores.png. `train_posts` also writes the attack's posts for malicious
-    training users (OUT/train_posts.parquet, the input of `userseq detect train --adversarial OUT`)."""
-    from userseq.attack.report import write_report
-
+def _load_detectors(detector: str | Path, surrogate: str | Path | None, data: TextData,
+                    ) -> tuple[TargetDetector, TargetDetector | None, DetectSplit]:
+    """The target (and surrogate) detector runs and the target's user split."""
     target = TargetDetector.load(detector)
-    d = load_text_data(str(data) if isinstance(data, Path) else data, labels)
-    split = run_split(detector, d, target)
+    split = run_split(detector, data, target)
     source = None
     if surrogate is not None:
         source = TargetDetector.load(surrogate)
-        same_split(split, run_split(surrogate, d, source), f"{surrogate}")
-    att = Attacker(method, config, overrides)
-    cfg = att.config
-    att.fit(d, target, split, surrogate=source, cache_dir=cache_dir, quiet=quiet)
-    assert att.users is not None
+        same_split(split, run_split(surrogate, data, source), f"{surrogate}")
+    return target, source, split
+
+
+def _text_quality(att: Attacker, target: TargetDetector, data: TextData, split: DetectSplit,
+                  posts: list[str], vectors: SentenceVectors | None, eval_lm: PostGenerator | None,
+                  cache_dir: str | Path | None, quiet: bool) -> dict[str, Any]:
+    """Quality of the generated posts and of the real final posts (separately trained LM)."""
+    cfg, au, test = att.config, att.check_is_fitted(), np.asarray(split.test)
+    if vectors is None:
+        vectors = SentenceVectors(cfg.quality_embedding,
+                                  [p for u in split.train for p in data.posts[u]])
+    if eval_lm is None:
+        eval_lm = cached_generator(
+            cache_dir, au, att.vocab_ or [], np.asarray(split.train), np.asarray(split.valid),
+            cfg.generator, cfg.eval_lm.model_copy(update={"seed": cfg.eval_lm.seed + 1}),
+            target.max_tokens if target.white_box else 30, False, quiet)
+    return {"quality": att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens),
+            "quality_real_final_posts": reference_quality(att, test, vectors, eval_lm)}
+
+
+def _generations(au: AttackUsers, test: np.ndarray, posts: list[str],
+                 scores: dict[str, list[float]]) -> pl.DataFrame:
+    return pl.DataFrame({
+        "user_id": [au.user_ids[i] for i in test],
+        "label": au.labels[test] if au.labels is not None else None,
+        "context": [au.contexts[i] for i in test], "real_final": [au.final[i] for i in test],
+        "generated": posts, "score_clean": scores["clean"], "score_attacked": scores["generated"]})
+
+
+def _write_train_posts(att: Attacker, split: DetectSplit, path: Path) -> int:
+    """The attack's post for every malicious training user (adversarial training input)."""
+    au: AttackUsers = att.check_is_fitted()
+    if au.labels is None:
+        raise DataError("train posts need labels")
+    tr = np.asarray(split.train)
+    mal = tr[au.labels[tr] == 1]
+    pl.DataFrame({"user_id": [au.user_ids[i] for i in mal], "post": att.generate(mal)}
+                 ).write_parquet(path)
+    return len(mal)
+
+
+def run_attack(detector: str | Path, data: str | Path, method: str | None, out: str | Path,
+               surrogate: str | Path | None = None, labels: str | Path | None = None,
+               config: AttackConfig | None = None, overrides: dict[str, Any] | None = None,
+               cache_dir: str | Path | None = None, train_posts: bool = False,
+               quiet: bool = False, vectors: SentenceVectors | None = None,
+               eval_lm: PostGenerator | None = None) -> dict[str, Any]:
+    """Fit the attack, generate for the test users, evaluate, and write OUT: the fitted attacker
+    (`Attacker.load(OUT)`), metrics.json, generations.parquet, report.md, report.html and
+    scores.png. `train_posts` also writes the attack's posts for malicious training users
+    (OUT/train_posts.parquet, the input of `userseq detect train --adversarial OUT`). `method`
+    None: the config's."""
+    from userseq.attack.report import write_report
+
+    o = Path(out)
+    if o.exists() and not o.is_dir():
+        raise UserseqError(f"--out {o}: exists and is not a directory.")
+    d = load_text_data(str(data) if isinstance(data, Path) else data, labels)
+    target, source, split = _load_detectors(detector, surrogate, d)
+    att = Attacker(method, config, overrides).fit(d, target, split, surrogate=source,
+                                                  cache_dir=cache_dir, quiet=quiet)
     test = np.asarray(split.test)
     posts = att.generate(test)
     result = att.evaluate(target, test, posts)
-    if vectors is None:
-        vectors = SentenceVectors(cfg.quality_embedding, [p for u in split.train for p in d.posts[u]])
-    if eval_lm is None:
-        eval_lm = cached_generator(cache_dir, att.users, att.vocab, np.asarray(split.train), np.asarray(split.valid),
-                                   cfg.generator, cfg.eval_lm.model_copy(update={"seed": cfg.eval_lm.seed + 1}),
-                                   target.max_tokens if target.white_box else 30, False, quiet)
-    quality = att.quality(test, posts, vectors, eval_lm, eval_lm.max_tokens)
-    reference = reference_quality(att, test, vectors, eval_lm)
     scores = result.pop("scores")
-    metrics = {"method": method, "detector": str(detector), "detector_model": target.model,
+    metrics = {"method": att.method, "detector": str(detector), "detector_model": target.model,
                "surrogate": str(surrogate) if surrogate else None,
                "setting": "black-box" if surrogate else "white-box", **result,
-               "quality": quality, "quality_real_final_posts": reference, "attack": att.info,
+               **_text_quality(att, target, d, split, posts, vectors, eval_lm, cache_dir, quiet),
+               "attack": att.info_,
                "split": {"train": len(split.train), "valid": len(split.valid), "test": len(test)}}
-    o = Path(out)
-    o.mkdir(parents=True, exist_ok=True)
-    au = att.users
-    gens = pl.DataFrame({"user_id": [au.user_ids[i] for i in test], "label": au.labels[test] if au.labels is not None
-                         else None, "context": [au.contexts[i] for i in test], "real_final": [au.final[i] for i in test],
-                         "generated": posts, "score_clean": scores["clean"], "score_attacked": scores["generated"]})
+    att.save(o)
+    gens = _generations(att.check_is_fitted(), test, posts, scores)
     gens.write_parquet(o / "generations.parquet")
     if train_posts:
-        if au.labels is None:
-            raise DataError("train posts need labels")
-        tr = np.asarray(split.train)
-        mal = tr[au.labels[tr] == 1]
-        pl.DataFrame({"user_id": [au.user_ids[i] for i in mal], "post": att.generate(mal)}).write_parquet(
-            o / "train_posts.parquet")
-        metrics["train_posts"] = len(mal)
-    write_json(metrics, o / "metrics.json")
-    write_report(metrics, gens, o, cfg.examples)
+        metrics["train_posts"] = _write_train_posts(att, split, o / "train_posts.parquet")
+    metrics = att.write_metrics(o, metrics)
+    write_report(metrics, gens, o, att.config.examples)
     return metrics
-
-
-def check_method(name: str) -> str:
-    from userseq.attack.config import METHODS
-
-    if name not in METHODS:
-        raise ConfigError(f"unknown attack method '{name}'. Choose one of: {', '.join(METHODS)}.")
-    return name

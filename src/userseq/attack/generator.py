@@ -1,13 +1,14 @@
-"""PETGEN's generator, cleanly: a GRU language model over the detector's vocabulary, conditioned on a
-context-aware encoding of the user's history, emitting (straight-through) Gumbel-softmax one-hot rows
-so losses flow through the detector.
+"""PETGEN's generator, cleanly: a GRU language model over the detector's vocabulary, conditioned
+on a context-aware encoding of the user's history, emitting (straight-through) Gumbel-softmax
+one-hot rows so losses flow through the detector.
 
-* History encoding: every history post and the target context are encoded by the generator's own post
-  GRU; their final states are averaged with weights softmax(a * r_i + b * recency_i) over the posts and
-  a * 1 for the context (r_i = 1 for posts on the target context; a, b learned, a starts at 1 as in
-  PETGEN's softmax([r_1..r_n, 1])). A missing context is left out of the average.
-* Decoding: the user state initialises the GRU and is fed with every token embedding. Token 0 (`<pad>`)
-  ends the post; `<unk>` is never generated; the end is forbidden before `min_tokens` tokens.
+* History encoding: every history post and the target context are encoded by the generator's own
+  post GRU; their final states are averaged with weights softmax(a * r_i + b * recency_i) over the
+  posts and a * 1 for the context (r_i = 1 for posts on the target context; a, b learned, a starts
+  at 1 as in PETGEN's softmax([r_1..r_n, 1])). A missing context is left out of the average.
+* Decoding: the user state initialises the GRU and is fed with every token embedding. Token 0
+  (`<pad>`) ends the post; `<unk>` is never generated; the end is forbidden before `min_tokens`
+  tokens.
 * `conditional=False` gives a plain LM over the same vocabulary (the separately trained LM that
   scores perplexity).
 """
@@ -27,7 +28,8 @@ class PostGenerator(nn.Module):
     def __init__(self, vocab: int, emb_dim: int = 64, hidden: int = 128, max_tokens: int = 30,
                  min_tokens: int = 3, dropout: float = 0.1, conditional: bool = True) -> None:
         super().__init__()
-        self.vocab, self.hidden, self.max_tokens, self.min_tokens = vocab, hidden, max_tokens, min_tokens
+        self.vocab, self.emb_dim, self.hidden = vocab, emb_dim, hidden
+        self.max_tokens, self.min_tokens, self.dropout = max_tokens, min_tokens, dropout
         self.conditional = conditional
         self.words: list[str] | None = None  # the vocabulary, when known
         self.emb = TokenEmbedding(vocab, emb_dim)
@@ -44,21 +46,26 @@ class PostGenerator(nn.Module):
             self.no_context = nn.Parameter(torch.zeros(hidden))
 
     # ------------------------------------------------------------------ encoding
-    def encode_posts(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, T) ids or (N, T, V) one-hot rows -> (N, hidden) final encoder state (zeros for empty posts)."""
-        mask = token_mask if token_mask is not None else (tokens > 0 if not tokens.is_floating_point()
-                                                           else tokens[..., 1:].sum(-1) > 0)
+    def encode_posts(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, T) ids or (N, T, V) one-hot rows -> (N, hidden) final encoder state (zeros for empty
+        posts)."""
+        if token_mask is not None:
+            mask = token_mask
+        else:
+            mask = tokens[..., 1:].sum(-1) > 0 if tokens.is_floating_point() else tokens > 0
         return run_rnn(self.encoder, self.emb(tokens), mask.sum(1))
 
-    def history_states(self, history: torch.Tensor, n_hist: torch.Tensor | None = None) -> torch.Tensor:
+    def history_states(self, history: torch.Tensor) -> torch.Tensor:
         """(B, P, T) history ids -> (B, P, hidden) per-post encoder states."""
         B, P, T = history.shape
         return self.encode_posts(history.reshape(B * P, T)).view(B, P, -1)
 
     def mix(self, h: torch.Tensor, n_prev: torch.Tensor, relevancy: torch.Tensor, c: torch.Tensor,
             has_context: torch.Tensor) -> torch.Tensor:
-        """Weighted average of post states h (B, P, hidden) (the first n_prev are used) and the context
-        state c (B, hidden): weights softmax(a * r_i - b * log(1 + posts since i), a for the context)."""
+        """Weighted average of post states h (B, P, hidden) (the first n_prev are used) and the
+        context state c (B, hidden): weights softmax(a * r_i - b * log(1 + posts since i), a for
+        the context)."""
         B, P, _ = h.shape
         c = torch.where(has_context[:, None], c, self.no_context.expand_as(c))
         pos = torch.arange(P, device=h.device)[None, :]
@@ -71,15 +78,16 @@ class PostGenerator(nn.Module):
 
     def condition(self, history: torch.Tensor, n_hist: torch.Tensor, relevancy: torch.Tensor,
                   context: torch.Tensor, has_context: torch.Tensor) -> torch.Tensor:
-        """Context-aware user state (B, hidden) from history ids (B, P, T) and context ids (B, T)."""
-        return self.mix(self.history_states(history, n_hist), n_hist, relevancy, self.encode_posts(context),
-                        has_context)
+        """Context-aware user state (B, hidden) from history ids (B, P, T) and context ids
+        (B, T)."""
+        return self.mix(self.history_states(history), n_hist, relevancy,
+                        self.encode_posts(context), has_context)
 
     # ------------------------------------------------------------------ decoding
     def _step_input(self, e: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         return e if u is None else torch.cat([e, u[:, None].expand(-1, e.shape[1], -1)], -1)
 
-    def _h0(self, u: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def _h0(self, u: torch.Tensor | None) -> torch.Tensor | None:
         return None if u is None else torch.tanh(self.init(u))[None]
 
     def _mask_logits(self, logits: torch.Tensor, start: int) -> torch.Tensor:
@@ -92,36 +100,48 @@ class PostGenerator(nn.Module):
         return logits
 
     def states(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """Decoder states (B, T, hidden) predicting targets (B, T) ids or (B, T, V) rows from the previous tokens."""
+        """Decoder states (B, T, hidden) predicting targets (B, T) ids or (B, T, V) rows from the
+        previous tokens."""
         B = targets.shape[0]
         e = self.emb(targets)[:, :-1]
         e = torch.cat([self.bos.expand(B, 1, -1), e], 1)
-        out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u, B))
+        out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u))
         return self.drop(out)
 
-    def teacher_forced(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        """Logits (B, T, V) predicting targets from the previous tokens."""
-        return self.out(self.states(targets, u))
-
-    def nll(self, targets: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed NLL, token count) of right-padded id targets (B, T); the first `<pad>` (end of post) is a
-        target, later pads are not. Logits are computed only where counted (the vocabulary layer dominates)."""
+    def nll(self, targets: torch.Tensor,
+            u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed NLL, token count) of right-padded id targets (B, T); the first `<pad>` (end of
+        post) is a target, later pads are not. Logits are computed only where counted (the
+        vocabulary layer dominates)."""
         T = targets.shape[1]
-        counted = torch.arange(T, device=targets.device)[None, :] <= (targets > 0).sum(1, keepdim=True)
+        length = (targets > 0).sum(1, keepdim=True)
+        counted = torch.arange(T, device=targets.device)[None, :] <= length
         logits = self.out(self.states(targets, u)[counted])
         return F.cross_entropy(logits, targets[counted], reduction="sum"), counted.sum()
 
-    def sample(self, u: torch.Tensor | None, batch: int | None = None, tau: float = 1.0, hard: bool = True,
-               temperature: float = 1.0, greedy: bool = False, generator: torch.Generator | None = None,
+    def _gumbel(self, logits: torch.Tensor, tau: float, hard: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """A (straight-through) Gumbel-softmax sample (B, V) of the logits (B, V)."""
+        r = torch.rand(logits.shape, device=logits.device, generator=generator)
+        g = -torch.log(-torch.log(r.clamp(1e-10, 1).clamp(max=1 - 1e-7)))
+        soft = torch.softmax((logits + g) / tau, -1)
+        if not hard:
+            return soft
+        return F.one_hot(soft.argmax(-1), self.vocab).float() - soft.detach() + soft
+
+    def sample(self, u: torch.Tensor, tau: float = 1.0, hard: bool = True,
+               temperature: float = 1.0, generator: torch.Generator | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample posts: (one-hot rows (B, T, V) differentiable, ids (B, T), token mask (B, T)).
+        """Sample posts for user states u (B, hidden): (one-hot rows (B, T, V) differentiable,
+        ids (B, T), token mask (B, T)).
 
         Rows after the end-of-post are `<pad>` one-hots; the token mask is True on real tokens.
-        With `hard`, rows are straight-through one-hots (forward discrete, gradient of the soft sample).
+        With `hard`, rows are straight-through one-hots (forward discrete, gradient of the soft
+        sample). `generator` seeds the sampling.
         """
-        B = batch if u is None else u.shape[0]
+        B = u.shape[0]
         dev = self.out.weight.device
-        h = self._h0(u, B)
+        h = self._h0(u)
         e = self.bos.expand(B, 1, -1)
         alive = torch.ones(B, dtype=torch.bool, device=dev)
         rows, ids, masks = [], [], []
@@ -129,17 +149,7 @@ class PostGenerator(nn.Module):
         for t in range(self.max_tokens):
             out, h = self.decoder(self._step_input(self.drop(e), u), h)
             logits = self._mask_logits(self.out(self.drop(out)), t)[:, 0] / temperature
-            if greedy:
-                y = F.one_hot(logits.argmax(-1), self.vocab).float()
-            else:
-                g = -torch.log(-torch.log(torch.rand(logits.shape, device=dev, generator=generator).clamp(1e-10, 1)
-                                          .clamp(max=1 - 1e-7)))
-                soft = torch.softmax((logits + g) / tau, -1)
-                if hard:
-                    y = F.one_hot(soft.argmax(-1), self.vocab).float()
-                    y = y - soft.detach() + soft
-                else:
-                    y = soft
+            y = self._gumbel(logits, tau, hard, generator)
             tok = y.argmax(-1)
             is_tok = alive & (tok != PAD)
             y = torch.where(alive[:, None], y, pad_row)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 def gaussian_kernels(sq_dist: torch.Tensor, bandwidth: torch.Tensor, n_kernels: int = 5,
                      multiplier: float = 2.0) -> torch.Tensor:
-    """Sum of Gaussian kernels with bandwidths bandwidth * multiplier^(i - n//2) (PETGEN's MMD kernel)."""
+    """Sum of Gaussian kernels with bandwidths bandwidth * multiplier^(i - n//2) (PETGEN's MMD
+    kernel)."""
     out = torch.zeros_like(sq_dist)
     for i in range(n_kernels):
         out = out + torch.exp(-sq_dist / (bandwidth * multiplier ** (i - n_kernels // 2)))
@@ -16,7 +17,8 @@ def gaussian_kernels(sq_dist: torch.Tensor, bandwidth: torch.Tensor, n_kernels: 
 
 
 def set_mmd(x: torch.Tensor, ys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row squared MMD between the one-point set {x_b} (B, d) and the set ys_b (B, K, d) where mask (B, K).
+    """Per-row squared MMD between the one-point set {x_b} (B, d) and the set ys_b (B, K, d) where
+    mask (B, K).
 
     Rows with an empty set give 0. The bandwidth is the batch's mean squared distance (no gradient).
     """
@@ -35,7 +37,8 @@ def set_mmd(x: torch.Tensor, ys: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def attack_loss(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """BCE toward 'benign' (label 0) on the rows with weight 1 (the malicious users); mean over them."""
+    """BCE toward 'benign' (label 0) on the rows with weight 1 (the malicious users); mean over
+    them."""
     per = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
     return (per * weight).sum() / weight.sum().clamp(min=1)
 

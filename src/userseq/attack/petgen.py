@@ -1,14 +1,15 @@
 """Training the generator with the one Trainer: MLE pretraining, then the PETGEN objective.
 
-1. `pretrain_generator`: teacher-forced NLL of training users' posts. Each sampled post j of a user is
-   predicted from the context-aware encoding of the posts before it; the final post is also conditioned
-   on its target context and same-context flags (earlier posts have no known context). With
-   `conditional=False` the same code trains the plain LM that scores perplexity.
-2. `train_attack`: starting from the pretrained generator, minimise a weighted sum of
-   mle (real final posts of training users), lm (NLL of the generated post under the frozen pretrained
-   generator: realism), attack (BCE through the detector toward 'benign' on malicious users), recency
-   (MMD to the last posts) and relevancy (MMD to same-context posts, else the context). Representations
-   for the MMD terms come from the frozen pretrained encoder, so they cannot collapse.
+1. `pretrain_generator`: teacher-forced NLL of training users' posts. Each sampled post j of a
+   user is predicted from the context-aware encoding of the posts before it; the final post is
+   also conditioned on its target context and same-context flags (earlier posts have no known
+   context). With `conditional=False` the same code trains the plain LM that scores perplexity.
+2. `train_attack`: starting from the pretrained generator, minimise a weighted sum of mle (real
+   final posts of training users), lm (NLL of the generated post under the frozen pretrained
+   generator: realism), attack (BCE through the detector toward 'benign' on malicious users),
+   recency (MMD to the last posts) and relevancy (MMD to same-context posts, else the context).
+   Representations for the MMD terms come from the frozen pretrained encoder, so they cannot
+   collapse.
 
 The epoch kept is the best on validation users (never test users).
 """
@@ -26,27 +27,58 @@ import numpy as np
 import torch
 
 from userseq.attack.config import AttackConfig, GeneratorConfig, LossWeights
-from userseq.attack.data import AttackUsers, EncodedUsers, encode_users
+from userseq.attack.data import AttackUsers, EncodedUsers, decode, encode_users
 from userseq.attack.generator import PostGenerator
 from userseq.attack.losses import attack_loss, set_mmd, soft_nll
 from userseq.attack.target import TargetDetector
 from userseq.core.artifacts import load_tensors, save_tensors
 from userseq.core.config import TrainConfig
+from userseq.core.errors import ArtifactError
 from userseq.core.trainer import Trainer
 from userseq.detect.estimator import encode_posts
 
-TARGETS_PER_USER = 4  # posts predicted per user and pretraining step (the final post + 3 random earlier ones)
+# posts predicted per user and pretraining step (the final post + 3 random earlier ones)
+TARGETS_PER_USER = 4
 
 
-def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int, conditional: bool = True) -> PostGenerator:
-    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens), g.min_tokens, g.dropout,
-                        conditional=conditional)
-    gen.words = list(vocab)  # the vocabulary it was built over (checked against the attacked detector's)
+def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int,
+                    conditional: bool = True) -> PostGenerator:
+    gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens),
+                        g.min_tokens, g.dropout, conditional=conditional)
+    gen.words = list(vocab)  # the vocabulary it was built over (checked against the detector's)
     return gen
 
 
-def decode(ids: torch.Tensor, vocab: list[str]) -> list[str]:
-    return [" ".join(vocab[i] for i in row.tolist() if i > 1) for row in ids]
+GENERATOR_SIZES = ("vocab", "emb_dim", "hidden", "max_tokens", "min_tokens", "dropout",
+                   "conditional")
+
+
+def save_generator(gen: PostGenerator, path: Path) -> None:
+    """Weights (safetensors) with the sizes and the training summary in the metadata."""
+    meta = {k: json.dumps(getattr(gen, k)) for k in GENERATOR_SIZES}
+    meta["train_state"] = json.dumps(getattr(gen, "train_state", {}))
+    save_tensors(gen.state_dict(), path, meta)
+
+
+def load_generator(path: Path, words: list[str]) -> PostGenerator:
+    """A generator written by `save_generator`, over the vocabulary `words`."""
+    tensors, meta = load_tensors(path)
+    missing = [k for k in GENERATOR_SIZES if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: not a saved generator (no {', '.join(missing)} metadata).")
+    sizes = {k: json.loads(meta[k]) for k in GENERATOR_SIZES}
+    if sizes["vocab"] != len(words):
+        raise ArtifactError(f"{path}: the generator has {sizes['vocab']:,} tokens but the saved "
+                            f"vocabulary {len(words):,}; the run directory is inconsistent.")
+    gen = PostGenerator(**sizes)
+    try:
+        gen.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: weights do not match their sizes: "
+                            f"{str(e).splitlines()[0]}") from None
+    gen.words = list(words)
+    gen.train_state = json.loads(meta.get("train_state", "{}"))  # type: ignore[attr-defined]
+    return gen.eval()
 
 
 def _batches(users: np.ndarray, bs: int, seed: int) -> Iterator[np.ndarray]:
@@ -56,15 +88,22 @@ def _batches(users: np.ndarray, bs: int, seed: int) -> Iterator[np.ndarray]:
         yield order[b:b + bs]
 
 
+def user_states(gen: PostGenerator, enc: EncodedUsers, t: torch.Tensor) -> torch.Tensor:
+    """Context-aware states (B, hidden) of the encoded users `t` under `gen`."""
+    return gen.condition(enc.history[t], enc.n_hist[t], enc.relevancy[t], enc.context[t],
+                         enc.has_context[t])
+
+
 # ---------------------------------------------------------------------- pretraining
 def _all_posts(users: AttackUsers, vocab: list[str], max_tokens: int) -> torch.Tensor:
     """(N, P+1, T) ids of history + final post."""
     seqs = [[*h, f] for h, f in zip(users.history, users.final, strict=True)]
-    return torch.from_numpy(encode_posts(seqs, vocab, max(len(s) for s in seqs), max_tokens).astype(np.int64))
+    ids = encode_posts(seqs, vocab, max(len(s) for s in seqs), max_tokens)
+    return torch.from_numpy(ids.astype(np.int64))
 
 
 def _pretrain_rows(gen: PostGenerator, enc: EncodedUsers, posts: torch.Tensor, idx: np.ndarray,
-                   rng: np.random.Generator, all_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(conditions (M, H) or None, targets (M, T)) for the users `idx`."""
     t = torch.from_numpy(idx)
     n = enc.n_hist[t]
@@ -76,7 +115,7 @@ def _pretrain_rows(gen: PostGenerator, enc: EncodedUsers, posts: torch.Tensor, i
     for b in range(len(idx)):
         nb = int(n[b])
         earlier = np.arange(1, nb)
-        if not all_targets and len(earlier) > TARGETS_PER_USER - 1:
+        if len(earlier) > TARGETS_PER_USER - 1:
             earlier = rng.choice(earlier, TARGETS_PER_USER - 1, replace=False)
         pairs += [(b, int(j)) for j in earlier] + [(b, nb)]
     bi, ji = (torch.tensor(x) for x in zip(*pairs, strict=True))
@@ -91,16 +130,35 @@ def _pretrain_rows(gen: PostGenerator, enc: EncodedUsers, posts: torch.Tensor, i
     return u, up[bi, ji]
 
 
-def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, valid: np.ndarray,
-                       g: GeneratorConfig, tc: TrainConfig, max_tokens: int, conditional: bool = True,
-                       quiet: bool = False) -> PostGenerator:
-    """MLE-train a (conditional) generator on training users' posts; validation NLL on valid users' final posts
-    (conditional) or all their posts (plain LM)."""
+def _pretrain_validation(gen: PostGenerator, enc: EncodedUsers, posts: torch.Tensor,
+                         valid: np.ndarray) -> dict[str, float]:
+    """NLL of the validation users' final posts (conditional) or of all their posts (plain LM)."""
+    total, count = 0.0, 0
+    for b in range(0, len(valid), 64):
+        idx = valid[b:b + 64]
+        if gen.conditional:
+            t = torch.from_numpy(idx)
+            u, tgt = user_states(gen, enc, t), enc.final[t]
+        else:
+            u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(0))
+        s, c = gen.nll(tgt, u)
+        total, count = total + float(s), count + int(c)
+    nll = total / max(count, 1)
+    return {"neg_nll": -nll, "perplexity": float(np.exp(nll))}
+
+
+def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray,
+                       valid: np.ndarray, g: GeneratorConfig, tc: TrainConfig, max_tokens: int,
+                       conditional: bool = True, quiet: bool = False) -> PostGenerator:
+    """MLE-train a (conditional) generator on training users' posts (`tc.seed` seeds it);
+    validation NLL on valid users' final posts (conditional) or all their posts (plain LM)."""
     gen = build_generator(vocab, g, max_tokens, conditional)
     enc = encode_users(users, vocab, gen.max_tokens)
     posts = _all_posts(users, vocab, gen.max_tokens)
-    trainer = Trainer(tc.model_copy(update={"monitor": "neg_nll", "device": "cpu"}), None, quiet=quiet)
-    bs = tc.batch_size if conditional else max(1, tc.batch_size // 8)  # a plain-LM batch holds every post of a user
+    trainer = Trainer(tc.model_copy(update={"monitor": "neg_nll", "device": "cpu"}), None,
+                      quiet=quiet)
+    # a plain-LM batch holds every post of a user
+    bs = tc.batch_size if conditional else max(1, tc.batch_size // 8)
 
     def batches(epoch: int) -> Iterator[np.ndarray]:
         yield from _batches(train, bs, tc.seed * 1000 + epoch)
@@ -111,34 +169,27 @@ def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray, 
         return s / c
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        total, count = 0.0, 0
-        for b in range(0, len(valid), 64):
-            idx = valid[b:b + 64]
-            if conditional:
-                t = torch.from_numpy(idx)
-                u = gen.condition(enc.history[t], enc.n_hist[t], enc.relevancy[t], enc.context[t], enc.has_context[t])
-                tgt = enc.final[t]
-            else:
-                u, tgt = _pretrain_rows(gen, enc, posts, idx, np.random.default_rng(0))
-            s, c = gen.nll(tgt, u)
-            total, count = total + float(s), count + int(c)
-        return {"neg_nll": -total / max(count, 1), "perplexity": float(np.exp(total / max(count, 1)))}
+        return _pretrain_validation(gen, enc, posts, valid)
 
     trainer.fit(gen, batches, -(-len(train) // bs), loss_fn, validate)
     gen.eval()
-    gen.train_state = {"epochs": trainer.state.epoch, "best_epoch": trainer.state.best_epoch,  # type: ignore[attr-defined]
-                       "valid_perplexity": float(np.exp(-trainer.state.best_metric)),
-                       "seconds": round(trainer.state.seconds, 1)}
+    st = trainer.state
+    gen.train_state = {  # type: ignore[attr-defined]
+        "epochs": st.epoch, "best_epoch": st.best_epoch,
+        "valid_perplexity": float(np.exp(-st.best_metric)), "seconds": round(st.seconds, 1)}
     return gen
 
 
-def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[str], train: np.ndarray,
-                     valid: np.ndarray, g: GeneratorConfig, tc: TrainConfig, max_tokens: int, conditional: bool,
-                     quiet: bool = False) -> PostGenerator:
-    """`pretrain_generator`, reusing a copy saved in `cache` for the same vocabulary, users, split and config."""
-    key = hashlib.sha256(json.dumps([vocab, users.user_ids, users.final, train.tolist(), valid.tolist(),
-                                     g.model_dump(), tc.model_dump(), max_tokens, conditional]).encode()).hexdigest()[:16]
-    path = Path(cache) / f"{'generator' if conditional else 'lm'}-{key}.safetensors" if cache else None
+def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[str],
+                     train: np.ndarray, valid: np.ndarray, g: GeneratorConfig, tc: TrainConfig,
+                     max_tokens: int, conditional: bool, quiet: bool = False) -> PostGenerator:
+    """`pretrain_generator`, reusing a copy saved in `cache` for the same vocabulary, users,
+    split and config."""
+    key = json.dumps([vocab, users.user_ids, users.final, train.tolist(), valid.tolist(),
+                      g.model_dump(), tc.model_dump(), max_tokens, conditional])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    name = f"{'generator' if conditional else 'lm'}-{digest}.safetensors"
+    path = Path(cache) / name if cache else None
     if path is not None and path.is_file():
         gen = build_generator(vocab, g, max_tokens, conditional)
         tensors, meta = load_tensors(path)
@@ -148,7 +199,7 @@ def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[s
     gen = pretrain_generator(users, vocab, train, valid, g, tc, max_tokens, conditional, quiet)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(gen.state_dict(), path, {"train_state": json.dumps(gen.train_state)})  # type: ignore[attr-defined]
+        save_generator(gen, path)
     return gen
 
 
@@ -156,10 +207,11 @@ def cached_generator(cache: str | Path | None, users: AttackUsers, vocab: list[s
 class PetgenObjective:
     """The weighted PETGEN losses for a batch of users (a callable `loss_fn` for the Trainer)."""
 
-    def __init__(self, gen: PostGenerator, frozen: PostGenerator, users: AttackUsers, vocab: list[str],
-                 source: TargetDetector | None, weights: LossWeights, recent: int, tau: float, hard: bool) -> None:
+    def __init__(self, gen: PostGenerator, frozen: PostGenerator, users: AttackUsers,
+                 vocab: list[str], source: TargetDetector | None, weights: LossWeights,
+                 recent: int, tau: float, hard: bool) -> None:
         self.gen, self.frozen, self.users, self.w = gen, frozen, users, weights
-        self.source, self.tau, self.hard, self.recent = source, tau, hard, recent
+        self.source, self.tau, self.hard = source, tau, hard
         if weights.attack > 0:
             if source is None:
                 raise ValueError("the attack loss needs a detector")
@@ -175,55 +227,94 @@ class PetgenObjective:
         n = self.enc.n_hist[:, None]
         self.recent_mask = (pos < n) & (pos >= n - recent)
         self.rel_mask = (self.enc.relevancy > 0) & (pos < n)
-        self.labels = torch.from_numpy(users.labels if users.labels is not None else np.zeros(users.n_users)).float()
-
-    def condition(self, t: torch.Tensor) -> torch.Tensor:
-        e = self.enc
-        return self.gen.condition(e.history[t], e.n_hist[t], e.relevancy[t], e.context[t], e.has_context[t])
+        labels = users.labels if users.labels is not None else np.zeros(users.n_users)
+        self.labels = torch.from_numpy(labels).float()
 
     def terms(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Each weighted-on loss term (and the mean P(malicious) of the malicious users)."""
         t = torch.from_numpy(idx)
-        w, e = self.w, self.enc
-        u = self.condition(t)
+        w = self.w
+        u = user_states(self.gen, self.enc, t)
         out: dict[str, torch.Tensor] = {}
         if w.mle > 0:
-            s, c = self.gen.nll(e.final[t], u)
+            s, c = self.gen.nll(self.enc.final[t], u)
             out["mle"] = s / c
         rows, ids, mask = self.gen.sample(u, tau=self.tau, hard=self.hard)
         if w.lm > 0:
-            with torch.no_grad():
-                uf = self.frozen.condition(e.history[t], e.n_hist[t], e.relevancy[t], e.context[t], e.has_context[t])
-            counted = torch.arange(rows.shape[1])[None, :] <= mask.sum(1, keepdim=True)  # tokens + end-of-post
-            out["lm"] = soft_nll(self.frozen.out(self.frozen.states(rows, uf)[counted]), rows[counted])
+            out["lm"] = self._realism(t, rows, mask)
         if w.attack > 0:
-            assert self.source is not None
-            v = self.source.onehot_post_vectors(rows, mask)
-            logit = self.source.user_logits(self.users, idx, v)
-            out["attack"] = attack_loss(logit, self.labels[t])
-            out["p_malicious"] = torch.sigmoid(logit.detach())[self.labels[t] > 0].mean()
+            out.update(self._attack(idx, t, rows, mask))
         if w.recency > 0 or w.relevancy > 0:
-            x = self.frozen.encode_posts(rows, mask)
-            if w.recency > 0:
-                out["recency"] = set_mmd(x, self.hist_states[t], self.recent_mask[t]).mean()
-            if w.relevancy > 0:
-                ys = torch.cat([self.hist_states[t], self.ctx_states[t][:, None]], 1)
-                has_rel = self.rel_mask[t].any(1)
-                m = torch.cat([self.rel_mask[t], (~has_rel & e.has_context[t])[:, None]], 1)
-                out["relevancy"] = set_mmd(x, ys, m).mean()
+            out.update(self._personal(t, rows, mask))
+        return out
+
+    def _realism(self, t: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """NLL of the sampled rows under the frozen pretrained generator."""
+        with torch.no_grad():
+            uf = user_states(self.frozen, self.enc, t)
+        # the tokens and the end-of-post
+        counted = torch.arange(rows.shape[1])[None, :] <= mask.sum(1, keepdim=True)
+        return soft_nll(self.frozen.out(self.frozen.states(rows, uf)[counted]), rows[counted])
+
+    def _attack(self, idx: np.ndarray, t: torch.Tensor, rows: torch.Tensor,
+                mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BCE toward 'benign' through the detector, on the malicious users."""
+        assert self.source is not None
+        v = self.source.onehot_post_vectors(rows, mask)
+        logit = self.source.user_logits(self.users, idx, v)
+        return {"attack": attack_loss(logit, self.labels[t]),
+                "p_malicious": torch.sigmoid(logit.detach())[self.labels[t] > 0].mean()}
+
+    def _personal(self, t: torch.Tensor, rows: torch.Tensor,
+                  mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MMD to the recent posts and to the same-context posts (else the context)."""
+        out: dict[str, torch.Tensor] = {}
+        x = self.frozen.encode_posts(rows, mask)
+        if self.w.recency > 0:
+            out["recency"] = set_mmd(x, self.hist_states[t], self.recent_mask[t]).mean()
+        if self.w.relevancy > 0:
+            ys = torch.cat([self.hist_states[t], self.ctx_states[t][:, None]], 1)
+            has_rel = self.rel_mask[t].any(1)
+            m = torch.cat([self.rel_mask[t], (~has_rel & self.enc.has_context[t])[:, None]], 1)
+            out["relevancy"] = set_mmd(x, ys, m).mean()
         return out
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(getattr(self.w, k) * v for k, v in terms.items() if k != "p_malicious")  # type: ignore[return-value]
+        parts = [getattr(self.w, k) * v for k, v in terms.items() if k != "p_malicious"]
+        return sum(parts)  # type: ignore[return-value]
+
+    def validation(self, valid: np.ndarray, seed: int) -> dict[str, float]:
+        """Mean terms over the validation users, with the same Gumbel noise every epoch."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        sums: dict[str, float] = {}
+        n = 0
+        for b in range(0, len(valid), 64):
+            idx = valid[b:b + 64]
+            terms = self.terms(idx)
+            terms["total"] = self.total(terms)
+            for k, v in terms.items():
+                if torch.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        torch.random.set_rng_state(state)
+        out = {k: v / n for k, v in sums.items()}
+        out["neg_loss"] = -out.pop("total")
+        return out
 
 
-def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str], source: TargetDetector | None,
-                 train: np.ndarray, valid: np.ndarray, cfg: AttackConfig, weights: LossWeights,
+def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str],
+                 source: TargetDetector | None, train: np.ndarray, valid: np.ndarray,
+                 cfg: AttackConfig, weights: LossWeights,
                  quiet: bool = False) -> tuple[PostGenerator, dict[str, Any]]:
+    """A copy of the pretrained generator trained on the PETGEN objective (`cfg.train.seed`
+    seeds it); returns it and a summary of the training."""
     gen = copy.deepcopy(pretrained)
     frozen = copy.deepcopy(pretrained).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
-    obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts, cfg.tau, cfg.hard)
+    obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts,
+                          cfg.tau, cfg.hard)
     tc = cfg.train.model_copy(update={"monitor": "neg_loss", "device": "cpu"})
     trainer = Trainer(tc, None, quiet=quiet)
 
@@ -234,42 +325,28 @@ def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str]
         return obj.total(obj.terms(idx))
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        state = torch.random.get_rng_state()
-        torch.manual_seed(cfg.seed + 7)  # the same Gumbel noise every epoch
-        sums: dict[str, float] = {}
-        n = 0
-        for b in range(0, len(valid), 64):
-            idx = valid[b:b + 64]
-            terms = obj.terms(idx)
-            terms["total"] = obj.total(terms)
-            for k, v in terms.items():
-                if torch.isfinite(v):
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
-            n += len(idx)
-        torch.random.set_rng_state(state)
-        out = {k: v / n for k, v in sums.items()}
-        out["neg_loss"] = -out.pop("total")
-        return out
+        return obj.validation(valid, tc.seed + 7)
 
     trainer.fit(gen, batches, -(-len(train) // tc.batch_size), loss_fn, validate)
     gen.eval()
-    hist = trainer.state.history
-    return gen, {"epochs": trainer.state.epoch, "best_epoch": trainer.state.best_epoch,
-                 "seconds": round(trainer.state.seconds, 1), "stopped": trainer.state.stopped,
-                 "valid": {k[6:]: v for k, v in (hist[trainer.state.best_epoch - 1] if hist else {}).items()
-                           if k.startswith("valid_")}}
+    st = trainer.state
+    best = st.history[st.best_epoch - 1] if st.history else {}
+    return gen, {"epochs": st.epoch, "best_epoch": st.best_epoch,
+                 "seconds": round(st.seconds, 1), "stopped": st.stopped,
+                 "valid": {k[6:]: v for k, v in best.items() if k.startswith("valid_")}}
 
 
 @torch.no_grad()
-def generate_posts(gen: PostGenerator, users: AttackUsers, vocab: list[str], idx: np.ndarray, temperature: float,
-                   seed: int) -> list[str]:
+def generate_posts(gen: PostGenerator, users: AttackUsers, vocab: list[str], idx: np.ndarray,
+                   temperature: float, seed: int) -> list[str]:
+    """One sampled post per user `idx`; `seed` seeds the sampling (the same posts every call)."""
     gen.eval()
     enc = encode_users(users, vocab, gen.max_tokens)
     rng = torch.Generator().manual_seed(seed)
     out: list[str] = []
     for b in range(0, len(idx), 256):
         t = torch.from_numpy(np.asarray(idx[b:b + 256]))
-        u = gen.condition(enc.history[t], enc.n_hist[t], enc.relevancy[t], enc.context[t], enc.has_context[t])
-        _, ids, _ = gen.sample(u, hard=True, temperature=temperature, generator=rng)
+        _, ids, _ = gen.sample(user_states(gen, enc, t), hard=True, temperature=temperature,
+                               generator=rng)
         out += decode(ids, vocab)
     return out

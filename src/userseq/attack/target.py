@@ -19,28 +19,49 @@ from userseq.detect.estimator import UserDetector, encode_posts
 WHITE_BOX_MODELS = ("hlstm", "cnn")
 
 
+def detector_state(det: UserDetector) -> tuple[torch.nn.Module, list[str] | None, dict[str, float]]:
+    """(network, token vocabulary, thresholds) of a fitted detector: the one place the attack reads
+    the detector's fitted state (the estimator's trailing-underscore names, else the old ones)."""
+    net = det.check_is_fitted() if hasattr(det, "check_is_fitted") else det._check_fitted()
+    vocab = getattr(det, "vocab_", getattr(det, "vocab", None))
+    thresholds = getattr(det, "thresholds_", getattr(det, "thresholds", None)) or {}
+    return net, vocab, thresholds
+
+
+def detector_split_config(det: UserDetector) -> tuple[float, float, int]:
+    """(validation share, test share, split seed) of the detector run's user split (the seed is
+    `split_seed`, else the old `seed`)."""
+    c = det.config
+    return float(c.valid), float(c.test), int(getattr(c, "split_seed", getattr(c, "seed", 0)))
+
+
 class TargetDetector:
-    def __init__(self, detector: UserDetector, name: str = "detector") -> None:
+    """A fitted text detector as the attacker sees it (`run_dir`: where it was loaded from)."""
+
+    def __init__(self, detector: UserDetector, name: str = "detector",
+                 run_dir: str | Path | None = None) -> None:
         if detector.kind != "text":
-            raise ConfigError(f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
-                              "the attack needs a text detector (hlstm, cnn or minilm).")
+            raise ConfigError(
+                f"{name}: model '{detector.config.model.name}' reads edit events, not post texts; "
+                "the attack needs a text detector (hlstm, cnn or minilm).")
         self.det = detector
         self.name = name
-        self.net = detector._check_fitted()
-        detector.device = torch.device("cpu")  # the attack runs on CPU (the detector may have been loaded on a GPU)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.net, self._vocab, thresholds = detector_state(detector)
+        detector.device = torch.device("cpu")  # the attack runs on CPU (the run may be on a GPU)
         self.net.cpu().eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.model = detector.config.model.name
         self.max_posts = detector.config.model.max_posts
         self.max_tokens = detector.config.model.max_tokens
-        self.threshold = float(detector.thresholds.get("all", 0.5))
+        self.threshold = float(thresholds.get("all", 0.5))
         self._hist: tuple[str, torch.Tensor, torch.Tensor, np.ndarray] | None = None
         self._st = None
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TargetDetector:
-        return cls(UserDetector.load(run_dir), name=str(run_dir))
+        return cls(UserDetector.load(run_dir), name=str(run_dir), run_dir=run_dir)
 
     @property
     def white_box(self) -> bool:
@@ -48,24 +69,27 @@ class TargetDetector:
 
     @property
     def vocab(self) -> list[str]:
-        if self.det.vocab is None:
+        if self._vocab is None:
             raise ConfigError(f"{self.name}: model '{self.model}' has no token vocabulary.")
-        return self.det.vocab
+        return self._vocab
 
     def require_white_box(self, method: str) -> None:
         if not self.white_box:
-            raise ConfigError(f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
-                              f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
-                              "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
-                              "or use copycat / textbugger.")
+            raise ConfigError(
+                f"{self.name}: detector '{self.model}' has no differentiable token path (it reads "
+                f"precomputed sentence vectors), so the white-box attack '{method}' cannot use its "
+                "gradients. Attack it black-box: --black-box-surrogate RUN2 (an hlstm or cnn run), "
+                "or use copycat / textbugger.")
 
     def check_vocab(self, vocab: list[str], who: str = "attacker") -> None:
         mine = self.vocab
         if len(mine) != len(vocab) or mine != list(vocab):
-            raise DataError(f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector {self.name} uses "
-                            f"{len(mine):,} (first differing index {_first_diff(mine, vocab)}). A white-box generator "
-                            "must be built over the detector's own vocabulary: refit the attacker against this "
-                            "detector, or evaluate its text black-box.")
+            first = _first_diff(mine, vocab)
+            raise DataError(
+                f"vocabulary mismatch: the {who} uses {len(vocab):,} tokens but detector "
+                f"{self.name} uses {len(mine):,} (first differing index {first}). "
+                "A white-box generator must be built over the detector's own vocabulary: refit the "
+                "attacker against this detector, or evaluate its text black-box.")
 
     # ------------------------------------------------------------------ post vectors
     def _sentence_model(self):
@@ -78,9 +102,11 @@ class TargetDetector:
     def post_vectors(self, posts: list[str]) -> torch.Tensor:
         """(N, d) the detector's vector of each post text."""
         if self.model == "minilm":
-            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+            v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True,
+                                              show_progress_bar=False)
             return torch.from_numpy(np.asarray(v, dtype=np.float32))
-        ids = torch.from_numpy(encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0].astype(np.int64))
+        ids = encode_posts([[p] for p in posts], self.vocab, 1, self.max_tokens)[:, 0]
+        ids = torch.from_numpy(ids.astype(np.int64))
         out = []
         with torch.no_grad():
             for b in range(0, len(posts), 1024):
@@ -93,21 +119,24 @@ class TargetDetector:
         return self.net.user_encoder.post_vectors(ids[:, None]).squeeze(1)
 
     def onehot_post_vectors(self, rows: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the detector's vocabulary."""
+        """Differentiable (B, d) vectors of posts given as one-hot rows (B, T, V) over the
+        detector's vocabulary."""
         self.require_white_box("gradient")
         if rows.shape[-1] != len(self.vocab):
-            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns but detector "
-                            f"{self.name} has {len(self.vocab):,} tokens.")
+            raise DataError(f"vocabulary mismatch: one-hot rows have {rows.shape[-1]:,} columns "
+                            f"but detector {self.name} has {len(self.vocab):,} tokens.")
         return self.net.user_encoder.post_vectors(rows[:, None], token_mask[:, None]).squeeze(1)
 
-    def history(self, users: AttackUsers, idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use of a user
-        (`idx`, default all) and cached under the users' content fingerprint."""
+    def history(self, users: AttackUsers,
+                idx: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P, d) history post vectors and (N,) history lengths; rows are computed on first use
+        of a user (`idx`, default all) and cached under the users' content fingerprint."""
         if self._hist is None or self._hist[0] != users.fingerprint:
             n = torch.tensor([len(h) for h in users.history], dtype=torch.long)
             self._hist = (users.fingerprint, torch.zeros(0), n, np.zeros(users.n_users, dtype=bool))
         key, vecs, n, done = self._hist
-        want = np.arange(users.n_users) if idx is None else np.unique(np.asarray(idx, dtype=np.int64))
+        want = (np.arange(users.n_users) if idx is None
+                else np.unique(np.asarray(idx, dtype=np.int64)))
         todo = want[~done[want]]
         if len(todo):
             v = self.post_vectors([p for u in todo for p in users.history[u]])
@@ -124,7 +153,8 @@ class TargetDetector:
 
     # ------------------------------------------------------------------ scores
     def logits(self, hist: torch.Tensor, n_hist: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at position n_hist."""
+        """Detector logits (B,) for history vectors (B, P, d) + one new post vector (B, d) at
+        position n_hist."""
         B, P, d = hist.shape
         full = torch.cat([hist, hist.new_zeros(B, 1, d)], 1)
         full = full.index_put((torch.arange(B), n_hist), new)
@@ -141,7 +171,8 @@ class TargetDetector:
         return self.logits(hb[:, :P], nb, new)
 
     @torch.no_grad()
-    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str], batch: int = 512) -> np.ndarray:
+    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str],
+              batch: int = 512) -> np.ndarray:
         """P(malicious) of users `idx` with `posts` (aligned) appended: black-box query access."""
         idx = np.asarray(idx, dtype=np.int64)
         out = []
