@@ -163,7 +163,7 @@ def test_petgen_beats_the_generator_without_attack_loss(world):
 def test_white_box_on_minilm_names_the_black_box_option(world):
     data, split, _, _ = world
     det = UserDetector("minilm", overrides={"model.dim": 16})
-    det.net = det._build(0, 0, 0)  # an untrained network is enough: the refusal comes first
+    det.net_ = det._build(0, 0, 0)  # an untrained network is enough: the refusal comes first
     target = TargetDetector(det, "minilm-run")
     for method in ("petgen", "hotflip", "trigger"):
         with pytest.raises(ConfigError, match="black-box-surrogate"):

@@ -198,11 +198,11 @@ def run_split(run_dir: str | Path, data: TextData, det: TargetDetector) -> Detec
                             f"{missing[:3]}); attack the data the detector was trained on.")
         names = np.array([where[u] for u in ids])
         return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
-                           np.flatnonzero(names == "test"), seed=det.det.config.seed)
+                           np.flatnonzero(names == "test"), seed=det.det.config.split_seed)
     if data.labels is None:
         raise DataError(f"{data.source}: labels needed to rebuild the detector's split.")
     c = det.det.config
-    return stratified_split(data.labels, c.valid, c.test, c.seed)
+    return stratified_split(data.labels, c.valid, c.test, c.split_seed)
 
 
 def same_split(a: DetectSplit, b: DetectSplit, what: str) -> None:

@@ -26,7 +26,7 @@ class TargetDetector:
                               "the attack needs a text detector (hlstm, cnn or minilm).")
         self.det = detector
         self.name = name
-        self.net = detector._check_fitted()
+        self.net = detector.check_is_fitted()
         detector.device = torch.device("cpu")  # the attack runs on CPU (the detector may have been loaded on a GPU)
         self.net.cpu().eval()
         for p in self.net.parameters():
@@ -34,7 +34,7 @@ class TargetDetector:
         self.model = detector.config.model.name
         self.max_posts = detector.config.model.max_posts
         self.max_tokens = detector.config.model.max_tokens
-        self.threshold = float(detector.thresholds.get("all", 0.5))
+        self.threshold = float(detector.thresholds_.get("all", 0.5))
         self._hist: tuple[str, torch.Tensor, torch.Tensor, np.ndarray] | None = None
         self._st = None
 
@@ -48,9 +48,9 @@ class TargetDetector:
 
     @property
     def vocab(self) -> list[str]:
-        if self.det.vocab is None:
+        if self.det.vocab_ is None:
             raise ConfigError(f"{self.name}: model '{self.model}' has no token vocabulary.")
-        return self.det.vocab
+        return self.det.vocab_
 
     def require_white_box(self, method: str) -> None:
         if not self.white_box:

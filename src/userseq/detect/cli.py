@@ -7,31 +7,51 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from userseq.core.cli import SetOption, err, out, parse_set, with_options
 from userseq.core.errors import UserseqError
 
 detect_app = typer.Typer(no_args_is_help=True, help="Malicious-user detection and behaviour clustering.")
-out = Console()
-err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(detect_app, name="detect")
 
 
-def _load_data(data: str, labels: Path | None, model: str, user_col: str, item_col: str, timestamp_col: str,
+def _load_data(data: str, labels: Path | None, kind: str, user_col: str, item_col: str, timestamp_col: str,
                text_col: str, with_leakage: bool = False):
+    """Event data for event models, post texts for text models (`kind` of the detector)."""
     from userseq.data.eventlog import Columns
     from userseq.detect.data import load_event_data, load_text_data
-    from userseq.detect.estimator import EVENT_MODELS
 
     cols = Columns(user=user_col, item=item_col, timestamp=timestamp_col, text=text_col)
-    if model in EVENT_MODELS:
-        d = load_event_data(data, labels, cols, with_leakage=with_leakage)
-    else:
-        d = load_text_data(data, labels, cols)
-    return d
+    if kind == "event":
+        return load_event_data(data, labels, cols, with_leakage=with_leakage)
+    return load_text_data(data, labels, cols)
+
+
+def _first_k(first_k: str | None) -> list[int] | None:
+    if first_k is None:
+        return None
+    try:
+        ks = [int(k) for k in first_k.split(",") if k.strip()]
+    except ValueError:
+        raise UserseqError(f"--first-k must be comma-separated positive integers (got {first_k!r}).") from None
+    if any(k < 1 for k in ks):
+        raise UserseqError(f"--first-k must be positive integers (got {first_k!r}).")
+    return ks
+
+
+def _print_metrics(metrics: dict, out_dir: Path) -> None:
+    t = metrics["test"]
+    out.print(f"test: accuracy {t['accuracy']:.4f}  roc_auc {t['roc_auc']:.4f}  f1 {t['f1']:.4f}  "
+              f"(n={int(t['n'])})")
+    for k, m in metrics["first_k"].items():
+        out.print(f"  first {k:>3}: accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']:.4f}")
+    out.print(f"wrote {out_dir}/metrics.json")
+
+
+MODEL_HELP = "gru | transformer | any registered encoder (events); hlstm | cnn | minilm (texts). Default: gru"
 
 
 @detect_app.command("train")
@@ -39,17 +59,22 @@ def train(
     data: Annotated[str, typer.Option("--data", "-d", help="wiki-vandals | petgen-wiki | events file")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")],
     labels: Annotated[Path | None, typer.Option(help="label table (user_id,label 0/1); required for files")] = None,
-    model: Annotated[str, typer.Option(help="gru | transformer (events); hlstm | cnn | minilm (texts)")] = "gru",
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     dim: Annotated[int | None, typer.Option(help="embedding size")] = None,
     max_len: Annotated[int | None, typer.Option(help="events per user read by the model (the first ones)")] = None,
     batch_size: int | None = None,
     lr: float | None = None,
-    seed: int = 0,
+    seed: Annotated[int | None, typer.Option(help="seeds the whole run: training and (unless --split-seed) "
+                                             "the user split")] = None,
+    split_seed: Annotated[int | None, typer.Option(help="seeds the user split (default: --seed, else 0)")] = None,
+    set_: SetOption = None,
     folds: Annotated[int | None, typer.Option(help="k-fold cross-validation instead of one split")] = None,
-    first_k: Annotated[str, typer.Option(help="early-detection prefix lengths, comma-separated")] = "1,2,5,10",
-    with_leakage: Annotated[bool, typer.Option(help="add after-the-fact columns (reverts, STiKi) as features: "
-                                               "NOT early detection")] = False,
+    first_k: Annotated[str | None, typer.Option(help="early-detection prefix lengths, comma-separated "
+                                                "(default 1,2,5,10)")] = None,
+    with_leakage: Annotated[bool | None, typer.Option(
+        "--with-leakage/--no-with-leakage", help="add after-the-fact columns (reverts, STiKi) as features: "
+        "NOT early detection")] = None,
     max_minutes: float | None = None,
     adversarial: Annotated[Path | None, typer.Option(help="adversarial training: an `attack run --train-posts` "
                                                      "output directory; its posts are appended to copies of "
@@ -62,37 +87,31 @@ def train(
     text_col: str = "text",
     quiet: bool = False,
 ) -> None:
-    """Train a detector; writes RUN/metrics.json ({"test": ..., "first_k": {"1": ...}}) and the model."""
-    from userseq.detect.estimator import UserDetector, check_model_name, train_and_evaluate
+    """Train a detector; writes RUN/metrics.json ({"test": ..., "first_k": {"1": ...}}) and the model.
 
-    check_model_name(model)
-    try:
-        ks = [int(k) for k in first_k.split(",") if k.strip()]
-    except ValueError:
-        raise UserseqError(f"--first-k must be comma-separated positive integers (got {first_k!r}).") from None
-    if any(k < 1 for k in ks):
-        raise UserseqError(f"--first-k must be positive integers (got {first_k!r}).")
+    Settings: the model's defaults, then --set KEY=VALUE, then the other options."""
+    from userseq.detect.estimator import UserDetector, train_and_evaluate
+
     if out_dir.exists() and not out_dir.is_dir():
         raise UserseqError(f"--out {out_dir}: exists and is not a directory.")
-    over = {"model.name": model, "train.epochs": epochs, "model.dim": dim, "model.max_len": max_len,
-            "train.batch_size": batch_size, "train.lr": lr, "seed": seed, "first_k": ks,
-            "with_leakage": with_leakage, "train.max_minutes": max_minutes, "train.threads": threads,
-            "dataset": data}
+    det = UserDetector(model, overrides=parse_set(set_))
+    det.set_params(config=with_options(det.config, {
+        "--epochs": ("train.epochs", epochs), "--dim": ("model.dim", dim), "--max-len": ("model.max_len", max_len),
+        "--batch-size": ("train.batch_size", batch_size), "--lr": ("train.lr", lr),
+        "--seed": ("train.seed", seed), "--split-seed": ("split_seed", seed if split_seed is None else split_seed),
+        "--first-k": ("first_k", _first_k(first_k)), "--with-leakage": ("with_leakage", with_leakage),
+        "--max-minutes": ("train.max_minutes", max_minutes), "--threads": ("train.threads", threads),
+        "--data": ("dataset", data)}))
+    cfg = det.config
     augment = None
     if adversarial is not None:
         from userseq.detect.augment import augmenter
 
-        augment = augmenter(adversarial, adversarial_share, seed)
-        over["dataset"] = f"{data} + adversarial posts from {adversarial} (share {adversarial_share:g})"
-    det = UserDetector(overrides=over)
-    d = _load_data(data, labels, model, user_col, item_col, timestamp_col, text_col, with_leakage)
+        augment = augmenter(adversarial, adversarial_share, cfg.split_seed)
+        det.set_params(dataset=f"{data} + adversarial posts from {adversarial} (share {adversarial_share:g})")
+    d = _load_data(data, labels, det.kind, user_col, item_col, timestamp_col, text_col, cfg.with_leakage)
     metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet, augment=augment)
-    t = metrics["test"]
-    out.print(f"test: accuracy {t['accuracy']:.4f}  roc_auc {t['roc_auc']:.4f}  f1 {t['f1']:.4f}  "
-              f"(n={int(t['n'])})")
-    for k, m in metrics["first_k"].items():
-        out.print(f"  first {k:>3}: accuracy {m['accuracy']:.4f}  roc_auc {m['roc_auc']:.4f}")
-    out.print(f"wrote {out_dir}/metrics.json")
+    _print_metrics(metrics, out_dir)
 
 
 @detect_app.command("score")
@@ -114,11 +133,10 @@ def score(
     if first_k is not None and first_k < 1:
         raise UserseqError(f"--first-k must be a positive integer (got {first_k}).")
     det = UserDetector.load(run_dir)
-    d = _load_data(events, None, det.config.model.name, user_col, item_col, timestamp_col, text_col,
-                   det.config.with_leakage)
+    d = _load_data(events, None, det.kind, user_col, item_col, timestamp_col, text_col, det.config.with_leakage)
     d.labels = None
     s = det.predict_proba(d, first_k=first_k)
-    t = det.thresholds.get(str(first_k or "all"), det.thresholds.get("all", 0.5))
+    t = det.threshold(first_k)
     table = pl.DataFrame({"user_id": d.user_ids.cast(pl.String), "score": s, "flagged": (s >= t).astype(int)})
     if output is not None:
         if not output.parent.is_dir():

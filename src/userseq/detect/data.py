@@ -122,10 +122,6 @@ def dataset_dir(name: str, needs: str) -> Path:
                     "../shared/data and the cache). Set $USERSEQ_DATA to the directory holding it.")
 
 
-def is_detect_dataset(s: Any) -> bool:
-    return isinstance(s, str) and s in DETECT_DATASETS
-
-
 def read_wiki_vandals_frame(directory: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Raw VEWS edits (user_id, item_id=page title, timestamp + leakage columns) and the label table."""
     d = directory or dataset_dir("wiki-vandals", "users.tsv.gz")
