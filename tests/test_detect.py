@@ -1,4 +1,5 @@
-"""Malicious-user detection: metrics, labels, features, splits, models, estimator, CLI, clustering."""
+"""Malicious-user detection: metrics, labels, features, splits, models, estimator, CLI,
+clustering."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from userseq.detect.data import (
     validate_labels,
 )
 from userseq.detect.models import detect_model, encoder_names, model_names
-from userseq.metrics.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
+from userseq.metrics.classification import (
+    best_threshold,
+    binary_metrics,
+    pr_auc,
+    roc_auc,
+    tpr_at_fpr,
+)
 
 
 def small_events():
@@ -69,7 +76,7 @@ def test_binary_metrics_and_threshold():
         binary_metrics([0, 2], [0.1, 0.2])
 
 
-# ---------------------------------------------------------------------- labels: one clear error each
+# ------------------------------------------------------------ labels: one clear error each
 def test_label_table_errors(tmp_path):
     p = tmp_path / "l.csv"
     pl.DataFrame({"user_id": ["a"], "is_bad": [1]}).write_csv(p)
@@ -93,7 +100,8 @@ def test_users_without_labels_and_single_class():
         attach_labels(users, pl.DataFrame({"user_id": ["a", "b"], "label": [0, 1]}))
     with pytest.raises(DataError, match="both classes"):
         attach_labels(users, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 1, 1]}))
-    y = attach_labels(users, pl.DataFrame({"user_id": ["c", "a", "b", "zz"], "label": [1, 0, 1, 0]}))
+    table = pl.DataFrame({"user_id": ["c", "a", "b", "zz"], "label": [1, 0, 1, 0]})
+    y = attach_labels(users, table)
     assert y.tolist() == [0, 1, 1]
 
 
@@ -108,10 +116,11 @@ def test_text_models_start_from_their_defaults():
     assert (c.train.batch_size, c.train.epochs, c.train.patience, c.model.dim) == (32, 40, 10, 32)
     assert UserDetector("gru").config.train.batch_size == 128  # event models: the plain defaults
     # the caller's settings win over the model's defaults (None = not given, as from the CLI)
-    c = UserDetector(config={"model": {"dim": 16}}, overrides={"model.name": "hlstm", "train.epochs": None,
-                                                               "train.lr": 0.01}).config
+    over = {"model.name": "hlstm", "train.epochs": None, "train.lr": 0.01}
+    c = UserDetector(config={"model": {"dim": 16}}, overrides=over).config
     assert (c.model.dim, c.train.epochs, c.train.lr) == (16, 40, 0.01)
-    assert UserDetector("cnn").config.train.lr == DETECT_MODELS.get("cnn").obj.defaults["train.lr"] == 3e-3
+    cnn_lr = DETECT_MODELS.get("cnn").obj.defaults["train.lr"]
+    assert UserDetector("cnn").config.train.lr == cnn_lr == 3e-3
     # a config object is used as given (scikit-learn's clone): no defaults are layered on it
     plain = DetectConfig.parse({"model": {"name": "cnn"}})
     assert UserDetector(config=plain).config is plain and plain.train.lr == 1e-3
@@ -128,8 +137,8 @@ def test_unknown_model_is_a_config_error():
 def test_edit_features_by_hand():
     ev = pl.DataFrame({"user_id": ["bob", "bob", "bob", "ann"],
                        "item_id": ["User:bob", "Paris", "Paris", "Paris"],
-                       "timestamp": ["2013-01-01T00:00:00Z", "2013-01-01T00:01:00Z", "2013-01-01T01:01:00Z",
-                                     "2012-12-31T00:00:00Z"]})
+                       "timestamp": ["2013-01-01T00:00:00Z", "2013-01-01T00:01:00Z",
+                                     "2013-01-01T01:01:00Z", "2012-12-31T00:00:00Z"]})
     log = EventLog.from_frame(ev)
     X, names = edit_features(log)
     assert tuple(names) == FEATURE_NAMES
@@ -157,7 +166,8 @@ def test_splits_are_disjoint_stratified_and_seeded():
     tests = np.concatenate([f.test for f in folds])
     assert sorted(tests.tolist()) == list(range(80))
     for f in folds:
-        assert not set(f.train) & set(f.test) and not set(f.valid) & set(f.test) and not set(f.train) & set(f.valid)
+        train, valid, test = set(f.train), set(f.valid), set(f.test)
+        assert not train & test and not valid & test and not train & valid
 
 
 # ---------------------------------------------------------------------- models
@@ -165,7 +175,8 @@ TOKEN_MODELS = [n for n in model_names("text") if detect_model(n).inputs == "tok
 
 
 def test_model_names_come_from_the_registries():
-    assert encoder_names() and set(encoder_names()) <= set(model_names("event"))  # any encoder reads events
+    # every registered encoder is also an event model
+    assert encoder_names() and set(encoder_names()) <= set(model_names("event"))
     assert {"gru", "transformer"} <= set(model_names("event"))  # the documented detection names
     assert {"hlstm", "cnn", "minilm"} <= set(model_names("text")) and TOKEN_MODELS
 
@@ -219,7 +230,8 @@ def test_event_encoder_ignores_left_padding_and_reads_features(events_data, mode
     assert torch.equal(inp["features"][0, -1], torch.from_numpy(events_data.features[first + 2]))
     a = det.net_(**inp)
     padded = {"pages": torch.cat([torch.zeros(2, 2, dtype=torch.long), inp["pages"]], 1),
-              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]), inp["features"]], 1)}
+              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]),
+                                     inp["features"]], 1)}
     assert torch.allclose(a, det.net_(**padded), atol=1e-5)
     changed = {"pages": inp["pages"], "features": inp["features"] + 1.0}
     assert not torch.allclose(a, det.net_(**changed), atol=1e-3)
@@ -290,10 +302,12 @@ def test_detector_estimator_contract(events_data, tmp_path):
     assert det.pages_ is not None and det.feature_names_ == list(events_data.feature_names)
     assert set(det.thresholds_) == {"1", "2", "5", "10", "all"} and det.train_state_["epochs"] == 2
     det.save(tmp_path / "run")
-    assert {"config.yaml", "estimator.json", "model.safetensors"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "estimator.json", "model.safetensors"} <= files
     scores = det.predict_proba(events_data)
     loaded = userseq.Estimator.load(tmp_path / "run")  # the task picks the class
-    assert isinstance(loaded, UserDetector) and np.array_equal(loaded.predict_proba(events_data), scores)
+    assert isinstance(loaded, UserDetector)
+    assert np.array_equal(loaded.predict_proba(events_data), scores)
     # a run written before the Estimator base (detect.yaml, `seed`, no estimator.json) still loads
     old = UserDetector.load(_as_legacy_run(tmp_path / "run", tmp_path / "old"))
     assert old.config == det.config and old.config.split_seed == 3
@@ -389,9 +403,9 @@ def trained_run(tmp_path_factory, cli):
     ev, lab = synthetic_detect(160, seed=1)
     ev.write_csv(d / "events.csv")
     lab.write_csv(d / "labels.csv")
-    r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv", "--model", "gru",
-                   "--out", d / "run", "--epochs", "6", "--dim", "16", "--batch-size", "16", "--lr", "0.003", "--threads", "1",
-            "--quiet")
+    r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv",
+            "--model", "gru", "--out", d / "run", "--epochs", "6", "--dim", "16",
+            "--batch-size", "16", "--lr", "0.003", "--threads", "1", "--quiet")
     assert r.code == 0, r.output
     return d
 
@@ -406,16 +420,20 @@ def test_cli_train_writes_metrics(trained_run):
 def test_cli_train_seeds_and_set(trained_run, cli):
     from userseq.detect.estimator import UserDetector
 
-    common = ("detect", "train", "--data", trained_run / "events.csv", "--labels", trained_run / "labels.csv",
-              "--epochs", "1", "--dim", "8", "--threads", "1", "--quiet")
+    common = ("detect", "train", "--data", trained_run / "events.csv",
+              "--labels", trained_run / "labels.csv", "--epochs", "1", "--dim", "8",
+              "--threads", "1", "--quiet")
     r = cli(*common, "--seed", "5", "--set", "model.dropout=0.2", "--set", "model.dim=32",
             "--out", trained_run / "seeded")
     assert r.code == 0, r.output
     cfg = UserDetector.load(trained_run / "seeded").config
     assert (cfg.train.seed, cfg.split_seed) == (5, 5)  # --seed seeds the whole run
     assert cfg.model.dropout == 0.2 and cfg.model.dim == 8  # --set, then the specific options
-    assert json.loads((trained_run / "seeded" / "metrics.json").read_text())["split"]["split_seed"] == 5
-    r = cli(*common, "--seed", "5", "--split-seed", "2", "--set", "seed=7", "--out", trained_run / "split2")
+    metrics = json.loads((trained_run / "seeded" / "metrics.json").read_text())
+    assert metrics["split"]["split_seed"] == 5
+    # --split-seed wins over --seed, and over `seed` (the old name of split_seed) given with --set
+    r = cli(*common, "--seed", "5", "--split-seed", "2", "--set", "seed=7",
+            "--out", trained_run / "split2")
     assert r.code == 0, r.output
     cfg = UserDetector.load(trained_run / "split2").config
     assert (cfg.train.seed, cfg.split_seed) == (5, 2)
@@ -431,7 +449,8 @@ def test_cli_train_seeds_and_set(trained_run, cli):
 
 
 def test_cli_score_first_k(trained_run, cli):
-    r = cli("detect", "score", trained_run / "run", "--events", trained_run / "events.csv", "--first-k", "1")
+    r = cli("detect", "score", trained_run / "run", "--events", trained_run / "events.csv",
+            "--first-k", "1")
     assert r.code == 0, r.output
     table = pl.read_csv(r.stdout.encode())
     assert table.columns == ["user_id", "score", "flagged"] and len(table) == 160
@@ -439,12 +458,13 @@ def test_cli_score_first_k(trained_run, cli):
 
 
 def test_cli_errors(trained_run, cli):
-    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", trained_run / "labels.csv",
-            "--model", "nope", "--out", trained_run / "x")
+    r = cli("detect", "train", "--data", trained_run / "events.csv",
+            "--labels", trained_run / "labels.csv", "--model", "nope", "--out", trained_run / "x")
     assert r.code == 2 and "unknown detector model 'nope'" in r.error
     bad = trained_run / "bad_labels.csv"
     pl.DataFrame({"user_id": ["u0"], "label": [0]}).write_csv(bad)
-    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", bad, "--out", trained_run / "y")
+    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", bad,
+            "--out", trained_run / "y")
     assert r.code == 2 and "have no label" in r.error
     r = cli("detect", "score", trained_run / "nothing", "--events", trained_run / "events.csv")
     assert r.code == 2 and "not a detector run directory" in r.error
@@ -453,7 +473,8 @@ def test_cli_errors(trained_run, cli):
 def test_cli_cluster_report(trained_run, cli):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    r = cli("detect", "cluster", trained_run / "run", "--out", trained_run / "clusters", "--min-cluster-size", "8")
+    r = cli("detect", "cluster", trained_run / "run", "--out", trained_run / "clusters",
+            "--min-cluster-size", "8")
     assert r.code == 0, r.output
     out = trained_run / "clusters"
     assert (out / "map.png").stat().st_size > 1000

@@ -25,9 +25,10 @@ class DetectModelConfig(StrictModel):
     layers: int = Field(1, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    max_len: int = Field(100, ge=1, description="events (event models) scored per user: the first max_len")
-    page_min_users: int = Field(2, ge=1, description="pages edited by fewer training users share one "
-                                "'rare' vector")
+    max_len: int = Field(100, ge=1, description="events (event models) scored per user: the "
+                         "first max_len")
+    page_min_users: int = Field(2, ge=1, description="pages edited by fewer training users share "
+                                "one 'rare' vector")
     max_posts: int = Field(20, ge=1)
     max_tokens: int = Field(30, ge=1)
     vocab_size: int = Field(20000, ge=10)
@@ -63,8 +64,8 @@ class DetectConfig(TaskConfig):
 
     model: DetectModelConfig = Field(default_factory=DetectModelConfig)
     train: TrainConfig = Field(default_factory=_train_defaults)
-    prefix_prob: float = Field(0.5, ge=0, le=1, description="share of training rows cut to a random "
-                               "first-k prefix")
+    prefix_prob: float = Field(0.5, ge=0, le=1, description="share of training rows cut to a "
+                               "random first-k prefix")
     valid: float = Field(0.1, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     split_seed: int = Field(0, description="seeds the stratified user split (and the folds)")

@@ -25,14 +25,28 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from userseq.core.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
+from userseq.core.artifacts import (
+    load_ids,
+    load_tensors,
+    read_json,
+    save_ids,
+    save_tensors,
+    write_json,
+)
 from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
 from userseq.core.estimator import CONFIG_FILE, Estimator
 from userseq.core.trainer import Trainer, TrainState, resolve_device
 from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.config import DetectConfig, DetectModelConfig
-from userseq.detect.data import DetectSplit, EventData, TextData, stratified_folds, stratified_split, tokenize
+from userseq.detect.data import (
+    DetectSplit,
+    EventData,
+    TextData,
+    stratified_folds,
+    stratified_split,
+    tokenize,
+)
 from userseq.detect.models import DetectModel, Detector, detect_model
 from userseq.detect.text import build_vocab, encode_posts, minilm_vectors
 from userseq.metrics.classification import best_threshold, binary_metrics
@@ -60,14 +74,22 @@ def _model_defaults(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """The chosen model's defaults (`DetectModel.defaults`) that the config mapping does not set."""
     config = config if isinstance(config, dict) else None
     section = (config or {}).get("model")
-    name = (overrides.get("model.name") or (section.get("name") if isinstance(section, dict) else None)
-            or DetectModelConfig.model_fields["name"].default)
+    in_config = section.get("name") if isinstance(section, dict) else None
+    default = DetectModelConfig.model_fields["name"].default
+    name = overrides.get("model.name") or in_config or default
     try:
         spec = detect_model(name)
     except ConfigError:
         return {}  # validating the config names the problem
     given = _given_keys(config)
     return {k: v for k, v in spec.defaults.items() if k not in given}
+
+
+def _labels(data: Data, what: str) -> np.ndarray:
+    if data.labels is None:
+        raise DataError(f"{data.source}: {what} needs user labels "
+                        "(--labels FILE with user_id,label).")
+    return data.labels
 
 
 # ---------------------------------------------------------------------- the estimator
@@ -79,11 +101,13 @@ class UserDetector(Estimator[DetectConfig]):
     fitted_attribute = "net_"
     legacy_config_files = (LEGACY_CONFIG_FILE,)
 
-    def __init__(self, model: str | None = None, config: DetectConfig | dict[str, Any] | None = None,
+    def __init__(self, model: str | None = None,
+                 config: DetectConfig | dict[str, Any] | None = None,
                  overrides: dict[str, Any] | None = None) -> None:
-        """`model` is a detector model name (`detect.models.model_names()`). A `DetectConfig` is used
-        as given (`model`/`overrides` applied on top); a mapping or None builds a new config: the
-        model's defaults (`DETECT_MODELS`), then the mapping, then `overrides` (None values skipped)."""
+        """`model` is a detector model name (`detect.models.model_names()`). A `DetectConfig` is
+        used as given (`model`/`overrides` applied on top); a mapping or None builds a new config:
+        the model's defaults (`DETECT_MODELS`), then the mapping, then `overrides` (None values
+        skipped)."""
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
         if model is not None:
             detect_model(model)  # an unknown name is one clear ConfigError
@@ -92,7 +116,7 @@ class UserDetector(Estimator[DetectConfig]):
             over = {**_model_defaults(config, over), **over}
         super().__init__(config, over)
         self.net_: Detector | None = None
-        self.pages_: pl.Series | None = None  # page vocabulary (event models), index 2.. in the table
+        self.pages_: pl.Series | None = None  # page vocabulary (event models): table rows 2..
         self.vocab_: list[str] | None = None  # token vocabulary (hlstm, cnn)
         self.feature_names_: list[str] = []
         self.thresholds_: dict[str, float] = {}
@@ -112,8 +136,10 @@ class UserDetector(Estimator[DetectConfig]):
     def _check_data(self, data: Data) -> None:
         want = EventData if self.kind == "event" else TextData
         if not isinstance(data, want):
-            what = "event sequences (EventData)" if self.kind == "event" else "post texts (TextData)"
-            raise DataError(f"model '{self.config.model.name}' reads {what}; got {type(data).__name__}.")
+            what = ("event sequences (EventData)" if self.kind == "event"
+                    else "post texts (TextData)")
+            raise DataError(f"model '{self.config.model.name}' reads {what}; "
+                            f"got {type(data).__name__}.")
 
     def _build(self, n_pages: int, n_features: int, vocab: int) -> Detector:
         m = self.config.model
@@ -128,7 +154,8 @@ class UserDetector(Estimator[DetectConfig]):
             self.feature_names_ = list(data.feature_names)
             return self._build(len(self.pages_) + 1, data.features.shape[1], 0)
         if self._spec().inputs == "tokens":
-            self.vocab_ = build_vocab(data.posts, train_users, m.vocab_size, m.min_token_count, m.max_tokens)
+            self.vocab_ = build_vocab(data.posts, train_users, m.vocab_size, m.min_token_count,
+                                      m.max_tokens)
         return self._build(0, 0, len(self.vocab_ or []))
 
     def _page_vocab(self, data: EventData, users: np.ndarray) -> pl.Series:
@@ -139,16 +166,18 @@ class UserDetector(Estimator[DetectConfig]):
         return data.log.item_ids.gather(keep.to_numpy() - 1)
 
     def _event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page) and features."""
+        """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page), features."""
         assert self.pages_ is not None
         idx = lookup_ids(self.pages_, data.log.item_ids, offset=2)  # unknown -> 0
         idx = np.where(idx == 0, 1, idx)  # rare/unknown page -> 1
         per_event = idx[data.log.frame["item"].to_numpy() - 1]
         if data.features.shape[1] != len(self.feature_names_):
-            raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the model "
-                            f"was trained with {len(self.feature_names_)} ({self.feature_names_}).")
+            raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the "
+                            f"model was trained with {len(self.feature_names_)} "
+                            f"({self.feature_names_}).")
         pages = torch.from_numpy(np.concatenate([[0], per_event]).astype(np.int64))
-        feats = torch.cat([torch.zeros(1, data.features.shape[1]), torch.from_numpy(data.features).float()])
+        feats = torch.from_numpy(data.features).float()
+        feats = torch.cat([torch.zeros(1, feats.shape[1]), feats])
         return pages, feats
 
     # ------------------------------------------------------------------ inputs per batch
@@ -162,7 +191,8 @@ class UserDetector(Estimator[DetectConfig]):
                     "event_features": feats}
         n_posts = np.array([min(len(p), m.max_posts) for p in data.posts], dtype=np.int64)
         if self._spec().inputs == "vectors":
-            return {"vectors": torch.from_numpy(minilm_vectors(data.posts, m.max_posts)), "n_posts": n_posts}
+            vectors = minilm_vectors(data.posts, m.max_posts)
+            return {"vectors": torch.from_numpy(vectors), "n_posts": n_posts}
         assert self.vocab_ is not None
         tokens = encode_posts(data.posts, self.vocab_, m.max_posts, m.max_tokens).astype(np.int64)
         return {"tokens": torch.from_numpy(tokens), "n_posts": n_posts}
@@ -172,14 +202,16 @@ class UserDetector(Estimator[DetectConfig]):
             return np.minimum(np.diff(prep["offsets"]), self.config.model.max_len)
         return prep["n_posts"]
 
-    def _inputs(self, prep: dict[str, Any], users: np.ndarray, k: np.ndarray) -> dict[str, torch.Tensor]:
+    def _inputs(self, prep: dict[str, Any], users: np.ndarray,
+                k: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs for `users`, each cut to its first k[i] events/posts."""
         dev = self.device
         if "offsets" in prep:
             starts = prep["offsets"][users]
             events = np.arange(1, prep["n_events"] + 1, dtype=np.int64)
             ev = torch.from_numpy(pad_left(starts, starts + k, events, int(k.max())))
-            return {"pages": prep["event_pages"][ev].to(dev), "features": prep["event_features"][ev].to(dev)}
+            return {"pages": prep["event_pages"][ev].to(dev),
+                    "features": prep["event_features"][ev].to(dev)}
         P = int(k.max())
         pm = torch.arange(P)[None, :] < torch.from_numpy(k)[:, None]
         u = torch.from_numpy(users)
@@ -196,14 +228,12 @@ class UserDetector(Estimator[DetectConfig]):
         seen. Without a split, the config's (`valid`, `test`, `split_seed`) is drawn.
         `augment(data, split) -> (data, split)` may add training users (adversarial training)."""
         self._check_data(data)
-        if data.labels is None:
-            raise DataError(f"{data.source}: training needs user labels (--labels FILE with user_id,label).")
+        labels = _labels(data, "training")
         cfg = self.config
-        split = split or stratified_split(data.labels, cfg.valid, cfg.test, cfg.split_seed)
+        split = split or stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)
         if augment is not None:
             data, split = augment(data, split)
-        y = data.labels
-        assert y is not None
+        y = _labels(data, "training")
         torch.manual_seed(cfg.train.seed)
         net = self._new_net(data, split.train)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
@@ -213,7 +243,8 @@ class UserDetector(Estimator[DetectConfig]):
         state = self._train(trainer, prep, y, split)
         net.eval()
         # thresholds per prefix length, chosen on validation users only
-        self.thresholds_ = {str(k or "all"): best_threshold(y[split.valid], self._scores(prep, split.valid, k))
+        self.thresholds_ = {str(k or "all"): best_threshold(y[split.valid],
+                                                            self._scores(prep, split.valid, k))
                             for k in [*cfg.first_k, None]}
         self.train_state_ = self._train_summary(state)
         self._prep_cache = (data, prep)
@@ -221,7 +252,8 @@ class UserDetector(Estimator[DetectConfig]):
             self.save(run_dir)
         return self
 
-    def _train(self, trainer: Trainer, prep: dict[str, Any], y: np.ndarray, split: DetectSplit) -> TrainState:
+    def _train(self, trainer: Trainer, prep: dict[str, Any], y: np.ndarray,
+               split: DetectSplit) -> TrainState:
         lengths = self._lengths(prep)
         y_t = torch.from_numpy(y).float()
 
@@ -238,8 +270,8 @@ class UserDetector(Estimator[DetectConfig]):
         n_batches = math.ceil(len(split.train) / self.config.train.batch_size)
         return trainer.fit(self.check_is_fitted(), batches, n_batches, loss_fn, validate)
 
-    def _batches(self, prep: dict[str, Any], lengths: np.ndarray, users: np.ndarray, y: torch.Tensor,
-                 epoch: int) -> Iterator[dict[str, Any]]:
+    def _batches(self, prep: dict[str, Any], lengths: np.ndarray, users: np.ndarray,
+                 y: torch.Tensor, epoch: int) -> Iterator[dict[str, Any]]:
         """One epoch of training batches; a seeded share of the users is cut to a random prefix."""
         cfg = self.config
         rng = np.random.default_rng(cfg.train.seed * 1000 + epoch)
@@ -252,12 +284,13 @@ class UserDetector(Estimator[DetectConfig]):
         k = np.maximum(k, 1)
         for idx in length_bucketed_batches(k, cfg.train.batch_size, rng):
             u = users[idx]
-            yield {"inputs": self._inputs(prep, u, k[idx]), "y": y[torch.from_numpy(u)].to(self.device)}
+            yield {"inputs": self._inputs(prep, u, k[idx]),
+                   "y": y[torch.from_numpy(u)].to(self.device)}
 
     def _train_summary(self, state: TrainState) -> dict[str, Any]:
-        return {"epochs": state.epoch, "best_epoch": state.best_epoch, "best_valid_roc_auc": state.best_metric,
-                "seconds": round(state.seconds, 1), "stopped": state.stopped, "device": str(self.device),
-                "history": state.history}
+        return {"epochs": state.epoch, "best_epoch": state.best_epoch,
+                "best_valid_roc_auc": state.best_metric, "seconds": round(state.seconds, 1),
+                "stopped": state.stopped, "device": str(self.device), "history": state.history}
 
     # ------------------------------------------------------------------ inference
     def _prep_for(self, data: Data) -> dict[str, Any]:
@@ -305,13 +338,15 @@ class UserDetector(Estimator[DetectConfig]):
         return self._scores(self._prep_for(data), self._users(data, users), first_k)
 
     def threshold(self, first_k: int | None = None) -> float:
-        """The validation-chosen decision threshold for scores from the first `first_k` events/posts."""
+        """The validation-chosen decision threshold for scores from the first `first_k`
+        events/posts (the full-sequence one for lengths it has none for)."""
         return self.thresholds_.get(str(first_k or "all"), self.thresholds_.get("all", 0.5))
 
     def predict(self, data: Data, users: np.ndarray | None = None,
                 first_k: int | None = None) -> np.ndarray:
         """0/1 decisions with the validation-chosen threshold for that prefix length."""
-        return (self.predict_proba(data, users, first_k) >= self.threshold(first_k)).astype(np.int64)
+        scores = self.predict_proba(data, users, first_k)
+        return (scores >= self.threshold(first_k)).astype(np.int64)
 
     def embed(self, data: Data, users: np.ndarray | None = None,
               first_k: int | None = None) -> np.ndarray:
@@ -320,13 +355,14 @@ class UserDetector(Estimator[DetectConfig]):
         self._check_data(data)
         return self._run(self._prep_for(data), self._users(data, users), first_k, embed=True)
 
-    def evaluate(self, data: Data, users: np.ndarray, first_k: list[int] | None = None) -> dict[str, Any]:
-        """Test metrics (full sequences) and early-detection metrics from the first k events/posts."""
-        if data.labels is None:
-            raise DataError(f"{data.source}: evaluation needs user labels.")
-        y = data.labels[users]
+    def evaluate(self, data: Data, users: np.ndarray,
+                 first_k: list[int] | None = None) -> dict[str, Any]:
+        """Test metrics (full sequences) and early-detection metrics from the first k
+        events/posts."""
+        y = _labels(data, "evaluation")[users]
         s = self.predict_proba(data, users)
-        out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)), "first_k": {}}
+        out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)),
+                               "first_k": {}}
         for k in first_k if first_k is not None else self.config.first_k:
             sk = self.predict_proba(data, users, first_k=k)
             out["first_k"][str(k)] = binary_metrics(y, sk, self.thresholds_.get(str(k), 0.5))
@@ -347,7 +383,8 @@ class UserDetector(Estimator[DetectConfig]):
         net = self.check_is_fitted()
         sizes = {"n_pages": len(self.pages_) + 1 if self.pages_ is not None else 0,
                  "n_features": len(self.feature_names_), "vocab": len(self.vocab_ or [])}
-        save_tensors(net.state_dict(), d / MODEL_FILE, {"task": self.task, **{k: str(v) for k, v in sizes.items()}})
+        meta = {"task": self.task, **{k: str(v) for k, v in sizes.items()}}
+        save_tensors(net.state_dict(), d / MODEL_FILE, meta)
         if self.pages_ is not None:
             save_ids(self.pages_, d / "pages.parquet")
         if self.vocab_ is not None:
@@ -376,13 +413,13 @@ class UserDetector(Estimator[DetectConfig]):
         self.net_ = net.to(self.device).eval()
 
 
-# ---------------------------------------------------------------------- one call: split, fit, evaluate, write
+# ------------------------------------------------------- one call: split, fit, evaluate, write
 def readable_user_features(data: Data, max_len: int | None = None) -> pl.DataFrame:
     """Per-user features an analyst can read (used to explain clusters)."""
     if isinstance(data, EventData):
-        from userseq.detect.baselines import _prefix_rows
+        from userseq.detect.baselines import prefix_rows
 
-        users, rows = _prefix_rows(data, None, max_len)
+        users, rows = prefix_rows(data, None, max_len)
         n = np.bincount(users, minlength=data.n_users).astype(np.float64)
         sums = np.zeros((data.n_users, data.features.shape[1]))
         np.add.at(sums, users, data.features[rows])
@@ -392,8 +429,10 @@ def readable_user_features(data: Data, max_len: int | None = None) -> pl.DataFra
         return pl.DataFrame(cols)
     n_posts = np.array([len(p) for p in data.posts], dtype=np.float64)
     toks = [[len(tokenize(p)) for p in ps] for ps in data.posts]
-    has_url = [np.mean([("http" in p or "www" in p) for p in ps]) if ps else 0.0 for ps in data.posts]
-    return pl.DataFrame({"posts": n_posts, "mean_tokens": [float(np.mean(t)) if t else 0.0 for t in toks],
+    has_url = [np.mean([("http" in p or "www" in p) for p in ps]) if ps else 0.0
+               for ps in data.posts]
+    return pl.DataFrame({"posts": n_posts,
+                         "mean_tokens": [float(np.mean(t)) if t else 0.0 for t in toks],
                          "share_posts_with_url": has_url})
 
 
@@ -415,8 +454,8 @@ def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit, results: list[dict[str, Any]],
-                 folds: int | None) -> dict[str, Any]:
+def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit,
+                 results: list[dict[str, Any]], folds: int | None) -> dict[str, Any]:
     """metrics.json of a run: test and first-k metrics (means over folds), split sizes, training."""
     cfg = detector.config
     metrics: dict[str, Any] = {
@@ -425,7 +464,8 @@ def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit, results
         "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
                   "split_seed": cfg.split_seed},
         "test": _mean_metrics([r["test"] for r in results]),
-        "first_k": {k: _mean_metrics([r["first_k"][k] for r in results]) for k in results[0]["first_k"]},
+        "first_k": {k: _mean_metrics([r["first_k"][k] for r in results])
+                    for k in results[0]["first_k"]},
         "train": {k: v for k, v in detector.train_state_.items() if k != "history"},
         "thresholds": detector.thresholds_,
     }
@@ -437,20 +477,22 @@ def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit, results
 def _write_user_tables(d: Path, detector: UserDetector, data: Data, split: DetectSplit) -> None:
     """The clustering inputs: user embeddings, a user table (id, label, split, score, readable
     features) and, for event data, which pages each user edited."""
-    save_tensors({"embeddings": torch.from_numpy(detector.embed(data))}, d / "embeddings.safetensors")
-    assert data.labels is not None
-    users = pl.DataFrame({"user_id": data.user_ids.cast(pl.String), "label": data.labels,
+    emb = torch.from_numpy(detector.embed(data))
+    save_tensors({"embeddings": emb}, d / "embeddings.safetensors")
+    users = pl.DataFrame({"user_id": data.user_ids.cast(pl.String), "label": _labels(data, "a run"),
                           "split": _split_names(data.n_users, split).tolist(),
                           "score": detector.predict_proba(data)})
     features = readable_user_features(data, detector.config.model.max_len)
     pl.concat([users, features], how="horizontal").write_parquet(d / "users.parquet")
     if isinstance(data, EventData):
         pages = data.page_ids().cast(pl.String)
-        pl.DataFrame({"user": data.log.frame["user"], "page": pages}).write_parquet(d / "user_pages.parquet")
+        user_pages = pl.DataFrame({"user": data.log.frame["user"], "page": pages})
+        user_pages.write_parquet(d / "user_pages.parquet")
 
 
 def train_and_evaluate(data: Data, detector: UserDetector, out: str | Path | None = None,
-                       folds: int | None = None, quiet: bool = False, augment: Any = None) -> dict[str, Any]:
+                       folds: int | None = None, quiet: bool = False,
+                       augment: Any = None) -> dict[str, Any]:
     """Split by user (seeded by `split_seed`, stratified), fit, evaluate on test (full + first-k),
     write the run; `detector` ends up holding the (last) fitted model.
 
@@ -458,11 +500,10 @@ def train_and_evaluate(data: Data, detector: UserDetector, out: str | Path | Non
     the saved model is the last fold's. The run directory gets `metrics.json` and, for clustering,
     `embeddings.safetensors` + `users.parquet` (id, label, split, score, readable features).
     """
-    if data.labels is None:
-        raise DataError(f"{data.source}: training needs user labels (--labels FILE with user_id,label).")
+    labels = _labels(data, "training")
     cfg = detector.config
-    splits = (stratified_folds(data.labels, folds, cfg.valid, cfg.split_seed) if folds
-              else [stratified_split(data.labels, cfg.valid, cfg.test, cfg.split_seed)])
+    splits = (stratified_folds(labels, folds, cfg.valid, cfg.split_seed) if folds
+              else [stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)])
     results = []
     for split in splits:
         fresh = UserDetector(config=cfg)

