@@ -44,7 +44,7 @@ WIKI_BASELINES = {"logreg": "baseline logreg", "gbdt": "baseline gbdt", "pages":
 WIKI_NEURAL = {"gru": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6, "train.patience": 2},
                "transformer": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6,
                                "train.patience": 2, "model.layers": 2}}
-# text models run with their defaults (detect/estimator.py MODEL_DEFAULTS, chosen on validation users)
+# text models run with their defaults (detect/models.py DETECT_MODELS defaults, chosen on validation users)
 TEXT_NEURAL = ("hlstm", "cnn", "minilm")
 
 
@@ -198,7 +198,7 @@ def main() -> None:
         "length k and add the page vandal rate among training users (docs/detection.md). The LEAKAGE row uses "
         "after-the-fact columns (isReverted, cluebotRevert, STiKi) and is not early detection.", "",
         "petgen-wiki: hlstm and cnn run with their per-model defaults, chosen on the 80 validation users "
-        "(detect/estimator.py MODEL_DEFAULTS; earlier rows at 0.49/0.61 ROC-AUC had stopped after 4-5 epochs "
+        "(detect/models.py DETECT_MODELS defaults; earlier rows at 0.49/0.61 ROC-AUC had stopped after 4-5 epochs "
         "under a 4-minute budget on a starved CPU, on the loss plateau of the first ~5 epochs). They now "
         "train to convergence (training loss near 0, best validation epoch kept), but word-level models "
         "learned from 556 training users overfit, and they still trail TF-IDF + logistic regression; on "

@@ -7,7 +7,8 @@ import polars as pl
 
 from userseq.detect.data import TextData
 
-TINY = {"train.epochs": 6, "train.threads": 2, "model.dim": 16, "train.batch_size": 32, "train.lr": 3e-3}
+TINY = {"train.epochs": 6, "train.threads": 2, "model.dim": 16, "train.batch_size": 32,
+        "train.lr": 3e-3}
 
 
 def synthetic_detect(n_users: int = 120, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -39,6 +40,8 @@ def synthetic_text(n_users: int = 80, seed: int = 0) -> TextData:
     posts, labels = [], []
     for u in range(n_users):
         words = bad if u % 2 else good
-        posts.append([" ".join(rng.choice(words + good[:3], 8)) for _ in range(int(rng.integers(3, 7)))])
+        n_posts = int(rng.integers(3, 7))
+        posts.append([" ".join(rng.choice(words + good[:3], 8)) for _ in range(n_posts)])
         labels.append(u % 2)
-    return TextData(pl.Series("user_id", [f"t{u}" for u in range(n_users)]), posts, np.array(labels), source="synthetic")
+    ids = pl.Series("user_id", [f"t{u}" for u in range(n_users)])
+    return TextData(ids, posts, np.array(labels), source="synthetic")

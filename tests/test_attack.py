@@ -247,9 +247,7 @@ def test_saving_needs_the_detector_run_and_loading_finds_it(world, tmp_path):
 def test_white_box_on_minilm_names_the_black_box_option(world):
     data, split, _, _ = world
     det = UserDetector("minilm", overrides={"model.dim": 16})
-    # an untrained network is enough: the refusal comes first (`net_` once UserDetector is an
-    # Estimator, `net` before)
-    setattr(det, "net_" if hasattr(det, "net_") else "net", det._build(0, 0, 0))
+    det.net_ = det._build(0, 0, 0)  # an untrained network is enough: the refusal comes first
     target = TargetDetector(det, "minilm-run")
     for method in ("petgen", "hotflip", "trigger"):
         with pytest.raises(ConfigError, match="black-box-surrogate"):

@@ -1,4 +1,5 @@
-"""Malicious-user detection: metrics, labels, features, splits, models, estimator, CLI, clustering."""
+"""Malicious-user detection: metrics, labels, features, splits, models, estimator, CLI,
+clustering."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from detect_support import TINY, synthetic_detect, synthetic_text
 
 from userseq.core.errors import ConfigError, DataError, UserseqError
 from userseq.data.eventlog import EventLog
+from userseq.detect.config import DetectConfig, DetectModelConfig
 from userseq.detect.data import (
     FEATURE_NAMES,
     attach_labels,
@@ -22,7 +24,14 @@ from userseq.detect.data import (
     stratified_split,
     validate_labels,
 )
-from userseq.metrics.classification import best_threshold, binary_metrics, pr_auc, roc_auc, tpr_at_fpr
+from userseq.detect.models import detect_model, encoder_names, model_names
+from userseq.metrics.classification import (
+    best_threshold,
+    binary_metrics,
+    pr_auc,
+    roc_auc,
+    tpr_at_fpr,
+)
 
 
 def small_events():
@@ -67,7 +76,7 @@ def test_binary_metrics_and_threshold():
         binary_metrics([0, 2], [0.1, 0.2])
 
 
-# ---------------------------------------------------------------------- labels: one clear error each
+# ------------------------------------------------------------ labels: one clear error each
 def test_label_table_errors(tmp_path):
     p = tmp_path / "l.csv"
     pl.DataFrame({"user_id": ["a"], "is_bad": [1]}).write_csv(p)
@@ -91,21 +100,30 @@ def test_users_without_labels_and_single_class():
         attach_labels(users, pl.DataFrame({"user_id": ["a", "b"], "label": [0, 1]}))
     with pytest.raises(DataError, match="both classes"):
         attach_labels(users, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 1, 1]}))
-    y = attach_labels(users, pl.DataFrame({"user_id": ["c", "a", "b", "zz"], "label": [1, 0, 1, 0]}))
+    table = pl.DataFrame({"user_id": ["c", "a", "b", "zz"], "label": [1, 0, 1, 0]})
+    y = attach_labels(users, table)
     assert y.tolist() == [0, 1, 1]
 
 
 def test_text_models_start_from_their_defaults():
-    from userseq.detect.estimator import MODEL_DEFAULTS, UserDetector
+    from userseq.detect.estimator import UserDetector
+    from userseq.detect.models import DETECT_MODELS
 
+    for entry in DETECT_MODELS:  # every model starts from its registered defaults
+        flat = UserDetector(entry.name).config.flat()
+        assert {k: flat[k] for k in entry.obj.defaults} == dict(entry.obj.defaults)
     c = UserDetector("hlstm").config
     assert (c.train.batch_size, c.train.epochs, c.train.patience, c.model.dim) == (32, 40, 10, 32)
     assert UserDetector("gru").config.train.batch_size == 128  # event models: the plain defaults
     # the caller's settings win over the model's defaults (None = not given, as from the CLI)
-    c = UserDetector(config={"model": {"dim": 16}}, overrides={"model.name": "hlstm", "train.epochs": None,
-                                                               "train.lr": 0.01}).config
+    over = {"model.name": "hlstm", "train.epochs": None, "train.lr": 0.01}
+    c = UserDetector(config={"model": {"dim": 16}}, overrides=over).config
     assert (c.model.dim, c.train.epochs, c.train.lr) == (16, 40, 0.01)
-    assert UserDetector("cnn").config.train.lr == MODEL_DEFAULTS["cnn"]["train.lr"]
+    cnn_lr = DETECT_MODELS.get("cnn").obj.defaults["train.lr"]
+    assert UserDetector("cnn").config.train.lr == cnn_lr == 3e-3
+    # a config object is used as given (scikit-learn's clone): no defaults are layered on it
+    plain = DetectConfig.parse({"model": {"name": "cnn"}})
+    assert UserDetector(config=plain).config is plain and plain.train.lr == 1e-3
 
 
 def test_unknown_model_is_a_config_error():
@@ -119,8 +137,8 @@ def test_unknown_model_is_a_config_error():
 def test_edit_features_by_hand():
     ev = pl.DataFrame({"user_id": ["bob", "bob", "bob", "ann"],
                        "item_id": ["User:bob", "Paris", "Paris", "Paris"],
-                       "timestamp": ["2013-01-01T00:00:00Z", "2013-01-01T00:01:00Z", "2013-01-01T01:01:00Z",
-                                     "2012-12-31T00:00:00Z"]})
+                       "timestamp": ["2013-01-01T00:00:00Z", "2013-01-01T00:01:00Z",
+                                     "2013-01-01T01:01:00Z", "2012-12-31T00:00:00Z"]})
     log = EventLog.from_frame(ev)
     X, names = edit_features(log)
     assert tuple(names) == FEATURE_NAMES
@@ -148,17 +166,40 @@ def test_splits_are_disjoint_stratified_and_seeded():
     tests = np.concatenate([f.test for f in folds])
     assert sorted(tests.tolist()) == list(range(80))
     for f in folds:
-        assert not set(f.train) & set(f.test) and not set(f.valid) & set(f.test) and not set(f.train) & set(f.valid)
+        train, valid, test = set(f.train), set(f.valid), set(f.test)
+        assert not train & test and not valid & test and not train & valid
 
 
 # ---------------------------------------------------------------------- models
-@pytest.mark.parametrize("name", ["hlstm", "cnn"])
-def test_text_models_accept_soft_one_hot(name):
-    from userseq.detect.models import CNNSeq, HierLSTM
+TOKEN_MODELS = [n for n in model_names("text") if detect_model(n).inputs == "tokens"]
 
+
+def test_model_names_come_from_the_registries():
+    # every registered encoder is also an event model
+    assert encoder_names() and set(encoder_names()) <= set(model_names("event"))
+    assert {"gru", "transformer"} <= set(model_names("event"))  # the documented detection names
+    assert {"hlstm", "cnn", "minilm"} <= set(model_names("text")) and TOKEN_MODELS
+
+
+def test_detection_names_build_their_encoders():
+    from userseq.detect.estimator import UserDetector
+
+    for alias, encoder in (("gru", "gru4rec"), ("transformer", "sasrec")):
+        states = []
+        for name in (alias, encoder):
+            torch.manual_seed(0)
+            states.append(UserDetector(name, overrides=TINY)._build(5, 3, 0).state_dict())
+        a, b = states
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert set(model_names()) == set(model_names("event")) | set(model_names("text"))
+
+
+@pytest.mark.parametrize("name", TOKEN_MODELS)
+def test_text_models_accept_soft_one_hot(name):
     torch.manual_seed(0)
     V = 30
-    enc = (HierLSTM(V, 8, 8, 8, 0.0) if name == "hlstm" else CNNSeq(V, 8, 4, 8, 0.0)).eval()
+    m = DetectModelConfig(name=name, dim=8, dropout=0.0)
+    enc = detect_model(name).build(m, n_pages=0, n_features=0, vocab=V).eval()
     tokens = torch.randint(2, V, (2, 3, 5))
     tokens[0, 2] = 0  # padded post
     tokens[1, 1, 3:] = 0  # short post
@@ -171,37 +212,38 @@ def test_text_models_accept_soft_one_hot(name):
     assert soft.grad is not None and soft.grad.abs().sum() > 0  # differentiable through the tokens
 
 
-@pytest.mark.parametrize("model", ["gru", "transformer"])
+@pytest.mark.parametrize("model", model_names("event"))
 def test_event_encoder_ignores_left_padding_and_reads_features(events_data, model):
     from userseq.detect.estimator import UserDetector
 
+    torch.manual_seed(0)
     det = UserDetector(model, overrides=TINY)
-    det.pages = pl.Series("id", ["Article 1"])
-    det.feature_names = list(events_data.feature_names)
-    det.net = det._build(2, len(det.feature_names), 0).eval()
+    det.pages_ = pl.Series("id", ["Article 1"])
+    det.feature_names_ = list(events_data.feature_names)
+    det.net_ = det._build(2, len(det.feature_names_), 0).eval()
     prep = det._prepare(events_data)
     users = np.flatnonzero(det._lengths(prep) >= 3)[:2]
     inp = det._inputs(prep, users, np.array([3, 3]))
-    assert inp["pages"].shape == (2, 3) and inp["features"].shape == (2, 3, len(det.feature_names))
+    assert inp["pages"].shape == (2, 3) and inp["features"].shape == (2, 3, len(det.feature_names_))
     # the features reach the encoder through the per-event `features` dict (no per-dataset buffers)
     first = prep["offsets"][users[0]]
     assert torch.equal(inp["features"][0, -1], torch.from_numpy(events_data.features[first + 2]))
-    a = det.net(**inp)
+    a = det.net_(**inp)
     padded = {"pages": torch.cat([torch.zeros(2, 2, dtype=torch.long), inp["pages"]], 1),
-              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]), inp["features"]], 1)}
-    assert torch.allclose(a, det.net(**padded), atol=1e-5)
+              "features": torch.cat([torch.zeros(2, 2, inp["features"].shape[2]),
+                                     inp["features"]], 1)}
+    assert torch.allclose(a, det.net_(**padded), atol=1e-5)
     changed = {"pages": inp["pages"], "features": inp["features"] + 1.0}
-    assert not torch.allclose(a, det.net(**changed), atol=1e-3)
+    assert not torch.allclose(a, det.net_(**changed), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", encoder_names())
 def test_shared_encoders_cut_features_with_inputs_past_max_len(name):
     from userseq.detect.models import EventInputs
-    from userseq.encoders import build_encoder
-    from userseq.encoders.config import ModelConfig
+    from userseq.encoders import build_encoder, encoder_config
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
+    cfg = encoder_config(name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
     enc = build_encoder(cfg, 5, items=EventInputs(5, 3, 8)).eval()
     ids, feats = torch.randint(1, 6, (2, 6)), torch.randn(2, 6, 3)
     long = enc.last(ids, ids > 0, {"event": feats})
@@ -224,6 +266,69 @@ def test_event_detector_learns_and_reloads(events_data, tmp_path, model):
     assert again.embed(events_data, first_k=2).shape == (events_data.n_users, 16)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"accuracy", "roc_auc", "f1"} <= set(saved["test"]) and "1" in saved["first_k"]
+    assert saved["task"] == "detect" and saved["split"]["split_seed"] == det.config.split_seed == 0
+
+
+def _as_legacy_run(src, dst):
+    """A copy of run `src` in the userseq 0.1 layout: detect.yaml (with the old `seed` key), no
+    estimator.json."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(src, dst)
+    cfg = yaml.safe_load((dst / "config.yaml").read_text())
+    cfg["seed"] = cfg.pop("split_seed")
+    (dst / "detect.yaml").write_text(yaml.safe_dump(cfg))
+    (dst / "config.yaml").unlink()
+    (dst / "estimator.json").unlink()
+    return dst
+
+
+def test_detector_estimator_contract(events_data, tmp_path):
+    from sklearn.base import clone
+
+    import userseq
+    from userseq.core.errors import NotFittedError
+    from userseq.detect.estimator import UserDetector
+
+    det = UserDetector("gru", overrides={**TINY, "train.epochs": 2, "split_seed": 3})
+    with pytest.raises(NotFittedError):
+        det.predict_proba(events_data)
+    twin = clone(det)  # the config object travels unchanged; the fitted state does not
+    assert twin.config == det.config and twin.net_ is None and not twin.is_fitted
+    det.fit(events_data, quiet=True)
+    assert clone(det).net_ is None and det.check_is_fitted() is det.net_
+    assert det.pages_ is not None and det.feature_names_ == list(events_data.feature_names)
+    assert set(det.thresholds_) == {"1", "2", "5", "10", "all"} and det.train_state_["epochs"] == 2
+    det.save(tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "estimator.json", "model.safetensors"} <= files
+    scores = det.predict_proba(events_data)
+    loaded = userseq.Estimator.load(tmp_path / "run")  # the task picks the class
+    assert isinstance(loaded, UserDetector)
+    assert np.array_equal(loaded.predict_proba(events_data), scores)
+    # a run written before the Estimator base (detect.yaml, `seed`, no estimator.json) still loads
+    old = UserDetector.load(_as_legacy_run(tmp_path / "run", tmp_path / "old"))
+    assert old.config == det.config and old.config.split_seed == 3
+    assert np.array_equal(old.predict_proba(events_data), scores)
+    assert old.thresholds_ == det.thresholds_ and old.vocab_ is None
+
+
+def test_heads_must_divide_dim():
+    from userseq.detect.estimator import UserDetector
+
+    with pytest.raises(ConfigError, match=r"heads \(2\) must divide dim \(9\)"):
+        UserDetector("transformer", overrides={"model.dim": 9})
+
+
+def test_split_seed_and_its_old_name():
+    c = DetectConfig.parse({"seed": 4})  # configs written before the rename
+    assert c.split_seed == 4 and c.train.seed == 42
+    assert c.updated({"seed": 9}).split_seed == 9 and c.updated({"split_seed": 5}).split_seed == 5
+    assert DetectConfig.parse({"seed": 1, "split_seed": 2}).split_seed == 2
+    with pytest.raises(ConfigError, match="seed"):
+        c.updated({"split_seed": "x"})
 
 
 def test_text_detector_hlstm_learns():
@@ -298,9 +403,9 @@ def trained_run(tmp_path_factory, cli):
     ev, lab = synthetic_detect(160, seed=1)
     ev.write_csv(d / "events.csv")
     lab.write_csv(d / "labels.csv")
-    r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv", "--model", "gru",
-                   "--out", d / "run", "--epochs", "6", "--dim", "16", "--batch-size", "16", "--lr", "0.003", "--threads", "1",
-            "--quiet")
+    r = cli("detect", "train", "--data", d / "events.csv", "--labels", d / "labels.csv",
+            "--model", "gru", "--out", d / "run", "--epochs", "6", "--dim", "16",
+            "--batch-size", "16", "--lr", "0.003", "--threads", "1", "--quiet")
     assert r.code == 0, r.output
     return d
 
@@ -308,10 +413,44 @@ def trained_run(tmp_path_factory, cli):
 def test_cli_train_writes_metrics(trained_run):
     m = json.loads((trained_run / "run" / "metrics.json").read_text())
     assert m["test"]["roc_auc"] > 0.9 and m["first_k"]["1"]["n"] == m["test"]["n"]
+    cfg = DetectConfig.from_yaml(trained_run / "run" / "config.yaml")
+    assert (cfg.split_seed, cfg.train.seed) == (0, 42)  # no --seed: the defaults
+
+
+def test_cli_train_seeds_and_set(trained_run, cli):
+    from userseq.detect.estimator import UserDetector
+
+    common = ("detect", "train", "--data", trained_run / "events.csv",
+              "--labels", trained_run / "labels.csv", "--epochs", "1", "--dim", "8",
+              "--threads", "1", "--quiet")
+    r = cli(*common, "--seed", "5", "--set", "model.dropout=0.2", "--set", "model.dim=32",
+            "--out", trained_run / "seeded")
+    assert r.code == 0, r.output
+    cfg = UserDetector.load(trained_run / "seeded").config
+    assert (cfg.train.seed, cfg.split_seed) == (5, 5)  # --seed seeds the whole run
+    assert cfg.model.dropout == 0.2 and cfg.model.dim == 8  # --set, then the specific options
+    metrics = json.loads((trained_run / "seeded" / "metrics.json").read_text())
+    assert metrics["split"]["split_seed"] == 5
+    # --split-seed wins over --seed, and over `seed` (the old name of split_seed) given with --set
+    r = cli(*common, "--seed", "5", "--split-seed", "2", "--set", "seed=7",
+            "--out", trained_run / "split2")
+    assert r.code == 0, r.output
+    cfg = UserDetector.load(trained_run / "split2").config
+    assert (cfg.train.seed, cfg.split_seed) == (5, 2)
+    users = pl.read_parquet(trained_run / "split2" / "users.parquet")
+    test = np.flatnonzero(users["split"].to_numpy() == "test")
+    labels = users["label"].to_numpy()
+    assert test.tolist() == stratified_split(labels, 0.1, 0.2, seed=2).test.tolist()
+    assert test.tolist() != stratified_split(labels, 0.1, 0.2, seed=5).test.tolist()
+    r = cli(*common, "--set", "model.heads=3", "--out", trained_run / "bad")
+    assert r.code == 2 and "heads (3) must divide dim" in r.error
+    r = cli(*common, "--set", "nope=1", "--out", trained_run / "bad")
+    assert r.code == 2 and "unknown config key 'nope'" in r.error
 
 
 def test_cli_score_first_k(trained_run, cli):
-    r = cli("detect", "score", trained_run / "run", "--events", trained_run / "events.csv", "--first-k", "1")
+    r = cli("detect", "score", trained_run / "run", "--events", trained_run / "events.csv",
+            "--first-k", "1")
     assert r.code == 0, r.output
     table = pl.read_csv(r.stdout.encode())
     assert table.columns == ["user_id", "score", "flagged"] and len(table) == 160
@@ -319,12 +458,13 @@ def test_cli_score_first_k(trained_run, cli):
 
 
 def test_cli_errors(trained_run, cli):
-    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", trained_run / "labels.csv",
-            "--model", "nope", "--out", trained_run / "x")
+    r = cli("detect", "train", "--data", trained_run / "events.csv",
+            "--labels", trained_run / "labels.csv", "--model", "nope", "--out", trained_run / "x")
     assert r.code == 2 and "unknown detector model 'nope'" in r.error
     bad = trained_run / "bad_labels.csv"
     pl.DataFrame({"user_id": ["u0"], "label": [0]}).write_csv(bad)
-    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", bad, "--out", trained_run / "y")
+    r = cli("detect", "train", "--data", trained_run / "events.csv", "--labels", bad,
+            "--out", trained_run / "y")
     assert r.code == 2 and "have no label" in r.error
     r = cli("detect", "score", trained_run / "nothing", "--events", trained_run / "events.csv")
     assert r.code == 2 and "not a detector run directory" in r.error
@@ -333,7 +473,8 @@ def test_cli_errors(trained_run, cli):
 def test_cli_cluster_report(trained_run, cli):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    r = cli("detect", "cluster", trained_run / "run", "--out", trained_run / "clusters", "--min-cluster-size", "8")
+    r = cli("detect", "cluster", trained_run / "run", "--out", trained_run / "clusters",
+            "--min-cluster-size", "8")
     assert r.code == 0, r.output
     out = trained_run / "clusters"
     assert (out / "map.png").stat().st_size > 1000

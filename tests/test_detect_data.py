@@ -17,10 +17,11 @@ def _have(name: str, needs: str) -> bool:
         return False
 
 
+HOW = "set $USERSEQ_DATA to a shared/data copy"
 needs_petgen = pytest.mark.skipif(not _have("petgen-wiki", "wiki_sequences.jsonl.gz"),
-                                  reason="petgen-wiki not found (set $USERSEQ_DATA to a shared/data copy)")
+                                  reason=f"petgen-wiki not found ({HOW})")
 needs_vews = pytest.mark.skipif(not _have("wiki-vandals", "users.tsv.gz"),
-                                reason="wiki-vandals not found (set $USERSEQ_DATA to a shared/data copy)")
+                                reason=f"wiki-vandals not found ({HOW})")
 
 
 @needs_petgen

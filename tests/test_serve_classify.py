@@ -80,7 +80,7 @@ def test_event_detector_scores_like_the_api(event_client, runs):
     assert b["model"] == "gru" and b["length"] == b["used"] == 4 and b["reordered"] == 0
     assert b["score"] == pytest.approx(api_score(runs / "gru", VANDAL), abs=1e-6)
     assert g["score"] == pytest.approx(api_score(runs / "gru", BENIGN), abs=1e-6)
-    thresholds = UserDetector.load(runs / "gru").thresholds
+    thresholds = UserDetector.load(runs / "gru").thresholds_
     assert b["threshold"] == pytest.approx(thresholds["all"]) and b["threshold_for"] == "all"
 
 

@@ -20,19 +20,14 @@ WHITE_BOX_MODELS = ("hlstm", "cnn")
 
 
 def detector_state(det: UserDetector) -> tuple[torch.nn.Module, list[str] | None, dict[str, float]]:
-    """(network, token vocabulary, thresholds) of a fitted detector: the one place the attack reads
-    the detector's fitted state (the estimator's trailing-underscore names, else the old ones)."""
-    net = det.check_is_fitted() if hasattr(det, "check_is_fitted") else det._check_fitted()
-    vocab = getattr(det, "vocab_", getattr(det, "vocab", None))
-    thresholds = getattr(det, "thresholds_", getattr(det, "thresholds", None)) or {}
-    return net, vocab, thresholds
+    """(network, token vocabulary, thresholds) of a fitted detector."""
+    return det.check_is_fitted(), det.vocab_, det.thresholds_ or {}
 
 
 def detector_split_config(det: UserDetector) -> tuple[float, float, int]:
-    """(validation share, test share, split seed) of the detector run's user split (the seed is
-    `split_seed`, else the old `seed`)."""
+    """(validation share, test share, split seed) of the detector run's user split."""
     c = det.config
-    return float(c.valid), float(c.test), int(getattr(c, "split_seed", getattr(c, "seed", 0)))
+    return float(c.valid), float(c.test), int(c.split_seed)
 
 
 class TargetDetector:

@@ -1,10 +1,11 @@
 """Adversarial training data: attack posts appended to (a share of) malicious training users.
 
-`userseq attack run ... --train-posts --out ATTACK` writes ATTACK/train_posts.parquet (user_id, post):
-the attack's post for every malicious *training* user of the detector's split. `adversarial_augment`
-adds, for a seeded share of those users, a copy of the user whose final post is replaced by the attack
-post (label malicious, id `<user>#adv`); the copies join the training users only, so validation and
-test users are untouched. `userseq detect train --adversarial ATTACK` uses it.
+`userseq attack run ... --train-posts --out ATTACK` writes ATTACK/train_posts.parquet (user_id,
+post): the attack's post for every malicious *training* user of the detector's split.
+`adversarial_augment` adds, for a seeded share of those users, a copy of the user whose final post
+is replaced by the attack post (label malicious, id `<user>#adv`); the copies join the training
+users only, so validation and test users are untouched. `userseq detect train --adversarial ATTACK`
+uses it.
 """
 
 from __future__ import annotations
@@ -24,51 +25,70 @@ SUFFIX = "#adv"
 def read_train_posts(attack_dir: str | Path) -> pl.DataFrame:
     p = Path(attack_dir) / "train_posts.parquet"
     if not p.is_file():
-        raise DataError(f"{p}: not found. Create it with `userseq attack run ... --train-posts --out {attack_dir}`.")
+        raise DataError(f"{p}: not found. Create it with `userseq attack run ... --train-posts "
+                        f"--out {attack_dir}`.")
     t = pl.read_parquet(p)
     if set(t.columns) < {"user_id", "post"}:
         raise DataError(f"{p}: expected columns user_id, post (found {t.columns}).")
     return t
 
 
-def adversarial_augment(data: TextData, split: DetectSplit, posts: pl.DataFrame, share: float = 1.0,
-                        seed: int = 0) -> tuple[TextData, DetectSplit]:
-    """TextData + split with attacked copies of a `share` of the malicious training users in `posts`."""
-    if not 0 < share <= 1:
-        raise DataError(f"--adversarial-share must be in (0, 1] (got {share}).")
+def _attack_rows(data: TextData, split: DetectSplit, posts: pl.DataFrame) -> list[tuple[int, str]]:
+    """(user index, attack post) per row of `posts`; each must be a malicious training user with a
+    history to append to."""
     if not isinstance(data, TextData):
-        raise DataError("adversarial training appends generated posts: it needs a text detector (hlstm, cnn, minilm).")
+        raise DataError("adversarial training appends generated posts: it needs a text detector "
+                        "(hlstm, cnn, minilm).")
     if data.labels is None:
         raise DataError(f"{data.source}: adversarial training needs labels.")
-    ids = [str(x) for x in data.user_ids.to_list()]
-    where = {u: i for i, u in enumerate(ids)}
+    where = {str(u): i for i, u in enumerate(data.user_ids.to_list())}
     train = set(np.asarray(split.train).tolist())
     rows = []
-    for u, post in zip(posts["user_id"].cast(pl.String).to_list(), posts["post"].to_list(), strict=True):
+    users = posts["user_id"].cast(pl.String).to_list()
+    for u, post in zip(users, posts["post"].to_list(), strict=True):
         i = where.get(u)
         if i is None:
             raise DataError(f"adversarial posts: user {u!r} is not in {data.source}.")
         if i not in train:
-            raise DataError(f"adversarial posts: user {u!r} is not a training user of this split (the attack run used "
-                            "another split); adversarial posts may only come from training users. Use the same "
-                            "--seed and split as the attacked detector.")
+            raise DataError(f"adversarial posts: user {u!r} is not a training user of this split "
+                            "(the attack run used another split); adversarial posts may only come "
+                            "from training users. Use the same --seed and split as the attacked "
+                            "detector.")
         if data.labels[i] != 1:
-            raise DataError(f"adversarial posts: user {u!r} is labelled benign; only malicious users attack.")
+            raise DataError(f"adversarial posts: user {u!r} is labelled benign; only malicious "
+                            "users attack.")
         if len(data.posts[i]) < 2:
             raise DataError(f"adversarial posts: user {u!r} has no history to append to.")
         rows.append((i, post))
+    return rows
+
+
+def adversarial_augment(data: TextData, split: DetectSplit, posts: pl.DataFrame, share: float = 1.0,
+                        seed: int = 0) -> tuple[TextData, DetectSplit]:
+    """TextData + split with attacked copies of a `share` of the malicious training users in
+    `posts`."""
+    if not 0 < share <= 1:
+        raise DataError(f"--adversarial-share must be in (0, 1] (got {share}).")
+    rows = _attack_rows(data, split, posts)
+    assert data.labels is not None
     rng = np.random.default_rng(seed)
-    take = sorted(rng.choice(len(rows), int(round(share * len(rows))), replace=False).tolist()) if rows else []
+    n_take = int(round(share * len(rows)))
+    take = sorted(rng.choice(len(rows), n_take, replace=False).tolist()) if rows else []
     chosen = [rows[k] for k in take]
+    copied = [i for i, _ in chosen]
+    ids = [str(x) for x in data.user_ids.to_list()]
     n = data.n_users
-    new_posts = data.posts + [[*data.posts[i][:-1], p] for i, p in chosen]
-    rel = None if data.relevancy is None else data.relevancy + [data.relevancy[i] for i, _ in chosen]
-    ctx = None if data.contexts is None else data.contexts + [data.contexts[i] for i, _ in chosen]
-    aug = TextData(user_ids=pl.Series("user_id", ids + [ids[i] + SUFFIX for i, _ in chosen]), posts=new_posts,
-                   labels=np.concatenate([data.labels, np.ones(len(chosen), dtype=data.labels.dtype)]),
-                   contexts=ctx, source=f"{data.source} + {len(chosen)} adversarial copies", relevancy=rel)
-    new_split = DetectSplit(np.concatenate([split.train, np.arange(n, n + len(chosen))]), split.valid, split.test,
-                            seed=split.seed, fold=split.fold, meta={**split.meta, "adversarial_copies": len(chosen)})
+    ctx, rel = data.contexts, data.relevancy
+    aug = TextData(
+        user_ids=pl.Series("user_id", ids + [ids[i] + SUFFIX for i in copied]),
+        posts=data.posts + [[*data.posts[i][:-1], p] for i, p in chosen],
+        labels=np.concatenate([data.labels, np.ones(len(chosen), dtype=data.labels.dtype)]),
+        contexts=None if ctx is None else ctx + [ctx[i] for i in copied],
+        source=f"{data.source} + {len(chosen)} adversarial copies",
+        relevancy=None if rel is None else rel + [rel[i] for i in copied])
+    train = np.concatenate([split.train, np.arange(n, n + len(chosen))])
+    new_split = DetectSplit(train, split.valid, split.test, seed=split.seed, fold=split.fold,
+                            meta={**split.meta, "adversarial_copies": len(chosen)})
     return aug, new_split
 
 

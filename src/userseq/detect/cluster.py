@@ -71,40 +71,49 @@ def _rule(X: np.ndarray, names: list[str], target: np.ndarray, seed: int) -> str
     return best_path
 
 
+def _top_pages(page_sets: pl.DataFrame, m: np.ndarray) -> list[dict[str, Any]]:
+    """The pages cluster `m`'s users edit far more often than all users (lift), most first."""
+    size = m.sum()
+    members = pl.Series("row", np.flatnonzero(m))
+    inside = page_sets.filter(pl.col("row").is_in(members.implode()))
+    cnt_in = inside.group_by("page").len().rename({"len": "n_in"})
+    cnt_all = page_sets.group_by("page").len().rename({"len": "n_all"})
+    t = cnt_in.join(cnt_all, on="page").with_columns(
+        (pl.col("n_in") / size).alias("share_in"),
+        ((pl.col("n_in") / size) / (pl.col("n_all") / len(m))).alias("lift"))
+    t = t.filter(pl.col("n_in") >= max(3, int(0.02 * size)))
+    t = t.sort(["lift", "n_in"], descending=True)
+    return [{"page": r["page"], "users": int(r["n_in"]), "lift": float(r["lift"])}
+            for r in t.head(5).iter_rows(named=True)]
+
+
 def explain_clusters(users: pl.DataFrame, labels: np.ndarray, pages: pl.DataFrame | None = None,
                      seed: int = 0, top: int = 4) -> list[dict[str, Any]]:
+    """Per cluster: size, label rate, purity, mean score, the `top` most distinguishing readable
+    features, a depth-2 tree rule and (with `pages`) the over-represented pages."""
     feats = [c for c in users.columns if c not in NON_FEATURES]
     X = users.select(feats).to_numpy().astype(np.float64)
     mu, sd = X.mean(0), X.std(0) + 1e-9
     y = users["label"].to_numpy()
     scores = users["score"].to_numpy()
-    page_sets = None
-    if pages is not None and pages.height:
-        page_sets = pages.unique()
+    page_sets = pages.unique() if pages is not None and pages.height else None
     out = []
     for c in sorted(set(labels.tolist())):
         m = labels == c
         d = (X[m].mean(0) - mu) / sd
         order = np.argsort(-np.abs(d))[:top]
+        rate = float(y[m].mean())
         info: dict[str, Any] = {
             "cluster": int(c), "size": int(m.sum()), "share": float(m.mean()),
-            "malicious_rate": float(y[m].mean()), "purity": float(max(y[m].mean(), 1 - y[m].mean())),
+            "malicious_rate": rate, "purity": max(rate, 1 - rate),
             "mean_score": float(scores[m].mean()),
             "distinguishing": [{"feature": feats[j], "cluster_mean": float(X[m, j].mean()),
-                                "overall_mean": float(mu[j]), "std_diff": float(d[j])} for j in order],
+                                "overall_mean": float(mu[j]), "std_diff": float(d[j])}
+                               for j in order],
             "rule": _rule(X, feats, m, seed) if c != -1 else "",
         }
         if page_sets is not None:
-            members = pl.Series("row", np.flatnonzero(m))
-            inside = page_sets.filter(pl.col("row").is_in(members.implode()))
-            cnt_in = inside.group_by("page").len().rename({"len": "n_in"})
-            cnt_all = page_sets.group_by("page").len().rename({"len": "n_all"})
-            t = cnt_in.join(cnt_all, on="page").with_columns(
-                (pl.col("n_in") / m.sum()).alias("share_in"),
-                ((pl.col("n_in") / m.sum()) / (pl.col("n_all") / len(labels))).alias("lift"))
-            t = t.filter(pl.col("n_in") >= max(3, int(0.02 * m.sum()))).sort(["lift", "n_in"], descending=True)
-            info["top_pages"] = [{"page": r["page"], "users": int(r["n_in"]), "lift": float(r["lift"])}
-                                 for r in t.head(5).iter_rows(named=True)]
+            info["top_pages"] = _top_pages(page_sets, m)
         out.append(info)
     return out
 
@@ -141,33 +150,38 @@ def _plot(xy: np.ndarray, labels: np.ndarray, y: np.ndarray, path: Path) -> None
     plt.close(fig)
 
 
+def _cluster_section(c: dict[str, Any]) -> list[str]:
+    lines = [f"## Cluster {c['cluster']} ({c['size']:,} users, malicious rate "
+             f"{c['malicious_rate']:.2f})", "",
+             "Distinguishing features (cluster mean vs all users, standardised difference):", ""]
+    lines += [f"- `{f['feature']}`: {f['cluster_mean']:.3g} vs {f['overall_mean']:.3g} "
+              f"({f['std_diff']:+.2f} sd)" for f in c["distinguishing"]]
+    if c.get("rule"):
+        lines += ["", f"Rule (depth-2 tree, cluster vs rest): `{c['rule']}`"]
+    if c.get("top_pages"):
+        lines += ["", "Pages over-represented: " + "; ".join(
+            f"{p['page']} ({p['users']} users, lift {p['lift']:.1f})" for p in c["top_pages"])]
+    return [*lines, ""]
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Behaviour clusters: {summary['run']}", "",
              f"{summary['users']:,} users ({summary['sampled']}), {summary['clusters']} clusters, "
              f"{summary['noise_share']:.1%} noise; size-weighted purity of clusters "
-             f"{summary['weighted_purity']:.3f} (label rate overall {summary['malicious_rate']:.3f}).", "",
+             f"{summary['weighted_purity']:.3f} (label rate overall "
+             f"{summary['malicious_rate']:.3f}).", "",
              "![map](map.png)", "",
              "| cluster | users | share | malicious rate | purity | mean score |",
              "|---:|---:|---:|---:|---:|---:|"]
     for c in summary["per_cluster"]:
         name = "noise" if c["cluster"] == -1 else str(c["cluster"])
-        lines.append(f"| {name} | {c['size']:,} | {c['share']:.1%} | {c['malicious_rate']:.3f} | {c['purity']:.3f} "
-                     f"| {c['mean_score']:.3f} |")
+        lines.append(f"| {name} | {c['size']:,} | {c['share']:.1%} | {c['malicious_rate']:.3f} "
+                     f"| {c['purity']:.3f} | {c['mean_score']:.3f} |")
     lines += ["", "Size distribution (clusters only): " + ", ".join(
         f"{k} {v}" for k, v in summary["size_distribution"].items()), ""]
     for c in summary["per_cluster"]:
-        if c["cluster"] == -1:
-            continue
-        lines += [f"## Cluster {c['cluster']} ({c['size']:,} users, malicious rate {c['malicious_rate']:.2f})", ""]
-        lines += ["Distinguishing features (cluster mean vs all users, standardised difference):", ""]
-        lines += [f"- `{f['feature']}`: {f['cluster_mean']:.3g} vs {f['overall_mean']:.3g} ({f['std_diff']:+.2f} sd)"
-                  for f in c["distinguishing"]]
-        if c.get("rule"):
-            lines += ["", f"Rule (depth-2 tree, cluster vs rest): `{c['rule']}`"]
-        if c.get("top_pages"):
-            lines += ["", "Pages over-represented: " + "; ".join(
-                f"{p['page']} ({p['users']} users, lift {p['lift']:.1f})" for p in c["top_pages"])]
-        lines.append("")
+        if c["cluster"] != -1:
+            lines += _cluster_section(c)
     return "\n".join(lines) + "\n"
 
 
@@ -209,49 +223,72 @@ def markdown_html(md: str, title: str = "clusters") -> str:
         body.append("</table>")
     if in_list:
         body.append("</ul>")
-    return f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>\n" + "\n".join(body) + "\n"
+    head = f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>\n"
+    return head + "\n".join(body) + "\n"
+
+
+def _read_run(d: Path) -> tuple[np.ndarray, pl.DataFrame]:
+    if not (d / "users.parquet").is_file():
+        raise ArtifactError(f"{d}: users.parquet missing; cluster a run written by "
+                            "`userseq detect train`.")
+    tensors, _ = load_tensors(d / "embeddings.safetensors")
+    emb = tensors["embeddings"].numpy()
+    users = pl.read_parquet(d / "users.parquet")
+    if len(users) != len(emb):
+        raise ArtifactError(f"{d}: users.parquet ({len(users)}) and embeddings ({len(emb)}) "
+                            "disagree.")
+    return emb, users
+
+
+def _user_pages(d: Path, pick: np.ndarray) -> pl.DataFrame | None:
+    """(row in the sample, page) of every edit of a sampled user, if the run has user_pages."""
+    if not (d / "user_pages.parquet").is_file():
+        return None
+    up = pl.read_parquet(d / "user_pages.parquet")
+    top = int(up["user"].max())
+    remap = np.full(top + 1, -1, dtype=np.int64)
+    remap[pick[pick <= top]] = np.arange(int((pick <= top).sum()))
+    rows = pl.Series("row", remap[up["user"].to_numpy()])
+    return up.with_columns(rows).filter(pl.col("row") >= 0).select("row", "page")
+
+
+def _summary(d: Path, users: pl.DataFrame, n_all: int, labels: np.ndarray,
+             per: list[dict[str, Any]]) -> dict[str, Any]:
+    clustered = [c for c in per if c["cluster"] != -1]
+    sizes = np.array([c["size"] for c in clustered])
+    sampled = f"random sample of {len(users):,}" if len(users) < n_all else "all users"
+    return {
+        "run": str(d), "users": len(users), "sampled": sampled,
+        "clusters": len(clustered), "noise_share": float((labels == -1).mean()),
+        "malicious_rate": float(users["label"].mean()),
+        "weighted_purity": float(sum(c["purity"] * c["size"] for c in clustered)
+                                 / max(1, sizes.sum())),
+        "size_distribution": {"min": int(sizes.min()) if len(sizes) else 0,
+                              "median": float(np.median(sizes)) if len(sizes) else 0,
+                              "max": int(sizes.max()) if len(sizes) else 0},
+        "per_cluster": per,
+    }
 
 
 def cluster_run(run_dir: str | Path, out_dir: str | Path, min_cluster_size: int | None = None,
                 max_users: int = 20000, seed: int = 0) -> dict[str, Any]:
     """Cluster a detector run's users; write map.png, report.md, report.html, clusters.json."""
     d, o = Path(run_dir), Path(out_dir)
-    if not (d / "users.parquet").is_file():
-        raise ArtifactError(f"{d}: users.parquet missing; cluster a run written by `userseq detect train`.")
-    tensors, _ = load_tensors(d / "embeddings.safetensors")
-    emb = tensors["embeddings"].numpy()
-    users = pl.read_parquet(d / "users.parquet")
-    if len(users) != len(emb):
-        raise ArtifactError(f"{d}: users.parquet ({len(users)}) and embeddings ({len(emb)}) disagree.")
+    emb, users = _read_run(d)
+    n_all = len(users)
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(users), max_users, replace=False)) if len(users) > max_users else np.arange(len(users))
+    pick = (np.sort(rng.choice(n_all, max_users, replace=False)) if n_all > max_users
+            else np.arange(n_all))
     emb, users = emb[pick], users[pick]
-    pages = None
-    if (d / "user_pages.parquet").is_file():
-        up = pl.read_parquet(d / "user_pages.parquet")
-        remap = np.full(int(up["user"].max()) + 1, -1, dtype=np.int64)
-        remap[pick[pick <= up["user"].max()]] = np.arange(int((pick <= up["user"].max()).sum()))
-        pages = up.with_columns(pl.Series("row", remap[up["user"].to_numpy()])).filter(pl.col("row") >= 0) \
-            .select("row", "page")
+    pages = _user_pages(d, pick)
     labels, xy = cluster_embeddings(emb, min_cluster_size, seed)
     o.mkdir(parents=True, exist_ok=True)
-    per = explain_clusters(users, labels, pages, seed)
-    sizes = np.array([c["size"] for c in per if c["cluster"] != -1])
-    clustered = [c for c in per if c["cluster"] != -1]
-    summary = {
-        "run": str(d), "users": len(users), "sampled": f"random sample of {len(users):,}" if len(pick) < len(tensors["embeddings"]) else "all users",
-        "clusters": len(clustered), "noise_share": float((labels == -1).mean()),
-        "malicious_rate": float(users["label"].mean()),
-        "weighted_purity": float(sum(c["purity"] * c["size"] for c in clustered) / max(1, sizes.sum())),
-        "size_distribution": {"min": int(sizes.min()) if len(sizes) else 0,
-                              "median": float(np.median(sizes)) if len(sizes) else 0,
-                              "max": int(sizes.max()) if len(sizes) else 0},
-        "per_cluster": per,
-    }
+    summary = _summary(d, users, n_all, labels, explain_clusters(users, labels, pages, seed))
     _plot(xy, labels, users["label"].to_numpy(), o / "map.png")
     md = _markdown(summary)
     (o / "report.md").write_text(md)
     (o / "report.html").write_text(markdown_html(md))
     write_json(summary, o / "clusters.json")
-    pl.DataFrame({"user_id": users["user_id"], "cluster": labels}).write_parquet(o / "assignments.parquet")
+    assignments = pl.DataFrame({"user_id": users["user_id"], "cluster": labels})
+    assignments.write_parquet(o / "assignments.parquet")
     return summary

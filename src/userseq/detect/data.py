@@ -1,10 +1,11 @@
-"""Detection data: labelled user sequences (events or posts), label tables, edit-time features, splits.
+"""Detection data: labelled user sequences (events or posts), labels, edit-time features, splits.
 
 * `EventData`: an `EventLog` plus per-event features derived *at edit time* (only the user's own
   past and the event itself: gaps, re-edits, namespace, hour, ...) and a 0/1 label per user.
 * `TextData`: per-user lists of posts (PETGEN layout) with labels.
 * `load_wiki_vandals()` / `load_petgen_wiki()`: the two named detection datasets.
-* `read_labels()` / `attach_labels()`: the user-label table (`user_id`, `label`), validated like events.
+* `read_labels()` / `attach_labels()`: the user-label table (`user_id`, `label`), validated like
+  events.
 * `stratified_split()` / `stratified_folds()`: seeded, stratified splits by user.
 
 Columns known only after the fact (`isReverted`, `revertTime`, `cluebotRevert`, STiKi scores) are
@@ -30,10 +31,12 @@ from userseq.data.io import collect_table, scan_table
 LEAKAGE_COLUMNS = ("isReverted", "revertTime", "cluebotRevert", "stiki_score", "stiki_REP_USER")
 
 # Wikipedia namespaces (meta pages); anything else with a colon is an article title with a colon.
-NAMESPACES = ("User", "User talk", "Talk", "Wikipedia", "Wikipedia talk", "Template", "Template talk", "File",
-              "File talk", "Category", "Category talk", "Draft", "Draft talk", "Help", "Help talk", "Portal",
-              "Portal talk", "Book", "Module", "MediaWiki", "Special")
-NS_GROUPS = ("main", "user", "user_talk", "talk", "wikipedia", "template", "file", "category", "draft", "other_ns")
+NAMESPACES = ("User", "User talk", "Talk", "Wikipedia", "Wikipedia talk", "Template",
+              "Template talk", "File", "File talk", "Category", "Category talk", "Draft",
+              "Draft talk", "Help", "Help talk", "Portal", "Portal talk", "Book", "Module",
+              "MediaWiki", "Special")
+NS_GROUPS = ("main", "user", "user_talk", "talk", "wikipedia", "template", "file", "category",
+             "draft", "other_ns")
 
 
 def _ns_group(ns: str) -> str:
@@ -51,8 +54,9 @@ def _ns_group(ns: str) -> str:
 
 
 FEATURE_NAMES = (
-    "first_event", "gap_log", "gap_lt_3min", "gap_3_15min", "gap_gt_15min", "same_page_as_previous",
-    "page_edited_before", "own_user_page", "page_new_in_log", "position_log", "hour_sin", "hour_cos",
+    "first_event", "gap_log", "gap_lt_3min", "gap_3_15min", "gap_gt_15min",
+    "same_page_as_previous", "page_edited_before", "own_user_page", "page_new_in_log",
+    "position_log", "hour_sin", "hour_cos",
     *(f"ns_{g}" for g in NS_GROUPS),
 )
 
@@ -90,7 +94,7 @@ class TextData:
     labels: np.ndarray | None
     contexts: list[str] | None = None
     source: str = ""
-    relevancy: list[list[int]] | None = None  # per history post: 1 if on the target context (PETGEN)
+    relevancy: list[list[int]] | None = None  # per history post: 1 if on the target context
 
     @property
     def n_users(self) -> int:
@@ -148,61 +152,104 @@ def read_labels(source: Any, user_col: str = "user_id", label_col: str = "label"
     for col, what in ((user_col, "user id"), (label_col, "label")):
         if col not in cols:
             raise DataError(f"{name}: missing {what} column '{col}'. Found columns: {cols}. "
-                            f"A label table needs columns '{user_col}' and '{label_col}' (0 benign, 1 malicious).")
+                            f"A label table needs columns '{user_col}' and '{label_col}' "
+                            "(0 benign, 1 malicious).")
     df = collect_table(lf.select(user_col, label_col), name, id_columns=[user_col])
     return validate_labels(df.rename({user_col: "user_id", label_col: "label"}), name)
 
 
-def validate_labels(df: pl.DataFrame, name: str = "<labels>") -> pl.DataFrame:
-    if df.height == 0:
-        raise DataError(f"{name}: the label table has no rows.")
-    lab = df["label"]
+def _label_values(lab: pl.Series, name: str) -> pl.Series:
+    """0/1 (Int64, nulls kept) from boolean, 0/1/true/false text or 0/1 numbers; else DataError."""
+    must = f"{name}: column 'label' must be 0/1 (benign/malicious);"
     if lab.dtype == pl.Boolean:
-        lab = lab.cast(pl.Int64)
-    elif lab.dtype == pl.String:
+        return lab.cast(pl.Int64)
+    if lab.dtype == pl.String:
         low = lab.str.strip_chars().str.to_lowercase()
-        lab = low.replace_strict({"0": 0, "1": 1, "false": 0, "true": 1}, default=None, return_dtype=pl.Int64)
-        bad = lab.is_null() & low.is_not_null()
+        values = low.replace_strict({"0": 0, "1": 1, "false": 0, "true": 1}, default=None,
+                                    return_dtype=pl.Int64)
+        bad = values.is_null() & low.is_not_null()
         if bool(bad.any()):
             i = int(bad.arg_max())
-            raise DataError(f"{name}: column 'label' must be 0/1 (benign/malicious); row {i + 1} has {df['label'][i]!r}.")
-    elif lab.dtype.is_numeric():
+            raise DataError(f"{must} row {i + 1} has {lab[i]!r}.")
+        return values
+    if lab.dtype.is_numeric():
         ok = lab.is_in([0, 1]) | lab.is_null()
         if not bool(ok.all()):
             i = int((~ok).arg_max())
-            raise DataError(f"{name}: column 'label' must be 0/1 (benign/malicious); row {i + 1} has {lab[i]!r}.")
-        lab = lab.cast(pl.Int64)
-    else:
-        raise DataError(f"{name}: column 'label' has type {lab.dtype}; expected 0/1 integers or true/false.")
+            raise DataError(f"{must} row {i + 1} has {lab[i]!r}.")
+        return lab.cast(pl.Int64)
+    raise DataError(f"{name}: column 'label' has type {lab.dtype}; expected 0/1 integers or "
+                    "true/false.")
+
+
+def validate_labels(df: pl.DataFrame, name: str = "<labels>") -> pl.DataFrame:
+    """A label table (`user_id`, `label`) with 0/1 labels, one row per user; else DataError."""
+    if df.height == 0:
+        raise DataError(f"{name}: the label table has no rows.")
+    lab = _label_values(df["label"], name)
     if lab.null_count():
         i = int(lab.is_null().arg_max())
-        raise DataError(f"{name}: {lab.null_count()} missing labels (first at row {i + 1}); every user needs 0 or 1.")
+        raise DataError(f"{name}: {lab.null_count()} missing labels (first at row {i + 1}); every "
+                        "user needs 0 or 1.")
     if df["user_id"].null_count():
         raise DataError(f"{name}: {df['user_id'].null_count()} rows without a user id.")
     out = pl.DataFrame({"user_id": df["user_id"], "label": lab})
-    dup = out.group_by("user_id").agg(pl.col("label").n_unique().alias("n")).filter(pl.col("n") > 1)
+    n_labels = out.group_by("user_id").agg(pl.col("label").n_unique().alias("n"))
+    dup = n_labels.filter(pl.col("n") > 1)
     if dup.height:
-        raise DataError(f"{name}: {dup.height} users have conflicting labels (e.g. {dup['user_id'].head(3).to_list()}).")
+        raise DataError(f"{name}: {dup.height} users have conflicting labels "
+                        f"(e.g. {dup['user_id'].head(3).to_list()}).")
     return out.unique("user_id", keep="first", maintain_order=True)
 
 
-def attach_labels(user_ids: pl.Series, labels: pl.DataFrame, source: str = "<labels>") -> np.ndarray:
-    """Label per user index. Every user with events needs a label (an error names the first missing ones)."""
+def attach_labels(user_ids: pl.Series, labels: pl.DataFrame,
+                  source: str = "<labels>") -> np.ndarray:
+    """Label per user index. Every user with events needs a label (an error names the first
+    missing ones)."""
     idx = lookup_ids(user_ids, labels["user_id"], offset=0)
     y = np.full(len(user_ids), -1, dtype=np.int64)
     known = idx >= 0
     y[idx[known]] = labels["label"].to_numpy()[known]
     missing = np.flatnonzero(y < 0)
     if len(missing):
-        raise DataError(f"{source}: {len(missing):,} of {len(user_ids):,} users with events have no label "
-                        f"(e.g. {user_ids.gather(missing[:3]).to_list()}). Add them to the label table or drop "
-                        "their events.")
+        example = user_ids.gather(missing[:3]).to_list()
+        raise DataError(f"{source}: {len(missing):,} of {len(user_ids):,} users with events have "
+                        f"no label (e.g. {example}). Add them to the label table or drop their "
+                        "events.")
     if len(np.unique(y)) < 2:
-        raise DataError(f"{source}: all users have label {int(y[0])}; a detector needs both classes.")
+        raise DataError(f"{source}: all users have label {int(y[0])}; a detector needs both "
+                        "classes.")
     return y
 
 
 # ---------------------------------------------------------------------- edit-time features
+def _page_history(user: np.ndarray, item: np.ndarray,
+                  ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: has this user edited the page before; is this the page's first edit by anyone
+    (global time order, ties by input order)."""
+    n = len(user)
+    frame = pl.DataFrame({"u": user, "i": item, "r": np.arange(n)})
+    seen = frame.select((pl.col("r").rank("ordinal").over(["u", "i"]) > 1).alias("x"))["x"]
+    order = np.lexsort((np.arange(n), ts))
+    _, first_pos = np.unique(item[order], return_index=True)
+    page_new = np.zeros(n, dtype=bool)
+    page_new[order[first_pos]] = True
+    return seen.to_numpy(), page_new
+
+
+def _page_names(log: EventLog, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: is the page the user's own user (talk) page; the page's namespace group."""
+    users = log.user_ids.cast(pl.String).gather(user)
+    pages = log.item_ids.cast(pl.String).gather(item - 1)
+    ns = pages.str.extract(r"^([A-Za-z][A-Za-z ]*?):", 1).fill_null("")
+    ns = pl.Series(np.where(ns.is_in(list(NAMESPACES)).to_numpy(), ns.to_numpy(), ""))
+    ns_group = ns.map_elements(_ns_group, return_dtype=pl.String) if len(ns.unique()) > 0 else ns
+    u, p = pl.col("u"), pl.col("p")
+    own = pl.DataFrame({"p": pages, "u": users}).select(
+        (p == ("User:" + u)) | p.str.starts_with("User:" + u + "/") | (p == ("User talk:" + u)))
+    return own["p"].to_numpy(), ns_group.to_numpy()
+
+
 def edit_features(log: EventLog) -> tuple[np.ndarray, list[str]]:
     """Per-event features computed from the user's own past and the event itself (no future data).
 
@@ -224,27 +271,10 @@ def edit_features(log: EventLog) -> tuple[np.ndarray, list[str]]:
     same_prev[1:] = (item[1:] == item[:-1])
     same_prev &= not_first
     pos = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    frame = pl.DataFrame({"u": user, "i": item, "t": ts, "r": np.arange(n)})
-    seen_before = frame.select((pl.col("r").rank("ordinal").over(["u", "i"]) > 1).alias("x"))["x"].to_numpy()
-    # first time any user touches the page (global time order, ties by input order)
-    order = np.lexsort((np.arange(n), ts))
-    by_time = item[order]
-    _, first_pos = np.unique(by_time, return_index=True)
-    page_new = np.zeros(n, dtype=bool)
-    page_new[order[first_pos]] = True
-
-    users = log.user_ids.cast(pl.String).gather(user)
-    pages = log.item_ids.cast(pl.String).gather(item - 1)
-    ns = pages.str.extract(r"^([A-Za-z][A-Za-z ]*?):", 1).fill_null("")
-    ns = pl.Series(np.where(ns.is_in(list(NAMESPACES)).to_numpy(), ns.to_numpy(), ""))
-    ns_group = ns.map_elements(_ns_group, return_dtype=pl.String) if len(ns.unique()) > 0 else ns
-    own = pl.DataFrame({"p": pages, "u": users}).select(
-        (pl.col("p") == ("User:" + pl.col("u"))) | pl.col("p").str.starts_with("User:" + pl.col("u") + "/")
-        | (pl.col("p") == ("User talk:" + pl.col("u"))))["p"].to_numpy()
-    if log.timestamp_kind == "time":
-        hour = (ts % 86400) / 3600.0
-    else:
-        hour = np.zeros(n)
+    seen_before, page_new = _page_history(user, item, ts)
+    own, ns_group = _page_names(log, user, item)
+    is_time = log.timestamp_kind == "time"
+    hour = (ts % 86400) / 3600.0 if is_time else np.zeros(n)
     cols = {
         "first_event": first,
         "gap_log": np.log1p(gap) / 10.0,
@@ -256,12 +286,10 @@ def edit_features(log: EventLog) -> tuple[np.ndarray, list[str]]:
         "own_user_page": own,
         "page_new_in_log": page_new,
         "position_log": np.log1p(pos) / 5.0,
-        "hour_sin": np.sin(2 * np.pi * hour / 24) * (log.timestamp_kind == "time"),
-        "hour_cos": np.cos(2 * np.pi * hour / 24) * (log.timestamp_kind == "time"),
+        "hour_sin": np.sin(2 * np.pi * hour / 24) * is_time,
+        "hour_cos": np.cos(2 * np.pi * hour / 24) * is_time,
+        **{f"ns_{name}": ns_group == name for name in NS_GROUPS},
     }
-    g = ns_group.to_numpy()
-    for name in NS_GROUPS:
-        cols[f"ns_{name}"] = g == name
     names = list(cols)
     assert tuple(names) == FEATURE_NAMES
     return np.stack([np.asarray(v, dtype=np.float32) for v in cols.values()], axis=1), names
@@ -284,11 +312,13 @@ def event_data(log: EventLog, labels: pl.DataFrame | None, with_leakage: bool = 
     leak = log.frame.select(present) if present else None
     if with_leakage:
         if len(present) < len(LEAKAGE_COLUMNS):
-            raise DataError(f"{log.source}: leakage features need the columns {list(LEAKAGE_COLUMNS)}.")
+            raise DataError(f"{log.source}: leakage features need the columns "
+                            f"{list(LEAKAGE_COLUMNS)}.")
         lf, lnames = leakage_features(log.frame)
         feats, names = np.concatenate([feats, lf], axis=1), names + lnames
     y = attach_labels(log.user_ids, labels, label_source) if labels is not None else None
-    return EventData(log=log, features=feats, feature_names=names, labels=y, leakage=leak, source=log.source)
+    return EventData(log=log, features=feats, feature_names=names, labels=y, leakage=leak,
+                     source=log.source)
 
 
 def load_event_data(data: Any, labels: Any = None, columns: Columns | None = None,
@@ -335,7 +365,8 @@ def tokenize(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- splits
-def stratified_split(labels: np.ndarray, valid: float = 0.1, test: float = 0.2, seed: int = 0) -> DetectSplit:
+def stratified_split(labels: np.ndarray, valid: float = 0.1, test: float = 0.2,
+                     seed: int = 0) -> DetectSplit:
     """Seeded split by user, stratified by label: train / valid / test fractions."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
@@ -347,12 +378,15 @@ def stratified_split(labels: np.ndarray, valid: float = 0.1, test: float = 0.2, 
         parts["train"].append(idx[n_test + n_valid:])
     out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     if min(len(v) for v in out.values()) == 0:
-        raise DataError(f"too few users ({len(labels)}) for a train/valid/test split; need at least a few per class.")
+        raise DataError(f"too few users ({len(labels)}) for a train/valid/test split; need at "
+                        "least a few per class.")
     return DetectSplit(out["train"], out["valid"], out["test"], seed=seed)
 
 
-def stratified_folds(labels: np.ndarray, k: int = 5, valid: float = 0.1, seed: int = 0) -> list[DetectSplit]:
-    """k stratified folds by user; each fold's validation users are carved from its training users."""
+def stratified_folds(labels: np.ndarray, k: int = 5, valid: float = 0.1,
+                     seed: int = 0) -> list[DetectSplit]:
+    """k stratified folds by user; each fold's validation users are carved from its training
+    users."""
     if k < 2:
         raise DataError(f"cross-validation needs at least 2 folds (got {k}).")
     rng = np.random.default_rng(seed)

