@@ -40,12 +40,12 @@ sys.path.insert(0, str(HERE))
 from results import machine_description, update_section  # noqa: E402
 
 from userseq.attack.config import METHODS  # noqa: E402
-from userseq.attack.defence import adversarial_augment  # noqa: E402
 from userseq.attack.estimator import Attacker, efficacy, reference_quality, run_split, same_split  # noqa: E402
 from userseq.attack.petgen import cached_generator  # noqa: E402
 from userseq.attack.quality import SentenceVectors  # noqa: E402
 from userseq.attack.target import TargetDetector  # noqa: E402
 from userseq.core.artifacts import write_json  # noqa: E402
+from userseq.detect.augment import adversarial_augment  # noqa: E402
 from userseq.detect.data import load_petgen_wiki  # noqa: E402
 from userseq.detect.estimator import UserDetector, train_and_evaluate  # noqa: E402
 
