@@ -68,7 +68,8 @@ def run_header(script: str, load_before: tuple[float, ...], machine_note: str = 
 
 
 def publish(name: str, title: str, lines: list[str], write: bool = True) -> None:
-    """Print a section's lines and, unless `write` is false (--no-write), store them in RESULTS.md."""
+    """Print a section's lines and, unless `write` is false (--no-write), store them in
+    RESULTS.md."""
     body = "\n".join(lines)
     print(body)
     if write:
