@@ -28,12 +28,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import publish, run_header  # noqa: E402
+from results import fmt_load, log, publish, run_header  # noqa: E402
 
 K = 100
 
 
-def synthetic(n: int, dim: int, n_queries: int, latent: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(n: int, dim: int, n_queries: int, latent: int = 16,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Item vectors with the structure of learned embeddings: clusters in a `latent`-d space mapped
     to `dim` dimensions, a little full-rank noise, log-normal norms (popularity). Queries ("users")
     mix two cluster centres (a taste for two genres) plus noise."""
@@ -48,7 +49,8 @@ def synthetic(n: int, dim: int, n_queries: int, latent: int = 16, seed: int = 0)
         x[lo : lo + m] = z @ proj + 0.15 * rng.standard_normal((m, dim))
         x[lo : lo + m] *= rng.lognormal(0, 0.35, (m, 1))
     pair = centres[rng.integers(0, len(centres), (n_queries, 2))].mean(1)
-    q = (pair + 0.3 * rng.standard_normal((n_queries, latent))) @ proj + 0.1 * rng.standard_normal((n_queries, dim))
+    q = ((pair + 0.3 * rng.standard_normal((n_queries, latent))) @ proj
+         + 0.1 * rng.standard_normal((n_queries, dim)))
     return x, q.astype(np.float32)
 
 
@@ -114,78 +116,105 @@ def bench_catalogue(name: str, x: np.ndarray, q: np.ndarray, kinds: list[str], n
                 label = (f"ivfpq (nlist={index.info['nlist']}, PQ{index.info['pq_m']}x8, "
                          f"nprobe={s[0]}, refine {s[1]}k)")
             m = measure(index, q, truth, n_single)
-            log(f"[{name}] {label}: recall@{K} {m['recall']:.4f}, p50 {m['p50']:.3f} ms, p99 {m['p99']:.3f} ms, "
-                f"batch {m['qps_batch']:.0f} q/s")
-            rows.append({"catalogue": name, "index": label, "build_s": build, "mib": size / 2**20, **m})
+            log(f"[{name}] {label}: recall@{K} {m['recall']:.4f}, p50 {m['p50']:.3f} ms, "
+                f"p99 {m['p99']:.3f} ms, batch {m['qps_batch']:.0f} q/s")
+            rows.append({"catalogue": name, "index": label, "build_s": build, "mib": size / 2**20,
+                         **m})
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--latent", type=int, default=16, help="intrinsic dimension of the synthetic items")
+    ap.add_argument("--latent", type=int, default=16,
+                    help="intrinsic dimension of the synthetic items")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--single", type=int, default=300, help="queries timed one at a time")
     ap.add_argument("--kinds", nargs="+", default=["flat", "hnsw", "ivfpq"])
-    ap.add_argument("--run", type=Path, default=HERE / "_work" / "ml1m-sasrec", help="trained ML-1M run")
+    ap.add_argument("--run", type=Path, default=HERE / "_work" / "ml1m-sasrec",
+                    help="trained ML-1M run")
     ap.add_argument("--skip-ml1m", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import faiss
-    import torch
 
-    def log(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+def synthetic_rows(args: argparse.Namespace) -> list[dict]:
+    sweeps = {"ef_search": [128, 256, 512, 1024],
+              "nprobe": [(32, 10), (128, 4), (128, 10), (256, 10), (256, 25)]}
+    x, q = synthetic(args.n_items, args.dim, args.queries, args.latent)
+    name = f"synthetic {args.n_items:,} x {args.dim} ({args.latent}-d latent)"
+    return bench_catalogue(name, x, q, args.kinds, args.single, sweeps, log)
 
-    load_before = os.getloadavg()
-    rows: list[dict] = []
-    sweeps = {"ef_search": [128, 256, 512, 1024], "nprobe": [(32, 10), (128, 4), (128, 10), (256, 10), (256, 25)]}
-    if not args.skip_synthetic:
-        x, q = synthetic(args.n_items, args.dim, args.queries, args.latent)
-        rows += bench_catalogue(f"synthetic {args.n_items:,} x {args.dim} ({args.latent}-d latent)", x, q, args.kinds, args.single, sweeps,
-                                log)
-        del x, q
-    ml1m_note = ""
-    if not args.skip_ml1m:
-        if not (args.run / "model.safetensors").exists():
-            log(f"no trained run at {args.run}: skipping ML-1M (train one: userseq train --data ml-1m ...)")
-            ml1m_note = f"ML-1M skipped: no run at `{args.run}`."
-        else:
-            from userseq import NextItemRecommender
 
-            rec = NextItemRecommender.load(args.run)
-            items = rec.item_embeddings().astype(np.float32)
-            users = rec.user_embeddings().astype(np.float32)
-            rows += bench_catalogue(f"ML-1M items ({len(items):,} x {items.shape[1]}, {rec.config.model.name})", items,
-                                    users, args.kinds, args.single, {"ef_search": [64, 256], "nprobe": [(16, 10), (64, 10)]},
-                                    log)
-    load_after = os.getloadavg()
+def ml1m_rows(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Rows of the trained ML-1M run's items and users, or none and a note when there is no run."""
+    if not (args.run / "model.safetensors").exists():
+        log(f"no trained run at {args.run}: skipping ML-1M (train one: userseq train --data ml-1m "
+            "...)")
+        return [], f"ML-1M skipped: no run at `{args.run}`."
+    from userseq import NextItemRecommender
+
+    rec = NextItemRecommender.load(args.run)
+    items = rec.item_embeddings().astype(np.float32)
+    users = rec.user_embeddings().astype(np.float32)
+    name = f"ML-1M items ({len(items):,} x {items.shape[1]}, {rec.config.model.name})"
+    sweeps = {"ef_search": [64, 256], "nprobe": [(16, 10), (64, 10)]}
+    return bench_catalogue(name, items, users, args.kinds, args.single, sweeps, log), ""
+
+
+def section_lines(args: argparse.Namespace, rows: list[dict], load_before: tuple[float, ...],
+                  load_after: tuple[float, ...], software: str) -> list[str]:
     lines = [
         *run_header("ann.py", load_before),
-        f"- Load average (1/5/15 min) after: {'/'.join(f'{x:.2f}' for x in load_after)}",
-        f"- Software: faiss {faiss.__version__}, torch {torch.__version__}, numpy {np.__version__}",
-        f"- Recall@{K}: share of the exact top-{K} (brute-force inner product) found in the index's top-{K}; "
-        f"{args.queries} queries for the synthetic catalogue (clustered items with a {args.latent}-d latent "
+        f"- Load average (1/5/15 min) after: {fmt_load(load_after)}",
+        f"- Software: {software}",
+        f"- Recall@{K}: share of the exact top-{K} (brute-force inner product) found in the "
+        f"index's top-{K}; "
+        f"{args.queries} queries for the synthetic catalogue (clustered items with a "
+        f"{args.latent}-d latent "
         "structure and log-normal norms; queries mix two cluster centres), all "
         "6,040 real user vectors for ML-1M. Latency: one query at a time, 1 thread, top-100 "
         "(as the service queries). Batch: all queries at once, all threads.",
-        "- `IndexConfig.kind = auto` picks flat up to 100k vectors, then IVF-PQ (nprobe 256, refine 10k) for "
+        "- `IndexConfig.kind = auto` picks flat up to 100k vectors, then IVF-PQ (nprobe 256, "
+        "refine 10k) for "
         "inner products (these results) and HNSW for the cosine (similar items/users) indexes; "
-        "HNSW and IVF-PQ search inner products through the MIPS-to-L2 transform (an extra coordinate "
+        "HNSW and IVF-PQ search inner products through the MIPS-to-L2 transform (an extra "
+        "coordinate "
         "sqrt(M^2 - |x|^2)); IVF-PQ re-ranks `refine x k` PQ candidates with exact vectors.",
         "",
         f"| catalogue | index | recall@{K} | p50 ms | p99 ms | batch q/s | build s | file MiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['catalogue']} | {r['index']} | {r['recall']:.4f} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                     f"{r['qps_batch']:,.0f} | {r['build_s']:.1f} | {r['mib']:.0f} |")
+        lines.append(f"| {r['catalogue']} | {r['index']} | {r['recall']:.4f} | {r['p50']:.3f} | "
+                     f"{r['p99']:.3f} | {r['qps_batch']:,.0f} | {r['build_s']:.1f} | "
+                     f"{r['mib']:.0f} |")
+    return lines
+
+
+def main() -> None:
+    args = parse_args()
+
+    import faiss
+    import torch
+
+    software = f"faiss {faiss.__version__}, torch {torch.__version__}, numpy {np.__version__}"
+    load_before = os.getloadavg()
+    rows: list[dict] = []
+    if not args.skip_synthetic:
+        rows += synthetic_rows(args)
+    ml1m_note = ""
+    if not args.skip_ml1m:
+        ml1m, ml1m_note = ml1m_rows(args)
+        rows += ml1m
+    lines = section_lines(args, rows, load_before, os.getloadavg(), software)
     if ml1m_note:
         lines += ["", ml1m_note]
-    publish("ann", "ANN indexes: recall@100 against exact search, latency", lines, write=not args.no_write)
+    publish("ann", "ANN indexes: recall@100 against exact search, latency", lines,
+            write=not args.no_write)
     if not args.no_write:
         log("wrote the ann section of benchmarks/RESULTS.md")
 

@@ -8,7 +8,7 @@ ML-1M and amazon-scientific, and a training-memory scaling run on a 10M-item syn
   10M-item catalogue, and with a full table on a smaller catalogue for the extrapolation; each in
   its own subprocess.
 
-    python benchmarks/compression.py --part table --jobs 2     # budgets: the configs' train.max_minutes
+    python benchmarks/compression.py --part table --jobs 2  # budgets: configs' train.max_minutes
     python benchmarks/compression.py --part scale --items 10000000
 """
 
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import yaml
 from nextitem import run_one
-from results import machine_description, update_section
+from results import load_rows, machine_description, publish, run_dates, run_userseq, save_row
 
 HERE = Path(__file__).resolve().parent
 STORE = HERE / "compression_runs.json"
+LOCK = HERE / "_work" / "compression_runs.lock"  # several invocations may add rows at once
 CONFIGS = {"ml-1m": HERE / "configs" / "compression-ml-1m.yaml",
            "amazon-scientific": HERE / "configs" / "amazon-scientific.yaml"}
 METHODS = ("hash", "qr", "unified", "matryoshka")
@@ -42,41 +43,33 @@ def _machine() -> str:
 
 
 def _store() -> dict:
-    return json.loads(STORE.read_text()) if STORE.exists() else {}
+    return load_rows(STORE)
 
 
 def _save(key: str, row: dict) -> None:
-    import fcntl
-
-    (HERE / "_work").mkdir(exist_ok=True)
-    with open(HERE / "_work" / "compression_runs.lock", "w") as lock:  # several invocations may add rows at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        saved = _store()
-        saved[key] = row
-        STORE.write_text(json.dumps(saved, indent=1) + "\n")
+    save_row(STORE, key, row, LOCK)
 
 
 def _compress(run: Path, method: str, out: Path, ratio: float | None) -> tuple[dict, str]:
-    exe = Path(sys.executable).with_name("userseq")
     cmd = ["userseq", "compress", str(run), "--method", method, "--out", str(out)]
     if ratio is not None:
         cmd += ["--compression", str(ratio)]
-    prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "userseq.cli"]
-    proc = subprocess.run([*prog, *cmd[1:]], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((out / "metrics.json").read_text()), " ".join(cmd).replace(str(HERE.parent) + "/", "")
+    run_userseq(cmd)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics, " ".join(cmd).replace(str(HERE.parent) + "/", "")
 
 
-def train_part(datasets: list[str], minutes: float, workdir: Path, methods: list[str], ratios: list[int],
-               jobs: int = 1, redo: bool = False) -> None:
+def train_part(datasets: list[str], minutes: float, workdir: Path, methods: list[str],
+               ratios: list[int], jobs: int = 1, redo: bool = False) -> None:
     """One training run per (dataset, table, ratio), `jobs` at a time (each its own process)."""
     from concurrent.futures import ThreadPoolExecutor
 
     machine = _machine()
-    # interleaved by dataset, so that runs at a time are of different datasets; "full" = the baseline
+    # interleaved by dataset, so that runs at a time are of different datasets; "full" = the
+    # baseline
     todo = [(ds, m, r) for m, r in [(m, r) for r in ratios for m in methods] for ds in datasets]
-    todo = [t for t in todo if redo or f"{t[0]}/{t[1]}/{t[2]}" not in _store()]  # rows already measured stay
+    # rows already measured stay
+    todo = [t for t in todo if redo or f"{t[0]}/{t[1]}/{t[2]}" not in _store()]
 
     def one(job: tuple[str, str, int]) -> None:
         ds, method, ratio = job
@@ -107,8 +100,51 @@ def post_part(datasets: list[str], workdir: Path) -> None:
             print(f"== {key}", flush=True)
             m, cmd = _compress(full_run, method, workdir / f"{ds}-{method}-{ratio}", ratio)
             _save(key, {"dataset": ds, "method": method, "ratio": ratio or 4, "metrics": m,
-                        "cmd": cmd.replace(str(workdir) + "/", ""), "load": os.getloadavg()[1], "budget": budget,
-                        "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M")})
+                        "cmd": cmd.replace(str(workdir) + "/", ""), "load": os.getloadavg()[1],
+                        "budget": budget, "machine": machine,
+                        "date": time.strftime("%Y-%m-%d %H:%M")})
+
+
+TABLE_NOTES = [
+    "",
+    "SASRec (d=64, 2 blocks, max length 50), full-softmax CE, full ranking over the whole "
+    "catalogue, seen",
+    "items filtered, leave-one-out. ML-1M: benchmarks/configs/compression-ml-1m.yaml (max length "
+    "50);",
+    "amazon-scientific: benchmarks/configs/amazon-scientific.yaml. Every row of a dataset trains",
+    "for the same fixed, short number of epochs (the budget column): the shared 2-core CPU allowed "
+    "no more,",
+    "and its load varied too much for equal-time budgets to be fair. Rows compare methods at equal "
+    "training,",
+    "not at convergence (longer training raises every row). Bytes = the item representation as "
+    "stored (tables, hash seeds, codes,",
+    "codebooks); `full` is the fp32 (n_items + 1) x 64 table. `int8` and `pq` are post-training",
+    "(`userseq compress`) on the `full` run: int8 has a fixed ratio (~3.8x), PQ with one-byte "
+    "codes",
+    "cannot go below 4x (M = dim sub-quantizers), so PQ has no 2x row. Matryoshka trains nested "
+    "prefixes",
+    "(64, 32, ..., 64/ratio) and scores with the 64/ratio prefix: its bytes are those of the "
+    "scoring",
+    "matrix; the encoder's input look-up still reads full-width rows (docs/items.md).",
+    "",
+    "| dataset | method | target ratio | item table bytes | achieved ratio | NDCG@10 | HR@10 "
+    "| epochs (best) | budget | machine (runs at a time) | load | command |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def _table_row(r: dict, machines: list[str]) -> str:
+    m = r["metrics"]
+    t, tab, tr = m["test"], m["item_table"], m.get("train") or {}
+    post = r["method"] in ("int8", "pq")
+    ep = f"{tr['epochs']} ({tr['best_epoch']})" if not post else "post-training"
+    machine = chr(65 + machines.index(r.get("machine", "?")))
+    return (
+        f"| {r['dataset']} | {r['method']} | {r['ratio']}x | {m['item_table_bytes']:,} | "
+        f"{tab['full_fp32_bytes'] / m['item_table_bytes']:.1f}x | {t['ndcg@10']:.4f} | "
+        f"{t['hr@10']:.4f} | {ep} | "
+        f"{r['budget']} | {machine} ({r.get('jobs', 1)}) | "
+        f"{r['load']:.1f} | `{r['cmd']}` |")
 
 
 def table_section() -> None:
@@ -116,47 +152,29 @@ def table_section() -> None:
     machines = sorted({r.get("machine", "?") for r in rows})
     lines = [
         "Machines (the `machine` column): "
-        + "; ".join(f"{chr(65 + i)} = {m}" for i, m in enumerate(machines)) + ". Load = 5-minute load average",
+        + "; ".join(f"{chr(65 + i)} = {m}" for i, m in enumerate(machines))
+        + ". Load = 5-minute load average",
         "after the row (on A-type 2-core machines above 2 means the CPU was shared).",
-        "",
-        "SASRec (d=64, 2 blocks, max length 50), full-softmax CE, full ranking over the whole catalogue, seen",
-        "items filtered, leave-one-out. ML-1M: benchmarks/configs/compression-ml-1m.yaml (max length 50);",
-        "amazon-scientific: benchmarks/configs/amazon-scientific.yaml. Every row of a dataset trains",
-        "for the same fixed, short number of epochs (the budget column): the shared 2-core CPU allowed no more,",
-        "and its load varied too much for equal-time budgets to be fair. Rows compare methods at equal training,",
-        "not at convergence (longer training raises every row). Bytes = the item representation as stored (tables, hash seeds, codes,",
-        "codebooks); `full` is the fp32 (n_items + 1) x 64 table. `int8` and `pq` are post-training",
-        "(`userseq compress`) on the `full` run: int8 has a fixed ratio (~3.8x), PQ with one-byte codes",
-        "cannot go below 4x (M = dim sub-quantizers), so PQ has no 2x row. Matryoshka trains nested prefixes",
-        "(64, 32, ..., 64/ratio) and scores with the 64/ratio prefix: its bytes are those of the scoring",
-        "matrix; the encoder's input look-up still reads full-width rows (docs/items.md).",
-        "",
-        "| dataset | method | target ratio | item table bytes | achieved ratio | NDCG@10 | HR@10 | epochs (best) | budget | machine (runs at a time) | load | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *TABLE_NOTES,
     ]
     order = ["full", *METHODS, "int8", "pq"]
     for r in sorted(rows, key=lambda r: (r["dataset"], order.index(r["method"]), r["ratio"])):
-        m = r["metrics"]
-        t, tab, tr = m["test"], m["item_table"], m.get("train") or {}
-        ep = f"{tr['epochs']} ({tr['best_epoch']})" if r["method"] not in ("int8", "pq") else "post-training"
-        lines.append(
-            f"| {r['dataset']} | {r['method']} | {r['ratio']}x | {m['item_table_bytes']:,} | "
-            f"{tab['full_fp32_bytes'] / m['item_table_bytes']:.1f}x | {t['ndcg@10']:.4f} | {t['hr@10']:.4f} | {ep} | "
-            f"{r['budget']} | {chr(65 + machines.index(r.get('machine', '?')))} ({r.get('jobs', 1)}) | "
-            f"{r['load']:.1f} | `{r['cmd']}` |")
+        lines.append(_table_row(r, machines))
     done = {(r["dataset"], r["method"], r["ratio"]) for r in rows}
-    missing = [f"{ds} {m} {r}x" for ds in CONFIGS for r in (2, 8, 32) for m in METHODS if (ds, m, r) not in done]
+    missing = [f"{ds} {m} {r}x" for ds in CONFIGS for r in (2, 8, 32) for m in METHODS
+               if (ds, m, r) not in done]
     if missing:
-        lines += ["", f"Not run (the shared CPU's time ran out; `python benchmarks/compression.py --part train "
-                  f"--datasets DATASET --methods ... --ratios ...` adds them): {', '.join(missing)}."]
+        lines += ["", "Not run (the shared CPU's time ran out; `python benchmarks/compression.py "
+                  "--part train --datasets DATASET --methods ... --ratios ...` adds them): "
+                  f"{', '.join(missing)}."]
     lines += ["", "Generated by `python benchmarks/compression.py --part table` (rows kept in "
-              "benchmarks/compression_runs.json; dates: " + ", ".join(sorted({r["date"] for r in rows})) + ")."]
-    update_section("compression", "Compressed item tables: bytes vs NDCG@10", "\n".join(lines))
-    print("\n".join(lines))
+              "benchmarks/compression_runs.json; dates: " + run_dates(rows) + ")."]
+    publish("compression", "Compressed item tables: bytes vs NDCG@10", lines)
 
 
 # ---------------------------------------------------------------------- scaling run
-def scale_child(n_items: int, table: str, ratio: float, steps: int, eval_users: int, out: str) -> None:
+def scale_child(n_items: int, table: str, ratio: float, steps: int, eval_users: int,
+                out: str) -> None:
     """Train SASRec with sampled softmax on Zipf-distributed synthetic sequences over n_items, then
     one full-ranking validation; write peak RSS and timings."""
     import numpy as np
@@ -205,22 +223,26 @@ def scale_child(n_items: int, table: str, ratio: float, steps: int, eval_users: 
                         (offsets, users.reshape(-1)), ks=[10])
 
     t1 = time.time()
-    state = Trainer(cfg.train, quiet=True).fit(enc, batches, steps, lambda m, b: rec._loss(m, b, loss), validate)
+    state = Trainer(cfg.train, quiet=True).fit(enc, batches, steps,
+                                               lambda m, b: rec._loss(m, b, loss), validate)
     res = {**table_report(enc.items, cfg.model), "items": n_items, "table": table,
            "ratio": ratio if table != "full" else 1, "steps": steps,
            "build_s": round(build_s, 1), "train_and_valid_s": round(time.time() - t1, 1),
-           "epoch_s": round(state.history[0]["epoch_seconds"], 1), "rss_after_build_gb": round(rss_model, 3),
+           "epoch_s": round(state.history[0]["epoch_seconds"], 1),
+           "rss_after_build_gb": round(rss_model, 3),
            "peak_rss_gb": round(rss(), 3), "eval_users": eval_users}
     Path(out).write_text(json.dumps(res))
 
 
-def scale_part(n_items: int, full_items: list[int], ratio: float, steps: int, eval_users: int, workdir: Path) -> None:
+def scale_part(n_items: int, full_items: list[int], ratio: float, steps: int, eval_users: int,
+               workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for table, n in [("hash", n_items), *[("full", m) for m in full_items]]:
         out = workdir / f"scale-{table}-{n}.json"
-        cmd = [sys.executable, __file__, "--part", "scale-child", "--items", str(n), "--table", table,
-               "--ratio", str(ratio), "--steps", str(steps), "--eval-users", str(eval_users), "--out", str(out)]
+        cmd = [sys.executable, __file__, "--part", "scale-child", "--items", str(n),
+               "--table", table, "--ratio", str(ratio), "--steps", str(steps),
+               "--eval-users", str(eval_users), "--out", str(out)]
         print("running", table, n, flush=True)
         subprocess.run(cmd, check=True)
         r = json.loads(out.read_text())
@@ -228,12 +250,31 @@ def scale_part(n_items: int, full_items: list[int], ratio: float, steps: int, ev
         print(r, flush=True)
         results.append(r)
     _save("scale", {"results": results, "date": time.strftime("%Y-%m-%d %H:%M"),
-                    "cmd": f"python benchmarks/compression.py --part scale --items {n_items} --full-items "
-                           f"{' '.join(map(str, full_items))} --ratio {ratio} --steps {steps}"})
+                    "cmd": f"python benchmarks/compression.py --part scale --items {n_items} "
+                           f"--full-items {' '.join(map(str, full_items))} --ratio {ratio} "
+                           f"--steps {steps}"})
 
 
 def _table_name(r: dict) -> str:
     return "full" if r["table"] == "full" else f"{r['table']} {r['ratio']:g}x"
+
+
+def _extrapolation(res: list[dict], full: list[dict]) -> list[str]:
+    """The full fp32 table at the hashed run's catalogue size, extrapolated from the largest
+    full-table run."""
+    f = max(full, key=lambda r: r["items"])
+    n10 = res[0]["items"]
+    # full table: weights, gradient, two Adam moments, the trainer's best-epoch copy and the
+    # validation matrix: 6 x 4 bytes x d per item, plus what does not grow with the catalogue
+    extra = (n10 - f["items"]) * 64 * 6 * 4 / 2**30
+    return ["", f"Full fp32 table at {n10:,} items, extrapolated (not run: it would take about "
+            f"half of the shared machine's memory): peak RSS at {f['items']:,} items "
+            f"({f['peak_rss_gb']:.2f} GiB) + {n10 - f['items']:,} items x 64 dims x 24 bytes "
+            "(weights, gradient, two Adam moments, the trainer's best-epoch copy, the validation "
+            f"matrix) = {f['peak_rss_gb'] + extra:.1f} GiB: it would fit in 24 GiB too, but with "
+            "about 4x the hashed run's memory. The hashed run's peak is mostly the validation "
+            "matrix (10M x 64 fp32 = 2.4 GiB); its training alone stays near the RSS after "
+            "building."]
 
 
 def scale_section() -> None:
@@ -245,47 +286,47 @@ def scale_section() -> None:
     lines = [
         f"Machine: {machine_description()} (shared).",
         "",
-        "SASRec d=64, max length 50, batch 256, sampled softmax with 1,024 shared negatives (logQ), Adam;",
-        f"synthetic sequences drawn in memory with Zipf(1) item popularity; {res[0]['steps']} training steps, then",
-        f"one full-ranking validation of {res[0]['eval_users']} users over the whole catalogue (the item matrix is",
+        "SASRec d=64, max length 50, batch 256, sampled softmax with 1,024 shared negatives "
+        "(logQ), Adam;",
+        f"synthetic sequences drawn in memory with Zipf(1) item popularity; {res[0]['steps']} "
+        "training steps, then",
+        f"one full-ranking validation of {res[0]['eval_users']} users over the whole catalogue "
+        "(the item matrix is",
         "built in 1M-row chunks). Peak RSS of the whole process (Python + torch included).",
         "",
-        "| catalogue | item table | table bytes | peak RSS (train + validation) | RSS after building the model | s/step | load | target |",
+        "| catalogue | item table | table bytes | peak RSS (train + validation) "
+        "| RSS after building the model | s/step | load | target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in res:
+        target = "< 24 GiB: met" if r["peak_rss_gb"] < 24 else "24 GiB: MISSED"
         lines.append(
             f"| {r['items']:,} | {_table_name(r)} | "
-            f"{r['item_table_bytes'] / 2**30:.3f} GiB | {r['peak_rss_gb']:.2f} GiB | {r['rss_after_build_gb']:.2f} GiB | "
+            f"{r['item_table_bytes'] / 2**30:.3f} GiB | {r['peak_rss_gb']:.2f} GiB | "
+            f"{r['rss_after_build_gb']:.2f} GiB | "
             f"{r['epoch_s'] / r['steps']:.2f} | {r['load']:.1f} | "
-            f"{'< 24 GiB: met' if r['peak_rss_gb'] < 24 else '24 GiB: MISSED'} |")
+            f"{target} |")
     if full:
-        f = max(full, key=lambda r: r["items"])
-        n10 = res[0]["items"]
-        # full table: weights, gradient, two Adam moments, the trainer's best-epoch copy and the validation
-        # matrix: 6 x 4 bytes x d per item, plus what does not grow with the catalogue
-        extra = (n10 - f["items"]) * 64 * 6 * 4 / 2**30
-        lines += ["", f"Full fp32 table at {n10:,} items, extrapolated (not run: it would take about half of the "
-                  f"shared machine's memory): peak RSS at {f['items']:,} items ({f['peak_rss_gb']:.2f} GiB) + "
-                  f"{n10 - f['items']:,} items x 64 dims x 24 bytes (weights, gradient, two Adam moments, the "
-                  f"trainer's best-epoch copy, the validation matrix) = {f['peak_rss_gb'] + extra:.1f} GiB: it would "
-                  "fit in 24 GiB too, but with about 4x the hashed run's memory. The hashed run's peak is mostly the "
-                  "validation matrix (10M x 64 fp32 = 2.4 GiB); its training alone stays near the RSS after building."]
+        lines += _extrapolation(res, full)
     lines += ["", f"Command: `{s['cmd']}` ({s['date']})."]
-    update_section("compression_scale", "Compressed item tables: training memory at 10M items", "\n".join(lines))
-    print("\n".join(lines))
+    publish("compression_scale", "Compressed item tables: training memory at 10M items", lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["table", "train", "post", "scale", "scale-child", "report"], default="report")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["table", "train", "post", "scale", "scale-child", "report"],
+                    default="report")
     ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (table/train)")
-    ap.add_argument("--redo", action="store_true", help="retrain rows that are already in the store")
+    ap.add_argument("--redo", action="store_true",
+                    help="retrain rows that are already in the store")
     ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-scientific"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--ratios", nargs="+", type=int, default=[8, 32, 2], help="in the order to run them")
+    ap.add_argument("--ratios", nargs="+", type=int, default=[8, 32, 2],
+                    help="in the order to run them")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="training budget per run (default: train.max_minutes of the dataset's config)")
+                    help="training budget per run (default: train.max_minutes of the dataset's "
+                         "config)")
     ap.add_argument("--workdir", type=Path, default=HERE / "_work" / "compression")
     ap.add_argument("--items", type=int, default=10_000_000)
     ap.add_argument("--full-items", nargs="+", type=int, default=[2_000_000])
@@ -296,15 +337,20 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.part == "scale-child":
-        return scale_child(args.items, args.table, args.ratio, args.steps, args.eval_users, args.out)
-    if args.part in ("table", "train"):  # the full-table baseline first (post-training needs it)
-        train_part(args.datasets, args.max_minutes, args.workdir, ["full"], [1], args.jobs, args.redo)
+        return scale_child(args.items, args.table, args.ratio, args.steps, args.eval_users,
+                           args.out)
+    train = args.part in ("table", "train")
+    if train:  # the full-table baseline first (post-training needs it)
+        train_part(args.datasets, args.max_minutes, args.workdir, ["full"], [1], args.jobs,
+                   args.redo)
     if args.part in ("table", "post"):
         post_part(args.datasets, args.workdir)
-    if args.part in ("table", "train"):
-        train_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios, args.jobs, args.redo)
+    if train:
+        train_part(args.datasets, args.max_minutes, args.workdir, args.methods, args.ratios,
+                   args.jobs, args.redo)
     if args.part == "scale":
-        scale_part(args.items, args.full_items, args.ratio, args.steps, args.eval_users, args.workdir)
+        scale_part(args.items, args.full_items, args.ratio, args.steps, args.eval_users,
+                   args.workdir)
     table_section()
     scale_section()
 

@@ -1,10 +1,10 @@
 """CTR benchmark: accuracy, training time and throughput per model on MovieLens, and a scaling table
 on synthetic long histories. Writes the `ctr` section of benchmarks/RESULTS.md.
 
-    python benchmarks/ctr.py --part real        # 7 models x ml-latest-small, ml-100k (`userseq ctr train`)
-    python benchmarks/ctr.py --part scaling     # ms per 1,000 candidates + peak memory, L = 100, 1k, 10k
-    python benchmarks/ctr.py --part synthetic   # AUC on planted long-range interests (L = 1,000)
-    python benchmarks/ctr.py --part table       # only rewrite the RESULTS.md section from ctr_runs.json
+    python benchmarks/ctr.py --part real       # 7 models x ml-latest-small, ml-100k (CLI runs)
+    python benchmarks/ctr.py --part scaling    # ms / 1,000 candidates + peak RSS, L = 100, 1k, 10k
+    python benchmarks/ctr.py --part synthetic  # AUC on planted long-range interests (L = 1,000)
+    python benchmarks/ctr.py --part table      # only rewrite RESULTS.md from ctr_runs.json
 
 Rows are kept in benchmarks/ctr_runs.json (keyed), so parts can be run separately. Every run uses
 one torch thread (the reference machine has 2 shared cores) and records the load average.
@@ -24,29 +24,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results import machine_description, update_section  # noqa: E402
+from results import (  # noqa: E402
+    fmt_load,
+    load_rows,
+    machine_description,
+    publish,
+)
+from results import save_row as _save_row  # noqa: E402
 
 STORE = HERE / "ctr_runs.json"
+LOCK = HERE / "_work" / "ctr_runs.lock"  # parts may run side by side
 CONFIG = HERE / "configs" / "ctr.yaml"
 MODELS = ["nohist", "mean", "din", "sim", "twin", "sdim", "dare", "dare-attn4"]
-CLI_ARGS = {"dare-attn4": ["--model", "dare", "--set", "model.attn_item_dim=8", "--set", "model.attn_cat_dim=4"]}
+CLI_ARGS = {"dare-attn4": ["--model", "dare", "--set", "model.attn_item_dim=8",
+                           "--set", "model.attn_cat_dim=4"]}
 
 
 def load_store() -> dict:
-    return json.loads(STORE.read_text()) if STORE.exists() else {}
+    return load_rows(STORE)
 
 
 def save_row(key: str, row: dict) -> None:
-    import fcntl
-
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
-    lock_path = HERE / "_work" / "ctr_runs.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:  # parts may run side by side
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        store = load_store()
-        store[key] = row
-        STORE.write_text(json.dumps(store, indent=1) + "\n")
+    _save_row(STORE, key, row, LOCK)
 
 
 # ---------------------------------------------------------------------- real data (CLI runs)
@@ -55,32 +55,38 @@ def run_real(datasets: list[str], models: list[str], workdir: Path, max_minutes:
     for ds in datasets:
         for model in models:
             run_dir = workdir / f"{ds}-{model}"
-            cmd = ["userseq", "ctr", "train", "--data", ds, *CLI_ARGS.get(model, ["--model", model]), "--config", str(CONFIG.relative_to(
-                HERE.parent)), "--max-minutes", str(max_minutes), "--out", str(run_dir), "--quiet"]
+            cmd = ["userseq", "ctr", "train", "--data", ds,
+                   *CLI_ARGS.get(model, ["--model", model]),
+                   "--config", str(CONFIG.relative_to(HERE.parent)),
+                   "--max-minutes", str(max_minutes), "--out", str(run_dir), "--quiet"]
             print(f"== {ds} / {model}", flush=True)
             t0 = time.time()
-            proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, cwd=HERE.parent)
+            proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True,
+                                  cwd=HERE.parent)
             if proc.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             m = json.loads((run_dir / "metrics.json").read_text())
             save_row(f"real/{ds}/{model}", {"dataset": ds, "model": model, "cmd": " ".join(cmd),
-                                            "wall": time.time() - t0, "metrics": m, "load": os.getloadavg()})
+                                            "wall": time.time() - t0, "metrics": m,
+                                            "load": os.getloadavg()})
             t = m["test"]
             print(f"   test auc {t['auc']:.4f} gauc {t['gauc']:.4f} logloss {t['logloss']:.4f} "
                   f"({time.time() - t0:.0f}s)", flush=True)
 
 
-# ---------------------------------------------------------------------- scaling (one process per cell)
+# ------------------------------------------------------------ scaling (one process per cell)
 SCALING_MODELS = {
     "din": {"model.name": "din"},
     "sdim": {"model.name": "sdim"},
     "dare": {"model.name": "dare"},
-    "dare (attn dim / 4)": {"model.name": "dare", "model.attn_item_dim": 8, "model.attn_cat_dim": 4},
+    "dare (attn dim / 4)": {"model.name": "dare", "model.attn_item_dim": 8,
+                            "model.attn_cat_dim": 4},
 }
 
 
 def scaling_cell(model: str, L: int, n_cand: int, repeats: int) -> dict:
-    """Time and peak memory to score `n_cand` candidates for one history of length L (in this process)."""
+    """Time and peak memory to score `n_cand` candidates for one history of length L (in this
+    process)."""
     import numpy as np
     import polars as pl
     import torch
@@ -96,12 +102,14 @@ def scaling_cell(model: str, L: int, n_cand: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     item_cat = np.concatenate([[0], rng.integers(1, n_cats + 1, n_items)])
     vocab = Vocab(pl.Series("id", np.arange(1, n_items + 1)), pl.Series("id", [0]), item_cat,
-                  [str(c) for c in range(n_cats)], np.arange(2, 6, dtype=np.float64), [], np.zeros(0), np.ones(0))
+                  [str(c) for c in range(n_cats)], np.arange(2, 6, dtype=np.float64), [],
+                  np.zeros(0), np.ones(0))
     est = CTREstimator(config=cfg)
     est.vocab = vocab
     torch.manual_seed(0)
     est.model = build_ctr_model(cfg.model, n_items, n_cats, vocab.n_feats, 1).eval()
-    beh = Behaviours(np.array([0, L]), rng.integers(1, n_items + 1, L), rng.integers(1, 6, L), np.arange(L, dtype=float))
+    beh = Behaviours(np.array([0, L]), rng.integers(1, n_items + 1, L), rng.integers(1, 6, L),
+                     np.arange(L, dtype=float))
     s = Samples(np.array([1]), np.array([1]), np.array([float(L)]), np.array([0]), np.array([L]),
                 np.zeros(1, np.float32), np.zeros((1, 0), np.float32))
     cand = rng.integers(1, n_items + 1, n_cand)
@@ -126,18 +134,19 @@ def _rss_mib() -> float:
 def run_scaling(lengths: list[int], models: list[str], n_cand: int, repeats: int) -> None:
     for L in lengths:
         for model in models:
-            code = (f"import json,sys; sys.path.insert(0, {str(HERE)!r}); from ctr import scaling_cell; "
+            code = (f"import json,sys; sys.path.insert(0, {str(HERE)!r}); "
+                    "from ctr import scaling_cell; "
                     f"print(json.dumps(scaling_cell({model!r}, {L}, {n_cand}, {repeats})))")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"scaling {model} L={L} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"   L={L:>6} {model:<20} {row['ms_per_1000']:9.1f} ms / 1000 cand  peak {row['peak_mib']:.0f} MiB "
-                  f"(+{row['extra_mib']:.0f})", flush=True)
+            print(f"   L={L:>6} {model:<20} {row['ms_per_1000']:9.1f} ms / 1000 cand  "
+                  f"peak {row['peak_mib']:.0f} MiB (+{row['extra_mib']:.0f})", flush=True)
             save_row(f"scaling/{L}/{model}", row)
 
 
-# ---------------------------------------------------------------------- synthetic accuracy (in-process)
+# ------------------------------------------------------------ synthetic accuracy (in-process)
 SYNTH_MODELS = {
     "nohist": {"model.name": "nohist"},
     "din (last 200)": {"model.name": "din", "model.max_len": 200},
@@ -146,7 +155,8 @@ SYNTH_MODELS = {
     "twin": {"model.name": "twin"},
     "sdim": {"model.name": "sdim"},
     "dare": {"model.name": "dare"},
-    "dare (attn dim / 4)": {"model.name": "dare", "model.attn_item_dim": 8, "model.attn_cat_dim": 4},
+    "dare (attn dim / 4)": {"model.name": "dare", "model.attn_item_dim": 8,
+                            "model.attn_cat_dim": 4},
 }
 
 
@@ -176,89 +186,134 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
         t0 = time.time()
         est = CTREstimator(config=cfg, overrides=SYNTH_MODELS[name]).fit(data, quiet=True)
         m = est.evaluate(data, "test")
-        print(f"   L={L} {name:<22} auc {m['auc']:.4f} gauc {m['gauc']:.4f} (oracle {oracle:.4f}) "
-              f"{time.time() - t0:.0f}s", flush=True)
-        save_row(f"synthetic/{L}/{name}", {"model": name, "L": L, "users": users, "targets": targets, "seed": seed,
+        print(f"   L={L} {name:<22} auc {m['auc']:.4f} gauc {m['gauc']:.4f} "
+              f"(oracle {oracle:.4f}) {time.time() - t0:.0f}s", flush=True)
+        save_row(f"synthetic/{L}/{name}", {"model": name, "L": L, "users": users,
+                                           "targets": targets, "seed": seed,
                                            "batch_size": batch_size, "max_epochs": epochs,
-                                           "test": m, "oracle_auc": oracle, "train": est.train_state,
-                                           "load": os.getloadavg()})
+                                           "test": m, "oracle_auc": oracle,
+                                           "train": est.train_state, "load": os.getloadavg()})
 
 
 # ---------------------------------------------------------------------- the RESULTS.md section
+def _order(names: list[str]):
+    """Sort position of a model name: its place in `names`, unknown names last."""
+    return lambda name: names.index(name) if name in names else 99
+
+
+def _real_lines(real: list[dict]) -> list[str]:
+    lines = [
+        "### MovieLens (label = rating >= 4, history = all earlier ratings with their rating as a "
+        "feature)",
+        "",
+        "Time split: samples before the 80% time quantile train, [80%, 90%) validate (early "
+        "stopping on",
+        "valid AUC), >= 90% test. GAUC grouped by user, weighted by impressions. Throughput = "
+        "test samples",
+        "scored per second in batches of 2,048 (one thread). mean/din read the last 200 "
+        "behaviours; sim, twin,",
+        "sdim, dare search the last 2,000 (top-k 20; SDIM m = 48, tau = 3). dare-attn4: attention "
+        "embeddings",
+        "4x smaller (item 8 + category 4 instead of 32 + 16).",
+        "",
+        "| dataset | model | test AUC | GAUC | logloss | epochs (best) | train time | samples/s "
+        "| peak RSS | load | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pos = _order(MODELS)
+    for r in sorted(real, key=lambda r: (r["dataset"], pos(r["model"]))):
+        t, tr = r["metrics"]["test"], r["metrics"]["train"]
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {t['auc']:.4f} | {t['gauc']:.4f} | "
+            f"{t['logloss']:.4f} | {tr['epochs']} ({tr['best_epoch']}) | {tr['seconds']:.0f} s | "
+            f"{t['samples_per_second']:,.0f} | {tr['peak_rss_gb']:.2f} GB | "
+            f"{fmt_load(r['load'], 1)} | `{r['cmd']}` |")
+    return lines
+
+
+def _scaling_lines(scal: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "### Scaling with history length (synthetic history, one user, 1,000 candidates)",
+        "",
+        "Time to score 1,000 candidates against one history of length L, including encoding the "
+        "history",
+        "once (DIN: behaviour embeddings; DARE: keys and values; SDIM: hashing the behaviours into "
+        "bucket",
+        "sums), median of repeats after a warm-up; untrained weights (cost does not depend on "
+        "them).",
+        "Peak = the process's peak RSS (one process per cell); '+' = growth over the RSS before "
+        "scoring.",
+        "DIN and DARE read the whole history (max_len = long_len = L). "
+        "`python benchmarks/ctr.py --part scaling`.",
+        "",
+        "| L | model | ms per 1,000 candidates | peak RSS (MiB) | + over baseline (MiB) | load |",
+        "|---|---|---|---|---|---|",
+    ]
+    pos = _order(list(SCALING_MODELS))
+    for r in sorted(scal, key=lambda r: (r["L"], pos(r["model"]))):
+        lines.append(f"| {r['L']:,} | {r['model']} | {r['ms_per_1000']:.1f} | "
+                     f"{r['peak_mib']:.0f} | {r['extra_mib']:.0f} | {fmt_load(r['load'], 1)} |")
+    return lines
+
+
+def _synthetic_lines(syn: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "### Planted long-range interests (synthetic)",
+        "",
+        "`userseq.ctr.synthetic` (seed 42): 2,000 items in 50 categories; per user 2 liked and 2 "
+        "disliked",
+        "categories, whose evidence (8 events each, rated 5 / 1) lies only before the last 200 "
+        "events; all",
+        "other history events are noise from neutral categories. Impressions: liked / disliked / "
+        "neutral",
+        "category (one third each), click probability sigmoid(+2 / -2 / -0.5 + item quality). "
+        "Time split",
+        "of the impressions: last 10% test, the 10% before validate. Oracle AUC = AUC of the true "
+        "click",
+        "probabilities on the same test impressions. History models read the whole history except",
+        "`din (last 200)`. `python benchmarks/ctr.py --part synthetic --synthetic-length L ...`.",
+        "",
+        "| model | L | users x impressions | test AUC | GAUC | logloss | oracle AUC "
+        "| epochs (best) / max | train time | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    pos = _order(list(SYNTH_MODELS))
+    for r in sorted(syn, key=lambda r: (r["L"], pos(r["model"]))):
+        t, tr = r["test"], r["train"]
+        lines.append(f"| {r['model']} | {r['L']:,} | {r['users']} x {r['targets']} | "
+                     f"{t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | "
+                     f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) / "
+                     f"{r.get('max_epochs', '?')} | "
+                     f"{tr['seconds']:.0f} s | "
+                     f"{fmt_load(r['load'], 1)} |")
+    return lines
+
+
 def write_table() -> None:
     store = load_store()
     real = [r for k, r in store.items() if k.startswith("real/")]
     scal = [r for k, r in store.items() if k.startswith("scaling/")]
     syn = [r for k, r in store.items() if k.startswith("synthetic/")]
     lines = [
-        f"Machine: {machine_description()}; Python {platform.python_version()}; one torch thread per run (the",
-        "2 cores are shared: the load average, 1/5/15 min, is printed per row; above 2 means other work",
+        f"Machine: {machine_description()}; Python {platform.python_version()}; one torch thread "
+        "per run (the",
+        "2 cores are shared: the load average, 1/5/15 min, is printed per row; above 2 means other "
+        "work",
         "competed for the CPU and times are inflated). One seed (42) per row: differences of a few",
         "thousandths are within seed noise.",
         "",
-        "### MovieLens (label = rating >= 4, history = all earlier ratings with their rating as a feature)",
-        "",
-        "Time split: samples before the 80% time quantile train, [80%, 90%) validate (early stopping on",
-        "valid AUC), >= 90% test. GAUC grouped by user, weighted by impressions. Throughput = test samples",
-        "scored per second in batches of 2,048 (one thread). mean/din read the last 200 behaviours; sim, twin,",
-        "sdim, dare search the last 2,000 (top-k 20; SDIM m = 48, tau = 3). dare-attn4: attention embeddings",
-        "4x smaller (item 8 + category 4 instead of 32 + 16).",
-        "",
-        "| dataset | model | test AUC | GAUC | logloss | epochs (best) | train time | samples/s | peak RSS | load | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *_real_lines(real),
+        *_scaling_lines(scal),
     ]
-    for r in sorted(real, key=lambda r: (r["dataset"], MODELS.index(r["model"]) if r["model"] in MODELS else 99)):
-        t, tr = r["metrics"]["test"], r["metrics"]["train"]
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {t['auc']:.4f} | {t['gauc']:.4f} | {t['logloss']:.4f} | "
-            f"{tr['epochs']} ({tr['best_epoch']}) | {tr['seconds']:.0f} s | {t['samples_per_second']:,.0f} | "
-            f"{tr['peak_rss_gb']:.2f} GB | {'/'.join(f'{x:.1f}' for x in r['load'])} | `{r['cmd']}` |")
-    lines += [
-        "",
-        "### Scaling with history length (synthetic history, one user, 1,000 candidates)",
-        "",
-        "Time to score 1,000 candidates against one history of length L, including encoding the history",
-        "once (DIN: behaviour embeddings; DARE: keys and values; SDIM: hashing the behaviours into bucket",
-        "sums), median of repeats after a warm-up; untrained weights (cost does not depend on them).",
-        "Peak = the process's peak RSS (one process per cell); '+' = growth over the RSS before scoring.",
-        "DIN and DARE read the whole history (max_len = long_len = L). `python benchmarks/ctr.py --part scaling`.",
-        "",
-        "| L | model | ms per 1,000 candidates | peak RSS (MiB) | + over baseline (MiB) | load |",
-        "|---|---|---|---|---|---|",
-    ]
-    order = list(SCALING_MODELS)
-    for r in sorted(scal, key=lambda r: (r["L"], order.index(r["model"]) if r["model"] in order else 99)):
-        lines.append(f"| {r['L']:,} | {r['model']} | {r['ms_per_1000']:.1f} | {r['peak_mib']:.0f} | "
-                     f"{r['extra_mib']:.0f} | {'/'.join(f'{x:.1f}' for x in r['load'])} |")
     if syn:
-        lines += [
-            "",
-            "### Planted long-range interests (synthetic)",
-            "",
-            "`userseq.ctr.synthetic` (seed 42): 2,000 items in 50 categories; per user 2 liked and 2 disliked",
-            "categories, whose evidence (8 events each, rated 5 / 1) lies only before the last 200 events; all",
-            "other history events are noise from neutral categories. Impressions: liked / disliked / neutral",
-            "category (one third each), click probability sigmoid(+2 / -2 / -0.5 + item quality). Time split",
-            "of the impressions: last 10% test, the 10% before validate. Oracle AUC = AUC of the true click",
-            "probabilities on the same test impressions. History models read the whole history except",
-            "`din (last 200)`. `python benchmarks/ctr.py --part synthetic --synthetic-length L ...`.",
-            "",
-            "| model | L | users x impressions | test AUC | GAUC | logloss | oracle AUC | epochs (best) / max | train time | load |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        order = list(SYNTH_MODELS)
-        for r in sorted(syn, key=lambda r: (r["L"], order.index(r["model"]) if r["model"] in order else 99)):
-            t, tr = r["test"], r["train"]
-            lines.append(f"| {r['model']} | {r['L']:,} | {r['users']} x {r['targets']} | {t['auc']:.4f} | "
-                         f"{t['gauc']:.4f} | {t['logloss']:.4f} | "
-                         f"{r['oracle_auc']:.4f} | {tr['epochs']} ({tr['best_epoch']}) / {r.get('max_epochs', '?')} | "
-                         f"{tr['seconds']:.0f} s | "
-                         f"{'/'.join(f'{x:.1f}' for x in r['load'])} |")
+        lines += _synthetic_lines(syn)
     lines += _findings(store)
     dates = sorted({r["date"] for r in store.values()})
-    lines += ["", f"Rows kept in benchmarks/ctr_runs.json (run dates {dates[0]} .. {dates[-1]})." if dates else ""]
-    update_section("ctr", "CTR over behaviour histories (DIN, SIM, TWIN, SDIM, DARE)", "\n".join(lines))
-    print("\n".join(lines))
+    lines += ["", f"Rows kept in benchmarks/ctr_runs.json (run dates {dates[0]} .. {dates[-1]})."
+              if dates else ""]
+    publish("ctr", "CTR over behaviour histories (DIN, SIM, TWIN, SDIM, DARE)", lines)
 
 
 def _findings(store: dict) -> list[str]:
@@ -273,40 +328,49 @@ def _findings(store: dict) -> list[str]:
             r = r.get(p)
         return r
 
+    def within(small: float, dare: float) -> str:
+        return "within" if abs(small - dare) <= 0.002 else "not within"
+
     for L in (100, 1000, 10000):
-        din, sdim, dare = (get(f"scaling/{L}/{m}", ("ms_per_1000",)) for m in ("din", "sdim", "dare"))
+        din, sdim, dare = (get(f"scaling/{L}/{m}", ("ms_per_1000",))
+                           for m in ("din", "sdim", "dare"))
         if din and sdim and dare:
-            out.append(f"- L = {L:,}: DIN {din:,.0f} ms, SDIM {sdim:,.0f} ms, DARE {dare:,.0f} ms per 1,000 candidates "
-                       f"(DIN / DARE = {din / dare:,.0f}x, DIN / SDIM = {din / sdim:,.0f}x).")
+            out.append(f"- L = {L:,}: DIN {din:,.0f} ms, SDIM {sdim:,.0f} ms, DARE {dare:,.0f} ms "
+                       f"per 1,000 candidates (DIN / DARE = {din / dare:,.0f}x, "
+                       f"DIN / SDIM = {din / sdim:,.0f}x).")
     for L in (1000, 10000):
         dare = get(f"synthetic/{L}/dare", ("test", "auc"))
         small = get(f"synthetic/{L}/dare (attn dim / 4)", ("test", "auc"))
-        din_name = "din (full history)" if f"synthetic/{L}/din (full history)" in store else "din (last 200)"
+        full = f"synthetic/{L}/din (full history)" in store
+        din_name = "din (full history)" if full else "din (last 200)"
         din = get(f"synthetic/{L}/{din_name}", ("test", "auc"))
         if dare is not None and din is not None:
             out.append(f"- synthetic L = {L:,}: DARE AUC - {din_name} AUC = {dare - din:+.4f} "
                        f"({'holds' if dare >= din else 'does not hold'}: DARE >= DIN).")
         if dare is not None and small is not None:
-            out.append(f"- synthetic L = {L:,}: DARE attention dim / 4 changes AUC by {small - dare:+.4f} "
-                       f"({'within' if abs(small - dare) <= 0.002 else 'not within'} 0.002).")
+            out.append(f"- synthetic L = {L:,}: DARE attention dim / 4 changes AUC by "
+                       f"{small - dare:+.4f} ({within(small, dare)} 0.002).")
     for ds in ("ml-latest-small", "ml-100k"):
-        dare, small = get(f"real/{ds}/dare", ("metrics", "test", "auc")), get(f"real/{ds}/dare-attn4",
-                                                                              ("metrics", "test", "auc"))
-        din = get(f"real/{ds}/din", ("metrics", "test", "auc"))
+        auc = ("metrics", "test", "auc")
+        dare, small = get(f"real/{ds}/dare", auc), get(f"real/{ds}/dare-attn4", auc)
+        din = get(f"real/{ds}/din", auc)
         if dare is not None and din is not None:
             out.append(f"- {ds}: DARE AUC - DIN AUC = {dare - din:+.4f}.")
         if dare is not None and small is not None:
             out.append(f"- {ds}: DARE attention dim / 4 changes AUC by {small - dare:+.4f} "
-                       f"({'within' if abs(small - dare) <= 0.002 else 'not within'} 0.002).")
+                       f"({within(small, dare)} 0.002).")
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["real", "scaling", "synthetic", "table", "all"], default="all")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["real", "scaling", "synthetic", "table", "all"],
+                    default="all")
     ap.add_argument("--datasets", nargs="+", default=["ml-latest-small", "ml-100k"])
     ap.add_argument("--models", nargs="+", default=None)
-    ap.add_argument("--max-minutes", type=float, default=3.0, help="training budget per real-data run")
+    ap.add_argument("--max-minutes", type=float, default=3.0,
+                    help="training budget per real-data run")
     ap.add_argument("--lengths", nargs="+", type=int, default=[100, 1000, 10000])
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -321,10 +385,12 @@ def main() -> None:
     if args.part in ("real", "all"):
         run_real(args.datasets, args.models or MODELS, args.workdir, args.max_minutes)
     if args.part in ("scaling", "all"):
-        run_scaling(args.lengths, args.models or list(SCALING_MODELS), args.candidates, args.repeats)
+        run_scaling(args.lengths, args.models or list(SCALING_MODELS), args.candidates,
+                    args.repeats)
     if args.part in ("synthetic", "all"):
         run_synthetic(args.synthetic_length, args.synthetic_users, args.synthetic_targets,
-                      args.models or list(SYNTH_MODELS), args.epochs, args.seed, args.synthetic_batch_size)
+                      args.models or list(SYNTH_MODELS), args.epochs, args.seed,
+                      args.synthetic_batch_size)
     write_table()
 
 

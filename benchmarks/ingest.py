@@ -30,8 +30,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "RESULTS.md"
-START, END = "<!-- ingest:start -->", "<!-- ingest:end -->"
 TARGET_SECONDS = 60.0
 TARGET_RSS_BYTES = 8e9  # 8 GB
 MARK = "INGEST_RESULT "
@@ -55,7 +53,8 @@ def child_generate(a: argparse.Namespace) -> None:
 
     t = time.perf_counter()
     write_synthetic_events(a.path, a.events, a.users, a.items, a.seed)
-    print(MARK + json.dumps({"seconds": time.perf_counter() - t, "peak_rss": _rss_peak()}), flush=True)
+    out = {"seconds": time.perf_counter() - t, "peak_rss": _rss_peak()}
+    print(MARK + json.dumps(out), flush=True)
 
 
 def child_ingest(a: argparse.Namespace) -> None:
@@ -70,7 +69,8 @@ def child_ingest(a: argparse.Namespace) -> None:
     base = _rss_now()
 
     def record(name: str, t0: float) -> None:
-        steps.append({"step": name, "seconds": time.perf_counter() - t0, "rss": _rss_now(), "peak_rss": _rss_peak()})
+        steps.append({"step": name, "seconds": time.perf_counter() - t0, "rss": _rss_now(),
+                      "peak_rss": _rss_peak()})
 
     t = time.perf_counter()
     log = EventLog.read(a.path)
@@ -146,49 +146,54 @@ def machine() -> dict:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "ram_bytes": ram, "os": f"{platform.system()} {platform.release()}"}
+    return {"cpu": cpu, "cores": cores, "ram_bytes": ram,
+            "os": f"{platform.system()} {platform.release()}"}
 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def render(a: argparse.Namespace, command: str, path: Path, gen: dict | None, res: dict, mach: dict) -> str:
+def render(a: argparse.Namespace, command: str, path: Path, gen: dict | None, res: dict,
+           mach: dict) -> str:
+    """The body of the `ingest` section of RESULTS.md."""
     ok_time = res["total_seconds"] < TARGET_SECONDS
     ok_rss = res["peak_rss"] < TARGET_RSS_BYTES
     v = res["versions"]
     size = path.stat().st_size
     gen_line = (
-        f"generated in {gen['seconds']:.1f} s (separate process, peak RSS {_gb(gen['peak_rss'])}; not counted)"
+        f"generated in {gen['seconds']:.1f} s (separate process, peak RSS "
+        f"{_gb(gen['peak_rss'])}; not counted)"
         if gen else "already present, reused (generation not counted)"
     )
     lines = [
-        START,
-        "## Ingest: Parquet -> EventLog -> CSR -> training windows",
-        "",
         f"Command: `{command}`",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Machine: {mach['cpu']}, {mach['cores']} cores, {_gb(mach['ram_bytes'])} RAM, {mach['os']}",
-        f"- 1-min load average just before the ingest: {res['loadavg']:.2f} (other processes competing for "
-        f"the {mach['cores']} cores slow the timings down)",
+        f"- Machine: {mach['cpu']}, {mach['cores']} cores, {_gb(mach['ram_bytes'])} RAM, "
+        f"{mach['os']}",
+        f"- 1-min load average just before the ingest: {res['loadavg']:.2f} (other processes "
+        f"competing for the {mach['cores']} cores slow the timings down)",
         f"- Software: Python {v['python']}, polars {v['polars']} ({v['polars_threads']} threads), "
         f"numpy {v['numpy']}, pyarrow {v['pyarrow']}",
-        f"- Data: synthetic (`benchmarks/synthetic.py`, seed {a.seed}): {res['n_events']:,} events, "
-        f"{res['n_users']:,} users, {res['n_items']:,} distinct items (of {a.items:,}); int64 sparse ids, "
-        f"int64 Unix-second timestamps; user blocks in random order; Zipf-like (a=1) item popularity; "
-        f"log-normal user activity (median {res['length_median']:.0f}, max {res['length_max']:,} events/user). "
+        f"- Data: synthetic (`benchmarks/synthetic.py`, seed {a.seed}): {res['n_events']:,} "
+        f"events, {res['n_users']:,} users, {res['n_items']:,} distinct items (of {a.items:,}); "
+        "int64 sparse ids, int64 Unix-second timestamps; user blocks in random order; Zipf-like "
+        "(a=1) item popularity; log-normal user activity (median "
+        f"{res['length_median']:.0f}, max {res['length_max']:,} events/user). "
         f"Parquet, snappy, {size / 1e6:,.0f} MB; {gen_line}.",
-        f"- Output: EventLog frame {_gb(res['frame_bytes'])}; windows {tuple(res['windows_shape'])} "
-        f"{res['windows_dtype']} ({_gb(res['windows_bytes'])})",
+        f"- Output: EventLog frame {_gb(res['frame_bytes'])}; windows "
+        f"{tuple(res['windows_shape'])} {res['windows_dtype']} ({_gb(res['windows_bytes'])})",
         "",
         "| step | wall time (s) | RSS after (GB) | peak RSS so far (GB) |",
         "|---|---:|---:|---:|",
     ]
     for s in res["steps"]:
-        lines.append(f"| {s['step']} | {s['seconds']:.2f} | {s['rss'] / 1e9:.2f} | {s['peak_rss'] / 1e9:.2f} |")
+        lines.append(f"| {s['step']} | {s['seconds']:.2f} | {s['rss'] / 1e9:.2f} | "
+                     f"{s['peak_rss'] / 1e9:.2f} |")
     lines += [
-        f"| **total (b)-(d)** | **{res['total_seconds']:.2f}** | | **{res['peak_rss'] / 1e9:.2f}** |",
+        f"| **total (b)-(d)** | **{res['total_seconds']:.2f}** | | "
+        f"**{res['peak_rss'] / 1e9:.2f}** |",
         "",
         f"RSS after imports (numpy, polars, pyarrow, userseq): {_gb(res['rss_after_imports'])}.",
         "",
@@ -196,20 +201,8 @@ def render(a: argparse.Namespace, command: str, path: Path, gen: dict | None, re
         f"**{'PASS' if ok_time else 'FAIL'}**",
         f"- Peak RSS (ru_maxrss of the ingest process): {_gb(res['peak_rss'])}, target < "
         f"{_gb(TARGET_RSS_BYTES)}: **{'PASS' if ok_rss else 'FAIL'}**",
-        END,
     ]
     return "\n".join(lines)
-
-
-def update_results(section: str, results: Path = RESULTS) -> None:
-    """Replace (or append) the ingest section of RESULTS.md, leaving other sections alone."""
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        i, j = text.index(START), text.index(END) + len(END)
-        text = text[:i] + section + text[j:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,20 +237,27 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"(a) generating {path} ...", flush=True)
         gen = _run_child("generate", a, path)
-        print(f"    {gen['seconds']:.1f} s, peak RSS {_gb(gen['peak_rss'])}, {path.stat().st_size / 1e6:,.0f} MB")
+        print(f"    {gen['seconds']:.1f} s, peak RSS {_gb(gen['peak_rss'])}, "
+              f"{path.stat().st_size / 1e6:,.0f} MB")
 
     print("(b)-(d) ingest in a fresh process ...", flush=True)
     load = os.getloadavg()[0]
     res = _run_child("ingest", a, path)
     res["loadavg"] = load
     for s in res["steps"]:
-        print(f"    {s['step']:<40} {s['seconds']:7.2f} s   RSS {_gb(s['rss'])}   peak {_gb(s['peak_rss'])}")
+        print(f"    {s['step']:<40} {s['seconds']:7.2f} s   RSS {_gb(s['rss'])}   "
+              f"peak {_gb(s['peak_rss'])}")
     print(f"    {'total':<40} {res['total_seconds']:7.2f} s   peak RSS {_gb(res['peak_rss'])}")
     ok = res["total_seconds"] < TARGET_SECONDS and res["peak_rss"] < TARGET_RSS_BYTES
-    print(f"targets (< {TARGET_SECONDS:.0f} s, < {_gb(TARGET_RSS_BYTES)}): {'PASS' if ok else 'FAIL'}")
+    print(f"targets (< {TARGET_SECONDS:.0f} s, < {_gb(TARGET_RSS_BYTES)}): "
+          f"{'PASS' if ok else 'FAIL'}")
 
     if not a.no_results:
-        update_results(render(a, command, path, gen, res, machine()))
+        sys.path.insert(0, str(HERE))
+        from results import RESULTS, update_section
+
+        update_section("ingest", "Ingest: Parquet -> EventLog -> CSR -> training windows",
+                       render(a, command, path, gen, res, machine()))
         print(f"updated {os.path.relpath(RESULTS)}")
 
 

@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: machine description and RESULTS.md sections.
+"""Shared helpers for benchmark scripts: machine description, RESULTS.md sections, row stores.
 
 Each script owns one section of benchmarks/RESULTS.md between `<!-- NAME:start -->` and
 `<!-- NAME:end -->` and replaces only that section.
@@ -6,9 +6,11 @@ Each script owns one section of benchmarks/RESULTS.md between `<!-- NAME:start -
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,10 +39,19 @@ def machine_description() -> str:
 def update_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n## {title}\n\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by its script.\n"
+    new_file = "# Benchmark results\n\nEach section is written by its script.\n"
+    text = path.read_text() if path.exists() else new_file
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def fmt_load(load: tuple[float, ...] | list[float], digits: int = 2) -> str:
+    """A load average triple as '1.00/0.50/0.25'."""
+    return "/".join(f"{x:.{digits}f}" for x in load)
 
 
 def run_header(script: str, load_before: tuple[float, ...], machine_note: str = "") -> list[str]:
@@ -51,14 +62,54 @@ def run_header(script: str, load_before: tuple[float, ...], machine_note: str = 
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Machine: {machine_description()}, {platform.platform()}{machine_note}",
-        f"- Load average (1/5/15 min) before: {'/'.join(f'{x:.2f}' for x in load_before)} (the cores are shared "
+        f"- Load average (1/5/15 min) before: {fmt_load(load_before)} (the cores are shared "
         "with other work: above ~2, timings are inflated)",
     ]
 
 
 def publish(name: str, title: str, lines: list[str], write: bool = True) -> None:
-    """Print a section's lines and, unless `write` is false (--no-write), store them in RESULTS.md."""
+    """Print a section's lines and, unless `write` is false (--no-write), store them in
+    RESULTS.md."""
     body = "\n".join(lines)
     print(body)
     if write:
         update_section(name, title, body)
+
+
+def log(msg: str) -> None:
+    """One progress line, prefixed with the wall-clock time."""
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def run_dates(rows) -> str:
+    """The distinct `date` fields of stored rows, sorted and comma-separated."""
+    return ", ".join(sorted({r["date"] for r in rows}))
+
+
+def load_rows(store: Path) -> dict:
+    """The keyed rows of a `*_runs.json` store ({} before the first run)."""
+    return json.loads(store.read_text()) if store.exists() else {}
+
+
+def save_row(store: Path, key: str, row: dict, lock: Path) -> None:
+    """Add (or replace) one row of `store`; several invocations may add rows at once (`lock`)."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        saved = load_rows(store)
+        saved[key] = row
+        store.write_text(json.dumps(saved, indent=1) + "\n")
+
+
+def run_userseq(cmd: list[str]) -> None:
+    """Run `userseq ...` (cmd[0] == "userseq") in a subprocess; exit with its stderr if it fails.
+
+    Without the console script (e.g. a plain checkout on PYTHONPATH) the same CLI runs as a module.
+    """
+    exe = Path(sys.executable).with_name("userseq")
+    prog = [str(exe)] if exe.exists() else [sys.executable, "-m", "userseq.cli"]
+    proc = subprocess.run([*prog, *cmd[1:]], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")

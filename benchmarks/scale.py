@@ -35,8 +35,9 @@ def train_part(path: str, minutes: float, out: str) -> None:
     rec = NextItemRecommender("sasrec", overrides=over).fit(log, sp, quiet=True)
     st = rec.train_state
     res = {"users": log.n_users, "items": log.n_items, "events": log.n_events, "load_s": t_load,
-           "train_s": st["seconds"], "epochs": st["epochs"], "seconds_per_epoch": st["seconds_per_epoch"],
-           "sequences": st["train_sequences"], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "train_s": st["seconds"], "epochs": st["epochs"],
+           "seconds_per_epoch": st["seconds_per_epoch"], "sequences": st["train_sequences"],
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "valid_ndcg@10": st["best_valid"]}
     Path(out).write_text(json.dumps(res))
 
@@ -57,12 +58,42 @@ def eval_part(n_items: int, n_users: int, out: str) -> None:
     t0 = time.time()
     m = evaluate(matrix_scorer(U, W), n_items, targets, (offsets, items), ks=[10, 100])
     res = {"users": n_users, "items": n_items, "seconds": time.time() - t0, "rss_before_gb": base,
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "hr@100": m["hr@100"]}
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "hr@100": m["hr@100"]}
     Path(out).write_text(json.dumps(res))
 
 
+def section_lines(args: argparse.Namespace, tr: dict, ev: dict) -> list[str]:
+    from results import machine_description
+
+    return [
+        f"Machine: {machine_description()}.",
+        "",
+        f"Synthetic log (benchmarks/synthetic.py, seed 0): {args.events:,} events, "
+        f"{args.users:,} users, "
+        f"{args.items:,} items (Zipf popularity); after `min_user_events=3`: {tr['users']:,} "
+        f"users, {tr['items']:,} items, {tr['events']:,} events.",
+        "",
+        "| part | setting | time | peak RSS | target |",
+        "|---|---|---|---|---|",
+        "| train | SASRec d=64, max_len 50, sampled softmax (1,024 popularity negatives, logQ), "
+        f"batch 256, {args.minutes} min budget | {tr['epochs']} epoch(s), "
+        f"{tr['seconds_per_epoch']} s/epoch, "
+        f"{tr['sequences']:,} sequences/epoch; load {tr['load_s']:.1f} s | "
+        f"{tr['peak_rss_gb']:.2f} GB | "
+        f"< 8 GB: {'met' if tr['peak_rss_gb'] < 8 else 'MISSED'} |",
+        f"| full-ranking eval | {ev['users']:,} users x {ev['items']:,} items, d=64, 50 seen items "
+        f"filtered per user, K = 10/100 | {ev['seconds']:.1f} s | {ev['peak_rss_gb']:.2f} GB "
+        f"(inputs alone {ev['rss_before_gb']:.2f} GB) | bounded (chunks <= 32M scores) |",
+        "",
+        f"Command: `python benchmarks/scale.py --items {args.items} --users {args.users} "
+        f"--events {args.events} --minutes {args.minutes}` ({time.strftime('%Y-%m-%d')}).",
+    ]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -78,7 +109,7 @@ def main() -> None:
     if args.part == "eval":
         return eval_part(args.items, args.eval_users, args.out)
 
-    from results import machine_description, update_section
+    from results import publish
     from synthetic import write_synthetic_events
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -90,34 +121,13 @@ def main() -> None:
     for part in ("eval", "train"):
         out = args.workdir / f"{part}.json"
         cmd = [sys.executable, __file__, "--part", part, "--out", str(out), "--path", str(path),
-               "--items", str(args.items), "--eval-users", str(args.eval_users), "--minutes", str(args.minutes)]
+               "--items", str(args.items), "--eval-users", str(args.eval_users),
+               "--minutes", str(args.minutes)]
         print("running", part, flush=True)
         subprocess.run(cmd, check=True)
         res[part] = json.loads(out.read_text())
         print(part, res[part], flush=True)
-    tr, ev = res["train"], res["eval"]
-    body = "\n".join([
-        f"Machine: {machine_description()}.",
-        "",
-        f"Synthetic log (benchmarks/synthetic.py, seed 0): {args.events:,} events, {args.users:,} users, "
-        f"{args.items:,} items (Zipf popularity); after `min_user_events=3`: {tr['users']:,} users, "
-        f"{tr['items']:,} items, {tr['events']:,} events.",
-        "",
-        "| part | setting | time | peak RSS | target |",
-        "|---|---|---|---|---|",
-        f"| train | SASRec d=64, max_len 50, sampled softmax (1,024 popularity negatives, logQ), batch 256, "
-        f"{args.minutes} min budget | {tr['epochs']} epoch(s), {tr['seconds_per_epoch']} s/epoch, "
-        f"{tr['sequences']:,} sequences/epoch; load {tr['load_s']:.1f} s | {tr['peak_rss_gb']:.2f} GB | "
-        f"< 8 GB: {'met' if tr['peak_rss_gb'] < 8 else 'MISSED'} |",
-        f"| full-ranking eval | {ev['users']:,} users x {ev['items']:,} items, d=64, 50 seen items filtered "
-        f"per user, K = 10/100 | {ev['seconds']:.1f} s | {ev['peak_rss_gb']:.2f} GB "
-        f"(inputs alone {ev['rss_before_gb']:.2f} GB) | bounded (chunks <= 32M scores) |",
-        "",
-        f"Command: `python benchmarks/scale.py --items {args.items} --users {args.users} --events {args.events} "
-        f"--minutes {args.minutes}` ({time.strftime('%Y-%m-%d')}).",
-    ])
-    update_section("scale", "Scale: 1M-item catalogue", body)
-    print(body)
+    publish("scale", "Scale: 1M-item catalogue", section_lines(args, res["train"], res["eval"]))
 
 
 if __name__ == "__main__":

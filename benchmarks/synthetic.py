@@ -54,11 +54,13 @@ def iter_chunks(
     tie_rate: float = 0.02,
     chunk_events: int = 2_000_000,
 ) -> Iterator[pa.Table]:
-    """Yield the synthetic log as pyarrow tables of roughly `chunk_events` rows (whole user blocks)."""
+    """Yield the synthetic log as pyarrow tables of roughly `chunk_events` rows (whole user
+    blocks)."""
     if n_users < 1 or n_items < 1:
         raise ValueError("n_users and n_items must be >= 1")
     if n_events < n_users:
-        raise ValueError(f"n_events ({n_events}) must be >= n_users ({n_users}): every user has an event")
+        raise ValueError(f"n_events ({n_events}) must be >= n_users ({n_users}): "
+                         "every user has an event")
     rng = np.random.default_rng(seed)
     user_ids = _sparse_ids(rng, n_users, base=1_000_000)
     item_by_rank = _sparse_ids(rng, n_items, base=10_000_000_000)
@@ -98,8 +100,9 @@ def iter_chunks(
         items = item_by_rank[ranks]
         del ranks
 
-        yield pa.Table.from_arrays([pa.array(np.repeat(user_ids[users], c)), pa.array(items), pa.array(ts)],
-                                   schema=SCHEMA)
+        yield pa.Table.from_arrays(
+            [pa.array(np.repeat(user_ids[users], c)), pa.array(items), pa.array(ts)], schema=SCHEMA
+        )
         lo = hi
 
 
@@ -146,7 +149,8 @@ def write_synthetic_events(
     return path
 
 
-def synthetic_frame(n_events: int = 10_000, n_users: int = 200, n_items: int = 1_000, seed: int = 0, **options):
+def synthetic_frame(n_events: int = 10_000, n_users: int = 200, n_items: int = 1_000,
+                    seed: int = 0, **options):
     """The same synthetic log as a Polars DataFrame (for tests and small examples)."""
     import polars as pl
 
