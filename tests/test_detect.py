@@ -326,7 +326,9 @@ def test_split_seed_and_its_old_name():
     c = DetectConfig.parse({"seed": 4})  # configs written before the rename
     assert c.split_seed == 4 and c.train.seed == 42
     assert c.updated({"seed": 9}).split_seed == 9 and c.updated({"split_seed": 5}).split_seed == 5
-    assert DetectConfig.parse({"seed": 1, "split_seed": 2}).split_seed == 2
+    assert DetectConfig.parse({"seed": 2, "split_seed": 2}).split_seed == 2
+    with pytest.raises(ConfigError, match="'seed' is the old name of 'split_seed'"):
+        DetectConfig.parse({"seed": 1, "split_seed": 2})  # two different values: which one? say so
     with pytest.raises(ConfigError, match="seed"):
         c.updated({"split_seed": "x"})
 
