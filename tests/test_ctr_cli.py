@@ -35,8 +35,10 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
 def run(cli, files, tmp_path_factory) -> Path:
     events, cfg = files
     out = tmp_path_factory.mktemp("runs") / "dare"
-    res = cli("ctr", "train", "--data", events, "--model", "dare", "--category-col", "category", "--config", cfg,
-              "--epochs", "1", "--out", out, "--quiet")
+    # --set applies after --config and before the specific options (--epochs wins over --set)
+    res = cli("ctr", "train", "--data", events, "--model", "dare", "--category-col", "category",
+              "--config", cfg, "--set", "train.epochs=4", "--set", "model.top_k=3", "--epochs", "1",
+              "--out", out, "--quiet")
     assert res.code == 0, res.output
     assert "saved run to" in res.stdout and "test" in res.stdout
     return out
@@ -47,7 +49,16 @@ def test_train_writes_run_and_metrics(run):
     assert set(m["test"]) >= {"auc", "gauc", "logloss"}
     assert 0 <= m["test"]["auc"] <= 1 and m["test"]["logloss"] > 0
     assert m["split"]["split"] == "temporal" and m["model"] == "dare"
-    assert "category_col: category" in (run / "config.yaml").read_text()
+    assert m["task"] == "ctr" and m["train"]["epochs"] == 1
+    cfg = (run / "config.yaml").read_text()
+    assert "category_col: category" in cfg and "top_k: 3" in cfg and "epochs: 1" in cfg
+    assert json.loads((run / "estimator.json").read_text())["task"] == "ctr"
+
+
+def test_ctr_serve_command_is_registered(cli):
+    res = cli("ctr", "serve", "--help")
+    assert res.code == 0 and "POST /score" in res.stdout
+    assert_user_error(cli("ctr", "serve", "/nowhere/at/all", "--port", "0"), "--port must be in")
 
 
 def test_evaluate_rewrites_metrics_identically(cli, run):
@@ -113,9 +124,10 @@ def test_http_score_endpoint(cli, run):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from userseq.serve.routes.ctr import create_ctr_app
+    from userseq.serve.app import create_ctr_app
+    from userseq.serve.routes.ctr import CTRService
 
-    client = TestClient(create_ctr_app(run))
+    client = TestClient(create_ctr_app(CTRService.from_run(run)))
     assert client.get("/health").json()["model"] == "dare"
     r = client.post("/score", json={"user": 3, "items": [5, 7]})
     assert r.status_code == 200, r.text

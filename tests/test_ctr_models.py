@@ -66,8 +66,8 @@ def test_serving_path_equals_batch_scoring(name, synth):
     est = CTREstimator(config=cfg, overrides={"model.name": name})
     v = data.vocab
     torch.manual_seed(0)
-    est.model = build_ctr_model(est.config.model, v.n_items, v.n_cats, v.n_feats, v.n_users).eval()
-    est.vocab, est.behaviours = v, data.behaviours
+    est.model_ = build_ctr_model(est.config.model, v.n_items, v.n_cats, v.n_feats, v.n_users).eval()
+    est.vocab_, est.behaviours_ = v, data.behaviours
     s = data.samples.take(np.array([5]))
     cand = np.arange(1, 41)
     served = est._score_candidates(data.behaviours, s, cand)
@@ -75,7 +75,7 @@ def test_serving_path_equals_batch_scoring(name, synth):
     reps.item = cand
     with torch.no_grad():
         b = make_batch(data.behaviours, reps, v.item_cat, est.config.model.window, est.config.model.pos_buckets)
-        direct = torch.sigmoid(est.model(b)).numpy()
+        direct = torch.sigmoid(est.model_(b)).numpy()
     np.testing.assert_allclose(served, direct, rtol=1e-4, atol=1e-5)
 
 
@@ -195,3 +195,79 @@ def test_unknown_items_in_new_data_are_an_error(synth):
     log = EventLog.from_frame(pl.concat([df, extra]))
     with pytest.raises(DataError, match=r"unknown item id\(s\) \[10001, 10002\]"):
         est.data_for(log)
+
+
+# ---------------------------------------------------------------------- the Estimator contract
+def test_estimator_contract_params_clone_and_not_fitted(synth):
+    from sklearn.base import clone
+
+    from userseq import Estimator, NotFittedError
+    from userseq.ctr.models import CTR_MODELS
+
+    _, cfg, data = synth
+    est = CTREstimator("sdim", config=cfg, overrides={"train.epochs": 1})
+    assert isinstance(est, Estimator) and est.task == "ctr" and not est.is_fitted
+    assert est.config.model.name == "sdim" and est.config.train.epochs == 1
+    assert cfg.model.name == "din"  # the given config is not changed
+    params = est.get_params()
+    assert params["model__name"] == "sdim" and params["train__epochs"] == 1
+    twin = clone(est)
+    assert twin is not est and twin.config == est.config and twin.model_ is None
+    # a config object is kept as is (sklearn's clone checks identity)
+    assert CTREstimator(config=cfg).config is cfg
+    est.set_params(model__top_k=7)
+    assert est.config.model.top_k == 7
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        est.predict_proba(data)
+    with pytest.raises(NotFittedError):
+        est.save("unused")
+    # every CTR model name the config accepts is registered, and only those
+    accepted = set(CTRModelConfig.model_fields["name"].annotation.__args__)
+    assert set(CTR_MODELS.names()) == accepted
+
+
+def test_saved_run_layout_and_format_1_runs_load(synth, tmp_path):
+    import json
+    import shutil
+
+    from userseq import Estimator
+
+    _, cfg, data = synth
+    est = CTREstimator("din", config=cfg, overrides={"train.epochs": 1}).fit(data, run_dir=tmp_path / "run",
+                                                                             quiet=True)
+    run = tmp_path / "run"
+    manifest = json.loads((run / "estimator.json").read_text())
+    assert manifest["task"] == "ctr" and manifest["format_version"] == 2
+    assert est.data_fingerprint_ and est.cuts_ == (data.info["valid_cut"], data.info["test_cut"])
+    assert est.train_state_["epochs"] == 1 and est.data_info_["samples"] == len(data.samples)
+    p = est.predict_proba(data, "test")
+    # userseq.Estimator.load picks the CTR estimator by the run's task
+    generic = Estimator.load(run)
+    assert type(generic) is CTREstimator
+    np.testing.assert_array_equal(generic.predict_proba(data, "test"), p)
+    # a run written by userseq 0.1 (format 1: no estimator.json) still loads, identically
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    (old / "estimator.json").unlink()
+    same = CTREstimator.load(old)
+    np.testing.assert_array_equal(same.predict_proba(data, "test"), p)
+    assert same.train_state_ == est.train_state_ and same.data_fingerprint_ == est.data_fingerprint_
+    assert type(Estimator.load(old)) is CTREstimator
+    # metrics.json through the one writer
+    m = est.write_metrics(run, est.report(data))
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["task"] == "ctr" and on_disk["test"]["auc"] == m["test"]["auc"]
+
+
+def test_format_1_ctr_config_with_partial_train_section_keeps_ctr_defaults(tmp_path):
+    """Old run configs may hold only some train keys: the CTR defaults fill the rest."""
+    path = tmp_path / "config.yaml"
+    path.write_text("model: {name: sim}\ntrain: {epochs: 3}\n")
+    cfg = CTRConfig.from_yaml(path)
+    assert cfg.model.name == "sim" and cfg.train.epochs == 3
+    assert cfg.train.monitor == "auc" and cfg.train.batch_size == 512 and cfg.train.patience == 2
+    from userseq.core.errors import ConfigError
+
+    path.write_text("train: {monitor: ndcg@10}\n")
+    with pytest.raises(ConfigError, match="train.monitor must be one of auc, gauc, neg_logloss"):
+        CTRConfig.from_yaml(path)

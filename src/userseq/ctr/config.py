@@ -1,4 +1,5 @@
-"""CTR configuration: pydantic models (unknown keys and bad values are errors), YAML in and out.
+"""CTR configuration: a `TaskConfig` (unknown keys and bad values are errors; YAML in and out,
+dotted overrides: `CTRConfig.from_yaml(path)`, `cfg.updated({"model.name": "dare"})`).
 
 The training section is the shared `TrainConfig` (one training loop for every task); its CTR
 defaults differ only in the monitored metric (`auc`) and the batch size / patience.
@@ -6,16 +7,13 @@ defaults differ only in the monitored metric (`auc`) and the batch size / patien
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from userseq.core.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
+from userseq.core.config import StrictModel, TaskConfig, TrainConfig, validate_config
 from userseq.core.errors import ConfigError
 
-MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
 MONITORS = ("auc", "gauc", "neg_logloss")
 
 
@@ -86,7 +84,9 @@ def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=20, batch_size=512, lr=1e-3, patience=2, monitor="auc", grad_clip=5.0)
 
 
-class CTRConfig(StrictModel):
+class CTRConfig(TaskConfig):
+    """The whole CTR configuration: how samples are built, the model, the training loop."""
+
     data: CTRDataConfig = Field(default_factory=CTRDataConfig)
     model: CTRModelConfig = Field(default_factory=CTRModelConfig)
     train: TrainConfig = Field(default_factory=_train_defaults)
@@ -99,27 +99,13 @@ class CTRConfig(StrictModel):
                              f"(got {self.train.monitor!r})")
         return self
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    def updated(self, overrides: dict[str, Any]) -> CTRConfig:
-        """Apply dotted overrides like {"model.name": "dare", "train.epochs": 3}; None values are skipped."""
-        data = merge_overrides(self.model_dump(mode="json"), overrides, "unknown config key")
-        return parse_ctr_config(data, "<overrides>")
-
-
-def parse_ctr_config(data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
-    merged = dict(data)
-    if isinstance(merged.get("train"), dict):  # CTR defaults under the user's train keys
-        merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
-    return validate_config(CTRConfig, merged, source, what="CTR config")
-
-
-def load_ctr_config(path: str | Path | None) -> CTRConfig:
-    if path is None:
-        return CTRConfig()
-    return parse_ctr_config(read_yaml_mapping(path), str(path))
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
+        """Validate a mapping; a partial `train` section keeps the CTR training defaults for the
+        keys it leaves out (monitor auc, batch size 512, patience 2, ...)."""
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
+        merged = dict(data or {})
+        if isinstance(merged.get("train"), dict):
+            merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
+        return validate_config(cls, merged, source)

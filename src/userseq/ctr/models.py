@@ -28,11 +28,14 @@ product over the history per candidate batch and SDIM costs O(m * tau * d) per c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from userseq.core.registry import Registry
 from userseq.ctr.config import CTRModelConfig
 
 NEG = -1e9
@@ -358,21 +361,21 @@ class SDIM(CTRModel):
         return {**h, "buckets": sums.reshape(1, m, n_b, -1)}
 
 
+CTR_MODELS: Registry[Callable[..., CTRModel]] = Registry(
+    "CTR model", "Set it with model.name (CLI: userseq ctr train --model NAME).")
+CTR_MODELS.register("nohist", NoHistory, help="no history: target, category and user features")
+CTR_MODELS.register("mean", MeanPool, help="mean of the last max_len behaviours")
+CTR_MODELS.register("din", DIN, help="DIN local activation unit over the last max_len behaviours")
+CTR_MODELS.register("sim", partial(SearchAttention, search="hard"),
+                    help="SIM-hard: same-category search, then target attention")
+CTR_MODELS.register("twin", partial(SearchAttention, search="soft"),
+                    help="TWIN: top-k attention search, then target attention")
+CTR_MODELS.register("dare", partial(SearchAttention, search="soft", decoupled=True),
+                    help="DARE: TWIN with decoupled attention and representation tables")
+CTR_MODELS.register("sdim", SDIM, help="SDIM: SimHash buckets of the history, no attention")
+
+
 def build_ctr_model(cfg: CTRModelConfig, n_items: int, n_cats: int, n_feats: int, n_users: int,
                     n_context: int = 0) -> CTRModel:
-    args = (cfg, n_items, n_cats, n_feats, n_users, n_context)
-    if cfg.name == "nohist":
-        return NoHistory(*args)
-    if cfg.name == "mean":
-        return MeanPool(*args)
-    if cfg.name == "din":
-        return DIN(*args)
-    if cfg.name == "sim":
-        return SearchAttention(*args, search="hard")
-    if cfg.name == "twin":
-        return SearchAttention(*args, search="soft")
-    if cfg.name == "dare":
-        return SearchAttention(*args, search="soft", decoupled=True)
-    if cfg.name == "sdim":
-        return SDIM(*args)
-    raise ValueError(f"unknown CTR model {cfg.name!r}")
+    """The CTR model named by `cfg.name` (see CTR_MODELS)."""
+    return CTR_MODELS.get(cfg.name).obj(cfg, n_items, n_cats, n_feats, n_users, n_context)

@@ -110,6 +110,52 @@ class ClassifyResponse(BaseModel):
     reordered: int = Field(0, description="adjacent event pairs whose timestamps were out of order (sorted)")
 
 
+CTR_MAX_HISTORY = 100_000  # CTR models read long histories (SIM, TWIN, SDIM, DARE)
+MAX_CANDIDATES = 100_000
+
+
+class ScoreRequest(_Request):
+    """POST /score: one user (a training user's stored history) or an explicit history, and the
+    candidate items, for the CTR run given to `userseq serve --ctr` (or `userseq ctr serve`)."""
+
+    items: list[Id] = Field(..., min_length=1, max_length=MAX_CANDIDATES,
+                            description="candidate item ids")
+    user: Id | None = Field(None, description="a training user: their stored history is used "
+                                              "unless `history` is given")
+    history: list[Id] | None = Field(None, max_length=CTR_MAX_HISTORY,
+                                     description="item ids, oldest first")
+    history_values: list[float] | None = Field(
+        None, max_length=CTR_MAX_HISTORY, description="the rating/label of each history event")
+    history_timestamps: list[float] | None = Field(
+        None, max_length=CTR_MAX_HISTORY, description="Unix seconds, one per history event")
+    timestamp: float | None = Field(
+        None, description="time of the impression: history events must be earlier")
+    context: dict[str, float] | None = Field(None, description="the model's context features")
+
+    @model_validator(mode="after")
+    def _who(self) -> ScoreRequest:
+        if self.user is None and self.history is None:
+            raise ValueError("give `user` (a training user) or `history` (item ids, oldest first)")
+        return self
+
+
+class Score(BaseModel):
+    item: Id
+    probability: float = Field(description="predicted click probability")
+
+
+class ScoreResponse(BaseModel):
+    model: str = Field(description="the CTR model (din, sim, twin, sdim, dare, ...)")
+    scores: list[Score] = Field(description="one per candidate, in the order they were sent")
+
+
+class CTRHealth(BaseModel):
+    status: Literal["ok"]
+    model: str
+    items: int
+    users: int
+
+
 class ScoredItem(BaseModel):
     item_id: Id
     score: float
@@ -203,6 +249,10 @@ class Info(BaseModel):
     run_dir: str
     userseq_version: str
     item_metadata: bool = Field(description="titles/genres are available")
+    detector: dict[str, Any] | None = Field(
+        None, description="the detector run answering POST /classify (`--detector`), if any")
+    ctr: dict[str, Any] | None = Field(
+        None, description="the CTR run answering POST /score (`--ctr`), if any")
 
 
 class ErrorResponse(BaseModel):

@@ -11,7 +11,6 @@ import concurrent.futures as cf
 import queue
 import re
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -415,9 +414,6 @@ class Service:
                 "index": self.index.manifest, "items": len(self.items), "users": len(self.users),
                 "run_dir": str(self.run_dir), "userseq_version": __version__,
                 "item_metadata": self.titles is not None}
-
-    def stats(self) -> dict[str, Any]:
-        return {"encode_batches": self.batcher.batches, "encoded": self.batcher.encoded, "time": time.time()}
 
 
 def load_item_meta(source: str | Path | pl.DataFrame | None, rec: Any) -> pl.DataFrame | None:
