@@ -71,6 +71,35 @@ def test_centred_cosine(clustered):
     np.testing.assert_array_equal(i, ref)
 
 
+@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw", "ivfpq"])
+def test_chunked_build_equals_the_whole_matrix(clustered, kind):
+    """build_chunks over raw (uncentred) chunks == build over the whole matrix; IVF-PQ trains on
+    the given sample or, without one, on the first chunks: the same rows give the same index."""
+    x, q = clustered
+    centre = x.mean(0)
+    cfg = IndexConfig(kind=kind, nlist=16, nprobe=16, train_sample=2500)
+
+    def chunks():
+        return (x[i : i + 700] for i in range(0, len(x), 700))
+
+    whole = VectorIndex.build(x, "cosine", cfg.model_copy(update={"train_sample": 10_000}),
+                              center=centre)
+    chunked = VectorIndex.build_chunks(chunks, len(x), 16, "cosine", cfg, center=centre)
+    assert chunked.n == len(x) and chunked.info["n"] == len(x)
+    _, i = chunked.search(q, 20)
+    if kind == "ivfpq":
+        sampled = VectorIndex.build_chunks(chunks, len(x), 16, "cosine", cfg, center=centre,
+                                           sample=x[:2500])
+        assert chunked.info["train_rows"] == sampled.info["train_rows"] == 2500
+        np.testing.assert_array_equal(sampled.search(q, 20)[1], i)
+        _, exact_i = exact_search(x - centre, q - centre, 20, "cosine")
+        assert recall_at_k(i, exact_i) >= 0.8
+    else:
+        np.testing.assert_array_equal(i, whole.search(q, 20)[1])
+    with pytest.raises(UserseqError, match="expected 6001 vectors but the chunks gave 6000"):
+        VectorIndex.build_chunks(chunks, len(x) + 1, 16, "cosine", cfg, center=centre)
+
+
 def test_short_catalogue_pads_results():
     x = np.eye(3, dtype=np.float32)
     s, i = VectorIndex.build(x, "ip", IndexConfig(kind="flat")).search(x[:1], 5)

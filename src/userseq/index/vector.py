@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,9 +133,10 @@ class VectorIndex:
         return index
 
     @classmethod
-    def build_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int, metric: Metric = "ip",
-                     config: IndexConfig | None = None, prepared: bool = False,
-                     sample: np.ndarray | None = None, center: np.ndarray | None = None) -> VectorIndex:
+    def build_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int,
+                     metric: Metric = "ip", config: IndexConfig | None = None,
+                     prepared: bool = False, sample: np.ndarray | None = None,
+                     center: np.ndarray | None = None) -> VectorIndex:
         """Index vectors that arrive in chunks (bounded memory for the exact index's inputs and
         for faiss adds). `chunks()` must yield the n rows in order; IVF-PQ trains on `sample`
         (prepared the same way) or on the first chunks up to `train_sample` rows. `center`: as in
@@ -145,62 +146,20 @@ class VectorIndex:
             raise UserseqError("cannot build an index over zero vectors.")
         kind = cfg.resolve(n, metric)
         t0 = time.perf_counter()
+
+        def prepped() -> Iterator[np.ndarray]:
+            for c in chunks():
+                yield c if prepared else _prep(c, metric, center)
+
+        if sample is not None and not prepared:
+            sample = _prep(sample, metric, center)
         if kind == "exact":
-            mat = torch.empty(n, dim)
-            pos = 0
-            for c in chunks():
-                c = c if prepared else _prep(c, metric, center)
-                mat[pos : pos + len(c)] = torch.from_numpy(c)
-                pos += len(c)
-            _check_count(pos, n)
-            return cls(kind, metric, dim, cfg, mat, {"n": n, "build_seconds": round(time.perf_counter() - t0, 3)},
-                       center=None if prepared else center)
-        faiss = _faiss()
-        params: dict[str, Any] = {}
-        if kind == "flat":
-            index = faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT)
+            impl, params = _exact_matrix(prepped, n, dim), {}
         else:
-            # Graph and IVF indexes are much more accurate with L2 than with raw inner products over
-            # vectors of different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest
-            # norm) and 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
-            max_norm = 0.0
-            for c in chunks():
-                c = c if prepared else _prep(c, metric, center)
-                max_norm = max(max_norm, float(np.linalg.norm(c, axis=1).max(initial=0.0)))
-            params["mips_max_norm"] = max_norm
-            if kind == "hnsw":
-                index_dim = dim + 1
-                index = faiss.IndexHNSWFlat(index_dim, cfg.hnsw_m, faiss.METRIC_L2)
-                index.hnsw.efConstruction = cfg.ef_construction
-                params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction}
-            else:
-                nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
-                nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
-                index_dim = -(-(dim + 1) // 4) * 4  # + the MIPS coordinate, zero-padded for 4-d sub-spaces
-                pq_m = cfg.pq_m or _default_pq_m(index_dim)
-                if index_dim % pq_m:
-                    raise ConfigError(f"invalid index config: pq_m {pq_m} must divide {index_dim} (the dimension "
-                                      f"{dim} + 1, rounded up to a multiple of 4).")
-                spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
-                index = faiss.index_factory(index_dim, spec, faiss.METRIC_L2)
-                if sample is None:
-                    train = _first_rows(chunks, cfg.train_sample, prepared, metric, center)
-                else:
-                    train = sample if prepared else _prep(sample, metric, center)
-                train = _augment(train[: max(cfg.train_sample, 39 * nlist)], max_norm, index_dim)
-                index.train(train)
-                params |= {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine, "train_rows": int(len(train))}
-            params["index_dim"] = index_dim
-        pos = 0
-        for c in chunks():
-            c = c if prepared else _prep(c, metric, center)
-            if kind != "flat":
-                c = _augment(c, params["mips_max_norm"], params["index_dim"])
-            index.add(c)
-            pos += len(c)
-        _check_count(pos, n)
+            impl, params = _faiss_index(kind, n, dim, cfg, prepped, sample)
+            _add(impl, prepped, n, kind, params)
         info = {"n": n, "build_seconds": round(time.perf_counter() - t0, 3), **params}
-        return cls(kind, metric, dim, cfg, index, info, center=None if prepared else center)
+        return cls(kind, metric, dim, cfg, impl, info, center=None if prepared else center)
 
     # ------------------------------------------------------------------ searching
     @property
@@ -345,11 +304,74 @@ def _default_pq_m(dim: int) -> int:
     return 1
 
 
-def _first_rows(chunks: Callable[[], Iterable[np.ndarray]], n: int, prepared: bool, metric: str,
-                center: np.ndarray | None) -> np.ndarray:
+def _exact_matrix(prepped: Callable[[], Iterator[np.ndarray]], n: int, dim: int) -> torch.Tensor:
+    mat = torch.empty(n, dim)
+    pos = 0
+    for c in prepped():
+        mat[pos : pos + len(c)] = torch.from_numpy(c)
+        pos += len(c)
+    _check_count(pos, n)
+    return mat
+
+
+def _faiss_index(kind: str, n: int, dim: int, cfg: IndexConfig,
+                 prepped: Callable[[], Iterator[np.ndarray]],
+                 sample: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
+    """An empty (trained, for IVF-PQ) faiss index of `kind` and its parameters."""
+    faiss = _faiss()
+    if kind == "flat":
+        return faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT), {}
+    # Graph and IVF indexes are much more accurate with L2 than with raw inner products over
+    # vectors of different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest
+    # norm) and 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
+    max_norm = 0.0
+    for c in prepped():
+        max_norm = max(max_norm, float(np.linalg.norm(c, axis=1).max(initial=0.0)))
+    params: dict[str, Any] = {"mips_max_norm": max_norm}
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim + 1, cfg.hnsw_m, faiss.METRIC_L2)
+        index.hnsw.efConstruction = cfg.ef_construction
+        params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction,
+                   "index_dim": dim + 1}
+        return index, params
+    index, ivf = _ivfpq(faiss, n, dim, cfg, prepped, sample, max_norm)
+    return index, params | ivf
+
+
+def _ivfpq(faiss: Any, n: int, dim: int, cfg: IndexConfig,
+           prepped: Callable[[], Iterator[np.ndarray]], sample: np.ndarray | None,
+           max_norm: float) -> tuple[Any, dict[str, Any]]:
+    """A trained IVF-PQ index (vectors + the MIPS coordinate, zero-padded to 4-d sub-spaces)."""
+    nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
+    nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
+    index_dim = -(-(dim + 1) // 4) * 4
+    pq_m = cfg.pq_m or _default_pq_m(index_dim)
+    if index_dim % pq_m:
+        raise ConfigError(f"invalid index config: pq_m {pq_m} must divide {index_dim} (the "
+                          f"dimension {dim} + 1, rounded up to a multiple of 4).")
+    spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
+    index = faiss.index_factory(index_dim, spec, faiss.METRIC_L2)
+    train = sample if sample is not None else _first_rows(prepped, cfg.train_sample)
+    train = _augment(train[: max(cfg.train_sample, 39 * nlist)], max_norm, index_dim)
+    index.train(train)
+    return index, {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine,
+                   "train_rows": int(len(train)), "index_dim": index_dim}
+
+
+def _add(index: Any, prepped: Callable[[], Iterator[np.ndarray]], n: int, kind: str,
+         params: dict[str, Any]) -> None:
+    pos = 0
+    for c in prepped():
+        if kind != "flat":
+            c = _augment(c, params["mips_max_norm"], params["index_dim"])
+        index.add(c)
+        pos += len(c)
+    _check_count(pos, n)
+
+
+def _first_rows(prepped: Callable[[], Iterator[np.ndarray]], n: int) -> np.ndarray:
     got, total = [], 0
-    for c in chunks():
-        c = c if prepared else _prep(c, metric, center)
+    for c in prepped():
         got.append(c[: n - total])
         total += len(got[-1])
         if total >= n:
