@@ -24,10 +24,12 @@ SMALL = {"model.item_dim": 8, "model.cat_dim": 8, "model.user_dim": 4, "model.ml
 
 @pytest.fixture(scope="module")
 def synth():
-    """Planted long-range interests: 160 users, 300-event histories (the last 100 pure noise), 10 impressions."""
-    df = synthetic_ctr_events(n_users=160, n_items=400, n_cats=20, history_len=300, n_targets=10, evidence=6,
-                              recent_clean=100, seed=3)
-    cfg = CTRConfig().updated({"data.category_col": "category", "data.target_col": "is_target", **SMALL})
+    """Planted long-range interests: 160 users, 300-event histories (the last 100 pure noise),
+    10 impressions."""
+    df = synthetic_ctr_events(n_users=160, n_items=400, n_cats=20, history_len=300, n_targets=10,
+                              evidence=6, recent_clean=100, seed=3)
+    cfg = CTRConfig().updated({"data.category_col": "category", "data.target_col": "is_target",
+                               **SMALL})
     return df, cfg, build_ctr_data(EventLog.from_frame(df), cfg.data)
 
 
@@ -39,14 +41,17 @@ def random_batch(n_items=50, n_cats=6, B=6, L=9, seed=0):
     item_cat[0] = 0
     tgt = torch.randint(1, n_items + 1, (B,), generator=g)
     return {"user": torch.randint(0, 5, (B,), generator=g), "item": tgt, "cat": item_cat[tgt],
-            "hist_item": items, "hist_cat": item_cat[items], "hist_feat": torch.where(items > 0, 3, 0),
-            "hist_pos": torch.where(items > 0, torch.arange(L, 0, -1).expand(B, L), 0), "mask": items > 0,
+            "hist_item": items, "hist_cat": item_cat[items],
+            "hist_feat": torch.where(items > 0, 3, 0),
+            "hist_pos": torch.where(items > 0, torch.arange(L, 0, -1).expand(B, L), 0),
+            "mask": items > 0,
             "context": torch.zeros(B, 0), "label": torch.zeros(B)}
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_shapes_and_empty_history(name):
-    cfg = CTRModelConfig(name=name, item_dim=8, cat_dim=4, mlp=[16], att_hidden=[8], num_hashes=4, top_k=3)
+    cfg = CTRModelConfig(name=name, item_dim=8, cat_dim=4, mlp=[16], att_hidden=[8],
+                         num_hashes=4, top_k=3)
     model = build_ctr_model(cfg, 50, 6, 5, 4)
     b = random_batch()
     model.train()
@@ -55,13 +60,15 @@ def test_forward_shapes_and_empty_history(name):
     out.sum().backward()
     model.eval()
     with torch.no_grad():
-        empty = {**b, **{k: b[k][:, :0] for k in ("hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")}}
+        keys = ("hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")
+        empty = {**b, **{k: b[k][:, :0] for k in keys}}
         assert torch.isfinite(model(empty)).all()
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_serving_path_equals_batch_scoring(name, synth):
-    """score_candidates (history encoded once: keys/values, SDIM bucket sums) == per-sample forward."""
+    """score_candidates (history encoded once: keys/values, SDIM bucket sums) == per-sample
+    forward."""
     _, cfg, data = synth
     est = CTREstimator(config=cfg, overrides={"model.name": name})
     v = data.vocab
@@ -74,7 +81,8 @@ def test_serving_path_equals_batch_scoring(name, synth):
     reps = s.take(np.zeros(len(cand), dtype=np.int64))
     reps.item = cand
     with torch.no_grad():
-        b = make_batch(data.behaviours, reps, v.item_cat, est.config.model.window, est.config.model.pos_buckets)
+        m = est.config.model
+        b = make_batch(data.behaviours, reps, v.item_cat, m.window, m.pos_buckets)
         direct = torch.sigmoid(est.model_(b)).numpy()
     np.testing.assert_allclose(served, direct, rtol=1e-4, atol=1e-5)
 
@@ -106,7 +114,8 @@ def test_dare_has_decoupled_smaller_attention_tables():
     b = random_batch(n_items=100, n_cats=5)
     dare.train()
     dare(b).sum().backward()
-    assert dare.att_emb.item.weight.grad.abs().sum() > 0 and dare.emb.item.weight.grad.abs().sum() > 0
+    assert dare.att_emb.item.weight.grad.abs().sum() > 0
+    assert dare.emb.item.weight.grad.abs().sum() > 0
 
 
 def test_sdim_bucket_collisions_follow_simhash():
@@ -124,17 +133,19 @@ def test_sdim_bucket_collisions_follow_simhash():
 
 
 def test_long_range_signal_is_recovered(synth):
-    """The recent 100 events are noise: a 50-event DIN window sees nothing; SIM's category search over
-    the whole history finds the old evidence and gets close to the oracle."""
+    """The recent 100 events are noise: a 50-event DIN window sees nothing; SIM's category search
+    over the whole history finds the old evidence and gets close to the oracle."""
     df, cfg, data = synth
     test = data.splits["test"]
     fit = {"train.epochs": 4, "train.patience": 4, "train.lr": 3e-3}
-    sim = CTREstimator("sim", config=cfg, overrides=fit).fit(data, quiet=True).evaluate(data, "test")
-    short = CTREstimator("din", config=cfg, overrides={**fit, "model.max_len": 50, "train.epochs": 2}).fit(
-        data, quiet=True).evaluate(data, "test")
+    sim = CTREstimator("sim", config=cfg, overrides=fit).fit(data, quiet=True)
+    short_fit = {**fit, "model.max_len": 50, "train.epochs": 2}
+    short = CTREstimator("din", config=cfg, overrides=short_fit).fit(data, quiet=True)
+    sim, short = sim.evaluate(data, "test"), short.evaluate(data, "test")
     from userseq.metrics.ctr import auc
 
-    oracle = auc(data.samples.label[test], df.filter(df["is_target"])["click_prob"].to_numpy()[test])
+    true_prob = df.filter(df["is_target"])["click_prob"].to_numpy()
+    oracle = auc(data.samples.label[test], true_prob[test])
     assert oracle > 0.8
     assert sim["auc"] > 0.72, sim
     assert sim["auc"] > short["auc"] + 0.1, (sim, short)
@@ -142,15 +153,15 @@ def test_long_range_signal_is_recovered(synth):
 
 def test_fit_save_load_round_trip(synth, tmp_path):
     _, cfg, data = synth
-    est = CTREstimator("dare", config=cfg, overrides={"train.epochs": 1}).fit(data, run_dir=tmp_path / "run",
-                                                                              quiet=True)
+    est = CTREstimator("dare", config=cfg, overrides={"train.epochs": 1}).fit(
+        data, run_dir=tmp_path / "run", quiet=True)
     p = est.predict_proba(data, "test")
     assert p.shape == (len(data.splits["test"]),) and ((p > 0) & (p < 1)).all()
     same = CTREstimator.load(tmp_path / "run")
     np.testing.assert_array_equal(same.predict_proba(data, "test"), p)
     assert same.evaluate(data, "test")["auc"] == est.evaluate(data, "test")["auc"]
-    for name in ("config.yaml", "model.safetensors", "item_ids.parquet", "user_ids.parquet", "vocab.json",
-                 "item_categories.parquet", "histories.safetensors"):
+    for name in ("config.yaml", "model.safetensors", "item_ids.parquet", "user_ids.parquet",
+                 "vocab.json", "item_categories.parquet", "histories.safetensors"):
         assert (tmp_path / "run" / name).is_file()
     assert not list((tmp_path / "run").glob("*.pkl"))
     # requests: a known user's stored history before a time == the matching test sample
@@ -160,8 +171,10 @@ def test_fit_save_load_round_trip(synth, tmp_path):
     iid = data.vocab.item_ids[int(s.item[i]) - 1]
     via_user = same.predict_proba([{"user": uid, "item": iid, "timestamp": float(s.ts[i])}])
     assert via_user[0] == pytest.approx(p[list(data.splits["test"]).index(i)], abs=1e-6)
-    hist_ids = data.vocab.item_ids.gather(data.behaviours.items[s.start[i] : s.end[i]] - 1).to_list()
-    values = np.concatenate([[data.vocab.feat_edges[0] - 1], data.vocab.feat_edges])  # bucket -> a value in it
+    hist = data.behaviours.items[s.start[i] : s.end[i]]
+    hist_ids = data.vocab.item_ids.gather(hist - 1).to_list()
+    # bucket -> a value in it
+    values = np.concatenate([[data.vocab.feat_edges[0] - 1], data.vocab.feat_edges])
     vals = values[data.behaviours.feats[s.start[i] : s.end[i]] - 1].tolist()
     explicit = same.score_candidates(hist_ids, [iid], vals, user=uid)
     assert explicit[0] == pytest.approx(via_user[0], abs=1e-5)
@@ -176,8 +189,8 @@ def test_bad_requests(synth, tmp_path):
     with pytest.raises(DataError, match=r"unknown history item id\(s\) \[-5\]"):
         est.predict_proba([{"item": known, "history": [known, -5]}])
     with pytest.raises(DataError, match="1 history event.*at or after the target's timestamp 100"):
-        est.predict_proba([{"item": known, "history": [known, known], "history_timestamps": [50, 100],
-                            "timestamp": 100}])
+        est.predict_proba([{"item": known, "history": [known, known],
+                            "history_timestamps": [50, 100], "timestamp": 100}])
     with pytest.raises(DataError, match="give a 'history'"):
         est.predict_proba([{"item": known}])
     with pytest.raises(DataError, match="history_values has 1 entries for 2"):
@@ -233,8 +246,8 @@ def test_saved_run_layout_and_format_1_runs_load(synth, tmp_path):
     from userseq import Estimator
 
     _, cfg, data = synth
-    est = CTREstimator("din", config=cfg, overrides={"train.epochs": 1}).fit(data, run_dir=tmp_path / "run",
-                                                                             quiet=True)
+    est = CTREstimator("din", config=cfg, overrides={"train.epochs": 1}).fit(
+        data, run_dir=tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     manifest = json.loads((run / "estimator.json").read_text())
     assert manifest["task"] == "ctr" and manifest["format_version"] == 2

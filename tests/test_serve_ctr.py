@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'userseq[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "
+                                      "'userseq[serve]')")
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'userseq[serve]')")
 
 from fastapi.testclient import TestClient  # noqa: E402
@@ -80,11 +81,13 @@ def test_info_and_schema_name_the_ctr_run(client, ctr_run):
     ({"items": [5]}, 422, "give `user`"),
     ({"user": 3, "items": []}, 422, "items: List should have at least 1 item"),
     ({"user": 3, "items": [5], "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
-    ({"history": [1, 2], "history_values": [5], "items": [5]}, 422, "history_values has 1 entries for 2"),
+    ({"history": [1, 2], "history_values": [5], "items": [5]}, 422,
+     "history_values has 1 entries for 2"),
     ({"history": [1, 2], "history_timestamps": [5, 20], "timestamp": 10, "items": [5]}, 422,
      "at or after the target's timestamp"),
     ({"user": "nobody", "items": [5]}, 422, "'nobody' is not a training user"),
-    ({"user": 3, "items": [5], "timestamp": "soon"}, 422, "timestamp: Input should be a valid number"),
+    ({"user": 3, "items": [5], "timestamp": "soon"}, 422,
+     "timestamp: Input should be a valid number"),
 ])
 def test_bad_score_requests(client, body, status, needle):
     r = client.post("/score", json=body)

@@ -82,7 +82,8 @@ def train(
         help="behaviours searched by sim/twin/sdim/dare")] = None,
     top_k: Annotated[int | None, typer.Option(help="behaviours kept by the search stage")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="training time budget in minutes")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        help="training time budget in minutes")] = None,
     seed: Annotated[int | None, typer.Option(
         help="seeds the run: training (train.seed; the CTR split is by time, not random)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
@@ -95,8 +96,10 @@ def train(
     from userseq.data.datasets import is_dataset_name
 
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserseqError(f"--out {out_dir}: exists and is not a directory; choose a run directory.")
-    dataset = data if is_dataset_name(data) or not Path(data).exists() else str(Path(data).resolve())
+        raise UserseqError(f"--out {out_dir}: exists and is not a directory; choose a run "
+                           "directory.")
+    local = not is_dataset_name(data) and Path(data).exists()
+    dataset = str(Path(data).resolve()) if local else data
     cfg = CTRConfig.from_yaml(config).updated(parse_set(set_), source="--set")
     cfg = with_options(cfg, {
         "--model": ("model.name", model), "--label-col": ("data.label_col", label_col),
@@ -154,8 +157,8 @@ def evaluate(
     ctr = est.data_for(log, meta, same_split=data is None)
     fp, trained = data_fingerprint(ctr), est.data_fingerprint_
     if data is None and trained and fp != trained:
-        raise UserseqError(f"{source}: data changed since training (fingerprint {fp} != {trained}); "
-                           "pass --data explicitly to evaluate on other data.")
+        raise UserseqError(f"{source}: data changed since training (fingerprint {fp} != "
+                           f"{trained}); pass --data explicitly to evaluate on other data.")
     metrics = est.write_metrics(run_dir, est.report(ctr))
     _print(metrics, f"{est.config.model.name}: {run_dir}")
     out.print(f"wrote {Path(run_dir) / 'metrics.json'}")

@@ -23,16 +23,23 @@ class CTRDataConfig(StrictModel):
     user_col: str = "user_id"
     item_col: str = "item_id"
     timestamp_col: str = "timestamp"
-    label_col: str = Field("rating", description="column holding the label (or the rating it is derived from)")
+    label_col: str = Field(
+        "rating", description="column holding the label (or the rating it is derived from)")
     label_threshold: float | None = Field(
-        4.0, description="label = value >= threshold (MovieLens: rating >= 4); null: the column already holds 0/1")
+        4.0, description="label = value >= threshold (MovieLens: rating >= 4); null: the column "
+                         "already holds 0/1")
     category_col: str | None = Field(
-        None, description="item category column in the events; default: MovieLens genres for named datasets")
+        None, description="item category column in the events; default: MovieLens genres for named "
+                          "datasets")
     target_col: str | None = Field(
-        None, description="boolean column marking the events that are CTR samples (default: every event)")
-    context_cols: list[str] = Field(default_factory=list, description="numeric per-event context features")
-    valid_quantile: float = Field(0.8, gt=0, lt=1, description="samples before this time quantile train")
-    test_quantile: float = Field(0.9, gt=0, lt=1, description="samples at/after this time quantile test")
+        None, description="boolean column marking the events that are CTR samples (default: every "
+                          "event)")
+    context_cols: list[str] = Field(
+        default_factory=list, description="numeric per-event context features")
+    valid_quantile: float = Field(
+        0.8, gt=0, lt=1, description="samples before this time quantile train")
+    test_quantile: float = Field(
+        0.9, gt=0, lt=1, description="samples at/after this time quantile test")
 
     @model_validator(mode="after")
     def _order(self) -> CTRDataConfig:
@@ -51,18 +58,26 @@ class CTRModelConfig(StrictModel):
     user_dim: int = Field(16, ge=0, description="user-id embedding size (0: no user-id feature)")
     max_len: int = Field(200, ge=1, description="recent behaviours read by mean and din")
     long_len: int = Field(2000, ge=1, description="behaviours searched by sim, twin, sdim and dare")
-    top_k: int = Field(20, ge=1, description="behaviours kept by the search stage (sim, twin, dare)")
-    mlp: list[int] = Field(default_factory=lambda: [200, 80], description="prediction MLP hidden sizes")
+    top_k: int = Field(
+        20, ge=1, description="behaviours kept by the search stage (sim, twin, dare)")
+    mlp: list[int] = Field(
+        default_factory=lambda: [200, 80], description="prediction MLP hidden sizes")
     activation: Literal["dice", "prelu"] = "dice"
-    att_hidden: list[int] = Field(default_factory=lambda: [80, 40], description="DIN local activation unit")
-    din_softmax: bool = Field(False, description="DIN code variant: softmax-normalized, scaled weights")
-    attn_item_dim: int | None = Field(None, ge=1, description="DARE attention item dim (default item_dim)")
-    attn_cat_dim: int | None = Field(None, ge=1, description="DARE attention category dim (default cat_dim)")
-    aux_loss: bool = Field(False, description="twin/dare: auxiliary loss on softmax attention over all behaviours")
+    att_hidden: list[int] = Field(
+        default_factory=lambda: [80, 40], description="DIN local activation unit")
+    din_softmax: bool = Field(
+        False, description="DIN code variant: softmax-normalized, scaled weights")
+    attn_item_dim: int | None = Field(
+        None, ge=1, description="DARE attention item dim (default item_dim)")
+    attn_cat_dim: int | None = Field(
+        None, ge=1, description="DARE attention category dim (default cat_dim)")
+    aux_loss: bool = Field(
+        False, description="twin/dare: auxiliary loss on softmax attention over all behaviours")
     num_hashes: int = Field(48, ge=1, description="SDIM m")
     hash_bits: int = Field(3, ge=1, le=16, description="SDIM tau (bits per signature)")
     hash_seed: int = 1234
-    pos_buckets: int = Field(64, ge=2, description="log-spaced buckets of the position counted back from the target")
+    pos_buckets: int = Field(
+        64, ge=2, description="log-spaced buckets of the position counted back from the target")
     dropout: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("mlp", "att_hidden")

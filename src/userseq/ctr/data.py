@@ -70,7 +70,8 @@ class Samples:
 
 @dataclass
 class Vocab:
-    """Everything a model needs to read new data the way it read its training data (saved with it)."""
+    """Everything a model needs to read new data the way it read its training data (saved with
+    it)."""
 
     item_ids: pl.Series
     user_ids: pl.Series
@@ -98,7 +99,8 @@ class Vocab:
         return len(self.feat_edges) + 1
 
     def feature_buckets(self, values: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.feat_edges, np.asarray(values, dtype=np.float64), side="right") + 1
+        values = np.asarray(values, dtype=np.float64)
+        return np.searchsorted(self.feat_edges, values, side="right") + 1
 
     def item_index(self, ids: Any, what: str = "item") -> np.ndarray:
         """Item indices of original ids; unknown ids are an error naming them."""
@@ -107,8 +109,9 @@ class Vocab:
         if (idx <= 0).any():
             bad = [ids[j] for j in np.flatnonzero(idx <= 0)[:5]]
             raise DataError(
-                f"unknown {what} id(s) {bad} ({int((idx <= 0).sum()):,} in all): not in the model's training "
-                "catalogue. A CTR model can only score items it was trained with; retrain with them or drop them."
+                f"unknown {what} id(s) {bad} ({int((idx <= 0).sum()):,} in all): not in the "
+                "model's training catalogue. A CTR model can only score items it was trained with; "
+                "retrain with them or drop them."
             )
         return idx.astype(np.int64)
 
@@ -141,7 +144,8 @@ def _column(log: EventLog, name: str, role: str, option: str) -> pl.Series:
     s = log.frame[name]
     n_null = s.null_count() + (int(s.is_nan().sum()) if s.dtype.is_float() else 0)
     if n_null:
-        raise DataError(f"{log.source}: {role} column '{name}' has {n_null:,} missing values; fill or drop those rows.")
+        raise DataError(f"{log.source}: {role} column '{name}' has {n_null:,} missing values; fill "
+                        "or drop those rows.")
     return s
 
 
@@ -150,8 +154,8 @@ def labels_from(values: pl.Series, threshold: float | None, source: str, name: s
     if values.dtype == pl.Boolean:
         values = values.cast(pl.Int8)
     if not values.dtype.is_numeric():
-        raise DataError(f"{source}: label column '{name}' has type {values.dtype}; labels must be numbers "
-                        "(0/1, or ratings with label_threshold).")
+        raise DataError(f"{source}: label column '{name}' has type {values.dtype}; labels must be "
+                        "numbers (0/1, or ratings with label_threshold).")
     v = values.to_numpy().astype(np.float64)
     if threshold is not None:
         return (v >= threshold).astype(np.float32)
@@ -159,9 +163,9 @@ def labels_from(values: pl.Series, threshold: float | None, source: str, name: s
     if bad.any():
         found = np.unique(v[bad])[:5].tolist()
         raise DataError(
-            f"{source}: labels in column '{name}' must be 0 or 1, but {int(bad.sum()):,} rows hold other values "
-            f"(e.g. {found}). Pass a threshold (CLI: --label-threshold 4; config: data.label_threshold) to derive "
-            "labels from ratings."
+            f"{source}: labels in column '{name}' must be 0 or 1, but {int(bad.sum()):,} rows hold "
+            f"other values (e.g. {found}). Pass a threshold (CLI: --label-threshold 4; config: "
+            "data.label_threshold) to derive labels from ratings."
         )
     return v.astype(np.float32)
 
@@ -196,7 +200,8 @@ def genre_categories(meta: pl.DataFrame, item_ids: pl.Series) -> tuple[np.ndarra
 
 
 def column_categories(log: EventLog, col: str) -> tuple[np.ndarray, list[str]]:
-    """Category per item from an events column (an item's first value; conflicting values are counted)."""
+    """Category per item from an events column (an item's first value; conflicting values are
+    counted)."""
     s = _column(log, col, "category", "--category-col / data.category_col")
     df = pl.DataFrame({"item": log.frame["item"], "cat": s.cast(pl.String)})
     per_item = df.group_by("item").agg(pl.col("cat").first(), pl.col("cat").n_unique().alias("n"))
@@ -337,9 +342,11 @@ def _info(log: EventLog, cfg: CTRDataConfig, vocab: Vocab, samples: Samples,
     }
 
 
-def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float, cuts: tuple[float, float] | None,
+def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float,
+                       cuts: tuple[float, float] | None,
                        source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Sample indices for train (t < valid_cut), valid (valid_cut <= t < test_cut), test (t >= test_cut)."""
+    """Sample indices for train (t < valid_cut), valid (valid_cut <= t < test_cut) and test
+    (t >= test_cut)."""
     if cuts is None:
         valid_cut = float(np.quantile(ts, valid_q, method="higher"))
         test_cut = float(np.quantile(ts, test_q, method="higher"))
@@ -354,8 +361,9 @@ def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float, cuts: tupl
         for name in ("train", "valid", "test"):
             if len(splits[name]) == 0:
                 raise DataError(
-                    f"{source}: the time split left no {name} samples (valid cut {valid_cut}, test cut {test_cut}; "
-                    "many events share one timestamp?). Adjust data.valid_quantile / data.test_quantile."
+                    f"{source}: the time split left no {name} samples (valid cut {valid_cut}, test "
+                    f"cut {test_cut}; many events share one timestamp?). Adjust "
+                    "data.valid_quantile / data.test_quantile."
                 )
     info = {"split": "temporal", "valid_cut": valid_cut, "test_cut": test_cut,
             **{f"{k}_samples": int(len(v)) for k, v in splits.items()}}
@@ -373,8 +381,9 @@ def position_buckets(back: np.ndarray, n_buckets: int) -> np.ndarray:
 
 def make_batch(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, pos_buckets: int,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors for a batch of samples: the target, and the last `window` behaviours left-padded to the
-    longest history in the batch (not to `window`), with the position counted back from the target."""
+    """Tensors for a batch of samples: the target, and the last `window` behaviours left-padded
+    to the longest history in the batch (not to `window`), with the position counted back from
+    the target."""
     hist_len = np.minimum(s.end - s.start, window)
     width = int(hist_len.max()) if len(hist_len) and window > 0 else 0
     items = pad_left(s.start, s.end, beh.items, width)
@@ -384,7 +393,8 @@ def make_batch(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, p
     pos[~mask] = 0
     out = {
         "user": s.user, "item": s.item, "cat": item_cat[s.item], "label": s.label,
-        "hist_item": items, "hist_cat": item_cat[items], "hist_feat": np.where(mask, feats, 0), "hist_pos": pos,
+        "hist_item": items, "hist_cat": item_cat[items], "hist_feat": np.where(mask, feats, 0),
+        "hist_pos": pos,
         "mask": mask, "context": s.context,
     }
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}

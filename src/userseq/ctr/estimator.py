@@ -297,17 +297,16 @@ class CTREstimator(Estimator[CTRConfig]):
         save_tensors(model.state_dict(), d / MODEL_FILE, meta)
         save_ids(v.item_ids, d / "item_ids.parquet")
         save_ids(v.user_ids, d / "user_ids.parquet")
-        pl.DataFrame({"item_index": np.arange(v.n_items + 1), "category": v.item_cat}).write_parquet(
-            d / "item_categories.parquet")
+        cats = pl.DataFrame({"item_index": np.arange(v.n_items + 1), "category": v.item_cat})
+        cats.write_parquet(d / "item_categories.parquet")
         write_json({"categories": v.cat_names, "feature_edges": v.feat_edges.tolist(),
                     "context_cols": v.context_cols, "context_mean": v.context_mean.tolist(),
                     "context_std": v.context_std.tolist(),
                     "cuts": list(self.cuts_) if self.cuts_ else None}, d / VOCAB_FILE)
         b = self.behaviours_
         if b is not None:
-            save_tensors({"offsets": torch.from_numpy(b.offsets), "items": torch.from_numpy(b.items),
-                          "feats": torch.from_numpy(b.feats), "ts": torch.from_numpy(b.ts)},
-                         d / HISTORY_FILE)
+            arrays = {"offsets": b.offsets, "items": b.items, "feats": b.feats, "ts": b.ts}
+            save_tensors({k: torch.from_numpy(a) for k, a in arrays.items()}, d / HISTORY_FILE)
         write_json({"task": "ctr", "train": self.train_state_,
                     "data_fingerprint": self.data_fingerprint_, "data": self.data_info_},
                    d / RUN_FILE)

@@ -3,8 +3,9 @@
 - `items.faiss`      inner product over the item output vectors: recommendation retrieval
                      (the model scores user . item, so this is the model's own ranking)
 - `items_cos.faiss`  centred cosine over the item vectors: "items like this one"
-- `users.faiss`      centred cosine over the training users' vectors: "users who behave like this one"
-                     (centred: the mean vector, stored in the index header, is subtracted first)
+- `users.faiss`      centred cosine over the training users' vectors: "users who behave like this
+                     one" (centred: the mean vector, stored in the index header, is subtracted
+                     first)
 - `user_vectors.npy` the users' raw vectors (float32, row i = `user_ids[i]`), so a known user is
                      served without re-encoding their history
 - `manifest.json`    kinds, parameters, build time, recall@k of each ANN index against exact
@@ -106,7 +107,8 @@ class RunIndex:
         return (Path(run_dir) / INDEX_DIR / MANIFEST).is_file()
 
     @classmethod
-    def load(cls, run_dir: str | Path, rec: Any | None = None, check_model: bool = True) -> RunIndex:
+    def load(cls, run_dir: str | Path, rec: Any | None = None,
+             check_model: bool = True) -> RunIndex:
         """Load RUN/index/. With `check_model`, an index built from another model is an error."""
         run_dir = Path(run_dir)
         d = run_dir / INDEX_DIR
@@ -114,8 +116,8 @@ class RunIndex:
             raise ArtifactError(f"{d}: no index; build it with `userseq index {run_dir}`.")
         manifest = read_json(d / MANIFEST)
         if check_model and manifest.get("model_hash") != model_hash(run_dir):
-            raise ArtifactError(f"{d}: the index was built from another model.safetensors (the model changed "
-                                f"since); rebuild it with `userseq index {run_dir}`.")
+            raise ArtifactError(f"{d}: the index was built from another model.safetensors (the "
+                                f"model changed since); rebuild it with `userseq index {run_dir}`.")
         items = VectorIndex.load(d / "items.faiss")
         items_cos = VectorIndex.load(d / "items_cos.faiss")
         users = user_vectors = None
@@ -124,8 +126,8 @@ class RunIndex:
             user_vectors = _load_vectors(d / "user_vectors.npy", users.n, users.dim)
         if rec is not None:
             if items.n != len(rec.item_ids) or (users is not None and users.n != len(rec.user_ids)):
-                raise ArtifactError(f"{d}: index sizes do not match the run's id maps; rebuild it with "
-                                    f"`userseq index {run_dir}`.")
+                raise ArtifactError(f"{d}: index sizes do not match the run's id maps; rebuild it "
+                                    f"with `userseq index {run_dir}`.")
         return cls(items, items_cos, users, user_vectors, manifest)
 
 
@@ -200,14 +202,17 @@ def _load_vectors(path: Path, n: int, dim: int) -> np.ndarray:
     try:
         v = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: corrupt user vectors ({e}); rebuild with `userseq index`.") from None
+        raise ArtifactError(f"{path}: corrupt user vectors ({e}); rebuild with "
+                            "`userseq index`.") from None
     if v.shape != (n, dim) or v.dtype != np.float32:
-        raise ArtifactError(f"{path}: expected float32 ({n}, {dim}), found {v.dtype} {v.shape}; rebuild the index.")
+        raise ArtifactError(f"{path}: expected float32 ({n}, {dim}), found {v.dtype} {v.shape}; "
+                            "rebuild the index.")
     return v
 
 
-def _recall(index: VectorIndex, vectors: Any, queries: np.ndarray, metric: str, chunked: bool = False,
-            k: int = RECALL_K, center: np.ndarray | None = None) -> dict[str, Any]:
+def _recall(index: VectorIndex, vectors: Any, queries: np.ndarray, metric: str,
+            chunked: bool = False, k: int = RECALL_K,
+            center: np.ndarray | None = None) -> dict[str, Any]:
     """recall@k of `index` against brute force, and its mean single-query latency (ms)."""
     if chunked:  # vectors may be a memory map: exact search chunk by chunk
         best_s = np.full((len(queries), 0), -np.inf, np.float32)
@@ -216,7 +221,8 @@ def _recall(index: VectorIndex, vectors: Any, queries: np.ndarray, metric: str, 
             s, i = exact_search(np.asarray(vectors[lo : lo + 262_144]), queries, k, metric, center)
             best_s, best_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + lo], 1)
             order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-            best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+            best_s = np.take_along_axis(best_s, order, 1)
+            best_i = np.take_along_axis(best_i, order, 1)
         exact_i = best_i
     else:
         _, exact_i = exact_search(vectors, queries, k, metric, center)

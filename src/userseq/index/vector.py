@@ -37,18 +37,25 @@ class IndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: Kind = "auto"
-    flat_max: int = Field(100_000, ge=0, description="auto: exact flat index up to this many vectors")
-    hnsw_max: int = Field(2_000_000, ge=0, description="auto, cosine: HNSW up to this many vectors, IVF-PQ above")
+    flat_max: int = Field(
+        100_000, ge=0, description="auto: exact flat index up to this many vectors")
+    hnsw_max: int = Field(
+        2_000_000, ge=0, description="auto, cosine: HNSW up to this many vectors, IVF-PQ above")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
     ef_construction: int = Field(100, ge=8, description="HNSW build-time beam width")
-    ef_search: int = Field(256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
-    nlist: int | None = Field(None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
-    pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
+    ef_search: int = Field(
+        256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
+    nlist: int | None = Field(
+        None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
+    pq_m: int | None = Field(
+        None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
     nprobe: int = Field(256, ge=1, description="IVF lists visited per query")
-    refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more memory, "
-                                           "much better recall)")
-    refine_factor: int = Field(10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
-    train_sample: int = Field(100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
+    refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more "
+                                           "memory, much better recall)")
+    refine_factor: int = Field(
+        10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
+    train_sample: int = Field(
+        100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
     seed: int = 0
 
     def resolve(self, n: int, metric: str = "ip") -> str:
@@ -66,7 +73,8 @@ class IndexConfig(BaseModel):
 
     @classmethod
     def from_options(cls, base: IndexConfig | dict | None = None, **options: Any) -> IndexConfig:
-        """A config from a dict/instance plus keyword overrides, with one clear error for bad values."""
+        """A config from a dict/instance plus keyword overrides, with one clear error for bad
+        values."""
         data = base.model_dump() if isinstance(base, IndexConfig) else dict(base or {})
         data.update({k: v for k, v in options.items() if v is not None})
         try:
@@ -89,11 +97,13 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise UserseqError("faiss is not installed; `pip install 'userseq[serve]'` (or use kind 'exact').") from None
+        raise UserseqError("faiss is not installed; `pip install 'userseq[serve]'` (or use kind "
+                           "'exact').") from None
     return faiss
 
 
-def _prep(x: np.ndarray | torch.Tensor, metric: str, center: np.ndarray | None = None) -> np.ndarray:
+def _prep(x: np.ndarray | torch.Tensor, metric: str,
+          center: np.ndarray | None = None) -> np.ndarray:
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
@@ -128,7 +138,8 @@ class VectorIndex:
         if len(x) > cfg.train_sample:
             rng = np.random.default_rng(cfg.seed)
             sample = x[np.sort(rng.choice(len(x), cfg.train_sample, replace=False))]
-        index = cls.build_chunks(lambda: iter([x]), len(x), x.shape[1], metric, cfg, prepared=True, sample=sample)
+        index = cls.build_chunks(lambda: iter([x]), len(x), x.shape[1], metric, cfg,
+                                 prepared=True, sample=sample)
         index.center = None if center is None else np.asarray(center, dtype=np.float32)
         return index
 
@@ -179,8 +190,10 @@ class VectorIndex:
             s, i = _exact_topk(torch.from_numpy(q), self._impl, kk)
         elif self.kind in ("hnsw", "ivfpq"):
             m = float(self.info["mips_max_norm"])
-            d, i = self._impl.search(_augment(q, None, int(self.info["index_dim"])), kk, params=self._params(kk))
-            s = ((q * q).sum(1, keepdims=True) + m * m - d) / 2  # back from L2 distance to inner product
+            padded = _augment(q, None, int(self.info["index_dim"]))
+            d, i = self._impl.search(padded, kk, params=self._params(kk))
+            # back from L2 distance to inner product
+            s = ((q * q).sum(1, keepdims=True) + m * m - d) / 2
             s = np.where(i < 0, -np.inf, s).astype(np.float32)
         else:
             s, i = self._impl.search(q, kk)
@@ -204,7 +217,8 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write `path` (faiss binary or safetensors) and `path.json` (kind, metric, config, info)."""
+        """Write `path` (faiss binary or safetensors) and `path.json` (kind, metric, config,
+        info)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "exact":
@@ -224,13 +238,15 @@ class VectorIndex:
         p = Path(path)
         head_path = p.with_name(p.name + ".json")
         if not p.is_file() or not head_path.is_file():
-            raise ArtifactError(f"{p}: index file not found; build it with `userseq index RUN_DIR`.")
+            raise ArtifactError(f"{p}: index file not found; build it with "
+                                "`userseq index RUN_DIR`.")
         try:
             head = json.loads(head_path.read_text())
             cfg = IndexConfig(**head["config"])
             kind, metric, dim = head["kind"], head["metric"], int(head["dim"])
         except (ValueError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{head_path}: corrupt index header ({e}); rebuild with `userseq index`.") from None
+            raise ArtifactError(f"{head_path}: corrupt index header ({e}); rebuild with `userseq "
+                                "index`.") from None
         try:
             if kind == "exact":
                 from safetensors.torch import load_file
@@ -251,23 +267,26 @@ class VectorIndex:
             raise ArtifactError(f"{p}: index does not match its header {head_path}; rebuild it.")
         center = head.get("center")
         if center is not None and len(center) != dim:
-            raise ArtifactError(f"{head_path}: centre vector has {len(center)} values for dimension {dim}; rebuild.")
+            raise ArtifactError(f"{head_path}: centre vector has {len(center)} values for "
+                                f"dimension {dim}; rebuild.")
         return cls(kind, metric, dim, cfg, impl, head.get("info"), center=center)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "metric": self.metric, "centred": self.center is not None, "n": self.n,
-                "dim": self.dim, **self.info}
+        return {"kind": self.kind, "metric": self.metric, "centred": self.center is not None,
+                "n": self.n, "dim": self.dim, **self.info}
 
 
 def exact_search(vectors: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int,
-                 metric: Metric = "ip", center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 metric: Metric = "ip",
+                 center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top-k (the reference for recall), chunked over the vectors."""
     v = torch.from_numpy(_prep(vectors, metric, center))
     q = torch.from_numpy(_prep(queries, metric, center))
     return _exact_topk(q, v, min(k, len(v)))
 
 
-def _exact_topk(q: torch.Tensor, mat: torch.Tensor, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+def _exact_topk(q: torch.Tensor, mat: torch.Tensor, k: int,
+                chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
     best_s = torch.full((len(q), k), float("-inf"))
     best_i = torch.full((len(q), k), -1, dtype=torch.long)
     for lo in range(0, len(mat), chunk):

@@ -38,7 +38,8 @@ DESCRIPTION = ("Next-item recommendations, similar items and users, and user emb
 
 
 class BodyLimit:
-    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes (declared or streamed)."""
+    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes (declared or
+    streamed)."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -84,7 +85,8 @@ async def _too_large(limit: int, send: Any) -> None:
     body = json.dumps({"detail": f"request body too large: the limit is {limit} bytes",
                        "message": f"request body too large (limit {limit} bytes)"}).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -1,4 +1,5 @@
-"""Request and response models of the HTTP service (pydantic; the OpenAPI schema comes from them)."""
+"""Request and response models of the HTTP service (pydantic; the OpenAPI schema comes from
+them), for every task's routes."""
 
 from __future__ import annotations
 
@@ -26,25 +27,28 @@ class HistoryInput(_Request):
 
     user_id: Id | None = Field(None, description="a user seen in training")
     history: list[Id] | None = Field(None, max_length=MAX_HISTORY,
-                                     description="item ids, oldest first (or in any order with `timestamps`)")
+                                     description="item ids, oldest first (or in any order with "
+                                                 "`timestamps`)")
     timestamps: list[datetime | float] | None = Field(
         None, max_length=MAX_HISTORY,
-        description="one per history item (ISO 8601 or Unix seconds); the history is ordered by them, "
-                    "ties keep the given order")
+        description="one per history item (ISO 8601 or Unix seconds); the history is ordered by "
+                    "them, ties keep the given order")
     unknown_items: Literal["error", "ignore"] = Field(
-        "error", description="history items not in the catalogue: 422 (error) or skipped and listed in the "
-                             "response (ignore)")
+        "error", description="history items not in the catalogue: 422 (error) or skipped and "
+                             "listed in the response (ignore)")
 
     @model_validator(mode="after")
     def _who(self) -> HistoryInput:
         if self.user_id is None and not self.history:
-            raise ValueError("give `user_id` (a known user) and/or a non-empty `history` of item ids")
+            raise ValueError("give `user_id` (a known user) and/or a non-empty `history` of item "
+                             "ids")
         if self.history is not None and len(self.history) == 0 and self.user_id is None:
             raise ValueError("`history` is empty; give at least one item id")
         if self.timestamps is not None:
             if self.history is None or len(self.timestamps) != len(self.history):
-                raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `history` has "
-                                 f"{len(self.history or [])}; give one timestamp per history item")
+                raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `history` "
+                                 f"has {len(self.history or [])}; give one timestamp per history "
+                                 "item")
         return self
 
 
@@ -53,9 +57,12 @@ class RecommendRequest(HistoryInput):
 
     k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
     exclude_seen: bool = Field(True, description="leave out items in the user's history")
-    allow: list[Id] | None = Field(None, max_length=MAX_LIST, description="only recommend from these items")
-    deny: list[Id] | None = Field(None, max_length=MAX_LIST, description="never recommend these items")
-    exact: bool = Field(False, description="exact scan of the whole catalogue instead of the ANN index")
+    allow: list[Id] | None = Field(
+        None, max_length=MAX_LIST, description="only recommend from these items")
+    deny: list[Id] | None = Field(
+        None, max_length=MAX_LIST, description="never recommend these items")
+    exact: bool = Field(
+        False, description="exact scan of the whole catalogue instead of the ANN index")
 
 
 class EmbedRequest(HistoryInput):
@@ -70,25 +77,31 @@ class ClassifyRequest(_Request):
     """One user's sequence for a detector run: edit events (`items` + `timestamps`) for event
     detectors, or `posts` for text detectors."""
 
-    user_id: Id | None = Field(None, description="the user's name (echoed; event detectors use it for the "
-                                                 "own-user-page feature, e.g. 'User:<name>')")
-    items: list[Id] | None = Field(None, min_length=1, max_length=MAX_HISTORY,
-                                   description="event detectors: page/item ids of the user's events")
+    user_id: Id | None = Field(
+        None, description="the user's name (echoed; event detectors use it for the own-user-page "
+                          "feature, e.g. 'User:<name>')")
+    items: list[Id] | None = Field(
+        None, min_length=1, max_length=MAX_HISTORY,
+        description="event detectors: page/item ids of the user's events")
     timestamps: list[datetime | float] | None = Field(
         None, max_length=MAX_HISTORY,
-        description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered by them, ties "
-                    "keep the given order, and the response counts the pairs that were out of order")
+        description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered "
+                    "by them, ties keep the given order, and the response counts the pairs that "
+                    "were out of order")
     posts: list[Annotated[str, Field(max_length=MAX_POST_CHARS)]] | None = Field(
-        None, min_length=1, max_length=MAX_POSTS, description="text detectors: the user's posts, oldest first")
-    first_k: int | None = Field(None, ge=1, le=MAX_HISTORY,
-                                description="score from the first k events/posts only (early detection)")
+        None, min_length=1, max_length=MAX_POSTS,
+        description="text detectors: the user's posts, oldest first")
+    first_k: int | None = Field(
+        None, ge=1, le=MAX_HISTORY,
+        description="score from the first k events/posts only (early detection)")
 
     @model_validator(mode="after")
     def _one_sequence(self) -> ClassifyRequest:
         if (self.items is None) == (self.posts is None):
-            raise ValueError("give exactly one of `items` (+ `timestamps`, event detectors) or `posts` (text "
-                             "detectors)")
-        if self.timestamps is not None and (self.items is None or len(self.timestamps) != len(self.items)):
+            raise ValueError("give exactly one of `items` (+ `timestamps`, event detectors) or "
+                             "`posts` (text detectors)")
+        n_items = None if self.items is None else len(self.items)
+        if self.timestamps is not None and len(self.timestamps) != n_items:
             raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `items` has "
                              f"{len(self.items or [])}; give one timestamp per item")
         if self.posts is not None:
@@ -104,10 +117,13 @@ class ClassifyResponse(BaseModel):
     score: float = Field(description="P(malicious)")
     flagged: bool = Field(description="score >= threshold")
     threshold: float = Field(description="decision threshold chosen on validation users")
-    threshold_for: str = Field(description="the prefix length the threshold was chosen for ('all' or k)")
+    threshold_for: str = Field(
+        description="the prefix length the threshold was chosen for ('all' or k)")
     length: int = Field(description="events/posts received")
-    used: int = Field(description="events/posts the score was computed from (first_k, the model's limit)")
-    reordered: int = Field(0, description="adjacent event pairs whose timestamps were out of order (sorted)")
+    used: int = Field(
+        description="events/posts the score was computed from (first_k, the model's limit)")
+    reordered: int = Field(
+        0, description="adjacent event pairs whose timestamps were out of order (sorted)")
 
 
 CTR_MAX_HISTORY = 100_000  # CTR models read long histories (SIM, TWIN, SDIM, DARE)
@@ -169,7 +185,8 @@ class RecommendResponse(BaseModel):
     history_length: int = Field(description="events the recommendation was computed from")
     k: int
     items: list[ScoredItem]
-    ignored_items: list[Id] = Field(default_factory=list, description="unknown history items skipped")
+    ignored_items: list[Id] = Field(
+        default_factory=list, description="unknown history items skipped")
     index: str = Field(description="how candidates were found: the index kind, or 'exact'")
 
 

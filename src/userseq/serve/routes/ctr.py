@@ -52,7 +52,8 @@ class CTRService:
                    "history_timestamps": req.history_timestamps, "timestamp": req.timestamp,
                    "context": req.context}
         probs = self.estimator.score_request(request, list(req.items))
-        scores = [{"item": i, "probability": float(p)} for i, p in zip(req.items, probs, strict=True)]
+        pairs = zip(req.items, probs, strict=True)
+        scores = [{"item": i, "probability": float(p)} for i, p in pairs]
         return {"model": self.model, "scores": scores}
 
 
