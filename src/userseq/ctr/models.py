@@ -144,10 +144,6 @@ class CTRModel(nn.Module):
         self.mlp = MLP(d_in, cfg.mlp, cfg.activation, 1, cfg.dropout)
         self.aux_logit: torch.Tensor | None = None
 
-    @property
-    def window(self) -> int:
-        return self.cfg.window
-
     def target_repr(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.emb.target(b["item"], b["cat"])
 
