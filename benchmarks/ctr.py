@@ -105,9 +105,9 @@ def scaling_cell(model: str, L: int, n_cand: int, repeats: int) -> dict:
                   [str(c) for c in range(n_cats)], np.arange(2, 6, dtype=np.float64), [],
                   np.zeros(0), np.ones(0))
     est = CTREstimator(config=cfg)
-    est.vocab = vocab
+    est.vocab_ = vocab
     torch.manual_seed(0)
-    est.model = build_ctr_model(cfg.model, n_items, n_cats, vocab.n_feats, 1).eval()
+    est.model_ = build_ctr_model(cfg.model, n_items, n_cats, vocab.n_feats, 1).eval()
     beh = Behaviours(np.array([0, L]), rng.integers(1, n_items + 1, L), rng.integers(1, 6, L),
                      np.arange(L, dtype=float))
     s = Samples(np.array([1]), np.array([1]), np.array([float(L)]), np.array([0]), np.array([L]),
@@ -192,7 +192,7 @@ def run_synthetic(L: int, users: int, targets: int, models: list[str], epochs: i
                                            "targets": targets, "seed": seed,
                                            "batch_size": batch_size, "max_epochs": epochs,
                                            "test": m, "oracle_auc": oracle,
-                                           "train": est.train_state, "load": os.getloadavg()})
+                                           "train": est.train_state_, "load": os.getloadavg()})
 
 
 # ---------------------------------------------------------------------- the RESULTS.md section

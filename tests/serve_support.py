@@ -18,8 +18,8 @@ import polars as pl
 N_ITEMS = 40
 FIRST_ITEM = 100
 SMALL = {
-    "model.dim": 32, "model.max_len": 16, "model.heads": 2, "train.batch_size": 32, "train.epochs": 10,
-    "train.lr": 5e-3, "train.patience": 10, "eval.ks": [1, 10],
+    "model.dim": 32, "model.max_len": 16, "model.heads": 2, "train.batch_size": 32,
+    "train.epochs": 10, "train.lr": 5e-3, "train.patience": 10, "eval.ks": [1, 10],
 }
 
 
@@ -48,7 +48,8 @@ def trained_run() -> Path:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     log = EventLog.from_frame(cyclic_frame())
     split = leave_one_out(log)
-    rec = NextItemRecommender("sasrec", overrides=SMALL).fit(log, split, run_dir=root / "run", quiet=True)
+    rec = NextItemRecommender("sasrec", overrides=SMALL).fit(log, split, run_dir=root / "run",
+                                                             quiet=True)
     write_json(rec.report(log, split), root / "run" / "metrics.json")  # as `userseq train` does
     return root / "run"
 

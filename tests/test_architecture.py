@@ -81,7 +81,7 @@ def test_imports_go_one_way():
     bad = []
     for f in _files():
         src_pkg = _package(_module_name(f))
-        for target, names, line, _ in _imports(f):
+        for target, _names, line, _ in _imports(f):
             dst_pkg = _package(target)
             if target == "userseq":  # `from userseq import X`: X lives in the top-level package
                 dst_pkg = "__init__"

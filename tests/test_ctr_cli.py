@@ -22,8 +22,8 @@ train: {batch_size: 256, threads: 1, device: cpu}
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("ctr")
-    df = synthetic_ctr_events(n_users=60, n_items=120, n_cats=6, history_len=40, n_targets=5, evidence=2,
-                              recent_clean=10, seed=0)
+    df = synthetic_ctr_events(n_users=60, n_items=120, n_cats=6, history_len=40, n_targets=5,
+                              evidence=2, recent_clean=10, seed=0)
     events = d / "events.csv"
     df.drop("click_prob").write_csv(events)
     cfg = d / "tiny.yaml"
@@ -35,8 +35,10 @@ def files(tmp_path_factory) -> tuple[Path, Path]:
 def run(cli, files, tmp_path_factory) -> Path:
     events, cfg = files
     out = tmp_path_factory.mktemp("runs") / "dare"
-    res = cli("ctr", "train", "--data", events, "--model", "dare", "--category-col", "category", "--config", cfg,
-              "--epochs", "1", "--out", out, "--quiet")
+    # --set applies after --config and before the specific options (--epochs wins over --set)
+    res = cli("ctr", "train", "--data", events, "--model", "dare", "--category-col", "category",
+              "--config", cfg, "--set", "train.epochs=4", "--set", "model.top_k=3", "--epochs", "1",
+              "--out", out, "--quiet")
     assert res.code == 0, res.output
     assert "saved run to" in res.stdout and "test" in res.stdout
     return out
@@ -47,7 +49,16 @@ def test_train_writes_run_and_metrics(run):
     assert set(m["test"]) >= {"auc", "gauc", "logloss"}
     assert 0 <= m["test"]["auc"] <= 1 and m["test"]["logloss"] > 0
     assert m["split"]["split"] == "temporal" and m["model"] == "dare"
-    assert "category_col: category" in (run / "config.yaml").read_text()
+    assert m["task"] == "ctr" and m["train"]["epochs"] == 1
+    cfg = (run / "config.yaml").read_text()
+    assert "category_col: category" in cfg and "top_k: 3" in cfg and "epochs: 1" in cfg
+    assert json.loads((run / "estimator.json").read_text())["task"] == "ctr"
+
+
+def test_ctr_serve_command_is_registered(cli):
+    res = cli("ctr", "serve", "--help")
+    assert res.code == 0 and "POST /score" in res.stdout
+    assert_user_error(cli("ctr", "serve", "/nowhere/at/all", "--port", "0"), "--port must be in")
 
 
 def test_evaluate_rewrites_metrics_identically(cli, run):
@@ -56,7 +67,8 @@ def test_evaluate_rewrites_metrics_identically(cli, run):
     res = cli("ctr", "evaluate", run)
     assert res.code == 0, res.output
     after = json.loads((run / "metrics.json").read_text())["test"]
-    assert after["auc"] == before["auc"] and after["gauc"] == before["gauc"] and after["logloss"] == before["logloss"]
+    for key in ("auc", "gauc", "logloss"):
+        assert after[key] == before[key], key
 
 
 def test_predict_for_user_and_history(cli, run, files):
@@ -73,7 +85,8 @@ def test_predict_for_user_and_history(cli, run, files):
 
 def test_synth_command(cli, tmp_path):
     out = tmp_path / "s.parquet"
-    res = cli("ctr", "synth", "--out", out, "--users", "5", "--history-len", "100", "--targets", "3")
+    res = cli("ctr", "synth", "--out", out, "--users", "5", "--history-len", "100",
+              "--targets", "3")
     assert res.code == 0, res.output
     df = pl.read_parquet(out)
     assert df.height == 5 * 103 and df["is_target"].sum() == 15
@@ -83,29 +96,29 @@ def test_missing_label_column(cli, files, tmp_path):
     events, cfg = files
     bad = tmp_path / "nolabel.csv"
     pl.read_csv(events).drop("rating").write_csv(bad)
-    assert_user_error(cli("ctr", "train", "--data", bad, "--config", cfg, "--out", tmp_path / "r", "--quiet"),
-                      "missing label column 'rating'")
+    assert_user_error(cli("ctr", "train", "--data", bad, "--config", cfg, "--out", tmp_path / "r",
+                          "--quiet"), "missing label column 'rating'")
 
 
 def test_labels_not_binary(cli, files, tmp_path):
     events, cfg = files
-    assert_user_error(cli("ctr", "train", "--data", events, "--binary-labels", "--config", cfg, "--out",
-                          tmp_path / "r", "--quiet"), "labels in column 'rating' must be 0 or 1")
+    assert_user_error(cli("ctr", "train", "--data", events, "--binary-labels", "--config", cfg,
+                          "--out", tmp_path / "r", "--quiet"),
+                      "labels in column 'rating' must be 0 or 1")
 
 
 def test_bad_model_name_and_not_a_ctr_run(cli, files, tmp_path):
     events, cfg = files
-    assert_user_error(cli("ctr", "train", "--data", events, "--model", "bert", "--out", tmp_path / "r"),
-                      "--model bert")
+    assert_user_error(cli("ctr", "train", "--data", events, "--model", "bert", "--out",
+                          tmp_path / "r"), "--model bert")
     assert_user_error(cli("ctr", "evaluate", tmp_path / "missing"), "run directory not found")
 
 
 def test_set_overrides_and_bad_set(cli, files, tmp_path):
     events, cfg = files
-    assert_user_error(cli("ctr", "train", "--data", events, "--config", cfg, "--set", "model.nope=1", "--out",
-                          tmp_path / "r"), "unknown config key 'model.nope'")
-    assert_user_error(cli("ctr", "train", "--data", events, "--config", cfg, "--set", "model.top_k", "--out",
-                          tmp_path / "r"), "expected KEY=VALUE")
+    train = ("ctr", "train", "--data", events, "--config", cfg, "--out", tmp_path / "r")
+    assert_user_error(cli(*train, "--set", "model.nope=1"), "unknown config key 'model.nope'")
+    assert_user_error(cli(*train, "--set", "model.top_k"), "expected KEY=VALUE")
 
 
 def test_http_score_endpoint(cli, run):
@@ -113,21 +126,26 @@ def test_http_score_endpoint(cli, run):
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
-    from userseq.serve.routes.ctr import create_ctr_app
+    from userseq.serve.app import create_ctr_app
+    from userseq.serve.routes.ctr import CTRService
 
-    client = TestClient(create_ctr_app(run))
+    client = TestClient(create_ctr_app(CTRService.from_run(run)))
     assert client.get("/health").json()["model"] == "dare"
     r = client.post("/score", json={"user": 3, "items": [5, 7]})
     assert r.status_code == 200, r.text
     got = [s["probability"] for s in r.json()["scores"]]
-    want = json.loads(cli("ctr", "predict", run, "--user", "3", "--item", "5", "--item", "7").stdout)
+    want = json.loads(cli("ctr", "predict", run, "--user", "3", "--item", "5", "--item",
+                          "7").stdout)
     assert got == pytest.approx([w["probability"] for w in want], abs=1e-6)
-    r = client.post("/score", json={"history": [1, 2, 3], "history_values": [5, 1, 4], "items": ["5"]})
+    r = client.post("/score", json={"history": [1, 2, 3], "history_values": [5, 1, 4],
+                                    "items": ["5"]})
     assert r.status_code == 200 and 0 < r.json()["scores"][0]["probability"] < 1
     bad = client.post("/score", json={"history": [1], "items": [99999]})
-    assert bad.status_code == 422 and "unknown candidate item id(s) [99999]" in bad.json()["message"]
-    future = client.post("/score", json={"history": [1, 2], "history_timestamps": [5, 20], "timestamp": 10,
-                                         "items": [5]})
-    assert future.status_code == 422 and "at or after the target's timestamp" in future.json()["message"]
+    assert bad.status_code == 422
+    assert "unknown candidate item id(s) [99999]" in bad.json()["message"]
+    future = client.post("/score", json={"history": [1, 2], "history_timestamps": [5, 20],
+                                         "timestamp": 10, "items": [5]})
+    assert future.status_code == 422
+    assert "at or after the target's timestamp" in future.json()["message"]
     nobody = client.post("/score", json={"items": [5]})
     assert nobody.status_code == 422 and "give `user`" in nobody.json()["message"]

@@ -41,17 +41,21 @@ def assert_no_leakage(data):
     last = s.end[has] - 1
     # ... whose last event is strictly earlier than the target ...
     assert (b.ts[last] < s.ts[has]).all()
-    # ... and the next event of that user (if any) is at or after the target: nothing earlier is left out
+    # ... and the next event of that user (if any) is at or after the target: nothing earlier is
+    # left out
     nxt = s.end
     same_user = nxt < len(owner)
-    same_user[same_user] = owner[nxt[same_user]] == owner[s.start[same_user].clip(max=len(owner) - 1)]
+    first = s.start[same_user].clip(max=len(owner) - 1)
+    same_user[same_user] = owner[nxt[same_user]] == owner[first]
     assert (b.ts[nxt[same_user]] >= s.ts[same_user]).all()
 
 
 def test_histories_exclude_same_time_and_future_events():
-    data = build_ctr_data(EventLog.from_frame(FRAME), CTRDataConfig(valid_quantile=0.3, test_quantile=0.6))
+    data = build_ctr_data(EventLog.from_frame(FRAME),
+                          CTRDataConfig(valid_quantile=0.3, test_quantile=0.6))
     s, b = data.samples, data.behaviours
-    hist = {(int(s.item[i]), float(s.ts[i])): b.items[s.start[i] : s.end[i]].tolist() for i in range(len(s))}
+    hist = {(int(s.item[i]), float(s.ts[i])): b.items[s.start[i] : s.end[i]].tolist()
+            for i in range(len(s))}
     a, bb, c, d = (data.vocab.item_index([x])[0] for x in "abcd")
     # u1: a@10 -> []; b@20 and c@20 -> [a] only (same second is not history); d@30 -> [a, b, c]
     assert hist[(a, 10.0)] == []
@@ -67,8 +71,8 @@ def test_no_leakage_on_movielens(ml100k):
     assert_no_leakage(data)
     # ties are common in ml-100k: some samples must have lost same-second events from their history
     owner_end = data.behaviours.offsets[1:][data.samples.user - 1]
-    assert ((data.samples.end < owner_end) & (data.behaviours.ts[np.minimum(data.samples.end, 99_999)]
-                                             == data.samples.ts)).any()
+    next_ts = data.behaviours.ts[np.minimum(data.samples.end, 99_999)]
+    assert ((data.samples.end < owner_end) & (next_ts == data.samples.ts)).any()
 
 
 def test_time_split_orders_train_valid_test(ml100k):
@@ -92,11 +96,12 @@ def test_missing_label_column():
 
 def test_labels_must_be_binary_without_threshold():
     log = EventLog.from_frame(FRAME)
-    with pytest.raises(DataError, match=r"labels in column 'rating' must be 0 or 1, but 6 rows.*\[2.0, 3.0, 4.0, 5.0\]"):
+    with pytest.raises(DataError, match=r"labels in column 'rating' must be 0 or 1, but 6 "
+                                        r"rows.*\[2.0, 3.0, 4.0, 5.0\]"):
         build_ctr_data(log, CTRDataConfig(label_threshold=None))
     ok = EventLog.from_frame(FRAME.with_columns(clicked=(pl.col("rating") >= 4).cast(pl.Int64)))
-    data = build_ctr_data(ok, CTRDataConfig(label_col="clicked", label_threshold=None, valid_quantile=0.3,
-                                            test_quantile=0.6))
+    data = build_ctr_data(ok, CTRDataConfig(label_col="clicked", label_threshold=None,
+                                            valid_quantile=0.3, test_quantile=0.6))
     assert sorted(set(data.samples.label.tolist())) == [0.0, 1.0]
     assert data.vocab.n_feats == 2  # the 0/1 label itself is the history feature
 
@@ -123,7 +128,8 @@ def test_genre_categories_pick_the_rarest_genre(ml100k):
 def test_category_column_and_target_column():
     df = FRAME.with_columns(cat=pl.Series(["x", "y", "x", "y", "x", "x", "y"]),
                             is_target=pl.Series([False, False, True, True, False, True, True]))
-    cfg = CTRDataConfig(category_col="cat", target_col="is_target", valid_quantile=0.3, test_quantile=0.6)
+    cfg = CTRDataConfig(category_col="cat", target_col="is_target", valid_quantile=0.3,
+                        test_quantile=0.6)
     data = build_ctr_data(EventLog.from_frame(df), cfg)
     assert len(data.samples) == 4
     assert data.vocab.cat_names == ["x", "y"]
@@ -131,7 +137,8 @@ def test_category_column_and_target_column():
 
 
 def test_position_buckets_and_batch_shapes(ml100k):
-    assert position_buckets(np.array([1, 2, 16, 17, 32, 10_000, 10**9]), 64).tolist() == [1, 2, 16, 16, 20, 53, 63]
+    back = np.array([1, 2, 16, 17, 32, 10_000, 10**9])
+    assert position_buckets(back, 64).tolist() == [1, 2, 16, 16, 20, 53, 63]
     data = build_ctr_data(ml100k, CTRDataConfig())
     s = data.samples.take(np.arange(100, 108))
     b = make_batch(data.behaviours, s, data.vocab.item_cat, 50, 64)
@@ -142,7 +149,8 @@ def test_position_buckets_and_batch_shapes(ml100k):
     assert b["mask"].sum(1).tolist() == lengths.tolist()
     # the most recent behaviour sits in the last column with position bucket 1
     i = int(np.argmax(lengths))
-    assert int(b["hist_pos"][i, -1]) == 1 and int(b["hist_item"][i, -1]) == data.behaviours.items[s.end[i] - 1]
+    assert int(b["hist_pos"][i, -1]) == 1
+    assert int(b["hist_item"][i, -1]) == data.behaviours.items[s.end[i] - 1]
     assert (b["hist_pos"][~b["mask"]] == 0).all() and (b["hist_feat"][~b["mask"]] == 0).all()
 
 

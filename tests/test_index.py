@@ -1,4 +1,5 @@
-"""ANN indexes: recall against exact search, persistence, kind selection, run indexes, CLI, streaming embed."""
+"""ANN indexes: recall against exact search, persistence, kind selection, run indexes, CLI,
+streaming embed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'us
 from serve_support import fresh_run, trained_run  # noqa: E402
 
 from userseq.core.errors import ArtifactError, ConfigError, UserseqError  # noqa: E402
-from userseq.index import IndexConfig, RunIndex, VectorIndex, exact_search, recall_at_k  # noqa: E402
+from userseq.index import (  # noqa: E402
+    IndexConfig,
+    RunIndex,
+    VectorIndex,
+    exact_search,
+    recall_at_k,
+)
 from userseq.index import vector as vector_mod  # noqa: E402
 
 
@@ -71,6 +78,35 @@ def test_centred_cosine(clustered):
     np.testing.assert_array_equal(i, ref)
 
 
+@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw", "ivfpq"])
+def test_chunked_build_equals_the_whole_matrix(clustered, kind):
+    """build_chunks over raw (uncentred) chunks == build over the whole matrix; IVF-PQ trains on
+    the given sample or, without one, on the first chunks: the same rows give the same index."""
+    x, q = clustered
+    centre = x.mean(0)
+    cfg = IndexConfig(kind=kind, nlist=16, nprobe=16, train_sample=2500)
+
+    def chunks():
+        return (x[i : i + 700] for i in range(0, len(x), 700))
+
+    whole = VectorIndex.build(x, "cosine", cfg.model_copy(update={"train_sample": 10_000}),
+                              center=centre)
+    chunked = VectorIndex.build_chunks(chunks, len(x), 16, "cosine", cfg, center=centre)
+    assert chunked.n == len(x) and chunked.info["n"] == len(x)
+    _, i = chunked.search(q, 20)
+    if kind == "ivfpq":
+        sampled = VectorIndex.build_chunks(chunks, len(x), 16, "cosine", cfg, center=centre,
+                                           sample=x[:2500])
+        assert chunked.info["train_rows"] == sampled.info["train_rows"] == 2500
+        np.testing.assert_array_equal(sampled.search(q, 20)[1], i)
+        _, exact_i = exact_search(x - centre, q - centre, 20, "cosine")
+        assert recall_at_k(i, exact_i) >= 0.8
+    else:
+        np.testing.assert_array_equal(i, whole.search(q, 20)[1])
+    with pytest.raises(UserseqError, match="expected 6001 vectors but the chunks gave 6000"):
+        VectorIndex.build_chunks(chunks, len(x) + 1, 16, "cosine", cfg, center=centre)
+
+
 def test_short_catalogue_pads_results():
     x = np.eye(3, dtype=np.float32)
     s, i = VectorIndex.build(x, "ip", IndexConfig(kind="flat")).search(x[:1], 5)
@@ -81,8 +117,8 @@ def test_short_catalogue_pads_results():
 def test_auto_kind_by_size(monkeypatch):
     cfg = IndexConfig(flat_max=100, hnsw_max=1000)
     assert (cfg.resolve(100), cfg.resolve(101), cfg.resolve(1001)) == ("flat", "ivfpq", "ivfpq")
-    assert (cfg.resolve(100, "cosine"), cfg.resolve(101, "cosine"), cfg.resolve(1001, "cosine")) == \
-        ("flat", "hnsw", "ivfpq")
+    kinds = tuple(cfg.resolve(n, "cosine") for n in (100, 101, 1001))
+    assert kinds == ("flat", "hnsw", "ivfpq")
     monkeypatch.setattr(vector_mod, "faiss_available", lambda: False)
     assert cfg.resolve(10**7) == "exact"  # no faiss: the exact torch fallback
     with pytest.raises(UserseqError, match="needs faiss"):
@@ -98,7 +134,8 @@ def test_bad_config_and_files(tmp_path):
         IndexConfig.from_options({"ef_search": 0})
     with pytest.raises(ArtifactError, match="not found"):
         VectorIndex.load(tmp_path / "missing")
-    VectorIndex.build(np.eye(4, dtype=np.float32), "ip", IndexConfig(kind="flat")).save(tmp_path / "ix")
+    index = VectorIndex.build(np.eye(4, dtype=np.float32), "ip", IndexConfig(kind="flat"))
+    index.save(tmp_path / "ix")
     (tmp_path / "ix").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="corrupt index"):
         VectorIndex.load(tmp_path / "ix")
@@ -174,8 +211,10 @@ def test_embed_streams_chunks_and_builds_index(cli, tmp_path):
     df = pl.read_parquet(out)
     rec = NextItemRecommender.load(run)
     assert df["user_id"].to_list() == rec.user_ids.to_list()
-    np.testing.assert_allclose(np.stack(df["embedding"].to_numpy()), rec.user_embeddings(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.stack(df["embedding"].to_numpy()), rec.user_embeddings(),
+                               rtol=1e-4, atol=1e-5)
     assert (tmp_path / "users_items.parquet").exists()
     idx = RunIndex.load(run)  # --index built the run's indexes from the same vectors
-    np.testing.assert_allclose(np.asarray(idx.user_vectors), rec.user_embeddings(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(idx.user_vectors), rec.user_embeddings(), rtol=1e-4,
+                               atol=1e-5)
     assert cli("embed", run, "--out", out, "--chunk-size", "0").code == 2

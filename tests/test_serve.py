@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'userseq[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "
+                                      "'userseq[serve]')")
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'userseq[serve]')")
-pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install 'userseq[test]')")
+pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install "
+                                           "'userseq[test]')")
 
 import httpx  # noqa: E402
 import schemathesis  # noqa: E402
@@ -66,11 +68,13 @@ def test_known_user_follows_the_pattern_and_excludes_seen(client, service):
     r = client.post("/recommend", json={"user_id": "u3", "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["known_user"] and body["history_length"] == 14 and body["k"] == 5 and body["index"] == "flat"
+    assert body["known_user"] and body["history_length"] == 14
+    assert body["k"] == 5 and body["index"] == "flat"
     got = ids(r)
     assert got[0] == next_item(last_item(service, "u3"))
     row = service.users.row("u3")
-    seen = set(service.rec.item_ids.gather(service.hist_items[service.offsets[row]:service.offsets[row + 1]] - 1))
+    hist = service.hist_items[service.offsets[row] : service.offsets[row + 1]]
+    seen = set(service.rec.item_ids.gather(hist - 1))
     assert not seen & set(got)
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -93,12 +97,13 @@ def test_new_user_history_ids_as_ints_or_strings(client):
 
 
 def test_timestamps_order_the_history(client):
-    r = client.post("/recommend", json={"history": [112, 110, 111, 108, 109], "timestamps": [50, 30, 40, 10, 20],
-                                          "k": 1})
+    shuffled = [112, 110, 111, 108, 109]
+    r = client.post("/recommend", json={"history": shuffled, "timestamps": [50, 30, 40, 10, 20],
+                                        "k": 1})
     assert ids(r) == [113]
     iso = [f"2024-01-0{d}T00:00:00Z" for d in (5, 3, 4, 1, 2)]
-    assert ids(client.post("/recommend", json={"history": [112, 110, 111, 108, 109], "timestamps": iso,
-                                               "k": 1})) == [113]
+    r = client.post("/recommend", json={"history": shuffled, "timestamps": iso, "k": 1})
+    assert ids(r) == [113]
 
 
 def test_user_plus_recent_history(client, service):
@@ -143,7 +148,8 @@ def test_similar_items_and_users(client, service):
     assert len(u["users"]) == 6 and "u3" not in [x["user_id"] for x in u["users"]]
     # the most similar users are those whose walk ended at the same place (same next item)
     last = last_item(service, "u3")
-    assert last_item(service, u["users"][0]["user_id"]) in {last, next_item(last)} or u["users"][0]["score"] > 0.8
+    top = u["users"][0]
+    assert last_item(service, top["user_id"]) in {last, next_item(last)} or top["score"] > 0.8
 
 
 def test_embed_matches_the_encoder(client, service):
@@ -164,7 +170,8 @@ def test_catalogue_endpoints(client):
     assert item["title"] == f"Film {FIRST_ITEM}" and item["count"] > 0
     user = client.get("/users/u3", params={"limit": 5}).json()
     assert user["history_length"] == 14 and len(user["history"]) == 5
-    assert client.get("/users", params={"limit": 3}).json() == {"total": 80, "ids": ["u0", "u1", "u10"]}  # id-map order
+    users = client.get("/users", params={"limit": 3}).json()
+    assert users == {"total": 80, "ids": ["u0", "u1", "u10"]}  # id-map order
     hits = client.get("/items", params={"q": "film 11"}).json()
     assert hits["total"] == 10 and all(h["title"].startswith("Film 11") for h in hits["items"])
     m = client.get("/map").json()
@@ -179,8 +186,8 @@ def test_health_info_schema_and_page(client):
     assert info["model"]["name"] == "sasrec" and info["data_fingerprint"]
     assert info["metrics"]["test"]["hr@10"] > 0.5 and info["index"]["items"]["recall@100"] == 1.0
     schema = client.get("/openapi.json").json()
-    assert {"/recommend", "/embed", "/items/{item_id}/similar", "/users/{user_id}/similar", "/health",
-            "/info"} <= set(schema["paths"])
+    assert {"/recommend", "/embed", "/items/{item_id}/similar", "/users/{user_id}/similar",
+            "/health", "/info"} <= set(schema["paths"])
     page = client.get("/")
     assert page.status_code == 200 and "userseq" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -222,16 +229,17 @@ def test_integer_ids_from_odd_strings():
 
 
 def test_bad_requests_elsewhere(client):
-    assert client.post("/recommend", content=b"{oops", headers={"content-type": "application/json"}).status_code == 422
-    assert client.post("/recommend", content=b"[1, 2]", headers={"content-type": "application/json"}).status_code == 422
-    big = client.post("/recommend", content=b" " * 70_000, headers={"content-type": "application/json"})
+    as_json = {"content-type": "application/json"}
+    assert client.post("/recommend", content=b"{oops", headers=as_json).status_code == 422
+    assert client.post("/recommend", content=b"[1, 2]", headers=as_json).status_code == 422
+    big = client.post("/recommend", content=b" " * 70_000, headers=as_json)
     assert big.status_code == 413 and "too large" in big.json()["message"]
 
     def chunks():
         for _ in range(20):
             yield b" " * 8000
 
-    streamed = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    streamed = client.post("/recommend", content=chunks(), headers=as_json)
     assert streamed.status_code == 413
     r = client.get("/items/nope/similar")
     assert r.status_code == 404 and "unknown item id 'nope'" in r.json()["message"]
@@ -250,8 +258,9 @@ def api_schema(service):
 
 
 def test_schemathesis_no_server_errors(api_schema):
-    """schemathesis generates requests for every operation of the OpenAPI schema (valid and invalid
-    ones): none may get a 5xx, and every answer must match the documented status codes and schemas."""
+    """schemathesis generates requests for every operation of the OpenAPI schema (valid and
+    invalid ones): none may get a 5xx, and every answer must match the documented status codes
+    and schemas."""
     checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
     n = int(os.environ.get("USERSEQ_FUZZ_EXAMPLES", "20"))
     operations = [op.ok() for op in api_schema.get_all_operations()]
@@ -259,7 +268,8 @@ def test_schemathesis_no_server_errors(api_schema):
 
     for operation, mode in itertools.product(operations, list(schemathesis.GenerationMode)):
         @given(case=operation.as_strategy(mode))
-        @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=n, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
         def check(case):
             case.call_and_validate(checks=checks)
 
@@ -277,7 +287,8 @@ def test_concurrent_requests_are_batched(service):
     async def many():
         from userseq.serve.schemas import RecommendRequest
 
-        return await asyncio.gather(*(service.recommend(RecommendRequest(history=h, k=3)) for h in hist))
+        requests = [RecommendRequest(history=h, k=3) for h in hist]
+        return await asyncio.gather(*(service.recommend(r) for r in requests))
 
     before = service.batcher.batches
     results = asyncio.run(many())
@@ -298,8 +309,8 @@ def test_serve_cli_end_to_end(tmp_path, cli):
     run = fresh_run(tmp_path)
     port = _free_port()
     exe = Path(sys.executable).with_name("userseq")
-    proc = subprocess.Popen([str(exe), "serve", str(run), "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(exe), "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
@@ -310,7 +321,8 @@ def test_serve_cli_end_to_end(tmp_path, cli):
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"server did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
+                raise AssertionError("server did not start: "
+                                     f"{proc.stderr.read() if proc.poll() is not None else ''}")
             time.sleep(0.3)
         r = httpx.post(url + "/recommend", json={"history": H, "k": 2})
         assert r.status_code == 200 and r.json()["items"][0]["item_id"] == 113

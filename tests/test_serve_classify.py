@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'userseq[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "
+                                      "'userseq[serve]')")
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'userseq[serve]')")
 
 from detect_support import TINY, synthetic_detect, synthetic_text  # noqa: E402
@@ -36,8 +37,8 @@ BENIGN = {"user_id": "x2", "items": ["User:x2", "Topic 7", "Topic 12", "Topic 30
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("classify")
     ev, lab = synthetic_detect(120, seed=2)
-    train_and_evaluate(event_data(EventLog.from_frame(ev), lab), UserDetector("gru", overrides=TINY), d / "gru",
-                       quiet=True)
+    data = event_data(EventLog.from_frame(ev), lab)
+    train_and_evaluate(data, UserDetector("gru", overrides=TINY), d / "gru", quiet=True)
     text = synthetic_text()
     UserDetector("hlstm", overrides={**TINY, "train.epochs": 8}).fit(
         text, stratified_split(text.labels, 0.15, 0.25, seed=0), run_dir=d / "hlstm", quiet=True)
@@ -65,8 +66,8 @@ def text_client(service, runs):
 
 def api_score(run, body, first_k=None):
     """The same user scored through the Python API (as `userseq detect score` would)."""
-    frame = pl.DataFrame({"user_id": [body["user_id"]] * len(body["items"]), "item_id": body["items"],
-                          "timestamp": body["timestamps"]})
+    frame = pl.DataFrame({"user_id": [body["user_id"]] * len(body["items"]),
+                          "item_id": body["items"], "timestamp": body["timestamps"]})
     data = event_data(EventLog.from_frame(frame, timestamp_kind="time"), None)
     return float(UserDetector.load(run).predict_proba(data, first_k=first_k)[0])
 
@@ -92,19 +93,22 @@ def test_first_k_and_time_order(event_client, runs):
     order = [2, 0, 3, 1]
     iso = [pl.from_epoch(pl.Series([t]), time_unit="s").dt.to_string("%Y-%m-%dT%H:%M:%SZ")[0]
            for t in BENIGN["timestamps"]]
-    shuffled = {"user_id": "x2", "items": [BENIGN["items"][i] for i in order], "timestamps": [iso[i] for i in order]}
+    shuffled = {"user_id": "x2", "items": [BENIGN["items"][i] for i in order],
+                "timestamps": [iso[i] for i in order]}
     r = event_client.post("/classify", json=shuffled).json()
     assert r["reordered"] == 2
-    assert r["score"] == pytest.approx(event_client.post("/classify", json=BENIGN).json()["score"], abs=1e-6)
+    in_order = event_client.post("/classify", json=BENIGN).json()["score"]
+    assert r["score"] == pytest.approx(in_order, abs=1e-6)
 
 
 def test_text_detector(text_client):
     rng = np.random.default_rng(5)
     bad_words = "lol buy cheap stuff here you idiot page sucks".split()
     good_words = "the article history section was updated with sources from the library".split()
-    bad = text_client.post("/classify", json={"posts": [" ".join(rng.choice(bad_words, 8)) for _ in range(4)]})
-    good = text_client.post("/classify", json={"posts": [" ".join(rng.choice(good_words, 8)) for _ in range(4)],
-                                                "first_k": 2})
+    bad_posts = [" ".join(rng.choice(bad_words, 8)) for _ in range(4)]
+    good_posts = [" ".join(rng.choice(good_words, 8)) for _ in range(4)]
+    bad = text_client.post("/classify", json={"posts": bad_posts})
+    good = text_client.post("/classify", json={"posts": good_posts, "first_k": 2})
     assert bad.status_code == good.status_code == 200, bad.text
     assert bad.json()["score"] > good.json()["score"] and bad.json()["model"] == "hlstm"
     assert good.json()["used"] == 2 and good.json()["user_id"] is None
@@ -118,8 +122,10 @@ def test_text_detector(text_client):
     ({"posts": ["spam"]}, "reads edit events: send `items`"),
     ({"items": [], "timestamps": []}, "items: List should have at least 1 item"),
     ({"items": ["a"], "timestamps": ["yesterday"]}, "timestamps.0"),
-    ({"items": ["a"], "timestamps": [1], "first_k": 0}, "first_k: Input should be greater than or equal to 1"),
-    ({"items": ["a"], "timestamps": [1], "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ({"items": ["a"], "timestamps": [1], "first_k": 0},
+     "first_k: Input should be greater than or equal to 1"),
+    ({"items": ["a"], "timestamps": [1], "colour": "red"},
+     "colour: Extra inputs are not permitted"),
 ])
 def test_bad_event_requests(event_client, body, needle):
     r = event_client.post("/classify", json=body)
@@ -132,7 +138,8 @@ def test_bad_text_requests_and_no_detector(text_client, service):
     assert r.status_code == 422 and "posts [1] are empty" in r.json()["message"]
     r = text_client.post("/classify", json={"items": ["a"], "timestamps": [1]})
     assert r.status_code == 422 and "reads post texts: send `posts`" in r.json()["message"]
-    r = text_client.post("/classify", content=b'{"posts": ["\xff\xfe"]}', headers={"content-type": "application/json"})
+    r = text_client.post("/classify", content=b'{"posts": ["\xff\xfe"]}',
+                         headers={"content-type": "application/json"})
     assert 400 <= r.status_code < 500  # not UTF-8
     with TestClient(create_app(service)) as c:
         r = c.post("/classify", json=VANDAL)
@@ -140,20 +147,27 @@ def test_bad_text_requests_and_no_detector(text_client, service):
 
 
 def test_classify_fuzz_no_server_errors(service, runs):
-    """schemathesis: generated valid and invalid /classify bodies never get a 5xx and match the schema."""
+    """schemathesis: generated valid and invalid /classify bodies never get a 5xx and match the
+    schema."""
     schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
     from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
+    from schemathesis.checks import (
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service, 64_000,
-                                                                       DetectorService.from_run(runs / "gru")))
+    app = create_app(service, 64_000, DetectorService.from_run(runs / "gru"))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    checks = [not_a_server_error, status_code_conformance, response_schema_conformance]
     op = schema["/classify"]["POST"]
     n = int(os.environ.get("USERSEQ_FUZZ_EXAMPLES", "20"))
     for mode in schemathesis.GenerationMode:
         @given(case=op.as_strategy(mode))
-        @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=n, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
         def check(case):
-            case.call_and_validate(checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
+            case.call_and_validate(checks=checks)
 
         check()
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'userseq[serve]')")
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install "
+                                      "'userseq[serve]')")
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'userseq[serve]')")
 pytest.importorskip("selenium", reason="selenium is not installed (pip install 'userseq[test]')")
 
@@ -24,8 +25,8 @@ from serve_support import FIRST_ITEM, fresh_run, item_meta, next_item  # noqa: E
 CHROMIUM = os.environ.get("USERSEQ_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("USERSEQ_CHROMEDRIVER", "/usr/bin/chromedriver")
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.skip(f"headless Chromium not found ({CHROMIUM}, {CHROMEDRIVER}): install the Debian packages "
-                "`chromium chromium-driver` (`.ci/run` does)", allow_module_level=True)
+    pytest.skip(f"headless Chromium not found ({CHROMIUM}, {CHROMEDRIVER}): install the Debian "
+                "packages `chromium chromium-driver` (`.ci/run` does)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
@@ -33,8 +34,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-ARTIFACTS = Path(os.environ.get("USERSEQ_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[1] / ".pytest_cache" / "artifacts"))
+ARTIFACTS = Path(os.environ.get(
+    "USERSEQ_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / ".pytest_cache" / "artifacts"))
 
 
 def _free_port() -> int:
@@ -50,7 +51,8 @@ class _Server:
         import uvicorn
 
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -83,7 +85,8 @@ def browser():
     # the network is closed here: without these flags Chromium waits on lookups and updates
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1300,1100"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+                 "--window-size=1300,1100"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
@@ -109,7 +112,8 @@ def _wait_rows(driver, table: str, timeout: float = 30) -> list[list[str]]:
 def _click_hit(driver, prefix: str) -> bool:
     """Click the search hit whose text starts with `prefix` (False while it is not shown yet)."""
     return driver.execute_script(
-        "const li = [...document.querySelectorAll('#item-hits li')].find(x => x.textContent.startsWith(arguments[0]));"
+        "const li = [...document.querySelectorAll('#item-hits li')]"
+        ".find(x => x.textContent.startsWith(arguments[0]));"
         "if (li) li.click(); return !!li;", prefix)
 
 
@@ -119,7 +123,8 @@ def test_page_user_recommendations_similar_and_map(browser, tmp_path):
     try:
         with _Server(app) as url:
             browser.get(url + "/")
-            WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, "info"), "sasrec"))
+            WebDriverWait(browser, 30).until(
+                EC.text_to_be_present_in_element((By.ID, "info"), "sasrec"))
             assert "80 users" in browser.find_element(By.ID, "info").text
             box = browser.find_element(By.ID, "user-input")
             box.clear()
@@ -127,7 +132,8 @@ def test_page_user_recommendations_similar_and_map(browser, tmp_path):
             browser.find_element(By.ID, "user-go").click()
             history = _wait_rows(browser, "#history")
             recs = _wait_rows(browser, "#recs")
-            # history: newest first, with titles; the top recommendation is the next item in the walk
+            # history: newest first, with titles; the top recommendation is the next item in the
+            # walk
             assert len(history) == 14 and history[0][2] == f"Film {history[0][1]}"
             last = int(history[0][1])
             assert int(recs[0][1]) == next_item(last) and recs[0][2] == f"Film {next_item(last)}"
@@ -153,11 +159,13 @@ def test_page_user_recommendations_similar_and_map(browser, tmp_path):
                 box = browser.find_element(By.ID, "item-input")
                 box.clear()
                 box.send_keys(f"Film {FIRST_ITEM + i}")
-                WebDriverWait(browser, 30).until(lambda d, i=i: _click_hit(d, f"Film {FIRST_ITEM + i} "))
+                title = f"Film {FIRST_ITEM + i} "
+                WebDriverWait(browser, 30).until(lambda d, t=title: _click_hit(d, t))
             WebDriverWait(browser, 30).until(
                 lambda d: len(d.find_elements(By.CSS_SELECTOR, "#new-history span")) == 5)
             browser.find_element(By.ID, "history-go").click()
-            WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, "history-note"), "new user"))
+            WebDriverWait(browser, 30).until(
+                EC.text_to_be_present_in_element((By.ID, "history-note"), "new user"))
             WebDriverWait(browser, 30).until(
                 lambda d: _rows(d, "#recs") and _rows(d, "#recs")[0][1] == str(FIRST_ITEM + 25))
             browser.save_screenshot(str(ARTIFACTS / "web-new-user.png"))
@@ -166,7 +174,8 @@ def test_page_user_recommendations_similar_and_map(browser, tmp_path):
             box.clear()
             box.send_keys("nobody")
             browser.find_element(By.ID, "user-go").click()
-            WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, "status"), "unknown user"))
+            WebDriverWait(browser, 30).until(
+                EC.text_to_be_present_in_element((By.ID, "status"), "unknown user"))
     finally:
         service.close()
 

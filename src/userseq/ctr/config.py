@@ -1,4 +1,5 @@
-"""CTR configuration: pydantic models (unknown keys and bad values are errors), YAML in and out.
+"""CTR configuration: a `TaskConfig` (unknown keys and bad values are errors; YAML in and out,
+dotted overrides: `CTRConfig.from_yaml(path)`, `cfg.updated({"model.name": "dare"})`).
 
 The training section is the shared `TrainConfig` (one training loop for every task); its CTR
 defaults differ only in the monitored metric (`auc`) and the batch size / patience.
@@ -6,16 +7,13 @@ defaults differ only in the monitored metric (`auc`) and the batch size / patien
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from userseq.core.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
+from userseq.core.config import StrictModel, TaskConfig, TrainConfig, validate_config
 from userseq.core.errors import ConfigError
 
-MODELS = ("nohist", "mean", "din", "sim", "twin", "sdim", "dare")
 MONITORS = ("auc", "gauc", "neg_logloss")
 
 
@@ -25,16 +23,23 @@ class CTRDataConfig(StrictModel):
     user_col: str = "user_id"
     item_col: str = "item_id"
     timestamp_col: str = "timestamp"
-    label_col: str = Field("rating", description="column holding the label (or the rating it is derived from)")
+    label_col: str = Field(
+        "rating", description="column holding the label (or the rating it is derived from)")
     label_threshold: float | None = Field(
-        4.0, description="label = value >= threshold (MovieLens: rating >= 4); null: the column already holds 0/1")
+        4.0, description="label = value >= threshold (MovieLens: rating >= 4); null: the column "
+                         "already holds 0/1")
     category_col: str | None = Field(
-        None, description="item category column in the events; default: MovieLens genres for named datasets")
+        None, description="item category column in the events; default: MovieLens genres for named "
+                          "datasets")
     target_col: str | None = Field(
-        None, description="boolean column marking the events that are CTR samples (default: every event)")
-    context_cols: list[str] = Field(default_factory=list, description="numeric per-event context features")
-    valid_quantile: float = Field(0.8, gt=0, lt=1, description="samples before this time quantile train")
-    test_quantile: float = Field(0.9, gt=0, lt=1, description="samples at/after this time quantile test")
+        None, description="boolean column marking the events that are CTR samples (default: every "
+                          "event)")
+    context_cols: list[str] = Field(
+        default_factory=list, description="numeric per-event context features")
+    valid_quantile: float = Field(
+        0.8, gt=0, lt=1, description="samples before this time quantile train")
+    test_quantile: float = Field(
+        0.9, gt=0, lt=1, description="samples at/after this time quantile test")
 
     @model_validator(mode="after")
     def _order(self) -> CTRDataConfig:
@@ -53,18 +58,26 @@ class CTRModelConfig(StrictModel):
     user_dim: int = Field(16, ge=0, description="user-id embedding size (0: no user-id feature)")
     max_len: int = Field(200, ge=1, description="recent behaviours read by mean and din")
     long_len: int = Field(2000, ge=1, description="behaviours searched by sim, twin, sdim and dare")
-    top_k: int = Field(20, ge=1, description="behaviours kept by the search stage (sim, twin, dare)")
-    mlp: list[int] = Field(default_factory=lambda: [200, 80], description="prediction MLP hidden sizes")
+    top_k: int = Field(
+        20, ge=1, description="behaviours kept by the search stage (sim, twin, dare)")
+    mlp: list[int] = Field(
+        default_factory=lambda: [200, 80], description="prediction MLP hidden sizes")
     activation: Literal["dice", "prelu"] = "dice"
-    att_hidden: list[int] = Field(default_factory=lambda: [80, 40], description="DIN local activation unit")
-    din_softmax: bool = Field(False, description="DIN code variant: softmax-normalized, scaled weights")
-    attn_item_dim: int | None = Field(None, ge=1, description="DARE attention item dim (default item_dim)")
-    attn_cat_dim: int | None = Field(None, ge=1, description="DARE attention category dim (default cat_dim)")
-    aux_loss: bool = Field(False, description="twin/dare: auxiliary loss on softmax attention over all behaviours")
+    att_hidden: list[int] = Field(
+        default_factory=lambda: [80, 40], description="DIN local activation unit")
+    din_softmax: bool = Field(
+        False, description="DIN code variant: softmax-normalized, scaled weights")
+    attn_item_dim: int | None = Field(
+        None, ge=1, description="DARE attention item dim (default item_dim)")
+    attn_cat_dim: int | None = Field(
+        None, ge=1, description="DARE attention category dim (default cat_dim)")
+    aux_loss: bool = Field(
+        False, description="twin/dare: auxiliary loss on softmax attention over all behaviours")
     num_hashes: int = Field(48, ge=1, description="SDIM m")
     hash_bits: int = Field(3, ge=1, le=16, description="SDIM tau (bits per signature)")
     hash_seed: int = 1234
-    pos_buckets: int = Field(64, ge=2, description="log-spaced buckets of the position counted back from the target")
+    pos_buckets: int = Field(
+        64, ge=2, description="log-spaced buckets of the position counted back from the target")
     dropout: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("mlp", "att_hidden")
@@ -86,7 +99,9 @@ def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=20, batch_size=512, lr=1e-3, patience=2, monitor="auc", grad_clip=5.0)
 
 
-class CTRConfig(StrictModel):
+class CTRConfig(TaskConfig):
+    """The whole CTR configuration: how samples are built, the model, the training loop."""
+
     data: CTRDataConfig = Field(default_factory=CTRDataConfig)
     model: CTRModelConfig = Field(default_factory=CTRModelConfig)
     train: TrainConfig = Field(default_factory=_train_defaults)
@@ -99,27 +114,13 @@ class CTRConfig(StrictModel):
                              f"(got {self.train.monitor!r})")
         return self
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    def updated(self, overrides: dict[str, Any]) -> CTRConfig:
-        """Apply dotted overrides like {"model.name": "dare", "train.epochs": 3}; None values are skipped."""
-        data = merge_overrides(self.model_dump(mode="json"), overrides, "unknown config key")
-        return parse_ctr_config(data, "<overrides>")
-
-
-def parse_ctr_config(data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
-    merged = dict(data)
-    if isinstance(merged.get("train"), dict):  # CTR defaults under the user's train keys
-        merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
-    return validate_config(CTRConfig, merged, source, what="CTR config")
-
-
-def load_ctr_config(path: str | Path | None) -> CTRConfig:
-    if path is None:
-        return CTRConfig()
-    return parse_ctr_config(read_yaml_mapping(path), str(path))
+    @classmethod
+    def parse(cls, data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
+        """Validate a mapping; a partial `train` section keeps the CTR training defaults for the
+        keys it leaves out (monitor auc, batch size 512, patience 2, ...)."""
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
+        merged = dict(data or {})
+        if isinstance(merged.get("train"), dict):
+            merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
+        return validate_config(cls, merged, source)

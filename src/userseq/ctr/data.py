@@ -70,7 +70,8 @@ class Samples:
 
 @dataclass
 class Vocab:
-    """Everything a model needs to read new data the way it read its training data (saved with it)."""
+    """Everything a model needs to read new data the way it read its training data (saved with
+    it)."""
 
     item_ids: pl.Series
     user_ids: pl.Series
@@ -98,7 +99,8 @@ class Vocab:
         return len(self.feat_edges) + 1
 
     def feature_buckets(self, values: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.feat_edges, np.asarray(values, dtype=np.float64), side="right") + 1
+        values = np.asarray(values, dtype=np.float64)
+        return np.searchsorted(self.feat_edges, values, side="right") + 1
 
     def item_index(self, ids: Any, what: str = "item") -> np.ndarray:
         """Item indices of original ids; unknown ids are an error naming them."""
@@ -107,8 +109,9 @@ class Vocab:
         if (idx <= 0).any():
             bad = [ids[j] for j in np.flatnonzero(idx <= 0)[:5]]
             raise DataError(
-                f"unknown {what} id(s) {bad} ({int((idx <= 0).sum()):,} in all): not in the model's training "
-                "catalogue. A CTR model can only score items it was trained with; retrain with them or drop them."
+                f"unknown {what} id(s) {bad} ({int((idx <= 0).sum()):,} in all): not in the "
+                "model's training catalogue. A CTR model can only score items it was trained with; "
+                "retrain with them or drop them."
             )
         return idx.astype(np.int64)
 
@@ -141,7 +144,8 @@ def _column(log: EventLog, name: str, role: str, option: str) -> pl.Series:
     s = log.frame[name]
     n_null = s.null_count() + (int(s.is_nan().sum()) if s.dtype.is_float() else 0)
     if n_null:
-        raise DataError(f"{log.source}: {role} column '{name}' has {n_null:,} missing values; fill or drop those rows.")
+        raise DataError(f"{log.source}: {role} column '{name}' has {n_null:,} missing values; fill "
+                        "or drop those rows.")
     return s
 
 
@@ -150,8 +154,8 @@ def labels_from(values: pl.Series, threshold: float | None, source: str, name: s
     if values.dtype == pl.Boolean:
         values = values.cast(pl.Int8)
     if not values.dtype.is_numeric():
-        raise DataError(f"{source}: label column '{name}' has type {values.dtype}; labels must be numbers "
-                        "(0/1, or ratings with label_threshold).")
+        raise DataError(f"{source}: label column '{name}' has type {values.dtype}; labels must be "
+                        "numbers (0/1, or ratings with label_threshold).")
     v = values.to_numpy().astype(np.float64)
     if threshold is not None:
         return (v >= threshold).astype(np.float32)
@@ -159,9 +163,9 @@ def labels_from(values: pl.Series, threshold: float | None, source: str, name: s
     if bad.any():
         found = np.unique(v[bad])[:5].tolist()
         raise DataError(
-            f"{source}: labels in column '{name}' must be 0 or 1, but {int(bad.sum()):,} rows hold other values "
-            f"(e.g. {found}). Pass a threshold (CLI: --label-threshold 4; config: data.label_threshold) to derive "
-            "labels from ratings."
+            f"{source}: labels in column '{name}' must be 0 or 1, but {int(bad.sum()):,} rows hold "
+            f"other values (e.g. {found}). Pass a threshold (CLI: --label-threshold 4; config: "
+            "data.label_threshold) to derive labels from ratings."
         )
     return v.astype(np.float32)
 
@@ -196,7 +200,8 @@ def genre_categories(meta: pl.DataFrame, item_ids: pl.Series) -> tuple[np.ndarra
 
 
 def column_categories(log: EventLog, col: str) -> tuple[np.ndarray, list[str]]:
-    """Category per item from an events column (an item's first value; conflicting values are counted)."""
+    """Category per item from an events column (an item's first value; conflicting values are
+    counted)."""
     s = _column(log, col, "category", "--category-col / data.category_col")
     df = pl.DataFrame({"item": log.frame["item"], "cat": s.cast(pl.String)})
     per_item = df.group_by("item").agg(pl.col("cat").first(), pl.col("cat").n_unique().alias("n"))
@@ -220,83 +225,128 @@ def build_ctr_data(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None 
     src = log.source
     label_values = _column(log, cfg.label_col, "label", "--label-col / data.label_col")
     labels = labels_from(label_values, cfg.label_threshold, src, cfg.label_col)
-    raw_feat = label_values.cast(pl.Float64).to_numpy() if label_values.dtype != pl.Boolean else labels
+    if label_values.dtype == pl.Boolean:
+        raw_feat = labels
+    else:
+        raw_feat = label_values.cast(pl.Float64).to_numpy()
+    ctx, is_target = _context(log, cfg), _target_mask(log, cfg)
+    fresh = vocab is None
+    if vocab is None:
+        vocab = _new_vocab(log, cfg, meta, raw_feat)
+        item_map = np.arange(log.n_items + 1, dtype=np.int64)
+        user_map = np.arange(1, log.n_users + 1, dtype=np.int64)
+    else:
+        item_map = np.concatenate([[0], vocab.item_index(log.item_ids.to_list())])
+        # unknown users -> 0
+        user_map = lookup_ids(vocab.user_ids, log.user_ids, offset=1).astype(np.int64)
+        if list(cfg.context_cols) != vocab.context_cols:
+            raise DataError(f"{src}: context columns {cfg.context_cols} differ from the model's "
+                            f"{vocab.context_cols}.")
+    offsets, items = log.sequences()
+    ts = log.timestamps().astype(np.float64)
+    beh = Behaviours(offsets.astype(np.int64), item_map[items], vocab.feature_buckets(raw_feat), ts)
+    samples = _samples(log, beh, is_target, user_map, labels, ctx)
+    if len(samples) == 0:
+        raise DataError(f"{src}: no CTR samples (target column '{cfg.target_col}' marks no event).")
+    data = CTRData(beh, samples, vocab, src)
+    data.splits, split_info = temporal_ctr_split(samples.ts, cfg.valid_quantile,
+                                                 cfg.test_quantile, cuts, src)
+    if len(cfg.context_cols):
+        if fresh:  # standardize context with training-period statistics only
+            _fit_context_scaling(vocab, samples.context[data.splits["train"]])
+        samples.context = ((samples.context - vocab.context_mean) / vocab.context_std).astype(
+            np.float32)
+    data.info = _info(log, cfg, vocab, samples, split_info)
+    for name, idx in data.splits.items():
+        rate = float(samples.label[idx].mean()) if len(idx) else float("nan")
+        data.info[f"{name}_positive_rate"] = rate
+    return data
+
+
+def _context(log: EventLog, cfg: CTRDataConfig) -> np.ndarray:
+    """(n_events, n_context) raw numeric context features."""
     ctx = np.zeros((log.n_events, len(cfg.context_cols)), dtype=np.float64)
     for j, c in enumerate(cfg.context_cols):
         s = _column(log, c, "context", "data.context_cols")
         if not s.dtype.is_numeric():
-            raise DataError(f"{src}: context column '{c}' has type {s.dtype}; context features must be numeric.")
+            raise DataError(f"{log.source}: context column '{c}' has type {s.dtype}; context "
+                            "features must be numeric.")
         ctx[:, j] = s.cast(pl.Float64).to_numpy()
-    if cfg.target_col:
-        t = _column(log, cfg.target_col, "target-marker", "data.target_col")
-        if t.dtype != pl.Boolean and not set(t.unique().to_list()) <= {0, 1}:
-            raise DataError(f"{src}: target column '{cfg.target_col}' must be boolean or 0/1.")
-        is_target = t.cast(pl.Boolean).to_numpy()
-    else:
-        is_target = np.ones(log.n_events, dtype=bool)
+    return ctx
 
-    offsets, items = log.sequences()
-    ts = log.timestamps().astype(np.float64)
+
+def _target_mask(log: EventLog, cfg: CTRDataConfig) -> np.ndarray:
+    """Which events are CTR samples: those marked by `target_col`, or all of them."""
+    if not cfg.target_col:
+        return np.ones(log.n_events, dtype=bool)
+    t = _column(log, cfg.target_col, "target-marker", "data.target_col")
+    if t.dtype != pl.Boolean and not set(t.unique().to_list()) <= {0, 1}:
+        raise DataError(f"{log.source}: target column '{cfg.target_col}' must be boolean or 0/1.")
+    return t.cast(pl.Boolean).to_numpy()
+
+
+def _new_vocab(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None,
+               raw_feat: np.ndarray) -> Vocab:
+    """The vocabulary of a training log: its ids, categories and feature buckets (context
+    scaling is fitted later, on the training period)."""
+    if cfg.category_col:
+        item_cat, cat_names = column_categories(log, cfg.category_col)
+    elif meta is not None and "genres" in meta.columns:
+        item_cat, cat_names = genre_categories(meta, log.item_ids)
+    else:
+        item_cat, cat_names = np.ones(log.n_items + 1, dtype=np.int64), [NO_CATEGORY]
+        item_cat[0] = 0
+    n_ctx = len(cfg.context_cols)
+    return Vocab(log.item_ids, log.user_ids, item_cat, cat_names, feature_edges(raw_feat),
+                 list(cfg.context_cols), np.zeros(n_ctx), np.ones(n_ctx))
+
+
+def _samples(log: EventLog, beh: Behaviours, is_target: np.ndarray, user_map: np.ndarray,
+             labels: np.ndarray, ctx: np.ndarray) -> Samples:
+    """One sample per target event; its history is the user's events strictly before it."""
+    offsets, ts = beh.offsets, beh.ts
     users = np.repeat(np.arange(log.n_users, dtype=np.int64), np.diff(offsets))
-
-    if vocab is None:
-        if cfg.category_col:
-            item_cat, cat_names = column_categories(log, cfg.category_col)
-        elif meta is not None and "genres" in meta.columns:
-            item_cat, cat_names = genre_categories(meta, log.item_ids)
-        else:
-            item_cat, cat_names = np.ones(log.n_items + 1, dtype=np.int64), [NO_CATEGORY]
-            item_cat[0] = 0
-        vocab = Vocab(log.item_ids, log.user_ids, item_cat, cat_names, feature_edges(raw_feat),
-                      list(cfg.context_cols), np.zeros(len(cfg.context_cols)), np.ones(len(cfg.context_cols)))
-        item_map = np.arange(log.n_items + 1, dtype=np.int64)
-        user_map = np.arange(1, log.n_users + 1, dtype=np.int64)
-        fresh = True
-    else:
-        item_map = np.concatenate([[0], vocab.item_index(log.item_ids.to_list())])
-        user_map = lookup_ids(vocab.user_ids, log.user_ids, offset=1).astype(np.int64)  # unknown users -> 0
-        if list(cfg.context_cols) != vocab.context_cols:
-            raise DataError(f"{src}: context columns {cfg.context_cols} differ from the model's {vocab.context_cols}.")
-        fresh = False
-
-    beh = Behaviours(offsets.astype(np.int64), item_map[items], vocab.feature_buckets(raw_feat), ts)
     # history end of event j: the first event of the same user with the same timestamp
     new_group = np.ones(log.n_events, dtype=bool)
     new_group[1:] = (users[1:] != users[:-1]) | (ts[1:] != ts[:-1])
     group_start = np.maximum.accumulate(np.where(new_group, np.arange(log.n_events), 0))
     sel = np.flatnonzero(is_target)
-    samples = Samples(
-        user=user_map[users[sel]], item=beh.items[sel], ts=ts[sel], start=offsets[users[sel]].astype(np.int64),
-        end=group_start[sel].astype(np.int64), label=labels[sel], context=ctx[sel].astype(np.float32),
+    return Samples(
+        user=user_map[users[sel]], item=beh.items[sel], ts=ts[sel],
+        start=offsets[users[sel]].astype(np.int64), end=group_start[sel].astype(np.int64),
+        label=labels[sel], context=ctx[sel].astype(np.float32),
     )
-    if len(samples) == 0:
-        raise DataError(f"{src}: no CTR samples (target column '{cfg.target_col}' marks no event).")
-    data = CTRData(beh, samples, vocab, src)
-    data.splits, split_info = temporal_ctr_split(samples.ts, cfg.valid_quantile, cfg.test_quantile, cuts, src)
-    if fresh and len(cfg.context_cols):  # standardize context with training-period statistics only
-        train_ctx = samples.context[data.splits["train"]].astype(np.float64)
-        vocab.context_mean = train_ctx.mean(0) if len(train_ctx) else np.zeros(len(cfg.context_cols))
-        std = train_ctx.std(0) if len(train_ctx) else np.ones(len(cfg.context_cols))
-        vocab.context_std = np.where(std > 0, std, 1.0)
-    if len(cfg.context_cols):
-        samples.context = ((samples.context - vocab.context_mean) / vocab.context_std).astype(np.float32)
+
+
+def _fit_context_scaling(vocab: Vocab, train_ctx: np.ndarray) -> None:
+    n_ctx = len(vocab.context_cols)
+    x = train_ctx.astype(np.float64)
+    vocab.context_mean = x.mean(0) if len(x) else np.zeros(n_ctx)
+    std = x.std(0) if len(x) else np.ones(n_ctx)
+    vocab.context_std = np.where(std > 0, std, 1.0)
+
+
+def _info(log: EventLog, cfg: CTRDataConfig, vocab: Vocab, samples: Samples,
+          split_info: dict[str, Any]) -> dict[str, Any]:
     lengths = samples.history_lengths
-    data.info = {
-        "source": src, "users": log.n_users, "items": log.n_items, "events": log.n_events,
+    label = cfg.label_col
+    if cfg.label_threshold is not None:
+        label = f"{cfg.label_col} >= {cfg.label_threshold}"
+    return {
+        "source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
         "samples": len(samples), "categories": vocab.n_cats, "feature_buckets": vocab.n_feats,
-        "label": f"{cfg.label_col} >= {cfg.label_threshold}" if cfg.label_threshold is not None else cfg.label_col,
+        "label": label,
         "history_length": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
                            "max": int(lengths.max()), "empty": int((lengths == 0).sum())},
         **split_info,
     }
-    for name, idx in data.splits.items():
-        data.info[f"{name}_positive_rate"] = float(samples.label[idx].mean()) if len(idx) else float("nan")
-    return data
 
 
-def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float, cuts: tuple[float, float] | None,
+def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float,
+                       cuts: tuple[float, float] | None,
                        source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Sample indices for train (t < valid_cut), valid (valid_cut <= t < test_cut), test (t >= test_cut)."""
+    """Sample indices for train (t < valid_cut), valid (valid_cut <= t < test_cut) and test
+    (t >= test_cut)."""
     if cuts is None:
         valid_cut = float(np.quantile(ts, valid_q, method="higher"))
         test_cut = float(np.quantile(ts, test_q, method="higher"))
@@ -311,8 +361,9 @@ def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float, cuts: tupl
         for name in ("train", "valid", "test"):
             if len(splits[name]) == 0:
                 raise DataError(
-                    f"{source}: the time split left no {name} samples (valid cut {valid_cut}, test cut {test_cut}; "
-                    "many events share one timestamp?). Adjust data.valid_quantile / data.test_quantile."
+                    f"{source}: the time split left no {name} samples (valid cut {valid_cut}, test "
+                    f"cut {test_cut}; many events share one timestamp?). Adjust "
+                    "data.valid_quantile / data.test_quantile."
                 )
     info = {"split": "temporal", "valid_cut": valid_cut, "test_cut": test_cut,
             **{f"{k}_samples": int(len(v)) for k, v in splits.items()}}
@@ -330,8 +381,9 @@ def position_buckets(back: np.ndarray, n_buckets: int) -> np.ndarray:
 
 def make_batch(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, pos_buckets: int,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors for a batch of samples: the target, and the last `window` behaviours left-padded to the
-    longest history in the batch (not to `window`), with the position counted back from the target."""
+    """Tensors for a batch of samples: the target, and the last `window` behaviours left-padded
+    to the longest history in the batch (not to `window`), with the position counted back from
+    the target."""
     hist_len = np.minimum(s.end - s.start, window)
     width = int(hist_len.max()) if len(hist_len) and window > 0 else 0
     items = pad_left(s.start, s.end, beh.items, width)
@@ -341,7 +393,8 @@ def make_batch(beh: Behaviours, s: Samples, item_cat: np.ndarray, window: int, p
     pos[~mask] = 0
     out = {
         "user": s.user, "item": s.item, "cat": item_cat[s.item], "label": s.label,
-        "hist_item": items, "hist_cat": item_cat[items], "hist_feat": np.where(mask, feats, 0), "hist_pos": pos,
+        "hist_item": items, "hist_cat": item_cat[items], "hist_feat": np.where(mask, feats, 0),
+        "hist_pos": pos,
         "mask": mask, "context": s.context,
     }
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}

@@ -13,8 +13,8 @@ differ only in how `interest` is read from the history (METHODS.md sections 2-4)
             behaviours, then target attention (re-softmax over the top-k) with the same embeddings
 * `dare`    TWIN with decoupled tables: attention (search + weights) and representation (values,
             target) embeddings are separate, the attention ones optionally smaller
-* `sdim`    SimHash signatures (m hashes of tau bits) of target and behaviours; the behaviours in the
-            target's bucket are summed, L2-normalized and averaged over hashes, no attention
+* `sdim`    SimHash signatures (m hashes of tau bits) of target and behaviours; the behaviours in
+            the target's bucket are summed, L2-normalized and averaged over hashes, no attention
 
 A behaviour's embedding is [item ; category] plus an embedding of its feature bucket (its rating),
 so both what the user saw and what they thought of it are read. Attention scores add a learned bias
@@ -28,11 +28,14 @@ product over the history per candidate batch and SDIM costs O(m * tau * d) per c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from userseq.core.registry import Registry
 from userseq.ctr.config import CTRModelConfig
 
 NEG = -1e9
@@ -53,7 +56,8 @@ class Dice(nn.Module):
         if self.training and flat.shape[0] > 1:
             z = self.bn(flat)
         else:
-            z = F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps)
+            z = F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False,
+                             eps=self.bn.eps)
         p = torch.sigmoid(z).reshape(shape)
         return p * x + (1 - p) * self.alpha * x
 
@@ -67,7 +71,8 @@ def make_act(kind: str, dim: int) -> nn.Module:
 class MLP(nn.Module):
     """Linear -> activation (-> dropout) blocks, then a linear output of size `out`."""
 
-    def __init__(self, d_in: int, hidden: list[int], act: str, out: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, d_in: int, hidden: list[int], act: str, out: int = 1,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for h in hidden:
@@ -85,7 +90,8 @@ class MLP(nn.Module):
 class ItemEmbedding(nn.Module):
     """[item ; category] for targets; plus a feature-bucket embedding for behaviours."""
 
-    def __init__(self, n_items: int, n_cats: int, n_feats: int, item_dim: int, cat_dim: int) -> None:
+    def __init__(self, n_items: int, n_cats: int, n_feats: int, item_dim: int,
+                 cat_dim: int) -> None:
         super().__init__()
         self.dim = item_dim + cat_dim
         self.item = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
@@ -113,8 +119,14 @@ def _expand(t: torch.Tensor, n: int) -> torch.Tensor:
     return t if t.shape[0] == n else t.expand(n, *t.shape[1:])
 
 
+def _take(x: torch.Tensor, n: int, idx: torch.Tensor) -> torch.Tensor:
+    """Rows idx (n, k) of the per-history vectors x (n or 1, L, d) -> (n, k, d)."""
+    return torch.gather(_expand(x, n), 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class CTRModel(nn.Module):
-    """Base: embeddings, optional user/context features, prediction MLP. Subclasses set `interest`."""
+    """Base: embeddings, optional user/context features, prediction MLP. Subclasses set
+    `interest`."""
 
     has_interest = True
 
@@ -132,17 +144,14 @@ class CTRModel(nn.Module):
         self.mlp = MLP(d_in, cfg.mlp, cfg.activation, 1, cfg.dropout)
         self.aux_logit: torch.Tensor | None = None
 
-    @property
-    def window(self) -> int:
-        return self.cfg.window
-
     def target_repr(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.emb.target(b["item"], b["cat"])
 
     def interest(self, b: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def head(self, b: dict[str, torch.Tensor], t: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    def head(self, b: dict[str, torch.Tensor], t: torch.Tensor,
+             u: torch.Tensor | None) -> torch.Tensor:
         parts = [t]
         if self.user is not None:
             parts.append(self.user(b["user"]))
@@ -153,7 +162,8 @@ class CTRModel(nn.Module):
         return self.mlp(torch.cat(parts, -1)).squeeze(-1)
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B,). History tensors may have batch size 1 (one history shared by all targets)."""
+        """Logits (B,). History tensors may have batch size 1 (one history shared by all
+        targets)."""
         t = self.target_repr(b)
         u = self.interest(b, t) if self.has_interest else None
         return self.head(b, t, u)
@@ -163,7 +173,8 @@ class CTRModel(nn.Module):
         """Per-history state reused for every candidate (default: the raw history tensors)."""
         return h
 
-    def score_state(self, state: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    def score_state(self, state: dict[str, torch.Tensor],
+                    b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits for candidate targets `b` (B,) against one encoded history."""
         return self.forward({**state, **b})
 
@@ -187,7 +198,8 @@ class MeanPool(CTRModel):
 
 
 class DIN(CTRModel):
-    """Local activation unit over the last `max_len` behaviours (computed on real positions only)."""
+    """Local activation unit over the last `max_len` behaviours (computed on real positions
+    only)."""
 
     def __init__(self, cfg, *a, **k) -> None:
         super().__init__(cfg, *a, **k)
@@ -200,8 +212,9 @@ class DIN(CTRModel):
             return torch.zeros_like(t)
         e = self.emb.behaviour(b)  # (B or 1, L, d)
         d = e.shape[-1]
-        # The first layer on [e, t, e - t, e * t] computed as e (W1 + W3)^T + t (W2 - W3)^T + (e * t) W4^T:
-        # the same function, without materializing the 4d-wide input (about 2x faster on CPU).
+        # The first layer on [e, t, e - t, e * t] computed as
+        # e (W1 + W3)^T + t (W2 - W3)^T + (e * t) W4^T: the same function, without materializing
+        # the 4d-wide input (about 2x faster on CPU).
         first = self.att.net[0]
         w1, w2, w3, w4 = first.weight.split(d, dim=1)
         pe = torch.matmul(e, (w1 + w3).t())  # per behaviour, shared by all targets of a history
@@ -224,7 +237,8 @@ class DIN(CTRModel):
 
 
 class SearchAttention(CTRModel):
-    """Two-stage long-sequence model: a search unit keeps `top_k` behaviours, target attention reads them.
+    """Two-stage long-sequence model: a search unit keeps `top_k` behaviours, target attention
+    reads them.
 
     search = "hard" (SIM): the most recent behaviours of the target's category;
     search = "soft" (TWIN, DARE): the top-k attention scores over the whole window.
@@ -236,7 +250,8 @@ class SearchAttention(CTRModel):
         super().__init__(cfg, n_items, n_cats, n_feats, n_users, n_context)
         self.search, self.decoupled = search, decoupled
         if decoupled:
-            self.att_emb = ItemEmbedding(n_items, n_cats, n_feats, cfg.attn_item_dim or cfg.item_dim,
+            self.att_emb = ItemEmbedding(n_items, n_cats, n_feats,
+                                         cfg.attn_item_dim or cfg.item_dim,
                                          cfg.attn_cat_dim or cfg.cat_dim)
         self.pos_bias = nn.Embedding(cfg.pos_buckets, 1)
         nn.init.zeros_(self.pos_bias.weight)
@@ -277,7 +292,7 @@ class SearchAttention(CTRModel):
             recency = torch.arange(L, device=t.device, dtype=t.dtype).expand(n, L)
             top = torch.topk(torch.where(same, recency, torch.full_like(recency, -1.0)), k, dim=1)
             idx, keep = top.indices, top.values >= 0
-            keys = torch.gather(_expand(st["keys"], n), 1, idx.unsqueeze(-1).expand(-1, -1, st["keys"].shape[-1]))
+            keys = _take(st["keys"], n, idx)
             bias = torch.gather(_expand(st["bias"], n), 1, idx)
             w = masked_softmax(self._scores(q, keys, bias), keep)
         else:
@@ -290,7 +305,7 @@ class SearchAttention(CTRModel):
                 v_all = _expand(st["values"], n)
                 u_all = torch.einsum("bl,bld->bd", masked_softmax(scores, mask), v_all)
                 self.aux_logit = self.aux_mlp(torch.cat([t, u_all, t * u_all], -1)).squeeze(-1)
-        vals = torch.gather(_expand(st["values"], n), 1, idx.unsqueeze(-1).expand(-1, -1, st["values"].shape[-1]))
+        vals = _take(st["values"], n, idx)
         return torch.einsum("bk,bkd->bd", w, vals)
 
     def candidate_chunk(self, hist_len: int) -> int:
@@ -305,7 +320,8 @@ class SDIM(CTRModel):
         g = torch.Generator().manual_seed(cfg.hash_seed)
         m, tau = cfg.num_hashes, cfg.hash_bits
         self.register_buffer("proj", torch.randn(self.emb.dim, m * tau, generator=g))
-        powers = torch.zeros(m * tau, m)  # bits -> bucket id as one matmul (exact in fp32 for tau <= 16)
+        # bits -> bucket id as one matmul (exact in fp32 for tau <= 16)
+        powers = torch.zeros(m * tau, m)
         for j in range(m):
             powers[j * tau : (j + 1) * tau, j] = 2.0 ** torch.arange(tau)
         self.register_buffer("powers", powers, persistent=False)
@@ -316,16 +332,17 @@ class SDIM(CTRModel):
         return torch.matmul(bits, self.powers)
 
     def behaviour_signatures(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Signatures of the behaviours' [item ; category] embeddings (the feature embedding is a value,
-        not hashed, so a behaviour and a target of the same item share buckets). Computed once per
-        distinct item in the batch."""
+        """Signatures of the behaviours' [item ; category] embeddings (the feature embedding is a
+        value, not hashed, so a behaviour and a target of the same item share buckets). Computed
+        once per distinct item in the batch."""
         uniq, inv = torch.unique(b["hist_item"], return_inverse=True)
         cats = torch.zeros_like(uniq).scatter_(0, inv.reshape(-1), b["hist_cat"].reshape(-1))
         return self.signatures(self.emb.target(uniq, cats))[inv]
 
     @staticmethod
     def _normalize_mean(sums: torch.Tensor) -> torch.Tensor:
-        """(B, m, d) bucket sums -> L2-normalize each (empty buckets stay zero) -> mean over hashes."""
+        """(B, m, d) bucket sums -> L2-normalize each (empty buckets stay zero) -> mean over
+        hashes."""
         return (sums / sums.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean(1)
 
     def interest(self, b, t):
@@ -358,21 +375,21 @@ class SDIM(CTRModel):
         return {**h, "buckets": sums.reshape(1, m, n_b, -1)}
 
 
+CTR_MODELS: Registry[Callable[..., CTRModel]] = Registry(
+    "CTR model", "Set it with model.name (CLI: userseq ctr train --model NAME).")
+CTR_MODELS.register("nohist", NoHistory, help="no history: target, category and user features")
+CTR_MODELS.register("mean", MeanPool, help="mean of the last max_len behaviours")
+CTR_MODELS.register("din", DIN, help="DIN local activation unit over the last max_len behaviours")
+CTR_MODELS.register("sim", partial(SearchAttention, search="hard"),
+                    help="SIM-hard: same-category search, then target attention")
+CTR_MODELS.register("twin", partial(SearchAttention, search="soft"),
+                    help="TWIN: top-k attention search, then target attention")
+CTR_MODELS.register("dare", partial(SearchAttention, search="soft", decoupled=True),
+                    help="DARE: TWIN with decoupled attention and representation tables")
+CTR_MODELS.register("sdim", SDIM, help="SDIM: SimHash buckets of the history, no attention")
+
+
 def build_ctr_model(cfg: CTRModelConfig, n_items: int, n_cats: int, n_feats: int, n_users: int,
                     n_context: int = 0) -> CTRModel:
-    args = (cfg, n_items, n_cats, n_feats, n_users, n_context)
-    if cfg.name == "nohist":
-        return NoHistory(*args)
-    if cfg.name == "mean":
-        return MeanPool(*args)
-    if cfg.name == "din":
-        return DIN(*args)
-    if cfg.name == "sim":
-        return SearchAttention(*args, search="hard")
-    if cfg.name == "twin":
-        return SearchAttention(*args, search="soft")
-    if cfg.name == "dare":
-        return SearchAttention(*args, search="soft", decoupled=True)
-    if cfg.name == "sdim":
-        return SDIM(*args)
-    raise ValueError(f"unknown CTR model {cfg.name!r}")
+    """The CTR model named by `cfg.name` (see CTR_MODELS)."""
+    return CTR_MODELS.get(cfg.name).obj(cfg, n_items, n_cats, n_feats, n_users, n_context)

@@ -23,6 +23,8 @@ impressions of every user test, the ones before validate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 
@@ -30,53 +32,36 @@ LOGIT = {"liked": 2.0, "disliked": -2.0, "neutral": -0.5}
 T0 = 1_600_000_000
 
 
-def synthetic_ctr_events(n_users: int = 300, n_items: int = 2000, n_cats: int = 50, history_len: int = 1000,
-                         n_targets: int = 10, n_interests: int = 2, evidence: int = 8, recent_clean: int | None = None,
+def synthetic_ctr_events(n_users: int = 300, n_items: int = 2000, n_cats: int = 50,
+                         history_len: int = 1000, n_targets: int = 10, n_interests: int = 2,
+                         evidence: int = 8, recent_clean: int | None = None,
                          quality_std: float = 0.5, seed: int = 0) -> pl.DataFrame:
-    """Events (user_id, item_id, timestamp, rating, category, is_target, click_prob); see the module doc."""
+    """Events (user_id, item_id, timestamp, rating, category, is_target, click_prob); see the
+    module doc."""
     if n_cats < 2 * n_interests + 1:
-        raise ValueError("n_cats must exceed 2 * n_interests (liked, disliked and neutral categories).")
+        raise ValueError("n_cats must exceed 2 * n_interests (liked, disliked and neutral "
+                         "categories).")
     rng = np.random.default_rng(seed)
     H = int(history_len)
     recent = min(200, H // 2) if recent_clean is None else int(recent_clean)
-    n_old = H - recent
     n_ev = 2 * n_interests * evidence
-    if n_ev > n_old:
-        raise ValueError(f"history_len {H} too short for {n_ev} evidence events older than the last {recent}.")
+    if n_ev > H - recent:
+        raise ValueError(f"history_len {H} too short for {n_ev} evidence events older than the "
+                         f"last {recent}.")
     cat_of = np.arange(n_items + 1) % n_cats
     quality = rng.normal(0, quality_std, n_items + 1)
-    by_cat = [np.flatnonzero(cat_of[1:] == c) + 1 for c in range(n_cats)]
-    counts = np.array([len(b) for b in by_cat])
-    table = np.zeros((n_cats, counts.max()), dtype=np.int64)
-    for c, b in enumerate(by_cat):
-        table[c, : len(b)] = b
-
-    def draw(cats: np.ndarray) -> np.ndarray:  # a uniform random item of each category
-        return table[cats, (rng.random(len(cats)) * counts[cats]).astype(np.int64)]
-
+    draw = _item_sampler(cat_of, n_cats, rng)
     per_user = H + n_targets
     items = np.empty((n_users, per_user), dtype=np.int64)
     ratings = np.empty((n_users, per_user), dtype=np.int64)
     probs = np.full((n_users, per_user), np.nan)
     for u in range(n_users):
         cats = rng.permutation(n_cats)
-        liked, disliked, neutral = cats[:n_interests], cats[n_interests : 2 * n_interests], cats[2 * n_interests :]
-        # noise: random items of neutral categories, uniform ratings
-        noise_cat = neutral[rng.integers(len(neutral), size=H)]
-        items[u, :H] = draw(noise_cat)
-        ratings[u, :H] = rng.integers(1, 6, size=H)
-        # evidence: old positions only
-        pos = rng.choice(n_old, size=n_ev, replace=False)
-        ev_cats = np.concatenate([np.repeat(liked, evidence), np.repeat(disliked, evidence)])
-        items[u, pos] = draw(ev_cats)
-        ratings[u, pos] = np.where(np.isin(ev_cats, liked), 5, 1)
-        # impressions
-        kind = rng.integers(3, size=n_targets)
-        t_cats = np.where(kind == 0, rng.choice(liked, n_targets), np.where(kind == 1, rng.choice(disliked, n_targets),
-                                                                             rng.choice(neutral, n_targets)))
-        t_items = draw(t_cats)
-        logit = np.array([LOGIT["liked"], LOGIT["disliked"], LOGIT["neutral"]])[kind] + quality[t_items]
-        p = 1 / (1 + np.exp(-logit))
+        liked, disliked = cats[:n_interests], cats[n_interests : 2 * n_interests]
+        neutral = cats[2 * n_interests :]
+        _history(items[u], ratings[u], H, H - recent, evidence, liked, disliked, neutral, draw,
+                 rng)
+        t_items, p = _impressions(n_targets, liked, disliked, neutral, quality, draw, rng)
         click = rng.random(n_targets) < p
         items[u, H:] = t_items
         ratings[u, H:] = np.where(click, 5, 2)
@@ -91,3 +76,47 @@ def synthetic_ctr_events(n_users: int = 300, n_items: int = 2000, n_cats: int = 
         "is_target": np.tile(np.arange(per_user) >= H, n_users),
         "click_prob": probs.reshape(-1),
     })
+
+
+Draw = Callable[[np.ndarray], np.ndarray]
+
+
+def _item_sampler(cat_of: np.ndarray, n_cats: int, rng: np.random.Generator) -> Draw:
+    """draw(cats): a uniform random item of each category."""
+    by_cat = [np.flatnonzero(cat_of[1:] == c) + 1 for c in range(n_cats)]
+    counts = np.array([len(b) for b in by_cat])
+    table = np.zeros((n_cats, counts.max()), dtype=np.int64)
+    for c, b in enumerate(by_cat):
+        table[c, : len(b)] = b
+
+    def draw(cats: np.ndarray) -> np.ndarray:
+        return table[cats, (rng.random(len(cats)) * counts[cats]).astype(np.int64)]
+
+    return draw
+
+
+def _history(items: np.ndarray, ratings: np.ndarray, H: int, n_old: int, evidence: int,
+             liked: np.ndarray, disliked: np.ndarray, neutral: np.ndarray, draw: Draw,
+             rng: np.random.Generator) -> None:
+    """Fill one user's first H events: neutral noise with uniform ratings, and `evidence` rated
+    events per liked (5) and disliked (1) category at old positions only."""
+    noise_cat = neutral[rng.integers(len(neutral), size=H)]
+    items[:H] = draw(noise_cat)
+    ratings[:H] = rng.integers(1, 6, size=H)
+    ev_cats = np.concatenate([np.repeat(liked, evidence), np.repeat(disliked, evidence)])
+    pos = rng.choice(n_old, size=len(ev_cats), replace=False)
+    items[pos] = draw(ev_cats)
+    ratings[pos] = np.where(np.isin(ev_cats, liked), 5, 1)
+
+
+def _impressions(n: int, liked: np.ndarray, disliked: np.ndarray, neutral: np.ndarray,
+                 quality: np.ndarray, draw: Draw,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n impressions of a liked, disliked or neutral category (a third each) and their true
+    click probabilities."""
+    kind = rng.integers(3, size=n)
+    t_cats = np.where(kind == 0, rng.choice(liked, n),
+                      np.where(kind == 1, rng.choice(disliked, n), rng.choice(neutral, n)))
+    t_items = draw(t_cats)
+    logit = np.array([LOGIT["liked"], LOGIT["disliked"], LOGIT["neutral"]])[kind]
+    return t_items, 1 / (1 + np.exp(-(logit + quality[t_items])))

@@ -2,7 +2,13 @@
 
 from userseq.index.run import RunIndex
 from userseq.index.stream import iter_user_vectors, write_user_embeddings
-from userseq.index.vector import IndexConfig, VectorIndex, exact_search, faiss_available, recall_at_k
+from userseq.index.vector import (
+    IndexConfig,
+    VectorIndex,
+    exact_search,
+    faiss_available,
+    recall_at_k,
+)
 
-__all__ = ["IndexConfig", "RunIndex", "VectorIndex", "exact_search", "faiss_available", "iter_user_vectors",
-           "recall_at_k", "write_user_embeddings"]
+__all__ = ["IndexConfig", "RunIndex", "VectorIndex", "exact_search", "faiss_available",
+           "iter_user_vectors", "recall_at_k", "write_user_embeddings"]

@@ -13,7 +13,8 @@ from userseq.core.errors import UserseqError
 
 
 def index_config(config: Path | None, **options: Any) -> Any:
-    """IndexConfig from an optional YAML file (IndexConfig keys, or under an `index:` section) and options."""
+    """IndexConfig from an optional YAML file (IndexConfig keys, or under an `index:` section)
+    and options."""
     from userseq.index.vector import IndexConfig
 
     base: dict[str, Any] = {}
@@ -25,7 +26,8 @@ def index_config(config: Path | None, **options: Any) -> Any:
         try:
             data = yaml.safe_load(config.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UserseqError(f"--config {config}: not valid YAML ({str(e).splitlines()[0]}).") from None
+            raise UserseqError(f"--config {config}: not valid YAML "
+                               f"({str(e).splitlines()[0]}).") from None
         if not isinstance(data, dict):
             raise UserseqError(f"--config {config}: expected a mapping of index settings.")
         base = data.get("index", data)
@@ -34,23 +36,28 @@ def index_config(config: Path | None, **options: Any) -> Any:
 
 def print_manifest(manifest: dict[str, Any], title: str) -> None:
     k = manifest.get("recall_k", 100)
-    t = Table("index", "kind", "metric", "vectors", "dim", f"recall@{k} vs exact", "query ms (1 query)",
-              "build s", title=title)
-    for name, what in (("items", "items: recommend (dot)"), ("items_cos", "items: similar (cosine)"),
+    t = Table("index", "kind", "metric", "vectors", "dim", f"recall@{k} vs exact",
+              "query ms (1 query)", "build s", title=title)
+    for name, what in (("items", "items: recommend (dot)"),
+                       ("items_cos", "items: similar (cosine)"),
                        ("users", "users: similar (cosine)")):
         m = manifest.get(name)
         if m:
-            t.add_row(what, m["kind"], m["metric"], f"{m['n']:,}", str(m["dim"]), f"{m[f'recall@{k}']:.4f}",
-                      f"{m['query_ms']:.3f}", f"{m.get('build_seconds', 0):.1f}")
+            t.add_row(what, m["kind"], m["metric"], f"{m['n']:,}", str(m["dim"]),
+                      f"{m[f'recall@{k}']:.4f}", f"{m['query_ms']:.3f}",
+                      f"{m.get('build_seconds', 0):.1f}")
     out.print(t)
 
 
 def index_cmd(
     run_dir: RunDirArg,
-    kind: Annotated[str | None, typer.Option(help="auto | exact | flat | hnsw | ivfpq (auto: by size)")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML with index settings (see docs/serving.md)")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="auto | exact | flat | hnsw | ivfpq (auto: by size)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML with index settings (see docs/serving.md)")] = None,
     users: Annotated[bool, typer.Option(help="also index user embeddings (similar users)")] = True,
-    chunk_size: Annotated[int, typer.Option(help="users encoded per chunk (bounded memory)")] = 65_536,
+    chunk_size: Annotated[int, typer.Option(
+        help="users encoded per chunk (bounded memory)")] = 65_536,
     ef_search: Annotated[int | None, typer.Option(help="HNSW query beam width")] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists probed per query")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -81,8 +88,9 @@ class _progress:
             return lambda what, done, total: None
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                            TimeElapsedColumn(), console=err, transient=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
+                            console=err, transient=True)
         self.bar.start()
         self.tasks: dict[str, Any] = {}
 

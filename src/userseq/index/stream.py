@@ -21,7 +21,8 @@ DEFAULT_CHUNK = 65_536
 
 def iter_user_vectors(rec: Any, chunk_size: int = DEFAULT_CHUNK,
                       rows: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (user rows, float32 vectors) for the run's training users (or `rows` of them), in order."""
+    """Yield (user rows, float32 vectors) for the run's training users (or `rows` of them), in
+    order."""
     if chunk_size <= 0:
         raise UserseqError(f"chunk size must be a positive integer (got {chunk_size}).")
     offsets, items = rec.histories
@@ -48,12 +49,14 @@ def write_user_embeddings(rec: Any, out_path: str | Path | None, chunk_size: int
     tmp = Path(str(out_path) + ".part") if out_path is not None else None
     if vectors_path is not None:
         Path(vectors_path).parent.mkdir(parents=True, exist_ok=True)
-        mm = np.lib.format.open_memmap(str(vectors_path), mode="w+", dtype=np.float32, shape=(n, dim))
+        mm = np.lib.format.open_memmap(str(vectors_path), mode="w+", dtype=np.float32,
+                                       shape=(n, dim))
     done = 0
     try:
         for r, vec in iter_user_vectors(rec, chunk_size):
             if tmp is not None:
-                table = pl.DataFrame({"user_id": rec.user_ids.gather(r), "embedding": vec}).to_arrow()
+                frame = pl.DataFrame({"user_id": rec.user_ids.gather(r), "embedding": vec})
+                table = frame.to_arrow()
                 if writer is None:
                     writer = pq.ParquetWriter(str(tmp), table.schema)
                 writer.write_table(table)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,18 +37,25 @@ class IndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: Kind = "auto"
-    flat_max: int = Field(100_000, ge=0, description="auto: exact flat index up to this many vectors")
-    hnsw_max: int = Field(2_000_000, ge=0, description="auto, cosine: HNSW up to this many vectors, IVF-PQ above")
+    flat_max: int = Field(
+        100_000, ge=0, description="auto: exact flat index up to this many vectors")
+    hnsw_max: int = Field(
+        2_000_000, ge=0, description="auto, cosine: HNSW up to this many vectors, IVF-PQ above")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
     ef_construction: int = Field(100, ge=8, description="HNSW build-time beam width")
-    ef_search: int = Field(256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
-    nlist: int | None = Field(None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
-    pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
+    ef_search: int = Field(
+        256, ge=8, description="HNSW query-time beam width (raised to k when k is larger)")
+    nlist: int | None = Field(
+        None, ge=1, description="IVF lists (default ~4 sqrt(n), at most 65536)")
+    pq_m: int | None = Field(
+        None, ge=1, description="PQ sub-quantizers (default dim/4; must divide dim)")
     nprobe: int = Field(256, ge=1, description="IVF lists visited per query")
-    refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more memory, "
-                                           "much better recall)")
-    refine_factor: int = Field(10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
-    train_sample: int = Field(100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
+    refine: bool = Field(True, description="IVF-PQ: re-rank candidates with exact vectors (more "
+                                           "memory, much better recall)")
+    refine_factor: int = Field(
+        10, ge=1, description="IVF-PQ refine: candidates = refine_factor * k")
+    train_sample: int = Field(
+        100_000, ge=1000, description="IVF-PQ: vectors used to train the quantizers")
     seed: int = 0
 
     def resolve(self, n: int, metric: str = "ip") -> str:
@@ -66,7 +73,8 @@ class IndexConfig(BaseModel):
 
     @classmethod
     def from_options(cls, base: IndexConfig | dict | None = None, **options: Any) -> IndexConfig:
-        """A config from a dict/instance plus keyword overrides, with one clear error for bad values."""
+        """A config from a dict/instance plus keyword overrides, with one clear error for bad
+        values."""
         data = base.model_dump() if isinstance(base, IndexConfig) else dict(base or {})
         data.update({k: v for k, v in options.items() if v is not None})
         try:
@@ -89,11 +97,13 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise UserseqError("faiss is not installed; `pip install 'userseq[serve]'` (or use kind 'exact').") from None
+        raise UserseqError("faiss is not installed; `pip install 'userseq[serve]'` (or use kind "
+                           "'exact').") from None
     return faiss
 
 
-def _prep(x: np.ndarray | torch.Tensor, metric: str, center: np.ndarray | None = None) -> np.ndarray:
+def _prep(x: np.ndarray | torch.Tensor, metric: str,
+          center: np.ndarray | None = None) -> np.ndarray:
     x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
@@ -128,14 +138,16 @@ class VectorIndex:
         if len(x) > cfg.train_sample:
             rng = np.random.default_rng(cfg.seed)
             sample = x[np.sort(rng.choice(len(x), cfg.train_sample, replace=False))]
-        index = cls.build_chunks(lambda: iter([x]), len(x), x.shape[1], metric, cfg, prepared=True, sample=sample)
+        index = cls.build_chunks(lambda: iter([x]), len(x), x.shape[1], metric, cfg,
+                                 prepared=True, sample=sample)
         index.center = None if center is None else np.asarray(center, dtype=np.float32)
         return index
 
     @classmethod
-    def build_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int, metric: Metric = "ip",
-                     config: IndexConfig | None = None, prepared: bool = False,
-                     sample: np.ndarray | None = None, center: np.ndarray | None = None) -> VectorIndex:
+    def build_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int,
+                     metric: Metric = "ip", config: IndexConfig | None = None,
+                     prepared: bool = False, sample: np.ndarray | None = None,
+                     center: np.ndarray | None = None) -> VectorIndex:
         """Index vectors that arrive in chunks (bounded memory for the exact index's inputs and
         for faiss adds). `chunks()` must yield the n rows in order; IVF-PQ trains on `sample`
         (prepared the same way) or on the first chunks up to `train_sample` rows. `center`: as in
@@ -145,62 +157,20 @@ class VectorIndex:
             raise UserseqError("cannot build an index over zero vectors.")
         kind = cfg.resolve(n, metric)
         t0 = time.perf_counter()
+
+        def prepped() -> Iterator[np.ndarray]:
+            for c in chunks():
+                yield c if prepared else _prep(c, metric, center)
+
+        if sample is not None and not prepared:
+            sample = _prep(sample, metric, center)
         if kind == "exact":
-            mat = torch.empty(n, dim)
-            pos = 0
-            for c in chunks():
-                c = c if prepared else _prep(c, metric, center)
-                mat[pos : pos + len(c)] = torch.from_numpy(c)
-                pos += len(c)
-            _check_count(pos, n)
-            return cls(kind, metric, dim, cfg, mat, {"n": n, "build_seconds": round(time.perf_counter() - t0, 3)},
-                       center=None if prepared else center)
-        faiss = _faiss()
-        params: dict[str, Any] = {}
-        if kind == "flat":
-            index = faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT)
+            impl, params = _exact_matrix(prepped, n, dim), {}
         else:
-            # Graph and IVF indexes are much more accurate with L2 than with raw inner products over
-            # vectors of different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest
-            # norm) and 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
-            max_norm = 0.0
-            for c in chunks():
-                c = c if prepared else _prep(c, metric, center)
-                max_norm = max(max_norm, float(np.linalg.norm(c, axis=1).max(initial=0.0)))
-            params["mips_max_norm"] = max_norm
-            if kind == "hnsw":
-                index_dim = dim + 1
-                index = faiss.IndexHNSWFlat(index_dim, cfg.hnsw_m, faiss.METRIC_L2)
-                index.hnsw.efConstruction = cfg.ef_construction
-                params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction}
-            else:
-                nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
-                nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
-                index_dim = -(-(dim + 1) // 4) * 4  # + the MIPS coordinate, zero-padded for 4-d sub-spaces
-                pq_m = cfg.pq_m or _default_pq_m(index_dim)
-                if index_dim % pq_m:
-                    raise ConfigError(f"invalid index config: pq_m {pq_m} must divide {index_dim} (the dimension "
-                                      f"{dim} + 1, rounded up to a multiple of 4).")
-                spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
-                index = faiss.index_factory(index_dim, spec, faiss.METRIC_L2)
-                if sample is None:
-                    train = _first_rows(chunks, cfg.train_sample, prepared, metric, center)
-                else:
-                    train = sample if prepared else _prep(sample, metric, center)
-                train = _augment(train[: max(cfg.train_sample, 39 * nlist)], max_norm, index_dim)
-                index.train(train)
-                params |= {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine, "train_rows": int(len(train))}
-            params["index_dim"] = index_dim
-        pos = 0
-        for c in chunks():
-            c = c if prepared else _prep(c, metric, center)
-            if kind != "flat":
-                c = _augment(c, params["mips_max_norm"], params["index_dim"])
-            index.add(c)
-            pos += len(c)
-        _check_count(pos, n)
+            impl, params = _faiss_index(kind, n, dim, cfg, prepped, sample)
+            _add(impl, prepped, n, kind, params)
         info = {"n": n, "build_seconds": round(time.perf_counter() - t0, 3), **params}
-        return cls(kind, metric, dim, cfg, index, info, center=None if prepared else center)
+        return cls(kind, metric, dim, cfg, impl, info, center=None if prepared else center)
 
     # ------------------------------------------------------------------ searching
     @property
@@ -220,8 +190,10 @@ class VectorIndex:
             s, i = _exact_topk(torch.from_numpy(q), self._impl, kk)
         elif self.kind in ("hnsw", "ivfpq"):
             m = float(self.info["mips_max_norm"])
-            d, i = self._impl.search(_augment(q, None, int(self.info["index_dim"])), kk, params=self._params(kk))
-            s = ((q * q).sum(1, keepdims=True) + m * m - d) / 2  # back from L2 distance to inner product
+            padded = _augment(q, None, int(self.info["index_dim"]))
+            d, i = self._impl.search(padded, kk, params=self._params(kk))
+            # back from L2 distance to inner product
+            s = ((q * q).sum(1, keepdims=True) + m * m - d) / 2
             s = np.where(i < 0, -np.inf, s).astype(np.float32)
         else:
             s, i = self._impl.search(q, kk)
@@ -245,7 +217,8 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write `path` (faiss binary or safetensors) and `path.json` (kind, metric, config, info)."""
+        """Write `path` (faiss binary or safetensors) and `path.json` (kind, metric, config,
+        info)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "exact":
@@ -265,13 +238,15 @@ class VectorIndex:
         p = Path(path)
         head_path = p.with_name(p.name + ".json")
         if not p.is_file() or not head_path.is_file():
-            raise ArtifactError(f"{p}: index file not found; build it with `userseq index RUN_DIR`.")
+            raise ArtifactError(f"{p}: index file not found; build it with "
+                                "`userseq index RUN_DIR`.")
         try:
             head = json.loads(head_path.read_text())
             cfg = IndexConfig(**head["config"])
             kind, metric, dim = head["kind"], head["metric"], int(head["dim"])
         except (ValueError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{head_path}: corrupt index header ({e}); rebuild with `userseq index`.") from None
+            raise ArtifactError(f"{head_path}: corrupt index header ({e}); rebuild with `userseq "
+                                "index`.") from None
         try:
             if kind == "exact":
                 from safetensors.torch import load_file
@@ -292,23 +267,26 @@ class VectorIndex:
             raise ArtifactError(f"{p}: index does not match its header {head_path}; rebuild it.")
         center = head.get("center")
         if center is not None and len(center) != dim:
-            raise ArtifactError(f"{head_path}: centre vector has {len(center)} values for dimension {dim}; rebuild.")
+            raise ArtifactError(f"{head_path}: centre vector has {len(center)} values for "
+                                f"dimension {dim}; rebuild.")
         return cls(kind, metric, dim, cfg, impl, head.get("info"), center=center)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "metric": self.metric, "centred": self.center is not None, "n": self.n,
-                "dim": self.dim, **self.info}
+        return {"kind": self.kind, "metric": self.metric, "centred": self.center is not None,
+                "n": self.n, "dim": self.dim, **self.info}
 
 
 def exact_search(vectors: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int,
-                 metric: Metric = "ip", center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 metric: Metric = "ip",
+                 center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top-k (the reference for recall), chunked over the vectors."""
     v = torch.from_numpy(_prep(vectors, metric, center))
     q = torch.from_numpy(_prep(queries, metric, center))
     return _exact_topk(q, v, min(k, len(v)))
 
 
-def _exact_topk(q: torch.Tensor, mat: torch.Tensor, k: int, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+def _exact_topk(q: torch.Tensor, mat: torch.Tensor, k: int,
+                chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
     best_s = torch.full((len(q), k), float("-inf"))
     best_i = torch.full((len(q), k), -1, dtype=torch.long)
     for lo in range(0, len(mat), chunk):
@@ -345,11 +323,74 @@ def _default_pq_m(dim: int) -> int:
     return 1
 
 
-def _first_rows(chunks: Callable[[], Iterable[np.ndarray]], n: int, prepared: bool, metric: str,
-                center: np.ndarray | None) -> np.ndarray:
+def _exact_matrix(prepped: Callable[[], Iterator[np.ndarray]], n: int, dim: int) -> torch.Tensor:
+    mat = torch.empty(n, dim)
+    pos = 0
+    for c in prepped():
+        mat[pos : pos + len(c)] = torch.from_numpy(c)
+        pos += len(c)
+    _check_count(pos, n)
+    return mat
+
+
+def _faiss_index(kind: str, n: int, dim: int, cfg: IndexConfig,
+                 prepped: Callable[[], Iterator[np.ndarray]],
+                 sample: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
+    """An empty (trained, for IVF-PQ) faiss index of `kind` and its parameters."""
+    faiss = _faiss()
+    if kind == "flat":
+        return faiss.IndexFlat(dim, faiss.METRIC_INNER_PRODUCT), {}
+    # Graph and IVF indexes are much more accurate with L2 than with raw inner products over
+    # vectors of different norms: append sqrt(M^2 - |x|^2) to every vector (M = the largest
+    # norm) and 0 to queries; then L2 order = inner-product order (Bachrach et al., 2014).
+    max_norm = 0.0
+    for c in prepped():
+        max_norm = max(max_norm, float(np.linalg.norm(c, axis=1).max(initial=0.0)))
+    params: dict[str, Any] = {"mips_max_norm": max_norm}
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim + 1, cfg.hnsw_m, faiss.METRIC_L2)
+        index.hnsw.efConstruction = cfg.ef_construction
+        params |= {"hnsw_m": cfg.hnsw_m, "ef_construction": cfg.ef_construction,
+                   "index_dim": dim + 1}
+        return index, params
+    index, ivf = _ivfpq(faiss, n, dim, cfg, prepped, sample, max_norm)
+    return index, params | ivf
+
+
+def _ivfpq(faiss: Any, n: int, dim: int, cfg: IndexConfig,
+           prepped: Callable[[], Iterator[np.ndarray]], sample: np.ndarray | None,
+           max_norm: float) -> tuple[Any, dict[str, Any]]:
+    """A trained IVF-PQ index (vectors + the MIPS coordinate, zero-padded to 4-d sub-spaces)."""
+    nlist = cfg.nlist or int(min(65536, max(16, 4 * math.sqrt(n))))
+    nlist = min(nlist, max(1, n // 39))  # faiss wants >= 39 training points per centroid
+    index_dim = -(-(dim + 1) // 4) * 4
+    pq_m = cfg.pq_m or _default_pq_m(index_dim)
+    if index_dim % pq_m:
+        raise ConfigError(f"invalid index config: pq_m {pq_m} must divide {index_dim} (the "
+                          f"dimension {dim} + 1, rounded up to a multiple of 4).")
+    spec = f"IVF{nlist},PQ{pq_m}x8np" + (",RFlat" if cfg.refine else "")
+    index = faiss.index_factory(index_dim, spec, faiss.METRIC_L2)
+    train = sample if sample is not None else _first_rows(prepped, cfg.train_sample)
+    train = _augment(train[: max(cfg.train_sample, 39 * nlist)], max_norm, index_dim)
+    index.train(train)
+    return index, {"nlist": nlist, "pq_m": pq_m, "refine": cfg.refine,
+                   "train_rows": int(len(train)), "index_dim": index_dim}
+
+
+def _add(index: Any, prepped: Callable[[], Iterator[np.ndarray]], n: int, kind: str,
+         params: dict[str, Any]) -> None:
+    pos = 0
+    for c in prepped():
+        if kind != "flat":
+            c = _augment(c, params["mips_max_norm"], params["index_dim"])
+        index.add(c)
+        pos += len(c)
+    _check_count(pos, n)
+
+
+def _first_rows(prepped: Callable[[], Iterator[np.ndarray]], n: int) -> np.ndarray:
     got, total = [], 0
-    for c in chunks():
-        c = c if prepared else _prep(c, metric, center)
+    for c in prepped():
         got.append(c[: n - total])
         total += len(got[-1])
         if total >= n:

@@ -1,4 +1,6 @@
-"""HTTP service: FastAPI app (`create_app`), the serving logic (`Service`) and the web page.
+"""HTTP service: the FastAPI app (`create_app`, assembled in `app.py` from one routes module per
+task in `routes/`), the request/response schemas (`schemas.py`), the next-item serving logic
+(`Service`), the web page and the CLI (`userseq serve`, `userseq ctr serve`).
 
 Imports are lazy so that `userseq --help` (which registers `userseq.serve.cli`) stays fast.
 """

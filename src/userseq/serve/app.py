@@ -1,6 +1,9 @@
-"""The FastAPI app: JSON endpoints over a `Service`, the OpenAPI schema, and the web page.
+"""The FastAPI apps: `create_app` assembles the service of a next-item run (plus, optionally, a
+detector run for /classify and a CTR run for /score) and `create_ctr_app` a CTR-only service.
 
-Every request is validated by pydantic; bad input answers 4xx with a clear message
+This module owns what every route shares: the body-size limit, the error handlers, /health,
+/info and the web page; the routes themselves are mounted from `serve.routes`, one module per
+task. Every request is validated by pydantic; bad input answers 4xx with a clear message
 (`{"detail": ..., "message": "..."}`), never 500. Bodies over `max_body_bytes` answer 413.
 """
 
@@ -8,52 +11,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi import Path as PathParam
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from userseq.core.errors import UserseqError
+from userseq.core.version import __version__
+from userseq.serve.routes import ctr as ctr_routes
+from userseq.serve.routes import detect as detect_routes
+from userseq.serve.routes import nextitem as nextitem_routes
+from userseq.serve.routes.ctr import CTRService
 from userseq.serve.routes.detect import DetectorService
-from userseq.serve.schemas import (
-    MAX_K,
-    ClassifyRequest,
-    ClassifyResponse,
-    EmbedRequest,
-    EmbedResponse,
-    ErrorResponse,
-    Health,
-    IdList,
-    Info,
-    ItemInfo,
-    ItemSearch,
-    MapResponse,
-    RecommendRequest,
-    RecommendResponse,
-    SimilarResponse,
-    UserInfo,
-)
+from userseq.serve.schemas import CTRHealth, Health, Info
 from userseq.serve.service import RequestError, Service
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "unreadable body (not UTF-8 JSON)"},
-    404: {"model": ErrorResponse, "description": "unknown id"},
-    413: {"model": ErrorResponse, "description": "request body too large"},
-    422: {"model": ErrorResponse, "description": "invalid request"},
-}
-K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
-PathId = Annotated[str, PathParam(min_length=1, max_length=256, description="an id as in the input data")]
+DESCRIPTION = ("Next-item recommendations, similar items and users, and user embeddings computed "
+               "on the fly from a behaviour history; with `--detector`, malicious-user scores "
+               "(/classify); with `--ctr`, click probabilities (/score). Ids are as in the input "
+               "data.")
 
 
 class BodyLimit:
-    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes (declared or streamed)."""
+    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes (declared or
+    streamed)."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -99,19 +85,9 @@ async def _too_large(limit: int, send: Any) -> None:
     body = json.dumps({"detail": f"request body too large: the limit is {limit} bytes",
                        "message": f"request body too large (limit {limit} bytes)"}).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
-
-
-def _json(content: Any) -> Response:
-    """A pre-serialised JSON answer: the hot endpoints build plain dicts that already follow their
-    response model, so FastAPI's second validation pass is skipped (the schema still documents them)."""
-    try:
-        import orjson
-
-        return Response(orjson.dumps(content), media_type="application/json")
-    except ImportError:
-        return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
 
 
 def _validation_message(errors: list[dict]) -> str:
@@ -122,94 +98,50 @@ def _validation_message(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES, detector: DetectorService | None = None) -> FastAPI:
-    """The app for one loaded run (and optionally a detector run for /classify). `userseq serve`
-    runs it with uvicorn."""
-    app = FastAPI(
-        title="userseq", version=_version(),
-        description="Next-item recommendations, similar items and users, and user embeddings computed on the "
-                    "fly from a behaviour history. Ids are as in the input data.",
-    )
-    app.state.service = service
+def _error(message: str, status: int, detail: Any = None, headers: Any = None) -> JSONResponse:
+    return JSONResponse({"detail": message if detail is None else detail, "message": message},
+                        status_code=status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers `{"detail": ..., "message": "one line"}`: 422 for invalid requests and
+    `UserseqError`s, the status of a `RequestError`, 400 for an unreadable body."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = json.loads(json.dumps(exc.errors(), default=str))
         for e in errors:
             e.pop("url", None)
-        return JSONResponse({"detail": errors, "message": _validation_message(errors)}, status_code=422)
+        return _error(_validation_message(errors), 422, detail=errors)
 
     @app.exception_handler(RequestError)
     async def _bad(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "message": str(exc)}, status_code=exc.status)
+        return _error(str(exc), exc.status)
 
     @app.exception_handler(UserseqError)
     async def _user_error(request: Request, exc: UserseqError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "message": str(exc)}, status_code=422)
+        return _error(str(exc), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 400 and "parsing the body" in message:
-            message = "the request body could not be read: send UTF-8 JSON with content-type application/json"
-        return JSONResponse({"detail": message, "message": message}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+            message = ("the request body could not be read: send UTF-8 JSON with content-type "
+                       "application/json")
+        return _error(message, exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=_ERRORS, tags=["recommend"])
-    async def recommend(req: RecommendRequest) -> Any:
-        """Top-k next items for a known user and/or an explicit recent history (new users work)."""
-        return _json(await service.recommend(req))
 
-    @app.post("/embed", response_model=EmbedResponse, responses=_ERRORS, tags=["recommend"])
-    async def embed(req: EmbedRequest) -> Any:
-        """The user embedding after a history (known user and/or explicit items)."""
-        return _json(await service.embed(req))
-
-    @app.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, tags=["detect"])
-    def classify(req: ClassifyRequest) -> Any:
-        """P(malicious) of one user from a posted sequence, with the detector run given to
-        `userseq serve --detector` (event detectors: `items` + `timestamps`; text detectors: `posts`)."""
-        if detector is None:
-            raise RequestError(404, "no detector is loaded: start the service with `userseq serve RUN --detector "
-                                    "DETECT_RUN` (a run directory from `userseq detect train`).")
-        return detector.classify(req)
-
-    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=_ERRORS, tags=["similar"])
-    async def similar_items(item_id: PathId, k: K = 10) -> Any:
-        """Items whose embeddings are closest (cosine) to this item's."""
-        return _json(service.similar_items(item_id, k))
-
-    @app.get("/users/{user_id}/similar", response_model=SimilarResponse, responses=_ERRORS, tags=["similar"])
-    async def similar_users(user_id: PathId, k: K = 10) -> Any:
-        """Training users whose embeddings are closest (cosine) to this user's."""
-        return _json(service.similar_users(user_id, k))
-
-    @app.get("/items/{item_id}", response_model=ItemInfo, responses=_ERRORS, tags=["catalogue"])
-    async def item(item_id: PathId) -> Any:
-        """Title, genres and training count of one item."""
-        return service.item(item_id)
-
-    @app.get("/items", response_model=ItemSearch, responses=_ERRORS, tags=["catalogue"])
-    async def search_items(q: Annotated[str, Query(max_length=200, description="text in the id or title")] = "",
-                           limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> Any:
-        """Items whose id or title contains `q`, most frequent first."""
-        return service.search_items(q, limit)
-
-    @app.get("/users/{user_id}", response_model=UserInfo, responses=_ERRORS, tags=["catalogue"])
-    async def user(user_id: PathId, limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> Any:
-        """A training user's most recent history (with item titles where known)."""
-        return service.user(user_id, limit)
-
-    @app.get("/users", response_model=IdList, responses=_ERRORS, tags=["catalogue"])
-    async def users(offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                    limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
-        """Training user ids, in the order of the run's id map."""
-        return service.list_users(offset, limit)
-
-    @app.get("/map", response_model=MapResponse, responses=_ERRORS, tags=["catalogue"])
-    async def item_map(n: Annotated[int, Query(ge=2, le=20_000, description="most frequent items")] = 5000) -> Any:
-        """2-D PCA projection of item embeddings, with each item's first genre where known."""
-        return service.item_map(n)
+def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
+               detector: DetectorService | None = None, ctr: CTRService | None = None) -> FastAPI:
+    """The app for one loaded next-item run, optionally with a detector run (/classify) and a CTR
+    run (/score); without them those routes answer 404 saying how to load one. `userseq serve`
+    runs it with uvicorn."""
+    app = FastAPI(title="userseq", version=__version__, description=DESCRIPTION)
+    app.state.service = service
+    add_error_handlers(app)
+    nextitem_routes.mount(app, service)
+    detect_routes.mount(app, detector)
+    ctr_routes.mount(app, ctr)
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> Any:
@@ -217,8 +149,10 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES, detector:
 
     @app.get("/info", response_model=Info, tags=["service"])
     async def info() -> Any:
-        """Model, data fingerprint, evaluation metrics and index description."""
-        return service.info()
+        """Model, data fingerprint, evaluation metrics, index, and the detector and CTR runs
+        (null when not loaded)."""
+        return {**service.info(), "detector": detector.info() if detector else None,
+                "ctr": ctr.info() if ctr else None}
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -230,7 +164,17 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES, detector:
     return app
 
 
-def _version() -> str:
-    from userseq.core.version import __version__
+def create_ctr_app(ctr: CTRService, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """A service of one CTR run alone: POST /score and GET /health (`userseq ctr serve`)."""
+    app = FastAPI(title="userseq CTR", version=__version__,
+                  description="Click probabilities from a saved `userseq ctr train` run.")
+    app.state.ctr = ctr
+    add_error_handlers(app)
+    ctr_routes.mount(app, ctr)
 
-    return __version__
+    @app.get("/health", response_model=CTRHealth, tags=["service"])
+    async def health() -> Any:
+        return {"status": "ok", "model": ctr.model, "items": ctr.n_items, "users": ctr.n_users}
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    return app

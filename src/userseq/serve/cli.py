@@ -1,66 +1,58 @@
-"""`userseq serve RUN`: the HTTP service (registered by `userseq.cli`)."""
+"""`userseq serve RUN` (the HTTP service) and `userseq ctr serve CTR_RUN` (a CTR-only service);
+registered by `userseq.cli`. Serving sits above the task packages, so the `ctr serve` command is
+added to the `ctr` group from here."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from userseq.core.cli import RunDirArg, err
+from userseq.core.cli import RunDirArg, err, out
 from userseq.core.errors import UserseqError
+
+Host = Annotated[str, typer.Option(help="address to listen on")]
 
 
 def serve_cmd(
     run_dir: RunDirArg,
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     items: Annotated[Path | None, typer.Option(
-        help="item metadata (CSV/Parquet: item_id, title[, genres]); default: the named dataset's")] = None,
-    max_batch: Annotated[int, typer.Option(help="most histories encoded in one forward pass")] = 64,
+        help="item metadata (CSV/Parquet: item_id, title[, genres]); default: the named "
+             "dataset's")] = None,
+    max_batch: Annotated[int, typer.Option(
+        help="most histories encoded in one forward pass")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="larger request bodies answer 413")] = 1 << 20,
-    threads: Annotated[int | None, typer.Option(help="torch threads for encoding (default 1)")] = 1,
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads for encoding (default 1)")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
     switch_interval: Annotated[float | None, typer.Option(
         help="Python GIL switch interval in seconds (default: Python's 0.005)")] = None,
     detector: Annotated[Path | None, typer.Option(
         help="a detector run (`userseq detect train`) answering POST /classify")] = None,
+    ctr: Annotated[Path | None, typer.Option(
+        help="a CTR run (`userseq ctr train`) answering POST /score")] = None,
 ) -> None:
     """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar,
-    /classify (with --detector), the web page at /, the OpenAPI schema at /docs."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserseqError("the HTTP service needs the serve extra: pip install 'userseq[serve]'.") from None
-    if not 0 < port < 65536:
-        raise UserseqError(f"--port must be in 1..65535 (got {port}).")
+    /classify (with --detector), /score (with --ctr), the web page at /, the OpenAPI schema at
+    /docs."""
+    uvicorn = _uvicorn()
+    _check_port(port)
     if max_batch <= 0 or max_body_bytes <= 0:
         raise UserseqError("--max-batch and --max-body-bytes must be positive.")
-    import torch
-
+    _limit_threads(threads)
     from userseq.serve.app import create_app
+    from userseq.serve.routes.ctr import CTRService
+    from userseq.serve.routes.detect import DetectorService
     from userseq.serve.service import Service
 
-    if threads:
-        torch.set_num_threads(threads)
-        try:
-            import faiss
-
-            faiss.omp_set_num_threads(threads)  # one query at a time: extra threads only add overhead
-        except ImportError:
-            pass
-        try:  # numpy's and faiss's BLAS pools: idle threads spin and steal the cores under load
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(threads)
-        except ImportError:
-            pass
-    from userseq.serve.routes.detect import DetectorService
-
     classifier = DetectorService.from_run(detector) if detector is not None else None
+    scorer = CTRService.from_run(ctr) if ctr is not None else None
     service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
-    app = create_app(service, max_body_bytes, classifier)
+    app = create_app(service, max_body_bytes, classifier, scorer)
     import gc
 
     gc.collect()
@@ -71,14 +63,73 @@ def serve_cmd(
     err.print(f"serving {run_dir} ({len(service.items):,} items, {len(service.users):,} users, "
               f"{m['kind']} index) on http://{host}:{port}/  (API docs: /docs)")
     if classifier is not None:
-        err.print(f"POST /classify: detector {detector} ({classifier.model}, reads {classifier.info()['reads']})")
+        err.print(f"POST /classify: detector {detector} ({classifier.model}, reads "
+                  f"{classifier.info()['reads']})")
+    if scorer is not None:
+        err.print(f"POST /score: CTR model {ctr} ({scorer.model}, {scorer.n_items:,} items)")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         service.close()
 
 
+def ctr_serve_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="run directory created by `userseq ctr train`")],
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8001,
+) -> None:
+    """Serve POST /score (click probabilities of candidates for a user or history) over HTTP."""
+    uvicorn = _uvicorn()
+    _check_port(port)
+    from userseq.serve.app import create_ctr_app
+    from userseq.serve.routes.ctr import CTRService
+
+    scorer = CTRService.from_run(run_dir)
+    app = create_ctr_app(scorer)
+    out.print(f"serving {run_dir} ({scorer.model}) on http://{host}:{port}  (POST /score)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _uvicorn() -> Any:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ModuleNotFoundError as e:
+        raise UserseqError(f"the HTTP service needs the serve extra ({e.name} is missing): "
+                           "pip install 'userseq[serve]'.") from None
+    return uvicorn
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise UserseqError(f"--port must be in 1..65535 (got {port}).")
+
+
+def _limit_threads(threads: int | None) -> None:
+    """One query at a time: extra threads only add overhead, and idle BLAS threads spin and steal
+    the cores under load."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass
+    try:  # numpy's and faiss's BLAS pools
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
 
 
 def register(app: typer.Typer) -> None:
+    """`userseq serve`, and `serve` in the `userseq ctr` group (registered before this module)."""
     app.command("serve")(serve_cmd)
+    for group in app.registered_groups:
+        if group.name == "ctr" and group.typer_instance is not None:
+            group.typer_instance.command("serve")(ctr_serve_cmd)

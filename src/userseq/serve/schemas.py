@@ -1,4 +1,5 @@
-"""Request and response models of the HTTP service (pydantic; the OpenAPI schema comes from them)."""
+"""Request and response models of the HTTP service (pydantic; the OpenAPI schema comes from
+them), for every task's routes."""
 
 from __future__ import annotations
 
@@ -26,25 +27,28 @@ class HistoryInput(_Request):
 
     user_id: Id | None = Field(None, description="a user seen in training")
     history: list[Id] | None = Field(None, max_length=MAX_HISTORY,
-                                     description="item ids, oldest first (or in any order with `timestamps`)")
+                                     description="item ids, oldest first (or in any order with "
+                                                 "`timestamps`)")
     timestamps: list[datetime | float] | None = Field(
         None, max_length=MAX_HISTORY,
-        description="one per history item (ISO 8601 or Unix seconds); the history is ordered by them, "
-                    "ties keep the given order")
+        description="one per history item (ISO 8601 or Unix seconds); the history is ordered by "
+                    "them, ties keep the given order")
     unknown_items: Literal["error", "ignore"] = Field(
-        "error", description="history items not in the catalogue: 422 (error) or skipped and listed in the "
-                             "response (ignore)")
+        "error", description="history items not in the catalogue: 422 (error) or skipped and "
+                             "listed in the response (ignore)")
 
     @model_validator(mode="after")
     def _who(self) -> HistoryInput:
         if self.user_id is None and not self.history:
-            raise ValueError("give `user_id` (a known user) and/or a non-empty `history` of item ids")
+            raise ValueError("give `user_id` (a known user) and/or a non-empty `history` of item "
+                             "ids")
         if self.history is not None and len(self.history) == 0 and self.user_id is None:
             raise ValueError("`history` is empty; give at least one item id")
         if self.timestamps is not None:
             if self.history is None or len(self.timestamps) != len(self.history):
-                raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `history` has "
-                                 f"{len(self.history or [])}; give one timestamp per history item")
+                raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `history` "
+                                 f"has {len(self.history or [])}; give one timestamp per history "
+                                 "item")
         return self
 
 
@@ -53,9 +57,12 @@ class RecommendRequest(HistoryInput):
 
     k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
     exclude_seen: bool = Field(True, description="leave out items in the user's history")
-    allow: list[Id] | None = Field(None, max_length=MAX_LIST, description="only recommend from these items")
-    deny: list[Id] | None = Field(None, max_length=MAX_LIST, description="never recommend these items")
-    exact: bool = Field(False, description="exact scan of the whole catalogue instead of the ANN index")
+    allow: list[Id] | None = Field(
+        None, max_length=MAX_LIST, description="only recommend from these items")
+    deny: list[Id] | None = Field(
+        None, max_length=MAX_LIST, description="never recommend these items")
+    exact: bool = Field(
+        False, description="exact scan of the whole catalogue instead of the ANN index")
 
 
 class EmbedRequest(HistoryInput):
@@ -70,25 +77,31 @@ class ClassifyRequest(_Request):
     """One user's sequence for a detector run: edit events (`items` + `timestamps`) for event
     detectors, or `posts` for text detectors."""
 
-    user_id: Id | None = Field(None, description="the user's name (echoed; event detectors use it for the "
-                                                 "own-user-page feature, e.g. 'User:<name>')")
-    items: list[Id] | None = Field(None, min_length=1, max_length=MAX_HISTORY,
-                                   description="event detectors: page/item ids of the user's events")
+    user_id: Id | None = Field(
+        None, description="the user's name (echoed; event detectors use it for the own-user-page "
+                          "feature, e.g. 'User:<name>')")
+    items: list[Id] | None = Field(
+        None, min_length=1, max_length=MAX_HISTORY,
+        description="event detectors: page/item ids of the user's events")
     timestamps: list[datetime | float] | None = Field(
         None, max_length=MAX_HISTORY,
-        description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered by them, ties "
-                    "keep the given order, and the response counts the pairs that were out of order")
+        description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered "
+                    "by them, ties keep the given order, and the response counts the pairs that "
+                    "were out of order")
     posts: list[Annotated[str, Field(max_length=MAX_POST_CHARS)]] | None = Field(
-        None, min_length=1, max_length=MAX_POSTS, description="text detectors: the user's posts, oldest first")
-    first_k: int | None = Field(None, ge=1, le=MAX_HISTORY,
-                                description="score from the first k events/posts only (early detection)")
+        None, min_length=1, max_length=MAX_POSTS,
+        description="text detectors: the user's posts, oldest first")
+    first_k: int | None = Field(
+        None, ge=1, le=MAX_HISTORY,
+        description="score from the first k events/posts only (early detection)")
 
     @model_validator(mode="after")
     def _one_sequence(self) -> ClassifyRequest:
         if (self.items is None) == (self.posts is None):
-            raise ValueError("give exactly one of `items` (+ `timestamps`, event detectors) or `posts` (text "
-                             "detectors)")
-        if self.timestamps is not None and (self.items is None or len(self.timestamps) != len(self.items)):
+            raise ValueError("give exactly one of `items` (+ `timestamps`, event detectors) or "
+                             "`posts` (text detectors)")
+        n_items = None if self.items is None else len(self.items)
+        if self.timestamps is not None and len(self.timestamps) != n_items:
             raise ValueError(f"`timestamps` has {len(self.timestamps)} entries but `items` has "
                              f"{len(self.items or [])}; give one timestamp per item")
         if self.posts is not None:
@@ -104,10 +117,59 @@ class ClassifyResponse(BaseModel):
     score: float = Field(description="P(malicious)")
     flagged: bool = Field(description="score >= threshold")
     threshold: float = Field(description="decision threshold chosen on validation users")
-    threshold_for: str = Field(description="the prefix length the threshold was chosen for ('all' or k)")
+    threshold_for: str = Field(
+        description="the prefix length the threshold was chosen for ('all' or k)")
     length: int = Field(description="events/posts received")
-    used: int = Field(description="events/posts the score was computed from (first_k, the model's limit)")
-    reordered: int = Field(0, description="adjacent event pairs whose timestamps were out of order (sorted)")
+    used: int = Field(
+        description="events/posts the score was computed from (first_k, the model's limit)")
+    reordered: int = Field(
+        0, description="adjacent event pairs whose timestamps were out of order (sorted)")
+
+
+CTR_MAX_HISTORY = 100_000  # CTR models read long histories (SIM, TWIN, SDIM, DARE)
+MAX_CANDIDATES = 100_000
+
+
+class ScoreRequest(_Request):
+    """POST /score: one user (a training user's stored history) or an explicit history, and the
+    candidate items, for the CTR run given to `userseq serve --ctr` (or `userseq ctr serve`)."""
+
+    items: list[Id] = Field(..., min_length=1, max_length=MAX_CANDIDATES,
+                            description="candidate item ids")
+    user: Id | None = Field(None, description="a training user: their stored history is used "
+                                              "unless `history` is given")
+    history: list[Id] | None = Field(None, max_length=CTR_MAX_HISTORY,
+                                     description="item ids, oldest first")
+    history_values: list[float] | None = Field(
+        None, max_length=CTR_MAX_HISTORY, description="the rating/label of each history event")
+    history_timestamps: list[float] | None = Field(
+        None, max_length=CTR_MAX_HISTORY, description="Unix seconds, one per history event")
+    timestamp: float | None = Field(
+        None, description="time of the impression: history events must be earlier")
+    context: dict[str, float] | None = Field(None, description="the model's context features")
+
+    @model_validator(mode="after")
+    def _who(self) -> ScoreRequest:
+        if self.user is None and self.history is None:
+            raise ValueError("give `user` (a training user) or `history` (item ids, oldest first)")
+        return self
+
+
+class Score(BaseModel):
+    item: Id
+    probability: float = Field(description="predicted click probability")
+
+
+class ScoreResponse(BaseModel):
+    model: str = Field(description="the CTR model (din, sim, twin, sdim, dare, ...)")
+    scores: list[Score] = Field(description="one per candidate, in the order they were sent")
+
+
+class CTRHealth(BaseModel):
+    status: Literal["ok"]
+    model: str
+    items: int
+    users: int
 
 
 class ScoredItem(BaseModel):
@@ -123,7 +185,8 @@ class RecommendResponse(BaseModel):
     history_length: int = Field(description="events the recommendation was computed from")
     k: int
     items: list[ScoredItem]
-    ignored_items: list[Id] = Field(default_factory=list, description="unknown history items skipped")
+    ignored_items: list[Id] = Field(
+        default_factory=list, description="unknown history items skipped")
     index: str = Field(description="how candidates were found: the index kind, or 'exact'")
 
 
@@ -203,6 +266,10 @@ class Info(BaseModel):
     run_dir: str
     userseq_version: str
     item_metadata: bool = Field(description="titles/genres are available")
+    detector: dict[str, Any] | None = Field(
+        None, description="the detector run answering POST /classify (`--detector`), if any")
+    ctr: dict[str, Any] | None = Field(
+        None, description="the CTR run answering POST /score (`--ctr`), if any")
 
 
 class ErrorResponse(BaseModel):

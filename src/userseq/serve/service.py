@@ -11,7 +11,6 @@ import concurrent.futures as cf
 import queue
 import re
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,8 @@ class IdMap:
         return len(self.values)
 
     def native(self, value: Any) -> Any:
-        """The id in the model's type, or None when it cannot be one (e.g. "abc" for integer ids)."""
+        """The id in the model's type, or None when it cannot be one (e.g. "abc" for integer
+        ids)."""
         if self.integer:
             if isinstance(value, bool):
                 return None
@@ -142,15 +142,18 @@ class EncodeBatcher:
 class Service:
     """Everything the HTTP app answers, from a run directory and its index."""
 
-    def __init__(self, rec: Any, index: RunIndex, run_dir: str | Path, item_meta: pl.DataFrame | None = None,
-                 max_batch: int = 64, metrics: dict | None = None) -> None:
+    def __init__(self, rec: Any, index: RunIndex, run_dir: str | Path,
+                 item_meta: pl.DataFrame | None = None, max_batch: int = 64,
+                 metrics: dict | None = None) -> None:
         self.rec = rec
         self.index = index
         self.run_dir = Path(run_dir)
         self.items = IdMap(rec.item_ids, "item")
         self.users = IdMap(rec.user_ids, "user")
-        self.item_vectors = np.ascontiguousarray(rec.item_embeddings(), dtype=np.float32)  # row i = item_ids[i]
-        # exact scans through torch: it honours torch.set_num_threads (numpy's BLAS may spin extra threads)
+        # row i = item_ids[i]
+        self.item_vectors = np.ascontiguousarray(rec.item_embeddings(), dtype=np.float32)
+        # exact scans through torch: it honours torch.set_num_threads (numpy's BLAS may spin
+        # extra threads)
         self.item_matrix = torch.from_numpy(self.item_vectors)
         self.offsets, self.hist_items = rec.histories  # item indices are rows + 1
         self.max_len = rec.config.model.max_len
@@ -167,9 +170,9 @@ class Service:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_run(cls, run_dir: str | Path, item_meta: str | Path | pl.DataFrame | None = None, max_batch: int = 64,
-                 build_index: bool = True, index_config: IndexConfig | None = None,
-                 log: Any = None) -> Service:
+    def from_run(cls, run_dir: str | Path, item_meta: str | Path | pl.DataFrame | None = None,
+                 max_batch: int = 64, build_index: bool = True,
+                 index_config: IndexConfig | None = None, log: Any = None) -> Service:
         """Load a run (and RUN/index, building it first when missing and `build_index`)."""
         from userseq.core.artifacts import read_json
         from userseq.nextitem.estimator import NextItemRecommender
@@ -185,18 +188,21 @@ class Service:
         else:
             index = RunIndex.load(run_dir, rec)
         meta = load_item_meta(item_meta, rec)
-        metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
+        metrics_file = run_dir / "metrics.json"
+        metrics = read_json(metrics_file) if metrics_file.is_file() else None
         return cls(rec, index, run_dir, meta, max_batch, metrics)
 
     def _set_meta(self, meta: pl.DataFrame) -> None:
         if "item_id" not in meta.columns:
-            raise UserseqError("item metadata needs an `item_id` column (and `title`, optionally `genres`).")
+            raise UserseqError("item metadata needs an `item_id` column (and `title`, optionally "
+                               "`genres`).")
         rows, _ = self.items.rows(meta["item_id"].to_list())
         keep = rows >= 0
         titles: list[str | None] = [None] * len(self.items)
         genres: list[list[str] | None] = [None] * len(self.items)
         if "title" in meta.columns:
-            for r, t in zip(rows[keep], meta["title"].filter(pl.Series(keep)).to_list(), strict=True):
+            kept = meta["title"].filter(pl.Series(keep)).to_list()
+            for r, t in zip(rows[keep], kept, strict=True):
                 titles[r] = t
         if "genres" in meta.columns:
             g = meta["genres"]
@@ -229,12 +235,13 @@ class Service:
     def _user_row(self, user_id: Any) -> int:
         r = self.users.row(user_id)
         if r is None:
-            raise RequestError(404, f"unknown user id {user_id!r}: not in the training data; send a `history` "
-                                    "of item ids instead (POST /recommend or /embed).")
+            raise RequestError(404, f"unknown user id {user_id!r}: not in the training data; send "
+                                    "a `history` of item ids instead (POST /recommend or /embed).")
         return r
 
     def resolve(self, req: Any) -> tuple[int | None, np.ndarray, list[Any]]:
-        """(known user row or None, full history as item indices oldest first, ignored unknown items)."""
+        """(known user row or None, full history as item indices oldest first, ignored unknown
+        items)."""
         row = None
         ignored: list[Any] = []
         if req.user_id is not None:
@@ -247,28 +254,33 @@ class Service:
         if req.history:
             hist = list(req.history)
             if req.timestamps is not None:
-                keys = [t.timestamp() if hasattr(t, "timestamp") else float(t) for t in req.timestamps]
-                order = sorted(range(len(hist)), key=lambda j: keys[j])  # stable: ties keep input order
+                keys = [t.timestamp() if hasattr(t, "timestamp") else float(t)
+                        for t in req.timestamps]
+                # stable: ties keep input order
+                order = sorted(range(len(hist)), key=lambda j: keys[j])
                 hist = [hist[j] for j in order]
             rows, bad = self.items.rows(hist)
             if bad:
                 if req.unknown_items == "error":
-                    raise RequestError(422, f"unknown item id(s) {bad[:10]} in `history`: not in the model's "
-                                            "catalogue (send unknown_items='ignore' to skip them).")
+                    raise RequestError(422, f"unknown item id(s) {bad[:10]} in `history`: not in "
+                                            "the model's catalogue (send unknown_items='ignore' to "
+                                            "skip them).")
                 ignored = bad
                 rows = rows[rows >= 0]
                 if len(rows) == 0 and row is None:
-                    raise RequestError(422, f"no known item in `history` (unknown: {bad[:10]}); nothing to "
-                                            "recommend from.")
+                    raise RequestError(422, f"no known item in `history` (unknown: {bad[:10]}); "
+                                            "nothing to recommend from.")
             parts.append((rows + 1).astype(self.hist_items.dtype))
         seq = np.concatenate(parts) if parts else np.zeros(0, self.hist_items.dtype)
         return row, seq, ignored
 
-    async def user_vector(self, row: int | None, seq: np.ndarray, history_given: bool) -> np.ndarray:
+    async def user_vector(self, row: int | None, seq: np.ndarray,
+                          history_given: bool) -> np.ndarray:
         import asyncio
 
         if row is not None and not history_given and self.index.user_vectors is not None:
-            return np.array(self.index.user_vectors[row])  # precomputed (a copy: the map is read-only)
+            # precomputed (a copy: the map is read-only)
+            return np.array(self.index.user_vectors[row])
         return await asyncio.wrap_future(self.batcher.submit(seq[-self.max_len :]))
 
     def _id_rows(self, values: Sequence[Any] | None, field: str) -> np.ndarray | None:
@@ -276,7 +288,8 @@ class Service:
             return None
         rows, bad = self.items.rows(list(values))
         if bad:
-            raise RequestError(422, f"unknown item id(s) {bad[:10]} in `{field}`: not in the model's catalogue.")
+            raise RequestError(422, f"unknown item id(s) {bad[:10]} in `{field}`: not in the "
+                                    "model's catalogue.")
         return rows
 
     # ------------------------------------------------------------------ endpoints
@@ -290,12 +303,14 @@ class Service:
             excluded = np.union1d(excluded, deny)
         scores, rows, how = self.top_items(vec, req.k, excluded, allow, req.exact)
         return {
-            "user_id": req.user_id, "known_user": row is not None, "history_length": int(len(seq)), "k": req.k,
+            "user_id": req.user_id, "known_user": row is not None,
+            "history_length": int(len(seq)), "k": req.k,
             "items": [self.item_info(int(r), float(s)) for s, r in zip(scores, rows, strict=True)],
             "ignored_items": ignored, "index": how,
         }
 
-    def top_items(self, vec: np.ndarray, k: int, excluded: np.ndarray, allow: np.ndarray | None = None,
+    def top_items(self, vec: np.ndarray, k: int, excluded: np.ndarray,
+                  allow: np.ndarray | None = None,
                   exact: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
         """Best k item rows for user vector `vec` (dot product), without `excluded` rows, within
         `allow` rows when given. ANN first; exact when filters leave the ANN short of k."""
@@ -329,28 +344,28 @@ class Service:
     async def embed(self, req: Any) -> dict[str, Any]:
         row, seq, ignored = self.resolve(req)
         vec = await self.user_vector(row, seq, bool(req.history))
-        return {"user_id": req.user_id, "known_user": row is not None, "history_length": int(len(seq)),
-                "dim": int(len(vec)), "embedding": [float(x) for x in vec], "ignored_items": ignored}
+        return {"user_id": req.user_id, "known_user": row is not None,
+                "history_length": int(len(seq)), "dim": int(len(vec)),
+                "embedding": [float(x) for x in vec], "ignored_items": ignored}
 
     def similar_items(self, item_id: Any, k: int) -> dict[str, Any]:
         r = self._item_row(item_id)
         idx = self.index.items_cos
-        s, rows = idx.search(self.item_vectors[r][None], min(len(self.items), k + 1))
-        keep = (rows[0] >= 0) & (rows[0] != r)
-        items = [self.item_info(int(j), float(v)) for v, j in zip(s[0][keep][:k], rows[0][keep][:k], strict=True)]
-        return {"id": self.items.values[r], "k": k, "metric": "cosine", "index": idx.kind, "items": items}
+        found = _neighbours(idx, self.item_vectors[r], r, len(self.items), k)
+        items = [self.item_info(j, s) for s, j in found]
+        return {"id": self.items.values[r], "k": k, "metric": "cosine", "index": idx.kind,
+                "items": items}
 
     def similar_users(self, user_id: Any, k: int) -> dict[str, Any]:
         r = self._user_row(user_id)
         idx = self.index.users
         if idx is None or self.index.user_vectors is None:
-            raise RequestError(404, "this run's index has no user index; rebuild it with `userseq index RUN` "
-                                    "(without --no-users).")
-        s, rows = idx.search(np.asarray(self.index.user_vectors[r])[None], min(len(self.users), k + 1))
-        keep = (rows[0] >= 0) & (rows[0] != r)
-        users = [{"user_id": self.users.values[int(j)], "score": float(v)}
-                 for v, j in zip(s[0][keep][:k], rows[0][keep][:k], strict=True)]
-        return {"id": self.users.values[r], "k": k, "metric": "cosine", "index": idx.kind, "users": users}
+            raise RequestError(404, "this run's index has no user index; rebuild it with `userseq "
+                                    "index RUN` (without --no-users).")
+        found = _neighbours(idx, np.asarray(self.index.user_vectors[r]), r, len(self.users), k)
+        users = [{"user_id": self.users.values[j], "score": s} for s, j in found]
+        return {"id": self.users.values[r], "k": k, "metric": "cosine", "index": idx.kind,
+                "users": users}
 
     def item(self, item_id: Any) -> dict[str, Any]:
         r = self._item_row(item_id)
@@ -370,12 +385,13 @@ class Service:
         """Items whose id or title contains `q` (case-insensitive), most frequent first."""
         if self._haystack is None:
             titles = self.titles or [None] * len(self.items)
-            self._haystack = pl.Series([f"{v} {t or ''}".lower() for v, t in zip(self.items.values, titles,
-                                                                                  strict=True)])
-        hits = np.flatnonzero(self._haystack.str.contains(q.strip().lower(), literal=True).to_numpy())
+            pairs = zip(self.items.values, titles, strict=True)
+            self._haystack = pl.Series([f"{v} {t or ''}".lower() for v, t in pairs])
+        found = self._haystack.str.contains(q.strip().lower(), literal=True).to_numpy()
+        hits = np.flatnonzero(found)
         hits = hits[np.argsort(-self.counts[hits], kind="stable")]
-        return {"total": int(len(hits)), "items": [{**self.item_info(int(r)), "count": int(self.counts[r])}
-                                                   for r in hits[:limit]]}
+        items = [{**self.item_info(int(r)), "count": int(self.counts[r])} for r in hits[:limit]]
+        return {"total": int(len(hits)), "items": items}
 
     def item_map(self, n: int) -> dict[str, Any]:
         """A 2-D PCA projection of (up to n, most popular first) item embeddings, with genres."""
@@ -399,7 +415,8 @@ class Service:
             points.append({"item_id": self.items.values[r], "x": float(px), "y": float(py),
                            "genre": g[0] if g else None,
                            "title": self.titles[r] if self.titles is not None else None})
-        return {"method": "pca", "explained_variance": [float(v) for v in var[:2]], "points": points}
+        return {"method": "pca", "explained_variance": [float(v) for v in var[:2]],
+                "points": points}
 
     def info(self) -> dict[str, Any]:
         from userseq.core.version import __version__
@@ -410,14 +427,20 @@ class Service:
                  "train": self.rec.train_state}
         metrics = None
         if self.metrics:
-            metrics = {k: self.metrics.get(k) for k in ("test", "valid", "filter_seen", "split") if k in self.metrics}
+            keys = ("test", "valid", "filter_seen", "split")
+            metrics = {k: self.metrics.get(k) for k in keys if k in self.metrics}
         return {"model": model, "data_fingerprint": self.rec.data_fingerprint, "metrics": metrics,
                 "index": self.index.manifest, "items": len(self.items), "users": len(self.users),
                 "run_dir": str(self.run_dir), "userseq_version": __version__,
                 "item_metadata": self.titles is not None}
 
-    def stats(self) -> dict[str, Any]:
-        return {"encode_batches": self.batcher.batches, "encoded": self.batcher.encoded, "time": time.time()}
+
+def _neighbours(index: Any, vec: np.ndarray, row: int, n: int,
+                k: int) -> list[tuple[float, int]]:
+    """(score, row) of the k nearest rows to `vec` in `index`, without `row` itself."""
+    s, rows = index.search(vec[None], min(n, k + 1))
+    keep = (rows[0] >= 0) & (rows[0] != row)
+    return [(float(v), int(j)) for v, j in zip(s[0][keep][:k], rows[0][keep][:k], strict=True)]
 
 
 def load_item_meta(source: str | Path | pl.DataFrame | None, rec: Any) -> pl.DataFrame | None:
@@ -430,9 +453,13 @@ def load_item_meta(source: str | Path | pl.DataFrame | None, rec: Any) -> pl.Dat
         if not p.is_file():
             raise UserseqError(f"{p}: item metadata file not found.")
         try:
-            df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=10000)
+            if p.suffix == ".parquet":
+                df = pl.read_parquet(p)
+            else:
+                df = pl.read_csv(p, infer_schema_length=10000)
         except Exception as e:  # polars raises several error types for unreadable files
-            raise UserseqError(f"{p}: cannot read item metadata ({str(e).splitlines()[0]}).") from None
+            raise UserseqError(f"{p}: cannot read item metadata "
+                               f"({str(e).splitlines()[0]}).") from None
         return df
     from userseq.data.datasets import is_dataset_name, load_item_metadata
 
