@@ -197,11 +197,10 @@ def test_event_encoder_ignores_left_padding_and_reads_features(events_data, mode
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_shared_encoders_cut_features_with_inputs_past_max_len(name):
     from userseq.detect.models import EventInputs
-    from userseq.encoders import build_encoder
-    from userseq.encoders.config import ModelConfig
+    from userseq.encoders import build_encoder, encoder_config
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
+    cfg = encoder_config(name, dim=8, layers=1, heads=1, dropout=0.0, max_len=4)
     enc = build_encoder(cfg, 5, items=EventInputs(5, 3, 8)).eval()
     ids, feats = torch.randint(1, 6, (2, 6)), torch.randn(2, 6, 3)
     long = enc.last(ids, ids > 0, {"event": feats})

@@ -33,8 +33,7 @@ from userseq.data.batches import length_bucketed_batches, pad_left
 from userseq.data.eventlog import lookup_ids
 from userseq.detect.data import DetectSplit, EventData, TextData, stratified_split, tokenize
 from userseq.detect.models import CNNSeq, Detector, EventInputs, EventUserEncoder, HierLSTM, PostTransformer
-from userseq.encoders import build_encoder
-from userseq.encoders.config import ModelConfig
+from userseq.encoders import build_encoder, encoder_config
 from userseq.metrics.classification import best_threshold, binary_metrics
 
 EVENT_MODELS = ("gru", "transformer")
@@ -192,8 +191,8 @@ class UserDetector:
     def _build(self, n_pages: int, n_features: int, vocab: int) -> Detector:
         m = self.config.model
         if m.name in EVENT_MODELS:
-            enc_cfg = ModelConfig(name="gru4rec" if m.name == "gru" else "sasrec", dim=m.dim, layers=m.layers,
-                                  heads=m.heads, dropout=m.dropout, max_len=m.max_len)
+            enc_cfg = encoder_config("gru4rec" if m.name == "gru" else "sasrec", dim=m.dim, layers=m.layers,
+                                     heads=m.heads, dropout=m.dropout, max_len=m.max_len)
             encoder = build_encoder(enc_cfg, n_pages, items=EventInputs(n_pages, n_features, m.dim))
             return Detector(EventUserEncoder(encoder), m.dim, m.dropout)
         if m.name == "hlstm":

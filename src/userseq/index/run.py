@@ -77,7 +77,7 @@ class RunIndex:
         items_cos = VectorIndex.build(item_vecs, "cosine", cfg, center=item_mean)
         rng = np.random.default_rng(cfg.seed)
         manifest: dict[str, Any] = {
-            "format": 1, "data_fingerprint": rec.data_fingerprint, "model_hash": model_hash(run_dir),
+            "format": 1, "data_fingerprint": rec.data_fingerprint_, "model_hash": model_hash(run_dir),
             "config": cfg.model_dump(), "recall_k": RECALL_K,
         }
         user_vectors = None
@@ -93,8 +93,8 @@ class RunIndex:
                 else:
                     write_user_embeddings(rec, None, chunk_size, vectors_path=vec_path,
                                           progress=lambda d: say("user vectors", d, n_users))
-            user_vectors = _load_vectors(vec_path, n_users, rec.encoder.dim)
-            user_mean = np.zeros(rec.encoder.dim, np.float64)
+            user_vectors = _load_vectors(vec_path, n_users, rec.encoder_.dim)
+            user_mean = np.zeros(rec.encoder_.dim, np.float64)
             for i in range(0, n_users, chunk_size):
                 user_mean += np.asarray(user_vectors[i : i + chunk_size], np.float64).sum(0)
             user_mean = (user_mean / n_users).astype(np.float32)
@@ -104,7 +104,7 @@ class RunIndex:
                 sample = np.asarray(user_vectors[np.sort(rng.choice(n_users, cfg.train_sample, replace=False))])
             users_index = VectorIndex.build_chunks(
                 lambda: (np.asarray(user_vectors[i : i + chunk_size]) for i in range(0, n_users, chunk_size)),
-                n_users, rec.encoder.dim, "cosine", cfg, sample=sample, center=user_mean)
+                n_users, rec.encoder_.dim, "cosine", cfg, sample=sample, center=user_mean)
             say("users", n_users, n_users)
         # recall of each index against exact search, on a sample of realistic queries
         if user_vectors is not None:
