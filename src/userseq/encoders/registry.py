@@ -68,14 +68,16 @@ def parse_encoder_config(value: Any, section: str = "model") -> Any:
     belong to another registered encoder are dropped (runs written by userseq 0.1 saved one flat
     config with every encoder's settings; switching `model.name` keeps the other settings); a key
     that no registered encoder knows is an error naming the allowed keys."""
-    if isinstance(value, EncoderConfig) or not isinstance(value, dict):
-        return value  # already validated, or not a mapping (pydantic reports it)
-    data = dict(value)
+    if not isinstance(value, dict | EncoderConfig):
+        return value  # pydantic reports what is not a mapping
+    data = value.model_dump() if isinstance(value, EncoderConfig) else dict(value)
     name = data.get("name", DEFAULT_ENCODER)
     try:
         canonical, cls = _config_class(name)
     except ConfigError as e:
         raise _error(("name",), str(e), name) from None
+    if isinstance(value, cls):
+        return value  # already validated by its encoder's config class
     others = _all_settings()
     for key in list(data):
         if key in cls.model_fields:

@@ -101,9 +101,9 @@ def _train_config(config: Path | None, sets: dict[str, Any], model: str | None,
     """The run config: --config, then --set, then the other options. With --set, --model is
     applied together with it (it wins over --set model.name): the encoder decides which model.*
     keys exist."""
-    from userseq.nextitem.config import load_config
+    from userseq.nextitem.config import RunConfig
 
-    cfg = load_config(config)
+    cfg = RunConfig.from_yaml(config)
     if sets:
         cfg = cfg.updated({**sets, "model.name": model} if model else sets, source="--set")
     return with_options(cfg, options)

@@ -6,7 +6,6 @@ The `model:` section is validated by the config class of the encoder it names (`
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SerializeAsAny, field_validator
@@ -62,10 +61,6 @@ class RunConfig(TaskConfig):
         over = {k: v for k, v in over.items()
                 if not (k.startswith("model.") and other_encoder_setting(cfg.model, k[6:]))}
         return TaskConfig.updated(cfg, over, source) if over else cfg
-
-
-def load_config(path: str | Path | None) -> RunConfig:
-    return RunConfig.from_yaml(path)
 
 
 def _split_seed_key() -> str:
