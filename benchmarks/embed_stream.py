@@ -39,11 +39,11 @@ def make_run(path: Path, n_users: int, n_items: int, mean_len: int, dim: int, ma
     items = rng.integers(1, n_items + 1, offsets[-1]).astype(np.int32)
     rec = NextItemRecommender("sasrec", overrides={"model.dim": dim, "model.max_len": max_len,
                                                    "model.heads": 1})
-    rec.encoder = build_encoder(rec.config.model, n_items)
-    rec.user_ids = pl.Series("id", np.arange(n_users, dtype=np.int64))
-    rec.item_ids = pl.Series("id", np.arange(1, n_items + 1, dtype=np.int64))
-    rec.histories = (offsets, items)
-    rec.data_fingerprint = "synthetic"
+    rec.encoder_ = build_encoder(rec.config.model, n_items)
+    rec.user_ids_ = pl.Series("id", np.arange(n_users, dtype=np.int64))
+    rec.item_ids_ = pl.Series("id", np.arange(1, n_items + 1, dtype=np.int64))
+    rec.histories_ = (offsets, items)
+    rec.data_fingerprint_ = "synthetic"
     rec.save(path)
 
 

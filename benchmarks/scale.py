@@ -33,7 +33,7 @@ def train_part(path: str, minutes: float, out: str) -> None:
             "loss.sampler": "popularity", "train.batch_size": 256, "train.max_minutes": minutes,
             "train.valid_users": 2000, "train.epochs": 1000}
     rec = NextItemRecommender("sasrec", overrides=over).fit(log, sp, quiet=True)
-    st = rec.train_state
+    st = rec.train_state_
     res = {"users": log.n_users, "items": log.n_items, "events": log.n_events, "load_s": t_load,
            "train_s": st["seconds"], "epochs": st["epochs"],
            "seconds_per_epoch": st["seconds_per_epoch"], "sequences": st["train_sequences"],

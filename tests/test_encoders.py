@@ -1,17 +1,17 @@
-"""The shared encoder interface: shapes, padding invariance, causality, the last-position shortcut."""
+"""The shared encoder interface (shapes, padding invariance, causality, the last-position
+shortcut) and the encoder registry (one config class per encoder, `encoder_config`)."""
 
 import pytest
 import torch
 
 from userseq.core.errors import ConfigError
-from userseq.encoders import ENCODERS, build_encoder
-from userseq.encoders.config import ModelConfig
+from userseq.encoders import ENCODERS, EncoderConfig, build_encoder, encoder_config
 
 
-@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("name", ENCODERS.names())
 def test_shapes_padding_invariance_and_last(name):
     torch.manual_seed(0)
-    enc = build_encoder(ModelConfig(name=name, dim=16, max_len=12, heads=2), n_items=30).eval()
+    enc = build_encoder(encoder_config(name, dim=16, max_len=12, heads=2), n_items=30).eval()
     x = torch.randint(1, 31, (4, 8))
     x[0, :3] = 0
     x[1, :7] = 0
@@ -25,7 +25,7 @@ def test_shapes_padding_invariance_and_last(name):
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_causal_encoders_do_not_look_ahead(name):
     torch.manual_seed(0)
-    enc = build_encoder(ModelConfig(name=name, dim=16, max_len=10), n_items=30).eval()
+    enc = build_encoder(encoder_config(name, dim=16, max_len=10), n_items=30).eval()
     x = torch.randint(1, 31, (2, 10))
     y = x.clone()
     y[:, -1] = (y[:, -1] % 30) + 1  # change only the newest item
@@ -34,7 +34,7 @@ def test_causal_encoders_do_not_look_ahead(name):
 
 
 def test_bert4rec_is_bidirectional_with_mask_token():
-    enc = build_encoder(ModelConfig(name="bert4rec", dim=16, max_len=10, heads=2), n_items=30).eval()
+    enc = build_encoder(encoder_config("bert4rec", dim=16, max_len=10, heads=2), n_items=30).eval()
     assert not enc.causal and enc.mask_token() == 31
     assert enc.items.output_matrix().shape == (31, 16)  # [mask] is not a rankable item
     x = torch.randint(1, 31, (2, 10))
@@ -44,8 +44,10 @@ def test_bert4rec_is_bidirectional_with_mask_token():
 
 
 def test_unknown_model_name():
-    cfg = ModelConfig.model_construct(name="foo")
-    with pytest.raises(ConfigError, match="unknown model 'foo'"):
+    with pytest.raises(ConfigError, match="unknown encoder 'foo'. Choose one of: .*sasrec"):
+        encoder_config("foo")
+    cfg = encoder_config("sasrec").model_copy(update={"name": "foo"})
+    with pytest.raises(ConfigError, match="unknown encoder 'foo'"):
         build_encoder(cfg, 10)
 
 
@@ -71,7 +73,7 @@ class _FeatureItems(torch.nn.Module):
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_features_reach_the_item_representation(name):
     torch.manual_seed(0)
-    enc = build_encoder(ModelConfig(name=name, dim=8, max_len=8), 20, items=_FeatureItems(20, 8)).eval()
+    enc = build_encoder(encoder_config(name, dim=8, max_len=8), 20, items=_FeatureItems(20, 8)).eval()
     x = torch.randint(1, 21, (3, 6))
     x[0, :2] = 0
     f = torch.randn(3, 6, 1)
@@ -85,7 +87,7 @@ def test_features_reach_the_item_representation(name):
 
 
 def test_init_std_and_attention_dropout_options():
-    cfg = ModelConfig(name="sasrec", dim=32, max_len=10, init_std=0.02, attn_dropout=0.5)
+    cfg = encoder_config("sasrec", dim=32, max_len=10, init_std=0.02, attn_dropout=0.5)
     enc = build_encoder(cfg, n_items=500)
     table = enc.items.table.weight
     assert torch.all(table[0] == 0)  # padding row stays zero
@@ -101,5 +103,50 @@ def test_init_std_and_attention_dropout_options():
     a = enc(ids, mask)
     torch.manual_seed(1)
     assert not torch.allclose(a, enc(ids, mask))
-    with pytest.raises(ValueError):
-        ModelConfig(attn_dropout=1.0)
+    with pytest.raises(ConfigError, match="attn_dropout"):
+        encoder_config("sasrec", attn_dropout=1.0)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
+def test_each_encoder_is_registered_with_its_own_config(name):
+    entry = ENCODERS.get(name)
+    assert issubclass(entry.config, EncoderConfig) and entry.config is not EncoderConfig
+    assert entry.config().name == name  # the config class defaults to its registered name
+    cfg = encoder_config(name, dim=8, max_len=6)
+    assert type(cfg) is entry.config and (cfg.dim, cfg.max_len) == (8, 6)
+    assert type(build_encoder(cfg, 12)) is entry.obj  # one construction: EncoderClass(config, items)
+
+
+def test_settings_belong_to_their_encoder():
+    sas, gru, bert = (ENCODERS.get(n).config.model_fields for n in ("sasrec", "gru4rec", "bert4rec"))
+    assert {"heads", "ffn_dim", "attn_dropout", "init_std"} <= set(sas) and "mask_prob" not in sas
+    assert not {"heads", "ffn_dim", "attn_dropout", "init_std", "mask_prob"} & set(gru)
+    assert "mask_prob" in bert
+    common = {"name", "dim", "dropout", "max_len", "items", "item_table", "compression", "quantize"}
+    assert common <= set(EncoderConfig.model_fields) and "layers" not in EncoderConfig.model_fields
+
+
+def test_encoder_config_drops_only_the_common_settings_an_encoder_lacks():
+    gru = encoder_config("gru4rec", dim=8, layers=1, heads=4, dropout=0.0, max_len=5)
+    assert (gru.dim, gru.layers, gru.dropout, gru.max_len) == (8, 1, 0.0, 5)
+    assert not hasattr(gru, "heads")
+    sas = encoder_config("sasrec", dim=8, heads=4)
+    assert sas.heads == 4
+    with pytest.raises(ConfigError, match="unknown key 'mask_prob'.*allowed here: .*heads"):
+        encoder_config("sasrec", mask_prob=0.3)  # not a common setting: an error, not dropped
+    with pytest.raises(ConfigError, match="heads .3. must divide dim .8."):
+        encoder_config("sasrec", dim=8, heads=3)
+
+
+def test_bert4rec_reserves_the_mask_row_in_any_item_table():
+    from userseq.items.factory import special_tokens
+
+    assert [special_tokens(encoder_config(n)) for n in ("sasrec", "gru4rec", "bert4rec")] == [0, 0, 1]
+    enc = build_encoder(encoder_config("bert4rec", dim=8, max_len=6, item_table="hash", compression=2),
+                        n_items=20)
+    assert enc.mask_token() == 21
+    x = torch.tensor([[0, 3, 5, 21]])
+    assert enc(x, x > 0).shape == (1, 4, 8)

@@ -197,6 +197,37 @@ def test_index_cli(cli, tmp_path):
     assert cli("index", tmp_path / "nowhere").code == 2
 
 
+def test_index_cli_needs_a_next_item_run(cli, tmp_path):
+    """`userseq index` loads any run through Estimator.load (index sits below the task packages)
+    and refuses runs of other tasks with one clear error."""
+    from userseq.core.config import TaskConfig
+    from userseq.core.estimator import ESTIMATORS, Estimator
+
+    class Other(Estimator[TaskConfig]):
+        task = "other-task"
+        fitted_attribute = "state_"
+
+        def __init__(self, config=None, overrides=None):
+            super().__init__(config, overrides)
+            self.state_ = None
+
+        def _save_state(self, d):
+            (d / "state.txt").write_text("x")
+
+        def _load_state(self, d):
+            self.state_ = (d / "state.txt").read_text()
+
+    try:
+        est = Other()
+        est.state_ = "fitted"
+        run = est.save(tmp_path / "other")
+        res = cli("index", run, "--quiet")
+        assert res.code == 2 and "a 'other-task' run" in res.error and "userseq train" in res.error
+        assert not (run / "index").exists()
+    finally:
+        ESTIMATORS.unregister("other-task")
+
+
 def test_embed_streams_chunks_and_builds_index(cli, tmp_path):
     from userseq import NextItemRecommender
 

@@ -122,9 +122,9 @@ def test_categorical_features_align_with_catalogue():
 
 
 def test_matryoshka_prefixes():
-    from userseq.encoders.config import ModelConfig
+    from userseq.encoders import encoder_config
 
-    cfg = ModelConfig(dim=64, item_table="matryoshka", compression=8)
+    cfg = encoder_config("sasrec", dim=64, item_table="matryoshka", compression=8)
     assert serve_dim(cfg) == 8 and matryoshka_dims(cfg) == [64, 32, 16, 8]
 
 

@@ -1,4 +1,5 @@
-"""Losses: the fused full-softmax CE matches PyTorch's; sampled losses behave as defined."""
+"""Losses: the fused full-softmax CE matches PyTorch's; sampled losses behave as defined; every
+loss is chosen by name from the registry and called the same way."""
 
 import math
 
@@ -7,8 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from userseq.losses.config import LossConfig
-from userseq.losses.nextitem import NegativeSampler, NextItemLoss, full_ce, gbce, sampled_softmax
+from userseq.core.errors import ConfigError
+from userseq.losses import (
+    LOSSES,
+    LossConfig,
+    LossContext,
+    MatrixItems,
+    NegativeSampler,
+    NextItemLoss,
+    full_ce,
+    gbce,
+    sampled_softmax,
+)
 
 
 def test_fused_full_ce_matches_reference_value_and_gradients():
@@ -58,7 +69,7 @@ def test_gbce_beta_matches_paper_formula():
     torch.manual_seed(5)
     a = loss(h, t, W)
     torch.manual_seed(5)
-    neg = loss.sampler.sample((6, 4), h.device)
+    neg = loss.ctx.sampler("uniform").sample((6, 4), h.device)
     assert a.item() == pytest.approx(gbce(h, t, W, neg, beta=1.0).item(), rel=1e-6)
     # transformed positive logit: gamma(s) = log(1 / (sigmoid(s)^-beta - 1)); beta < 1 lowers the positive's loss
     s = torch.tensor([0.3])
@@ -83,3 +94,51 @@ def test_sampled_softmax_logq_and_accidental_hits():
     assert pop.log_prob(torch.tensor([1])).item() > pop.log_prob(torch.tensor([2])).item()
     draws = pop.sample((2000,), torch.device("cpu"))
     assert (draws == 1).float().mean() > 0.8 and draws.min() >= 1 and draws.max() <= 5
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_builtin_losses_are_registered_and_the_name_is_validated():
+    assert {"ce", "sampled_softmax", "bce", "gbce"} <= set(LOSSES.names())
+    with pytest.raises(ConfigError, match="unknown loss 'cee'. Did you mean 'ce'.*sampled_softmax"):
+        from userseq.nextitem.config import RunConfig
+
+        RunConfig.parse({"loss": {"name": "cee"}}, "c.yaml")
+
+
+class _RowsOnly:
+    """An item representation that only serves rows (like hashed and text tables)."""
+
+    def __init__(self, W):
+        self.W = W
+
+    def output_matrix(self):
+        return self.W
+
+    def output_rows(self, ids):
+        return self.W[ids]
+
+
+@pytest.mark.parametrize("name", ["ce", "sampled_softmax", "bce", "gbce"])
+def test_every_loss_takes_a_matrix_or_an_item_representation(name):
+    torch.manual_seed(0)
+    h, W, t = torch.randn(8, 4), torch.randn(13, 4), torch.randint(1, 13, (8,))
+    loss = NextItemLoss(LossConfig(name=name, negatives=5), n_items=12)
+    torch.manual_seed(3)
+    a = loss(h, t, W)
+    torch.manual_seed(3)
+    b = loss(h, t, _RowsOnly(W))
+    assert a.ndim == 0 and torch.isfinite(a) and a.item() == pytest.approx(b.item(), rel=1e-6)
+    # the registered function is called with (h, targets, items, ctx)
+    torch.manual_seed(3)
+    c = LOSSES.get(name).obj(h, t, MatrixItems(W), LossContext(loss.cfg, 12))
+    assert c.item() == pytest.approx(a.item(), rel=1e-6)
+
+
+def test_sampled_softmax_draws_from_the_configured_sampler():
+    counts = np.array([0, 1000, 0, 0, 0, 0])
+    loss = NextItemLoss(LossConfig(name="sampled_softmax", sampler="popularity"), 5, counts)
+    assert loss.ctx.sampler().kind == "popularity"
+    assert loss.ctx.sampler("uniform").kind == "uniform"  # gbce/bce ask for uniform negatives
+    assert loss.ctx.sampler() is loss.ctx.sampler()  # one sampler per kind

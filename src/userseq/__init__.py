@@ -34,6 +34,8 @@ _LAZY = {
     "UserDetector": "userseq.detect.estimator",
     "CTREstimator": "userseq.ctr.estimator",
     "Attacker": "userseq.attack.estimator",
+    "register_encoder": "userseq.encoders",
+    "register_loss": "userseq.losses",
 }
 
 __all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError", "UserseqError",

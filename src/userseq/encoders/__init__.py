@@ -1,42 +1,41 @@
-"""Sequence encoders sharing one call signature (see `base.SequenceEncoder`)."""
+"""Sequence encoders sharing one call signature (see `base.SequenceEncoder`), chosen by name.
+
+Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`) holding its config class and
+its module, registered with `register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
+Shared building blocks live in `blocks.py` and `transformer.py`.
+
+* `build_encoder(model_cfg, n_items, items=None)`: the encoder of a config;
+* `encoder_config(name, **settings)`: a validated config; of the common settings (dim, layers,
+  heads, dropout, max_len) those the encoder does not have are dropped silently (e.g. heads for
+  gru4rec), so a task can build any encoder with the same five;
+* `parse_encoder_config(section)`: the `model:` section of a config file, validated by the config
+  class its `name` picks: settings of other registered encoders are dropped (one config serves
+  every encoder, and runs of userseq 0.1 saved every encoder's settings), unknown keys are errors.
+"""
 
 from __future__ import annotations
 
-from userseq.core.errors import ConfigError
+# importing the built-in encoders (bert4rec, gru4rec, sasrec) registers them
 from userseq.encoders.base import SequenceEncoder
-from userseq.encoders.gru import GRUEncoder
-from userseq.encoders.transformer import TransformerEncoder
-from userseq.items.base import IdEmbedding, ItemRepr
+from userseq.encoders.bert4rec import BERT4Rec, BERT4RecConfig
+from userseq.encoders.config import EncoderConfig
+from userseq.encoders.gru4rec import GRU4Rec, GRU4RecConfig
+from userseq.encoders.registry import (
+    COMMON_SETTINGS,
+    DEFAULT_ENCODER,
+    ENCODERS,
+    build_encoder,
+    encoder_config,
+    other_encoder_setting,
+    parse_encoder_config,
+    register_encoder,
+)
+from userseq.encoders.sasrec import SASRec, SASRecConfig
+from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
 
-ENCODERS = ("sasrec", "bert4rec", "gru4rec")
-
-
-def build_encoder(cfg, n_items: int, items: ItemRepr | None = None) -> SequenceEncoder:
-    """Encoder from a `ModelConfig`: 'sasrec', 'bert4rec' or 'gru4rec'.
-
-    `items` overrides the default id-embedding table (text or compressed item representations).
-    """
-    if cfg.name == "sasrec":
-        return TransformerEncoder(items or IdEmbedding(n_items, cfg.dim), cfg.max_len, cfg.layers, cfg.heads,
-                                  cfg.dropout, cfg.ffn_dim, causal=True, attn_dropout=cfg.attn_dropout,
-                                  init_std=cfg.init_std)
-    if cfg.name == "bert4rec":
-        return TransformerEncoder(items or IdEmbedding(n_items, cfg.dim, special_tokens=1), cfg.max_len,
-                                  cfg.layers, cfg.heads, cfg.dropout, cfg.ffn_dim, causal=False,
-                                  activation="gelu", scale_embeddings=False, mask_token=n_items + 1,
-                                  attn_dropout=cfg.attn_dropout, init_std=cfg.init_std)
-    if cfg.name == "gru4rec":
-        return GRUEncoder(items or IdEmbedding(n_items, cfg.dim), cfg.max_len, cfg.layers, cfg.dropout)
-    raise ConfigError(f"unknown model '{cfg.name}'. Choose one of: {', '.join(ENCODERS)}.")
-
-
-def encoder_config(name: str, **settings):
-    """The validated config of encoder `name` with `settings` (e.g. dim, layers, dropout, max_len).
-    Settings the encoder does not have are an error. (Tasks that build an encoder for their own
-    use, e.g. detection, call this instead of constructing a config class.)"""
-    from userseq.encoders.config import ModelConfig
-
-    return ModelConfig(name=name, **settings)
-
-
-__all__ = ["encoder_config", "ENCODERS", "GRUEncoder", "SequenceEncoder", "TransformerEncoder", "build_encoder"]
+__all__ = [
+    "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
+    "GRU4Rec", "GRU4RecConfig", "SASRec", "SASRecConfig", "SequenceEncoder", "TransformerConfig",
+    "TransformerEncoder", "build_encoder", "encoder_config", "other_encoder_setting",
+    "parse_encoder_config", "register_encoder",
+]

@@ -5,7 +5,11 @@
 * `features`: optional dict of (B, L, ...) tensors for encoders that use side information.
 
 `causal` tells tasks whether position t sees only positions <= t (next-item training on
-every position) or the whole sequence (masked-item training).
+every position) or the whole sequence (masked-item training: the encoder's config then has a
+`mask_prob` and `mask_token()` is not None).
+
+Every registered encoder is constructed the same way, `EncoderClass(config, items)`: its config
+(an `EncoderConfig` subclass) and the `ItemRepr` it embeds inputs and scores outputs with.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from userseq.items.base import ItemRepr
 
 
 class SequenceEncoder(nn.Module):
+    """Base class of the encoders (see the module docstring for the contract)."""
+
     causal: bool = True
     max_len: int
     dim: int
     items: ItemRepr
 
-    def forward(
-        self, item_ids: torch.Tensor, mask: torch.Tensor, features: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:  # pragma: no cover - interface
+    def forward(self, item_ids: torch.Tensor, mask: torch.Tensor,
+                features: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def last(self, item_ids: torch.Tensor, mask: torch.Tensor,

@@ -32,7 +32,8 @@ class Dropout(nn.Module):
         if not self.training or self.p == 0:
             return x
         n = x.numel()
-        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64,
+                              device=x.device)
         keep = words.view(torch.uint8)[:n].view(x.shape) < self.threshold
         return x * (keep.to(x.dtype) * (256.0 / self.threshold))
 
@@ -51,8 +52,10 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Self-attention over x (B, L, D); with last_only, only the last position queries: (B, 1, D)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """Self-attention over x (B, L, D); with last_only, only the last position queries:
+        (B, 1, D)."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if last_only:
@@ -72,18 +75,20 @@ class TransformerBlock(nn.Module):
         self.attn = SelfAttention(dim, heads, attn_dropout)
         self.ln2 = nn.LayerNorm(dim)
         act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout),
+                                 nn.Linear(ffn_dim, dim))
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
         y = self.drop(self.attn(self.ln1(x), attn_mask, last_only))
         x = (x[:, -1:] if last_only else x) + y
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
 def init_normal_(module: nn.Module, std: float) -> None:
-    """GPT-2 / RecBole style initialisation: every Linear and Embedding weight ~ N(0, std), biases 0,
-    LayerNorms (1, 0), padding rows (index 0 of id tables) zero."""
+    """GPT-2 / RecBole style initialisation: every Linear and Embedding weight ~ N(0, std),
+    biases 0, LayerNorms (1, 0), padding rows (index 0 of id tables) zero."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=std)

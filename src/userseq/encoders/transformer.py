@@ -1,14 +1,42 @@
-"""Transformer sequence encoder. SASRec = causal; BERT4Rec = bidirectional with a [mask] token."""
+"""The transformer sequence encoder and the settings its variants share.
+
+SASRec (`sasrec.py`) runs it causally; BERT4Rec (`bert4rec.py`) bidirectionally with a [mask] token.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+from pydantic import Field, field_validator
 from torch import nn
 
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask, init_normal_
+from userseq.encoders.config import EncoderConfig
 from userseq.items.base import IdEmbedding, ItemRepr
+
+
+class TransformerConfig(EncoderConfig):
+    """Settings of the transformer encoders (SASRec, BERT4Rec)."""
+
+    layers: int = Field(2, ge=1)
+    heads: int = Field(1, ge=1)
+    ffn_dim: int | None = Field(
+        None, ge=1, description="feed-forward width (default: dim for SASRec, 4*dim for BERT4Rec)")
+    attn_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on attention weights (transformers)")
+    init_std: float | None = Field(
+        None, gt=0, description="N(0, init_std) for every Linear/Embedding weight (GPT-2 style, "
+        "e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) item embeddings")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide(cls, v: int, info: Any) -> int:
+        dim = info.data.get("dim", 64)
+        if dim % v:
+            raise ValueError(f"heads ({v}) must divide dim ({dim})")
+        return v
 
 
 class TransformerEncoder(SequenceEncoder):
@@ -43,10 +71,11 @@ class TransformerEncoder(SequenceEncoder):
         nn.init.normal_(self.positions.weight, std=1.0 / math.sqrt(dim))
         self.drop = Dropout(dropout)
         ffn = ffn_dim or (dim if causal else 4 * dim)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
-                                    for _ in range(layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
+            for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
-        if init_std is not None:  # the encoder's layers, and the item table when it is a plain id table
+        if init_std is not None:  # the encoder's layers, and the item table if a plain id table
             for child in self.children():
                 if child is not items or isinstance(items, IdEmbedding):
                     init_normal_(child, init_std)

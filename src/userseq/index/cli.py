@@ -63,13 +63,16 @@ def index_cmd(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Build the ANN indexes of a run (items, similar items, similar users) into RUN_DIR/index."""
+    from userseq.core.estimator import Estimator
     from userseq.index.run import RunIndex
-    from userseq.nextitem.estimator import NextItemRecommender
 
     if chunk_size <= 0:
         raise UserseqError(f"--chunk-size must be a positive integer (got {chunk_size}).")
     cfg = index_config(config, kind=kind, ef_search=ef_search, nprobe=nprobe)
-    rec = NextItemRecommender.load(run_dir)
+    rec = Estimator.load(run_dir)  # the index package sits below the task packages: no import
+    if rec.task != "nextitem":
+        raise UserseqError(f"{run_dir}: a '{rec.task}' run; `userseq index` indexes the user and "
+                           "item embeddings of a next-item run (`userseq train`).")
     with _progress(quiet) as say:
         index = RunIndex.build(rec, run_dir, cfg, users=users, chunk_size=chunk_size, progress=say)
     print_manifest(index.manifest, f"index of {run_dir}")

@@ -79,13 +79,13 @@ class RunIndex:
         items_cos = VectorIndex.build(item_vecs, "cosine", cfg, center=item_mean)
         rng = np.random.default_rng(cfg.seed)
         manifest: dict[str, Any] = {
-            "format": 1, "data_fingerprint": rec.data_fingerprint,
+            "format": 1, "data_fingerprint": rec.data_fingerprint_,
             "model_hash": model_hash(run_dir), "config": cfg.model_dump(), "recall_k": RECALL_K,
         }
         user_vectors = users_index = user_mean = None
         if users:
             vec_path = _user_vector_file(rec, out, chunk_size, user_vectors_path, say)
-            user_vectors = _load_vectors(vec_path, len(rec.user_ids), rec.encoder.dim)
+            user_vectors = _load_vectors(vec_path, len(rec.user_ids), rec.encoder_.dim)
             users_index, user_mean = _user_index(user_vectors, cfg, rng, chunk_size, say)
         # recall of each index against exact search, on a sample of realistic queries
         q_users, q_items = _recall_queries(rng, item_vecs, user_vectors, recall_queries)

@@ -25,7 +25,7 @@ def iter_user_vectors(rec: Any, chunk_size: int = DEFAULT_CHUNK,
     order."""
     if chunk_size <= 0:
         raise UserseqError(f"chunk size must be a positive integer (got {chunk_size}).")
-    offsets, items = rec.histories
+    offsets, items = rec.histories_
     n = len(offsets) - 1
     all_rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     for lo in range(0, len(all_rows), chunk_size):
@@ -43,7 +43,7 @@ def write_user_embeddings(rec: Any, out_path: str | Path | None, chunk_size: int
     import pyarrow.parquet as pq
 
     n = len(rec.user_ids)
-    dim = rec.encoder.dim
+    dim = rec.encoder_.dim
     writer = None
     mm = None
     tmp = Path(str(out_path) + ".part") if out_path is not None else None

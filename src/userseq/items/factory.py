@@ -25,8 +25,8 @@ FP32 = 4
 
 
 def special_tokens(cfg: Any) -> int:
-    """Rows above the catalogue the encoder needs (BERT4Rec's [mask])."""
-    return 1 if cfg.name == "bert4rec" else 0
+    """Rows above the catalogue the encoder needs (BERT4Rec's [mask]): its config says."""
+    return int(getattr(cfg, "special_tokens", 0))
 
 
 def serve_dim(cfg: Any) -> int:

@@ -1,22 +1,34 @@
-"""Next-item loss configuration."""
+"""Next-item loss configuration (the `loss:` section)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from userseq.core.config import StrictModel
+from userseq.core.errors import ConfigError
+from userseq.losses.registry import LOSSES
 
 
 class LossConfig(StrictModel):
-    """Training objective over the item catalogue."""
+    """Training objective over the item catalogue. `name` is a registered loss (`LOSSES`); the
+    other settings are read by the losses that use them."""
 
-    name: Literal["ce", "sampled_softmax", "bce", "gbce"] = "ce"
+    name: str = "ce"
     negatives: int = Field(256, ge=1, description="negatives for sampled_softmax / gbce")
     sampler: Literal["uniform", "popularity"] = "uniform"
     logq: bool = Field(True, description="logQ correction for sampled softmax")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gSASRec calibration parameter t")
     logits_dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="matmul precision of the full-softmax CE (auto: follow autocast, else fp32); "
-        "bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
+        "auto", description="matmul precision of the full-softmax CE (auto: follow autocast, else "
+        "fp32); bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            return LOSSES.canonical(v)
+        except ConfigError as e:
+            raise PydanticCustomError("unknown_loss", "{m}", {"m": str(e)}) from None

@@ -1,16 +1,24 @@
-"""The next-item run configuration: data, model, loss, train and eval sections."""
+"""The next-item run configuration: data, model, loss, train and eval sections.
+
+The `model:` section is validated by the config class of the encoder it names (`model.name`, see
+`userseq.encoders`): each encoder has its own settings, and the dump keeps them all.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SerializeAsAny, field_validator
 
-from userseq.core.config import StrictModel, TrainConfig, merge_overrides, read_yaml_mapping, validate_config
+from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.data.config import DataConfig
-from userseq.encoders.config import ModelConfig
+from userseq.encoders import (
+    DEFAULT_ENCODER,
+    EncoderConfig,
+    encoder_config,
+    other_encoder_setting,
+    parse_encoder_config,
+)
 from userseq.losses.config import LossConfig
 
 
@@ -28,28 +36,37 @@ class EvalConfig(StrictModel):
         return sorted(set(v))
 
 
-class RunConfig(StrictModel):
+class RunConfig(TaskConfig):
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: SerializeAsAny[EncoderConfig] = Field(
+        default_factory=lambda: encoder_config(DEFAULT_ENCODER))
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dataset: str | None = Field(None, description="dataset name or path the run was trained on")
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+    @field_validator("model", mode="before")
+    @classmethod
+    def _encoder_settings(cls, v: Any) -> Any:
+        return parse_encoder_config(v, "model")
 
     def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
-        """Apply dotted overrides like {"train.epochs": 5, "model.name": "gru4rec"}."""
-        data = merge_overrides(self.model_dump(mode="json"), overrides, f"{source}: unknown config key")
-        return parse_config(data, source)
+        """`TaskConfig.updated`, with `model.name` applied first: the encoder decides which
+        `model.*` keys exist (`{"model.name": "bert4rec", "model.mask_prob": 0.3}` works). As
+        when a config file is read, settings of other encoders are dropped, so one set of
+        overrides serves every encoder (`model.heads` does nothing for gru4rec)."""
+        over = dict(overrides)
+        name = over.pop("model.name", None)
+        cfg = super().updated({"model.name": name}, source) if name is not None else self
+        over = {k: v for k, v in over.items()
+                if not (k.startswith("model.") and other_encoder_setting(cfg.model, k[6:]))}
+        return TaskConfig.updated(cfg, over, source) if over else cfg
 
 
-def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
-    return validate_config(RunConfig, data, source)
-
-
-def load_config(path: str | Path | None) -> RunConfig:
-    if path is None:
-        return RunConfig()
-    return parse_config(read_yaml_mapping(path), str(path))
+def split_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of `data.split.make_split` for the configured split."""
+    if cfg.data.split == "temporal":
+        return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
+    if cfg.data.split == "cold-start":
+        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.split_seed}
+    return {}

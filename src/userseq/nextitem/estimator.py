@@ -1,9 +1,16 @@
-"""Next-item recommendation: the user-facing estimator (fit / recommend / embeddings / save / load)."""
+"""Next-item recommendation: the user-facing estimator (fit / recommend / embeddings / save / load).
+
+`NextItemRecommender` is an `Estimator[RunConfig]` (`userseq.core.estimator`): its config is the
+run config (data, model, loss, train, eval), its fitted state the attributes ending in `_`, and a
+saved run holds `config.yaml`, `estimator.json`, `model.safetensors` (the encoder),
+`user_ids.parquet` / `item_ids.parquet`, `histories.safetensors` and `run.json`. Runs written by
+userseq 0.1 (no `estimator.json`) load too.
+"""
 
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +28,34 @@ from userseq.core.artifacts import (
     write_json,
 )
 from userseq.core.errors import ArtifactError, ConfigError, UserseqError
-from userseq.core.trainer import Trainer, resolve_device
+from userseq.core.estimator import Estimator
+from userseq.core.trainer import Trainer, TrainState, resolve_device
+from userseq.core.version import __version__
 from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
 from userseq.items.base import ItemRepr
-from userseq.items.factory import build_items, categorical_features, matryoshka_dims, serve_dim, table_report
-from userseq.losses.nextitem import NextItemLoss
-from userseq.metrics.ranking import evaluate, matrix_scorer, popularity_scorer, repeat_scorer, scan_catalogue
-from userseq.nextitem.config import RunConfig, load_config, parse_config
+from userseq.items.factory import (
+    build_items,
+    categorical_features,
+    matryoshka_dims,
+    serve_dim,
+    table_report,
+)
+from userseq.losses import NextItemLoss
+from userseq.metrics.ranking import (
+    evaluate,
+    matrix_scorer,
+    popularity_scorer,
+    repeat_scorer,
+    scan_catalogue,
+)
+from userseq.nextitem.config import RunConfig, split_kwargs
 
 MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
+HISTORIES_FILE = "histories.safetensors"
+RUN_FILE = "run.json"
 
 
 def data_fingerprint(log: EventLog) -> str:
@@ -41,90 +63,114 @@ def data_fingerprint(log: EventLog) -> str:
     return fingerprint(offsets, items, extra=f"{log.n_users}:{log.n_items}")
 
 
-class NextItemRecommender:
+class NextItemRecommender(Estimator[RunConfig]):
     """Sequential recommender in the scikit-learn style.
 
     >>> rec = NextItemRecommender("sasrec", overrides={"train.epochs": 20}).fit(log)
     >>> rec.recommend(["user-1"], k=10)            # known users: from their full history
     >>> rec.recommend_history([["item-a", "item-b"]])  # anyone: from an explicit history
+
+    `model` is a shortcut for `overrides["model.name"]` (a registered encoder, see
+    `userseq.encoders.ENCODERS`). Fitted state: `encoder_` (the network), `user_ids_`, `item_ids_`
+    (the id maps; also readable as `user_ids` / `item_ids`), `histories_` (CSR of every training
+    user's item indices), `data_fingerprint_`, `train_state_` and `item_info_`.
     """
+
+    task = "nextitem"
+    config_class = RunConfig
+    fitted_attribute = "encoder_"
 
     def __init__(self, model: str | None = None, config: RunConfig | dict | None = None,
                  overrides: dict[str, Any] | None = None) -> None:
-        cfg = config if isinstance(config, RunConfig) else parse_config(config)
         over = dict(overrides or {})
         if model is not None:
             over["model.name"] = model
-        self.config = cfg.updated(over, source="NextItemRecommender arguments") if over else cfg
-        self.encoder: SequenceEncoder | None = None
-        self.user_ids: pl.Series | None = None
-        self.item_ids: pl.Series | None = None
-        self.histories: tuple[np.ndarray, np.ndarray] | None = None
-        self.data_fingerprint: str | None = None
-        self.train_state: dict[str, Any] = {}
-        self.item_info: dict[str, Any] = {}
-        self.device = torch.device("cpu")
+        super().__init__(config, over)
+        self.encoder_: SequenceEncoder | None = None
+        self.user_ids_: pl.Series | None = None
+        self.item_ids_: pl.Series | None = None
+        self.histories_: tuple[np.ndarray, np.ndarray] | None = None
+        self.data_fingerprint_: str | None = None
+        self.train_state_: dict[str, Any] = {}
+        self.item_info_: dict[str, Any] = {}
+        self.device_ = torch.device("cpu")
+
+    @property
+    def user_ids(self) -> pl.Series | None:
+        """The training users' original ids, in the order of `user_embeddings()`."""
+        return self.user_ids_
+
+    @property
+    def item_ids(self) -> pl.Series | None:
+        """The catalogue's original item ids (item index i + 1), order of `item_embeddings()`."""
+        return self.item_ids_
 
     # ------------------------------------------------------------------ training
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
-            resume: bool = False, quiet: bool = False, item_meta: pl.DataFrame | None = None) -> NextItemRecommender:
-        """Train on `split` (default: the configured split of `log`). `item_meta` (item_id + attribute
-        columns) gives text items their text; by default it comes from `data.item_text` or from the
-        named dataset's item metadata (see docs/items.md)."""
+            resume: bool = False, quiet: bool = False,
+            item_meta: pl.DataFrame | None = None) -> NextItemRecommender:
+        """Train on `split` (default: the configured split of `log`). `item_meta` (item_id +
+        attribute columns) gives text items their text; by default it comes from `data.item_text`
+        or from the named dataset's item metadata (see docs/items.md). With `run_dir`, the run is
+        saved there (with metrics.json and train_log.json) and `resume` continues its checkpoint."""
         cfg = self.config
-        split = split or make_split(log, cfg.data.split, **_split_kw(cfg))
+        split = split or make_split(log, cfg.data.split, **split_kwargs(cfg))
         torch.manual_seed(cfg.train.seed)
         catalogue, items = self._build_item_repr(log, split, item_meta)
-        encoder = build_encoder(cfg.model, len(catalogue), items)
-        self.encoder, self.user_ids, self.item_ids = encoder, log.user_ids, catalogue
-        n_items = len(catalogue)
-        self.histories = log.sequences()
-        self.data_fingerprint = data_fingerprint(log)
+        self.encoder_ = encoder = build_encoder(cfg.model, len(catalogue), items)
+        self.user_ids_, self.item_ids_ = log.user_ids, catalogue
+        self.histories_ = log.sequences()
+        self.data_fingerprint_ = data_fingerprint(log)
         rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(rows) == 0:
-            raise UserseqError(f"{log.source}: no training sequence has 2 or more events; nothing to learn from.")
+            raise UserseqError(f"{log.source}: no training sequence has 2 or more events; "
+                               "nothing to learn from.")
         # popularity for negative sampling comes from the training events only (no test leakage)
-        loss = NextItemLoss(cfg.loss, n_items, np.bincount(split.train_items, minlength=n_items + 1))
+        n_items = len(catalogue)
+        counts = np.bincount(split.train_items, minlength=n_items + 1)
+        loss = NextItemLoss(cfg.loss, n_items, counts)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
-        self.device = trainer.device
-        bs = cfg.train.batch_size
-        n_batches = (len(rows) + bs - 1) // bs
+        self.device_ = trainer.device
+        batches, n_batches = self._batches(split, rows, trainer.device)
+        valid = self._valid_subset(split.valid)
+        state = trainer.fit(encoder, batches, n_batches, lambda m, b: self._loss(m, b, loss),
+                            lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
+                            resume)
+        self.train_state_ = _train_state(state, trainer, len(rows))
+        if run_dir is not None:
+            self.save(run_dir)
+            write_json(state.history, Path(run_dir) / "train_log.json")
+            self.write_metrics(run_dir, self.report(log, split))
+        return self
+
+    def _batches(self, split: Split, rows: np.ndarray, device: torch.device
+                 ) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
+        """The trainer's epoch -> batches factory (length-bucketed, left-padded rows with the
+        all-padding columns trimmed) and the number of batches per epoch."""
+        cfg = self.config
+        bs, seed, max_len = cfg.train.batch_size, cfg.train.seed, cfg.model.max_len
         rows_t = torch.from_numpy(rows)
         lengths = (rows > 0).sum(1)
 
         def batches(epoch: int) -> Iterator[torch.Tensor]:
-            rng = np.random.default_rng(cfg.train.seed + epoch)
+            rng = np.random.default_rng(seed + epoch)
             rows_e = rows_t
             if cfg.data.train_windows == "random":
                 rows_e = torch.from_numpy(training_windows(split.train_offsets, split.train_items,
-                                                           cfg.model.max_len, rng=rng))
+                                                           max_len, rng=rng))
             for idx in length_bucketed_batches(lengths, bs, rng):
-                width = int(lengths[idx].max())  # rows are left-padded: trim the all-padding columns
-                yield rows_e[torch.from_numpy(idx)][:, -width:].to(trainer.device, non_blocking=True)
+                width = int(lengths[idx].max())
+                yield rows_e[torch.from_numpy(idx)][:, -width:].to(device, non_blocking=True)
 
-        valid = split.valid
-        if cfg.train.valid_users and len(valid) > cfg.train.valid_users:
-            pick = np.sort(np.random.default_rng(cfg.train.seed).choice(len(valid), cfg.train.valid_users, replace=False))
-            valid = _subset(valid, pick)
+        return batches, (len(rows) + bs - 1) // bs
 
-        def validate(model: torch.nn.Module) -> dict[str, float]:
-            return self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen)
-
-        state = trainer.fit(encoder, batches, n_batches, lambda m, b: self._loss(m, b, loss), validate, resume)
-        self.train_state = {
-            "epochs": state.epoch, "best_epoch": state.best_epoch, "best_valid": state.best_metric,
-            "seconds": round(state.seconds, 2), "stopped": state.stopped,
-            "seconds_per_epoch": round(float(np.mean([h["epoch_seconds"] for h in state.history])), 2)
-            if state.history else None,
-            "train_sequences": int(len(rows)), "device": str(trainer.device),
-            "precision": str(trainer.autocast_dtype or torch.float32).replace("torch.", ""),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        }
-        if run_dir is not None:
-            self.save(run_dir)
-            write_json(state.history, Path(run_dir) / "train_log.json")
-            write_json(self.report(log, split), Path(run_dir) / "metrics.json")
-        return self
+    def _valid_subset(self, valid: EvalSet) -> EvalSet:
+        """The validation users of early stopping: all, or `train.valid_users` drawn at random."""
+        n = self.config.train.valid_users
+        if not n or len(valid) <= n:
+            return valid
+        rng = np.random.default_rng(self.config.train.seed)
+        return _subset(valid, np.sort(rng.choice(len(valid), n, replace=False)))
 
     def _build_item_repr(self, log: EventLog, split: Split, meta: pl.DataFrame | None
                          ) -> tuple[pl.Series, ItemRepr | None]:
@@ -133,7 +179,7 @@ class NextItemRecommender:
         from userseq.items.text import catalogue_extension, item_text_for, text_matrix
 
         m = self.config.model
-        catalogue, self.item_info = log.item_ids, {}
+        catalogue, self.item_info_ = log.item_ids, {}
         source = "item_meta argument"
         if meta is None and (m.items != "id" or m.item_table == "unified"):
             meta, source = self._item_meta(log)
@@ -147,7 +193,8 @@ class NextItemRecommender:
             it = item_text_for(catalogue, meta, source)
             vectors, has_text, stats = text_matrix(it, m.text_encoder)
             text = (vectors, has_text)
-            self.item_info["item_text"] = {**it.report(), "vectors": stats, "catalogue_items_without_events": len(extra)}
+            self.item_info_["item_text"] = {**it.report(), "vectors": stats,
+                                            "catalogue_items_without_events": len(extra)}
         if m.items == "id" and m.item_table == "full" and m.quantize == "none":
             return catalogue, None
         features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
@@ -168,7 +215,8 @@ class NextItemRecommender:
                 return meta, f"{name} item metadata"
         return None, ""
 
-    def _objective(self, h: torch.Tensor, targets: torch.Tensor, items: ItemRepr, loss: NextItemLoss) -> torch.Tensor:
+    def _objective(self, h: torch.Tensor, targets: torch.Tensor, items: ItemRepr,
+                   loss: NextItemLoss) -> torch.Tensor:
         """The loss; Matryoshka tables average it over nested prefixes of the vectors."""
         m = self.config.model
         if m.item_table != "matryoshka":
@@ -187,23 +235,28 @@ class NextItemRecommender:
         # masked-item (Cloze) objective: hide a random share of real positions, predict them
         x = rows[:, 1:]
         real = x > 0
-        hide = (torch.rand(x.shape, device=x.device) < self.config.model.mask_prob) & real
+        hide = (torch.rand(x.shape, device=x.device) < self._mask_prob()) & real
         none = ~hide.any(1)
         hide[none, -1] = real[none, -1]  # every row predicts at least its last item
         inputs = torch.where(hide, torch.full_like(x, model.mask_token()), x)
         h = model(inputs, real)
         return self._objective(h[hide], x[hide], W, loss)
 
-    # ------------------------------------------------------------------ encoding
-    def _check_fitted(self) -> SequenceEncoder:
-        if self.encoder is None:
-            raise UserseqError("this recommender is not fitted yet; call fit(event_log) or load(run_dir).")
-        return self.encoder
+    def _mask_prob(self) -> float:
+        """Share of positions hidden by the masked-item objective of bidirectional encoders."""
+        p = getattr(self.config.model, "mask_prob", None)
+        if p is None:
+            raise ConfigError(f"encoder '{self.config.model.name}' is bidirectional (causal=False) "
+                              "but its config has no mask_prob; add one (see BERT4RecConfig).")
+        return p
 
+    # ------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode(self, offsets: np.ndarray, items: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
-        """User vectors (n, D) for CSR histories of item indices (the state after the last event)."""
-        enc = self._check_fitted()
+    def encode(self, offsets: np.ndarray, items: np.ndarray,
+               batch_size: int = 1024) -> torch.Tensor:
+        """User vectors (n, D) for CSR histories of item indices (the state after the last
+        event)."""
+        enc = self.check_is_fitted()
         enc.eval()
         L = self.config.model.max_len
         mask_tok = enc.mask_token()
@@ -217,15 +270,16 @@ class NextItemRecommender:
             if mask_tok is None:
                 x = pad_left(starts, ends, items, L)
             else:  # BERT4Rec reads the [mask] appended after the history
-                x = np.concatenate([pad_left(starts, ends, items, L - 1), np.full((len(rows), 1), mask_tok)], 1)
+                x = np.concatenate([pad_left(starts, ends, items, L - 1),
+                                    np.full((len(rows), 1), mask_tok)], 1)
             width = int(min(L, max(1, lengths[rows].max() + (mask_tok is not None))))
-            xt = torch.from_numpy(x[:, -width:]).to(self.device)
+            xt = torch.from_numpy(x[:, -width:]).to(self.device_)
             out[torch.from_numpy(rows)] = enc.last(xt, xt > 0).float().cpu()
         return self._serving(out)
 
     def item_matrix(self) -> torch.Tensor:
         """(n_items + 1, D) item output vectors (D = the Matryoshka serving prefix where set)."""
-        enc = self._check_fitted()
+        enc = self.check_is_fitted()
         with torch.no_grad():
             return self._serving(enc.items.output_matrix().detach().float().cpu())
 
@@ -233,39 +287,44 @@ class NextItemRecommender:
         d = serve_dim(self.config.model)
         return vectors if d == vectors.shape[1] else vectors[:, :d].contiguous()
 
-    def _evaluate(self, eval_set: EvalSet, ks: Sequence[int], filter_seen: bool) -> dict[str, float]:
+    def _evaluate(self, eval_set: EvalSet, ks: Sequence[int],
+                  filter_seen: bool) -> dict[str, float]:
         users = self.encode(eval_set.offsets, eval_set.items)
         seen = (eval_set.offsets, eval_set.items) if filter_seen else None
         c = self.config.eval
-        return evaluate(matrix_scorer(users, self.item_matrix()), len(self.item_ids), eval_set.targets, seen, ks,
-                        c.user_chunk, c.item_chunk)
+        return evaluate(matrix_scorer(users, self.item_matrix()), len(self.item_ids_),
+                        eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
 
-    def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None, filter_seen: bool | None = None) -> dict:
+    def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
+                 filter_seen: bool | None = None) -> dict:
         """Full-ranking NDCG/HR/MRR/coverage of `eval_set` targets given their histories."""
         c = self.config.eval
-        return self._evaluate(eval_set, ks or c.ks, c.filter_seen if filter_seen is None else filter_seen)
+        seen = c.filter_seen if filter_seen is None else filter_seen
+        return self._evaluate(eval_set, ks or c.ks, seen)
 
     def report(self, log: EventLog, split: Split) -> dict[str, Any]:
         """The `metrics.json` content: validation and test metrics, baselines on the same test
         targets, the protocol, training figures and the data description."""
         c = self.config.eval
         seen = (split.test.offsets, split.test.items) if c.filter_seen else None
-        n_items = len(self.item_ids)
+        n_items = len(self.item_ids_)
         counts = np.bincount(split.train_items, minlength=n_items + 1)
-        pop = evaluate(popularity_scorer(counts), n_items, split.test.targets, seen, c.ks, c.user_chunk,
+        test = split.test
+        pop = evaluate(popularity_scorer(counts), n_items, test.targets, seen, c.ks, c.user_chunk,
                        c.item_chunk)
-        # the repeat baseline only scores history items, so it is evaluated without seen-item filtering
-        rep = evaluate(repeat_scorer(split.test.offsets, split.test.items), n_items, split.test.targets, None,
+        # the repeat baseline only scores history items: evaluated without seen-item filtering
+        rep = evaluate(repeat_scorer(test.offsets, test.items), n_items, test.targets, None,
                        c.ks, c.user_chunk, c.item_chunk)
-        tables = table_report(self._check_fitted().items, self.config.model)
+        tables = table_report(self.check_is_fitted().items, self.config.model)
         return {
-            "valid": self.evaluate(split.valid), "test": self.evaluate(split.test),
-            "item_table_bytes": tables["item_table_bytes"], "item_table": tables, **self.item_info,
-            "filter_seen": c.filter_seen, "ties": "pessimistic", "split": split.kind, "split_info": split.info,
-            "model": self.config.model.name, "loss": self.config.loss.name, "train": self.train_state,
-            "data": {"source": log.source, "users": log.n_users, "items": log.n_items, "catalogue": n_items,
-                     "events": log.n_events,
-                     "fingerprint": self.data_fingerprint, "timestamp_kind": log.timestamp_kind},
+            "valid": self.evaluate(split.valid), "test": self.evaluate(test),
+            "item_table_bytes": tables["item_table_bytes"], "item_table": tables,
+            **self.item_info_, "filter_seen": c.filter_seen, "ties": "pessimistic",
+            "split": split.kind, "split_info": split.info, "model": self.config.model.name,
+            "loss": self.config.loss.name, "train": self.train_state_,
+            "data": {"source": log.source, "users": log.n_users, "items": log.n_items,
+                     "catalogue": n_items, "events": log.n_events,
+                     "fingerprint": self.data_fingerprint_, "timestamp_kind": log.timestamp_kind},
             "baselines": {"popularity": pop, "repeat (no seen filter)": rep},
         }
 
@@ -276,59 +335,67 @@ class NextItemRecommender:
         users = self.encode(offsets, items)
         seen = (offsets, items) if filter_seen else None
         c = self.config.eval
-        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()), len(self.item_ids), len(users),
-                                       None, seen, int(k), c.user_chunk, c.item_chunk)
+        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()),
+                                       len(self.item_ids_), len(users), None, seen, int(k),
+                                       c.user_chunk, c.item_chunk)
         return top_s, top
 
     def _frame(self, ids: Sequence[Any], s: np.ndarray, idx: np.ndarray) -> pl.DataFrame:
         n, k = idx.shape
         finite = np.isfinite(s)
-        item_vals = self.item_ids.gather(np.clip(idx.reshape(-1) - 1, 0, None))
+        item_vals = self.item_ids_.gather(np.clip(idx.reshape(-1) - 1, 0, None))
         df = pl.DataFrame({
             "user_id": np.repeat(np.arange(n), k), "rank": np.tile(np.arange(1, k + 1), n),
             "item_id": item_vals, "score": s.reshape(-1),
         }).filter(pl.Series(finite.reshape(-1)))
         return df.with_columns(pl.Series("user_id", list(ids)).gather(df["user_id"]))
 
-    def recommend(self, users: Sequence[Any], k: int = 10, filter_seen: bool = True) -> pl.DataFrame:
+    def recommend(self, users: Sequence[Any], k: int = 10,
+                  filter_seen: bool = True) -> pl.DataFrame:
         """Top-k items for known users (original ids), from each user's full history."""
-        self._check_fitted()
+        self.check_is_fitted()
         users = list(users)
-        idx = _lookup(self.user_ids, users)
+        idx = _lookup(self.user_ids_, users)
         if (idx < 0).any():
             bad = [u for u, i in zip(users, idx, strict=True) if i < 0][:5]
             raise UserseqError(
-                f"unknown user(s) {bad}: not in the training data. Recommend from an explicit history instead "
-                "(API: recommend_history; CLI: --history ITEM,ITEM,...)."
+                f"unknown user(s) {bad}: not in the training data. Recommend from an explicit "
+                "history instead (API: recommend_history; CLI: --history ITEM,ITEM,...)."
             )
-        offsets, items = self.histories
+        offsets, items = self.histories_
         h_off, h_items = csr_take(offsets, items, offsets[idx], offsets[idx + 1])
         return self._frame(users, *self._topk(h_off, h_items, k, filter_seen))
 
-    def history_indices(self, histories: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """CSR of item indices for histories given as original item ids (unknown ids are an error)."""
-        self._check_fitted()
+    def history_indices(self, histories: Sequence[Sequence[Any]]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of item indices for histories given as original item ids (unknown ids are an
+        error)."""
+        self.check_is_fitted()
         lengths = np.array([len(h) for h in histories], dtype=np.int64)
         if (lengths == 0).any():
-            raise UserseqError(f"history #{int(np.flatnonzero(lengths == 0)[0])} is empty; give at least one item.")
+            first = int(np.flatnonzero(lengths == 0)[0])
+            raise UserseqError(f"history #{first} is empty; give at least one item.")
         flat = [i for h in histories for i in h]
-        idx = _lookup(self.item_ids, flat) + 1
+        idx = _lookup(self.item_ids_, flat) + 1
         if (idx <= 0).any():
             bad = [flat[j] for j in np.flatnonzero(idx <= 0)[:5]]
-            raise UserseqError(f"unknown item id(s) {bad} in history: not in the training catalogue.")
+            raise UserseqError(f"unknown item id(s) {bad} in history: not in the training "
+                               "catalogue.")
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         return offsets, idx.astype(np.int32)
 
-    def recommend_history(self, histories: Sequence[Sequence[Any]], k: int = 10, filter_seen: bool = True,
+    def recommend_history(self, histories: Sequence[Sequence[Any]], k: int = 10,
+                          filter_seen: bool = True,
                           ids: Sequence[Any] | None = None) -> pl.DataFrame:
-        """Top-k items for explicit histories of original item ids (oldest first); works for new users."""
+        """Top-k items for explicit histories of original item ids (oldest first); works for new
+        users."""
         offsets, items = self.history_indices(histories)
         return self._frame(ids if ids is not None else list(range(len(histories))),
                            *self._topk(offsets, items, k, filter_seen))
 
     def user_embeddings(self) -> np.ndarray:
         """(n_users, D) vectors of the training users, in the order of `user_ids`."""
-        offsets, items = self.histories
+        offsets, items = self.histories_
         return self.encode(offsets, items).numpy()
 
     def item_embeddings(self) -> np.ndarray:
@@ -336,69 +403,79 @@ class NextItemRecommender:
         return self.item_matrix()[1:].numpy()
 
     # ------------------------------------------------------------------ persistence
-    def save(self, run_dir: str | Path) -> Path:
-        enc = self._check_fitted()
-        d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(self.config.to_yaml())
-        meta = {"task": "nextitem", "n_items": str(len(self.item_ids)), "data_fingerprint": self.data_fingerprint or "",
-                "userseq_version": _version()}
+    def _save_state(self, d: Path) -> None:
+        """The fitted state (the layout of userseq 0.1, so old and new runs read the same way)."""
+        enc = self.check_is_fitted()
+        meta = {"task": self.task, "n_items": str(len(self.item_ids_)),
+                "data_fingerprint": self.data_fingerprint_ or "", "userseq_version": __version__}
         save_tensors(enc.state_dict(), d / MODEL_FILE, meta)
-        save_ids(self.user_ids, d / "user_ids.parquet")
-        save_ids(self.item_ids, d / "item_ids.parquet")
-        offsets, items = self.histories
+        save_ids(self.user_ids_, d / "user_ids.parquet")
+        save_ids(self.item_ids_, d / "item_ids.parquet")
+        offsets, items = self.histories_
         save_tensors({"offsets": torch.from_numpy(offsets.astype(np.int64)),
-                      "items": torch.from_numpy(items.astype(np.int32))}, d / "histories.safetensors")
-        write_json({"train": self.train_state, "data_fingerprint": self.data_fingerprint, "items": self.item_info},
-                   d / "run.json")
-        return d
+                      "items": torch.from_numpy(items.astype(np.int32))}, d / HISTORIES_FILE)
+        write_json({"train": self.train_state_, "data_fingerprint": self.data_fingerprint_,
+                    "items": self.item_info_}, d / RUN_FILE)
 
-    @classmethod
-    def load(cls, run_dir: str | Path) -> NextItemRecommender:
-        d = Path(run_dir)
-        if not d.is_dir():
-            raise ArtifactError(f"{d}: run directory not found.")
-        if not (d / CONFIG_FILE).exists() or not (d / MODEL_FILE).exists():
-            if (d / "checkpoint.safetensors").exists():
-                raise ArtifactError(f"{d}: {MODEL_FILE} is missing but a training checkpoint is there: training has "
-                                    "not finished; wait for it, or continue it with `userseq train ... --resume`.")
-            raise ArtifactError(f"{d}: not a userseq run directory (no {CONFIG_FILE} / {MODEL_FILE}); "
-                                "create one with `userseq train`.")
-        try:
-            cfg = load_config(d / CONFIG_FILE)
-        except ConfigError as e:
-            raise ArtifactError(f"{d}: bad or missing {CONFIG_FILE}: {e}") from None
+    def _load_state(self, d: Path) -> None:
+        _check_run_files(d)
         tensors, meta = load_tensors(d / MODEL_FILE)
-        rec = cls(config=cfg)
-        rec.item_ids, rec.user_ids = load_ids(d / "item_ids.parquet"), load_ids(d / "user_ids.parquet")
-        if meta.get("n_items") and int(meta["n_items"]) != len(rec.item_ids):
-            raise ArtifactError(f"{d}: item_ids.parquet has {len(rec.item_ids)} items but the model expects {meta['n_items']}.")
-        try:
-            enc = build_encoder(cfg.model, len(rec.item_ids), build_items(cfg.model, len(rec.item_ids), saved=tensors))
-            enc.load_state_dict(tensors)
-        except KeyError as e:
-            raise ArtifactError(f"{d / MODEL_FILE}: weights do not match config.yaml: missing tensor {e}") from None
-        except RuntimeError as e:
-            raise ArtifactError(f"{d / MODEL_FILE}: weights do not match config.yaml: {str(e).splitlines()[0]}") from None
-        rec.encoder = enc
-        rec.device = resolve_device(cfg.train.device)
-        enc.to(rec.device)
-        h, _ = load_tensors(d / "histories.safetensors")
-        rec.histories = (h["offsets"].numpy(), h["items"].numpy())
-        rec.data_fingerprint = meta.get("data_fingerprint") or None
-        if (d / "run.json").exists():
-            run = read_json(d / "run.json")
-            rec.train_state, rec.item_info = run.get("train", {}), run.get("items", {})
-        return rec
+        self.item_ids_ = load_ids(d / "item_ids.parquet")
+        self.user_ids_ = load_ids(d / "user_ids.parquet")
+        n_items = len(self.item_ids_)
+        if meta.get("n_items") and int(meta["n_items"]) != n_items:
+            raise ArtifactError(f"{d}: item_ids.parquet has {n_items} items but the model expects "
+                                f"{meta['n_items']}.")
+        self.device_ = resolve_device(self.config.train.device)
+        self.encoder_ = _restore_encoder(d, self.config, tensors, n_items).to(self.device_)
+        h, _ = load_tensors(d / HISTORIES_FILE)
+        self.histories_ = (h["offsets"].numpy(), h["items"].numpy())
+        self.data_fingerprint_ = meta.get("data_fingerprint") or None
+        if (d / RUN_FILE).exists():
+            run = read_json(d / RUN_FILE)
+            self.train_state_, self.item_info_ = run.get("train", {}), run.get("items", {})
 
 
 # ---------------------------------------------------------------------- helpers
-def _split_kw(cfg: RunConfig) -> dict[str, Any]:
-    if cfg.data.split == "temporal":
-        return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
-    if cfg.data.split == "cold-start":
-        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.split_seed}
-    return {}
+def _check_run_files(d: Path) -> None:
+    if (d / MODEL_FILE).exists():
+        return
+    if (d / "checkpoint.safetensors").exists():
+        raise ArtifactError(f"{d}: {MODEL_FILE} is missing but a training checkpoint is there: "
+                            "training has not finished; wait for it, or continue it with "
+                            "`userseq train ... --resume`.")
+    raise ArtifactError(f"{d}: not a userseq run directory (no {MODEL_FILE}); create one with "
+                        "`userseq train`.")
+
+
+def _restore_encoder(d: Path, cfg: RunConfig, tensors: dict[str, torch.Tensor],
+                     n_items: int) -> SequenceEncoder:
+    """The saved encoder, rebuilt from config.yaml and its weights."""
+
+    def mismatch(why: str) -> ArtifactError:
+        return ArtifactError(f"{d / MODEL_FILE}: weights do not match config.yaml: {why}")
+
+    try:
+        enc = build_encoder(cfg.model, n_items, build_items(cfg.model, n_items, saved=tensors))
+        enc.load_state_dict(tensors)
+    except KeyError as e:
+        raise mismatch(f"missing tensor {e}") from None
+    except RuntimeError as e:
+        raise mismatch(str(e).splitlines()[0]) from None
+    return enc
+
+
+def _train_state(state: TrainState, trainer: Trainer, n_rows: int) -> dict[str, Any]:
+    """What `train_state_` (and metrics.json's `train`) report about a finished training."""
+    per_epoch = [h["epoch_seconds"] for h in state.history]
+    return {
+        "epochs": state.epoch, "best_epoch": state.best_epoch, "best_valid": state.best_metric,
+        "seconds": round(state.seconds, 2), "stopped": state.stopped,
+        "seconds_per_epoch": round(float(np.mean(per_epoch)), 2) if per_epoch else None,
+        "train_sequences": int(n_rows), "device": str(trainer.device),
+        "precision": str(trainer.autocast_dtype or torch.float32).replace("torch.", ""),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
 
 
 class _Prefix:
@@ -421,9 +498,3 @@ def _subset(e: EvalSet, pick: np.ndarray) -> EvalSet:
 
 def _lookup(id_map: pl.Series, ids: Sequence[Any]) -> np.ndarray:
     return lookup_ids(id_map, ids, offset=0)
-
-
-def _version() -> str:
-    from userseq.core.version import __version__
-
-    return __version__

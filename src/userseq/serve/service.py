@@ -155,7 +155,7 @@ class Service:
         # exact scans through torch: it honours torch.set_num_threads (numpy's BLAS may spin
         # extra threads)
         self.item_matrix = torch.from_numpy(self.item_vectors)
-        self.offsets, self.hist_items = rec.histories  # item indices are rows + 1
+        self.offsets, self.hist_items = rec.histories_  # item indices are rows + 1
         self.max_len = rec.config.model.max_len
         self.batcher = EncodeBatcher(rec, max_batch)
         self.metrics = metrics
@@ -424,12 +424,12 @@ class Service:
         m = self.rec.config.model
         model = {"name": m.name, "dim": m.dim, "layers": m.layers, "max_len": m.max_len,
                  "loss": self.rec.config.loss.name, "dataset": self.rec.config.dataset,
-                 "train": self.rec.train_state}
+                 "train": self.rec.train_state_}
         metrics = None
         if self.metrics:
             keys = ("test", "valid", "filter_seen", "split")
             metrics = {k: self.metrics.get(k) for k in keys if k in self.metrics}
-        return {"model": model, "data_fingerprint": self.rec.data_fingerprint, "metrics": metrics,
+        return {"model": model, "data_fingerprint": self.rec.data_fingerprint_, "metrics": metrics,
                 "index": self.index.manifest, "items": len(self.items), "users": len(self.users),
                 "run_dir": str(self.run_dir), "userseq_version": __version__,
                 "item_metadata": self.titles is not None}

@@ -1,26 +1,38 @@
-"""GRU4Rec-style recurrent encoder."""
+"""GRU4Rec (Hidasi et al. 2016): a recurrent encoder."""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.blocks import Dropout
+from userseq.encoders.config import EncoderConfig
+from userseq.encoders.registry import register_encoder
 from userseq.items.base import ItemRepr
 
 
-class GRUEncoder(SequenceEncoder):
+class GRU4RecConfig(EncoderConfig):
+    """GRU4Rec: stacked GRU layers."""
+
+    name: str = "gru4rec"
+    layers: int = Field(2, ge=1)
+
+
+@register_encoder("gru4rec", config=GRU4RecConfig)
+class GRU4Rec(SequenceEncoder):
     """GRU4Rec-style recurrent encoder (Hidasi et al. 2016): embeddings -> GRU -> projection."""
 
     causal = True
 
-    def __init__(self, items: ItemRepr, max_len: int, layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(self, config: GRU4RecConfig, items: ItemRepr) -> None:
         super().__init__()
-        dim = items.dim
-        self.items, self.dim, self.max_len = items, dim, max_len
+        dim, layers, dropout = items.dim, config.layers, config.dropout
+        self.items, self.dim, self.max_len = items, dim, config.max_len
         self.drop = Dropout(dropout)
-        self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True,
+                          dropout=dropout if layers > 1 else 0.0)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, item_ids, mask, features=None):
