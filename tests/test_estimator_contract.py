@@ -57,10 +57,12 @@ def _ctr() -> Case:
     from userseq.ctr.data import build_ctr_data
     from userseq.ctr.synthetic import synthetic_ctr_events
 
-    df = synthetic_ctr_events(n_users=40, n_items=60, n_cats=5, history_len=30, n_targets=4,
-                              evidence=3, recent_clean=10, seed=1)
+    df = synthetic_ctr_events(n_users=60, n_items=100, n_cats=10, history_len=60, n_targets=6,
+                              evidence=4, recent_clean=20, seed=1)
     cfg = CTRConfig().updated({"data.category_col": "category", "data.target_col": "is_target",
-                               "model.dim": 8, "model.max_len": 30, "model.long_len": 30,
+                               "model.item_dim": 8, "model.cat_dim": 4, "model.user_dim": 0,
+                               "model.max_len": 60, "model.long_len": 60, "model.mlp": [16],
+                               "model.att_hidden": [8],
                                "train.epochs": 1, "train.threads": 1, "train.device": "cpu"})
     data = build_ctr_data(userseq.EventLog.from_frame(df), cfg.data)
     return Case(lambda: userseq.CTREstimator("din", config=cfg),

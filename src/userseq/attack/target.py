@@ -43,7 +43,7 @@ class TargetDetector:
         self.name = name
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.net, self._vocab, thresholds = detector_state(detector)
-        detector.device = torch.device("cpu")  # the attack runs on CPU (the run may be on a GPU)
+        detector.device_ = torch.device("cpu")  # the attack runs on CPU (the run may be on a GPU)
         self.net.cpu().eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

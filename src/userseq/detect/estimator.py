@@ -121,7 +121,7 @@ class UserDetector(Estimator[DetectConfig]):
         self.feature_names_: list[str] = []
         self.thresholds_: dict[str, float] = {}
         self.train_state_: dict[str, Any] = {}
-        self.device = torch.device("cpu")
+        self.device_ = torch.device("cpu")
         self._prep_cache: tuple[Data, dict[str, Any]] | None = None
 
     def _spec(self) -> DetectModel:
@@ -205,7 +205,7 @@ class UserDetector(Estimator[DetectConfig]):
     def _inputs(self, prep: dict[str, Any], users: np.ndarray,
                 k: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs for `users`, each cut to its first k[i] events/posts."""
-        dev = self.device
+        dev = self.device_
         if "offsets" in prep:
             starts = prep["offsets"][users]
             events = np.arange(1, prep["n_events"] + 1, dtype=np.int64)
@@ -237,8 +237,8 @@ class UserDetector(Estimator[DetectConfig]):
         torch.manual_seed(cfg.train.seed)
         net = self._new_net(data, split.train)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
-        self.device = trainer.device
-        self.net_ = net.to(self.device)
+        self.device_ = trainer.device
+        self.net_ = net.to(self.device_)
         prep = self._prepare(data)
         state = self._train(trainer, prep, y, split)
         net.eval()
@@ -285,12 +285,12 @@ class UserDetector(Estimator[DetectConfig]):
         for idx in length_bucketed_batches(k, cfg.train.batch_size, rng):
             u = users[idx]
             yield {"inputs": self._inputs(prep, u, k[idx]),
-                   "y": y[torch.from_numpy(u)].to(self.device)}
+                   "y": y[torch.from_numpy(u)].to(self.device_)}
 
     def _train_summary(self, state: TrainState) -> dict[str, Any]:
         return {"epochs": state.epoch, "best_epoch": state.best_epoch,
                 "best_valid_roc_auc": state.best_metric, "seconds": round(state.seconds, 1),
-                "stopped": state.stopped, "device": str(self.device), "history": state.history}
+                "stopped": state.stopped, "device": str(self.device_), "history": state.history}
 
     # ------------------------------------------------------------------ inference
     def _prep_for(self, data: Data) -> dict[str, Any]:
@@ -409,8 +409,8 @@ class UserDetector(Estimator[DetectConfig]):
         except RuntimeError as e:
             raise ArtifactError(f"{d / MODEL_FILE}: weights do not match the run's {CONFIG_FILE}: "
                                 f"{str(e).splitlines()[0]}") from None
-        self.device = resolve_device(self.config.train.device)
-        self.net_ = net.to(self.device).eval()
+        self.device_ = resolve_device(self.config.train.device)
+        self.net_ = net.to(self.device_).eval()
 
 
 # ------------------------------------------------------- one call: split, fit, evaluate, write
