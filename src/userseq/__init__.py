@@ -38,7 +38,8 @@ _LAZY = {
     "register_loss": "userseq.losses",
 }
 
-__all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError", "UserseqError",
+__all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError",
+           "UserseqError",
            "__version__", *_LAZY]
 
 

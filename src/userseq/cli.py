@@ -18,8 +18,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="User and item embeddings from behaviour sequences.")
 
 # Each module defines `register(app)`; the order is the order of `userseq --help`.
-COMMAND_MODULES = ("userseq.core.cli", "userseq.data.cli", "userseq.nextitem.cli", "userseq.ctr.cli", "userseq.index.cli",
-                   "userseq.serve.cli", "userseq.detect.cli", "userseq.attack.cli")
+COMMAND_MODULES = ("userseq.core.cli", "userseq.data.cli", "userseq.nextitem.cli",
+                   "userseq.ctr.cli", "userseq.index.cli", "userseq.serve.cli",
+                   "userseq.detect.cli", "userseq.attack.cli")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
@@ -29,7 +30,8 @@ def main() -> None:
     try:
         app()
     except UserseqError as e:
-        # soft_wrap: no line breaks inserted into the message (logs, CI); escape: ids may contain [brackets]
+        # soft_wrap: no line breaks inserted into the message (logs, CI);
+        # escape: ids may contain [brackets]
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -61,7 +61,8 @@ def config_show(
     from userseq.core.estimator import estimator_class, read_manifest
 
     if (run_dir is None) == (task is None):
-        raise ConfigError("give a run directory (userseq config show RUN) or --task NAME, not both.")
+        raise ConfigError("give a run directory (userseq config show RUN) or --task NAME, "
+                          "not both.")
     if task is not None:
         out.print(estimator_class(task).config_class().to_yaml(), end="", highlight=False)
         return

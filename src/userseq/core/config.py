@@ -158,8 +158,8 @@ class TaskConfig(StrictModel):
     """The whole configuration of one estimator (its sections are other `StrictModel`s).
 
     One way to read, override and write every task's config: `parse` (a mapping, every problem in
-    one ConfigError), `from_yaml` (a file, read with yaml.safe_load), `updated` (dotted overrides, as
-    the CLI's `--set section.key=value`) and `to_yaml`."""
+    one ConfigError), `from_yaml` (a file, read with yaml.safe_load), `updated` (dotted
+    overrides, as the CLI's `--set section.key=value`) and `to_yaml`."""
 
     @classmethod
     def parse(cls: type[Self], data: dict[str, Any] | None, source: str = "<config>") -> Self:
@@ -173,9 +173,10 @@ class TaskConfig(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def updated(self: Self, overrides: dict[str, Any], source: str = "overrides") -> Self:
-        """A copy with dotted overrides applied ({"train.epochs": 5}); the result is validated again."""
+        """A copy with dotted overrides applied ({"train.epochs": 5}), validated again."""
         overrides = {canonical_key(type(self), k): v for k, v in overrides.items()}
-        data = merge_overrides(self.model_dump(mode="json"), overrides, f"{source}: unknown config key")
+        error = f"{source}: unknown config key"
+        data = merge_overrides(self.model_dump(mode="json"), overrides, error)
         return type(self).parse(data, source)
 
     def flat(self) -> dict[str, Any]:

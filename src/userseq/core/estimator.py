@@ -41,7 +41,8 @@ MANIFEST = "estimator.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 
-ESTIMATORS: Registry[type[Estimator[Any]]] = Registry("task", "Each is a package of userseq (nextitem, ctr, ...).")
+ESTIMATORS: Registry[type[Estimator[Any]]] = Registry(
+    "task", "Each is a package of userseq (nextitem, ctr, ...).")
 
 
 class Estimator(Generic[ConfigT]):
@@ -70,21 +71,23 @@ class Estimator(Generic[ConfigT]):
         elif config is None or isinstance(config, dict):
             cfg = cls.config_class.parse(config, f"{name} config")
         else:
-            raise ConfigError(f"{name}: config must be a {cls.config_class.__name__}, a mapping or None "
+            want = cls.config_class.__name__
+            raise ConfigError(f"{name}: config must be a {want}, a mapping or None "
                               f"(got {type(config).__name__}).")
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
         return cfg.updated(over, source=f"{name} arguments") if over else cfg  # type: ignore[return-value]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """{"config": the config}; with deep=True also every setting as `section__key` (scikit-learn's
-        nested-parameter spelling, usable in a parameter grid)."""
+        """{"config": the config}; with deep=True also every setting as `section__key`
+        (scikit-learn's nested-parameter spelling, usable in a parameter grid)."""
         params: dict[str, Any] = {"config": self.config}
         if deep:
             params.update({k.replace(".", "__"): v for k, v in self.config.flat().items()})
         return params
 
     def set_params(self: E, **params: Any) -> E:
-        """Replace the config (`config=...`) and/or change settings (`train__lr=1e-3`, or dotted keys)."""
+        """Replace the config (`config=...`) and/or change settings (`train__lr=1e-3`, or
+        dotted keys)."""
         if "config" in params:
             self.config = self._resolve_config(params.pop("config"), None)
         if params:
@@ -117,8 +120,9 @@ class Estimator(Generic[ConfigT]):
         d.mkdir(parents=True, exist_ok=True)
         (d / CONFIG_FILE).write_text(self.config.to_yaml())
         self._save_state(d)
-        write_json({"task": self.task, "format_version": FORMAT_VERSION, "userseq_version": __version__,
-                    "estimator": f"{type(self).__module__}.{type(self).__qualname__}"}, d / MANIFEST)
+        cls = f"{type(self).__module__}.{type(self).__qualname__}"
+        write_json({"task": self.task, "format_version": FORMAT_VERSION,
+                    "userseq_version": __version__, "estimator": cls}, d / MANIFEST)
         return d
 
     @classmethod
@@ -132,8 +136,8 @@ class Estimator(Generic[ConfigT]):
         target = cls
         if cls.task != task:
             if cls.task:
-                raise ArtifactError(f"{d}: this is a '{task}' run, not a '{cls.task}' run; load it with "
-                                    f"the {task} estimator (or userseq.Estimator.load).")
+                raise ArtifactError(f"{d}: this is a '{task}' run, not a '{cls.task}' run; "
+                                    f"load it with the {task} estimator (or userseq.load).")
             target = estimator_class(task)
         cfg = target._read_config(d)
         est = target(config=cfg)
@@ -157,7 +161,8 @@ class Estimator(Generic[ConfigT]):
         raise NotImplementedError
 
     def write_metrics(self, run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Write `run_dir/metrics.json` (the task and format version first) and return what was written."""
+        """Write `run_dir/metrics.json` (the task and format version first); returns what was
+        written."""
         out = {"task": self.task, "format_version": FORMAT_VERSION, **metrics}
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_json(out, Path(run_dir) / METRICS_FILE)
@@ -185,15 +190,18 @@ def read_manifest(d: Path) -> dict[str, Any]:
         version = m.get("format_version", 1)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ArtifactError(
-                f"{d}: written by userseq {m.get('userseq_version', '?')} in run format {version}; this userseq "
-                f"({__version__}) reads formats up to {FORMAT_VERSION}. Upgrade userseq to load it.")
+                f"{d}: written by userseq {m.get('userseq_version', '?')} in run format "
+                f"{version}; this userseq ({__version__}) reads formats up to {FORMAT_VERSION}. "
+                "Upgrade userseq to load it.")
         return m
     task = legacy_task(d)
     if task is None:
         if (d / "checkpoint.safetensors").exists():
-            raise ArtifactError(f"{d}: training has not finished (a checkpoint but no saved model); wait for it, "
+            raise ArtifactError(f"{d}: training has not finished (a checkpoint but no saved "
+                                "model); wait for it, "
                                 "or continue it with `userseq train ... --resume`.")
-        raise ArtifactError(f"{d}: not a userseq run directory (no {MANIFEST}, {CONFIG_FILE} or model); "
+        raise ArtifactError(f"{d}: not a userseq run directory (no {MANIFEST}, {CONFIG_FILE} "
+                            "or model); "
                             "create one with `userseq train` (or `userseq ctr|detect train`).")
     return {"task": task, "format_version": 1}
 

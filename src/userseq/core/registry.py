@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """One registered choice: its name, the object, its config class (or None) and a one-line help."""
+    """One registered choice: its name, the object, its config class (or None) and a one-line
+    help."""
 
     name: str
     obj: T
@@ -51,9 +52,11 @@ class Registry(Generic[T]):
             for key in (name, *aliases):
                 taken = key in self._entries or key in self._aliases
                 if taken and not replace:
-                    raise ConfigError(f"{self.kind} '{key}' is already registered; choose another name "
+                    raise ConfigError(f"{self.kind} '{key}' is already registered; "
+                                      "choose another name "
                                       "or pass replace=True.")
-            doc = help if help is not None else (getattr(o, "__doc__", None) or "").strip().split("\n")[0]
+            doc = (getattr(o, "__doc__", None) or "").strip().split("\n")[0]
+            doc = help if help is not None else doc
             self._entries[name] = Entry(name, o, config, doc)
             for a in aliases:
                 self._aliases[a] = name
@@ -75,7 +78,8 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(str(name), [*self._entries, *self._aliases], n=1)
         maybe = f" Did you mean '{close[0]}'?" if close else ""
         hint = f" {self.hint}" if self.hint else ""
-        raise ConfigError(f"unknown {self.kind} '{name}'.{maybe} Choose one of: {', '.join(self.names())}.{hint}")
+        names = ", ".join(self.names())
+        raise ConfigError(f"unknown {self.kind} '{name}'.{maybe} Choose one of: {names}.{hint}")
 
     def get(self, name: str) -> Entry[T]:
         return self._entries[self.canonical(name)]
@@ -97,10 +101,12 @@ class Registry(Generic[T]):
 
 
 def decorator(registry: Registry[Any]) -> Callable[..., Any]:
-    """`registry.register` with a docstring naming the registry (the public `register_*` functions)."""
+    """`registry.register` with a docstring naming the registry (the public `register_*`
+    functions)."""
 
     def register(name: str, obj: Any = None, **kw: Any) -> Any:
         return registry.register(name, obj, **kw)
 
-    register.__doc__ = f"Register a {registry.kind} under `name` (decorator or direct call); see `Registry.register`."
+    register.__doc__ = (f"Register a {registry.kind} under `name` (decorator or direct call); "
+                        "see `Registry.register`.")
     return register

@@ -125,7 +125,8 @@ def dataset_dir(name: str, needs: str) -> Path:
 
 
 def read_wiki_vandals_frame(directory: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Raw VEWS edits (user_id, item_id=page title, timestamp + leakage columns) and the label table."""
+    """Raw VEWS edits (user_id, item_id=page title, timestamp + leakage columns) and the label
+    table."""
     return read_wiki_vandals(directory)
 
 
@@ -140,7 +141,8 @@ def load_petgen_wiki(directory: Path | None = None) -> TextData:
     """PETGEN Wikipedia post sequences (794 users, 5-20 posts, balanced)."""
     df = read_petgen_wiki(directory)
     return TextData(user_ids=df["user_id"], posts=df["posts"].to_list(),
-                    labels=df["label"].to_numpy().astype(np.int64), contexts=df["context"].to_list(),
+                    labels=df["label"].to_numpy().astype(np.int64),
+                    contexts=df["context"].to_list(),
                     source="petgen-wiki", relevancy=df["relevancy"].to_list())
 
 
@@ -323,36 +325,44 @@ def event_data(log: EventLog, labels: pl.DataFrame | None, with_leakage: bool = 
 
 def load_event_data(data: Any, labels: Any = None, columns: Columns | None = None,
                     with_leakage: bool = False) -> EventData:
-    """`--data` for event detectors: 'wiki-vandals' or an events file/DataFrame (+ a label table)."""
+    """`--data` for event detectors: 'wiki-vandals' or an events file/DataFrame (+ a label
+    table)."""
     if isinstance(data, str) and data == "wiki-vandals":
         events, default_labels = read_wiki_vandals_frame()
         log = EventLog.from_frame(events, source="wiki-vandals")
         lab = read_labels(labels) if labels is not None else default_labels
-        return event_data(log, lab, with_leakage=with_leakage, label_source=str(labels or "wiki-vandals users.tsv.gz"))
+        source = str(labels or "wiki-vandals users.tsv.gz")
+        return event_data(log, lab, with_leakage=with_leakage, label_source=source)
     if isinstance(data, str) and data == "petgen-wiki":
-        raise DataError("petgen-wiki holds post texts: use a text model (--model hlstm, cnn or minilm).")
+        raise DataError("petgen-wiki holds post texts: use a text model (--model hlstm, cnn or "
+                        "minilm).")
     log = EventLog.read(data, columns=columns or Columns())
     lab = read_labels(labels) if labels is not None else None
     return event_data(log, lab, with_leakage=with_leakage, label_source=str(labels))
 
 
 def load_text_data(data: Any, labels: Any = None, columns: Columns | None = None) -> TextData:
-    """`--data` for text detectors: 'petgen-wiki' or an events file with a text column (+ labels)."""
+    """`--data` for text detectors: 'petgen-wiki' or an events file with a text column
+    (+ labels)."""
     if isinstance(data, str) and data == "petgen-wiki":
         td = load_petgen_wiki()
         if labels is not None:
             td.labels = attach_labels(td.user_ids, read_labels(labels), str(labels))
         return td
     if isinstance(data, str) and data == "wiki-vandals":
-        raise DataError("wiki-vandals has no edit text: use an event model (--model gru or transformer).")
+        raise DataError("wiki-vandals has no edit text: use an event model (--model gru or "
+                        "transformer).")
     columns = columns or Columns()
     log = EventLog.read(data, columns=columns)
     if "text" not in log.frame.columns:
-        raise DataError(f"{log.source}: text models need a '{columns.text}' column with the post text of each event.")
+        raise DataError(f"{log.source}: text models need a '{columns.text}' column with the post "
+                        "text of each event.")
     offsets, _ = log.sequences()
     text = log.frame["text"].cast(pl.String).fill_null("").to_list()
     posts = [text[offsets[u]:offsets[u + 1]] for u in range(log.n_users)]
-    y = attach_labels(log.user_ids, read_labels(labels), str(labels)) if labels is not None else None
+    y = None
+    if labels is not None:
+        y = attach_labels(log.user_ids, read_labels(labels), str(labels))
     return TextData(user_ids=log.user_ids, posts=posts, labels=y, source=log.source)
 
 
