@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
 from userseq.detect.models import detect_model
+from userseq.encoders.transformer import heads_divide_dim
 
 
 class DetectModelConfig(StrictModel):
@@ -46,10 +47,7 @@ class DetectModelConfig(StrictModel):
     @field_validator("heads")
     @classmethod
     def _heads_divide(cls, v: int, info: Any) -> int:
-        dim = info.data.get("dim", 64)
-        if dim % v:
-            raise ValueError(f"heads ({v}) must divide dim ({dim})")
-        return v
+        return heads_divide_dim(v, info)
 
 
 def _train_defaults() -> TrainConfig:

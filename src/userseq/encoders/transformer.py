@@ -17,6 +17,13 @@ from userseq.encoders.config import EncoderConfig
 from userseq.items.base import IdEmbedding, ItemRepr
 
 
+def heads_divide_dim(heads: int, info: Any) -> int:
+    """Config check shared by every attention config: `heads` must divide `dim`."""
+    dim = info.data.get("dim", 64)
+    if dim % heads:
+        raise ValueError(f"heads ({heads}) must divide dim ({dim})")
+    return heads
+
 class TransformerConfig(EncoderConfig):
     """Settings of the transformer encoders (SASRec, BERT4Rec)."""
 
@@ -33,10 +40,7 @@ class TransformerConfig(EncoderConfig):
     @field_validator("heads")
     @classmethod
     def _heads_divide(cls, v: int, info: Any) -> int:
-        dim = info.data.get("dim", 64)
-        if dim % v:
-            raise ValueError(f"heads ({v}) must divide dim ({dim})")
-        return v
+        return heads_divide_dim(v, info)
 
 
 class TransformerEncoder(SequenceEncoder):
