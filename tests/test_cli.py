@@ -220,8 +220,6 @@ def test_set_and_seed_options(cli, tmp_path, synthetic_csv):
     """--set applies after --config and before the flags; --seed seeds training and the split."""
     import yaml
 
-    from userseq.nextitem.config import _split_seed_key
-
     config = write(tmp_path / "c.yaml", "model:\n  dim: 16\ntrain:\n  batch_size: 64\n")
     run = tmp_path / "run"
     res = cli("train", "-d", synthetic_csv, "-o", run, "--config", config, "--model", "bert4rec",
@@ -233,15 +231,14 @@ def test_set_and_seed_options(cli, tmp_path, synthetic_csv):
     assert cfg["model"]["name"] == "bert4rec" and cfg["model"]["mask_prob"] == 0.3
     assert cfg["model"]["dim"] == 8 and cfg["train"]["batch_size"] == 64  # --set over --config
     assert cfg["train"]["epochs"] == 1 and cfg["eval"]["ks"] == [5, 10]  # the flag over --set
-    section, key = _split_seed_key().split(".")
-    assert cfg["train"]["seed"] == 7 and cfg[section][key] == 7
+    assert cfg["train"]["seed"] == 7 and cfg["data"]["split_seed"] == 7
     assert json.loads((run / "metrics.json").read_text())["train"]["epochs"] == 1
     # --split-seed seeds the split alone
     res = cli("train", "-d", synthetic_csv, "-o", tmp_path / "r2", "--config", config, "--seed", "7",
               "--split-seed", "3", "--epochs", "1", "--quiet")
     assert res.code == 0, res.output
     cfg = yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())
-    assert cfg["train"]["seed"] == 7 and cfg[section][key] == 3
+    assert cfg["train"]["seed"] == 7 and cfg["data"]["split_seed"] == 3
     res = cli("train", "-d", synthetic_csv, "-o", tmp_path / "bad", "--set", "model.nope=1")
     assert_user_error(res, "--set: unknown config key 'model.nope'")
     assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "bad", "--set", "dim"),

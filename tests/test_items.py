@@ -18,6 +18,7 @@ import userseq
 from userseq import EventLog, NextItemRecommender
 from userseq.core.errors import ConfigError, DataError
 from userseq.data.split import cold_start_split, leave_one_out
+from userseq.encoders import encoder_config
 from userseq.items import ITEM_TABLES
 from userseq.items import text as text_mod
 from userseq.items.base import IdEmbedding
@@ -150,8 +151,8 @@ def test_item_tables_are_built_by_name_through_the_registry():
     # unified: (30 ids + 3 genres) x 2 look-ups x 2 features / 4 = 33 rows of 16 / 4 dims
     uni = build_items(_table_cfg("unified"), 30, features={"genres": genres})
     assert uni.table.shape == (33, 4)
-    bert = build_items(_table_cfg("full", name="bert4rec"), 30)
-    assert bert.table.weight.shape == (32, 16)  # + the [mask] row
+    bert = build_items(encoder_config("bert4rec", dim=16), 30)
+    assert bert.table.weight.shape == (32, 16)  # + the [mask] row (BERT4RecConfig.special_tokens)
 
 
 def test_unknown_item_table_is_the_registry_error():

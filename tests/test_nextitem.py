@@ -270,11 +270,11 @@ def test_overrides_switch_the_encoder_first():
 
 
 def test_cold_start_split_follows_the_split_seed(log):
-    from userseq.nextitem.config import _split_seed, _split_seed_key, split_kwargs
+    from userseq.nextitem.config import split_kwargs
 
-    key = _split_seed_key()
+    key = "data.split_seed"
     a = NextItemRecommender(overrides={"data.split": "cold-start", key: 3}).config
-    assert _split_seed(a) == 3 and split_kwargs(a)["seed"] == 3
+    assert a.data.split_seed == 3 and split_kwargs(a)["seed"] == 3
     from userseq.data.split import make_split
 
     s3 = make_split(log, "cold-start", **split_kwargs(a))
