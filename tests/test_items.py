@@ -173,7 +173,10 @@ def test_a_registered_item_table_is_built_by_build_items():
         return IdEmbedding(n_items, cfg.dim, special_tokens)
 
     try:
-        cfg = _table_cfg("test-half-full", name="bert4rec")
+        cfg = _table_cfg("test-half-full", name="bert4rec", special_tokens=1)
+        # the model config accepts the registered name, and a name nobody registered is an error
+        chosen = encoder_config("sasrec", dim=16, item_table="test-half-full")
+        assert type(build_items(chosen, 12)) is IdEmbedding
         table = build_items(cfg, 12, features={"genres": torch.zeros(13, 1, dtype=torch.long)})
         vectors = torch.randn(13, 8), torch.ones(13, dtype=torch.bool)
         text = build_items(SimpleNamespace(**{**vars(cfg), "items": "id+text"}), 12, text=vectors)
@@ -181,7 +184,9 @@ def test_a_registered_item_table_is_built_by_build_items():
         ITEM_TABLES.unregister("test-half-full")
     assert type(table) is IdEmbedding and table.table.weight.shape == (14, 16)
     assert type(text.ids) is IdEmbedding
-    assert calls == [(12, 1, ["genres"]), (12, 1, [])]
+    assert calls == [(12, 0, []), (12, 1, ["genres"]), (12, 1, [])]
+    with pytest.raises(ConfigError, match="unknown item table 'test-half-full'"):
+        encoder_config("sasrec", dim=16, item_table="test-half-full")
 
 
 # ---------------------------------------------------------------------- quantization

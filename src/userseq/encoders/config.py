@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from userseq.core.config import StrictModel
+from userseq.core.config import StrictModel, registered
+from userseq.items.registry import ITEM_TABLES
 
 
 class EncoderConfig(StrictModel):
@@ -27,8 +28,10 @@ class EncoderConfig(StrictModel):
     max_len: int = Field(200, ge=2)
     items: Literal["id", "text", "id+text"] = Field(
         "id", description="item representation (docs/items.md)")
-    item_table: Literal["full", "hash", "qr", "unified", "matryoshka"] = Field(
-        "full", description="how id vectors are stored; compressed tables use model.compression")
+    item_table: str = Field(
+        "full", description="how id vectors are stored, a name in userseq.items.ITEM_TABLES (full, "
+        "hash, qr, unified, matryoshka, or a registered one); compressed tables use "
+        "model.compression")
     compression: float = Field(
         1.0, ge=1, description="memory ratio of the item table vs the full fp32 table "
         "(matryoshka: dim / serving prefix)")
@@ -39,6 +42,11 @@ class EncoderConfig(StrictModel):
     quantize: Literal["none", "int8", "pq"] = Field("none", description="set by `userseq compress`")
     pq_subquantizers: int | None = Field(
         None, ge=1, description="set by `userseq compress --method pq`")
+
+    @field_validator("item_table")
+    @classmethod
+    def _known_item_table(cls, name: str) -> str:
+        return registered(ITEM_TABLES, name)
 
     @field_validator("compression")
     @classmethod
