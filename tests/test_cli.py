@@ -68,6 +68,32 @@ def test_evaluate_writes_metrics(cli, run):
     assert "wrote" in res.stdout
 
 
+def test_evaluate_set_changes_evaluation_settings_only(cli, run):
+    res = cli("evaluate", run, "--set", "eval.ks=[5]")
+    assert res.code == 0, res.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "ndcg@5" in metrics["test"] and "ndcg@10" not in metrics["test"]
+    assert_user_error(cli("evaluate", run, "--set", "model.dim=8"),
+                      "--set model.dim: evaluate can change evaluation settings only (eval.*)")
+    assert cli("evaluate", run).code == 0  # back to the run's own settings
+    assert "ndcg@10" in json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_config_show(cli, run):
+    import yaml
+
+    res = cli("config", "show", run)
+    assert res.code == 0, res.output
+    shown = yaml.safe_load(res.stdout)
+    assert shown["model"]["dim"] == 16 and shown["train"]["batch_size"] == 32  # the run's
+    assert shown["train"]["optimizer"] == "adam" and shown["data"]["split_seed"] == 0  # defaults
+    defaults = yaml.safe_load(cli("config", "show", "--task", "ctr").stdout)
+    assert defaults["model"]["name"] == "din" and "data" in defaults
+    assert_user_error(cli("config", "show"), "give a run directory")
+    assert_user_error(cli("config", "show", "--task", "nope"), "unknown task 'nope'")
+    assert_user_error(cli("config", "show", run.parent / "missing"), "run directory not found")
+
+
 def test_recommend_known_user_json(cli, run, synthetic_csv):
     res = cli("recommend", run, "--user", "u3", "-k", "5", "--json")
     assert res.code == 0, res.output

@@ -132,14 +132,22 @@ def evaluate(
     data: Annotated[str | None, Opt(help="evaluate on this data instead of the training data")
                     ] = None,
     filter_seen: Annotated[bool | None, Opt(help="filter history items from the ranking")] = None,
+    overrides: SetOption = None,
 ) -> None:
-    """Full-ranking evaluation of a saved run; writes RUN_DIR/metrics.json."""
+    """Full-ranking evaluation of a saved run; writes RUN_DIR/metrics.json. `--set` changes
+    evaluation settings (eval.ks, eval.filter_seen, ...)."""
     from userseq.data.load import load_events
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs
     from userseq.nextitem.estimator import NextItemRecommender
 
+    settings = parse_set(overrides)
+    trained = [k for k in settings if not k.startswith("eval.")]
+    if trained:
+        raise UserseqError(f"--set {trained[0]}: evaluate can change evaluation settings only "
+                           "(eval.*); the rest is fixed by the trained model.")
     rec = NextItemRecommender.load(run_dir)
+    rec.set_params(**settings)
     if filter_seen is not None:
         rec.set_params(eval__filter_seen=filter_seen)
     cfg = rec.config
