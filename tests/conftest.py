@@ -1,4 +1,5 @@
-"""Shared fixtures: small event tables and files, a tiny model config, and an in-process CLI runner."""
+"""Shared fixtures: small event tables and files, a tiny model config, and an in-process CLI
+runner."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def tiny_frame() -> pl.DataFrame:
     )
 
 
-def synthetic_events(n_users: int = 60, n_items: int = 30, length: int = 15, seed: int = 0) -> pl.DataFrame:
+def synthetic_events(
+    n_users: int = 60, n_items: int = 30, length: int = 15, seed: int = 0
+) -> pl.DataFrame:
     """A learnable log: each user walks the catalogue in steps of +1 (next item = last item + 1)."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -91,7 +94,8 @@ def invoke_cli(*args: object) -> CliResult:
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with mock.patch.object(sys, "argv", ["userseq", *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
+    argv = ["userseq", *map(str, args)]
+    with mock.patch.object(sys, "argv", argv), redirect_stdout(out), redirect_stderr(err):
         try:
             main()
         except SystemExit as e:

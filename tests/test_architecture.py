@@ -40,7 +40,8 @@ def _package(module: str) -> str:
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], int, bool]]:
-    """(imported module, imported names, line, at module level) for every userseq import in a file."""
+    """(imported module, imported names, line, at module level) for every userseq import in a
+    file."""
     module = _module_name(path)
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text(), str(path))
@@ -74,7 +75,9 @@ def _files() -> list[Path]:
 
 def test_every_package_has_a_layer():
     packages = {_package(_module_name(f)) for f in _files()}
-    assert packages - set(LAYERS) == set(), "add the new package to LAYERS (and to docs/architecture.md)"
+    assert packages - set(LAYERS) == set(), (
+        "add the new package to LAYERS (and to docs/architecture.md)"
+    )
 
 
 def test_imports_go_one_way():

@@ -2,8 +2,8 @@
 message on stderr, exit code 2 and no traceback.
 
 All commands run in-process through `userseq.cli.main` (the console-script entry point) with the
-`cli` fixture from conftest.py; `test_real_process_*` checks once that a separate process behaves the
-same way. A tiny model is trained once per module (`run` fixture).
+`cli` fixture from conftest.py; `test_real_process_*` checks once that a separate process behaves
+the same way. A tiny model is trained once per module (`run` fixture).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def run(cli, synthetic_csv, tiny_config, tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        res = cli("train", "--data", synthetic_csv.name, "--out", run_dir, "--config", tiny_config, "--epochs", "2",
-                  "--quiet")
+        res = cli("train", "--data", synthetic_csv.name, "--out", run_dir, "--config", tiny_config,
+                  "--epochs", "2", "--quiet")
     finally:
         os.chdir(cwd)
     assert res.code == 0, res.output
@@ -46,11 +46,13 @@ def run(cli, synthetic_csv, tiny_config, tmp_path_factory) -> Path:
 
 
 def test_train_writes_a_run(run, synthetic_csv):
-    for name in ("model.safetensors", "config.yaml", "user_ids.parquet", "item_ids.parquet", "metrics.json"):
+    for name in ("model.safetensors", "config.yaml", "user_ids.parquet", "item_ids.parquet",
+                 "metrics.json"):
         assert (run / name).is_file(), name
     config = (run / "config.yaml").read_text()
     assert "dim: 16" in config and "max_len: 20" in config and "batch_size: 32" in config
-    assert f"dataset: {synthetic_csv.resolve()}" in config  # recorded absolute: `evaluate` works from anywhere
+    # recorded absolute: `evaluate` works from anywhere
+    assert f"dataset: {synthetic_csv.resolve()}" in config
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["epochs"] == 2
     assert metrics["data"] == {**metrics["data"], "users": 60, "items": 30, "events": 900}
@@ -161,11 +163,13 @@ def test_validate_clean_file_and_options(cli, tmp_path, synthetic_csv):
 
 
 def test_missing_file(cli, tmp_path):
-    assert_user_error(cli("validate", tmp_path / "nope.csv"), str(tmp_path / "nope.csv"), "file not found")
+    assert_user_error(cli("validate", tmp_path / "nope.csv"), str(tmp_path / "nope.csv"),
+                      "file not found")
 
 
 def test_empty_file(cli, tmp_path):
-    assert_user_error(cli("validate", write(tmp_path / "e.csv", "")), "e.csv", "file is empty (0 bytes)")
+    assert_user_error(cli("validate", write(tmp_path / "e.csv", "")), "e.csv",
+                      "file is empty (0 bytes)")
 
 
 def test_header_only_file(cli, tmp_path):
@@ -176,7 +180,8 @@ def test_header_only_file(cli, tmp_path):
 def test_misnamed_column(cli, tmp_path):
     path = write(tmp_path / "e.csv", "userid,item_id,timestamp\nu1,a,1\n")
     assert_user_error(cli("validate", path), "missing required user column 'user_id'",
-                      "Found columns: ['userid', 'item_id', 'timestamp']", "Did you mean 'userid'?", "--user-col")
+                      "Found columns: ['userid', 'item_id', 'timestamp']", "Did you mean 'userid'?",
+                      "--user-col")
     assert cli("validate", path, "--user-col", "userid").code == 0  # the suggested fix works
 
 
@@ -188,19 +193,21 @@ def test_misnamed_column_in_train(cli, tmp_path, tiny_config):
 
 def test_null_ids(cli, tmp_path):
     path = write(tmp_path / "e.csv", "user_id,item_id,timestamp\nu1,a,1\n,b,2\nu2,c,3\n")
-    assert_user_error(cli("validate", path), "e.csv", "column 'user_id' has 1 null/empty ids (line 3)")
+    assert_user_error(cli("validate", path), "e.csv",
+                      "column 'user_id' has 1 null/empty ids (line 3)")
 
 
 def test_unparsable_timestamps(cli, tmp_path):
     path = write(tmp_path / "e.csv", "user_id,item_id,timestamp\nu1,a,2024-01-01\nu1,b,yesterday\n")
-    assert_user_error(cli("validate", path), "e.csv", "column 'timestamp'", "line 3: 'yesterday'", "ISO 8601")
+    assert_user_error(cli("validate", path), "e.csv", "column 'timestamp'", "line 3: 'yesterday'",
+                      "ISO 8601")
 
 
 def test_mixed_id_types_in_jsonl(cli, tmp_path):
     path = write(tmp_path / "e.jsonl", '{"user_id": 1, "item_id": "a", "timestamp": 1}\n'
                                        '{"user_id": "x", "item_id": "b", "timestamp": 2}\n')
-    assert_user_error(cli("validate", path), "e.jsonl", "column 'user_id' mixes JSON numbers and strings",
-                      "1-based row 2: 'x'")
+    assert_user_error(cli("validate", path), "e.jsonl",
+                      "column 'user_id' mixes JSON numbers and strings", "1-based row 2: 'x'")
 
 
 def test_ragged_csv(cli, tmp_path):
@@ -210,14 +217,17 @@ def test_ragged_csv(cli, tmp_path):
 
 def test_single_event_user_under_leave_one_out(cli, tmp_path, tiny_config):
     path = write(tmp_path / "e.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu1,c,3\nu2,a,1\n")
-    assert_user_error(cli("train", "-d", path, "-o", tmp_path / "run", "--config", tiny_config, "--quiet"),
-                      "leave-one-out needs at least 3 events per user", "'u2' has 1", "--min-user-events 3")
+    assert_user_error(cli("train", "-d", path, "-o", tmp_path / "run", "--config", tiny_config,
+                          "--quiet"),
+                      "leave-one-out needs at least 3 events per user", "'u2' has 1",
+                      "--min-user-events 3")
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_dataset_name(cli, tmp_path):
     assert_user_error(cli("train", "-d", "ml1m", "-o", tmp_path / "run"),
-                      "ml1m: not a known dataset name", "Did you mean 'ml-1m'?", "userseq datasets list")
+                      "ml1m: not a known dataset name", "Did you mean 'ml-1m'?",
+                      "userseq datasets list")
     assert_user_error(cli("validate", "no-such-dataset"), "not a known dataset name", "ml-100k")
 
 
@@ -226,8 +236,8 @@ def test_unknown_dataset_name(cli, tmp_path):
 
 def test_unknown_model(cli, tmp_path, synthetic_csv):
     assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--model", "foo"),
-                      "--model foo", "unknown encoder 'foo'", "Choose one of:", "sasrec", "bert4rec",
-                      "gru4rec", "userseq.register_encoder")
+                      "--model foo", "unknown encoder 'foo'", "Choose one of:", "sasrec",
+                      "bert4rec", "gru4rec", "userseq.register_encoder")
     assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--loss", "cee"),
                       "--loss cee", "unknown loss 'cee'", "Did you mean 'ce'?")
 
@@ -260,8 +270,8 @@ def test_set_and_seed_options(cli, tmp_path, synthetic_csv):
     assert cfg["train"]["seed"] == 7 and cfg["data"]["split_seed"] == 7
     assert json.loads((run / "metrics.json").read_text())["train"]["epochs"] == 1
     # --split-seed seeds the split alone
-    res = cli("train", "-d", synthetic_csv, "-o", tmp_path / "r2", "--config", config, "--seed", "7",
-              "--split-seed", "3", "--epochs", "1", "--quiet")
+    res = cli("train", "-d", synthetic_csv, "-o", tmp_path / "r2", "--config", config, "--seed",
+              "7", "--split-seed", "3", "--epochs", "1", "--quiet")
     assert res.code == 0, res.output
     cfg = yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())
     assert cfg["train"]["seed"] == 7 and cfg["data"]["split_seed"] == 3
@@ -294,10 +304,12 @@ def test_bad_config_value(cli, tmp_path, synthetic_csv):
 
 
 def test_bad_config_file(cli, tmp_path, synthetic_csv):
-    assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--config", tmp_path / "no.yaml"),
+    assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--config",
+                          tmp_path / "no.yaml"),
                       "config file not found")
     config = write(tmp_path / "c.yaml", "model: [\n")
-    assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--config", config), "not valid YAML")
+    assert_user_error(cli("train", "-d", synthetic_csv, "-o", tmp_path / "run", "--config", config),
+                      "not valid YAML")
 
 
 # --------------------------------------------------------------------------- bad runs and requests
@@ -309,23 +321,27 @@ def test_truncated_checkpoint(cli, run, tmp_path):
     model = broken / "model.safetensors"
     for size in (model.stat().st_size // 2, 4):
         os.truncate(model, size)
-        for args in (("recommend", broken, "--user", "u1"), ("evaluate", broken), ("embed", broken, "-o",
-                                                                                   tmp_path / "u.parquet")):
-            assert_user_error(cli(*args), "model.safetensors", "corrupt or truncated checkpoint", "Retrain")
+        for args in (("recommend", broken, "--user", "u1"), ("evaluate", broken),
+                     ("embed", broken, "-o", tmp_path / "u.parquet")):
+            assert_user_error(cli(*args), "model.safetensors", "corrupt or truncated checkpoint",
+                              "Retrain")
 
 
 def test_missing_run_files(cli, run, tmp_path):
-    assert_user_error(cli("recommend", tmp_path / "nope", "--user", "u1"), "run directory not found")
+    assert_user_error(cli("recommend", tmp_path / "nope", "--user", "u1"),
+                      "run directory not found")
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     (broken / "model.safetensors").unlink()
-    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors is missing", "--resume")
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors is missing",
+                      "--resume")
     (broken / "checkpoint.safetensors").unlink()
     assert_user_error(cli("recommend", broken, "--user", "u1"), "not a userseq run directory")
 
 
 def test_unknown_user(cli, run):
-    assert_user_error(cli("recommend", run, "--user", "nobody"), "unknown user(s) ['nobody']", "--history")
+    assert_user_error(cli("recommend", run, "--user", "nobody"), "unknown user(s) ['nobody']",
+                      "--history")
 
 
 def test_unknown_history_item(cli, run):
@@ -335,7 +351,8 @@ def test_unknown_history_item(cli, run):
 
 @pytest.mark.parametrize("k", ["0", "-3"])
 def test_k_must_be_positive(cli, run, k):
-    assert_user_error(cli("recommend", run, "--user", "u1", "-k", k), f"-k must be a positive integer (got {k})")
+    assert_user_error(cli("recommend", run, "--user", "u1", "-k", k),
+                      f"-k must be a positive integer (got {k})")
 
 
 def test_recommend_needs_user_or_history(cli, run):
@@ -356,12 +373,15 @@ def test_embed_into_missing_directory(cli, run, tmp_path):
 
 def test_markup_in_messages_is_printed_verbatim(cli, tmp_path):
     path = write(tmp_path / "e.csv", "[bold]user,item_id,timestamp\nu1,a,1\n")
-    assert_user_error(cli("validate", path), "Found columns: ['[bold]user', 'item_id', 'timestamp']")
+    assert_user_error(cli("validate", path),
+                      "Found columns: ['[bold]user', 'item_id', 'timestamp']")
 
 
 def test_real_process_exit_code_and_stderr(tmp_path):
-    """The same contract from a separate process: `python -m userseq.cli` (as the `userseq` script)."""
-    proc = subprocess.run([sys.executable, "-m", "userseq.cli", "validate", str(tmp_path / "nope.csv")],
+    """The same contract from a separate process: `python -m userseq.cli` (as the `userseq`
+    script)."""
+    proc = subprocess.run([sys.executable, "-m", "userseq.cli", "validate",
+                           str(tmp_path / "nope.csv")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "file not found" in proc.stderr and proc.stdout == ""

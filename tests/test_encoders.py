@@ -73,7 +73,8 @@ class _FeatureItems(torch.nn.Module):
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
 def test_features_reach_the_item_representation(name):
     torch.manual_seed(0)
-    enc = build_encoder(encoder_config(name, dim=8, max_len=8), 20, items=_FeatureItems(20, 8)).eval()
+    enc = build_encoder(encoder_config(name, dim=8, max_len=8), 20,
+                        items=_FeatureItems(20, 8)).eval()
     x = torch.randint(1, 21, (3, 6))
     x[0, :2] = 0
     f = torch.randn(3, 6, 1)
@@ -117,11 +118,13 @@ def test_each_encoder_is_registered_with_its_own_config(name):
     assert entry.config().name == name  # the config class defaults to its registered name
     cfg = encoder_config(name, dim=8, max_len=6)
     assert type(cfg) is entry.config and (cfg.dim, cfg.max_len) == (8, 6)
-    assert type(build_encoder(cfg, 12)) is entry.obj  # one construction: EncoderClass(config, items)
+    # one construction: EncoderClass(config, items)
+    assert type(build_encoder(cfg, 12)) is entry.obj
 
 
 def test_settings_belong_to_their_encoder():
-    sas, gru, bert = (ENCODERS.get(n).config.model_fields for n in ("sasrec", "gru4rec", "bert4rec"))
+    sas, gru, bert = (ENCODERS.get(n).config.model_fields
+                      for n in ("sasrec", "gru4rec", "bert4rec"))
     assert {"heads", "ffn_dim", "attn_dropout", "init_std"} <= set(sas) and "mask_prob" not in sas
     assert not {"heads", "ffn_dim", "attn_dropout", "init_std", "mask_prob"} & set(gru)
     assert "mask_prob" in bert
@@ -144,9 +147,10 @@ def test_encoder_config_drops_only_the_common_settings_an_encoder_lacks():
 def test_bert4rec_reserves_the_mask_row_in_any_item_table():
     from userseq.items.factory import special_tokens
 
-    assert [special_tokens(encoder_config(n)) for n in ("sasrec", "gru4rec", "bert4rec")] == [0, 0, 1]
-    enc = build_encoder(encoder_config("bert4rec", dim=8, max_len=6, item_table="hash", compression=2),
-                        n_items=20)
+    assert [special_tokens(encoder_config(n))
+            for n in ("sasrec", "gru4rec", "bert4rec")] == [0, 0, 1]
+    cfg = encoder_config("bert4rec", dim=8, max_len=6, item_table="hash", compression=2)
+    enc = build_encoder(cfg, n_items=20)
     assert enc.mask_token() == 21
     x = torch.tensor([[0, 3, 5, 21]])
     assert enc(x, x > 0).shape == (1, 4, 8)

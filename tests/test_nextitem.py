@@ -11,8 +11,8 @@ from userseq.core.errors import ArtifactError, ConfigError, UserseqError
 from userseq.data.split import leave_one_out
 
 SMALL = {
-    "model.dim": 32, "model.max_len": 16, "model.heads": 2, "train.batch_size": 32, "train.epochs": 12,
-    "train.lr": 5e-3, "train.patience": 12, "eval.ks": [1, 10],
+    "model.dim": 32, "model.max_len": 16, "model.heads": 2, "train.batch_size": 32,
+    "train.epochs": 12, "train.lr": 5e-3, "train.patience": 12, "eval.ks": [1, 10],
 }
 
 
@@ -24,7 +24,8 @@ def cyclic_log(n_users=120, n_items=40, length=14, seed=0) -> EventLog:
         start = rng.integers(n_items)
         for t in range(length):
             rows.append((f"u{u}", f"i{(start + t) % n_items}", t))
-    return EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row"))
+    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    return EventLog.from_frame(frame)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,12 @@ def test_sasrec_learns_the_pattern(log, fitted):
     assert m["users"] == 120
 
 
-@pytest.mark.parametrize("model,loss", [("gru4rec", "ce"), ("bert4rec", "ce"), ("sasrec", "sampled_softmax"),
-                                        ("sasrec", "gbce"), ("sasrec", "bce")])
+@pytest.mark.parametrize("model,loss", [("gru4rec", "ce"), ("bert4rec", "ce"),
+                                        ("sasrec", "sampled_softmax"), ("sasrec", "gbce"),
+                                        ("sasrec", "bce")])
 def test_other_encoders_and_losses_learn(log, model, loss):
-    over = {**SMALL, "loss.name": loss, "loss.negatives": 16, "train.epochs": 20 if model == "bert4rec" else 12}
+    over = {**SMALL, "loss.name": loss, "loss.negatives": 16,
+            "train.epochs": 20 if model == "bert4rec" else 12}
     rec = NextItemRecommender(model, overrides=over).fit(log, quiet=True)
     m = rec.evaluate(leave_one_out(log).test)
     assert m["hr@10"] > 0.5, (model, loss, m)
@@ -64,8 +67,8 @@ def test_save_load_gives_identical_recommendations(fitted):
     assert a.equals(b)
     np.testing.assert_array_equal(rec.user_embeddings(), loaded.user_embeddings())
     np.testing.assert_array_equal(rec.item_embeddings(), loaded.item_embeddings())
-    for name in ("config.yaml", "model.safetensors", "user_ids.parquet", "item_ids.parquet", "run.json",
-                 "metrics.json"):
+    for name in ("config.yaml", "model.safetensors", "user_ids.parquet", "item_ids.parquet",
+                 "run.json", "metrics.json"):
         assert (run / name).exists()
     metrics = read_json(run / "metrics.json")
     assert metrics["test"]["hr@10"] > 0.9 and metrics["filter_seen"] is True
@@ -150,7 +153,8 @@ def test_seed_reproducibility(log):
     over = {**SMALL, "train.epochs": 2}
     a = NextItemRecommender("sasrec", overrides=over).fit(log, quiet=True)
     b = NextItemRecommender("sasrec", overrides=over).fit(log, quiet=True)
-    for (k, va), (_, vb) in zip(a.encoder_.state_dict().items(), b.encoder_.state_dict().items(), strict=True):
+    for (k, va), (_, vb) in zip(a.encoder_.state_dict().items(), b.encoder_.state_dict().items(),
+                                strict=True):
         assert torch.equal(va, vb), k
 
 
@@ -194,7 +198,8 @@ def test_fitted_state_has_trailing_underscores(log, fitted):
 
 
 def _old_flat_model_section(model: dict) -> dict:
-    """The `model:` section as userseq 0.1 wrote it: one flat config with every encoder's settings."""
+    """The `model:` section as userseq 0.1 wrote it: one flat config with every encoder's
+    settings."""
     flat = {"name": model["name"], "dim": model["dim"], "layers": 2, "heads": 1, "dropout": 0.1,
             "max_len": model["max_len"], "ffn_dim": None, "mask_prob": 0.2, "attn_dropout": 0.0,
             "init_std": None}
@@ -231,7 +236,8 @@ def test_a_newer_run_format_is_a_clear_error(fitted, tmp_path):
     shutil.copytree(run, new)
     manifest = read_json(new / "estimator.json")
     write_json({**manifest, "format_version": 99, "userseq_version": "9.0"}, new / "estimator.json")
-    with pytest.raises(ArtifactError, match="run format 99.*reads formats up to 2. Upgrade userseq"):
+    with pytest.raises(ArtifactError,
+                       match="run format 99.*reads formats up to 2. Upgrade userseq"):
         NextItemRecommender.load(new)
     write_json({**manifest, "task": "ctr"}, new / "estimator.json")
     with pytest.raises(ArtifactError, match="this is a 'ctr' run, not a 'nextitem' run"):

@@ -71,7 +71,8 @@ def test_gbce_beta_matches_paper_formula():
     torch.manual_seed(5)
     neg = loss.ctx.sampler("uniform").sample((6, 4), h.device)
     assert a.item() == pytest.approx(gbce(h, t, W, neg, beta=1.0).item(), rel=1e-6)
-    # transformed positive logit: gamma(s) = log(1 / (sigmoid(s)^-beta - 1)); beta < 1 lowers the positive's loss
+    # transformed positive logit: gamma(s) = log(1 / (sigmoid(s)^-beta - 1));
+    # beta < 1 lowers the positive's loss
     s = torch.tensor([0.3])
     beta = 0.5
     gamma = torch.log(1 / (torch.sigmoid(s) ** -beta - 1))
