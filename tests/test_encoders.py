@@ -144,6 +144,18 @@ def test_encoder_config_drops_only_the_common_settings_an_encoder_lacks():
         encoder_config("sasrec", dim=8, heads=3)
 
 
+
+def test_overrides_drop_common_settings_but_refuse_other_encoders_own():
+    from userseq.nextitem.config import RunConfig
+
+    gru = RunConfig().updated({"model.name": "gru4rec", "model.heads": 4, "model.dim": 8})
+    assert gru.model.name == "gru4rec" and gru.model.dim == 8 and not hasattr(gru.model, "heads")
+    with pytest.raises(ConfigError, match="'model.mask_prob' is not a setting of encoder 'sasrec'"):
+        RunConfig().updated({"model.mask_prob": 0.3})  # would be silently ignored otherwise
+    bert = RunConfig().updated({"model.name": "bert4rec", "model.mask_prob": 0.3})
+    assert bert.model.mask_prob == 0.3
+
+
 def test_bert4rec_reserves_the_mask_row_in_any_item_table():
     from userseq.items.factory import special_tokens
 

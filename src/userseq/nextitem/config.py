@@ -11,8 +11,10 @@ from typing import Any
 from pydantic import Field, SerializeAsAny, field_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
+from userseq.core.errors import ConfigError
 from userseq.data.config import DataConfig
 from userseq.encoders import (
+    COMMON_SETTINGS,
     DEFAULT_ENCODER,
     EncoderConfig,
     encoder_config,
@@ -52,15 +54,26 @@ class RunConfig(TaskConfig):
 
     def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
         """`TaskConfig.updated`, with `model.name` applied first: the encoder decides which
-        `model.*` keys exist (`{"model.name": "bert4rec", "model.mask_prob": 0.3}` works). As
-        when a config file is read, settings of other encoders are dropped, so one set of
-        overrides serves every encoder (`model.heads` does nothing for gru4rec)."""
+        `model.*` keys exist (`{"model.name": "bert4rec", "model.mask_prob": 0.3}` works). The
+        common settings (`COMMON_SETTINGS`: dim, layers, heads, dropout, max_len) that the chosen
+        encoder lacks are dropped, so one set of overrides serves every encoder (`model.heads`
+        does nothing for gru4rec); any other setting of another encoder is an error, never
+        silently ignored (`model.mask_prob` for sasrec)."""
         over = dict(overrides)
         name = over.pop("model.name", None)
         cfg = super().updated({"model.name": name}, source) if name is not None else self
-        over = {k: v for k, v in over.items()
-                if not (k.startswith("model.") and other_encoder_setting(cfg.model, k[6:]))}
-        return TaskConfig.updated(cfg, over, source) if over else cfg
+        kept = {}
+        for k, v in over.items():
+            field = k.removeprefix("model.")
+            if k.startswith("model.") and other_encoder_setting(cfg.model, field):
+                if field in COMMON_SETTINGS:
+                    continue
+                allowed = ", ".join(type(cfg.model).model_fields)
+                raise ConfigError(f"{source}: '{k}' is not a setting of encoder "
+                                  f"'{cfg.model.name}' (it belongs to another encoder); its "
+                                  f"settings are: {allowed}.")
+            kept[k] = v
+        return TaskConfig.updated(cfg, kept, source) if kept else cfg
 
 
 def split_kwargs(cfg: RunConfig) -> dict[str, Any]:
