@@ -285,3 +285,16 @@ def test_tied_weights_checkpoint_and_best_file(tmp_path, with_run_dir):
                                                model=Tied())
     assert trainer.state.best_epoch == 1 and _same(model, per_epoch[0]["weights"])
     assert model.out.weight is model.inp.weight  # still tied after loading the best weights
+
+
+def test_a_monitor_that_validation_does_not_compute_is_a_clear_error():
+    from conftest import synthetic_events
+
+    from userseq import EventLog, NextItemRecommender
+
+    log = EventLog.from_frame(synthetic_events(n_users=20, n_items=10, length=5))
+    rec = NextItemRecommender("gru4rec", overrides={"model.dim": 8, "train.epochs": 1,
+                                                    "eval.ks": [5]})  # monitor: ndcg@10
+    with pytest.raises(ConfigError, match=r"train.monitor 'ndcg@10' is not among the validation "
+                                          r"metrics \(.*ndcg@5.*\)"):
+        rec.fit(log, quiet=True)

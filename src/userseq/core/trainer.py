@@ -249,6 +249,10 @@ class Trainer:
         with torch.no_grad():
             metrics = run.validate(run.model)
         monitor, s = self.cfg.monitor, self.state
+        if monitor not in metrics:
+            raise ConfigError(f"train.monitor '{monitor}' is not among the validation metrics "
+                              f"({', '.join(sorted(metrics))}); choose one of them (e.g. with "
+                              f"--set train.monitor=...), or add its cut-off to eval.ks.")
         value = metrics[monitor]
         if self._improved(value):
             s.best_metric, s.best_epoch, s.bad_epochs = value, epoch, 0
