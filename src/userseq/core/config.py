@@ -163,7 +163,13 @@ class TaskConfig(StrictModel):
 
     @classmethod
     def parse(cls: type[Self], data: dict[str, Any] | None, source: str = "<config>") -> Self:
-        return validate_config(cls, data, source)
+        """Validate a mapping. A partial section keeps the task's own defaults for the keys it
+        leaves out (CTR trains with `monitor: auc` and batch 512; `train: {epochs: 5}` in a CTR
+        config changes only the epochs)."""
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections "
+                              f"({', '.join(cls.model_fields)}), got {type(data).__name__}.")
+        return validate_config(cls, with_task_defaults(cls, data), source)
 
     @classmethod
     def from_yaml(cls: type[Self], path: str | Path | None) -> Self:
@@ -206,3 +212,23 @@ def canonical_key(model: type[BaseModel], key: str) -> str:
         field = getattr(node, "model_fields", {}).get(part) if isinstance(node, type) else None
         node = field.annotation if field is not None else None
     return ".".join(out)
+
+
+def with_task_defaults(model: type[BaseModel],
+                       data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`data` with each partial section completed by the task's default for that section: the
+    settings where the section's `default_factory` differs from the section class's own defaults
+    (e.g. CTR's `train.monitor: auc`), so a partial section never falls back to another task's."""
+    if not data:
+        return data
+    out = dict(data)
+    for name, field in model.model_fields.items():
+        given = out.get(name)
+        if not isinstance(given, dict) or field.default_factory is None:
+            continue
+        default = field.default_factory()
+        if isinstance(default, BaseModel):
+            own = default.model_dump(mode="json", exclude_defaults=True)
+            if own:
+                out[name] = {**own, **given}
+    return out

@@ -7,12 +7,11 @@ defaults differ only in the monitored metric (`auc`) and the batch size / patien
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from userseq.core.config import StrictModel, TaskConfig, TrainConfig, validate_config
-from userseq.core.errors import ConfigError
+from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 
 MONITORS = ("auc", "gauc", "neg_logloss")
 
@@ -113,14 +112,3 @@ class CTRConfig(TaskConfig):
             raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)} for CTR "
                              f"(got {self.train.monitor!r})")
         return self
-
-    @classmethod
-    def parse(cls, data: dict[str, Any] | None, source: str = "<config>") -> CTRConfig:
-        """Validate a mapping; a partial `train` section keeps the CTR training defaults for the
-        keys it leaves out (monitor auc, batch size 512, patience 2, ...)."""
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data, model, train.")
-        merged = dict(data or {})
-        if isinstance(merged.get("train"), dict):
-            merged["train"] = {**_train_defaults().model_dump(mode="json"), **merged["train"]}
-        return validate_config(cls, merged, source)
