@@ -153,3 +153,17 @@ def test_the_checker_sees_a_planted_upward_import(tmp_path, monkeypatch):
         assert "core -> serve" in str(e)
     else:
         raise AssertionError("the planted upward import was not reported")
+
+
+def test_the_public_api_resolves_and_is_documented():
+    import re
+
+    import userseq
+
+    api = (SRC.parents[1] / "docs" / "api.md").read_text()
+    missing = []
+    for name in userseq.__all__:
+        assert getattr(userseq, name) is not None, name
+        if name != "__version__" and not re.search(rf"\b{name}\b", api):
+            missing.append(name)
+    assert missing == [], f"public names missing from docs/api.md: {missing}"

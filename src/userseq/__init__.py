@@ -21,26 +21,36 @@ from userseq.data.eventlog import EventLog
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
+    # the estimator contract and the four task estimators
     "Estimator": "userseq.core.estimator",
     "load": "userseq.core.estimator",
-    "Registry": "userseq.core.registry",
-    "register_dataset": "userseq.data.datasets",
-    "TrainConfig": "userseq.core.config",
-    "Trainer": "userseq.core.trainer",
-    "register_optimizer": "userseq.core.optim",
-    "register_scheduler": "userseq.core.optim",
-    "register_item_table": "userseq.items",
     "NextItemRecommender": "userseq.nextitem.estimator",
-    "UserDetector": "userseq.detect.estimator",
     "CTREstimator": "userseq.ctr.estimator",
+    "UserDetector": "userseq.detect.estimator",
     "Attacker": "userseq.attack.estimator",
+    # training
+    "Trainer": "userseq.core.trainer",
+    "TrainConfig": "userseq.core.config",
+    "TaskConfig": "userseq.core.config",
+    # registries and their decorators
+    "Registry": "userseq.core.registry",
+    "ESTIMATORS": "userseq.core.estimator",
+    "ENCODERS": "userseq.encoders",
     "register_encoder": "userseq.encoders",
+    "LOSSES": "userseq.losses",
     "register_loss": "userseq.losses",
+    "OPTIMIZERS": "userseq.core.optim",
+    "register_optimizer": "userseq.core.optim",
+    "SCHEDULERS": "userseq.core.optim",
+    "register_scheduler": "userseq.core.optim",
+    "ITEM_TABLES": "userseq.items",
+    "register_item_table": "userseq.items",
+    "DATASETS": "userseq.data.datasets",
+    "register_dataset": "userseq.data.datasets",
 }
 
 __all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError",
-           "UserseqError",
-           "__version__", *_LAZY]
+           "UserseqError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
