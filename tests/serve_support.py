@@ -9,6 +9,8 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,3 +71,15 @@ def item_meta() -> pl.DataFrame:
         "title": [f"Film {FIRST_ITEM + i}" for i in range(N_ITEMS)],
         "genres": [[genres[i % 4]] for i in range(N_ITEMS)],
     })
+
+
+@contextmanager
+def fresh_service(dest: Path, **options) -> Iterator:
+    """A `Service` over a fresh copy of the trained run (closed on exit)."""
+    from userseq.serve.service import Service
+
+    svc = Service.from_run(fresh_run(dest), **options)
+    try:
+        yield svc
+    finally:
+        svc.close()

@@ -31,18 +31,15 @@ from schemathesis.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
-from serve_support import FIRST_ITEM, N_ITEMS, fresh_run, item_meta, next_item  # noqa: E402
+from serve_support import FIRST_ITEM, N_ITEMS, fresh_run, fresh_service, item_meta, next_item  # noqa: E402
 
 from userseq.serve.app import create_app  # noqa: E402
-from userseq.serve.service import Service  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    run = fresh_run(tmp_path_factory.mktemp("serve"))
-    svc = Service.from_run(run, item_meta=item_meta())
-    yield svc
-    svc.close()
+    with fresh_service(tmp_path_factory.mktemp("serve"), item_meta=item_meta()) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,13 @@ pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'us
 
 from detect_support import TINY, synthetic_detect, synthetic_text  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_support import fresh_run  # noqa: E402
+from serve_support import fresh_run, fresh_service  # noqa: E402
 
 from userseq.data.eventlog import EventLog  # noqa: E402
 from userseq.detect.data import event_data, stratified_split  # noqa: E402
 from userseq.detect.estimator import UserDetector, train_and_evaluate  # noqa: E402
 from userseq.serve.app import create_app  # noqa: E402
 from userseq.serve.routes.detect import DetectorService  # noqa: E402
-from userseq.serve.service import Service  # noqa: E402
 
 T0 = 1_700_000_000
 # the synthetic pattern (detect_support.synthetic_detect): vandals hit hot articles seconds apart,
@@ -47,9 +46,8 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service.from_run(fresh_run(tmp_path_factory.mktemp("serve")))
-    yield svc
-    svc.close()
+    with fresh_service(tmp_path_factory.mktemp("serve")) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")

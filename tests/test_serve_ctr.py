@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'userseq[serve]')")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_support import fresh_run  # noqa: E402
+from serve_support import fresh_run, fresh_service  # noqa: E402
 
 from userseq.ctr.config import CTRConfig  # noqa: E402
 from userseq.ctr.estimator import CTREstimator, ctr_data_from  # noqa: E402
@@ -19,7 +19,6 @@ from userseq.ctr.synthetic import synthetic_ctr_events  # noqa: E402
 from userseq.data.eventlog import EventLog  # noqa: E402
 from userseq.serve.app import create_app  # noqa: E402
 from userseq.serve.routes.ctr import CTRService  # noqa: E402
-from userseq.serve.service import Service  # noqa: E402
 
 TINY = {"model.item_dim": 8, "model.cat_dim": 4, "model.user_dim": 4, "model.mlp": [16],
         "model.att_hidden": [8], "model.top_k": 5, "train.batch_size": 256, "train.threads": 1,
@@ -39,9 +38,8 @@ def ctr_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service.from_run(fresh_run(tmp_path_factory.mktemp("serve")))
-    yield svc
-    svc.close()
+    with fresh_service(tmp_path_factory.mktemp("serve")) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")
