@@ -124,15 +124,9 @@ def dataset_dir(name: str, needs: str) -> Path:
     return path
 
 
-def read_wiki_vandals_frame(directory: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Raw VEWS edits (user_id, item_id=page title, timestamp + leakage columns) and the label
-    table."""
-    return read_wiki_vandals(directory)
-
-
 def load_wiki_vandals(with_leakage: bool = False, directory: Path | None = None) -> EventData:
     """VEWS edits as `EventData`; `with_leakage` adds the after-the-fact columns as features."""
-    events, labels = read_wiki_vandals_frame(directory)
+    events, labels = read_wiki_vandals(directory)
     log = EventLog.from_frame(events, source="wiki-vandals")
     return event_data(log, labels, with_leakage=with_leakage)
 
@@ -328,7 +322,7 @@ def load_event_data(data: Any, labels: Any = None, columns: Columns | None = Non
     """`--data` for event detectors: 'wiki-vandals' or an events file/DataFrame (+ a label
     table)."""
     if isinstance(data, str) and data == "wiki-vandals":
-        events, default_labels = read_wiki_vandals_frame()
+        events, default_labels = read_wiki_vandals()
         log = EventLog.from_frame(events, source="wiki-vandals")
         lab = read_labels(labels) if labels is not None else default_labels
         source = str(labels or "wiki-vandals users.tsv.gz")
