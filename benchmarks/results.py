@@ -113,3 +113,124 @@ def run_userseq(cmd: list[str]) -> None:
     proc = subprocess.run([*prog, *cmd[1:]], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+
+
+# --- Quiet, reproducible runs -------------------------------------------------------------------
+# A benchmark calls `ensure_quiet()` first: it re-runs itself under ../shared/tools/quiet-run (the
+# machine-wide lock, and a wait for a quiet machine) when that tool exists and it is not already
+# under it. Inside, `LoadMonitor` samples the load average like quiet-run does, so every stored row
+# carries its own verdict ("clean" / "contended"; "unchecked" without the monitor).
+
+QUIET_RUN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "quiet-run"
+
+
+def ensure_quiet(no_quiet: bool = False) -> None:
+    """Re-execute this script under quiet-run (lock + wait for a quiet machine) when available.
+
+    `USERSEQ_DEV_LOCK` (optional): a lock file taken exclusively around the run, so development
+    work that takes it shared (unit tests) pauses while a benchmark measures.
+    """
+    tool = Path(os.environ.get("USERSEQ_QUIET_RUN", QUIET_RUN))
+    if no_quiet or os.environ.get("USERSEQ_UNDER_QUIET_RUN") == "1" or not tool.exists():
+        return
+    env = dict(os.environ, USERSEQ_UNDER_QUIET_RUN="1")
+    cmd = [str(tool), "--", sys.executable, *sys.argv]
+    lock = os.environ.get("USERSEQ_DEV_LOCK")
+    if lock:
+        cmd = ["flock", "-x", lock, *cmd]
+    os.execvpe(cmd[0], cmd, env)
+
+
+class LoadMonitor:
+    """Samples the 1-minute load average every `every` seconds while a block runs.
+
+    verdict: "contended" when any sample exceeded cores + 0.75 (quiet-run's rule), else "clean".
+    """
+
+    def __init__(self, every: float = 5.0) -> None:
+        import threading
+
+        self.every = every
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0 = self.t1 = 0.0
+
+    def _sample(self) -> None:
+        try:
+            self.samples.append(os.getloadavg()[0])
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> LoadMonitor:
+        self.t0 = time.perf_counter()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.t1 = time.perf_counter()
+
+    @property
+    def verdict(self) -> str:
+        if not self.samples:
+            return "unchecked"
+        return "contended" if max(self.samples) > (os.cpu_count() or 1) + 0.75 else "clean"
+
+    def record(self) -> dict:
+        """What a stored row keeps about the conditions of its run."""
+        s = self.samples or [float("nan")]
+        return {
+            "verdict": self.verdict,
+            "load_mean": round(sum(s) / len(s), 2),
+            "load_max": round(max(s), 2),
+            "wall_s": round(self.t1 - self.t0, 2),
+            "under_quiet_run": os.environ.get("USERSEQ_UNDER_QUIET_RUN") == "1",
+        }
+
+
+def git_commit() -> str:
+    """The short commit of the checkout the benchmark runs from (+ '-dirty' with local edits)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance(monitor: LoadMonitor | None = None, **extra) -> dict:
+    """Command, commit, machine, date and (with a monitor) load verdict for one stored row."""
+    row = {
+        "command": "python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if monitor is not None:
+        row.update(monitor.record())
+    row.update(extra)
+    return row
+
+
+def mean_std(values) -> str:
+    """'0.1234 ± 0.0012 (n=3)' for a list of numbers (sample std; n=1 shows no ±)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return "—"
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{m:.4f} (n=1)"
+    sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    return f"{m:.4f} ± {sd:.4f} (n={len(vals)})"
