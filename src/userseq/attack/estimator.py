@@ -47,7 +47,7 @@ from userseq.attack.petgen import (
 )
 from userseq.attack.quality import SentenceVectors, text_quality
 from userseq.attack.target import TargetDetector, detector_split_config
-from userseq.core.artifacts import load_ids, read_json, save_ids, write_json
+from userseq.core.artifacts import load_ids, read_json, save_ids, write_json, write_parquet
 from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
 from userseq.core.estimator import Estimator
 from userseq.detect.data import DetectSplit, TextData, load_text_data, stratified_split
@@ -230,7 +230,7 @@ class Attacker(Estimator[AttackConfig]):
         write_users(au, d / USERS_FILE)
         save_ids(pl.Series("id", self.vocab_ or []), d / VOCAB_FILE)
         if self.copycat_ is not None:
-            pl.DataFrame({"post": self.copycat_.pool}).write_parquet(d / POOL_FILE)
+            write_parquet(pl.DataFrame({"post": self.copycat_.pool}), d / POOL_FILE)
         if self.generator_ is not None:
             save_generator(self.generator_, d / GENERATOR_FILE)
         if self.pretrained_ is not None and self.method == "textbugger":  # its word neighbours

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,44 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from userseq.core.errors import ArtifactError
+
+COMPLETE_FILE = "COMPLETE"  # the completion marker of a run directory: written last by `save`
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary name next to `path`, rename it over `path` when
+    the block succeeds (a reader sees the old file or the new one, never half of one); remove the
+    temporary file when it fails."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    """`Path.write_text`, atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    """`DataFrame.write_parquet`, atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+
+
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """{"bytes": size, "sha256": hex digest} of a file (what a run's manifest records per file)."""
+    h = hashlib.sha256()
+    p = Path(path)
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": p.stat().st_size, "sha256": h.hexdigest()}
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
@@ -30,7 +71,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
         ptr = v.untyped_storage().data_ptr()
         cpu[k] = v.clone() if ptr in storages else v
         storages.add(ptr)
-    save_file(cpu, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -52,7 +94,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 
 def save_ids(series: pl.Series, path: str | Path) -> None:
-    pl.DataFrame({"index": np.arange(len(series)), "id": series}).write_parquet(path)
+    write_parquet(pl.DataFrame({"index": np.arange(len(series)), "id": series}), path)
 
 
 def load_ids(path: str | Path) -> pl.Series:
@@ -66,7 +108,7 @@ def load_ids(path: str | Path) -> pl.Series:
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n")
+    write_text(json.dumps(obj, indent=2, sort_keys=False, default=float) + "\n", path)
 
 
 def read_json(path: str | Path) -> Any:

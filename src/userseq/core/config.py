@@ -66,12 +66,15 @@ class TrainConfig(StrictModel):
     monitor_mode: Literal["max", "min"] = Field(
         "max", description="whether a higher or a lower monitor value is better")
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**63, description="seeds training (torch, NumPy, Python)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (measured faster there)"
     )
     eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every N optimizer steps inside an epoch (0: at the "
+        "end of each epoch only); a killed run resumed with --resume loses at most N steps")
     threads: int | None = Field(None, ge=1)
     valid_users: int | None = Field(
         None, ge=1, description="validate on a fixed random subset of users (None: all)")

@@ -13,6 +13,11 @@ Written once here, like scikit-learn's `BaseEstimator` and RecTools' `ModelBase[
   (Parquet/JSON), written by the subclass's `_save_state` / read by `_load_state`. Loading checks
   the task and the format version; a run of another task or of a newer userseq is a clear error;
   runs written by userseq 0.1 (format 1, no `estimator.json`) still load;
+* integrity (format 3): every file is written under a temporary name and renamed; the manifest
+  records the size and SHA-256 of every file `save` wrote, and a completion marker (`COMPLETE`)
+  is written last. Loading checks the marker (missing: "unfinished: use --resume") and every
+  recorded file (missing, cut, changed or swapped for another run's: a clear error), and refuses
+  a run written by a newer userseq;
 * `write_metrics(dir, metrics)`: the one `metrics.json` writer (task and format version added).
 
 Subclasses set `task`, `config_class` and `fitted_attribute`, and register themselves simply by
@@ -22,12 +27,13 @@ being defined (`ESTIMATORS`); `Estimator.load(dir)` on the base class returns th
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from safetensors import safe_open
 
-from userseq.core.artifacts import read_json, write_json
+from userseq.core.artifacts import COMPLETE_FILE, file_digest, read_json, write_json, write_text
 from userseq.core.config import TaskConfig
 from userseq.core.errors import ArtifactError, ConfigError, NotFittedError
 from userseq.core.registry import Registry
@@ -36,7 +42,7 @@ from userseq.core.version import __version__
 ConfigT = TypeVar("ConfigT", bound=TaskConfig)
 E = TypeVar("E", bound="Estimator[Any]")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: file sizes + SHA-256 in the manifest and the COMPLETE marker
 MANIFEST = "estimator.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -117,12 +123,25 @@ class Estimator(Generic[ConfigT]):
         """Write the fitted estimator to `run_dir` (created if needed); returns the path."""
         self.check_is_fitted()
         d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_FILE).write_text(self.config.to_yaml())
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ArtifactError(f"{d}: cannot create the run directory ({e.strerror}); choose "
+                                "another path.") from None
+        # an earlier run's marker and manifest go first: until the new ones are written, the
+        # directory is an unfinished run, never a mix of two runs that loads
+        (d / COMPLETE_FILE).unlink(missing_ok=True)
+        (d / MANIFEST).unlink(missing_ok=True)
+        before = _stats(d)
+        write_text(self.config.to_yaml(), d / CONFIG_FILE)
         self._save_state(d)
+        after = _stats(d)
+        written = sorted(n for n, st in after.items() if before.get(n) != st)
         cls = f"{type(self).__module__}.{type(self).__qualname__}"
         write_json({"task": self.task, "format_version": FORMAT_VERSION,
-                    "userseq_version": __version__, "estimator": cls}, d / MANIFEST)
+                    "userseq_version": __version__, "estimator": cls,
+                    "files": {n: file_digest(d / n) for n in written}}, d / MANIFEST)
+        write_text(f"{__version__}\n", d / COMPLETE_FILE)  # last: the run is complete
         return d
 
     @classmethod
@@ -132,7 +151,9 @@ class Estimator(Generic[ConfigT]):
         d = Path(run_dir)
         if not d.is_dir():
             raise ArtifactError(f"{d}: run directory not found.")
-        task = read_manifest(d)["task"]
+        manifest = read_manifest(d)
+        check_run_files(d, manifest)
+        task = manifest["task"]
         target = cls
         if cls.task != task:
             if cls.task:
@@ -188,11 +209,17 @@ def read_manifest(d: Path) -> dict[str, Any]:
         if not isinstance(m, dict) or "task" not in m:
             raise ArtifactError(f"{d / MANIFEST}: not a userseq run manifest (no 'task').")
         version = m.get("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        written_by = m.get("userseq_version", "?")
+        if (not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION
+                or _newer(written_by, __version__)):
             raise ArtifactError(
-                f"{d}: written by userseq {m.get('userseq_version', '?')} in run format "
+                f"{d}: written by userseq {written_by} in run format "
                 f"{version}; this userseq ({__version__}) reads formats up to {FORMAT_VERSION}. "
                 "Upgrade userseq to load it.")
+        if version >= 3 and not (d / COMPLETE_FILE).is_file():
+            raise ArtifactError(f"{d}: unfinished run (no {COMPLETE_FILE} marker: training or "
+                                "saving was interrupted); continue it with `userseq train ... "
+                                "--resume`, or train again with --overwrite.")
         return m
     task = legacy_task(d)
     if task is None:
@@ -204,6 +231,53 @@ def read_manifest(d: Path) -> dict[str, Any]:
                             "or model); "
                             "create one with `userseq train` (or `userseq ctr|detect train`).")
     return {"task": task, "format_version": 1}
+
+
+def check_run_files(d: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest records (format 3) must be there with its recorded size and
+    SHA-256: a run file that is missing, cut, edited or taken from another run is an error."""
+    files = manifest.get("files")
+    if manifest.get("format_version", 1) < 3:
+        return
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{d / MANIFEST}: no file list; the manifest is damaged. Train the "
+                            "run again.")
+    for name, want in files.items():
+        p = d / name
+        if not p.is_file():
+            raise ArtifactError(f"{p}: missing; the run directory is incomplete (restore the file "
+                                "or train again).")
+        size = p.stat().st_size
+        if size != want.get("bytes"):
+            raise ArtifactError(f"{p}: {size} bytes, but the run recorded {want.get('bytes')}: the "
+                                "file was cut, changed or replaced after training; restore it or "
+                                "train again.")
+        if file_digest(p)["sha256"] != want.get("sha256"):
+            raise ArtifactError(f"{p}: content differs from what the run recorded (SHA-256 "
+                                "mismatch): the file was changed or taken from another run; "
+                                "restore it or train again.")
+
+
+def _stats(d: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime, size) of the regular files directly in `d` (not hidden temporaries)."""
+    out = {}
+    for e in os.scandir(d):
+        if e.is_file(follow_symlinks=False) and not e.name.startswith("."):
+            st = e.stat(follow_symlinks=False)
+            out[e.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether release `version` ("0.3.1") is newer than `than` (unparsable: not newer)."""
+    def parts(v: str) -> tuple[int, ...] | None:
+        try:
+            return tuple(int(x) for x in v.split("+")[0].split(".")[:3])
+        except ValueError:
+            return None
+
+    a, b = parts(str(version)), parts(str(than))
+    return a is not None and b is not None and a > b
 
 
 def legacy_task(d: Path) -> str | None:

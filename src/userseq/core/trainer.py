@@ -5,6 +5,13 @@ function; the loop owns devices, precision, the optimizer and learning-rate sche
 name: `core.optim`), early stopping, checkpoints (safetensors, resumable), seeds, the progress bar
 and the time budget.
 
+Resuming is exact: a checkpoint holds the model, optimizer and schedule, the trainer state, the
+torch (CPU and CUDA), NumPy and Python RNG states and the data position (the batches of the current
+epoch already trained; `train.checkpoint_every` adds checkpoints within an epoch). `batches(epoch)`
+must be a function of the epoch alone (its own seeded generator, not the global RNGs), so that a
+resumed run sees the same batches; a run killed at any point and resumed ends with the same weights
+as one that was never interrupted.
+
 The best weights are kept on disk, never as a second copy of the model in memory:
 RUN_DIR/best.safetensors (or a private temporary directory when there is no run directory),
 written atomically at each new best and loaded back into the model when training ends.
@@ -37,7 +44,7 @@ from rich.progress import (
 )
 from torch.optim.lr_scheduler import LRScheduler
 
-from userseq.core.artifacts import load_tensors, save_tensors
+from userseq.core.artifacts import COMPLETE_FILE, load_tensors, save_tensors, write_text
 from userseq.core.config import TrainConfig
 from userseq.core.errors import ArtifactError, ConfigError
 from userseq.core.optim import build_optimizer, build_scheduler
@@ -51,6 +58,34 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def get_rng_state() -> tuple[dict[str, torch.Tensor], str]:
+    """The torch (CPU and every CUDA device), NumPy and Python RNG states, as checkpoint tensors
+    (`rng.*`) and a JSON string for the checkpoint's metadata."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, py_gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(py_state), py_gauss]}
+    return tensors, json.dumps(meta)
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore what `get_rng_state` captured (`{"meta": ..., "rng.torch": ..., ...}`)."""
+    meta = rng["meta"]
+    torch.set_rng_state(rng["rng.torch"])
+    cuda = sorted((k for k in rng if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[k] for k in cuda][: torch.cuda.device_count()])
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, rng["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = meta["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +120,8 @@ class TrainState:
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     stopped: str = ""
+    epoch_step: int = 0  # batches of the unfinished epoch already trained (mid-epoch checkpoint)
+    epoch_loss: float = 0.0  # the sum of their losses
 
 
 @dataclass
@@ -102,6 +139,7 @@ class FitRun:
     scaler: torch.amp.GradScaler | None
     t_start: float = 0.0
     last_val: str = ""  # the last validation summary (progress bar and log lines)
+    rng: dict[str, Any] | None = None  # RNG states of a resumed checkpoint, restored on resume
 
 
 class Trainer:
@@ -133,12 +171,15 @@ class Trainer:
         """Train until `train.epochs`, early stopping or the time budget; the model ends with the
         best validated weights (the last ones without `validate`)."""
         run = self._start(model, batches, n_batches, loss_fn, validate)
+        if self.run_dir is not None:  # until the estimator saves it, this run is unfinished
+            (self.run_dir / COMPLETE_FILE).unlink(missing_ok=True)
         with self._best_file(resume):
             if resume:
-                self.load_checkpoint(model, run.opt, run.sched)
+                run.rng = self.load_checkpoint(model, run.opt, run.sched)
                 # resuming means: continue (e.g. with a larger budget or more epochs)
                 self.state.stopped = ""
-                seed_everything(self.cfg.seed + self.state.epoch)
+                if run.rng is None:  # a checkpoint without RNG states (userseq <= 0.1)
+                    seed_everything(self.cfg.seed + self.state.epoch)
             run.t_start = time.time() - self.state.seconds
             with self._progress() as progress:
                 bar = progress.add_task("train", total=n_batches, epoch=self.state.epoch + 1,
@@ -190,15 +231,29 @@ class Trainer:
                                f"{run.last_val}", highlight=False)
 
     def _train_epoch(self, run: FitRun, epoch: int, advance: Callable[[float], None]) -> float:
-        """Train on the batches of `epoch` until they or the time budget run out; the mean loss."""
+        """Train on the batches of `epoch` until they or the time budget run out; the mean loss.
+        A resumed mid-epoch checkpoint skips the batches it already trained on, then restores
+        the RNG states it saved."""
         run.model.train()
-        total, count = 0.0, 0
-        for batch in run.batches(epoch):
+        s, every = self.state, self.cfg.checkpoint_every
+        total, count = s.epoch_loss, s.epoch_step
+        it = iter(run.batches(epoch))
+        for _ in range(count):
+            next(it, None)
+        if run.rng is not None:
+            set_rng_state(run.rng)
+            run.rng = None
+        for batch in it:
             total += self._step(run, batch)
             count += 1
+            s.epoch_step, s.epoch_loss = count, total
             advance(total / count)
             if self._check_budget(time.time() - run.t_start):
                 break
+            if every and s.step % every == 0 and count < run.n_batches:
+                s.seconds = time.time() - run.t_start
+                self.save_checkpoint(run.model, run.opt, run.sched)
+        s.epoch_step, s.epoch_loss = 0, 0.0
         return total / max(count, 1)
 
     def _step(self, run: FitRun, batch: Any) -> float:
@@ -325,15 +380,16 @@ class Trainer:
                 "trainer": json.dumps(asdict(self.state))}
         if sched is not None:
             meta["scheduler"] = json.dumps(sched.state_dict())
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        save_tensors(tensors, tmp, meta)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
-        (self.run_dir / STATE).write_text(json.dumps(asdict(self.state), indent=1))
+        rng_tensors, meta["rng"] = get_rng_state()
+        tensors.update(rng_tensors)
+        save_tensors(tensors, self.run_dir / CHECKPOINT, meta)  # atomic: tmp file + rename
+        write_text(json.dumps(asdict(self.state), indent=1), self.run_dir / STATE)
 
     def load_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                        sched: LRScheduler | None = None) -> None:
-        """Restore what `save_checkpoint` wrote. Checkpoints of userseq 0.1 held the best weights
-        (`best.*` tensors); they are moved to best.safetensors."""
+                        sched: LRScheduler | None = None) -> dict[str, Any] | None:
+        """Restore what `save_checkpoint` wrote; returns its RNG states (None for checkpoints
+        without them), which `fit` restores where training continues. Checkpoints of userseq 0.1
+        held the best weights (`best.*` tensors); they are moved to best.safetensors."""
         assert self.run_dir is not None
         path = self.run_dir / CHECKPOINT
         if not path.exists():
@@ -354,9 +410,14 @@ class Trainer:
         if sched is not None and "scheduler" in meta:
             sched.load_state_dict(json.loads(meta["scheduler"]))
         self.state = TrainState(**json.loads(meta["trainer"]))
+        rng = None
+        if "rng" in meta:
+            rng = {"meta": json.loads(meta["rng"]),
+                   **{k: v for k, v in tensors.items() if k.startswith("rng.")}}
         legacy = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         del tensors
         self._restore_best(legacy, path)
+        return rng
 
     def _restore_best(self, legacy: dict[str, torch.Tensor], checkpoint: Path) -> None:
         if legacy:

@@ -31,6 +31,7 @@ from userseq.core.artifacts import (
     save_ids,
     save_tensors,
     write_json,
+    write_parquet,
 )
 from userseq.core.errors import ArtifactError, DataError
 from userseq.core.estimator import Estimator
@@ -132,9 +133,9 @@ class CTREstimator(Estimator[CTRConfig]):
                             resume)
         self.train_state_ = self._summary(state, time.time() - t0, len(train), len(valid))
         self.data_info_ = data.info
-        if run_dir is not None:
-            self.save(run_dir)
+        if run_dir is not None:  # save last: it writes the run's completion marker
             write_json(state.history, Path(run_dir) / "train_log.json")
+            self.save(run_dir)
         return self
 
     def _batches(self, data: CTRData, train: Samples) -> Any:
@@ -298,7 +299,7 @@ class CTREstimator(Estimator[CTRConfig]):
         save_ids(v.item_ids, d / "item_ids.parquet")
         save_ids(v.user_ids, d / "user_ids.parquet")
         cats = pl.DataFrame({"item_index": np.arange(v.n_items + 1), "category": v.item_cat})
-        cats.write_parquet(d / "item_categories.parquet")
+        write_parquet(cats, d / "item_categories.parquet")
         write_json({"categories": v.cat_names, "feature_edges": v.feat_edges.tolist(),
                     "context_cols": v.context_cols, "context_mean": v.context_mean.tolist(),
                     "context_std": v.context_std.tolist(),

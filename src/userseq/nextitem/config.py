@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
@@ -52,6 +52,19 @@ class RunConfig(TaskConfig):
     def _encoder_settings(cls, v: Any) -> Any:
         return parse_encoder_config(v, "model")
 
+    @model_validator(mode="after")
+    def _monitor_is_evaluated(self) -> RunConfig:
+        """train.monitor must be a metric validation produces (checked before training, not after
+        the first epoch)."""
+        produced = validation_metrics(self.eval.ks)
+        if self.train.monitor not in produced:
+            ks = self.eval.ks
+            raise ValueError(
+                f"train.monitor {self.train.monitor!r} is not a validation metric with eval.ks "
+                f"{ks}: choose one of {', '.join(produced)} (e.g. --set "
+                f"train.monitor=ndcg@{ks[0]}), or add its cut-off to eval.ks")
+        return self
+
     def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
         """`TaskConfig.updated`, with `model.name` applied first: the encoder decides which
         `model.*` keys exist (`{"model.name": "bert4rec", "model.mask_prob": 0.3}` works). The
@@ -74,6 +87,12 @@ class RunConfig(TaskConfig):
                                   f"settings are: {allowed}.")
             kept[k] = v
         return TaskConfig.updated(cfg, kept, source) if kept else cfg
+
+
+def validation_metrics(ks: list[int]) -> list[str]:
+    """The metric names next-item validation produces for cut-offs `ks` (`metrics.ranking`)."""
+    names = [f"{m}@{k}" for k in ks for m in ("ndcg", "hr", "coverage")]
+    return [*names, "mrr"]
 
 
 def split_kwargs(cfg: RunConfig) -> dict[str, Any]:

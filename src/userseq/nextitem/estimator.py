@@ -137,10 +137,10 @@ class NextItemRecommender(Estimator[RunConfig]):
                             lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
                             resume)
         self.train_state_ = _train_state(state, trainer, len(rows))
-        if run_dir is not None:
-            self.save(run_dir)
+        if run_dir is not None:  # save last: it writes the run's completion marker
             write_json(state.history, Path(run_dir) / "train_log.json")
             self.write_metrics(run_dir, self.report(log, split))
+            self.save(run_dir)
         return self
 
     def _batches(self, split: Split, rows: np.ndarray, device: torch.device
