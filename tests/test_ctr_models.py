@@ -250,7 +250,7 @@ def test_saved_run_layout_and_format_1_runs_load(synth, tmp_path):
         data, run_dir=tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     manifest = json.loads((run / "estimator.json").read_text())
-    assert manifest["task"] == "ctr" and manifest["format_version"] == 2
+    assert manifest["task"] == "ctr" and manifest["format_version"] == 3
     assert est.data_fingerprint_ and est.cuts_ == (data.info["valid_cut"], data.info["test_cut"])
     assert est.train_state_["epochs"] == 1 and est.data_info_["samples"] == len(data.samples)
     p = est.predict_proba(data, "test")

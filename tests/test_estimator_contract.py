@@ -20,7 +20,13 @@ from conftest import synthetic_events
 from sklearn.base import clone
 
 import userseq
-from userseq.core.estimator import ESTIMATORS, MANIFEST, Estimator, estimator_class
+from userseq.core.estimator import (
+    ESTIMATORS,
+    FORMAT_VERSION,
+    MANIFEST,
+    Estimator,
+    estimator_class,
+)
 
 
 @dataclass
@@ -153,7 +159,7 @@ def test_save_load_round_trip(case, tmp_path):
     task, c, fitted, output = case
     run = fitted.save(tmp_path / "run")
     manifest = json.loads((run / MANIFEST).read_text())
-    assert manifest["task"] == task and manifest["format_version"] == 2
+    assert manifest["task"] == task and manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["userseq_version"] == userseq.__version__
     assert (run / "config.yaml").is_file() and not list(run.glob("*.pkl"))
     for loader in (type(fitted).load, Estimator.load, userseq.load):
@@ -183,5 +189,5 @@ def test_one_metrics_writer(case, tmp_path):
     task, _, fitted, _ = case
     written = fitted.write_metrics(tmp_path, {"test": {"x": np.float32(0.5)}})
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk == {"task": task, "format_version": 2, "test": {"x": 0.5}}
+    assert on_disk == {"task": task, "format_version": 3, "test": {"x": 0.5}}
     assert list(written) == ["task", "format_version", "test"]

@@ -3,6 +3,7 @@ options are applied to a config (a bad value names the option, not the config ke
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,51 @@ def with_options(cfg: Any, options: dict[str, tuple[str, Any]]) -> Any:
             if value is not None:
                 msg = msg.replace(f"'{key}':", f"{flag} {value}:")
         raise ConfigError(f"invalid command-line option: {msg}") from None
+
+
+OverwriteOpt = Annotated[bool, typer.Option(
+    help="replace the run already in --out (its files are deleted first)")]
+
+RUN_MARKERS = ("estimator.json", "config.yaml", "model.safetensors", "checkpoint.safetensors",
+               "detect.yaml", "COMPLETE")
+
+
+def check_out_dir(out_dir: Path, resume: bool = False, overwrite: bool = False,
+                  flag: str = "--out", delete: bool = False) -> None:
+    """Check a run directory before any work: a file, a path under a file, an unwritable place
+    and a non-empty directory (without --resume / --overwrite) are errors naming the fix. With
+    --overwrite, only a previous userseq run may be there; `delete=True` deletes it (call that
+    once the input has been read, so a bad input deletes nothing)."""
+    import shutil
+
+    from userseq.core.errors import ArtifactError
+
+    if resume and overwrite:
+        raise ConfigError("give --resume (continue the run in --out) or --overwrite (replace it), "
+                          "not both.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"{flag} {out_dir}: exists and is not a directory; choose a run "
+                            "directory.")
+    parent = next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ArtifactError(f"{flag} {out_dir}: {parent} is a file, not a directory; choose a "
+                            "run directory elsewhere.")
+    probe = out_dir if out_dir.is_dir() else parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ArtifactError(f"{flag} {out_dir}: {probe} is not writable; choose a writable run "
+                            "directory.")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()) or resume:
+        return
+    is_run = any((out_dir / m).exists() for m in RUN_MARKERS)
+    if not overwrite:
+        what = "holds a run" if is_run else "is not empty"
+        raise ArtifactError(f"{flag} {out_dir}: {what}; pass --resume to continue its checkpoint, "
+                            "--overwrite to replace it, or choose a new directory.")
+    if not is_run:
+        raise ArtifactError(f"{flag} {out_dir}: not empty and not a userseq run, so --overwrite "
+                            "will not delete it; choose a new or empty directory.")
+    if delete:
+        shutil.rmtree(out_dir)
 
 
 SetOption = Annotated[list[str] | None, typer.Option(

@@ -411,7 +411,7 @@ class Trainer:
             sched.load_state_dict(json.loads(meta["scheduler"]))
         self.state = TrainState(**json.loads(meta["trainer"]))
         rng = None
-        if "rng" in meta:
+        if "rng" in meta and "rng.torch" in tensors:  # (0.1 wrote other "rng" metadata)
             rng = {"meta": json.loads(meta["rng"]),
                    **{k: v for k, v in tensors.items() if k.startswith("rng.")}}
         legacy = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}

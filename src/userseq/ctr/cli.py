@@ -14,7 +14,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from userseq.core.cli import SetOption, err, out, parse_set, with_options
+from userseq.core.cli import (
+    OverwriteOpt,
+    SetOption,
+    check_out_dir,
+    err,
+    out,
+    parse_set,
+    with_options,
+)
 from userseq.core.errors import UserseqError
 
 ctr_app = typer.Typer(no_args_is_help=True,
@@ -88,6 +96,7 @@ def train(
         help="seeds the run: training (train.seed; the CTR split is by time, not random)")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.safetensors")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train a CTR model on a time split (label = rating >= 4 by default), evaluate it, save the
@@ -95,9 +104,7 @@ def train(
     from userseq.ctr.config import CTRConfig
     from userseq.data.datasets import is_dataset_name
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserseqError(f"--out {out_dir}: exists and is not a directory; choose a run "
-                           "directory.")
+    check_out_dir(out_dir, resume, overwrite)
     local = not is_dataset_name(data) and Path(data).exists()
     dataset = str(Path(data).resolve()) if local else data
     cfg = CTRConfig.from_yaml(config).updated(parse_set(set_), source="--set")
@@ -115,10 +122,11 @@ def train(
         if label_threshold is not None:
             raise UserseqError("give either --binary-labels or --label-threshold, not both.")
         cfg = cfg.updated({"data": {**cfg.data.model_dump(mode="json"), "label_threshold": None}})
-    _train_run(data, cfg, out_dir, resume, quiet)
+    _train_run(data, cfg, out_dir, resume, quiet, overwrite)
 
 
-def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool) -> None:
+def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool,
+               overwrite: bool = False) -> None:
     """Build the samples, fit, write the run and its metrics.json, print the table."""
     from userseq.ctr.data import build_ctr_data
     from userseq.ctr.estimator import CTREstimator
@@ -131,6 +139,7 @@ def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool) ->
               f"{i['valid_samples']:,} valid / {i['test_samples']:,} test by time), "
               f"{i['categories']} categories, mean history {i['history_length']['mean']:.0f} "
               f"({time.time() - t0:.1f}s)")
+    check_out_dir(out_dir, resume, overwrite, delete=True)  # the data loaded: replace the run
     est = CTREstimator(config=cfg).fit(ctr, run_dir=out_dir, resume=resume, quiet=quiet)
     metrics = est.write_metrics(out_dir, est.report(ctr))
     _print(metrics, f"{cfg.model.name} on {data}")

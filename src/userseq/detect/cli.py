@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from userseq.core.cli import SetOption, err, out, parse_set, with_options
+from userseq.core.cli import (
+    OverwriteOpt,
+    SetOption,
+    check_out_dir,
+    err,
+    out,
+    parse_set,
+    with_options,
+)
 from userseq.core.errors import UserseqError
 
 detect_app = typer.Typer(no_args_is_help=True,
@@ -96,14 +104,14 @@ def train(
     item_col: str = "item_id",
     timestamp_col: str = "timestamp",
     text_col: str = "text",
+    overwrite: OverwriteOpt = False,
     quiet: bool = False,
 ) -> None:
     """Train a detector; writes RUN/metrics.json ({"test": ..., "first_k": {"1": ...}}) and the
     model. Settings: the model's defaults, then --set KEY=VALUE, then the other options."""
     from userseq.detect.estimator import UserDetector, train_and_evaluate
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserseqError(f"--out {out_dir}: exists and is not a directory.")
+    check_out_dir(out_dir, overwrite=overwrite)
     det = UserDetector(model, overrides=parse_set(set_))
     det.set_params(config=with_options(det.config, {
         "--epochs": ("train.epochs", epochs), "--dim": ("model.dim", dim),
@@ -124,6 +132,7 @@ def train(
                                f"(share {adversarial_share:g})")
     columns = (user_col, item_col, timestamp_col, text_col)
     d = _load_data(data, labels, det.kind, columns, det.config.with_leakage)
+    check_out_dir(out_dir, overwrite=overwrite, delete=True)  # the data loaded: replace the run
     metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet, augment=augment)
     _print_metrics(metrics, out_dir)
 

@@ -12,7 +12,17 @@ import typer
 from rich.table import Table
 
 from userseq.core.artifacts import read_json
-from userseq.core.cli import DataArg, RunDirArg, SetOption, err, out, parse_set, with_options
+from userseq.core.cli import (
+    DataArg,
+    OverwriteOpt,
+    RunDirArg,
+    SetOption,
+    check_out_dir,
+    err,
+    out,
+    parse_set,
+    with_options,
+)
 from userseq.core.errors import UserseqError
 from userseq.encoders import ENCODERS
 from userseq.losses import LOSSES
@@ -48,6 +58,7 @@ def train(
     split_seed: Annotated[int | None, Opt(help="seed of the split (default: --seed)")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT/checkpoint.safetensors")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a sequential recommender, evaluate it with full ranking and save the run."""
@@ -57,6 +68,7 @@ def train(
     from userseq.nextitem.config import split_kwargs
 
     _check_train_paths(out_dir, item_text)
+    check_out_dir(out_dir, resume, overwrite)
     # a file path is recorded absolute, so `evaluate RUN` works from any working directory
     named = is_dataset_name(data) or not Path(data).exists()
     dataset = data if named else str(Path(data).resolve())
@@ -80,6 +92,7 @@ def train(
     from userseq.nextitem.estimator import NextItemRecommender
 
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
+    check_out_dir(out_dir, resume, overwrite, delete=True)  # the data loaded: now replace the run
     NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
     metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics, baselines
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
