@@ -19,6 +19,8 @@ import polars as pl
 import pytest
 from cli_support import assert_user_error
 
+from userseq.core.artifacts import file_digest
+
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -323,8 +325,8 @@ def test_truncated_checkpoint(cli, run, tmp_path):
         os.truncate(model, size)
         for args in (("recommend", broken, "--user", "u1"), ("evaluate", broken),
                      ("embed", broken, "-o", tmp_path / "u.parquet")):
-            assert_user_error(cli(*args), "model.safetensors", "corrupt or truncated checkpoint",
-                              "Retrain")
+            assert_user_error(cli(*args), "model.safetensors", "bytes, but the run recorded",
+                              "was cut, changed or replaced", "train again")
 
 
 def test_missing_run_files(cli, run, tmp_path):
@@ -333,7 +335,12 @@ def test_missing_run_files(cli, run, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     (broken / "model.safetensors").unlink()
-    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors is missing",
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "model.safetensors: missing",
+                      "train again")
+    (broken / "COMPLETE").unlink()
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "unfinished run", "--resume")
+    (broken / "estimator.json").unlink()
+    assert_user_error(cli("recommend", broken, "--user", "u1"), "training has not finished",
                       "--resume")
     (broken / "checkpoint.safetensors").unlink()
     assert_user_error(cli("recommend", broken, "--user", "u1"), "not a userseq run directory")
@@ -364,6 +371,10 @@ def test_evaluate_when_the_data_moved(cli, run, tmp_path):
     shutil.copytree(run, moved)
     config = moved / "config.yaml"
     config.write_text(config.read_text().replace("events.csv", "gone.csv"))
+    assert_user_error(cli("evaluate", moved), "config.yaml", "the run recorded")  # edited
+    manifest = json.loads((moved / "estimator.json").read_text())  # re-seal the edited config
+    manifest["files"]["config.yaml"] = file_digest(config)
+    (moved / "estimator.json").write_text(json.dumps(manifest))
     assert_user_error(cli("evaluate", moved), "gone.csv, which no longer exists", "--data")
 
 

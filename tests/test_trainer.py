@@ -289,12 +289,17 @@ def test_tied_weights_checkpoint_and_best_file(tmp_path, with_run_dir):
 
 def test_a_monitor_that_validation_does_not_compute_is_a_clear_error():
     """Checked when the config is made, before any training (was: a KeyError after an epoch)."""
-    from userseq import NextItemRecommender
+    from conftest import synthetic_events
 
+    from userseq import EventLog, NextItemRecommender
+
+    log = EventLog.from_frame(synthetic_events(n_users=20, n_items=10, length=5))
+    rec = NextItemRecommender("gru4rec", overrides={"model.dim": 8, "train.epochs": 1,
+                                                    "eval.ks": [5]})  # monitor: ndcg@10
     with pytest.raises(ConfigError, match=r"train.monitor 'ndcg@10' is not a validation metric "
                                           r"with eval.ks \[5\]: choose one of ndcg@5, hr@5, "
                                           r"coverage@5, mrr"):
-        NextItemRecommender("gru4rec", overrides={"model.dim": 8, "train.epochs": 1,
-                                                  "eval.ks": [5]})  # monitor: ndcg@10
+        rec.fit(log, quiet=True)
+    assert rec.train_state_ == {}  # refused before any training
     with pytest.raises(ConfigError, match="train.monitor 'loss' is not a validation metric"):
-        NextItemRecommender("gru4rec", overrides={"train.monitor": "loss"})
+        NextItemRecommender("gru4rec", overrides={"train.monitor": "loss"}).fit(log, quiet=True)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 from rich.markup import escape
 
 from userseq.core.cli import err
-from userseq.core.errors import UserseqError
+from userseq.core.errors import UserseqError, UserseqWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="User and item embeddings from behaviour sequences.")
@@ -26,7 +27,21 @@ for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """userseq's own warnings as one `warning:` line (others keep Python's format)."""
+    if issubclass(category, UserseqWarning):
+        err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False,
+                  soft_wrap=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app()
     except UserseqError as e:
@@ -37,6 +52,8 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -140,13 +140,38 @@ def validate_config(model: type[BaseModel], data: dict[str, Any] | None, source:
         raise ConfigError(f"{source}: invalid {what}: " + "; ".join(problems)) from None
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that names one key twice (plain YAML keeps the last value silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses duplicate keys in a mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(
+                        f"key '{key}' appears twice in one mapping (lines {seen[key]} and "
+                        f"{line}); YAML would keep only the last value. Remove one of them.")
+            except TypeError:  # an unhashable key: the base loader reports it
+                break
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any] | None:
     """A YAML file holding a mapping (or nothing); clear errors for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found.")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):

@@ -24,3 +24,9 @@ class ArtifactError(UserseqError):
 class NotFittedError(UserseqError, ValueError, AttributeError):
     """An estimator was used before `fit` or `load` (also a ValueError/AttributeError, like
     scikit-learn's, so generic code that catches those keeps working)."""
+
+
+class UserseqWarning(UserWarning):
+    """Something in the input that is probably a mistake but not certainly one (ids with blanks
+    around them, timestamps in two units): the CLI prints it as one `warning:` line; the data
+    report (`userseq validate`) lists it under problems."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import typer
 from rich.table import Table
 
 from userseq.core.cli import out
+from userseq.core.errors import UserseqWarning
 
 
 # ---------------------------------------------------------------------- datasets
@@ -51,6 +53,7 @@ def validate(
     min_item_events: int = 0,
     k_core: bool = False,
     dedup_consecutive: bool = False,
+    strip_ids: Annotated[bool, typer.Option(help="strip blanks around string ids")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Read an event log and print a data report (counts, lengths, time range, problems)."""
@@ -59,8 +62,10 @@ def validate(
 
     cfg = DataConfig(user_col=user_col, item_col=item_col, timestamp_col=timestamp_col,
                      min_user_events=min_user_events, min_item_events=min_item_events,
-                     k_core=k_core, dedup_consecutive=dedup_consecutive)
-    log = load_events(data, cfg)
+                     k_core=k_core, dedup_consecutive=dedup_consecutive, strip_ids=strip_ids)
+    with warnings.catch_warnings():  # the report lists them under problems
+        warnings.simplefilter("ignore", UserseqWarning)
+        log = load_events(data, cfg)
     d = log.describe()
     d["problems"] = _problems(d, log.timestamp_kind) + list(log.notes)
     d["steps"] = [s.describe() for s in log.report]

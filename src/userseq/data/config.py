@@ -21,6 +21,8 @@ class DataConfig(StrictModel):
     min_item_events: int = Field(0, ge=0)
     k_core: bool = False
     dedup_consecutive: bool = False
+    strip_ids: bool = Field(False, description="strip leading/trailing whitespace from string ids "
+                            "(otherwise ' u1' and 'u1' are two ids, with a warning)")
     split: Literal["loo", "temporal", "cold-start"] = "loo"
     valid_quantile: float = Field(0.8, gt=0, lt=1)
     test_quantile: float = Field(0.9, gt=0, lt=1)

@@ -14,13 +14,14 @@ Every later stage (splits, batches, models, services) reads an `EventLog`. It gu
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from userseq.core.errors import DataError
+from userseq.core.errors import DataError, UserseqWarning
 from userseq.data.io import collect_table, describe_rows, scan_table, source_kind
 
 TimestampKind = Literal["time", "numeric", "position"]
@@ -81,7 +82,7 @@ class EventLog:
         """Read events from a path (CSV/TSV/Parquet/JSONL) or a Polars/pandas DataFrame.
 
         Options: `timestamp_kind`, `min_user_events`, `min_item_events`, `k_core`,
-        `dedup_consecutive` (see `from_frame`).
+        `dedup_consecutive`, `strip_ids` (see `from_frame`).
         """
         columns = columns or Columns()
         lf, name = scan_table(source)
@@ -102,12 +103,16 @@ class EventLog:
         k_core: bool = False,
         dedup_consecutive: bool = False,
         notes: list[str] | None = None,
+        strip_ids: bool = False,
     ) -> EventLog:
         """Validate and index an events table.
 
         min_user_events / min_item_events drop users/items with fewer events (once, or repeated
         until stable when `k_core=True`). `dedup_consecutive` collapses a user's consecutive
         repeats of the same item into the first one. Each step is counted in `report`.
+        String ids with blanks around them (`" u1"`, `"u1 "`) are distinct ids, and a warning
+        (`UserseqWarning`, also in `notes`) says so; `strip_ids=True` strips them instead.
+        Numeric timestamps in two units (Unix seconds and milliseconds) are warned about too.
         """
         columns = columns or Columns()
         if not isinstance(df, pl.DataFrame):
@@ -116,7 +121,7 @@ class EventLog:
             source = source or name
         source = source or "<DataFrame>"
         notes = list(notes or [])
-        df, kind = _validated(df, columns, source, timestamp_kind, notes)
+        df, kind = _validated(df, columns, source, timestamp_kind, notes, strip_ids)
         n0 = df.height
         df = df.sort(["user_raw", "timestamp"], maintain_order=True)  # input order breaks ties
         report = [Step("read", n0, n0)]
@@ -280,10 +285,23 @@ def _row_hint(source: str, df: pl.DataFrame, mask: pl.Series) -> str:
     return describe_rows(source, rows)
 
 
-def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> pl.DataFrame:
+def _warn(notes: list[str], message: str) -> None:
+    """A data warning: a `UserseqWarning` (the CLI prints `warning: ...`) and a note of the log
+    (`userseq validate` lists it under problems)."""
+    notes.append(message)
+    warnings.warn(message, UserseqWarning, stacklevel=4)
+
+
+def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str,
+               notes: list[str] | None = None, strip: bool = False) -> pl.DataFrame:
     s = original = df[col]
     if isinstance(s.dtype, pl.Categorical | pl.Enum):
         s = s.cast(pl.String)  # sort and map by the id values, not the category codes
+    if s.dtype == pl.Boolean:
+        raise DataError(f"{source}: column '{orig}' holds booleans (true/false); ids must be "
+                        "strings or integers.")
+    if s.dtype == pl.String:
+        s = _blank_ids(source, df, s, orig, notes if notes is not None else [], strip)
     if s.dtype == pl.Object or isinstance(s.dtype, pl.List | pl.Array | pl.Struct):
         raise DataError(f"{source}: column '{orig}' has unsupported type {s.dtype}; ids must be "
                         "strings or integers.")
@@ -310,8 +328,58 @@ def _check_ids(source: str, df: pl.DataFrame, col: str, orig: str) -> pl.DataFra
     return df if s is original else df.with_columns(s.alias(col))
 
 
+def _blank_ids(source: str, df: pl.DataFrame, s: pl.Series, orig: str, notes: list[str],
+               strip: bool) -> pl.Series:
+    """Ids with leading/trailing whitespace: stripped (`strip`) or kept with a warning."""
+    stripped = s.str.strip_chars()
+    padded = (stripped != s).fill_null(False)
+    n = int(padded.sum())
+    if not n:
+        return s
+    if strip:
+        notes.append(f"stripped leading/trailing whitespace from {n:,} '{orig}' values "
+                     "(data.strip_ids)")
+        return stripped
+    first = int(padded.arg_max())
+    merged = int(s.n_unique() - stripped.n_unique())
+    clash = (f"; {merged:,} of them equal another id once stripped, so one {orig} is counted as "
+             "several" if merged else "")
+    _warn(notes, f"{source}: {n:,} '{orig}' values have leading/trailing whitespace "
+                 f"({_row_hint(source, df, padded)}: {s[first]!r}); they are kept as distinct "
+                 f"ids{clash}. Set data.strip_ids: true (CLI: --set data.strip_ids=true; API: "
+                 "strip_ids=True) to strip them.")
+    return s
+
+
+# Unix time magnitudes: seconds (1973..5138), milliseconds, microseconds, nanoseconds
+_UNITS = (("seconds", 1e8, 1e11), ("milliseconds", 1e11, 1e14), ("microseconds", 1e14, 1e17),
+          ("nanoseconds", 1e17, float("inf")))
+
+
+def _check_time_units(source: str, df: pl.DataFrame, s: pl.Series, orig: str,
+                      notes: list[str]) -> None:
+    """Numeric timestamps that look like Unix time in two units (seconds and milliseconds): the
+    order of events would be wrong, so say so with a row of each kind."""
+    found = []
+    for unit, lo, hi in _UNITS:
+        mask = (s >= lo) & (s < hi)
+        if bool(mask.any()):
+            found.append((unit, mask))
+    if len(found) < 2:
+        return
+    parts = []
+    for unit, mask in found[:2]:
+        i = int(mask.arg_max())
+        parts.append(f"{unit} ({int(mask.sum()):,} values, e.g. "
+                     f"{_row_hint(source, df, mask).split(',')[0]}: {s[i]})")
+    _warn(notes, f"{source}: column '{orig}' mixes timestamp magnitudes: "
+                 f"{' and '.join(parts)}; events would be ordered wrongly. Convert the column "
+                 "to one unit (e.g. divide the milliseconds by 1000).")
+
+
 def _parse_timestamps(
-    source: str, df: pl.DataFrame, orig: str, kind: TimestampKind | None
+    source: str, df: pl.DataFrame, orig: str, kind: TimestampKind | None,
+    notes: list[str] | None = None,
 ) -> tuple[pl.DataFrame, TimestampKind]:
     s = df["timestamp"]
     nulls = s.is_null()
@@ -337,6 +405,8 @@ def _parse_timestamps(
                                 f"({_row_hint(source, df, inf)}).")
             if bool((s == s.round(0)).all()):
                 s = s.cast(pl.Int64)
+        if kind != "position":
+            _check_time_units(source, df, s, orig, notes if notes is not None else [])
         detected = "numeric"
     else:
         raise DataError(f"{source}: column '{orig}' has type {s.dtype}; expected datetimes, ISO "
@@ -374,7 +444,7 @@ def _parse_timestamp_strings(source: str, df: pl.DataFrame, s: pl.Series, orig: 
 
 
 def _validated(df: pl.DataFrame, columns: Columns, source: str, kind: TimestampKind | None,
-               notes: list[str]) -> tuple[pl.DataFrame, TimestampKind]:
+               notes: list[str], strip_ids: bool = False) -> tuple[pl.DataFrame, TimestampKind]:
     """Checked columns, ids and timestamps, renamed to user_raw / item_raw / timestamp, with the
     input row number in `ROW`; extra columns with internal names are renamed (noted)."""
     _require_columns(source, df.columns, columns)
@@ -385,9 +455,9 @@ def _validated(df: pl.DataFrame, columns: Columns, source: str, kind: TimestampK
     df = _rename_reserved(df, columns, notes).with_row_index(ROW)
     df = df.rename({columns.user: "user_raw", columns.item: "item_raw",
                     columns.timestamp: "timestamp"})
-    df = _check_ids(source, df, "user_raw", columns.user)
-    df = _check_ids(source, df, "item_raw", columns.item)
-    return _parse_timestamps(source, df, columns.timestamp, kind)
+    df = _check_ids(source, df, "user_raw", columns.user, notes, strip_ids)
+    df = _check_ids(source, df, "item_raw", columns.item, notes, strip_ids)
+    return _parse_timestamps(source, df, columns.timestamp, kind, notes)
 
 
 def _dedup_consecutive(df: pl.DataFrame) -> tuple[pl.DataFrame, Step]:
@@ -440,7 +510,14 @@ def lookup_ids(id_map: pl.Series, ids: Any, offset: int) -> np.ndarray:
     if isinstance(ids, pl.Series):
         query = ids.rename("id")
     else:
-        query = pl.Series("id", list(ids), strict=False)
+        ids = list(ids)
+        bools = [v for v in ids if isinstance(v, bool | np.bool_)]
+        if bools:
+            raise DataError(f"id {bools[0]!r} is a boolean; ids are strings or integers (True is "
+                            "not the id 1).")
+        query = pl.Series("id", ids, strict=False)
+    if query.dtype == pl.Boolean:
+        raise DataError("ids are booleans; ids are strings or integers (True is not the id 1).")
     if query.dtype != id_map.dtype:
         try:
             cast = query.cast(id_map.dtype, strict=False)

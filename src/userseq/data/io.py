@@ -169,11 +169,35 @@ def collect_table(lf: pl.LazyFrame, name: str, id_columns: list[str] | None = No
         df = _reread_csv_as_text(Path(name), lf.collect_schema(), e)
     except (OSError, pl.exceptions.PolarsError) as e:
         raise DataError(f"{name}: could not read: {first_line(e)}") from None
+    for col in id_columns or []:
+        if col in df.columns and df[col].dtype == pl.Boolean:
+            raise DataError(f"{name}: column '{col}' holds booleans (true/false); ids must be "
+                            "strings or integers. Write the ids themselves.")
     if kind == "jsonl":
         for col in id_columns or []:
             if col in df.columns and df[col].dtype == pl.String:
+                _check_jsonl_booleans(Path(name), df, col)
                 _check_jsonl_mixed(Path(name), df, col)
     return df
+
+
+def _check_jsonl_booleans(path: Path, df: pl.DataFrame, col: str) -> None:
+    """JSON `true`/`false` in an id column of strings (Polars reads them as "true"/"false")."""
+    s = df[col]
+    if not bool(s.is_in(["true", "false"]).any()):
+        return
+    try:  # JSON booleans read as Boolean; anything else becomes null
+        flags = pl.read_ndjson(path, schema_overrides={col: pl.Boolean}, ignore_errors=True,
+                               infer_schema_length=None)[col]
+    except pl.exceptions.PolarsError:
+        return
+    if len(flags) != len(s) or not bool(flags.is_not_null().any()):
+        return
+    where = describe_rows(str(path), [int(flags.is_not_null().arg_max())])
+    raise DataError(f"{path}: column '{col}' holds a JSON boolean ({where}: "
+                    f"{str(flags.drop_nulls()[0]).lower()}); ids must be strings or integers, "
+                    "never true/false. Write the id itself (e.g. \"true\" in quotes if that is "
+                    "its name).")
 
 
 def _reread_csv_as_text(path: Path, inferred: pl.Schema, error: Exception) -> pl.DataFrame:

@@ -20,6 +20,8 @@ def load_events(data: Any, cfg: DataConfig | None = None) -> EventLog:
     cfg = cfg or DataConfig()
     options = dict(min_user_events=cfg.min_user_events, min_item_events=cfg.min_item_events,
                    k_core=cfg.k_core, dedup_consecutive=cfg.dedup_consecutive)
+    if cfg.strip_ids:
+        options["strip_ids"] = True
     if isinstance(data, str) and is_dataset_name(data):
         return load_dataset(data, **options)
     check_not_a_misspelt_name(data)

@@ -65,7 +65,7 @@ def train(
     from userseq.data.datasets import is_dataset_name
     from userseq.data.load import load_events
     from userseq.data.split import make_split
-    from userseq.nextitem.config import split_kwargs
+    from userseq.nextitem.config import check_monitor, split_kwargs
 
     _check_train_paths(out_dir, item_text)
     check_out_dir(out_dir, resume, overwrite)
@@ -85,6 +85,7 @@ def train(
         "--compression": ("model.compression", compression),
         "--item-text": ("data.item_text", item_text and str(Path(item_text).resolve())),
     })
+    check_monitor(cfg)  # before the data is read
     t0 = time.time()
     log = load_events(data, cfg.data)
     err.print(f"loaded {log.source}: {log.n_users:,} users, {log.n_items:,} items, "
@@ -294,9 +295,9 @@ def embed(
 
     if chunk_size <= 0:
         raise UserseqError(f"--chunk-size must be a positive integer (got {chunk_size}).")
-    for path in (out_path, items_out):
-        if path is not None and not path.parent.is_dir():
-            raise UserseqError(f"{path}: directory {path.parent} does not exist; create it first.")
+    for flag, path in (("--out", out_path), ("--items-out", items_out)):
+        if path is not None:
+            _check_embedding_path(flag, path)
     cfg = None
     if index:
         from userseq.index.vector import IndexConfig
@@ -313,6 +314,24 @@ def embed(
     out.print(f"wrote {len(items):,} item embeddings to {items_out}")
     if index:
         _build_index(rec, run_dir, cfg, chunk_size, vectors_path)
+
+
+def _check_embedding_path(flag: str, path: Path) -> None:
+    """Before any work: a Parquet name, in an existing writable directory, not a directory."""
+    import os
+
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise UserseqError(f"{flag} {path}: embeddings are written as Parquet; name the file "
+                           f"{path.with_suffix('.parquet').name} (other formats: read the Parquet "
+                           "file with polars/pandas and convert it).")
+    if path.is_dir():
+        raise UserseqError(f"{flag} {path}: is a directory; give a file name ending in .parquet.")
+    if not path.parent.is_dir():
+        raise UserseqError(f"{flag} {path}: directory {path.parent} does not exist; create it "
+                           "first.")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists()
+                                                        and not os.access(path, os.W_OK)):
+        raise UserseqError(f"{flag} {path}: not writable; choose another path.")
 
 
 def _write_user_embeddings(rec: Any, out_path: Path, chunk_size: int, vectors_path: Path | None,

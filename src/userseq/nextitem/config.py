@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
@@ -52,19 +52,6 @@ class RunConfig(TaskConfig):
     def _encoder_settings(cls, v: Any) -> Any:
         return parse_encoder_config(v, "model")
 
-    @model_validator(mode="after")
-    def _monitor_is_evaluated(self) -> RunConfig:
-        """train.monitor must be a metric validation produces (checked before training, not after
-        the first epoch)."""
-        produced = validation_metrics(self.eval.ks)
-        if self.train.monitor not in produced:
-            ks = self.eval.ks
-            raise ValueError(
-                f"train.monitor {self.train.monitor!r} is not a validation metric with eval.ks "
-                f"{ks}: choose one of {', '.join(produced)} (e.g. --set "
-                f"train.monitor=ndcg@{ks[0]}), or add its cut-off to eval.ks")
-        return self
-
     def updated(self, overrides: dict[str, Any], source: str = "overrides") -> RunConfig:
         """`TaskConfig.updated`, with `model.name` applied first: the encoder decides which
         `model.*` keys exist (`{"model.name": "bert4rec", "model.mask_prob": 0.3}` works). The
@@ -93,6 +80,18 @@ def validation_metrics(ks: list[int]) -> list[str]:
     """The metric names next-item validation produces for cut-offs `ks` (`metrics.ranking`)."""
     names = [f"{m}@{k}" for k in ks for m in ("ndcg", "hr", "coverage")]
     return [*names, "mrr"]
+
+
+def check_monitor(cfg: RunConfig) -> None:
+    """train.monitor must be a metric validation produces: checked before training (it was a
+    KeyError after the first epoch)."""
+    produced = validation_metrics(cfg.eval.ks)
+    if cfg.train.monitor not in produced:
+        ks = cfg.eval.ks
+        raise ConfigError(
+            f"train.monitor {cfg.train.monitor!r} is not a validation metric with eval.ks {ks}: "
+            f"choose one of {', '.join(produced)} (e.g. --set train.monitor=ndcg@{ks[0]}), or "
+            "add its cut-off to eval.ks.")
 
 
 def split_kwargs(cfg: RunConfig) -> dict[str, Any]:

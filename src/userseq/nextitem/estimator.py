@@ -51,7 +51,7 @@ from userseq.metrics.ranking import (
     repeat_scorer,
     scan_catalogue,
 )
-from userseq.nextitem.config import RunConfig, split_kwargs
+from userseq.nextitem.config import RunConfig, check_monitor, split_kwargs
 
 MODEL_FILE = "model.safetensors"
 HISTORIES_FILE = "histories.safetensors"
@@ -114,6 +114,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         or from the named dataset's item metadata (see docs/items.md). With `run_dir`, the run is
         saved there (with metrics.json and train_log.json) and `resume` continues its checkpoint."""
         cfg = self.config
+        check_monitor(cfg)
         split = split or make_split(log, cfg.data.split, **split_kwargs(cfg))
         torch.manual_seed(cfg.train.seed)
         catalogue, items = self._build_item_repr(log, split, item_meta)
@@ -429,7 +430,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.device_ = resolve_device(self.config.train.device)
         self.encoder_ = _restore_encoder(d, self.config, tensors, n_items).to(self.device_)
         h, _ = load_tensors(d / HISTORIES_FILE)
-        self.histories_ = (h["offsets"].numpy(), h["items"].numpy())
+        self.histories_ = _checked_histories(d, h, len(self.user_ids_), n_items)
         self.data_fingerprint_ = meta.get("data_fingerprint") or None
         if (d / RUN_FILE).exists():
             run = read_json(d / RUN_FILE)
@@ -446,6 +447,27 @@ def _check_run_files(d: Path) -> None:
                             "`userseq train ... --resume`.")
     raise ArtifactError(f"{d}: not a userseq run directory (no {MODEL_FILE}); create one with "
                         "`userseq train`.")
+
+
+def _checked_histories(d: Path, h: dict[str, torch.Tensor], n_users: int,
+                       n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training histories (CSR), checked against the id maps: a histories file of another run
+    (runs of format 2 record no hashes) is an error, not an IndexError or wrong answers later."""
+    p = d / HISTORIES_FILE
+    if "offsets" not in h or "items" not in h:
+        raise ArtifactError(f"{p}: not a histories file (no offsets/items tensors).")
+    offsets, items = h["offsets"].numpy(), h["items"].numpy()
+    why = None
+    if offsets.ndim != 1 or len(offsets) != n_users + 1:
+        why = f"{len(offsets) - 1} users, but user_ids.parquet has {n_users}"
+    elif offsets[0] != 0 or offsets[-1] != len(items) or (np.diff(offsets) < 0).any():
+        why = "its offsets do not describe its items"
+    elif len(items) and (items.min() < 1 or items.max() > n_items):
+        why = f"item indices outside 1..{n_items} (the catalogue of item_ids.parquet)"
+    if why:
+        raise ArtifactError(f"{p}: does not belong to this run ({why}); restore the run's own "
+                            "file or train again.")
+    return offsets, items
 
 
 def _restore_encoder(d: Path, cfg: RunConfig, tensors: dict[str, torch.Tensor],

@@ -5,11 +5,18 @@ This module owns what every route shares: the body-size limit, the error handler
 /info and the web page; the routes themselves are mounted from `serve.routes`, one module per
 task. Every request is validated by pydantic; bad input answers 4xx with a clear message
 (`{"detail": ..., "message": "..."}`), never 500. Bodies over `max_body_bytes` answer 413.
+
+Hardening (docs/hardening.md): NaN/Infinity anywhere in a body answer 422 (the error echoes the
+value as text, never as a JSON number the encoder would refuse); types are strict (`true` is not
+1); at most `max_in_flight` requests are handled at once, the next answer 503 with `Retry-After`
+at once instead of queueing without bound; /info names files relative to the run, never absolute.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,9 @@ from userseq.serve.service import RequestError, Service
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
+MAX_IN_FLIGHT = 64  # requests handled at once; more answer 503 + Retry-After (0: no limit)
+RETRY_AFTER_S = 1
+UNLIMITED_PATHS = ("/health",)  # load balancers must see the service alive while it sheds load
 DESCRIPTION = ("Next-item recommendations, similar items and users, and user embeddings computed "
                "on the fly from a behaviour history; with `--detector`, malicious-user scores "
                "(/classify); with `--ctr`, click probabilities (/score). Ids are as in the input "
@@ -81,6 +91,70 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class InFlightLimit:
+    """ASGI middleware: at most `limit` HTTP requests in the app at once; one more answers 503 with
+    `Retry-After` at once (back-pressure: the accepted requests keep their latency, the client
+    retries instead of waiting in an unbounded queue). One event loop: a plain counter is safe."""
+
+    def __init__(self, app: Any, limit: int, retry_after: int = RETRY_AFTER_S) -> None:
+        self.app, self.limit, self.retry_after = app, limit, retry_after
+        self.active = 0
+        self.rejected = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or self.limit <= 0
+                or scope.get("path") in UNLIMITED_PATHS):
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            self.rejected += 1
+            return await _overloaded(self.limit, self.retry_after, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+async def _overloaded(limit: int, retry_after: int, send: Any) -> None:
+    message = (f"the service is busy ({limit} requests in progress); retry after {retry_after} s")
+    body = json.dumps({"detail": message, "message": message}).encode()
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"retry-after", str(retry_after).encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as text ("nan", "inf") and anything else JSON cannot
+    hold as its string: safe for a strict JSON encoder."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def relative_paths(value: Any, root: Path) -> Any:
+    """`value` with every absolute path made relative to `root` (the run), or cut to its file name
+    when it lies outside it: /info must not disclose the server's directory layout."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v, root) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        p = Path(value)
+        try:
+            return str(p.resolve().relative_to(root.resolve())) or "."
+        except ValueError:
+            return p.name
+    return value
+
+
 async def _too_large(limit: int, send: Any) -> None:
     body = json.dumps({"detail": f"request body too large: the limit is {limit} bytes",
                        "message": f"request body too large (limit {limit} bytes)"}).encode()
@@ -109,7 +183,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = json.loads(json.dumps(exc.errors(), default=str))
+        errors = json_safe(exc.errors())  # NaN/Infinity in a body are echoed as text
         for e in errors:
             e.pop("url", None)
         return _error(_validation_message(errors), 422, detail=errors)
@@ -132,10 +206,11 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
-               detector: DetectorService | None = None, ctr: CTRService | None = None) -> FastAPI:
+               detector: DetectorService | None = None, ctr: CTRService | None = None,
+               max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
     """The app for one loaded next-item run, optionally with a detector run (/classify) and a CTR
     run (/score); without them those routes answer 404 saying how to load one. `userseq serve`
-    runs it with uvicorn."""
+    runs it with uvicorn. Past `max_in_flight` concurrent requests, 503 + Retry-After."""
     app = FastAPI(title="userseq", version=__version__, description=DESCRIPTION)
     app.state.service = service
     add_error_handlers(app)
@@ -151,20 +226,24 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     async def info() -> Any:
         """Model, data fingerprint, evaluation metrics, index, and the detector and CTR runs
         (null when not loaded)."""
-        return {**service.info(), "detector": detector.info() if detector else None,
+        info = {**service.info(), "detector": detector.info() if detector else None,
                 "ctr": ctr.info() if ctr else None}
+        return relative_paths(info, service.run_dir)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    # the body limit wraps the whole app (it must see the raw body before FastAPI parses it)
+    # the body limit wraps the whole app (it must see the raw body before FastAPI parses it);
+    # the in-flight limit wraps that (added last = outermost: it refuses before reading a body)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
     return app
 
 
-def create_ctr_app(ctr: CTRService, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_ctr_app(ctr: CTRService, max_body_bytes: int = MAX_BODY_BYTES,
+                   max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
     """A service of one CTR run alone: POST /score and GET /health (`userseq ctr serve`)."""
     app = FastAPI(title="userseq CTR", version=__version__,
                   description="Click probabilities from a saved `userseq ctr train` run.")
@@ -177,4 +256,5 @@ def create_ctr_app(ctr: CTRService, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         return {"status": "ok", "model": ctr.model, "items": ctr.n_items, "users": ctr.n_users}
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
     return app

@@ -26,6 +26,8 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option(
         help="most histories encoded in one forward pass")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="larger request bodies answer 413")] = 1 << 20,
+    max_in_flight: Annotated[int, typer.Option(
+        help="requests handled at once; more answer 503 with Retry-After (0: no limit)")] = 64,
     threads: Annotated[int | None, typer.Option(
         help="torch threads for encoding (default 1)")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
@@ -43,6 +45,9 @@ def serve_cmd(
     _check_port(port)
     if max_batch <= 0 or max_body_bytes <= 0:
         raise UserseqError("--max-batch and --max-body-bytes must be positive.")
+    if max_in_flight < 0:
+        raise UserseqError(f"--max-in-flight must be 0 (no limit) or positive (got "
+                           f"{max_in_flight}).")
     _limit_threads(threads)
     from userseq.serve.app import create_app
     from userseq.serve.routes.ctr import CTRService
@@ -52,7 +57,7 @@ def serve_cmd(
     classifier = DetectorService.from_run(detector) if detector is not None else None
     scorer = CTRService.from_run(ctr) if ctr is not None else None
     service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
-    app = create_app(service, max_body_bytes, classifier, scorer)
+    app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight)
     import gc
 
     gc.collect()

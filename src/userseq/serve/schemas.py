@@ -6,10 +6,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+# Strict types: JSON `true` is not the integer 1, "5" is not 5. Floats are finite
+# (`allow_inf_nan=False` on every request model): NaN and Infinity answer 422.
+StrictInt = Annotated[int, Strict()]
+StrictBool = Annotated[bool, Strict()]
+StrictNumber = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 # Ids as in the input data: JSON integers or strings, converted to the model's id type.
-Id = Annotated[int | Annotated[str, Field(min_length=1, max_length=256)],
+Id = Annotated[StrictInt | Annotated[str, Field(min_length=1, max_length=256)],
                Field(description="an id as in the input data (integer or string)")]
 
 MAX_K = 1000
@@ -18,7 +24,7 @@ MAX_LIST = 100_000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class HistoryInput(_Request):
@@ -29,7 +35,7 @@ class HistoryInput(_Request):
     history: list[Id] | None = Field(None, max_length=MAX_HISTORY,
                                      description="item ids, oldest first (or in any order with "
                                                  "`timestamps`)")
-    timestamps: list[datetime | float] | None = Field(
+    timestamps: list[datetime | StrictNumber] | None = Field(
         None, max_length=MAX_HISTORY,
         description="one per history item (ISO 8601 or Unix seconds); the history is ordered by "
                     "them, ties keep the given order")
@@ -55,13 +61,13 @@ class HistoryInput(_Request):
 class RecommendRequest(HistoryInput):
     """Top-k next items for a user (known and/or from an explicit history)."""
 
-    k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
-    exclude_seen: bool = Field(True, description="leave out items in the user's history")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
+    exclude_seen: StrictBool = Field(True, description="leave out items in the user's history")
     allow: list[Id] | None = Field(
         None, max_length=MAX_LIST, description="only recommend from these items")
     deny: list[Id] | None = Field(
         None, max_length=MAX_LIST, description="never recommend these items")
-    exact: bool = Field(
+    exact: StrictBool = Field(
         False, description="exact scan of the whole catalogue instead of the ANN index")
 
 
@@ -83,7 +89,7 @@ class ClassifyRequest(_Request):
     items: list[Id] | None = Field(
         None, min_length=1, max_length=MAX_HISTORY,
         description="event detectors: page/item ids of the user's events")
-    timestamps: list[datetime | float] | None = Field(
+    timestamps: list[datetime | StrictNumber] | None = Field(
         None, max_length=MAX_HISTORY,
         description="event detectors: one per item (ISO 8601 or Unix seconds); events are ordered "
                     "by them, ties keep the given order, and the response counts the pairs that "
@@ -91,7 +97,7 @@ class ClassifyRequest(_Request):
     posts: list[Annotated[str, Field(max_length=MAX_POST_CHARS)]] | None = Field(
         None, min_length=1, max_length=MAX_POSTS,
         description="text detectors: the user's posts, oldest first")
-    first_k: int | None = Field(
+    first_k: StrictInt | None = Field(
         None, ge=1, le=MAX_HISTORY,
         description="score from the first k events/posts only (early detection)")
 
@@ -140,13 +146,14 @@ class ScoreRequest(_Request):
                                               "unless `history` is given")
     history: list[Id] | None = Field(None, max_length=CTR_MAX_HISTORY,
                                      description="item ids, oldest first")
-    history_values: list[float] | None = Field(
+    history_values: list[StrictNumber] | None = Field(
         None, max_length=CTR_MAX_HISTORY, description="the rating/label of each history event")
-    history_timestamps: list[float] | None = Field(
+    history_timestamps: list[StrictNumber] | None = Field(
         None, max_length=CTR_MAX_HISTORY, description="Unix seconds, one per history event")
-    timestamp: float | None = Field(
+    timestamp: StrictNumber | None = Field(
         None, description="time of the impression: history events must be earlier")
-    context: dict[str, float] | None = Field(None, description="the model's context features")
+    context: dict[str, StrictNumber] | None = Field(
+        None, description="the model's context features")
 
     @model_validator(mode="after")
     def _who(self) -> ScoreRequest:

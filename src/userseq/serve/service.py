@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import queue
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from userseq.index.run import RunIndex
 from userseq.index.vector import IndexConfig
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+MAP_CACHE = 8  # /map projections kept (one per distinct n, least recently used dropped)
 
 
 class RequestError(UserseqError):
@@ -164,7 +166,7 @@ class Service:
         self.genres: list[list[str] | None] | None = None
         if item_meta is not None:
             self._set_meta(item_meta)
-        self._map: dict[int, dict] = {}
+        self._map: OrderedDict[int, dict] = OrderedDict()  # LRU of MAP_CACHE projections
         self._haystack: pl.Series | None = None
         self._lock = threading.Lock()
 
@@ -395,9 +397,14 @@ class Service:
 
     def item_map(self, n: int) -> dict[str, Any]:
         """A 2-D PCA projection of (up to n, most popular first) item embeddings, with genres."""
+        n = max(1, min(int(n), len(self.items)))  # n past the catalogue is the catalogue
         with self._lock:
-            if n not in self._map:
+            if n in self._map:
+                self._map.move_to_end(n)
+            else:
                 self._map[n] = self._project(n)
+                while len(self._map) > MAP_CACHE:
+                    self._map.popitem(last=False)
             return self._map[n]
 
     def _project(self, n: int) -> dict[str, Any]:
