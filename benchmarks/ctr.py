@@ -58,7 +58,8 @@ def run_real(datasets: list[str], models: list[str], workdir: Path, max_minutes:
             cmd = ["userseq", "ctr", "train", "--data", ds,
                    *CLI_ARGS.get(model, ["--model", model]),
                    "--config", str(CONFIG.relative_to(HERE.parent)),
-                   "--max-minutes", str(max_minutes), "--out", str(run_dir), "--quiet"]
+                   "--max-minutes", str(max_minutes), "--out", str(run_dir), "--overwrite",
+                   "--quiet"]
             print(f"== {ds} / {model}", flush=True)
             t0 = time.time()
             proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True,

@@ -47,7 +47,7 @@ def run_one(dataset: str, model: str, minutes: float | None, workdir: Path,
             extra: list[str]) -> dict:
     run_dir = workdir / f"{dataset}-{model}"
     cmd = ["userseq", "train", "--data", dataset, "--model", model, "--out", str(run_dir),
-           "--quiet", *extra]
+           "--overwrite", "--quiet", *extra]
     if minutes is not None:
         cmd += ["--max-minutes", str(minutes)]
     t0 = time.time()

@@ -124,7 +124,8 @@ def write_jobs(args: argparse.Namespace) -> list[tuple[str, Path, list[str]]]:
         (args.out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         cmd = [sys.executable, "-m", "userseq.cli", "train", "--data", args.data,
                "--model", args.model, "--config", str(args.out / f"{name}.yaml"),
-               "--out", str(args.out / name), "--quiet", "--device", args.device]
+               "--out", str(args.out / name), "--overwrite", "--quiet", "--device",
+               args.device]
         if args.max_minutes:
             cmd += ["--max-minutes", str(args.max_minutes)]
         jobs.append((text, args.out / name, cmd))

@@ -370,8 +370,9 @@ def _check_time_units(source: str, df: pl.DataFrame, s: pl.Series, orig: str,
     parts = []
     for unit, mask in found[:2]:
         i = int(mask.arg_max())
-        parts.append(f"{unit} ({int(mask.sum()):,} values, e.g. "
-                     f"{_row_hint(source, df, mask).split(',')[0]}: {s[i]})")
+        first = describe_rows(source, df.filter(mask)[ROW].head(1).to_list())
+        parts.append(f"{unit} ({int(mask.sum()):,} value{'s' if mask.sum() > 1 else ''}, e.g. "
+                     f"{first}: {s[i]})")
     _warn(notes, f"{source}: column '{orig}' mixes timestamp magnitudes: "
                  f"{' and '.join(parts)}; events would be ordered wrongly. Convert the column "
                  "to one unit (e.g. divide the milliseconds by 1000).")
