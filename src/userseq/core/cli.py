@@ -3,7 +3,6 @@ options are applied to a config (a bad value names the option, not the config ke
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +38,18 @@ RUN_MARKERS = ("estimator.json", "config.yaml", "model.safetensors", "checkpoint
                "detect.yaml", "COMPLETE")
 
 
+def writable_dir(d: Path) -> bool:
+    """Whether a file can be created in directory `d` (tried, not guessed from permission bits:
+    read-only file systems, /proc and root's view of permissions are all caught)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=d, prefix=".userseq-probe-"):
+            return True
+    except OSError:
+        return False
+
+
 def check_out_dir(out_dir: Path, resume: bool = False, overwrite: bool = False,
                   flag: str = "--out", delete: bool = False) -> None:
     """Check a run directory before any work: a file, a path under a file, an unwritable place
@@ -60,7 +71,7 @@ def check_out_dir(out_dir: Path, resume: bool = False, overwrite: bool = False,
         raise ArtifactError(f"{flag} {out_dir}: {parent} is a file, not a directory; choose a "
                             "run directory elsewhere.")
     probe = out_dir if out_dir.is_dir() else parent
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not writable_dir(probe):
         raise ArtifactError(f"{flag} {out_dir}: {probe} is not writable; choose a writable run "
                             "directory.")
     if not out_dir.is_dir() or not any(out_dir.iterdir()) or resume:

@@ -32,7 +32,7 @@ class DataConfig(StrictModel):
     cold_fraction: float = Field(0.2, gt=0, lt=1, description="cold-start split: share of items "
                                  "held out of training (half for validation targets, half for "
                                  "test targets)")
-    split_seed: int = Field(0, ge=0, lt=2**63, description="seed of the split's random draws (cold-start: the "
-                            "held-out items); was `cold_seed`")
+    split_seed: int = Field(0, ge=0, lt=2**63, description="seed of the split's random draws "
+                            "(cold-start: the held-out items); was `cold_seed`")
     item_text: str | None = Field(None, description="item attribute table (item_id + text columns) "
                                   "for text items; default: the named dataset's item metadata")

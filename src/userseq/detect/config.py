@@ -66,7 +66,8 @@ class DetectConfig(TaskConfig):
                                "random first-k prefix")
     valid: float = Field(0.1, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = Field(0, ge=0, lt=2**63, description="seeds the stratified user split (and the folds)")
+    split_seed: int = Field(0, ge=0, lt=2**63,
+                            description="seeds the stratified user split (and the folds)")
     first_k: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     with_leakage: bool = False
     dataset: str | None = None

@@ -22,6 +22,7 @@ from userseq.core.cli import (
     out,
     parse_set,
     with_options,
+    writable_dir,
 )
 from userseq.core.errors import UserseqError
 from userseq.encoders import ENCODERS
@@ -318,8 +319,6 @@ def embed(
 
 def _check_embedding_path(flag: str, path: Path) -> None:
     """Before any work: a Parquet name, in an existing writable directory, not a directory."""
-    import os
-
     if path.suffix.lower() not in (".parquet", ".pq"):
         raise UserseqError(f"{flag} {path}: embeddings are written as Parquet; name the file "
                            f"{path.with_suffix('.parquet').name} (other formats: read the Parquet "
@@ -329,9 +328,8 @@ def _check_embedding_path(flag: str, path: Path) -> None:
     if not path.parent.is_dir():
         raise UserseqError(f"{flag} {path}: directory {path.parent} does not exist; create it "
                            "first.")
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists()
-                                                        and not os.access(path, os.W_OK)):
-        raise UserseqError(f"{flag} {path}: not writable; choose another path.")
+    if not writable_dir(path.parent):
+        raise UserseqError(f"{flag} {path}: {path.parent} is not writable; choose another path.")
 
 
 def _write_user_embeddings(rec: Any, out_path: Path, chunk_size: int, vectors_path: Path | None,
