@@ -56,17 +56,17 @@ H = f"[{FIRST_ITEM}, {FIRST_ITEM + 1}]"
 
 @pytest.mark.parametrize("token", NON_FINITE)
 @pytest.mark.parametrize("path,body,field", [
-    ("/recommend", '{"history": %s, "k": %s}' % (H, "{t}"), "k"),
-    ("/recommend", '{"history": [{t}]}', "history"),
-    ("/recommend", '{"user_id": {t}}', "user_id"),
-    ("/recommend", '{"history": %s, "timestamps": [1, {t}]}' % H, "timestamps"),
-    ("/recommend", '{"history": %s, "allow": [{t}]}' % H, "allow"),
-    ("/recommend", '{"history": %s, "exclude_seen": {t}}' % H, "exclude_seen"),
-    ("/embed", '{"history": %s, "timestamps": [{t}, 2]}' % H, "timestamps"),
-    ("/embed", '{"user_id": "u1", "history": [{t}]}', "history"),
+    ("/recommend", '{"history": H, "k": T}', "k"),
+    ("/recommend", '{"history": [T]}', "history"),
+    ("/recommend", '{"user_id": T}', "user_id"),
+    ("/recommend", '{"history": H, "timestamps": [1, T]}', "timestamps"),
+    ("/recommend", '{"history": H, "allow": [T]}', "allow"),
+    ("/recommend", '{"history": H, "exclude_seen": T}', "exclude_seen"),
+    ("/embed", '{"history": H, "timestamps": [T, 2]}', "timestamps"),
+    ("/embed", '{"user_id": "u1", "history": [T]}', "history"),
 ])
 def test_non_finite_numbers_answer_422_naming_the_field(client, path, body, field, token):
-    r = post_raw(client, path, body.replace("{t}", token))
+    r = post_raw(client, path, body.replace("H", H).replace("T", token))
     assert r.status_code == 422, r.text
     answer = strict_json(r.text)  # the echo of the bad value is text, not a JSON NaN
     assert field in answer["message"]

@@ -170,7 +170,10 @@ def collect_table(lf: pl.LazyFrame, name: str, id_columns: list[str] | None = No
     except (OSError, pl.exceptions.PolarsError) as e:
         raise DataError(f"{name}: could not read: {first_line(e)}") from None
     for col in id_columns or []:
-        if col in df.columns and df[col].dtype == pl.Boolean:
+        if col in df.columns and df[col].dtype == pl.Boolean and kind == "csv":
+            # CSV has no booleans: `true` is the text of an id (Polars inferred a type)
+            df = df.with_columns(df[col].cast(pl.String))
+        elif col in df.columns and df[col].dtype == pl.Boolean:
             raise DataError(f"{name}: column '{col}' holds booleans (true/false); ids must be "
                             "strings or integers. Write the ids themselves.")
     if kind == "jsonl":
