@@ -49,8 +49,8 @@ def main() -> None:
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         run = args.workdir / variant
         cmd = [sys.executable, "-m", "userseq.cli", "train", "--data", "ml-1m",
-               "--config", str(path), "--epochs", str(args.epochs), "--out", str(run), "--overwrite",
-               "--quiet"]
+               "--config", str(path), "--epochs", str(args.epochs), "--out", str(run),
+               "--overwrite", "--quiet"]
         t0 = time.time()
         subprocess.run(cmd, check=True, capture_output=True)
         log = json.loads((run / "train_log.json").read_text())

@@ -14,6 +14,16 @@ the scheduled send time, so a server that falls behind is charged for the queuei
     python benchmarks/serve_load.py  # runs/demo-ml1m or benchmarks/_work/ml1m-sasrec
     python benchmarks/serve_load.py --run runs/demo-ml1m --requests 1000 --rate 200 \\
         --rate-seconds 10
+
+`--part overload` measures back-pressure instead (docs/hardening.md): 200 concurrent clients
+(closed loop, each honouring `Retry-After` when refused) against the service with each
+`--max-in-flight` limit (0 = no limit, the behaviour before the limit existed); it records, per
+limit, the p50/p99 latency of the *accepted* requests, the share answered 503, and the
+throughput, as rows of benchmarks/serve_overload_runs.json (with provenance), and renders the
+`serve_overload` section of RESULTS.md from them:
+
+    python benchmarks/serve_load.py --part overload --clients 200 --limits 0 64 16 \\
+        --requests 4000
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import results  # noqa: E402
 from results import log, publish, run_header  # noqa: E402
 
 TARGET_P99_MS = 10.0
@@ -130,8 +141,9 @@ def summary(lat: list[float], errors: int, wall: float) -> dict:
 def start_server(run: Path, port: int, extra: list[str]) -> subprocess.Popen:
     import httpx
 
-    exe = Path(sys.executable).with_name("userseq")
-    proc = subprocess.Popen([str(exe), "serve", str(run), "--port", str(port), *extra],
+    # the CLI of this checkout (PYTHONPATH), as the `userseq` script would run it
+    proc = subprocess.Popen([sys.executable, "-m", "userseq.cli", "serve", str(run), "--port",
+                             str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -155,6 +167,102 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+# ---------------------------------------------------------------------- overload (back-pressure)
+OVERLOAD_STORE = HERE / "serve_overload_runs.json"
+
+
+async def overload_loop(url: str, bodies: list[dict], clients: int) -> dict:
+    """`clients` workers, each sending its next request when the last one is answered; a 503 is
+    counted and the worker waits the answer's Retry-After before its next request."""
+    import aiohttp
+
+    accepted: list[float] = []
+    rejected = errors = 0
+    waited = 0.0
+    it = iter(bodies)
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
+
+        async def worker() -> None:
+            nonlocal rejected, errors, waited
+            for body in it:
+                t = time.perf_counter()
+                try:
+                    async with client.post("/recommend", json=body) as r:
+                        data = await r.read()
+                        status, retry = r.status, r.headers.get("Retry-After")
+                except Exception:
+                    errors += 1
+                    continue
+                dt = time.perf_counter() - t
+                if status == 200 and data.count(b'"item_id"') == body["k"]:
+                    accepted.append(dt)
+                elif status == 503 and retry is not None:
+                    rejected += 1
+                    waited += float(retry)
+                    await asyncio.sleep(float(retry))
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    a = np.array(accepted) * 1000 if accepted else np.array([np.nan])
+    sent = len(accepted) + rejected + errors
+    return {"sent": sent, "accepted": len(accepted), "rejected_503": rejected, "errors": errors,
+            "share_503": rejected / max(sent, 1), "accepted_rps": len(accepted) / wall,
+            "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(np.max(a)),
+            "wall_s": round(wall, 2)}
+
+
+def overload(args: argparse.Namespace) -> None:
+    """One server per --limits value; 200 (--clients) concurrent clients each."""
+    bodies = request_bodies(args.run, args.requests + 400, "history", args.k)
+    for limit in args.limits:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server_args = ["--max-in-flight", str(limit), *args.server_args.split()]
+        proc = start_server(args.run, port, server_args)
+        try:
+            asyncio.run(closed_loop(url, bodies[:200], 8))  # warm-up (not recorded)
+            with results.LoadMonitor() as mon:
+                res = asyncio.run(overload_loop(url, bodies[400:], args.clients))
+        finally:
+            stop_server(proc)
+        row = {**res, "limit": limit, "clients": args.clients, "k": args.k,
+               "request": "history (last 50 items of a random user)", "run": str(args.run),
+               **results.provenance(mon, seeds=[0], data="ml-1m (the run's training users)")}
+        log(f"limit {limit}: {res} ({mon.verdict})")
+        if not args.no_write:
+            results.save_row(OVERLOAD_STORE, f"clients={args.clients}/limit={limit}", row,
+                             HERE / "_work" / "serve_overload.lock")
+    rows = results.load_rows(OVERLOAD_STORE)
+    publish("serve_overload", "HTTP service under overload: in-flight limit (back-pressure)",
+            overload_lines(rows), write=not args.no_write)
+
+
+def overload_lines(rows: dict) -> list[str]:
+    lines = ["Rows of `benchmarks/serve_overload_runs.json` (each with its command, commit, "
+             "machine and load verdict). 200 concurrent closed-loop clients send POST /recommend "
+             "(an explicit 50-item history, k=100); a refused client waits `Retry-After` (1 s) "
+             "before its next request. Limit 0 = no limit (every request queues: the behaviour "
+             "before the limit).", "",
+             "| clients | --max-in-flight | sent | accepted | 503 share | accepted req/s "
+             "| accepted p50 ms | accepted p99 ms | max ms | errors | load verdict | date |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for _, r in sorted(rows.items(), key=lambda kv: (kv[1]["clients"], kv[1]["limit"])):
+        lines.append(f"| {r['clients']} | {r['limit'] or 'none'} | {r['sent']:,} | "
+                     f"{r['accepted']:,} | {r['share_503']:.1%} | {r['accepted_rps']:.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
+                     f"{r['errors']} | {r['verdict']} (load max {r['load_max']}) | "
+                     f"{r['date']} |")
+    cmds = sorted({r["command"] for r in rows.values()})
+    lines += ["", *(f"Command: `{c}`" for c in cmds)]
+    return lines
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +281,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--server-args", default="",
                     help="extra `userseq serve` options, e.g. '--max-batch 32'")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--part", choices=["latency", "overload"], default="latency",
+                    help="latency: the classic table; overload: back-pressure at --clients")
+    ap.add_argument("--clients", type=int, default=200, help="overload: concurrent clients")
+    ap.add_argument("--limits", type=int, nargs="+", default=[0, 64],
+                    help="overload: --max-in-flight values to measure (0: no limit)")
     return ap.parse_args()
 
 
@@ -263,6 +376,10 @@ def main() -> None:
     if not (args.run / "model.safetensors").exists():
         raise SystemExit(f"{args.run}: no trained run. Train one: userseq train --data ml-1m "
                          f"--model sasrec --out {args.run} --epochs 3 --quiet")
+    if args.part == "overload":
+        results.ensure_quiet()
+        overload(args)
+        return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(args.run, port, args.server_args.split())
