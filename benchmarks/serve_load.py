@@ -245,10 +245,10 @@ def overload(args: argparse.Namespace) -> None:
 
 def overload_lines(rows: dict) -> list[str]:
     lines = ["Rows of `benchmarks/serve_overload_runs.json` (each with its command, commit, "
-             "machine and load verdict). `clients` concurrent closed-loop clients send POST /recommend "
-             "(an explicit 50-item history, k=100); a refused client waits `Retry-After` (1 s) "
-             "before its next request. Limit 0 = no limit (every request queues: the behaviour "
-             "before the limit).", "",
+             "machine and load verdict). `clients` concurrent closed-loop clients send POST "
+             "/recommend (an explicit 50-item history, k=100); a refused client waits "
+             "`Retry-After` (1 s) before its next request. Limit 0 = no limit (every request "
+             "queues: the behaviour before the limit).", "",
              "| clients | --max-in-flight | sent | accepted | 503 share | accepted req/s "
              "| accepted p50 ms | accepted p99 ms | max ms | errors | load verdict | date |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]

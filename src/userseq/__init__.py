@@ -15,6 +15,7 @@ from userseq.core.errors import (
     DataError,
     NotFittedError,
     UserseqError,
+    UserseqWarning,
 )
 from userseq.core.version import __version__
 from userseq.data.eventlog import EventLog
@@ -50,7 +51,7 @@ _LAZY = {
 }
 
 __all__ = ["ArtifactError", "ConfigError", "DataError", "EventLog", "NotFittedError",
-           "UserseqError", "__version__", *_LAZY]
+           "UserseqError", "UserseqWarning", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
