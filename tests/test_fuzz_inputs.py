@@ -255,6 +255,12 @@ CONFIGS: list[Case] = [
                                                        "train.checkpoint_every=-1"),
      ["train.checkpoint_every"]),
     ("cuda without a GPU", E, lambda c: c.train(c.good, "--device", "cuda"), ["cuda"]),
+    ("detect monitor: loss", E, lambda c: ["detect", "train", "-d", c.good, "-o", c.tmp / "o",
+                                           "--set", "train.monitor=loss"],
+     ["train.monitor must be one of roc_auc, accuracy"]),
+    ("ctr monitor: ndcg@10", E, lambda c: ["ctr", "train", "-d", c.good, "-o", c.tmp / "o",
+                                           "--set", "train.monitor=ndcg@10"],
+     ["train.monitor must be one of"]),
 ]
 
 OUTPUTS: list[Case] = [

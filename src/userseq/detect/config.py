@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
@@ -50,6 +50,9 @@ class DetectModelConfig(StrictModel):
         return heads_divide_dim(v, info)
 
 
+MONITORS = ("roc_auc", "accuracy")  # what the detector's validation returns (estimator.fit)
+
+
 def _train_defaults() -> TrainConfig:
     return TrainConfig(epochs=30, batch_size=128, lr=1e-3, patience=4, monitor="roc_auc",
                        weight_decay=0.0)
@@ -71,3 +74,12 @@ class DetectConfig(TaskConfig):
     first_k: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     with_leakage: bool = False
     dataset: str | None = None
+
+    @model_validator(mode="after")
+    def _monitor(self) -> DetectConfig:
+        """train.monitor must be a metric detector validation produces (checked before
+        training, not after the first epoch)."""
+        if self.train.monitor not in MONITORS:
+            raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)} for detectors "
+                             f"(got {self.train.monitor!r})")
+        return self
