@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from userseq.core import distributed
 from userseq.core.cli import SetOption, err, out, parse_set, with_options
 from userseq.core.errors import UserseqError
 
@@ -132,6 +133,8 @@ def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool) ->
               f"{i['categories']} categories, mean history {i['history_length']['mean']:.0f} "
               f"({time.time() - t0:.1f}s)")
     est = CTREstimator(config=cfg).fit(ctr, run_dir=out_dir, resume=resume, quiet=quiet)
+    if not distributed.is_main():  # torchrun: rank 0 writes and reports the run
+        return
     metrics = est.write_metrics(out_dir, est.report(ctr))
     _print(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")

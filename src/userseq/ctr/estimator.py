@@ -23,6 +23,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from userseq.core import distributed
 from userseq.core.artifacts import (
     fingerprint,
     load_ids,
@@ -132,7 +133,7 @@ class CTREstimator(Estimator[CTRConfig]):
                             resume)
         self.train_state_ = self._summary(state, time.time() - t0, len(train), len(valid))
         self.data_info_ = data.info
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():  # data-parallel: rank 0 writes
             self.save(run_dir)
             write_json(state.history, Path(run_dir) / "train_log.json")
         return self

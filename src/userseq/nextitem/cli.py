@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from userseq.core import distributed
 from userseq.core.artifacts import read_json
 from userseq.core.cli import DataArg, RunDirArg, SetOption, err, out, parse_set, with_options
 from userseq.core.errors import UserseqError
@@ -81,6 +82,8 @@ def train(
 
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
     NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
+    if not distributed.is_main():  # torchrun: rank 0 wrote the run and reports it
+        return
     metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics, baselines
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from userseq.core import distributed
 from userseq.core.artifacts import (
     fingerprint,
     load_ids,
@@ -137,7 +138,7 @@ class NextItemRecommender(Estimator[RunConfig]):
                             lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
                             resume)
         self.train_state_ = _train_state(state, trainer, len(rows))
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():  # data-parallel: rank 0 writes
             self.save(run_dir)
             write_json(state.history, Path(run_dir) / "train_log.json")
             self.write_metrics(run_dir, self.report(log, split))
