@@ -263,7 +263,16 @@ def _typed(values: list[str], id_map: Any, what: str) -> list[Any]:
 
 def embed(
     run_dir: RunDirArg,
-    out_path: Annotated[Path, Opt("--out", "-o", help="Parquet file for user embeddings")],
+    out_path: Annotated[Path, Opt("--out", "-o", help="Parquet file for user embeddings (with "
+                                                      "--input: a directory of Parquet files)")],
+    input_dir: Annotated[Path | None, Opt("--input", help="embed the users of these events "
+                                          "instead of the training users: a directory of "
+                                          "(partitioned) Parquet files")] = None,
+    engine: Annotated[str, Opt(help="with --input: local (one process) | ray (Ray Data actors; "
+                                    "pip install 'userseq[ray]')")] = "local",
+    workers: Annotated[int, Opt(help="--engine ray: actors (each loads the model once)")] = 2,
+    ray_address: Annotated[str | None, Opt(help="--engine ray: a running Ray cluster (default: "
+                                                "RAY_ADDRESS, else a local Ray)")] = None,
     items_out: Annotated[Path | None, Opt(help="Parquet file for item embeddings")] = None,
     chunk_size: Annotated[int, Opt(help="users encoded and written per Parquet row group "
                                         "(memory stays bounded by this)")] = 65_536,
@@ -284,6 +293,17 @@ def embed(
 
     if chunk_size <= 0:
         raise UserseqError(f"--chunk-size must be a positive integer (got {chunk_size}).")
+    if engine not in ("local", "ray"):
+        raise UserseqError(f"--engine {engine}: unknown engine; choose local or ray.")
+    if input_dir is not None:
+        if index or items_out is not None:
+            raise UserseqError("--input embeds the users of new events; --index and --items-out "
+                               "work on the run's own users and items (run them without --input).")
+        _embed_events(run_dir, input_dir, out_path, engine, workers, chunk_size, ray_address)
+        return
+    if engine != "local":
+        raise UserseqError(f"--engine {engine} needs --input DIR (the events to embed); the "
+                           "run's own users are embedded locally.")
     for path in (out_path, items_out):
         if path is not None and not path.parent.is_dir():
             raise UserseqError(f"{path}: directory {path.parent} does not exist; create it first.")
@@ -303,6 +323,21 @@ def embed(
     out.print(f"wrote {len(items):,} item embeddings to {items_out}")
     if index:
         _build_index(rec, run_dir, cfg, chunk_size, vectors_path)
+
+
+def _embed_events(run_dir: Path, input_dir: Path, out_dir: Path, engine: str, workers: int,
+                  chunk_size: int, ray_address: str | None) -> None:
+    from userseq.nextitem.batch import embed_local, embed_ray
+
+    t0 = time.time()
+    if engine == "ray":
+        res = embed_ray(run_dir, input_dir, out_dir, workers, chunk_size, ray_address)
+    else:
+        res = embed_local(run_dir, input_dir, out_dir, chunk_size)
+    skipped = f"; {res['skipped']:,} users without a catalogue item skipped" if res.get(
+        "skipped") else ""
+    out.print(f"wrote {res['users']:,} user embeddings to {out_dir} ({res['files']} Parquet "
+              f"files, engine {engine}, {time.time() - t0:.1f}s){skipped}")
 
 
 def _write_user_embeddings(rec: Any, out_path: Path, chunk_size: int, vectors_path: Path | None,
