@@ -17,8 +17,8 @@ Both engines run the same `UserEmbedder` on groups of complete users, so their r
   pools), and the blocks are written
   as partitioned Parquet. `ray.init` joins `--ray-address` (or RAY_ADDRESS), else starts a local
   Ray with `workers` + 1 CPUs (each actor holds one CPU; the read, shuffle and write tasks need one
-  more, or they wait forever behind the actors). The run's files are sent to the actors through Ray's object store, so
-  workers on other machines need no shared file system.
+  more, or they wait forever behind the actors). The run's files are sent to the actors through
+  Ray's object store, so workers on other machines need no shared file system.
 """
 
 from __future__ import annotations
