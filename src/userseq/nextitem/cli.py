@@ -49,9 +49,14 @@ def train(
     split_seed: Annotated[int | None, Opt(help="seed of the split (default: --seed)")] = None,
     device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT/checkpoint.safetensors")] = False,
+    init_from: Annotated[Path | None, Opt(help="warm start from this run's weights (same "
+                                               "encoder); new items and users get new rows")
+                         ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a sequential recommender, evaluate it with full ranking and save the run."""
+    """Train a sequential recommender, evaluate it with full ranking and save the run.
+
+    Data-parallel on several processes or machines: launch with torchrun (docs/distributed.md)."""
     from userseq.data.datasets import is_dataset_name
     from userseq.data.load import load_events
     from userseq.data.split import make_split
@@ -81,7 +86,10 @@ def train(
     from userseq.nextitem.estimator import NextItemRecommender
 
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
-    NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
+    if init_from is not None and not init_from.is_dir():
+        raise UserseqError(f"--init-from {init_from}: run directory not found.")
+    NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet,
+                                        init_from=init_from)
     if not distributed.is_main():  # torchrun: rank 0 wrote the run and reports it
         return
     metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics, baselines
