@@ -36,7 +36,7 @@ from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, tr
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
-from userseq.items.base import ItemRepr
+from userseq.items.base import IdEmbedding, ItemRepr
 from userseq.items.factory import (
     build_items,
     categorical_features,
@@ -51,6 +51,7 @@ from userseq.metrics.ranking import (
     popularity_scorer,
     repeat_scorer,
     scan_catalogue,
+    streamed_scorer,
 )
 from userseq.nextitem.config import RunConfig, split_kwargs
 
@@ -369,6 +370,25 @@ class NextItemRecommender(Estimator[RunConfig]):
         with torch.no_grad():
             return self._serving(enc.items.output_matrix().detach().float().cpu())
 
+    def scorer(self, users: torch.Tensor) -> Any:
+        """Full-catalogue dot-product scorer for user vectors. An item table that computes its rows
+        (hashed, QR, unified) and a catalogue larger than one `eval.item_chunk` are scored chunk by
+        chunk from `output_rows`, so the whole item matrix is never built (memory flat in the
+        catalogue size); otherwise from `item_matrix()`."""
+        items = self.check_is_fitted().items
+        # a stored table (IdEmbedding) is its own matrix (a view): streaming would save nothing
+        streams = type(items).output_rows is not ItemRepr.output_rows and not isinstance(
+            items, IdEmbedding)
+        if not streams or len(self.item_ids_) + 1 <= self.config.eval.item_chunk:
+            return matrix_scorer(users, self.item_matrix())
+
+        def rows(lo: int, hi: int) -> torch.Tensor:
+            with torch.no_grad():
+                ids = torch.arange(lo, hi, device=self.device_)
+                return self._serving(items.output_rows(ids).float().cpu())
+
+        return streamed_scorer(users, rows)
+
     def _serving(self, vectors: torch.Tensor) -> torch.Tensor:
         d = serve_dim(self.config.model)
         return vectors if d == vectors.shape[1] else vectors[:, :d].contiguous()
@@ -378,7 +398,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         users = self.encode(eval_set.offsets, eval_set.items)
         seen = (eval_set.offsets, eval_set.items) if filter_seen else None
         c = self.config.eval
-        return evaluate(matrix_scorer(users, self.item_matrix()), len(self.item_ids_),
+        return evaluate(self.scorer(users), len(self.item_ids_),
                         eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
 
     def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
@@ -421,7 +441,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         users = self.encode(offsets, items)
         seen = (offsets, items) if filter_seen else None
         c = self.config.eval
-        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()),
+        _, top, top_s = scan_catalogue(self.scorer(users),
                                        len(self.item_ids_), len(users), None, seen, int(k),
                                        c.user_chunk, c.item_chunk)
         return top_s, top
