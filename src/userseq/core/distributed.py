@@ -186,9 +186,10 @@ class GradientSync:
             flat[n + k:] = torch.tensor(extras, dtype=torch.float32, device=dev)
         collective("the gradient all-reduce", lambda: dist.all_reduce(flat))
         flat[:n] /= world_size()
+        got = flat[n:n + k].cpu().tolist()  # one device sync, not one per parameter
         off = 0
         for i, p in enumerate(self.params):
-            if flat[n + i] > 0:
+            if got[i] > 0:
                 g = flat[off:off + p.numel()].view_as(p).to(p.dtype)
                 if p.grad is None:
                     p.grad = g.clone()
