@@ -90,3 +90,47 @@ def test_ray_engine_equals_the_local_engine_row_for_row(run_and_events):
     assert a["user_id"].to_list() == b["user_id"].to_list()  # every user exactly once
     np.testing.assert_array_equal(np.stack(a["embedding"].to_numpy()),
                                   np.stack(b["embedding"].to_numpy()))
+
+
+class _DiesOnce:
+    """Mixed into the embedder: the first call anywhere kills its actor (a marker file says it
+    happened), as a crashed machine would."""
+
+    marker = ""
+
+    def __call__(self, events):
+        import os
+        from pathlib import Path
+
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text("died")
+            os._exit(1)
+        return super().__call__(events)
+
+
+@pytest.mark.slow
+def test_ray_retries_a_dead_worker_and_writes_every_user_once(run_and_events, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'userseq[ray]'")
+    import sys
+
+    from ray import cloudpickle
+
+    from userseq.nextitem.batch import UserEmbedder, embed_local, embed_ray
+
+    _, run, events, _ = run_and_events
+    flaky = type("FlakyEmbedder", (_DiesOnce, UserEmbedder), {"marker": str(tmp_path / "m")})
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import it
+    embed_local(run, events, tmp_path / "local")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 2**20)
+    try:
+        res = embed_ray(run, events, tmp_path / "ray", workers=1, embedder=flaky)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (tmp_path / "m").read_text() == "died"
+    a, b = _read(tmp_path / "local"), _read(tmp_path / "ray")
+    assert res["users"] == a.height == 41
+    assert a["user_id"].to_list() == b["user_id"].to_list()  # every user exactly once
+    np.testing.assert_array_equal(np.stack(a["embedding"].to_numpy()),
+                                  np.stack(b["embedding"].to_numpy()))

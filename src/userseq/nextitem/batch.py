@@ -131,8 +131,10 @@ def embed_local(run_dir: str | Path, input_dir: str | Path, out_dir: str | Path,
 
 def embed_ray(run_dir: str | Path, input_dir: str | Path, out_dir: str | Path,
               workers: int = 2, chunk_size: int = 65_536, address: str | None = None,
-              partitions: int | None = None) -> dict[str, int]:
-    """The Ray engine (needs `pip install userseq[ray]`); returns {"users": written, "files"}."""
+              partitions: int | None = None,
+              embedder: type[UserEmbedder] = UserEmbedder) -> dict[str, int]:
+    """The Ray engine (needs `pip install userseq[ray]`); returns {"users": written, "files"}.
+    `embedder`: the actors' callable class (a subclass may post-process the vectors)."""
     try:
         import ray
         import ray.data
@@ -163,7 +165,7 @@ def embed_ray(run_dir: str | Path, input_dir: str | Path, out_dir: str | Path,
         n_blocks = partitions or max(2 * workers, -(-sum(f.stat().st_size for f in files)
                                                      // (32 * 2**20)))
         ds = ds.repartition(n_blocks, keys=[u])
-        ds = ds.map_batches(UserEmbedder, fn_constructor_args=(run_ref,), batch_size=None,
+        ds = ds.map_batches(embedder, fn_constructor_args=(run_ref,), batch_size=None,
                             batch_format="pyarrow", concurrency=workers, num_cpus=1)
         ds.write_parquet(str(out))
     finally:
