@@ -192,3 +192,29 @@ def test_world_size_without_torchrun_variables_is_a_clear_error(monkeypatch, mis
     with pytest.raises(distributed.DistributedError,
                        match="WORLD_SIZE is 2 but MASTER_ADDR is not set; launch with torchrun"):
         distributed.init_from_env()
+
+
+@pytest.mark.slow
+def test_ctr_trains_data_parallel_through_the_same_trainer(tmp_path):
+    """Another task, the same loop: `userseq ctr train` under torchrun matches 1 process."""
+    from userseq.ctr.synthetic import synthetic_ctr_events
+
+    df = synthetic_ctr_events(n_users=60, n_items=120, n_cats=6, history_len=40, n_targets=5,
+                              evidence=2, recent_clean=10, seed=0)
+    events, cfg = tmp_path / "events.csv", tmp_path / "tiny.yaml"
+    df.drop("click_prob").write_csv(events)
+    cfg.write_text("model: {item_dim: 8, cat_dim: 4, user_dim: 4, mlp: [16], att_hidden: [8]}\n"
+                   "train: {batch_size: 64, threads: 1, device: cpu, epochs: 2}\n")
+    args = ["ctr", "train", "--data", str(events), "--model", "din", "--category-col",
+            "category", "--config", str(cfg), "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "userseq", *args, "--out", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", str(_free_port()), "-m", "userseq", *args, "--out",
+                          str(tmp_path / "two")], env=_env(), capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved run to") == 1
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert abs(ma["test"]["auc"] - mb["test"]["auc"]) < 0.02
