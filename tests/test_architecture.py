@@ -23,7 +23,7 @@ LAYERS = {
     "nextitem": 4, "ctr": 4, "detect": 4,
     "attack": 5,
     "serve": 6,
-    "cli": 7, "__init__": 7,
+    "cli": 7, "__init__": 7, "__main__": 8,
 }
 
 

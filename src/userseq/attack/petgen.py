@@ -35,6 +35,7 @@ from userseq.core.artifacts import load_tensors, save_tensors
 from userseq.core.config import TrainConfig
 from userseq.core.errors import ArtifactError
 from userseq.core.trainer import Trainer
+from userseq.data.batches import shard_rows
 from userseq.detect.estimator import encode_posts
 
 # posts predicted per user and pretraining step (the final post + 3 random earlier ones)
@@ -85,7 +86,7 @@ def _batches(users: np.ndarray, bs: int, seed: int) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(users)
     for b in range(0, len(order), bs):
-        yield order[b:b + bs]
+        yield shard_rows(order[b:b + bs])  # this rank's share under data-parallel training
 
 
 def user_states(gen: PostGenerator, enc: EncodedUsers, t: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,11 @@ class TrainConfig(StrictModel):
     threads: int | None = Field(None, ge=1)
     valid_users: int | None = Field(
         None, ge=1, description="validate on a fixed random subset of users (None: all)")
+    dist_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="data-parallel training under torchrun: auto = nccl on CUDA, gloo "
+        "on CPU (docs/distributed.md)")
+    dist_timeout: float = Field(
+        300.0, gt=0, description="seconds a rank waits for the others before the job fails")
 
     @field_validator("optimizer")
     @classmethod

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from safetensors import safe_open
 
+from userseq.core import distributed
 from userseq.core.artifacts import COMPLETE_FILE, file_digest, read_json, write_json, write_text
 from userseq.core.config import TaskConfig
 from userseq.core.errors import ArtifactError, ConfigError, NotFittedError
@@ -120,9 +121,12 @@ class Estimator(Generic[ConfigT]):
 
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | Path) -> Path:
-        """Write the fitted estimator to `run_dir` (created if needed); returns the path."""
+        """Write the fitted estimator to `run_dir` (created if needed); returns the path. Under
+        data-parallel training only rank 0 writes."""
         self.check_is_fitted()
         d = Path(run_dir)
+        if not distributed.is_main():
+            return d
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -185,6 +189,8 @@ class Estimator(Generic[ConfigT]):
         """Write `run_dir/metrics.json` (the task and format version first); returns what was
         written."""
         out = {"task": self.task, "format_version": FORMAT_VERSION, **metrics}
+        if not distributed.is_main():  # data-parallel training: rank 0 writes
+            return out
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         write_json(out, Path(run_dir) / METRICS_FILE)
         return out

@@ -3,7 +3,8 @@
 A task hands the loop a model, a batch iterator factory, a loss function and a validation
 function; the loop owns devices, precision, the optimizer and learning-rate schedule (chosen by
 name: `core.optim`), early stopping, checkpoints (safetensors, resumable), seeds, the progress bar
-and the time budget.
+and the time budget. Under torchrun it trains data-parallel (`core.distributed`): gradients averaged
+over the ranks each step, decisions taken by rank 0, files written by rank 0 only.
 
 Resuming is exact: a checkpoint holds the model, optimizer and schedule, the trainer state, the
 torch (CPU and CUDA), NumPy and Python RNG states and the data position (the batches of the current
@@ -44,6 +45,7 @@ from rich.progress import (
 )
 from torch.optim.lr_scheduler import LRScheduler
 
+from userseq.core import distributed
 from userseq.core.artifacts import COMPLETE_FILE, load_tensors, save_tensors, write_text
 from userseq.core.config import TrainConfig
 from userseq.core.errors import ArtifactError, ConfigError
@@ -140,6 +142,8 @@ class FitRun:
     t_start: float = 0.0
     last_val: str = ""  # the last validation summary (progress bar and log lines)
     rng: dict[str, Any] | None = None  # RNG states of a resumed checkpoint, restored on resume
+    sync: distributed.GradientSync | None = None  # data-parallel: the per-step gradient all-reduce
+    over_budget: bool = False  # data-parallel: some rank's time budget ran out (agreed each step)
 
 
 class Trainer:
@@ -153,6 +157,12 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.quiet = quiet
         self.device = resolve_device(cfg.device)
+        # torchrun: join the process group (a no-op in a single process)
+        self.distributed = distributed.init_from_env(cfg.dist_backend, cfg.dist_timeout,
+                                                     self.device)
+        if self.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", distributed.local_rank())
+            torch.cuda.set_device(self.device)
         self.autocast_dtype = resolve_precision(cfg.precision, self.device)
         self.state = TrainState()
         # the best weights so far: RUN_DIR/best.safetensors, or a temporary file during `fit`
@@ -175,7 +185,7 @@ class Trainer:
             (self.run_dir / COMPLETE_FILE).unlink(missing_ok=True)
         with self._best_file(resume):
             if resume:
-                run.rng = self.load_checkpoint(model, run.opt, run.sched)
+                run.rng = self._resume(run)
                 # resuming means: continue (e.g. with a larger budget or more epochs)
                 self.state.stopped = ""
                 if run.rng is None:  # a checkpoint without RNG states (userseq <= 0.1)
@@ -201,7 +211,12 @@ class Trainer:
         opt = build_optimizer(model.parameters(), cfg)
         sched = build_scheduler(opt, cfg, cfg.epochs * n_batches)
         scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        return FitRun(model, batches, n_batches, loss_fn, validate, opt, sched, scaler)
+        run = FitRun(model, batches, n_batches, loss_fn, validate, opt, sched, scaler)
+        if self.distributed:  # every rank starts from rank 0's weights; own dropout streams
+            distributed.broadcast_module(model)
+            run.sync = distributed.GradientSync(list(model.parameters()))
+            torch.manual_seed(cfg.seed + distributed.rank())
+        return run
 
     def _progress(self) -> Progress:
         return Progress(
@@ -217,6 +232,8 @@ class Trainer:
         t_epoch = time.time()
         loss = self._train_epoch(run, epoch,
                                  lambda mean: progress.update(bar, advance=1, loss=mean))
+        if self.distributed:
+            loss = distributed.all_reduce_mean(loss)
         record = {"epoch": epoch, "loss": loss, "epoch_seconds": time.time() - t_epoch}
         self.state.epoch = epoch
         if self._validation_due(run, epoch):
@@ -225,6 +242,8 @@ class Trainer:
         self.state.seconds = time.time() - run.t_start
         self.state.history.append(record)
         self._check_budget(self.state.seconds)
+        if self.distributed:  # rank 0 decides when to stop (early stopping, budget)
+            self.state.stopped = distributed.broadcast(self.state.stopped)
         self.save_checkpoint(run.model, run.opt, run.sched)
         if not self.quiet and not self.console.is_terminal:  # logs and CI: one line per epoch
             self.console.print(f"epoch {epoch}: loss {loss:.4f} ({record['epoch_seconds']:.1f}s) "
@@ -248,7 +267,8 @@ class Trainer:
             count += 1
             s.epoch_step, s.epoch_loss = count, total
             advance(total / count)
-            if self._check_budget(time.time() - run.t_start):
+            if self._check_budget(time.time() - run.t_start,
+                                  run.over_budget if run.sync is not None else None):
                 break
             if every and s.step % every == 0 and count < run.n_batches:
                 s.seconds = time.time() - run.t_start
@@ -263,9 +283,15 @@ class Trainer:
         run.opt.zero_grad(set_to_none=True)
         if run.scaler is not None:
             run.scaler.scale(loss).backward()
-            run.scaler.unscale_(run.opt)
+            if run.sync is None:
+                run.scaler.unscale_(run.opt)
         else:
             loss.backward()
+        if run.sync is not None:  # data-parallel: average the gradients, agree on the budget
+            over = self._over(time.time() - run.t_start)
+            run.over_budget = run.sync([float(over)])[0] > 0
+            if run.scaler is not None:
+                run.scaler.unscale_(run.opt)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), self.cfg.grad_clip)
         if run.scaler is not None:
@@ -283,10 +309,15 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _check_budget(self, seconds: float) -> bool:
-        """Whether `seconds` of training exceed `train.max_minutes` (then the run is stopped)."""
+    def _over(self, seconds: float) -> bool:
         minutes = self.cfg.max_minutes
-        if not minutes or seconds <= minutes * 60:
+        return bool(minutes) and seconds > minutes * 60
+
+    def _check_budget(self, seconds: float, over: bool | None = None) -> bool:
+        """Whether `seconds` of training exceed `train.max_minutes` (then the run is stopped);
+        `over`: the ranks' joint answer under data-parallel training."""
+        minutes = self.cfg.max_minutes
+        if not (self._over(seconds) if over is None else over):
             return False
         if not self.state.stopped:
             self.state.stopped = f"time budget of {minutes} min reached"
@@ -301,8 +332,8 @@ class Trainer:
         """Validate; keep the best weights or count a bad epoch; the record's `valid_*` entries."""
         assert run.validate is not None
         run.model.eval()
-        with torch.no_grad():
-            metrics = run.validate(run.model)
+        with torch.no_grad():  # data-parallel: rank 0 validates, every rank gets its numbers
+            metrics = distributed.from_main(lambda: run.validate(run.model))
         monitor, s = self.cfg.monitor, self.state
         if monitor not in metrics:
             raise ConfigError(f"train.monitor '{monitor}' is not among the validation metrics "
@@ -331,8 +362,10 @@ class Trainer:
         s = self.state
         if not s.stopped:
             s.stopped = f"reached {self.cfg.epochs} epochs"
-        if s.best_epoch and self.best_path is not None:
+        if s.best_epoch and self.best_path is not None and distributed.is_main():
             model.load_state_dict(load_tensors(self.best_path)[0])
+        if self.distributed:  # the other ranks get rank 0's best weights
+            distributed.broadcast_module(model)
         if not self.quiet:
             self.console.print(
                 f"[bold]training stopped[/]: {s.stopped}; best {self.cfg.monitor} "
@@ -345,7 +378,7 @@ class Trainer:
         """Set `best_path` for one fit: the run directory's best.safetensors (a fresh fit removes an
         old one), or a file in a private temporary directory removed when the fit ends."""
         if self.run_dir is not None:
-            if not resume and self.best_path is not None:
+            if not resume and self.best_path is not None and distributed.is_main():
                 self.best_path.unlink(missing_ok=True)
             yield
             return
@@ -357,8 +390,10 @@ class Trainer:
                 self.best_path = None
 
     def _save_best(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Write the best weights, atomically (tmp file + rename)."""
+        """Write the best weights, atomically (tmp file + rename); rank 0 only."""
         assert self.best_path is not None
+        if not distributed.is_main():
+            return
         self.best_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.best_path.with_name(BEST + ".tmp")
         save_tensors(tensors, tmp, {"epoch": str(self.state.best_epoch)})
@@ -366,8 +401,9 @@ class Trainer:
 
     def save_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
                         sched: LRScheduler | None = None) -> None:
-        """Write what resuming needs (model, optimizer, schedule, trainer state) to the run dir."""
-        if self.run_dir is None:
+        """Write what resuming needs (model, optimizer, schedule, trainer state) to the run dir
+        (rank 0 only)."""
+        if self.run_dir is None or not distributed.is_main():
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -384,6 +420,29 @@ class Trainer:
         tensors.update(rng_tensors)
         save_tensors(tensors, self.run_dir / CHECKPOINT, meta)  # atomic: tmp file + rename
         write_text(json.dumps(asdict(self.state), indent=1), self.run_dir / STATE)
+
+    def _resume(self, run: FitRun) -> dict[str, Any] | None:
+        """Load the checkpoint; returns its RNG states (restored where training continues).
+        Data-parallel: rank 0 reads it and sends it to the other ranks (the run directory need not
+        be shared between machines); the ranks then reseed from the seed and epoch (each rank's
+        RNG stream differs, so only a single-process resume is bit-exact)."""
+        if not self.distributed:
+            return self.load_checkpoint(run.model, run.opt, run.sched)
+
+        def read() -> dict[str, Any]:
+            self.load_checkpoint(run.model, run.opt, run.sched)
+            return {"model": run.model.state_dict(), "opt": run.opt.state_dict(),
+                    "sched": run.sched.state_dict() if run.sched is not None else None,
+                    "state": asdict(self.state)}
+
+        got = distributed.from_main(read)
+        if not distributed.is_main():
+            run.model.load_state_dict(got["model"])
+            run.opt.load_state_dict(got["opt"])
+            if run.sched is not None and got["sched"] is not None:
+                run.sched.load_state_dict(got["sched"])
+            self.state = TrainState(**got["state"])
+        return None
 
     def load_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer,
                         sched: LRScheduler | None = None) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from userseq.core import distributed
 from userseq.core.cli import (
     OverwriteOpt,
     SetOption,
@@ -141,6 +142,8 @@ def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool,
               f"({time.time() - t0:.1f}s)")
     check_out_dir(out_dir, resume, overwrite, delete=True)  # the data loaded: replace the run
     est = CTREstimator(config=cfg).fit(ctr, run_dir=out_dir, resume=resume, quiet=quiet)
+    if not distributed.is_main():  # torchrun: rank 0 writes and reports the run
+        return
     metrics = est.write_metrics(out_dir, est.report(ctr))
     _print(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")

@@ -23,6 +23,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from userseq.core import distributed
 from userseq.core.artifacts import (
     fingerprint,
     load_ids,
@@ -133,7 +134,8 @@ class CTREstimator(Estimator[CTRConfig]):
                             resume)
         self.train_state_ = self._summary(state, time.time() - t0, len(train), len(valid))
         self.data_info_ = data.info
-        if run_dir is not None:  # save last: it writes the run's completion marker
+        if run_dir is not None and distributed.is_main():  # rank 0 writes; save last: it
+            # writes the run's completion marker
             write_json(state.history, Path(run_dir) / "train_log.json")
             self.save(run_dir)
         return self

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from userseq.core import distributed
+
 
 def pad_left(starts: np.ndarray, ends: np.ndarray, items: np.ndarray, length: int,
              pad: int = 0) -> np.ndarray:
@@ -56,7 +58,8 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
                             bucket_batches: int = 32) -> list[np.ndarray]:
     """Shuffled batches of row indices in which rows have similar lengths, so little compute is
     spent on padding: shuffle, cut into buckets of `bucket_batches` batches, sort each bucket by
-    length, batch it, then shuffle the batch order."""
+    length, batch it, then shuffle the batch order. Under data-parallel training every rank draws
+    the same batches from the same `rng` and keeps its share of each (`shard_rows`)."""
     order = rng.permutation(len(lengths))
     out = []
     span = batch_size * bucket_batches
@@ -65,4 +68,18 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
         bucket = bucket[np.argsort(lengths[bucket], kind="stable")]
         out.extend(bucket[i : i + batch_size] for i in range(0, len(bucket), batch_size))
     rng.shuffle(out)
-    return out
+    return [shard_rows(b) for b in out]
+
+
+def shard_rows(rows: np.ndarray, rank: int | None = None, world: int | None = None) -> np.ndarray:
+    """This rank's share of a global batch under data-parallel training (the DistributedSampler's
+    rule, applied per batch): rows[rank::world], so the ranks together train on exactly the
+    global batch a single process would see. A batch smaller than the world is repeated to fill
+    it (every rank needs a batch, as DistributedSampler pads). Without distribution: `rows`."""
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world is None else world
+    if world == 1:
+        return rows
+    if len(rows) < world:
+        rows = np.resize(rows, world)
+    return rows[rank::world]

@@ -25,6 +25,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from userseq.core import distributed
 from userseq.core.artifacts import (
     load_ids,
     load_tensors,
@@ -248,7 +249,7 @@ class UserDetector(Estimator[DetectConfig]):
                             for k in [*cfg.first_k, None]}
         self.train_state_ = self._train_summary(state)
         self._prep_cache = (data, prep)
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():  # data-parallel: rank 0 writes
             self.save(run_dir)
         return self
 

@@ -183,6 +183,15 @@ def matrix_scorer(user_vectors: torch.Tensor, item_matrix: torch.Tensor) -> Scor
     return lambda rows, lo, hi: user_vectors[torch.from_numpy(rows)] @ item_matrix[lo:hi].T
 
 
+def streamed_scorer(user_vectors: torch.Tensor,
+                    item_rows: Callable[[int, int], torch.Tensor]) -> Scorer:
+    """Dot-product scores whose item vectors are computed chunk by chunk: `item_rows(lo, hi)` gives
+    the output vectors of items lo..hi-1, so the (n_items + 1, D) matrix is never built and memory
+    stays flat as the catalogue grows (for hashed/QR/unified tables, whose rows are computed). The
+    price: item vectors are recomputed once per user chunk."""
+    return lambda rows, lo, hi: user_vectors[torch.from_numpy(rows)] @ item_rows(lo, hi).T
+
+
 def popularity_scorer(item_counts: np.ndarray) -> Scorer:
     """Most-popular baseline: every user gets the training counts as scores."""
     c = torch.from_numpy(item_counts.astype(np.float32))

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from userseq.core import distributed
 from userseq.core.artifacts import read_json
 from userseq.core.cli import (
     DataArg,
@@ -60,9 +61,14 @@ def train(
     device: Annotated[str | None, Opt(help="auto | cpu | cuda")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT/checkpoint.safetensors")] = False,
     overwrite: OverwriteOpt = False,
+    init_from: Annotated[Path | None, Opt(help="warm start from this run's weights (same "
+                                               "encoder); new items and users get new rows")
+                         ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a sequential recommender, evaluate it with full ranking and save the run."""
+    """Train a sequential recommender, evaluate it with full ranking and save the run.
+
+    Data-parallel on several processes or machines: launch with torchrun (docs/distributed.md)."""
     from userseq.data.datasets import is_dataset_name
     from userseq.data.load import load_events
     from userseq.data.split import make_split
@@ -95,7 +101,12 @@ def train(
 
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
     check_out_dir(out_dir, resume, overwrite, delete=True)  # the data loaded: now replace the run
-    NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet)
+    if init_from is not None and not init_from.is_dir():
+        raise UserseqError(f"--init-from {init_from}: run directory not found.")
+    NextItemRecommender(config=cfg).fit(log, sp, run_dir=out_dir, resume=resume, quiet=quiet,
+                                        init_from=init_from)
+    if not distributed.is_main():  # torchrun: rank 0 wrote the run and reports it
+        return
     metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics, baselines
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")
@@ -275,7 +286,16 @@ def _typed(values: list[str], id_map: Any, what: str) -> list[Any]:
 
 def embed(
     run_dir: RunDirArg,
-    out_path: Annotated[Path, Opt("--out", "-o", help="Parquet file for user embeddings")],
+    out_path: Annotated[Path, Opt("--out", "-o", help="Parquet file for user embeddings (with "
+                                                      "--input: a directory of Parquet files)")],
+    input_dir: Annotated[Path | None, Opt("--input", help="embed the users of these events "
+                                          "instead of the training users: a directory of "
+                                          "(partitioned) Parquet files")] = None,
+    engine: Annotated[str, Opt(help="with --input: local (one process) | ray (Ray Data actors; "
+                                    "pip install 'userseq[ray]')")] = "local",
+    workers: Annotated[int, Opt(help="--engine ray: actors (each loads the model once)")] = 2,
+    ray_address: Annotated[str | None, Opt(help="--engine ray: a running Ray cluster (default: "
+                                                "RAY_ADDRESS, else a local Ray)")] = None,
     items_out: Annotated[Path | None, Opt(help="Parquet file for item embeddings")] = None,
     chunk_size: Annotated[int, Opt(help="users encoded and written per Parquet row group "
                                         "(memory stays bounded by this)")] = 65_536,
@@ -296,6 +316,17 @@ def embed(
 
     if chunk_size <= 0:
         raise UserseqError(f"--chunk-size must be a positive integer (got {chunk_size}).")
+    if engine not in ("local", "ray"):
+        raise UserseqError(f"--engine {engine}: unknown engine; choose local or ray.")
+    if input_dir is not None:
+        if index or items_out is not None:
+            raise UserseqError("--input embeds the users of new events; --index and --items-out "
+                               "work on the run's own users and items (run them without --input).")
+        _embed_events(run_dir, input_dir, out_path, engine, workers, chunk_size, ray_address)
+        return
+    if engine != "local":
+        raise UserseqError(f"--engine {engine} needs --input DIR (the events to embed); the "
+                           "run's own users are embedded locally.")
     for flag, path in (("--out", out_path), ("--items-out", items_out)):
         if path is not None:
             _check_embedding_path(flag, path)
@@ -330,6 +361,19 @@ def _check_embedding_path(flag: str, path: Path) -> None:
                            "first.")
     if not writable_dir(path.parent):
         raise UserseqError(f"{flag} {path}: {path.parent} is not writable; choose another path.")
+def _embed_events(run_dir: Path, input_dir: Path, out_dir: Path, engine: str, workers: int,
+                  chunk_size: int, ray_address: str | None) -> None:
+    from userseq.nextitem.batch import embed_local, embed_ray
+
+    t0 = time.time()
+    if engine == "ray":
+        res = embed_ray(run_dir, input_dir, out_dir, workers, chunk_size, ray_address)
+    else:
+        res = embed_local(run_dir, input_dir, out_dir, chunk_size)
+    skipped = f"; {res['skipped']:,} users without a catalogue item skipped" if res.get(
+        "skipped") else ""
+    out.print(f"wrote {res['users']:,} user embeddings to {out_dir} ({res['files']} Parquet "
+              f"files, engine {engine}, {time.time() - t0:.1f}s){skipped}")
 
 
 def _write_user_embeddings(rec: Any, out_path: Path, chunk_size: int, vectors_path: Path | None,

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from userseq.core import distributed
 from userseq.core.artifacts import (
     fingerprint,
     load_ids,
@@ -35,7 +36,7 @@ from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, tr
 from userseq.data.eventlog import EventLog, lookup_ids
 from userseq.data.split import EvalSet, Split, make_split
 from userseq.encoders import SequenceEncoder, build_encoder
-from userseq.items.base import ItemRepr
+from userseq.items.base import IdEmbedding, ItemRepr
 from userseq.items.factory import (
     build_items,
     categorical_features,
@@ -50,6 +51,7 @@ from userseq.metrics.ranking import (
     popularity_scorer,
     repeat_scorer,
     scan_catalogue,
+    streamed_scorer,
 )
 from userseq.nextitem.config import RunConfig, check_monitor, split_kwargs
 
@@ -108,19 +110,31 @@ class NextItemRecommender(Estimator[RunConfig]):
     # ------------------------------------------------------------------ training
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False,
-            item_meta: pl.DataFrame | None = None) -> NextItemRecommender:
+            item_meta: pl.DataFrame | None = None,
+            init_from: str | Path | NextItemRecommender | None = None) -> NextItemRecommender:
         """Train on `split` (default: the configured split of `log`). `item_meta` (item_id +
         attribute columns) gives text items their text; by default it comes from `data.item_text`
         or from the named dataset's item metadata (see docs/items.md). With `run_dir`, the run is
-        saved there (with metrics.json and train_log.json) and `resume` continues its checkpoint."""
+        saved there (with metrics.json and train_log.json) and `resume` continues its checkpoint.
+
+        `init_from` (a fitted recommender or its run directory) warm-starts from its weights: the
+        catalogue is this log's items followed by the earlier run's items that the log lacks; an
+        item's row is copied from the earlier run, new items get fresh rows; users of the earlier
+        run missing from the log keep their stored histories (docs/distributed.md)."""
         cfg = self.config
         check_monitor(cfg)
+        warm = self._warm_source(init_from, resume) if init_from is not None else None
         split = split or make_split(log, cfg.data.split, **split_kwargs(cfg))
         torch.manual_seed(cfg.train.seed)
         catalogue, items = self._build_item_repr(log, split, item_meta)
+        if warm is not None:  # the earlier run's items that the new log lacks stay in the catalogue
+            catalogue = pl.concat([catalogue, warm.item_ids_.filter(
+                ~warm.item_ids_.is_in(catalogue.implode()))])
         self.encoder_ = encoder = build_encoder(cfg.model, len(catalogue), items)
         self.user_ids_, self.item_ids_ = log.user_ids, catalogue
         self.histories_ = log.sequences()
+        if warm is not None:
+            self.item_info_["warm_start"] = self._warm_start(warm, encoder, catalogue)
         self.data_fingerprint_ = data_fingerprint(log)
         rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(rows) == 0:
@@ -138,11 +152,85 @@ class NextItemRecommender(Estimator[RunConfig]):
                             lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
                             resume)
         self.train_state_ = _train_state(state, trainer, len(rows))
-        if run_dir is not None:  # save last: it writes the run's completion marker
+        if run_dir is not None and distributed.is_main():  # rank 0 writes; save last: it
+            # writes the run's completion marker
             write_json(state.history, Path(run_dir) / "train_log.json")
             self.write_metrics(run_dir, self.report(log, split))
             self.save(run_dir)
         return self
+
+    # ------------------------------------------------------------------ warm start
+    def _warm_source(self, init_from: str | Path | NextItemRecommender,
+                     resume: bool) -> NextItemRecommender:
+        """The earlier run of `init_from`, checked: a next-item run with the same encoder."""
+        if resume:
+            raise ConfigError("--init-from and --resume exclude each other: --resume continues "
+                              "this run's own checkpoint; --init-from starts a new run from "
+                              "another run's weights.")
+        if isinstance(init_from, NextItemRecommender):
+            prev = init_from
+            where = "init_from"
+            prev.check_is_fitted()
+        else:
+            where = f"--init-from {init_from}"
+            try:
+                prev = NextItemRecommender.load(init_from)
+            except ArtifactError as e:
+                raise ArtifactError(f"{where}: {e}") from None
+        old, new = prev.config.model, self.config.model
+        if old.name != new.name:
+            raise ConfigError(f"{where}: that run's encoder is '{old.name}', this run's is "
+                              f"'{new.name}'; warm start needs the same encoder (--model "
+                              f"{old.name}), or train from scratch without --init-from.")
+        a, b = old.model_dump(), new.model_dump()
+        differ = [k for k in a if k not in ("dropout", "attn_dropout") and a[k] != b.get(k)]
+        if differ:
+            k = differ[0]
+            raise ConfigError(f"{where}: model.{k} is {a[k]!r} there and {b.get(k)!r} here; warm "
+                              f"start needs the same architecture (--set model.{k}={a[k]}).")
+        if new.items != "id" or new.item_table != "full" or new.quantize != "none":
+            raise ConfigError(f"{where}: warm start grows full id item tables only (model.items "
+                              "id, model.item_table full, not quantized); this run has "
+                              f"items={new.items}, item_table={new.item_table}.")
+        return prev
+
+    def _warm_start(self, prev: NextItemRecommender, encoder: SequenceEncoder,
+                    catalogue: pl.Series) -> dict[str, int]:
+        """Copy `prev`'s weights into `encoder`: item-indexed tensors row by row (by item id;
+        row 0 and the special rows above the catalogue too), every other tensor as is. Adds
+        `prev`'s users that this log lacks, with their histories, to the id map."""
+        n_old, n_new = len(prev.item_ids_), len(catalogue)
+        # the new catalogue's rows in the old table (0: a new item, keeps its fresh row)
+        old_row = lookup_ids(prev.item_ids_, catalogue, offset=1)
+        old_sd, new_sd = prev.check_is_fitted().state_dict(), encoder.state_dict()
+        for k, t in new_sd.items():
+            o = old_sd[k]
+            extra = o.shape[0] - n_old if o.dim() else -1
+            if o.dim() and 1 <= extra <= 4 and t.shape[0] - n_new == extra \
+                    and o.shape[1:] == t.shape[1:]:
+                rows = torch.from_numpy(np.flatnonzero(old_row > 0) + 1)
+                with torch.no_grad():
+                    t[0] = o[0]
+                    t[rows] = o[torch.from_numpy(old_row[old_row > 0].astype(np.int64))]
+                    t[n_new + 1:] = o[n_old + 1:]
+            elif o.shape == t.shape:
+                t.copy_(o)
+            else:
+                raise ArtifactError(f"--init-from: tensor {k} has shape {tuple(o.shape)} there "
+                                    f"and {tuple(t.shape)} here.")
+        encoder.load_state_dict(new_sd)
+        # users of the earlier run that this log lacks: their histories, in the new item indices
+        keep = np.flatnonzero(~prev.user_ids_.is_in(self.user_ids_.implode()).to_numpy())
+        to_new = lookup_ids(catalogue, prev.item_ids_, offset=1).astype(np.int32)
+        to_new = np.concatenate([[0], to_new])
+        p_off, p_items = prev.histories_
+        k_off, k_items = csr_take(p_off, p_items, p_off[keep], p_off[keep + 1])
+        off, items = self.histories_
+        self.histories_ = (np.concatenate([off, off[-1] + k_off[1:]]),
+                           np.concatenate([items, to_new[k_items].astype(items.dtype)]))
+        self.user_ids_ = pl.concat([self.user_ids_, prev.user_ids_.gather(keep)])
+        return {"items_kept": int((old_row > 0).sum()), "items_new": int((old_row == 0).sum()),
+                "users_carried_over": len(keep)}
 
     def _batches(self, split: Split, rows: np.ndarray, device: torch.device
                  ) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
@@ -284,6 +372,25 @@ class NextItemRecommender(Estimator[RunConfig]):
         with torch.no_grad():
             return self._serving(enc.items.output_matrix().detach().float().cpu())
 
+    def scorer(self, users: torch.Tensor) -> Any:
+        """Full-catalogue dot-product scorer for user vectors. An item table that computes its rows
+        (hashed, QR, unified) and a catalogue larger than one `eval.item_chunk` are scored chunk by
+        chunk from `output_rows`, so the whole item matrix is never built (memory flat in the
+        catalogue size); otherwise from `item_matrix()`."""
+        items = self.check_is_fitted().items
+        # a stored table (IdEmbedding) is its own matrix (a view): streaming would save nothing
+        streams = type(items).output_rows is not ItemRepr.output_rows and not isinstance(
+            items, IdEmbedding)
+        if not streams or len(self.item_ids_) + 1 <= self.config.eval.item_chunk:
+            return matrix_scorer(users, self.item_matrix())
+
+        def rows(lo: int, hi: int) -> torch.Tensor:
+            with torch.no_grad():
+                ids = torch.arange(lo, hi, device=self.device_)
+                return self._serving(items.output_rows(ids).float().cpu())
+
+        return streamed_scorer(users, rows)
+
     def _serving(self, vectors: torch.Tensor) -> torch.Tensor:
         d = serve_dim(self.config.model)
         return vectors if d == vectors.shape[1] else vectors[:, :d].contiguous()
@@ -293,7 +400,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         users = self.encode(eval_set.offsets, eval_set.items)
         seen = (eval_set.offsets, eval_set.items) if filter_seen else None
         c = self.config.eval
-        return evaluate(matrix_scorer(users, self.item_matrix()), len(self.item_ids_),
+        return evaluate(self.scorer(users), len(self.item_ids_),
                         eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
 
     def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
@@ -336,7 +443,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         users = self.encode(offsets, items)
         seen = (offsets, items) if filter_seen else None
         c = self.config.eval
-        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()),
+        _, top, top_s = scan_catalogue(self.scorer(users),
                                        len(self.item_ids_), len(users), None, seen, int(k),
                                        c.user_chunk, c.item_chunk)
         return top_s, top
