@@ -11,5 +11,6 @@ from userseq.index.vector import (
     recall_at_k,
 )
 
-__all__ = ["IndexConfig", "KnnEmbed", "KnnEmbedConfig", "RunIndex", "VectorIndex", "exact_search", "faiss_available",
-           "iter_user_vectors", "recall_at_k", "write_user_embeddings", "allot", "spherical_kmeans"]
+__all__ = ["IndexConfig", "KnnEmbed", "KnnEmbedConfig", "RunIndex", "VectorIndex", "allot",
+           "exact_search", "faiss_available", "iter_user_vectors", "recall_at_k",
+           "spherical_kmeans", "write_user_embeddings"]

@@ -32,7 +32,8 @@ from userseq.losses.sampler import NegativeSampler
 from userseq.losses.softmax import ce_loss, full_ce, sampled_softmax, sampled_softmax_loss
 
 __all__ = [
-    "ICSRecConfig", "LOSSES", "Loss", "LossConfig", "LossContext", "MatrixItems", "NegativeSampler", "NextItemLoss",
+    "LOSSES", "ICSRecConfig", "Loss", "LossConfig", "LossContext", "MatrixItems",
+    "NegativeSampler", "NextItemLoss",
     "Rows", "bce_loss", "ce_loss", "full_ce", "gbce", "gbce_loss", "icsrec_loss", "register_loss",
     "sampled_softmax", "sampled_softmax_loss",
 ]

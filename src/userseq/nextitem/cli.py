@@ -382,7 +382,7 @@ ADA_SETTINGS = ("retrieval.ada.", "train.", "eval.")
 
 def ada_fit(
     base_run: RunDirArg,
-    out_dir: Annotated[Path, Opt("--out", "-o", help="run directory to write (the fine-tuned run)")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="the fine-tuned run directory to write")],
     rounds: Annotated[int | None, Opt(help="retrieval rounds T (retrieval.ada.rounds)")] = None,
     train_k: Annotated[int | None, Opt(help="items retrieved per training sample, a multiple of "
                                             "--rounds (retrieval.ada.train_k)")] = None,

@@ -536,6 +536,13 @@ class NextItemRecommender(Estimator[RunConfig]):
             out["ada"] = r.ada.model_dump()
         return out
 
+    def top_items(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool = True,
+                  retrieval: str | None = None, user_rows: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, item indices) (n, k) for CSR histories of item indices; `user_rows`: each
+        history's training-user row (-1: none), kept out of its own kNN-Embed neighbours."""
+        return self._topk(offsets, items, k, filter_seen, retrieval, user_rows)
+
     def _topk(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool,
               retrieval: str | None = None, self_rows: np.ndarray | None = None):
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
