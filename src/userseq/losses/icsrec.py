@@ -87,7 +87,7 @@ def _partners(z: torch.Tensor, t: torch.Tensor, ctx: LossContext
     partner_idx[order] = order[nxt]
     in_batch = torch.empty_like(start_flag)
     in_batch[order] = ln > 1
-    bank, filled = ctx.state.get("bank"), ctx.state.get("filled")
+    bank, filled = ctx.state.get(f"bank{z.shape[1]}"), ctx.state.get(f"filled{z.shape[1]}")
     partner = z[partner_idx]
     has = in_batch.clone()
     if bank is not None:
@@ -98,11 +98,12 @@ def _partners(z: torch.Tensor, t: torch.Tensor, ctx: LossContext
 
 
 def _remember(z: torch.Tensor, t: torch.Tensor, ctx: LossContext) -> None:
-    if "bank" not in ctx.state:
-        ctx.state["bank"] = torch.zeros(ctx.n_items + 1, z.shape[1], device=z.device)
-        ctx.state["filled"] = torch.zeros(ctx.n_items + 1, dtype=torch.bool, device=z.device)
-    ctx.state["bank"][t] = z.detach().float()
-    ctx.state["filled"][t] = True
+    d = z.shape[1]  # one memory per vector width (Matryoshka losses call with prefixes)
+    if f"bank{d}" not in ctx.state:
+        ctx.state[f"bank{d}"] = torch.zeros(ctx.n_items + 1, d, device=z.device)
+        ctx.state[f"filled{d}"] = torch.zeros(ctx.n_items + 1, dtype=torch.bool, device=z.device)
+    ctx.state[f"bank{d}"][t] = z.detach().float()
+    ctx.state[f"filled{d}"][t] = True
 
 
 def cicl_loss(z: torch.Tensor, t: torch.Tensor, ctx: LossContext) -> torch.Tensor:
@@ -127,7 +128,7 @@ def ficl_loss(z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
     protos = ctx.state.get("prototypes")
     if protos is None:
         return z.sum() * 0.0
-    protos = protos.to(z.device)
+    protos = protos[:, : z.shape[1]].to(z.device)  # a Matryoshka prefix: the prototypes' prefix
     with torch.no_grad():
         d = (z.float() ** 2).sum(1, keepdim=True) - 2 * z.float() @ protos.T \
             + (protos ** 2).sum(1)[None]

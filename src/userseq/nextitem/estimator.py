@@ -140,6 +140,10 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.device_ = trainer.device
         self._knn, self.ada_ = None, None
         if loss.wants_epoch_hidden:  # e.g. ICSRec's intent prototypes, refreshed every epoch
+            if not encoder.causal:
+                raise ConfigError(f"loss '{cfg.loss.name}' contrasts subsequences (prefixes) and "
+                                  f"needs a causal encoder (sasrec, gru4rec); "
+                                  f"'{cfg.model.name}' is bidirectional.")
             trainer.on_epoch_start.append(
                 lambda model, epoch: loss.epoch_start(*self._position_sample(
                     model, rows, cfg.loss.icsrec.sample, cfg.train.seed + epoch)))
@@ -187,13 +191,14 @@ class NextItemRecommender(Estimator[RunConfig]):
         seen_in_loss = cfg.eval.filter_seen
         valid = self._valid_subset(split.valid)
         ks = sorted(set(cfg.eval.ks) | {a.train_k})
+        k_valid = -(-ks[-1] // a.rounds) * a.rounds  # whole rounds
 
         def loss_fn(m: AdaRetrieval, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             x, t = batch
             return m.retrieve(x, a.train_k, x if seen_in_loss else None, t, a.round_weight)[2]
 
         def validate(m: AdaRetrieval) -> dict[str, float]:
-            top, _ = ada_topk(m, valid.offsets, valid.items, ks[-1], cfg.model.max_len,
+            top, _ = ada_topk(m, valid.offsets, valid.items, k_valid, cfg.model.max_len,
                               cfg.eval.filter_seen, self.device_)
             return evaluate_lists(top, valid.targets, len(self.item_ids_), ks)
 
@@ -417,7 +422,10 @@ class NextItemRecommender(Estimator[RunConfig]):
             out.update(coverage(top, n_items, ks))
             out["users"] = float(len(users))
         else:
-            _, top = self._retrieve(mode, eval_set.offsets, eval_set.items, ks[-1], seen,
+            k = ks[-1]
+            if mode == "ada":  # whole rounds: the smallest multiple of the rounds >= max(ks)
+                k = -(-k // self.ada_.rounds) * self.ada_.rounds
+            _, top = self._retrieve(mode, eval_set.offsets, eval_set.items, k, seen,
                                     self_rows=eval_set.users, bank=bank)
             out = evaluate_lists(top, eval_set.targets, n_items, ks)
         groups = {"clusters": self._knn_embed(bank, users=False).cluster_ids(),
