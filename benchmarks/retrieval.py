@@ -104,6 +104,10 @@ def beauty_attributes(rec) -> dict:
 
 
 def part_knn(a) -> None:
+    """Single-vector vs kNN-Embed from the same trained model. kNN-Embed's settings (clusters x
+    query) are chosen per seed on validation Recall@100; test is evaluated once for the chosen
+    one."""
+    from userseq.index.knn_embed import KnnEmbed, KnnEmbedConfig
     from userseq.nextitem.estimator import NextItemRecommender
 
     for seed in a.seeds:
@@ -111,28 +115,46 @@ def part_knn(a) -> None:
         rec = NextItemRecommender.load(src)
         log, sp = load_data(a.dataset, rec.config)
         groups = rec.item_categories(log) or beauty_attributes(rec)
+        # one fixed partition for clusters@K in every row (the default would follow each
+        # row's own cluster count)
+        groups["clusters"] = KnnEmbed(KnnEmbedConfig(clusters=a.clusters),
+                                      rec.item_matrix()).cluster_ids()
         bank = (sp.train_offsets, sp.train_items)
-        for label, mode, sets in (
-            ("single", "single", {}),
-            ("knn_embed (query=user)", "knn_embed", {"retrieval.knn_embed.query": "user"}),
-            ("knn_embed (query=centroid)", "knn_embed",
-             {"retrieval.knn_embed.query": "centroid"}),
-        ):
-            rec.set_params(**{"retrieval.knn_embed.clusters": a.clusters, **sets})
-            results.log(f"knn {a.dataset} seed={seed} {label}")
-            with results.LoadMonitor() as mon:
-                t0 = time.perf_counter()
-                valid = rec.evaluate(sp.valid, KS, retrieval=mode, bank=bank, item_groups=groups)
-                test = rec.evaluate(sp.test, KS, retrieval=mode, bank=bank, item_groups=groups)
-                secs = time.perf_counter() - t0
-            row = {"part": "knn", "dataset": a.dataset, "mode": label, "seed": seed,
-                   "base_run": str(src.relative_to(HERE)), "settings":
-                   rec.config.retrieval.knn_embed.model_dump(), "valid": valid, "test": test,
-                   "eval_seconds": round(secs, 1),
-                   **results.provenance(mon, seeds=[seed], data=a.dataset)}
-            results.save_row(STORE, f"knn/{a.dataset}/{label}/s{seed}", row, LOCK)
-            results.log(f"  test hr@50 {test['hr@50']:.4f} hr@100 {test['hr@100']:.4f} "
-                        f"ild@50 {test['ild@50']:.4f} clusters@50 {test['clusters@50']:.2f}")
+        rec.set_params(**{"retrieval.knn_embed.clusters": a.clusters})
+        results.log(f"knn {a.dataset} seed={seed}: single")
+        with results.LoadMonitor() as mon:
+            valid = rec.evaluate(sp.valid, KS, retrieval="single", bank=bank, item_groups=groups)
+            test = rec.evaluate(sp.test, KS, retrieval="single", bank=bank, item_groups=groups)
+        store_knn(a, seed, "single", src, rec, valid, test, {}, mon)
+        grid = {}
+        with results.LoadMonitor() as mon:
+            for clusters in a.grid_clusters:
+                for query in ("user", "centroid"):
+                    rec.set_params(**{"retrieval.knn_embed.clusters": clusters,
+                                      "retrieval.knn_embed.query": query})
+                    v = rec.evaluate(sp.valid, KS, retrieval="knn_embed", bank=bank,
+                                     item_groups=groups)
+                    grid[f"clusters={clusters},query={query}"] = v
+                    results.log(f"  valid {clusters} {query}: hr@100 {v['hr@100']:.4f}")
+            best = max(grid, key=lambda g: grid[g]["hr@100"])
+            clusters, query = (x.split("=")[1] for x in best.split(","))
+            rec.set_params(**{"retrieval.knn_embed.clusters": int(clusters),
+                              "retrieval.knn_embed.query": query})
+            test = rec.evaluate(sp.test, KS, retrieval="knn_embed", bank=bank, item_groups=groups)
+        store_knn(a, seed, "knn_embed (chosen on valid)", src, rec, grid[best], test,
+                  {g: {k: v[k] for k in ("hr@50", "hr@100", "ild@50")} for g, v in grid.items()},
+                  mon)
+
+
+def store_knn(a, seed, label, src, rec, valid, test, grid, mon) -> None:
+    row = {"part": "knn", "dataset": a.dataset, "mode": label, "seed": seed,
+           "base_run": str(src.relative_to(HERE)),
+           "settings": rec.config.retrieval.knn_embed.model_dump(), "valid_grid": grid,
+           "valid": valid, "test": test,
+           **results.provenance(mon, seeds=[seed], data=a.dataset)}
+    results.save_row(STORE, f"knn/{a.dataset}/{label}/s{seed}", row, LOCK)
+    results.log(f"  {label} test hr@50 {test['hr@50']:.4f} hr@100 {test['hr@100']:.4f} "
+                f"ild@50 {test['ild@50']:.4f} clusters@50 {test['clusters@50']:.2f}")
 
 
 def part_ada(a) -> None:
@@ -214,6 +236,10 @@ def _t(rows, key: str, part: str = "test") -> str:
     return results.mean_std([r[part][key] for r in rows])
 
 
+def a_clusters(knn) -> int:
+    return next(r["settings"]["clusters"] for r in knn if r["mode"] == "single")
+
+
 def table(write: bool = True) -> None:
     rows = results.load_rows(STORE)
     lines = ["Issue #16. Leave-one-out, full ranking over the whole catalogue, seen items "
@@ -237,12 +263,14 @@ def table(write: bool = True) -> None:
                 f"{_t(g, 'ndcg@20')} | {_t(g, 'hr@20')} | "
                 f"{np.mean([r['train']['seconds_per_epoch'] for r in g]):.1f} | "
                 f"{', '.join(sorted({r['verdict'] for r in g}))} |")
-        lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in train})), ""]
+        cmds = "; ".join(sorted({f"`{r['command']}`" for r in train}))
+        lines += ["", "Commands: " + cmds, ""]
     knn = [r for r in rows.values() if r["part"] == "knn"]
     if knn:
         lines += ["**kNN-Embed vs single-vector top-K (same trained SASRec)**", "",
                   "| data | retrieval | seeds | Recall@50 | Recall@100 | NDCG@50 | ILD@50 | "
-                  "clusters@50 | categories@50 | load |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "clusters@50 | categories@50 | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         groups = {}
         for r in knn:
             groups.setdefault((r["dataset"], r["mode"]), []).append(r)
@@ -256,11 +284,15 @@ def table(write: bool = True) -> None:
                 f"{_t(g, 'ndcg@50')} | {_t(g, 'ild@50')} | "
                 f"{_t(g, 'clusters@50')} | {catv} | "
                 f"{', '.join(sorted({r['verdict'] for r in g}))} |")
+        chosen = sorted({f"{r['dataset']} s{r['seed']}: {r['settings']['clusters']} clusters, "
+                         f"query={r['settings']['query']}" for r in knn if r["valid_grid"]})
         s = knn[0]["settings"]
-        lines += ["", f"kNN-Embed settings: {s['clusters']} spherical k-means item clusters, "
-                  f"{s['neighbours']} neighbour users, smoothing {s['smoothing']}. ILD = mean "
-                  "pairwise cosine distance of the item vectors in the list; clusters = distinct "
-                  "item clusters (the same clustering for every row); categories = distinct "
+        lines += ["", f"kNN-Embed: spherical k-means item clusters and query (user vector or "
+                  "cluster mean of the user's items) chosen per seed on validation Recall@100 "
+                  f"({'; '.join(chosen)}); {s['neighbours']} neighbour users, smoothing "
+                  f"{s['smoothing']}. clusters@50 counts the same {a_clusters(knn)}-cluster "
+                  "partition for every row. ILD = mean "
+                  "pairwise cosine distance of the item vectors in the list; categories = distinct "
                   "MovieLens genres / Beauty attribute ids (S3-Rec item2attributes).",
                   "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in knn})), ""]
     ada = [r for r in rows.values() if r["part"] == "ada"]
@@ -307,7 +339,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--set", action="append", default=[], help="extra KEY=VALUE config settings")
-    ap.add_argument("--clusters", type=int, default=32)
+    ap.add_argument("--clusters", type=int, default=32,
+                    help="clusters of the clusters@K diversity metric (every row)")
+    ap.add_argument("--grid-clusters", type=int, nargs="+", default=[8, 32, 128],
+                    help="kNN-Embed cluster counts tried on validation")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ada-epochs", type=int, default=2)
     ap.add_argument("--ada-lr", type=float, default=1e-3)
