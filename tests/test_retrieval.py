@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from test_nextitem import cyclic_log
@@ -232,7 +233,7 @@ def test_knn_embed_recommend_known_and_new_users(trained):
     _, _, rec, _ = trained
     a = rec.recommend(["u1", "u2"], k=6, retrieval="knn_embed")
     assert a.height == 12 and a.group_by("user_id").agg(
-        n=a["item_id"].n_unique()).get_column("n").to_list() == [6, 6]
+        n=pl.col("item_id").n_unique()).get_column("n").to_list() == [6, 6]
     b = rec.recommend_history([["i1", "i2", "i3"]], k=4, retrieval="knn_embed")
     assert b.height == 4 and "i1" not in b["item_id"].to_list()
 
@@ -249,7 +250,7 @@ def test_ada_rounds_save_load_and_errors(trained, ada_run):
     a = rec.recommend(["u1", "u7"], k=10)
     b = loaded.recommend(["u1", "u7"], k=10)
     assert a["item_id"].to_list() == b["item_id"].to_list()
-    assert a.group_by("user_id").agg(n=a["item_id"].n_unique())["n"].to_list() == [10, 10]
+    assert a.group_by("user_id").agg(n=pl.col("item_id").n_unique())["n"].to_list() == [10, 10]
     # round 0 is the (fine-tuned) encoder's single-vector top K/T
     single = loaded.recommend(["u1"], k=2, retrieval="single")["item_id"].to_list()
     assert loaded.recommend(["u1"], k=10)["item_id"].to_list()[:2] == single
@@ -264,8 +265,6 @@ def test_cli_retrieval_modes(cli, trained, ada_run, tmp_path):
     import shutil
 
     _, _, _, run = trained
-    csv = tmp_path / "events.csv"
-    cyclic_log_frame(csv)
     r = cli("recommend", run, "--user", "u1", "-k", "5", "--retrieval", "knn_embed", "--json")
     assert r.code == 0, r.error
     assert len(json.loads(r.stdout)) == 5
@@ -288,8 +287,6 @@ def cyclic_log_frame(path) -> None:
     rows = [(str(log.user_ids[u]), str(log.item_ids[int(i) - 1]), t)
             for u in range(log.n_users)
             for t, i in enumerate(items[offsets[u]:offsets[u + 1]])]
-    import polars as pl
-
     pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row").write_csv(path)
 
 
@@ -297,7 +294,7 @@ def test_cli_evaluate_and_ada_fit_from_a_file(cli, tmp_path):
     csv = tmp_path / "events.csv"
     cyclic_log_frame(csv)
     run = tmp_path / "run"
-    r = cli("train", csv, "--out", run, "--quiet", "--epochs", "6", "--set", "model.dim=32",
+    r = cli("train", "--data", csv, "--out", run, "--quiet", "--epochs", "6", "--set", "model.dim=32",
             "--set", "model.max_len=16", "--set", "train.lr=0.005", "--set",
             "train.batch_size=32")
     assert r.code == 0, r.error

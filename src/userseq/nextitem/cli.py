@@ -123,7 +123,7 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     for name in ("valid", "test"):
         t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
     for name, m in metrics.get("baselines", {}).items():
-        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" for k in keys))
+        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" if k in m else "—" for k in keys))
     out.print(t)
     tr = metrics.get("train") or {}
     if tr:
