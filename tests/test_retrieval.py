@@ -294,8 +294,8 @@ def test_cli_evaluate_and_ada_fit_from_a_file(cli, tmp_path):
     csv = tmp_path / "events.csv"
     cyclic_log_frame(csv)
     run = tmp_path / "run"
-    r = cli("train", "--data", csv, "--out", run, "--quiet", "--epochs", "6", "--set", "model.dim=32",
-            "--set", "model.max_len=16", "--set", "train.lr=0.005", "--set",
+    r = cli("train", "--data", csv, "--out", run, "--quiet", "--epochs", "6", "--set",
+            "model.dim=32", "--set", "model.max_len=16", "--set", "train.lr=0.005", "--set",
             "train.batch_size=32")
     assert r.code == 0, r.error
     r = cli("evaluate", run, "--retrieval", "knn_embed", "--set", "retrieval.knn_embed.clusters=4")
