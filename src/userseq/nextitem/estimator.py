@@ -453,10 +453,15 @@ class NextItemRecommender(Estimator[RunConfig]):
 
         self.check_is_fitted()
         cfg = self.config.retrieval.knn_embed
+        if not users:  # only the item partition (the clusters@K metric): at most one per item
+            cfg = cfg.model_copy(update={"clusters": min(cfg.clusters, len(self.item_ids_))})
         key = cfg.model_dump_json()
         if self._knn is None or self._knn[0] != key:
             self._knn = (key, KnnEmbed(cfg, self.item_matrix()), None)
         knn = self._knn[1]
+        if users and knn.cfg != self.config.retrieval.knn_embed:  # the capped partition
+            self._knn = None
+            return self._knn_embed(bank, users)
         if users:
             offsets, items = bank if bank is not None else self.histories_
             bank_key = fingerprint(offsets, items)
