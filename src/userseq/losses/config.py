@@ -19,7 +19,9 @@ class ICSRecConfig(StrictModel):
     cicl_weight: float = Field(0.3, ge=0, description="lambda: coarse intent contrast weight")
     ficl_weight: float = Field(0.1, ge=0, description="beta: fine intent (prototype) weight")
     intents: int = Field(256, ge=1, description="k-means intent prototypes, refreshed each epoch")
-    temperature: float = Field(1.0, gt=0, description="InfoNCE temperature (dot similarity)")
+    temperature: float = Field(1.0, gt=0, description="InfoNCE temperature")
+    similarity: Literal["dot", "cosine"] = Field(
+        "dot", description="similarity in both InfoNCE terms (ICSRec: dot)")
     fnm: bool = Field(True, description="false-negative masking of same-target pairs")
     pairs: int = Field(512, ge=2, description="positions per batch in the contrastive terms")
     sample: int = Field(50_000, ge=1, description="training positions clustered each epoch")

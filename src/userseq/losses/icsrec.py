@@ -106,13 +106,18 @@ def _remember(z: torch.Tensor, t: torch.Tensor, ctx: LossContext) -> None:
     ctx.state[f"filled{d}"][t] = True
 
 
+def _sim_space(x: torch.Tensor, c: Any) -> torch.Tensor:
+    """Vectors whose dot products are the configured similarity (unit vectors for cosine)."""
+    return F.normalize(x, dim=-1) if c.similarity == "cosine" else x
+
+
 def cicl_loss(z: torch.Tensor, t: torch.Tensor, ctx: LossContext) -> torch.Tensor:
     """Coarse-grained intent InfoNCE between subsequences and same-target partners."""
     c = ctx.config.icsrec
     partner, has = _partners(z, t, ctx)
     if int(has.sum()) < 2:
         return z.sum() * 0.0
-    a, b, tt = z[has], partner[has], t[has]
+    a, b, tt = _sim_space(z[has], c), _sim_space(partner[has], c), t[has]
     logits = (a @ b.T).float() / c.temperature
     if c.fnm:
         same = (tt[:, None] == tt[None, :]) & ~torch.eye(len(tt), dtype=torch.bool,
@@ -133,7 +138,8 @@ def ficl_loss(z: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         d = (z.float() ** 2).sum(1, keepdim=True) - 2 * z.float() @ protos.T \
             + (protos ** 2).sum(1)[None]
         intent = d.argmin(1)
-    logits = (z.float() @ protos.T) / ctx.config.icsrec.temperature
+    c = ctx.config.icsrec
+    logits = (_sim_space(z.float(), c) @ _sim_space(protos, c).T) / c.temperature
     return F.cross_entropy(logits, intent)
 
 
