@@ -275,8 +275,8 @@ def table(write: bool = True) -> None:
         lines += ["", "ICSRec: lambda 0.3, beta 0.1, 256 intents, temperature 1, FNM on (the "
                   "ICSRec Beauty settings). With ICSRec's dot similarity the contrastive terms "
                   "swamp the recommendation loss of our SASRec at this budget (the rows above); "
-                  "cosine similarity was chosen over dot and over cosine/temperature 0.2 in a 2-epoch "
-                  "screening on validation NDCG@10 (3,000 validation users).",
+                  "cosine similarity was chosen over dot and over cosine/temperature 0.2 in a "
+                  "2-epoch screening on validation NDCG@10 (3,000 validation users).",
                   "Commands: " + cmds, ""]
     knn = [r for r in rows.values() if r["part"] == "knn"]
     if knn:
