@@ -78,7 +78,8 @@ def test_evaluate_set_changes_evaluation_settings_only(cli, run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert "ndcg@5" in metrics["test"] and "ndcg@10" not in metrics["test"]
     assert_user_error(cli("evaluate", run, "--set", "model.dim=8"),
-                      "--set model.dim: evaluate can change evaluation settings only (eval.*)")
+                      "--set model.dim: evaluate can change evaluation settings only (eval.*, "
+                      "retrieval.mode, retrieval.knn_embed.*)")
     assert cli("evaluate", run).code == 0  # back to the run's own settings
     assert "ndcg@10" in json.loads((run / "metrics.json").read_text())["test"]
 

@@ -167,6 +167,9 @@ class Trainer:
         self.state = TrainState()
         # the best weights so far: RUN_DIR/best.safetensors, or a temporary file during `fit`
         self.best_path: Path | None = self.run_dir / BEST if self.run_dir else None
+        # callbacks(model, epoch) run before each epoch's batches (e.g. a loss refreshing
+        # per-epoch state such as ICSRec's intent prototypes)
+        self.on_epoch_start: list[Callable[[torch.nn.Module, int], None]] = []
 
     # -------------------------------------------------------------- the loop
     def fit(
@@ -230,6 +233,8 @@ class Trainer:
         epoch = self.state.epoch + 1
         progress.reset(bar, total=run.n_batches, epoch=epoch, loss=float("nan"), val=run.last_val)
         t_epoch = time.time()
+        for callback in self.on_epoch_start:
+            callback(run.model, epoch)
         loss = self._train_epoch(run, epoch,
                                  lambda mean: progress.update(bar, advance=1, loss=mean))
         if self.distributed:

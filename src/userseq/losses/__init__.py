@@ -1,7 +1,8 @@
 """Training losses over the item catalogue, chosen by name (`loss.name`) from `LOSSES`.
 
 One file per family: `softmax.py` (full CE `ce`, `sampled_softmax` with logQ correction),
-`bce.py` (`bce`, gSASRec's `gbce`), `sampler.py` (negative sampling). `NextItemLoss` runs the
+`bce.py` (`bce`, gSASRec's `gbce`), `icsrec.py` (ICSRec's intent contrast on top of a
+recommendation loss), `sampler.py` (negative sampling). `NextItemLoss` runs the
 configured one.
 
 A registered loss has one signature:
@@ -23,14 +24,16 @@ from __future__ import annotations
 
 # importing the built-in losses (bce, softmax) registers them
 from userseq.losses.bce import bce_loss, gbce, gbce_loss
-from userseq.losses.config import LossConfig
+from userseq.losses.config import ICSRecConfig, LossConfig
+from userseq.losses.icsrec import icsrec_loss
 from userseq.losses.nextitem import NextItemLoss
 from userseq.losses.registry import LOSSES, Loss, LossContext, MatrixItems, Rows, register_loss
 from userseq.losses.sampler import NegativeSampler
 from userseq.losses.softmax import ce_loss, full_ce, sampled_softmax, sampled_softmax_loss
 
 __all__ = [
-    "LOSSES", "Loss", "LossConfig", "LossContext", "MatrixItems", "NegativeSampler", "NextItemLoss",
-    "Rows", "bce_loss", "ce_loss", "full_ce", "gbce", "gbce_loss", "register_loss",
+    "LOSSES", "ICSRecConfig", "Loss", "LossConfig", "LossContext", "MatrixItems",
+    "NegativeSampler", "NextItemLoss",
+    "Rows", "bce_loss", "ce_loss", "full_ce", "gbce", "gbce_loss", "icsrec_loss", "register_loss",
     "sampled_softmax", "sampled_softmax_loss",
 ]

@@ -12,6 +12,30 @@ from userseq.core.errors import ConfigError
 from userseq.losses.registry import LOSSES
 
 
+class ICSRecConfig(StrictModel):
+    """Settings of the `icsrec` loss (`loss.icsrec.*`, see userseq.losses.icsrec)."""
+
+    rec_loss: str = Field("ce", description="the recommendation loss (a registered loss)")
+    cicl_weight: float = Field(0.3, ge=0, description="lambda: coarse intent contrast weight")
+    ficl_weight: float = Field(0.1, ge=0, description="beta: fine intent (prototype) weight")
+    intents: int = Field(256, ge=1, description="k-means intent prototypes, refreshed each epoch")
+    temperature: float = Field(1.0, gt=0, description="InfoNCE temperature")
+    similarity: Literal["dot", "cosine"] = Field(
+        "dot", description="similarity in both InfoNCE terms (ICSRec: dot)")
+    fnm: bool = Field(True, description="false-negative masking of same-target pairs")
+    pairs: int = Field(512, ge=2, description="positions per batch in the contrastive terms")
+    sample: int = Field(50_000, ge=1, description="training positions clustered each epoch")
+    kmeans_iters: int = Field(10, ge=1, description="k-means iterations per refresh")
+
+    @field_validator("rec_loss")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            return LOSSES.canonical(v)
+        except ConfigError as e:
+            raise PydanticCustomError("unknown_loss", "{m}", {"m": str(e)}) from None
+
+
 class LossConfig(StrictModel):
     """Training objective over the item catalogue. `name` is a registered loss (`LOSSES`); the
     other settings are read by the losses that use them."""
@@ -24,6 +48,7 @@ class LossConfig(StrictModel):
     logits_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="matmul precision of the full-softmax CE (auto: follow autocast, else "
         "fp32); bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
+    icsrec: ICSRecConfig = Field(default_factory=ICSRecConfig)
 
     @field_validator("name")
     @classmethod

@@ -23,6 +23,16 @@ class NextItemLoss:
         self.fn = LOSSES.get(cfg.name).obj
         self.ctx = LossContext(cfg, n_items, item_counts)
 
+    @property
+    def wants_epoch_hidden(self) -> bool:
+        """Whether the loss refreshes state from training hidden states before every epoch (a
+        registered loss with an `epoch_start(ctx, h, targets)` attribute, e.g. ICSRec)."""
+        return hasattr(self.fn, "epoch_start")
+
+    def epoch_start(self, h: torch.Tensor, targets: torch.Tensor) -> None:
+        """Give the loss the hidden states (N, D) and targets (N,) of training positions."""
+        self.fn.epoch_start(self.ctx, h, targets)
+
     def __call__(self, h: torch.Tensor, targets: torch.Tensor, items: Any) -> torch.Tensor:
         if torch.is_tensor(items):
             items = MatrixItems(items)

@@ -33,12 +33,15 @@ register_loss = decorator(LOSSES)
 @dataclass
 class LossContext:
     """What a loss gets besides the batch: its config (`LossConfig`), the number of items, the
-    training item counts (popularity sampling) and `sampler(kind)`, one cached sampler per kind."""
+    training item counts (popularity sampling), `sampler(kind)`, one cached sampler per kind, and
+    `state`, a dict a loss may keep per-run state in (it lives as long as the `NextItemLoss`)."""
 
     config: Any
     n_items: int
     item_counts: np.ndarray | None = None
     samplers: dict[str, NegativeSampler] = field(default_factory=dict)
+    # what a loss keeps between batches of one training run (ICSRec: prototypes, memory)
+    state: dict[str, Any] = field(default_factory=dict)
 
     def sampler(self, kind: str | None = None) -> NegativeSampler:
         """The negative sampler of `kind` (uniform | popularity; default: `config.sampler`)."""

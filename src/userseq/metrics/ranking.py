@@ -221,3 +221,78 @@ def repeat_scorer(offsets: np.ndarray, items: np.ndarray) -> Scorer:
         return s.view(len(rows), hi - lo)
 
     return score
+
+
+# ---------------------------------------------------------------------- top-K lists, diversity
+def list_ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's target in its recommended list `top` (n, K); a target that is
+    not in the list gets rank K + 1 (a miss at every cut-off <= K). For retrieval modes that
+    return a list rather than a score for every item (kNN-Embed, multi-round retrieval)."""
+    top = np.asarray(top)
+    hit = top == np.asarray(targets)[:, None]
+    first = hit.argmax(1) + 1
+    return np.where(hit.any(1), first, top.shape[1] + 1).astype(np.int64)
+
+
+def evaluate_lists(top: np.ndarray, targets: np.ndarray, n_items: int,
+                   ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+    """NDCG/HR/MRR@K and coverage of recommended lists (n, K >= max(ks)); MRR is truncated at K
+    (a target outside the list contributes 0)."""
+    ks = sorted(set(ks))
+    if top.shape[1] < ks[-1]:
+        raise ValueError(f"lists have {top.shape[1]} items, fewer than the cut-off {ks[-1]}")
+    ranks = list_ranks(top, targets)
+    out = ranking_metrics(ranks, ks)
+    out["mrr"] = float(np.where(ranks <= top.shape[1], 1.0 / ranks, 0.0).mean())
+    out.update(coverage(top, n_items, ks))
+    out["users"] = float(len(targets))
+    return out
+
+
+def intra_list_diversity(top: np.ndarray, item_vectors: np.ndarray | torch.Tensor,
+                         k: int) -> float:
+    """Mean over rows of the average pairwise cosine distance (1 - cos) of the first k items
+    (item 0 / padding entries are skipped). Computed as 1 - (|sum v|^2 - m) / (m (m - 1)) over
+    unit vectors, O(k D) per row."""
+    V = torch.as_tensor(np.asarray(item_vectors), dtype=torch.float32)
+    V = torch.nn.functional.normalize(V, dim=1)
+    V[0] = 0.0
+    t = torch.from_numpy(np.asarray(top[:, :k], dtype=np.int64))
+    m = (t > 0).sum(1).double()
+    s = V[t].sum(1).double()
+    sim = ((s * s).sum(1) - m) / (m * (m - 1)).clamp(min=1)
+    ild = torch.where(m > 1, 1.0 - sim, torch.zeros_like(sim))
+    return float(ild.mean())
+
+
+def distinct_groups(top: np.ndarray, groups: np.ndarray | Sequence[Sequence[int]],
+                    k: int) -> float:
+    """Mean number of distinct groups among each row's first k items. `groups` is one group id
+    per item index (an array of n_items + 1 ints, -1 = none) or a list of group-id lists per item
+    index (multi-label, e.g. movie genres)."""
+    t = np.asarray(top[:, :k])
+    if isinstance(groups, np.ndarray) and groups.ndim == 1:
+        g = groups[t]
+        g = np.where(t > 0, g, -1)
+        s = np.sort(g, 1)
+        new = np.concatenate([np.ones((len(s), 1), bool), s[:, 1:] != s[:, :-1]], 1) & (s >= 0)
+        return float(new.sum(1).mean()) if len(s) else 0.0
+    counts = [len({x for i in row if i > 0 for x in groups[i]}) for row in t]
+    return float(np.mean(counts)) if counts else 0.0
+
+
+def diversity(top: np.ndarray, ks: Sequence[int], item_vectors: np.ndarray | torch.Tensor | None,
+              item_groups: dict[str, np.ndarray | Sequence[Sequence[int]]] | None = None
+              ) -> dict[str, float]:
+    """Diversity of recommended lists at each cut-off: `ild@K` (intra-list diversity over
+    `item_vectors`, n_items + 1 rows) and, per entry of `item_groups` (e.g. "clusters",
+    "categories"), `NAME@K`, the mean number of distinct groups in the top-K."""
+    out: dict[str, float] = {}
+    for k in sorted(set(ks)):
+        if k > top.shape[1]:
+            continue
+        if item_vectors is not None:
+            out[f"ild@{k}"] = intra_list_diversity(top, item_vectors, k)
+        for name, g in (item_groups or {}).items():
+            out[f"{name}@{k}"] = distinct_groups(top, g, k)
+    return out

@@ -31,6 +31,11 @@ from userseq.losses import LOSSES
 
 Opt = typer.Option
 QuietOpt = Annotated[bool, Opt(help="no progress bar")]
+RetrievalOpt = Annotated[str | None, Opt(
+    help="single (one user vector) | knn_embed (interest mixture) | ada (multi-round; a run "
+         "from `userseq ada fit`); default: the run's retrieval.mode")]
+# query-time settings `evaluate --set` may change (the rest is fixed by the trained model)
+EVAL_SETTINGS = ("eval.", "retrieval.mode", "retrieval.knn_embed.")
 
 
 # ---------------------------------------------------------------------- train / evaluate
@@ -144,7 +149,7 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     for name in ("valid", "test"):
         t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
     for name, m in metrics.get("baselines", {}).items():
-        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" for k in keys))
+        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" if k in m else "—" for k in keys))
     out.print(t)
     tr = metrics.get("train") or {}
     if tr:
@@ -159,23 +164,28 @@ def evaluate(
                     ] = None,
     filter_seen: Annotated[bool | None, Opt(help="filter history items from the ranking")] = None,
     overrides: SetOption = None,
+    retrieval: RetrievalOpt = None,
 ) -> None:
-    """Full-ranking evaluation of a saved run; writes RUN_DIR/metrics.json. `--set` changes
-    evaluation settings (eval.ks, eval.filter_seen, ...)."""
+    """Full-ranking evaluation of a saved run (accuracy and diversity); writes
+    RUN_DIR/metrics.json. `--set` changes evaluation settings (eval.ks, eval.filter_seen,
+    retrieval.knn_embed.clusters, ...)."""
     from userseq.data.load import load_events
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs
     from userseq.nextitem.estimator import NextItemRecommender
 
     settings = parse_set(overrides)
-    trained = [k for k in settings if not k.startswith("eval.")]
+    trained = [k for k in settings if not k.startswith(EVAL_SETTINGS)]
     if trained:
         raise UserseqError(f"--set {trained[0]}: evaluate can change evaluation settings only "
-                           "(eval.*); the rest is fixed by the trained model.")
+                           "(eval.*, retrieval.mode, retrieval.knn_embed.*); the rest is fixed by "
+                           "the trained model.")
     rec = NextItemRecommender.load(run_dir)
     rec.set_params(**settings)
     if filter_seen is not None:
         rec.set_params(eval__filter_seen=filter_seen)
+    if retrieval is not None:
+        rec.set_params(retrieval__mode=_retrieval_mode(retrieval))
     cfg = rec.config
     source = data or cfg.dataset
     if not source:
@@ -187,8 +197,17 @@ def evaluate(
     _check_same_data(rec, log, source, explicit=data is not None)
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
     metrics = rec.write_metrics(run_dir, rec.report(log, sp))
-    _print_metrics(metrics, f"{cfg.model.name}: {run_dir}")
+    _print_metrics(metrics, f"{cfg.model.name} ({metrics['retrieval']['mode']}): {run_dir}")
     out.print(f"wrote {run_dir / 'metrics.json'}")
+
+
+def _retrieval_mode(value: str) -> str:
+    from userseq.nextitem.config import RETRIEVAL_MODES
+
+    if value not in RETRIEVAL_MODES:
+        raise UserseqError(f"--retrieval {value}: not a retrieval mode; choose one of "
+                           f"{' | '.join(RETRIEVAL_MODES)}.")
+    return value
 
 
 def _check_same_data(rec: Any, log: Any, source: str, explicit: bool) -> None:
@@ -214,6 +233,7 @@ def recommend(
     k: Annotated[int, Opt("-k", help="number of items")] = 10,
     keep_seen: Annotated[bool, Opt(help="allow items from the history")] = False,
     as_json: Annotated[bool, Opt("--json", help="JSON output")] = False,
+    retrieval: RetrievalOpt = None,
 ) -> None:
     """Top-k next items for known users, or for an explicit history."""
     import polars as pl
@@ -225,18 +245,19 @@ def recommend(
     if not user and not history:
         raise UserseqError("give --user ID (a user seen in training) or --history ITEM,ITEM,... "
                            "(any user).")
+    mode = None if retrieval is None else _retrieval_mode(retrieval)
     rec = NextItemRecommender.load(run_dir)
     frames = []
     if user:
         users = _typed(user, rec.user_ids, "user")
-        frames.append(rec.recommend(users, k, filter_seen=not keep_seen))
+        frames.append(rec.recommend(users, k, filter_seen=not keep_seen, retrieval=mode))
     if history:
         items = _typed([h.strip() for h in history.split(",") if h.strip()], rec.item_ids, "item")
         if not items:
             raise UserseqError("--history is empty; give item ids separated by commas, oldest "
                                "first.")
         frames.append(rec.recommend_history([items], k, filter_seen=not keep_seen,
-                                            ids=["<history>"]))
+                                            ids=["<history>"], retrieval=mode))
     res = pl.concat([f.with_columns(f["user_id"].cast(pl.String)) for f in frames])
     if as_json:
         out.print_json(json.dumps(res.to_dicts(), default=str))
@@ -429,6 +450,59 @@ def compress(
     evaluate(out_dir, data=data, filter_seen=None)
 
 
+# ---------------------------------------------------------------------- Ada-Retrieval
+ADA_SETTINGS = ("retrieval.ada.", "train.", "eval.")
+
+
+def ada_fit(
+    base_run: RunDirArg,
+    out_dir: Annotated[Path, Opt("--out", "-o", help="the fine-tuned run directory to write")],
+    rounds: Annotated[int | None, Opt(help="retrieval rounds T (retrieval.ada.rounds)")] = None,
+    train_k: Annotated[int | None, Opt(help="items retrieved per training sample, a multiple of "
+                                            "--rounds (retrieval.ada.train_k)")] = None,
+    epochs: Annotated[int | None, Opt(help="maximum fine-tuning epochs")] = None,
+    max_minutes: Annotated[float | None, Opt(help="fine-tuning time budget in minutes")] = None,
+    overrides: SetOption = None,
+    data: Annotated[str | None, Opt(help="the base run's data, when it moved")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Ada-Retrieval: fine-tune a trained run with the item and user adapters (multi-round
+    retrieval) and save it as a new run whose retrieval mode is `ada`."""
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.nextitem.config import split_kwargs
+    from userseq.nextitem.estimator import NextItemRecommender
+
+    if out_dir.resolve() == Path(base_run).resolve():
+        raise UserseqError(f"--out {out_dir}: the same directory as BASE_RUN; write the "
+                           "fine-tuned run to a new directory.")
+    settings = parse_set(overrides)
+    bad = [k for k in settings if not k.startswith(ADA_SETTINGS)]
+    if bad:
+        raise UserseqError(f"--set {bad[0]}: ada fit changes retrieval.ada.*, train.* and eval.* "
+                           "settings only; the model is the base run's.")
+    opts = {"retrieval.ada.rounds": rounds, "retrieval.ada.train_k": train_k,
+            "train.epochs": epochs, "train.max_minutes": max_minutes}
+    settings.update({k: v for k, v in opts.items() if v is not None})
+    rec = NextItemRecommender.load(base_run)
+    if settings:
+        rec.config = rec.config.updated(settings, source="--set")
+    cfg = rec.config
+    source = data or cfg.dataset
+    if not source:
+        raise UserseqError(f"{base_run}: the run does not record its data; pass --data.")
+    log = load_events(source, cfg.data)
+    sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
+    rec.fit_ada(log, sp, run_dir=out_dir, quiet=quiet, base_run=str(Path(base_run).resolve()))
+    metrics = read_json(out_dir / "metrics.json")
+    _print_metrics(metrics, f"{cfg.model.name} + Ada-Retrieval: {out_dir}")
+    out.print(f"saved run to {out_dir}")
+
+
 def register(app: typer.Typer) -> None:
     for command in (train, evaluate, recommend, embed, compress):
         app.command()(command)
+    ada_app = typer.Typer(no_args_is_help=True,
+                          help="Ada-Retrieval: multi-round retrieval fine-tuned on a trained run.")
+    ada_app.command("fit")(ada_fit)
+    app.add_typer(ada_app, name="ada")

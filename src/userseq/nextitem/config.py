@@ -6,9 +6,9 @@ The `model:` section is validated by the config class of the encoder it names (`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
@@ -21,7 +21,10 @@ from userseq.encoders import (
     other_encoder_setting,
     parse_encoder_config,
 )
+from userseq.index.knn_embed import KnnEmbedConfig
 from userseq.losses.config import LossConfig
+
+RETRIEVAL_MODES = ("single", "knn_embed", "ada")
 
 
 class EvalConfig(StrictModel):
@@ -38,6 +41,36 @@ class EvalConfig(StrictModel):
         return sorted(set(v))
 
 
+class AdaConfig(StrictModel):
+    """Ada-Retrieval (Li et al., AAAI 2024): K items in `rounds` rounds of K/rounds, with an item
+    adapter (frequency filter + attention to the retrieved items) and a user adapter (GRU over the
+    rounds' user vectors + MLP). Set by `userseq ada fit`; read by `retrieval: ada`."""
+
+    rounds: int = Field(5, ge=1, description="retrieval rounds T (K must be a multiple of T)")
+    train_k: int = Field(100, ge=1, description="items retrieved per training sample (all rounds)")
+    round_weight: float = Field(0.3, gt=0, description="loss weight lambda^r of round r (0-based)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="adapter dropout")
+    freeze_base: bool = Field(False, description="train the adapters only (keep the encoder)")
+    base_run: str | None = Field(None, description="the run the adapters were fine-tuned from")
+
+    @model_validator(mode="after")
+    def _rounds_divide(self) -> AdaConfig:
+        if self.train_k % self.rounds:
+            raise ValueError(f"train_k ({self.train_k}) must be a multiple of rounds "
+                             f"({self.rounds})")
+        return self
+
+
+class RetrievalConfig(StrictModel):
+    """How `recommend`/`evaluate` retrieve: one user vector (`single`), the user's interest
+    mixture (`knn_embed`, any run), or multi-round adaptive retrieval (`ada`, a run fine-tuned
+    with `userseq ada fit`)."""
+
+    mode: Literal["single", "knn_embed", "ada"] = "single"
+    knn_embed: KnnEmbedConfig = Field(default_factory=KnnEmbedConfig)
+    ada: AdaConfig = Field(default_factory=AdaConfig)
+
+
 class RunConfig(TaskConfig):
     data: DataConfig = Field(default_factory=DataConfig)
     model: SerializeAsAny[EncoderConfig] = Field(
@@ -45,6 +78,7 @@ class RunConfig(TaskConfig):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     dataset: str | None = Field(None, description="dataset name or path the run was trained on")
 
     @field_validator("model", mode="before")

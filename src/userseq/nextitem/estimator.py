@@ -46,14 +46,19 @@ from userseq.items.factory import (
 )
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
+    coverage,
+    diversity,
     evaluate,
+    evaluate_lists,
     matrix_scorer,
     popularity_scorer,
+    ranking_metrics,
     repeat_scorer,
     scan_catalogue,
     streamed_scorer,
 )
-from userseq.nextitem.config import RunConfig, check_monitor, split_kwargs
+from userseq.nextitem.ada import ADA_FILE, AdaRetrieval, ada_batches, ada_topk
+from userseq.nextitem.config import RETRIEVAL_MODES, RunConfig, check_monitor, split_kwargs
 
 MODEL_FILE = "model.safetensors"
 HISTORIES_FILE = "histories.safetensors"
@@ -95,7 +100,9 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.data_fingerprint_: str | None = None
         self.train_state_: dict[str, Any] = {}
         self.item_info_: dict[str, Any] = {}
+        self.ada_: AdaRetrieval | None = None
         self.device_ = torch.device("cpu")
+        self._knn: tuple[Any, Any, Any] | None = None  # (settings, KnnEmbed, bank) cache
 
     @property
     def user_ids(self) -> pl.Series | None:
@@ -146,6 +153,15 @@ class NextItemRecommender(Estimator[RunConfig]):
         loss = NextItemLoss(cfg.loss, n_items, counts)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         self.device_ = trainer.device
+        self._knn, self.ada_ = None, None
+        if loss.wants_epoch_hidden:  # e.g. ICSRec's intent prototypes, refreshed every epoch
+            if not encoder.causal:
+                raise ConfigError(f"loss '{cfg.loss.name}' contrasts subsequences (prefixes) and "
+                                  f"needs a causal encoder (sasrec, gru4rec); "
+                                  f"'{cfg.model.name}' is bidirectional.")
+            trainer.on_epoch_start.append(
+                lambda model, epoch: loss.epoch_start(*self._position_sample(
+                    model, rows, cfg.loss.icsrec.sample, cfg.train.seed + epoch)))
         batches, n_batches = self._batches(split, rows, trainer.device)
         valid = self._valid_subset(split.valid)
         state = trainer.fit(encoder, batches, n_batches, lambda m, b: self._loss(m, b, loss),
@@ -231,6 +247,90 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.user_ids_ = pl.concat([self.user_ids_, prev.user_ids_.gather(keep)])
         return {"items_kept": int((old_row > 0).sum()), "items_new": int((old_row == 0).sum()),
                 "users_carried_over": len(keep)}
+    def fit_ada(self, log: EventLog, split: Split | None = None,
+                run_dir: str | Path | None = None, quiet: bool = False,
+                base_run: str | None = None) -> NextItemRecommender:
+        """Ada-Retrieval's second stage: fine-tune this trained model with the item and user
+        adapters (`retrieval.ada.*`: rounds, train_k, round_weight, dropout, freeze_base) through
+        the one Trainer (`train.*`: epochs, lr, patience, monitor, ...), on the same data and
+        split. Afterwards `retrieval.mode` is `ada`; with `run_dir` the run is saved there
+        (model.safetensors: the fine-tuned encoder, ada.safetensors: the adapters) with its
+        metrics.json. Validation ranks `eval.ks` plus `train_k` with multi-round retrieval."""
+        enc = self.check_is_fitted()
+        cfg = self.config
+        if data_fingerprint(log) != self.data_fingerprint_:
+            raise UserseqError(f"{log.source}: not the data this model was trained on (the "
+                               "fingerprint differs); Ada-Retrieval fine-tunes on the base run's "
+                               "data.")
+        a = cfg.retrieval.ada
+        if a.train_k > len(self.item_ids_):
+            raise ConfigError(f"retrieval.ada.train_k ({a.train_k}) is larger than the catalogue "
+                              f"({len(self.item_ids_)} items).")
+        split = split or make_split(log, cfg.data.split, **split_kwargs(cfg))
+        torch.manual_seed(cfg.train.seed)
+        model = AdaRetrieval(enc, a.rounds, a.train_k, a.dropout)
+        enc.requires_grad_(not a.freeze_base)
+        rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
+        trainer = Trainer(cfg.train, run_dir, quiet=quiet)
+        self.device_ = trainer.device
+        self.ada_, self._knn = model, None
+        batches = ada_batches(rows, cfg.train.batch_size, cfg.train.seed, trainer.device)
+        n_batches = (len(rows) + cfg.train.batch_size - 1) // cfg.train.batch_size
+        seen_in_loss = cfg.eval.filter_seen
+        valid = self._valid_subset(split.valid)
+        ks = sorted(set(cfg.eval.ks) | {a.train_k})
+        k_valid = -(-ks[-1] // a.rounds) * a.rounds  # whole rounds
+
+        def loss_fn(m: AdaRetrieval, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            x, t = batch
+            return m.retrieve(x, a.train_k, x if seen_in_loss else None, t, a.round_weight)[2]
+
+        def validate(m: AdaRetrieval) -> dict[str, float]:
+            top, _ = ada_topk(m, valid.offsets, valid.items, k_valid, cfg.model.max_len,
+                              cfg.eval.filter_seen, self.device_)
+            return evaluate_lists(top, valid.targets, len(self.item_ids_), ks)
+
+        state = trainer.fit(model, batches, n_batches, loss_fn, validate)
+        enc.requires_grad_(True)
+        model.eval()
+        over = {"retrieval.mode": "ada"}
+        if base_run is not None:
+            over["retrieval.ada.base_run"] = str(base_run)
+        self.config = cfg.updated(over)
+        self.train_state_ = {**_train_state(state, trainer, len(rows)), "stage": "ada fine-tune",
+                             "base": self.train_state_}
+        if run_dir is not None and distributed.is_main():  # save last: the completion marker
+            write_json(state.history, Path(run_dir) / "train_log.json")
+            self.write_metrics(run_dir, self.report(log, split))
+            self.save(run_dir)
+        return self
+
+    @torch.no_grad()
+    def _position_sample(self, model: SequenceEncoder, rows: np.ndarray, n: int, seed: int,
+                         batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states, targets) of up to `n` training positions (every position of randomly
+        drawn training rows), computed in eval mode: what losses with per-epoch state (ICSRec's
+        k-means intent prototypes) are refreshed from."""
+        was = model.training
+        model.eval()
+        rng = np.random.default_rng(seed)
+        lengths = (rows > 0).sum(1)
+        order = rng.permutation(len(rows))
+        hs, ts, total = [], [], 0
+        for i in range(0, len(order), batch_size):
+            if total >= n:
+                break
+            r = torch.from_numpy(rows[order[i : i + batch_size]])
+            width = int(max(2, lengths[order[i : i + batch_size]].max()))
+            r = r[:, -width:].to(self.device_)
+            inputs, targets = r[:, :-1], r[:, 1:]
+            mask = inputs > 0
+            sel = mask & (targets > 0)
+            hs.append(model(inputs, mask)[sel].float())
+            ts.append(targets[sel])
+            total += int(sel.sum())
+        model.train(was)
+        return torch.cat(hs)[:n], torch.cat(ts)[:n]
 
     def _batches(self, split: Split, rows: np.ndarray, device: torch.device
                  ) -> tuple[Callable[[int], Iterator[torch.Tensor]], int]:
@@ -404,16 +504,106 @@ class NextItemRecommender(Estimator[RunConfig]):
                         eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
 
     def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
-                 filter_seen: bool | None = None) -> dict:
-        """Full-ranking NDCG/HR/MRR/coverage of `eval_set` targets given their histories."""
+                 filter_seen: bool | None = None, retrieval: str | None = None,
+                 bank: tuple[np.ndarray, np.ndarray] | None = None,
+                 item_groups: dict[str, Any] | None = None) -> dict:
+        """NDCG/HR/MRR/coverage of `eval_set` targets given their histories, plus diversity of
+        the top-K lists (`ild@K`, `clusters@K`: distinct kNN-Embed item clusters, and one entry
+        per `item_groups` name, e.g. `categories@K`). `retrieval` (default
+        `retrieval.mode`): `single` ranks the whole catalogue with one user vector; `knn_embed`
+        and `ada` return lists, scored by the target's position in the list. `bank`: the
+        (offsets, items) histories of all training users, for kNN-Embed's neighbours (default:
+        the run's histories; pass the split's training part to keep test items out)."""
         c = self.config.eval
         seen = c.filter_seen if filter_seen is None else filter_seen
-        return self._evaluate(eval_set, ks or c.ks, seen)
+        mode = self._mode(retrieval)
+        ks = sorted(set(ks or c.ks))
+        n_items = len(self.item_ids_)
+        if mode == "single":
+            users = self.encode(eval_set.offsets, eval_set.items)
+            hist = (eval_set.offsets, eval_set.items) if seen else None
+            ranks, top, _ = scan_catalogue(matrix_scorer(users, self.item_matrix()), n_items,
+                                           len(users), eval_set.targets, hist, ks[-1],
+                                           c.user_chunk, c.item_chunk)
+            out = ranking_metrics(ranks, ks)
+            out.update(coverage(top, n_items, ks))
+            out["users"] = float(len(users))
+        else:
+            k = ks[-1]
+            if mode == "ada":  # whole rounds: the smallest multiple of the rounds >= max(ks)
+                k = -(-k // self.ada_.rounds) * self.ada_.rounds
+            _, top = self._retrieve(mode, eval_set.offsets, eval_set.items, k, seen,
+                                    self_rows=eval_set.users, bank=bank)
+            out = evaluate_lists(top, eval_set.targets, n_items, ks)
+        groups = {"clusters": self._knn_embed(bank, users=False).cluster_ids(),
+                  **(item_groups or {})}
+        out.update(diversity(top, ks, self.item_matrix(), groups))
+        return out
 
-    def report(self, log: EventLog, split: Split) -> dict[str, Any]:
-        """The `metrics.json` content: validation and test metrics, baselines on the same test
-        targets, the protocol, training figures and the data description."""
+    def _mode(self, retrieval: str | None) -> str:
+        mode = retrieval or self.config.retrieval.mode
+        if mode not in RETRIEVAL_MODES:
+            raise ConfigError(f"retrieval '{mode}' is not a retrieval mode; choose one of "
+                              f"{', '.join(RETRIEVAL_MODES)}.")
+        if mode == "ada" and self.ada_ is None:
+            raise ConfigError("retrieval 'ada' needs a run fine-tuned with Ada-Retrieval "
+                              "adapters; this run has none (no ada.safetensors). Create one with "
+                              "`userseq ada fit RUN --out NEW_RUN` and use NEW_RUN.")
+        return mode
+
+    def _knn_embed(self, bank: tuple[np.ndarray, np.ndarray] | None = None,
+                   users: bool = True) -> Any:
+        """The kNN-Embed retriever of `retrieval.knn_embed` over this model's item vectors (item
+        clusters), with the users of `bank` (default: the run's histories) as neighbours when
+        `users`. Cached until the settings or the bank change."""
+        from userseq.index.knn_embed import KnnEmbed
+
+        self.check_is_fitted()
+        cfg = self.config.retrieval.knn_embed
+        if not users:  # only the item partition (the clusters@K metric): at most one per item
+            cfg = cfg.model_copy(update={"clusters": min(cfg.clusters, len(self.item_ids_))})
+        key = cfg.model_dump_json()
+        if self._knn is None or self._knn[0] != key:
+            self._knn = (key, KnnEmbed(cfg, self.item_matrix()), None)
+        knn = self._knn[1]
+        if users and knn.cfg != self.config.retrieval.knn_embed:  # the capped partition
+            self._knn = None
+            return self._knn_embed(bank, users)
+        if users:
+            offsets, items = bank if bank is not None else self.histories_
+            bank_key = fingerprint(offsets, items)
+            if self._knn[2] != bank_key:
+                knn.fit_users(self.encode(offsets, items), offsets, items)
+                self._knn = (key, knn, bank_key)
+        return knn
+
+    def _retrieve(self, mode: str, offsets: np.ndarray, items: np.ndarray, k: int,
+                  filter_seen: bool, self_rows: np.ndarray | None = None,
+                  bank: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, item indices) (n, k) of a list-returning retrieval mode."""
+        n_items = len(self.item_ids_)
+        if k > n_items:
+            raise ConfigError(f"k ({k}) is larger than the catalogue ({n_items} items); ask for "
+                              f"at most {n_items}.")
+        if mode == "knn_embed":
+            knn = self._knn_embed(bank)
+            top, s = knn.retrieve(self.encode(offsets, items), offsets, items, k, filter_seen,
+                                  self_rows)
+            return s, top
+        assert self.ada_ is not None
+        top, s = ada_topk(self.ada_, offsets, items, k, self.config.model.max_len, filter_seen,
+                          self.device_)
+        return s, top
+
+    def report(self, log: EventLog, split: Split, retrieval: str | None = None) -> dict[str, Any]:
+        """The `metrics.json` content: validation and test metrics (with `retrieval`, default
+        `retrieval.mode`), baselines on the same test targets, the protocol, training figures and
+        the data description. kNN-Embed's neighbours are the training users with their training
+        events (no test item leaks into a neighbour's mixture)."""
         c = self.config.eval
+        bank = (split.train_offsets, split.train_items)
+        groups = self.item_categories(log)
         seen = (split.test.offsets, split.test.items) if c.filter_seen else None
         n_items = len(self.item_ids_)
         counts = np.bincount(split.train_items, minlength=n_items + 1)
@@ -425,7 +615,10 @@ class NextItemRecommender(Estimator[RunConfig]):
                        c.ks, c.user_chunk, c.item_chunk)
         tables = table_report(self.check_is_fitted().items, self.config.model)
         return {
-            "valid": self.evaluate(split.valid), "test": self.evaluate(test),
+            "valid": self.evaluate(split.valid, retrieval=retrieval, bank=bank,
+                                   item_groups=groups),
+            "test": self.evaluate(test, retrieval=retrieval, bank=bank, item_groups=groups),
+            "retrieval": self._retrieval_report(retrieval),
             "item_table_bytes": tables["item_table_bytes"], "item_table": tables,
             **self.item_info_, "filter_seen": c.filter_seen, "ties": "pessimistic",
             "split": split.kind, "split_info": split.info, "model": self.config.model.name,
@@ -437,9 +630,46 @@ class NextItemRecommender(Estimator[RunConfig]):
         }
 
     # ------------------------------------------------------------------ recommending
-    def _topk(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool):
+    def item_categories(self, log: EventLog | None = None) -> dict[str, list[list[int]]]:
+        """{"categories": category ids per item index} from the dataset's item metadata (the
+        `genres` of MovieLens), for the `categories@K` diversity metric; {} when there are none."""
+        try:
+            meta, _ = self._item_meta(log) if log is not None else (None, "")
+        except UserseqError:
+            return {}
+        if meta is None or "genres" not in meta.columns:
+            return {}
+        names: dict[str, int] = {}
+        by_item = dict(zip(meta["item_id"].to_list(), meta["genres"].to_list(), strict=True))
+        cats: list[list[int]] = [[]]
+        for item in self.item_ids_.to_list():
+            cats.append([names.setdefault(g, len(names)) for g in by_item.get(item) or []])
+        return {"categories": cats}
+
+    def _retrieval_report(self, retrieval: str | None) -> dict[str, Any]:
+        r = self.config.retrieval
+        mode = self._mode(retrieval)
+        out: dict[str, Any] = {"mode": mode}
+        if mode == "knn_embed":
+            out["knn_embed"] = r.knn_embed.model_dump()
+        if mode == "ada" or self.ada_ is not None:
+            out["ada"] = r.ada.model_dump()
+        return out
+
+    def top_items(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool = True,
+                  retrieval: str | None = None, user_rows: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, item indices) (n, k) for CSR histories of item indices; `user_rows`: each
+        history's training-user row (-1: none), kept out of its own kNN-Embed neighbours."""
+        return self._topk(offsets, items, k, filter_seen, retrieval, user_rows)
+
+    def _topk(self, offsets: np.ndarray, items: np.ndarray, k: int, filter_seen: bool,
+              retrieval: str | None = None, self_rows: np.ndarray | None = None):
         if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
             raise UserseqError(f"k must be a positive integer (got {k!r}).")
+        mode = self._mode(retrieval)
+        if mode != "single":
+            return self._retrieve(mode, offsets, items, int(k), filter_seen, self_rows)
         users = self.encode(offsets, items)
         seen = (offsets, items) if filter_seen else None
         c = self.config.eval
@@ -458,9 +688,10 @@ class NextItemRecommender(Estimator[RunConfig]):
         }).filter(pl.Series(finite.reshape(-1)))
         return df.with_columns(pl.Series("user_id", list(ids)).gather(df["user_id"]))
 
-    def recommend(self, users: Sequence[Any], k: int = 10,
-                  filter_seen: bool = True) -> pl.DataFrame:
-        """Top-k items for known users (original ids), from each user's full history."""
+    def recommend(self, users: Sequence[Any], k: int = 10, filter_seen: bool = True,
+                  retrieval: str | None = None) -> pl.DataFrame:
+        """Top-k items for known users (original ids), from each user's full history.
+        `retrieval`: single | knn_embed | ada (default `retrieval.mode`, see docs/retrieval.md)."""
         self.check_is_fitted()
         users = list(users)
         idx = _lookup(self.user_ids_, users)
@@ -472,7 +703,7 @@ class NextItemRecommender(Estimator[RunConfig]):
             )
         offsets, items = self.histories_
         h_off, h_items = csr_take(offsets, items, offsets[idx], offsets[idx + 1])
-        return self._frame(users, *self._topk(h_off, h_items, k, filter_seen))
+        return self._frame(users, *self._topk(h_off, h_items, k, filter_seen, retrieval, idx))
 
     def history_indices(self, histories: Sequence[Sequence[Any]]
                         ) -> tuple[np.ndarray, np.ndarray]:
@@ -494,12 +725,13 @@ class NextItemRecommender(Estimator[RunConfig]):
 
     def recommend_history(self, histories: Sequence[Sequence[Any]], k: int = 10,
                           filter_seen: bool = True,
-                          ids: Sequence[Any] | None = None) -> pl.DataFrame:
+                          ids: Sequence[Any] | None = None,
+                          retrieval: str | None = None) -> pl.DataFrame:
         """Top-k items for explicit histories of original item ids (oldest first); works for new
-        users."""
+        users. `retrieval` as in `recommend`."""
         offsets, items = self.history_indices(histories)
         return self._frame(ids if ids is not None else list(range(len(histories))),
-                           *self._topk(offsets, items, k, filter_seen))
+                           *self._topk(offsets, items, k, filter_seen, retrieval))
 
     def user_embeddings(self) -> np.ndarray:
         """(n_users, D) vectors of the training users, in the order of `user_ids`."""
@@ -517,6 +749,8 @@ class NextItemRecommender(Estimator[RunConfig]):
         meta = {"task": self.task, "n_items": str(len(self.item_ids_)),
                 "data_fingerprint": self.data_fingerprint_ or "", "userseq_version": __version__}
         save_tensors(enc.state_dict(), d / MODEL_FILE, meta)
+        if self.ada_ is not None:
+            save_tensors(self.ada_.adapter_state(), d / ADA_FILE, meta)
         save_ids(self.user_ids_, d / "user_ids.parquet")
         save_ids(self.item_ids_, d / "item_ids.parquet")
         offsets, items = self.histories_
@@ -536,6 +770,8 @@ class NextItemRecommender(Estimator[RunConfig]):
                                 f"{meta['n_items']}.")
         self.device_ = resolve_device(self.config.train.device)
         self.encoder_ = _restore_encoder(d, self.config, tensors, n_items).to(self.device_)
+        self.ada_ = _restore_ada(d, self.config, self.encoder_) if (d / ADA_FILE).exists() else None
+        self._knn = None
         h, _ = load_tensors(d / HISTORIES_FILE)
         self.histories_ = _checked_histories(d, h, len(self.user_ids_), n_items)
         self.data_fingerprint_ = meta.get("data_fingerprint") or None
@@ -592,6 +828,22 @@ def _restore_encoder(d: Path, cfg: RunConfig, tensors: dict[str, torch.Tensor],
     except RuntimeError as e:
         raise mismatch(str(e).splitlines()[0]) from None
     return enc
+
+
+def _restore_ada(d: Path, cfg: RunConfig, encoder: SequenceEncoder) -> AdaRetrieval:
+    a = cfg.retrieval.ada
+    ada = AdaRetrieval(encoder, a.rounds, a.train_k, a.dropout)
+    tensors, _ = load_tensors(d / ADA_FILE)
+    try:
+        missing, unexpected = ada.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        raise ArtifactError(f"{d / ADA_FILE}: adapters do not match config.yaml "
+                            f"(retrieval.ada): {str(e).splitlines()[0]}") from None
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise ArtifactError(f"{d / ADA_FILE}: adapters do not match config.yaml (retrieval.ada): "
+                            f"missing {missing[:3]}, unexpected {unexpected[:3]}.")
+    return ada.to(encoder.items.output_matrix().device).eval()
 
 
 def _train_state(state: TrainState, trainer: Trainer, n_rows: int) -> dict[str, Any]:

@@ -69,6 +69,11 @@ class RecommendRequest(HistoryInput):
         None, max_length=MAX_LIST, description="never recommend these items")
     exact: StrictBool = Field(
         False, description="exact scan of the whole catalogue instead of the ANN index")
+    retrieval: Literal["single", "knn_embed", "ada"] | None = Field(
+        None, description="single: one user vector (ANN); knn_embed: the user's interest "
+        "mixture, candidates allotted per interest; ada: multi-round retrieval (a run from "
+        "`userseq ada fit`; k must be a multiple of its rounds). Default: the run's "
+        "retrieval.mode")
 
 
 class EmbedRequest(HistoryInput):
@@ -195,6 +200,7 @@ class RecommendResponse(BaseModel):
     ignored_items: list[Id] = Field(
         default_factory=list, description="unknown history items skipped")
     index: str = Field(description="how candidates were found: the index kind, or 'exact'")
+    retrieval: str = Field("single", description="the retrieval mode that answered")
 
 
 class EmbedResponse(BaseModel):

@@ -299,6 +299,9 @@ class Service:
         allow = self._id_rows(req.allow, "allow")
         deny = self._id_rows(req.deny, "deny")
         row, seq, ignored = self.resolve(req)
+        mode = req.retrieval or self.rec.config.retrieval.mode
+        if mode != "single":
+            return self._recommend_mode(req, mode, row, seq, ignored)
         vec = await self.user_vector(row, seq, bool(req.history))
         excluded = np.unique(seq - 1) if req.exclude_seen else np.zeros(0, np.int64)
         if deny is not None and len(deny):
@@ -308,7 +311,29 @@ class Service:
             "user_id": req.user_id, "known_user": row is not None,
             "history_length": int(len(seq)), "k": req.k,
             "items": [self.item_info(int(r), float(s)) for s, r in zip(scores, rows, strict=True)],
-            "ignored_items": ignored, "index": how,
+            "ignored_items": ignored, "index": how, "retrieval": "single",
+        }
+
+    def _recommend_mode(self, req: Any, mode: str, row: int | None, seq: np.ndarray,
+                        ignored: list[Any]) -> dict[str, Any]:
+        """kNN-Embed or Ada-Retrieval for one request (exact scoring; no allow/deny lists)."""
+        if req.allow is not None or req.deny is not None:
+            raise RequestError(422, f"`allow`/`deny` work with retrieval 'single' only, not "
+                                    f"'{mode}'.")
+        offsets = np.array([0, len(seq)], dtype=np.int64)
+        try:
+            with self._lock:  # the kNN-Embed state is built once, on first use
+                s, top = self.rec.top_items(offsets, seq, req.k, req.exclude_seen, mode,
+                                            np.array([-1 if row is None else row]))
+        except UserseqError as e:
+            raise RequestError(422, str(e)) from None
+        ok = np.isfinite(s[0]) & (top[0] > 0)
+        return {
+            "user_id": req.user_id, "known_user": row is not None,
+            "history_length": int(len(seq)), "k": req.k,
+            "items": [self.item_info(int(r) - 1, float(v))
+                      for v, r in zip(s[0][ok], top[0][ok], strict=True)],
+            "ignored_items": ignored, "index": "exact", "retrieval": mode,
         }
 
     def top_items(self, vec: np.ndarray, k: int, excluded: np.ndarray,
