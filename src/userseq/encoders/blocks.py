@@ -65,6 +65,12 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], D))
 
 
+def feed_forward(dim: int, ffn_dim: int, dropout: float, activation: str = "relu") -> nn.Sequential:
+    """The position-wise feed-forward layer of every block: Linear -> act -> dropout -> Linear."""
+    act = nn.GELU() if activation == "gelu" else nn.ReLU()
+    return nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout), nn.Linear(ffn_dim, dim))
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + Attn(LN(x)), then x + FFN(LN(x))."""
 
@@ -74,9 +80,7 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, attn_dropout)
         self.ln2 = nn.LayerNorm(dim)
-        act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout),
-                                 nn.Linear(ffn_dim, dim))
+        self.ffn = feed_forward(dim, ffn_dim, dropout, activation)
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,

@@ -25,6 +25,7 @@ class GRU4Rec(SequenceEncoder):
     """GRU4Rec-style recurrent encoder (Hidasi et al. 2016): embeddings -> GRU -> projection."""
 
     causal = True
+    recurrent = True
 
     def __init__(self, config: GRU4RecConfig, items: ItemRepr) -> None:
         super().__init__()
@@ -55,3 +56,15 @@ class GRU4Rec(SequenceEncoder):
         back = (pos - shift).clamp(min=0)
         h = torch.gather(h, 1, back.unsqueeze(-1).expand(B, L, h.shape[-1])) * mask.unsqueeze(-1)
         return self.proj(self.drop(h))
+
+    def init_state(self, batch: int, device: torch.device | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """The zero GRU state, batch first: {"hidden": (batch, layers, dim)}."""
+        return {"hidden": torch.zeros(batch, self.gru.num_layers, self.dim, device=device)}
+
+    def step(self, state, item_ids, features=None):
+        """One event per row through the GRU: (new state, hidden (B, D))."""
+        feats = None if features is None else {k: v.unsqueeze(1) for k, v in features.items()}
+        x = self.drop(self.items.embed(item_ids.unsqueeze(1), feats))
+        h, hn = self.gru(x, state["hidden"].transpose(0, 1).contiguous())
+        return {"hidden": hn.transpose(0, 1)}, self.proj(self.drop(h[:, 0]))
