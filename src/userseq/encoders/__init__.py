@@ -1,7 +1,8 @@
 """Sequence encoders sharing one call signature (see `base.SequenceEncoder`), chosen by name.
 
-Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`, `ssm.py`, `hydra.py`, ...) holding its config class and
-its module, registered with `register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
+Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`, `ssm.py`, `hydra.py`,
+`set2set.py`, `seq2seq_ae.py`) holding its config class and its module, registered with
+`register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
 Shared building blocks live in `blocks.py` and `transformer.py`.
 
 * `build_encoder(model_cfg, n_items, items=None)`: the encoder of a config;
