@@ -52,6 +52,7 @@ from userseq.metrics.ranking import (
     scan_catalogue,
 )
 from userseq.nextitem.config import RunConfig, split_kwargs
+from userseq.nextitem.stream import UserState, advance, check_recurrent, empty_state
 
 MODEL_FILE = "model.safetensors"
 HISTORIES_FILE = "histories.safetensors"
@@ -392,6 +393,75 @@ class NextItemRecommender(Estimator[RunConfig]):
         offsets, items = self.history_indices(histories)
         return self._frame(ids if ids is not None else list(range(len(histories))),
                            *self._topk(offsets, items, k, filter_seen))
+
+    # ------------------------------------------------------------------ streaming state
+    def user_state(self, users: Sequence[Any] | None = None,
+                   histories: Sequence[Sequence[Any]] | None = None) -> UserState:
+        """Streaming state (recurrent encoders: ssm, gru4rec) of known `users` after their
+        training history, or of explicit `histories` (original item ids, oldest first; an empty
+        history is a user with no events yet). With neither: the state of one new user."""
+        enc = self.check_is_fitted()
+        check_recurrent(enc, self.config.model.name)
+        if users is not None and histories is not None:
+            raise UserseqError("give users or histories, not both.")
+        if users is not None:
+            users = list(users)
+            idx = _lookup(self.user_ids_, users)
+            if (idx < 0).any():
+                bad = [u for u, i in zip(users, idx, strict=True) if i < 0][:5]
+                raise UserseqError(f"unknown user(s) {bad}: not in the training data; start "
+                                   "from their history instead (user_state(histories=...)).")
+            offsets, items = self.histories_
+            events = [items[offsets[i] : offsets[i + 1]] for i in idx]
+        else:
+            events = [self._event_indices(h, f"histories[{j}]")
+                      for j, h in enumerate(histories if histories is not None else [[]])]
+        return advance(enc, empty_state(enc, len(events), self.device_), events, self.device_)
+
+    def update(self, state: UserState, new_events: Sequence[Sequence[Any]]) -> UserState:
+        """The state after each user's `new_events` (original item ids, oldest first; one list
+        per user of `state`), in O(new events): the history is not read again. Unknown item ids
+        raise before anything is computed; `state` itself is never modified."""
+        enc = self.check_is_fitted()
+        check_recurrent(enc, self.config.model.name)
+        if len(new_events) != len(state):
+            raise UserseqError(f"new_events has {len(new_events)} lists but the state holds "
+                               f"{len(state)} users; give one list of item ids per user.")
+        events = [self._event_indices(e, f"new_events[{j}]") for j, e in enumerate(new_events)]
+        return advance(enc, state, events, self.device_)
+
+    def recommend_state(self, state: UserState, k: int = 10,
+                        ids: Sequence[Any] | None = None,
+                        exclude: Sequence[Sequence[Any]] | None = None) -> pl.DataFrame:
+        """Top-k items from streaming states (scores = user vector . item vectors, as
+        `recommend`); `exclude` (one list of item ids per user) removes items from the ranking."""
+        self.check_is_fitted()
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
+            raise UserseqError(f"k must be a positive integer (got {k!r}).")
+        if (state.n_events == 0).any():
+            first = int(np.flatnonzero(state.n_events == 0)[0])
+            raise UserseqError(f"state #{first} has no events yet: update it with at least one "
+                               "event before recommending.")
+        seen = None
+        if exclude is not None:
+            parts = [self._event_indices(e, f"exclude[{j}]") for j, e in enumerate(exclude)]
+            offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+            seen = (offsets, np.concatenate(parts).astype(np.int32))
+        c = self.config.eval
+        users = self._serving(state.vector.float())
+        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()),
+                                       len(self.item_ids_), len(users), None, seen, int(k),
+                                       c.user_chunk, c.item_chunk)
+        return self._frame(ids if ids is not None else list(range(len(state))), top_s, top)
+
+    def _event_indices(self, events: Sequence[Any], field: str) -> np.ndarray:
+        events = list(events)
+        idx = _lookup(self.item_ids_, events) + 1 if events else np.zeros(0, np.int64)
+        if (idx <= 0).any():
+            bad = [events[j] for j in np.flatnonzero(idx <= 0)[:5]]
+            raise UserseqError(f"unknown item id(s) {bad} in {field}: not in the model's "
+                               "catalogue; nothing was updated.")
+        return idx.astype(np.int64)
 
     def user_embeddings(self) -> np.ndarray:
         """(n_users, D) vectors of the training users, in the order of `user_ids`."""
