@@ -144,7 +144,9 @@ class Service:
 
     def __init__(self, rec: Any, index: RunIndex, run_dir: str | Path,
                  item_meta: pl.DataFrame | None = None, max_batch: int = 64,
-                 metrics: dict | None = None) -> None:
+                 metrics: dict | None = None, state_dir: str | Path | None = None) -> None:
+        from userseq.serve.stream import Streams
+
         self.rec = rec
         self.index = index
         self.run_dir = Path(run_dir)
@@ -167,13 +169,17 @@ class Service:
         self._map: dict[int, dict] = {}
         self._haystack: pl.Series | None = None
         self._lock = threading.Lock()
+        # per-user streaming state (POST /users/{id}/events), opened on first use
+        self.streams = Streams(self, Path(state_dir) if state_dir else self.run_dir / "stream")
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_run(cls, run_dir: str | Path, item_meta: str | Path | pl.DataFrame | None = None,
                  max_batch: int = 64, build_index: bool = True,
-                 index_config: IndexConfig | None = None, log: Any = None) -> Service:
-        """Load a run (and RUN/index, building it first when missing and `build_index`)."""
+                 index_config: IndexConfig | None = None, log: Any = None,
+                 state_dir: str | Path | None = None) -> Service:
+        """Load a run (and RUN/index, building it first when missing and `build_index`).
+        `state_dir` holds the streaming user states (default RUN/stream)."""
         from userseq.core.artifacts import read_json
         from userseq.nextitem.estimator import NextItemRecommender
 
@@ -190,7 +196,7 @@ class Service:
         meta = load_item_meta(item_meta, rec)
         metrics_file = run_dir / "metrics.json"
         metrics = read_json(metrics_file) if metrics_file.is_file() else None
-        return cls(rec, index, run_dir, meta, max_batch, metrics)
+        return cls(rec, index, run_dir, meta, max_batch, metrics, state_dir)
 
     def _set_meta(self, meta: pl.DataFrame) -> None:
         if "item_id" not in meta.columns:
@@ -214,6 +220,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+        self.streams.close()
 
     # ------------------------------------------------------------------ helpers
     def item_info(self, row: int, score: float | None = None) -> dict[str, Any]:
@@ -340,6 +347,15 @@ class Service:
         top = top[np.argsort(-s[top], kind="stable")]
         top = top[np.isfinite(s[top])]
         return s[top], top, how
+
+    def append_events(self, user_id: Any, req: Any) -> dict[str, Any]:
+        """POST /users/{id}/events: the user's streaming state after `req.events`, and top-k."""
+        from userseq.serve.stream import StreamError
+
+        try:
+            return self.streams.append(user_id, list(req.events), req.k, req.exclude_seen)
+        except StreamError as e:
+            raise RequestError(422, str(e)) from None
 
     async def embed(self, req: Any) -> dict[str, Any]:
         row, seq, ignored = self.resolve(req)
