@@ -142,3 +142,52 @@ def test_state_space_encoders_learn_the_cyclic_walk(name, extra, tmp_path):
     again = NextItemRecommender.load(tmp_path / "run")
     assert again.config.model.name == name
     np.testing.assert_array_equal(again.user_embeddings(), rec.user_embeddings())
+
+
+# --------------------------------------------------------------------------- set2set
+
+
+def test_set2set_encoder_is_permutation_invariant_and_causal():
+    torch.manual_seed(0)
+    enc = _perturb(build_encoder(encoder_config("set2set", dim=16, max_len=20), n_items=40)).eval()
+    x = torch.randint(1, 41, (3, 12))
+    x[0, :5] = 0
+    x[2, :11] = 0
+    with torch.no_grad():
+        h = enc(x, x > 0)
+        torch.testing.assert_close(enc.last(x, x > 0), h[:, -1], atol=1e-5, rtol=1e-5)
+        for seed in range(3):  # shuffle the real items of every row: same user vector
+            g = torch.Generator().manual_seed(seed)
+            y = x.clone()
+            for r in range(3):
+                real = torch.nonzero(x[r] > 0).squeeze(1)
+                y[r, real] = x[r, real[torch.randperm(len(real), generator=g)]]
+            assert not torch.equal(x, y) or seed
+            torch.testing.assert_close(enc.last(y, y > 0), h[:, -1], atol=1e-5, rtol=1e-5)
+        z = x.clone()
+        z[:, -1] = z[:, -1] % 40 + 1
+        torch.testing.assert_close(enc(z, z > 0)[:, :-1], h[:, :-1])  # causal prefix sets
+        wide = torch.cat([torch.zeros(3, 6, dtype=torch.long), x], 1)
+        torch.testing.assert_close(enc(wide, wide > 0)[:, 6:], h, atol=1e-5, rtol=1e-5)
+
+
+def test_set2set_readout_wraps_any_causal_encoder(tmp_path):
+    cfg = encoder_config("gru4rec", dim=16, max_len=12, readout="set2set", readout_steps=2)
+    enc = build_encoder(cfg, n_items=30).eval()
+    assert type(enc).__name__ == "Set2SetReadout" and enc.items.output_matrix().shape == (31, 16)
+    keys = set(enc.state_dict())
+    assert "items.table.weight" in keys and not any(k.startswith("inner.items") for k in keys)
+    x = torch.randint(1, 31, (2, 8))
+    x[0, :3] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(enc.last(x, x > 0), enc(x, x > 0)[:, -1], atol=1e-5,
+                                   rtol=1e-5)
+    with pytest.raises(ConfigError, match="set2set needs a causal encoder"):
+        build_encoder(encoder_config("bert4rec", dim=16, readout="set2set"), n_items=30)
+    log = _cyclic_log(n_users=40, length=8)
+    rec = NextItemRecommender("sasrec", overrides={
+        "model.dim": 16, "model.max_len": 8, "model.readout": "set2set", "train.epochs": 1,
+        "eval.ks": [10]}).fit(log, quiet=True)
+    rec.save(tmp_path / "r")
+    np.testing.assert_array_equal(NextItemRecommender.load(tmp_path / "r").user_embeddings(),
+                                  rec.user_embeddings())

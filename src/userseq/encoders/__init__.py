@@ -22,6 +22,7 @@ from userseq.encoders.bert4rec import BERT4Rec, BERT4RecConfig
 from userseq.encoders.config import EncoderConfig
 from userseq.encoders.gru4rec import GRU4Rec, GRU4RecConfig
 from userseq.encoders.hydra import Hydra, HydraConfig
+from userseq.encoders.readout import Set2SetReadout
 from userseq.encoders.registry import (
     COMMON_SETTINGS,
     DEFAULT_ENCODER,
@@ -33,13 +34,15 @@ from userseq.encoders.registry import (
     register_encoder,
 )
 from userseq.encoders.sasrec import SASRec, SASRecConfig
+from userseq.encoders.set2set import Set2SetConfig, Set2SetEncoder
 from userseq.encoders.ssm import SSM, SSMConfig, SSMEncoder
 from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
 
 __all__ = [
     "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
     "GRU4Rec", "GRU4RecConfig", "Hydra", "HydraConfig", "SASRec", "SASRecConfig", "SSM",
-    "SSMConfig", "SSMEncoder", "SequenceEncoder", "TransformerConfig",
+    "SSMConfig", "SSMEncoder", "SequenceEncoder", "Set2SetConfig", "Set2SetEncoder",
+    "Set2SetReadout", "TransformerConfig",
     "TransformerEncoder", "build_encoder", "encoder_config", "other_encoder_setting",
     "parse_encoder_config", "register_encoder",
 ]
