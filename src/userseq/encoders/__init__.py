@@ -34,6 +34,7 @@ from userseq.encoders.registry import (
     register_encoder,
 )
 from userseq.encoders.sasrec import SASRec, SASRecConfig
+from userseq.encoders.seq2seq_ae import Seq2SeqAE, Seq2SeqAEConfig
 from userseq.encoders.set2set import Set2SetConfig, Set2SetEncoder
 from userseq.encoders.ssm import SSM, SSMConfig, SSMEncoder
 from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
@@ -41,8 +42,7 @@ from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
 __all__ = [
     "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
     "GRU4Rec", "GRU4RecConfig", "Hydra", "HydraConfig", "SASRec", "SASRecConfig", "SSM",
-    "SSMConfig", "SSMEncoder", "SequenceEncoder", "Set2SetConfig", "Set2SetEncoder",
-    "Set2SetReadout", "TransformerConfig",
-    "TransformerEncoder", "build_encoder", "encoder_config", "other_encoder_setting",
-    "parse_encoder_config", "register_encoder",
+    "SSMConfig", "SSMEncoder", "Seq2SeqAE", "Seq2SeqAEConfig", "SequenceEncoder", "Set2SetConfig",
+    "Set2SetEncoder", "Set2SetReadout", "TransformerConfig", "TransformerEncoder", "build_encoder",
+    "encoder_config", "other_encoder_setting", "parse_encoder_config", "register_encoder",
 ]

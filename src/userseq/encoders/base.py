@@ -43,6 +43,11 @@ class SequenceEncoder(nn.Module):
         """Index of the [mask] token for masked-item training, or None."""
         return None
 
+    # An autoencoder (`reconstructs` True: seq2seq-ae) also has `reconstruct(ids, mask,
+    # features=None) -> (B, L, D)`: states scored against the input items themselves; the
+    # next-item task then trains it by reconstruction instead of next-item prediction.
+    reconstructs: bool = False
+
     # ------------------------------------------------------------------ streaming (optional)
     # A recurrent encoder (`recurrent` True: gru4rec, ssm) also runs one event at a time:
     # `init_state(batch)` -> a dict of (batch, ...) float tensors (safetensors-ready), and

@@ -135,8 +135,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         batches, n_batches = self._batches(split, rows, trainer.device)
         valid = self._valid_subset(split.valid)
         state = trainer.fit(encoder, batches, n_batches, lambda m, b: self._loss(m, b, loss),
-                            lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
-                            resume)
+                            lambda m: self._validate(valid), resume)
         self.train_state_ = _train_state(state, trainer, len(rows))
         if run_dir is not None:
             self.save(run_dir)
@@ -225,8 +224,42 @@ class NextItemRecommender(Estimator[RunConfig]):
         dims = matryoshka_dims(m)
         return sum(loss(h[:, :d], targets, _Prefix(items, d)) for d in dims) / len(dims)
 
+    def _validate(self, valid: EvalSet) -> dict[str, float]:
+        """Validation metrics of early stopping: next-item ranking, plus `recon_acc` for
+        autoencoders."""
+        c = self.config.eval
+        metrics = self._evaluate(valid, c.ks, c.filter_seen)
+        if self.check_is_fitted().reconstructs:
+            metrics["recon_acc"] = self.reconstruction_accuracy(valid.offsets, valid.items)
+        return metrics
+
+    @torch.no_grad()
+    def reconstruction_accuracy(self, offsets: np.ndarray, items: np.ndarray,
+                                max_users: int = 1024, batch_size: int = 128) -> float:
+        """Autoencoders: share of positions (of the last `max_len` events of up to `max_users`
+        histories) whose item is the top-1 of the reconstruction over the whole catalogue."""
+        enc = self.check_is_fitted()
+        enc.eval()
+        n = min(len(offsets) - 1, max_users)
+        W = enc.items.output_matrix().float()
+        hits = total = 0
+        for i in range(0, n, batch_size):
+            rows = np.arange(i, min(n, i + batch_size))
+            x = torch.from_numpy(pad_left(offsets[rows], offsets[rows + 1], items,
+                                          self.config.model.max_len)).to(self.device_)
+            real = x > 0
+            logits = enc.reconstruct(x, real)[real].float() @ W.T
+            logits[:, 0] = float("-inf")
+            hits += int((logits.argmax(1) == x[real]).sum())
+            total += int(real.sum())
+        return hits / max(total, 1)
+
     def _loss(self, model: SequenceEncoder, rows: torch.Tensor, loss: NextItemLoss) -> torch.Tensor:
         W = model.items
+        if model.reconstructs:  # autoencoder: reconstruct the window's items from its embedding
+            x = rows[:, 1:]
+            real = x > 0
+            return self._objective(model.reconstruct(x, real)[real], x[real], W, loss)
         if model.causal:
             inputs, targets = rows[:, :-1], rows[:, 1:]
             mask = inputs > 0
