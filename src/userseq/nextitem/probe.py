@@ -60,7 +60,7 @@ def _accuracy(y: np.ndarray, s: np.ndarray) -> float:
     return binary_metrics(y, s, threshold=0.5, fprs=())["accuracy"]
 
 
-def _genre_targets(offsets: np.ndarray, items: np.ndarray, genres: list[list[str] | None],
+def genre_targets(offsets: np.ndarray, items: np.ndarray, genres: list[list[str] | None],
                    top: int) -> tuple[list[str], np.ndarray]:
     """The `top` genres by event count and each window's share of them (n, top)."""
     counts: Counter[str] = Counter()
@@ -129,7 +129,7 @@ def probe(rec: Any, offsets: np.ndarray, items: np.ndarray,
     probes = result["probes"]
     names, shares = (None, None)
     if genres is not None:
-        names, shares = _genre_targets(off, win, genres, top_genres)
+        names, shares = genre_targets(off, win, genres, top_genres)
     for which, e in embeddings.items():
         x = e["original"]
         probes.setdefault("length", {})[which] = ridge_probe(x, log_len, parts, r2_score)
