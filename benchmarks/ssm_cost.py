@@ -80,10 +80,10 @@ def run_cell(args: argparse.Namespace, model: str, L: int) -> dict:
     if model == "sasrec" and est_gb > args.max_gb:
         return {"model": model, "L": L, "batch": B, "tokens": B * L,
                 "status": f"skipped: attention memory ~{est_gb:.0f} GB > {args.max_gb} GB"}
-    code = ("import json, sys; sys.path.insert(0, %r); import ssm_cost; print(json.dumps("
-            "ssm_cost.cell(%r, %d, %d, %d, %d, %d, %d, %f, %d)))"
-            % (str(HERE), model, L, args.tokens, args.dim, args.layers, args.items, args.steps,
-               args.max_step_seconds, args.threads))
+    call = (model, L, args.tokens, args.dim, args.layers, args.items, args.steps,
+            args.max_step_seconds, args.threads)
+    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import ssm_cost; "
+            f"print(json.dumps(ssm_cost.cell(*{call!r})))")
     timeout = args.max_step_seconds * (args.steps + 2) + 60
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -85,6 +85,7 @@ class DiagonalSSM(nn.Module):
         self.log_neg_re = nn.Parameter(torch.full((dim, state), math.log(0.5)))
         self.im = nn.Parameter(math.pi * torch.arange(state, dtype=torch.float32).repeat(dim, 1))
         self.C = nn.Parameter(torch.randn(dim, state, 2) * math.sqrt(0.5))
+        self._cache: tuple | None = None
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dt*A, Ā, C B̄), complex (dim, state)."""
@@ -101,14 +102,25 @@ class DiagonalSSM(nn.Module):
         powers = torch.exp(dtA.unsqueeze(-1) * steps)  # (dim, state, length)
         return 2.0 * torch.einsum("hn,hnl->hl", CB, powers).real
 
+    def recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Ā, B̄, C) of the recurrence; cached while the parameters are unchanged and no
+        gradient is needed (streaming inference)."""
+        params = (self.log_dt, self.log_neg_re, self.im, self.C)
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if torch.is_grad_enabled() or self._cache is None or self._cache[0] != key:
+            A = torch.complex(-torch.exp(self.log_neg_re.float()), self.im.float())
+            dA = torch.exp(torch.exp(self.log_dt.float()).unsqueeze(-1) * A)
+            out = (dA, (dA - 1.0) / A, torch.view_as_complex(self.C.float().contiguous()))
+            if torch.is_grad_enabled():
+                return out
+            self._cache = (key, *out)
+        return self._cache[1:]
+
     def step(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One recurrence step: state x (B, dim, state) complex, input u (B, dim) ->
         (new state, 2 Re(C x) without the D term)."""
-        _, dA, _ = self.discrete()
-        A = torch.complex(-torch.exp(self.log_neg_re.float()), self.im.float())
-        dB = (dA - 1.0) / A
+        dA, dB, C = self.recurrence()
         x = dA * x + dB * u.float().unsqueeze(-1)
-        C = torch.view_as_complex(self.C.float().contiguous())
         return x, 2.0 * (C * x).sum(-1).real
 
 

@@ -78,7 +78,8 @@ def advance(encoder: SequenceEncoder, state: UserState, events: list[np.ndarray]
             device: torch.device) -> UserState:
     """The state after each user's new events (item indices 1..n_items, oldest first; users may
     get different numbers, including none). `state` is not modified."""
-    encoder.eval()
+    if encoder.training:
+        encoder.eval()
     n = np.array([len(e) for e in events], dtype=np.int64)
     B, T = len(events), int(n.max()) if len(events) else 0
     ids = np.zeros((B, T), dtype=np.int64)
