@@ -191,3 +191,19 @@ def test_set2set_readout_wraps_any_causal_encoder(tmp_path):
     rec.save(tmp_path / "r")
     np.testing.assert_array_equal(NextItemRecommender.load(tmp_path / "r").user_embeddings(),
                                   rec.user_embeddings())
+
+
+def test_cli_trains_hybrid_and_hydra(cli, synthetic_csv, tiny_config, tmp_path):
+    r = cli("train", "--data", synthetic_csv, "--model", "ssm", "--config", tiny_config,
+            "--epochs", "1", "--set", "model.blocks=[ssm, attn]", "--out", tmp_path / "hy",
+            "--quiet")
+    assert r.code == 0, r.output
+    assert cli("config", "show", tmp_path / "hy").stdout.count("attn") >= 1
+    r = cli("train", "--data", synthetic_csv, "--model", "hydra", "--config", tiny_config,
+            "--epochs", "1", "--out", tmp_path / "hydra", "--quiet")
+    assert r.code == 0, r.output
+    rec = cli("recommend", tmp_path / "hydra", "--history", "i1,i2,i3", "-k", "3", "--json")
+    assert rec.code == 0 and rec.stdout.count("item_id") == 3
+    bad = cli("train", "--data", synthetic_csv, "--model", "ssm", "--config", tiny_config,
+              "--set", "model.blocks=[ssm, lstm]", "--out", tmp_path / "bad")
+    assert bad.code == 2 and "model.blocks" in bad.error
