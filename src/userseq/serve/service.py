@@ -438,9 +438,9 @@ class Service:
         from userseq.core.version import __version__
 
         m = self.rec.config.model
-        model = {"name": m.name, "dim": m.dim, "layers": m.layers, "max_len": m.max_len,
-                 "loss": self.rec.config.loss.name, "dataset": self.rec.config.dataset,
-                 "train": self.rec.train_state_}
+        model = {"name": m.name, "dim": m.dim, "layers": getattr(m, "layers", None),
+                 "max_len": m.max_len, "loss": self.rec.config.loss.name,
+                 "dataset": self.rec.config.dataset, "train": self.rec.train_state_}
         metrics = None
         if self.metrics:
             keys = ("test", "valid", "filter_seen", "split")
