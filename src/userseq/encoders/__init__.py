@@ -1,7 +1,8 @@
 """Sequence encoders sharing one call signature (see `base.SequenceEncoder`), chosen by name.
 
-Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`) holding its config class and
-its module, registered with `register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
+Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`, `ssm.py`, `hydra.py`,
+`set2set.py`, `seq2seq_ae.py`) holding its config class and its module, registered with
+`register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
 Shared building blocks live in `blocks.py` and `transformer.py`.
 
 * `build_encoder(model_cfg, n_items, items=None)`: the encoder of a config;
@@ -15,11 +16,13 @@ Shared building blocks live in `blocks.py` and `transformer.py`.
 
 from __future__ import annotations
 
-# importing the built-in encoders (bert4rec, gru4rec, sasrec) registers them
+# importing the built-in encoders registers them
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.bert4rec import BERT4Rec, BERT4RecConfig
 from userseq.encoders.config import EncoderConfig
 from userseq.encoders.gru4rec import GRU4Rec, GRU4RecConfig
+from userseq.encoders.hydra import Hydra, HydraConfig
+from userseq.encoders.readout import Set2SetReadout
 from userseq.encoders.registry import (
     COMMON_SETTINGS,
     DEFAULT_ENCODER,
@@ -31,11 +34,15 @@ from userseq.encoders.registry import (
     register_encoder,
 )
 from userseq.encoders.sasrec import SASRec, SASRecConfig
+from userseq.encoders.seq2seq_ae import Seq2SeqAE, Seq2SeqAEConfig
+from userseq.encoders.set2set import Set2SetConfig, Set2SetEncoder
+from userseq.encoders.ssm import SSM, SSMConfig, SSMEncoder
 from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
 
 __all__ = [
     "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
-    "GRU4Rec", "GRU4RecConfig", "SASRec", "SASRecConfig", "SequenceEncoder", "TransformerConfig",
-    "TransformerEncoder", "build_encoder", "encoder_config", "other_encoder_setting",
-    "parse_encoder_config", "register_encoder",
+    "GRU4Rec", "GRU4RecConfig", "Hydra", "HydraConfig", "SASRec", "SASRecConfig", "SSM",
+    "SSMConfig", "SSMEncoder", "Seq2SeqAE", "Seq2SeqAEConfig", "SequenceEncoder", "Set2SetConfig",
+    "Set2SetEncoder", "Set2SetReadout", "TransformerConfig", "TransformerEncoder", "build_encoder",
+    "encoder_config", "other_encoder_setting", "parse_encoder_config", "register_encoder",
 ]

@@ -42,3 +42,24 @@ class SequenceEncoder(nn.Module):
     def mask_token(self) -> int | None:
         """Index of the [mask] token for masked-item training, or None."""
         return None
+
+    # An autoencoder (`reconstructs` True: seq2seq-ae) also has `reconstruct(ids, mask,
+    # features=None) -> (B, L, D)`: states scored against the input items themselves; the
+    # next-item task then trains it by reconstruction instead of next-item prediction.
+    reconstructs: bool = False
+
+    # ------------------------------------------------------------------ streaming (optional)
+    # A recurrent encoder (`recurrent` True: gru4rec, ssm) also runs one event at a time:
+    # `init_state(batch)` -> a dict of (batch, ...) float tensors (safetensors-ready), and
+    # `step(state, item_ids (B,), features=None)` -> (new state, hidden (B, D)) where hidden equals
+    # `forward(...)[:, -1]` of the history so far. Streaming user state is built on these.
+    recurrent: bool = False
+
+    def init_state(self, batch: int, device: torch.device | None = None
+                   ) -> dict[str, torch.Tensor]:
+        raise ValueError(f"{type(self).__name__} has no recurrent state")
+
+    def step(self, state: dict[str, torch.Tensor], item_ids: torch.Tensor,
+             features: dict[str, torch.Tensor] | None = None
+             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        raise ValueError(f"{type(self).__name__} has no recurrent state")

@@ -65,6 +65,12 @@ class SelfAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], D))
 
 
+def feed_forward(dim: int, ffn_dim: int, dropout: float, activation: str = "relu") -> nn.Sequential:
+    """The position-wise feed-forward layer of every block: Linear -> act -> dropout -> Linear."""
+    act = nn.GELU() if activation == "gelu" else nn.ReLU()
+    return nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout), nn.Linear(ffn_dim, dim))
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + Attn(LN(x)), then x + FFN(LN(x))."""
 
@@ -74,9 +80,7 @@ class TransformerBlock(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, attn_dropout)
         self.ln2 = nn.LayerNorm(dim)
-        act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout),
-                                 nn.Linear(ffn_dim, dim))
+        self.ffn = feed_forward(dim, ffn_dim, dropout, activation)
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
@@ -100,3 +104,43 @@ def init_normal_(module: nn.Module, std: float) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class Set2Set(nn.Module):
+    """Read-process-write pooling (Vinyals et al. 2016, "Order Matters"): an LSTM with no input
+    runs `steps` times, each `q_t = LSTM(q*_{t-1})`, `a = softmax(<m_i, q_t>)`,
+    `r_t = sum_i a_i m_i`, `q*_t = [q_t, r_t]`; the output is a linear map of `q*_T`, which does
+    not depend on the order of the memories.
+
+    `forward(m (B, L, D), mask)` pools, for every position t, the real memories at positions <= t
+    (`causal`) or all of them; with `last_only`, only the last position: (B, 1, D)."""
+
+    def __init__(self, dim: int, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.lstm = nn.LSTMCell(2 * dim, dim)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, m: torch.Tensor, mask: torch.Tensor, causal: bool = True,
+                last_only: bool = False) -> torch.Tensor:
+        B, L, D = m.shape
+        if last_only:
+            allowed = mask[:, None, :]  # (B, 1, L): the last position sees every real memory
+        else:
+            allowed = mask[:, None, :].expand(B, L, L)
+            if causal:
+                allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool,
+                                                          device=m.device))
+            # a position always sees itself, so rows without real memories stay finite
+            allowed = allowed | torch.eye(L, dtype=torch.bool, device=m.device)
+        Q = allowed.shape[1]
+        h = m.new_zeros(B * Q, D)
+        c = m.new_zeros(B * Q, D)
+        q_star = m.new_zeros(B * Q, 2 * D)
+        for _ in range(self.steps):
+            h, c = self.lstm(q_star, (h, c))
+            q = h.view(B, Q, D)
+            e = torch.einsum("bqd,bld->bql", q, m).masked_fill(~allowed, float("-inf"))
+            r = torch.softmax(e, -1).nan_to_num(0.0) @ m
+            q_star = torch.cat([q, r], -1).view(B * Q, 2 * D)
+        return self.out(q_star.view(B, Q, 2 * D))

@@ -43,6 +43,11 @@ class EncoderConfig(StrictModel):
     pq_subquantizers: int | None = Field(
         None, ge=1, description="set by `userseq compress --method pq`")
 
+    readout: Literal["last", "set2set"] = Field(
+        "last", description="vector at each position: the encoder's own (last) or Set2Set pooling "
+        "of its hidden states so far (causal encoders)")
+    readout_steps: int = Field(3, ge=1, description="process steps of the set2set readout")
+
     @field_validator("item_table")
     @classmethod
     def _known_item_table(cls, name: str) -> str:

@@ -23,6 +23,7 @@ from userseq.core.errors import ConfigError
 from userseq.core.registry import Registry, decorator
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.config import EncoderConfig
+from userseq.encoders.readout import Set2SetReadout
 from userseq.items.base import ItemRepr
 
 ENCODERS: Registry[type[SequenceEncoder]] = Registry(
@@ -110,4 +111,11 @@ def build_encoder(model_cfg: EncoderConfig, n_items: int,
     if not isinstance(model_cfg, cls):
         model_cfg = encoder_config(canonical, **model_cfg.model_dump(exclude={"name"}))
     encoder_class = ENCODERS.get(canonical).obj
-    return encoder_class(model_cfg, items if items is not None else build_items(model_cfg, n_items))
+    encoder = encoder_class(model_cfg, items if items is not None else build_items(model_cfg,
+                                                                                   n_items))
+    if model_cfg.readout == "set2set":
+        try:
+            return Set2SetReadout(encoder, model_cfg.readout_steps)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return encoder

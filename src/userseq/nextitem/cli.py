@@ -497,10 +497,81 @@ def ada_fit(
     metrics = read_json(out_dir / "metrics.json")
     _print_metrics(metrics, f"{cfg.model.name} + Ada-Retrieval: {out_dir}")
     out.print(f"saved run to {out_dir}")
+# ---------------------------------------------------------------------- probe
+def probe(
+    run_dir: RunDirArg,
+    data: Annotated[str | None, Opt(help="events to probe on (a dataset name or file); default: "
+                                         "the run's training histories")] = None,
+    items: Annotated[Path | None, Opt(help="item metadata with item_id and genres (CSV/Parquet); "
+                                           "default: the dataset's (e.g. ML-1M movies.dat)")
+                     ] = None,
+    max_users: Annotated[int | None, Opt(help="probe a random sample of users")] = None,
+    top_genres: Annotated[int, Opt(help="genres of the genre-share probe (most frequent)")] = 5,
+    seed: Annotated[int, Opt(help="seed of the user split and the shuffles")] = 0,
+    as_json: Annotated[bool, Opt("--json", help="JSON output")] = False,
+) -> None:
+    """Linear probes of the frozen user embeddings (genre share, length, order: original vs
+    shuffled) against a bag-of-items baseline; writes RUN_DIR/probe.json."""
+    from userseq.core.artifacts import write_json
+    from userseq.nextitem.estimator import NextItemRecommender
+    from userseq.nextitem.probe import item_genres
+    from userseq.nextitem.probe import probe as run_probe
+
+    if max_users is not None and max_users < 20:
+        raise UserseqError(f"--max-users must be at least 20 (got {max_users}).")
+    if top_genres <= 0:
+        raise UserseqError(f"--top-genres must be a positive integer (got {top_genres}).")
+    rec = NextItemRecommender.load(run_dir)
+    offsets, hist = rec.histories_
+    if data is not None:
+        from userseq.data.load import load_events
+
+        log = load_events(data, rec.config.data)
+        _check_same_data(rec, log, data, explicit=True)
+        offsets, hist = log.sequences()
+    meta = _probe_meta(items, data or rec.config.dataset)
+    result = run_probe(rec, offsets, hist, item_genres(rec, meta), top_genres, seed, max_users)
+    result["run"], result["model"] = str(run_dir), rec.config.model.name
+    write_json(result, Path(run_dir) / "probe.json")
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    t = Table("probe", "metric", "model (test)", "bag of items (test)",
+              title=f"probes of {rec.config.model.name} ({result['users']:,} users, last "
+                    f"{result['window']} events)")
+    for name, by in result["probes"].items():
+        t.add_row(name, result["metric"][name], f"{by['model']['test']:.4f}",
+                  f"{by['bag_of_items']['test']:.4f}")
+    out.print(t)
+    if "note" in result:
+        out.print(result["note"])
+    out.print(f"wrote {Path(run_dir) / 'probe.json'}")
+
+
+def _probe_meta(items: Path | None, dataset: str | None) -> Any:
+    import polars as pl
+
+    if items is not None:
+        if not items.is_file():
+            raise UserseqError(f"--items {items}: file not found; pass a CSV or Parquet table "
+                               "with item_id and genres columns.")
+        df = pl.read_parquet(items) if items.suffix == ".parquet" else pl.read_csv(items)
+        if "item_id" not in df.columns or "genres" not in df.columns:
+            raise UserseqError(f"--items {items}: needs item_id and genres columns (genres as "
+                               f"'A|B' strings); found {', '.join(df.columns)}.")
+        return df
+    from userseq.data.datasets import is_dataset_name, load_item_metadata
+
+    if dataset and is_dataset_name(dataset):
+        try:
+            return load_item_metadata(dataset)
+        except UserseqError:
+            return None
+    return None
 
 
 def register(app: typer.Typer) -> None:
-    for command in (train, evaluate, recommend, embed, compress):
+    for command in (train, evaluate, recommend, embed, compress, probe):
         app.command()(command)
     ada_app = typer.Typer(no_args_is_help=True,
                           help="Ada-Retrieval: multi-round retrieval fine-tuned on a trained run.")

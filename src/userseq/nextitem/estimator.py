@@ -59,6 +59,7 @@ from userseq.metrics.ranking import (
 )
 from userseq.nextitem.ada import ADA_FILE, AdaRetrieval, ada_batches, ada_topk
 from userseq.nextitem.config import RETRIEVAL_MODES, RunConfig, check_monitor, split_kwargs
+from userseq.nextitem.stream import UserState, advance, check_recurrent, empty_state
 
 MODEL_FILE = "model.safetensors"
 HISTORIES_FILE = "histories.safetensors"
@@ -103,6 +104,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.ada_: AdaRetrieval | None = None
         self.device_ = torch.device("cpu")
         self._knn: tuple[Any, Any, Any] | None = None  # (settings, KnnEmbed, bank) cache
+        self._item_dict: tuple[pl.Series, dict] | None = None
 
     @property
     def user_ids(self) -> pl.Series | None:
@@ -165,8 +167,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         batches, n_batches = self._batches(split, rows, trainer.device)
         valid = self._valid_subset(split.valid)
         state = trainer.fit(encoder, batches, n_batches, lambda m, b: self._loss(m, b, loss),
-                            lambda m: self._evaluate(valid, cfg.eval.ks, cfg.eval.filter_seen),
-                            resume)
+                            lambda m: self._validate(valid), resume)
         self.train_state_ = _train_state(state, trainer, len(rows))
         if run_dir is not None and distributed.is_main():  # rank 0 writes; save last: it
             # writes the run's completion marker
@@ -413,8 +414,42 @@ class NextItemRecommender(Estimator[RunConfig]):
         dims = matryoshka_dims(m)
         return sum(loss(h[:, :d], targets, _Prefix(items, d)) for d in dims) / len(dims)
 
+    def _validate(self, valid: EvalSet) -> dict[str, float]:
+        """Validation metrics of early stopping: next-item ranking, plus `recon_acc` for
+        autoencoders."""
+        c = self.config.eval
+        metrics = self._evaluate(valid, c.ks, c.filter_seen)
+        if self.check_is_fitted().reconstructs:
+            metrics["recon_acc"] = self.reconstruction_accuracy(valid.offsets, valid.items)
+        return metrics
+
+    @torch.no_grad()
+    def reconstruction_accuracy(self, offsets: np.ndarray, items: np.ndarray,
+                                max_users: int = 1024, batch_size: int = 128) -> float:
+        """Autoencoders: share of positions (of the last `max_len` events of up to `max_users`
+        histories) whose item is the top-1 of the reconstruction over the whole catalogue."""
+        enc = self.check_is_fitted()
+        enc.eval()
+        n = min(len(offsets) - 1, max_users)
+        W = enc.items.output_matrix().float()
+        hits = total = 0
+        for i in range(0, n, batch_size):
+            rows = np.arange(i, min(n, i + batch_size))
+            x = torch.from_numpy(pad_left(offsets[rows], offsets[rows + 1], items,
+                                          self.config.model.max_len)).to(self.device_)
+            real = x > 0
+            logits = enc.reconstruct(x, real)[real].float() @ W.T
+            logits[:, 0] = float("-inf")
+            hits += int((logits.argmax(1) == x[real]).sum())
+            total += int(real.sum())
+        return hits / max(total, 1)
+
     def _loss(self, model: SequenceEncoder, rows: torch.Tensor, loss: NextItemLoss) -> torch.Tensor:
         W = model.items
+        if model.reconstructs:  # autoencoder: reconstruct the window's items from its embedding
+            x = rows[:, 1:]
+            real = x > 0
+            return self._objective(model.reconstruct(x, real)[real], x[real], W, loss)
         if model.causal:
             inputs, targets = rows[:, :-1], rows[:, 1:]
             mask = inputs > 0
@@ -732,6 +767,87 @@ class NextItemRecommender(Estimator[RunConfig]):
         offsets, items = self.history_indices(histories)
         return self._frame(ids if ids is not None else list(range(len(histories))),
                            *self._topk(offsets, items, k, filter_seen, retrieval))
+
+    # ------------------------------------------------------------------ streaming state
+    def user_state(self, users: Sequence[Any] | None = None,
+                   histories: Sequence[Sequence[Any]] | None = None) -> UserState:
+        """Streaming state (recurrent encoders: ssm, gru4rec) of known `users` after their
+        training history, or of explicit `histories` (original item ids, oldest first; an empty
+        history is a user with no events yet). With neither: the state of one new user."""
+        enc = self.check_is_fitted()
+        check_recurrent(enc, self.config.model.name)
+        if users is not None and histories is not None:
+            raise UserseqError("give users or histories, not both.")
+        if users is not None:
+            users = list(users)
+            idx = _lookup(self.user_ids_, users)
+            if (idx < 0).any():
+                bad = [u for u, i in zip(users, idx, strict=True) if i < 0][:5]
+                raise UserseqError(f"unknown user(s) {bad}: not in the training data; start "
+                                   "from their history instead (user_state(histories=...)).")
+            offsets, items = self.histories_
+            events = [items[offsets[i] : offsets[i + 1]] for i in idx]
+        else:
+            events = [self._event_indices(h, f"histories[{j}]")
+                      for j, h in enumerate(histories if histories is not None else [[]])]
+        return advance(enc, empty_state(enc, len(events), self.device_), events, self.device_)
+
+    def update(self, state: UserState, new_events: Sequence[Sequence[Any]]) -> UserState:
+        """The state after each user's `new_events` (original item ids, oldest first; one list
+        per user of `state`), in O(new events): the history is not read again. Unknown item ids
+        raise before anything is computed; `state` itself is never modified."""
+        enc = self.check_is_fitted()
+        check_recurrent(enc, self.config.model.name)
+        if len(new_events) != len(state):
+            raise UserseqError(f"new_events has {len(new_events)} lists but the state holds "
+                               f"{len(state)} users; give one list of item ids per user.")
+        events = [self._event_indices(e, f"new_events[{j}]") for j, e in enumerate(new_events)]
+        return advance(enc, state, events, self.device_)
+
+    def recommend_state(self, state: UserState, k: int = 10,
+                        ids: Sequence[Any] | None = None,
+                        exclude: Sequence[Sequence[Any]] | None = None) -> pl.DataFrame:
+        """Top-k items from streaming states (scores = user vector . item vectors, as
+        `recommend`); `exclude` (one list of item ids per user) removes items from the ranking."""
+        self.check_is_fitted()
+        if not isinstance(k, int | np.integer) or isinstance(k, bool) or k <= 0:
+            raise UserseqError(f"k must be a positive integer (got {k!r}).")
+        if (state.n_events == 0).any():
+            first = int(np.flatnonzero(state.n_events == 0)[0])
+            raise UserseqError(f"state #{first} has no events yet: update it with at least one "
+                               "event before recommending.")
+        seen = None
+        if exclude is not None:
+            parts = [self._event_indices(e, f"exclude[{j}]") for j, e in enumerate(exclude)]
+            offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+            seen = (offsets, np.concatenate(parts).astype(np.int32))
+        c = self.config.eval
+        users = self._serving(state.vector.float())
+        _, top, top_s = scan_catalogue(matrix_scorer(users, self.item_matrix()),
+                                       len(self.item_ids_), len(users), None, seen, int(k),
+                                       c.user_chunk, c.item_chunk)
+        return self._frame(ids if ids is not None else list(range(len(state))), top_s, top)
+
+    def _event_indices(self, events: Sequence[Any], field: str) -> np.ndarray:
+        events = list(events)
+        # a dict for the few ids of a streaming update (a polars join costs ~0.5 ms per call);
+        # ids it does not know exactly (another type: "10" for 10) go through lookup_ids
+        if self._item_dict is None or self._item_dict[0] is not self.item_ids_:
+            self._item_dict = (self.item_ids_, {v: i + 1 for i, v in
+                                                enumerate(self.item_ids_.to_list())})
+        table = self._item_dict[1]
+        try:
+            idx = np.array([table.get(e, 0) for e in events], dtype=np.int64)
+        except TypeError:  # unhashable ids: leave them to lookup_ids
+            idx = np.zeros(len(events), dtype=np.int64)
+        miss = idx <= 0
+        if miss.any():
+            idx[miss] = _lookup(self.item_ids_, [events[j] for j in np.flatnonzero(miss)]) + 1
+        if (idx <= 0).any():
+            bad = [events[j] for j in np.flatnonzero(idx <= 0)[:5]]
+            raise UserseqError(f"unknown item id(s) {bad} in {field}: not in the model's "
+                               "catalogue; nothing was updated.")
+        return idx.astype(np.int64)
 
     def user_embeddings(self) -> np.ndarray:
         """(n_users, D) vectors of the training users, in the order of `user_ids`."""

@@ -37,6 +37,9 @@ def serve_cmd(
         help="a detector run (`userseq detect train`) answering POST /classify")] = None,
     ctr: Annotated[Path | None, typer.Option(
         help="a CTR run (`userseq ctr train`) answering POST /score")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        help="where POST /users/{id}/events keeps per-user streaming state (SQLite; ssm and "
+             "gru4rec runs); default RUN/stream")] = None,
 ) -> None:
     """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar,
     /classify (with --detector), /score (with --ctr), the web page at /, the OpenAPI schema at
@@ -56,7 +59,8 @@ def serve_cmd(
 
     classifier = DetectorService.from_run(detector) if detector is not None else None
     scorer = CTRService.from_run(ctr) if ctr is not None else None
-    service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m))
+    service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m),
+                               state_dir=state_dir)
     app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight)
     import gc
 

@@ -291,3 +291,29 @@ class ErrorResponse(BaseModel):
 
 
 SimilarResponse.model_rebuild()
+
+
+MAX_EVENTS = 1000
+
+
+class EventsRequest(_Request):
+    """New events of one user, appended to their streaming state (recurrent encoders)."""
+
+    events: list[Id] = Field(min_length=1, max_length=MAX_EVENTS,
+                             description="item ids, oldest first")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
+    exclude_seen: bool = Field(True, description="leave out items the user has seen (training "
+                                                 "history and appended events)")
+
+
+class EventsResponse(BaseModel):
+    user_id: Id
+    known_user: bool = Field(description="the user id was seen in training (their state starts "
+                                         "from the training history)")
+    created: bool = Field(description="this request created the user's streaming state")
+    n_events: int = Field(description="events in the user's state after this request")
+    appended: int
+    k: int
+    items: list[ScoredItem]
+    index: str
+

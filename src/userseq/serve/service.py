@@ -146,7 +146,9 @@ class Service:
 
     def __init__(self, rec: Any, index: RunIndex, run_dir: str | Path,
                  item_meta: pl.DataFrame | None = None, max_batch: int = 64,
-                 metrics: dict | None = None) -> None:
+                 metrics: dict | None = None, state_dir: str | Path | None = None) -> None:
+        from userseq.serve.stream import Streams
+
         self.rec = rec
         self.index = index
         self.run_dir = Path(run_dir)
@@ -169,13 +171,17 @@ class Service:
         self._map: OrderedDict[int, dict] = OrderedDict()  # LRU of MAP_CACHE projections
         self._haystack: pl.Series | None = None
         self._lock = threading.Lock()
+        # per-user streaming state (POST /users/{id}/events), opened on first use
+        self.streams = Streams(self, Path(state_dir) if state_dir else self.run_dir / "stream")
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_run(cls, run_dir: str | Path, item_meta: str | Path | pl.DataFrame | None = None,
                  max_batch: int = 64, build_index: bool = True,
-                 index_config: IndexConfig | None = None, log: Any = None) -> Service:
-        """Load a run (and RUN/index, building it first when missing and `build_index`)."""
+                 index_config: IndexConfig | None = None, log: Any = None,
+                 state_dir: str | Path | None = None) -> Service:
+        """Load a run (and RUN/index, building it first when missing and `build_index`).
+        `state_dir` holds the streaming user states (default RUN/stream)."""
         from userseq.core.artifacts import read_json
         from userseq.nextitem.estimator import NextItemRecommender
 
@@ -192,7 +198,7 @@ class Service:
         meta = load_item_meta(item_meta, rec)
         metrics_file = run_dir / "metrics.json"
         metrics = read_json(metrics_file) if metrics_file.is_file() else None
-        return cls(rec, index, run_dir, meta, max_batch, metrics)
+        return cls(rec, index, run_dir, meta, max_batch, metrics, state_dir)
 
     def _set_meta(self, meta: pl.DataFrame) -> None:
         if "item_id" not in meta.columns:
@@ -216,6 +222,7 @@ class Service:
 
     def close(self) -> None:
         self.batcher.close()
+        self.streams.close()
 
     # ------------------------------------------------------------------ helpers
     def item_info(self, row: int, score: float | None = None) -> dict[str, Any]:
@@ -368,6 +375,15 @@ class Service:
         top = top[np.isfinite(s[top])]
         return s[top], top, how
 
+    def append_events(self, user_id: Any, req: Any) -> dict[str, Any]:
+        """POST /users/{id}/events: the user's streaming state after `req.events`, and top-k."""
+        from userseq.serve.stream import StreamError
+
+        try:
+            return self.streams.append(user_id, list(req.events), req.k, req.exclude_seen)
+        except StreamError as e:
+            raise RequestError(422, str(e)) from None
+
     async def embed(self, req: Any) -> dict[str, Any]:
         row, seq, ignored = self.resolve(req)
         vec = await self.user_vector(row, seq, bool(req.history))
@@ -454,9 +470,9 @@ class Service:
         from userseq.core.version import __version__
 
         m = self.rec.config.model
-        model = {"name": m.name, "dim": m.dim, "layers": m.layers, "max_len": m.max_len,
-                 "loss": self.rec.config.loss.name, "dataset": self.rec.config.dataset,
-                 "train": self.rec.train_state_}
+        model = {"name": m.name, "dim": m.dim, "layers": getattr(m, "layers", None),
+                 "max_len": m.max_len, "loss": self.rec.config.loss.name,
+                 "dataset": self.rec.config.dataset, "train": self.rec.train_state_}
         metrics = None
         if self.metrics:
             keys = ("test", "valid", "filter_seen", "split")

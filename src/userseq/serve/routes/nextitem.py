@@ -13,6 +13,8 @@ from userseq.serve.schemas import (
     MAX_K,
     EmbedRequest,
     EmbedResponse,
+    EventsRequest,
+    EventsResponse,
     IdList,
     ItemInfo,
     ItemSearch,
@@ -34,6 +36,7 @@ def mount(app: FastAPI, service: Service) -> None:
     _mount_recommend(app, service)
     _mount_similar(app, service)
     _mount_catalogue(app, service)
+    _mount_stream(app, service)
 
 
 def _mount_recommend(app: FastAPI, service: Service) -> None:
@@ -93,3 +96,13 @@ def _mount_catalogue(app: FastAPI, service: Service) -> None:
             ge=2, le=20_000, description="most frequent items")] = 5000) -> Any:
         """2-D PCA projection of item embeddings, with each item's first genre where known."""
         return service.item_map(n)
+
+
+def _mount_stream(app: FastAPI, service: Service) -> None:
+    @app.post("/users/{user_id}/events", response_model=EventsResponse, responses=ERRORS,
+              tags=["recommend"])
+    async def append_events(user_id: PathId, req: EventsRequest) -> Any:
+        """Append events to the user's streaming state (ssm and gru4rec runs: O(1) per event, the
+        history is not re-encoded; the state persists across restarts) and recommend from it."""
+        return json_response(service.append_events(user_id, req))
+
