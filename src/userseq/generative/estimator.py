@@ -110,7 +110,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         `items.source`. `preferences` (user_id, preference) fills the preference slot."""
         cfg = self.config
         split = split or make_split(log, cfg.data.split, **split_options(cfg.data))
-        self.semantic_ids_ = sid = self._semantic_ids(log, semantic_ids, vectors, quiet)
+        self.semantic_ids_ = sid = self._semantic_ids(log, semantic_ids, vectors)
         self.trie_ = PrefixTrie(sid.codes[1:], sid.sizes)
         self.user_ids_, self.item_ids_ = log.user_ids, log.item_ids
         self.histories_ = log.sequences()
@@ -147,7 +147,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         return self
 
     def _semantic_ids(self, log: EventLog, given: ItemSemanticIds | str | Path | None,
-                      vectors: np.ndarray | None, quiet: bool) -> ItemSemanticIds:
+                      vectors: np.ndarray | None) -> ItemSemanticIds:
         cfg = self.config
         if given is not None:
             sid = given if isinstance(given, ItemSemanticIds) else ItemSemanticIds.load(given)
@@ -164,15 +164,16 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         else:
             vectors, info = item_vectors(cfg.items.source, log.item_ids, cfg.dataset,
                                          cfg.data.item_text)
-        return fit_item_ids(vectors, log.item_ids, cfg.semantic_ids, info, quiet)
+        return fit_item_ids(vectors, log.item_ids, cfg.semantic_ids, info)
 
     def _user_preferences(self, log: EventLog, table: pl.DataFrame | None
                           ) -> tuple[np.ndarray, np.ndarray] | None:
         cfg = self.config
         if table is None and cfg.preferences:
-            from userseq.items.text import read_item_table
+            from userseq.data.io import collect_table, scan_table
 
-            table = read_item_table(cfg.preferences).rename({"item_id": "user_id"}, strict=False)
+            lf, name = scan_table(Path(cfg.preferences))
+            table = collect_table(lf, name, ["user_id"])
         if table is None:
             return None
         if not cfg.model.preference:

@@ -161,9 +161,9 @@ class ItemSemanticIds:
 
 
 def fit_item_ids(vectors: np.ndarray, item_ids: pl.Series, config: SemanticIdConfig,
-                 info: dict[str, Any] | None = None, quiet: bool = True) -> ItemSemanticIds:
+                 info: dict[str, Any] | None = None) -> ItemSemanticIds:
     """Fit the RQ-VAE tokenizer on the catalogue's item vectors."""
-    tok = SemanticIdTokenizer(config).fit(vectors, quiet=quiet, what="items")
+    tok = SemanticIdTokenizer(config).fit(vectors, what="items")
     return ItemSemanticIds(tok, item_ids, info or {})
 
 

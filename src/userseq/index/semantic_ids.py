@@ -175,9 +175,10 @@ class SemanticIdTokenizer:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, vectors: np.ndarray | torch.Tensor, quiet: bool = True,
-            what: str = "vectors", setting: str = "semantic_ids") -> SemanticIdTokenizer:
+            what: str = "vectors", setting: str = "semantic_ids.codebook_size"
+            ) -> SemanticIdTokenizer:
         """Learn the codebooks on `vectors` (n, E) and give every row its unique tuple (`ids_`).
-        `what`/`setting` name the vectors and the config section in error messages."""
+        `what` names the vectors and `setting` the codebook-size setting in error messages."""
         cfg = self.config
         x = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
         if x.ndim != 2 or len(x) == 0:
@@ -188,7 +189,7 @@ class SemanticIdTokenizer:
             raise DataError(f"{what}: {int(bad.sum())} row(s) have NaN/inf values (first: row "
                             f"{int(torch.nonzero(bad)[0])}); give every row a finite vector.")
         if cfg.codebook_size > len(x):
-            raise ConfigError(f"{setting}.codebook_size {cfg.codebook_size} is larger than the "
+            raise ConfigError(f"{setting} {cfg.codebook_size} is larger than the "
                               f"number of {what} ({len(x)}); choose at most {len(x)} (codes "
                               "beyond that would never be used).")
         self.mean_ = x.mean(0)
