@@ -1,8 +1,9 @@
 """Decoding the next item's code tuple: beam search and Diverse Beam Search, constrained by the
 catalogue's prefix trie so that only existing items come out.
 
-Beam search keeps the B best prefixes per user at every step (log-probability of the prefix). Diverse
-Beam Search (Vijayakumar et al., AAAI 2018) splits the B beams into G groups of B/G; at every step
+Beam search keeps the B best prefixes per user at every step (log-probability of the prefix).
+Diverse Beam Search (Vijayakumar et al., AAAI 2018) splits the B beams into G groups of B/G; at
+every step
 the groups choose in turn, and group g's candidate scores get a Hamming diversity penalty: λ times
 the number of times the code was chosen at this step by groups 0..g-1. The penalty steers the
 *choice* only; a beam's score stays its log-probability, and the final list is every beam sorted by
@@ -39,9 +40,9 @@ class DecodeSettings:
             raise ConfigError(f"decode.beams ({self.beams}) and decode.groups ({self.groups}) "
                               "must be positive.")
         if self.beams % self.groups:
+            fit = self.groups * max(1, self.beams // self.groups)
             raise ConfigError(f"decode.groups ({self.groups}) must divide decode.beams "
-                              f"({self.beams}); e.g. --beams {self.groups * max(1, self.beams // self.groups)} "
-                              f"--groups {self.groups}.")
+                              f"({self.beams}); e.g. --beams {fit} --groups {self.groups}.")
         if self.diversity < 0:
             raise ConfigError(f"decode.diversity must be >= 0 (got {self.diversity}).")
         if k > self.beams:
