@@ -6,7 +6,8 @@ Diverse Beam Search (Vijayakumar et al., AAAI 2018) splits the B beams into G gr
 every step the groups choose in turn, and group g's candidate scores get a Hamming diversity
 penalty: λ times the number of times the code was chosen at this step by groups 0..g-1. The
 penalty steers the *choice* only; a beam's score stays its log-probability, and the final list is
-every beam sorted by it. Groups decode in lock-step from their own beams, so one decoder pass per step serves them all.
+every beam sorted by it. Groups decode in lock-step from their own beams, so one decoder pass per
+step serves them all.
 
 At the last step a code names an item; an item already taken by an earlier group, and (with
 `seen`) an item of the user's history, cannot be chosen, so the B results are distinct items.
