@@ -329,3 +329,33 @@ def test_log_probabilities_are_normalised(fitted):
     assert lp.shape == (1, 1, 8) and lp.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
     lp2 = m.next_logprobs(memory, mask, torch.tensor([[[2], [5]]]))
     assert lp2.shape == (1, 2, 8) and lp2.exp().sum(-1)[0].tolist() == pytest.approx([1.0, 1.0])
+
+
+# ---------------------------------------------------------------------- service
+def test_service_recommend_route(fitted, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from userseq.serve.app import create_generative_app
+    from userseq.serve.routes.generative import GenerativeService
+
+    _, rec = fitted
+    service = GenerativeService.from_run(rec.save(tmp_path / "run"))
+    client = TestClient(create_generative_app(service))
+    r = client.post("/recommend", json={"user_id": "u1", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = rec.recommend(["u1"], k=5)
+    assert [i["item_id"] for i in body["items"]] == want["item_id"].to_list()
+    assert body["decode"] == {"method": "beam", "beams": 10, "groups": 1, "diversity": 0.0}
+    assert [i["semantic_id"] for i in body["items"]] == want["semantic_id"].to_list()
+    r = client.post("/recommend", json={"history": ["i3", "i4"], "k": 10, "decode": "diverse",
+                                        "groups": 5, "diversity": 1.0})
+    assert r.status_code == 200 and len({i["item_id"] for i in r.json()["items"]}) == 10
+    r = client.post("/recommend", json={"history": ["i3"], "decode": "diverse", "groups": 3})
+    assert r.status_code == 422
+    assert "decode.groups (3) must divide decode.beams (10)" in r.json()["message"]
+    r = client.post("/recommend", json={"user_id": "nobody"})
+    assert r.status_code == 404 and "unknown user_id 'nobody'" in r.json()["message"]
+    r = client.post("/recommend", json={"user_id": "u1", "k": 11})
+    assert r.status_code == 422 and "k (11) is larger than decode.beams (10)" in r.json()["message"]
+    assert client.get("/info").json()["task"] == "generative"

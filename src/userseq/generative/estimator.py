@@ -116,7 +116,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         self.histories_ = log.sequences()
         offsets, items = self.histories_
         self.data_fingerprint_ = fingerprint(offsets, items, extra=f"{log.n_users}:{log.n_items}")
-        self.preferences_ = self._user_preferences(log, preferences)
+        self.preferences_ = self._read_preferences(log, preferences)
         torch.manual_seed(cfg.train.seed)
         self.model_ = model = self._build_model()
         lengths_all = np.diff(split.train_offsets)
@@ -166,7 +166,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
                                          cfg.data.item_text)
         return fit_item_ids(vectors, log.item_ids, cfg.semantic_ids, info)
 
-    def _user_preferences(self, log: EventLog, table: pl.DataFrame | None
+    def _read_preferences(self, log: EventLog, table: pl.DataFrame | None
                           ) -> tuple[np.ndarray, np.ndarray] | None:
         cfg = self.config
         if table is None and cfg.preferences:
@@ -274,7 +274,8 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
             top[rows], top_s[rows] = it.numpy(), sc.numpy()
         return top, top_s
 
-    def _user_prefs(self, users: np.ndarray) -> np.ndarray | None:
+    def user_preferences(self, users: np.ndarray) -> np.ndarray | None:
+        """The stored preference vectors of user rows (None without stored preferences)."""
         if self.preferences_ is None:
             return None
         return self.preferences_[0][users]
@@ -289,7 +290,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         ks = sorted(set(ks or c.ks))
         seen = c.filter_seen if filter_seen is None else filter_seen
         top, _ = self.decode_csr(eval_set.offsets, eval_set.items, max(ks), settings, seen,
-                                 self._user_prefs(eval_set.users))
+                                 self.user_preferences(eval_set.users))
         hit = top == eval_set.targets[:, None]
         ranks = np.where(hit.any(1), hit.argmax(1) + 1, np.iinfo(np.int64).max).astype(np.float64)
         out = ranking_metrics(ranks, ks)
@@ -349,7 +350,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
                                "--history ITEM,ITEM,...).")
         offsets, items = self.histories_
         h_off, h_items = csr_take(offsets, items, offsets[idx], offsets[idx + 1])
-        prefs = self._preferences_for(len(users), preference, self._user_prefs(idx))
+        prefs = self.preference_vectors(len(users), preference, self.user_preferences(idx))
         top, s = self.decode_csr(h_off, h_items, k, self.settings(decode, beams, groups,
                                                                    diversity), filter_seen, prefs)
         return self._frame(users, top, s)
@@ -373,14 +374,16 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
             raise UserseqError(f"unknown item id(s) {bad} in history: not in the training "
                                "catalogue.")
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        prefs = self._preferences_for(len(histories), preference, None)
+        prefs = self.preference_vectors(len(histories), preference, None)
         top, s = self.decode_csr(offsets, idx.astype(np.int64), k,
                                  self.settings(decode, beams, groups, diversity), filter_seen,
                                  prefs)
         return self._frame(ids if ids is not None else list(range(len(histories))), top, s)
 
-    def _preferences_for(self, n: int, texts: Sequence[str | None] | None,
-                         stored: np.ndarray | None) -> np.ndarray | None:
+    def preference_vectors(self, n: int, texts: Sequence[str | None] | None,
+                           stored: np.ndarray | None) -> np.ndarray | None:
+        """Preference vectors of n users: `stored`, replaced by the MiniLM vectors of the given
+        texts (a None text keeps the stored vector)."""
         if texts is None:
             return stored
         if not self.config.model.preference:
