@@ -88,7 +88,8 @@ class GenerativeEvalConfig(StrictModel):
 
 
 def _train_defaults() -> TrainConfig:
-    return TrainConfig(batch_size=256, lr=1e-3, patience=5, valid_users=2000, monitor="ndcg@10")
+    # lr 3e-3: validation NDCG@10 0.0225 vs 0.0177 at 1e-3 (Beauty, 1-minute budget, 1 thread)
+    return TrainConfig(batch_size=256, lr=3e-3, patience=5, valid_users=2000, monitor="ndcg@10")
 
 
 class GenerativeConfig(TaskConfig):
