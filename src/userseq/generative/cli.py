@@ -79,7 +79,6 @@ def fit_semantic_ids(
     config: Annotated[Path | None, Opt(help="YAML config (its semantic_ids/items/data sections)")
                       ] = None,
     overrides: SetOption = None,
-    quiet: QuietOpt = False,
 ) -> None:
     """Learn item semantic IDs (RQ-VAE + collision code) and write OUT/item_semantic_ids.parquet
     with the tokenizer; `userseq generative train --semantic-ids OUT` reuses them."""
