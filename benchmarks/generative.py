@@ -90,7 +90,21 @@ def run_seed(args, seed: int, log, split) -> dict:
     if args.diversity:
         row["diversity"] = diversity(args, gen, sas, log, split, seed)
         row["latency"] = latency(args, gen, sas, split, seed)
+        row["user_semantic_ids"] = user_ids(sas, seed)
     return row
+
+
+def user_ids(sas, seed: int) -> dict:
+    """ULMRec-style user semantic IDs of the SASRec user vectors, and whether equal prefixes mean
+    near users."""
+    from userseq.index.semantic_ids import SemanticIdTokenizer, prefix_neighbour_check
+
+    vectors = sas.user_embeddings()
+    tok = SemanticIdTokenizer({"levels": 2, "codebook_size": 64, "epochs": 30, "seed": seed})
+    tok.fit(vectors, what="users")
+    out = {"report": tok.report_, "check": prefix_neighbour_check(vectors, tok.ids_, seed=seed)}
+    results.log(f"  user semantic IDs: {out}")
+    return out
 
 
 def diversity(args, gen, sas, log, split, seed: int) -> list[dict]:
@@ -223,6 +237,19 @@ def table(rows: dict) -> list[str]:
         for key, name in (("beam10", "generative, beam 10"), ("beam20", "generative, beam 20"),
                           ("sasrec_ann", "SASRec encode + faiss flat top-10")):
             lines.append(f"| {name} | {lat[key]['p50_ms']:.1f} | {lat[key]['p99_ms']:.1f} |")
+        if "user_semantic_ids" in r:
+            u = r["user_semantic_ids"]
+            rep = u["report"]
+            lines += ["", f"User semantic IDs (seed {r['seed']}): RQ-VAE 2 x 64 + collision code "
+                      f"over the {rep['vectors']:,} SASRec user vectors; codebook usage "
+                      f"{', '.join(f'{x:.0%}' for x in rep['codebook_usage'])}, collision rate "
+                      f"{rep['collision_rate']:.1%}. Nearest-user check on 2,000 random users:",
+                      "", "| prefix | cosine, same prefix | cosine, all pairs | 10-NN sharing "
+                      "the prefix | by chance |", "|---|---|---|---|---|"]
+            for c in u["check"]:
+                lines.append(f"| {c['prefix']} | {c['same_prefix_cosine']:.3f} | "
+                             f"{c['all_pairs_cosine']:.3f} | {c['knn_same_prefix']:.1%} | "
+                             f"{c['chance_same_prefix']:.1%} |")
     lines += ["", "Rows: " + "; ".join(f"seed {r['seed']}: `{r['command']}` ({r['date']}, "
                                          f"commit {r['commit']}, load {r['verdict']})"
                                          for r in seeds)]
