@@ -78,6 +78,9 @@ def run_seed(args, seed: int, log, split) -> dict:
         "decode.beams": args.beams, "model.max_len": 50, "dataset": "amazon-beauty"})
     gen.fit(log, split, vectors=sas.item_embeddings(), quiet=True)
     t_fit = time.time() - t1
+    work = HERE / "_work" / "generative" / f"seed{seed}"
+    sas.save(work / "sasrec")  # kept for re-evaluation: userseq generative evaluate ...
+    gen.save(work / "generative")
     gen_test = gen.evaluate(split.test)
     results.log(f"seed {seed}: generative {t_fit:.0f}s, test {_metrics(gen_test)}")
     row = {
@@ -213,7 +216,7 @@ def table(rows: dict) -> list[str]:
         lines.append(f"| {r['seed']} | {', '.join(f'{u:.1%}' for u in s['codebook_usage'])} | "
                      f"{s['collision_rate']:.2%} | {s['max_collision_code']} | "
                      f"{s['relative_reconstruction_error']:.3f} |")
-    div = [r for r in seeds if "diversity" in r]
+    div = sorted((r for r in seeds if "diversity" in r), key=lambda r: r["date"])[-1:]
     for r in div:
         d = r["diversity"]
         base = d[0]

@@ -81,6 +81,7 @@ def test_tokenizer_bad_input():
 
 # ---------------------------------------------------------------------- trie
 CODES = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0]])  # items 1..5
+TUPLES = np.concatenate([CODES, np.zeros((5, 1), np.int64)], 1)  # + the collision code (all 0)
 
 
 def test_trie_masks_and_steps():
@@ -96,19 +97,20 @@ def test_trie_masks_and_steps():
 
 # ---------------------------------------------------------------------- decoding
 class FixedModel(torch.nn.Module):
-    """Level 0: p = (.6, .3, .1); level 1: p = (.9, .1) whatever the prefix."""
+    """Level 0: p = (.6, .3, .1); level 1: p = (.9, .1) whatever the prefix; the collision code
+    (level 2) has one value."""
 
     def encode(self, history, preference=None):
         return torch.zeros(len(history), 1, 1), torch.ones(len(history), 1, dtype=torch.bool)
 
     def next_logprobs(self, memory, key_mask, prefixes):
         U, K, t = prefixes.shape
-        p = torch.tensor([0.6, 0.3, 0.1]) if t == 0 else torch.tensor([0.9, 0.1])
+        p = [torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.9, 0.1]), torch.tensor([1.0])][t]
         return p.log().expand(U, K, len(p))
 
 
 def _decode(settings, k=2, seen=None):
-    trie = PrefixTrie(CODES, [3, 2])
+    trie = PrefixTrie(TUPLES, [3, 2, 1])
     items, scores = decode(FixedModel(), trie, torch.ones(1, 1, dtype=torch.long), settings, k,
                            seen)
     return items[0].tolist(), scores[0].exp().tolist()
@@ -121,6 +123,10 @@ def test_beam_search_by_hand():
     # seen items are never generated: item 1 blocked -> (1,0) .27 and (0,1) .06
     items, p = _decode(DecodeSettings(2), seen=[np.array([1])])
     assert items == [3, 2] and p == pytest.approx([0.27, 0.06])
+    # a prefix whose items were all seen is never entered: code 0 (items 1, 2) is skipped at
+    # step 0, so both beams still end on new items: (1,0) .27 and (2,0) .09
+    items, p = _decode(DecodeSettings(2), seen=[np.array([2, 1, 1])])
+    assert items == [3, 5] and p == pytest.approx([0.27, 0.09])
 
 
 def test_diverse_beam_search_by_hand():

@@ -9,7 +9,9 @@ penalty steers the *choice* only; a beam's score stays its log-probability, and 
 every beam sorted by it. Groups decode in lock-step from their own beams, so one decoder pass per
 step serves them all.
 
-At the last step a code names an item; an item already taken by an earlier group, and (with
+The last position is the collision code (0 for most items, it carries no meaning), so it is not
+penalised: a penalty there would favour the second item of a colliding pair over every first
+one. At that step a code names an item; an item already taken by an earlier group, and (with
 `seen`) an item of the user's history, cannot be chosen, so the B results are distinct items.
 Written for userseq (Hugging Face transformers dropped its group beam search, METHODS.md §9).
 """
@@ -53,6 +55,22 @@ class DecodeSettings:
                               f"prefix trie cannot yield {k} items.")
 
 
+def _exhausted(trie: PrefixTrie, seen: list[np.ndarray], stride: int) -> list[torch.Tensor]:
+    """Per depth d + 1, the sorted keys `user * stride + node` of the nodes all of whose items
+    the user has seen: decoding never enters them, so no beam is spent on a dead end."""
+    users = np.repeat(np.arange(len(seen)), [len(x) for x in seen])
+    items = np.concatenate([np.asarray(x, dtype=np.int64) for x in seen]) if len(users) else \
+        np.zeros(0, np.int64)
+    pairs = np.unique(users * stride + items)  # a user's repeated items count once
+    users, items = pairs // stride, pairs % stride
+    out = []
+    for d in range(trie.depth):
+        node = trie.item_node[d][items]
+        keys, counts = np.unique(users * stride + node, return_counts=True)
+        out.append(torch.from_numpy(keys[counts == trie.subtree[d][keys % stride]]))
+    return out
+
+
 def _member(keys: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
     """Elementwise `keys in sorted_keys`."""
     if len(sorted_keys) == 0:
@@ -74,11 +92,8 @@ def decode(model: GenerativeRetriever, trie: PrefixTrie, history: torch.Tensor,
     U, B, G = len(history), settings.beams, settings.groups
     per = B // G
     memory, key_mask = model.encode(history, preference)
-    stride = trie.n_items + 1
-    blocked = torch.empty(0, dtype=torch.long)
-    if seen is not None:
-        blocked = torch.cat([torch.as_tensor(np.asarray(s, dtype=np.int64)) + u * stride
-                             for u, s in enumerate(seen)] or [blocked]).sort().values
+    stride = trie.n_items + 1  # more than the nodes at any depth
+    full = _exhausted(trie, seen, stride) if seen is not None else None
     # beam state: trie node, codes so far, log-probability; at step 0 only the first beam of each
     # group is alive (all beams would otherwise start identical)
     nodes = torch.zeros(U, B, dtype=torch.long)
@@ -89,16 +104,17 @@ def decode(model: GenerativeRetriever, trie: PrefixTrie, history: torch.Tensor,
     for d in range(trie.depth):
         V = trie.sizes[d]
         logp = model.next_logprobs(memory, key_mask, prefix.to(device)).cpu()
-        ok = trie.allowed(d, nodes.reshape(-1)).view(U, B, V)
+        # the child of every (beam, code): a node of depth d + 1, or the item at the last depth
+        child = torch.full((U * B, V), -1, dtype=torch.long)
+        rows, idx = trie.edges(d, nodes.reshape(-1))
+        child[rows, trie.code[d][idx]] = trie.child[d][idx]
+        child = child.view(U, B, V)
+        ok = child >= 0
+        if full is not None and len(full[d]):  # subtrees made only of seen items
+            ok &= ~_member(users[:, None, None] * stride + child.clamp(min=0), full[d])
         cand = torch.where(ok, score[..., None] + logp, NEG)  # (U, B, V) prefix log-probs
         last = d == trie.depth - 1
-        if last:
-            items = torch.full((U, B, V), -1, dtype=torch.long)
-            rows, idx = trie.edges(d, nodes.reshape(-1))
-            items.view(U * B, V)[rows, trie.code[d][idx]] = trie.child[d][idx]
-            if len(blocked):
-                keys = users[:, None, None] * stride + items.clamp(min=0)
-                cand = torch.where(_member(keys, blocked), NEG, cand)
+        items = child
         new_nodes = torch.zeros(U, B, dtype=torch.long)
         new_score = torch.full((U, B), NEG)
         new_code = torch.zeros(U, B, dtype=torch.long)
@@ -108,7 +124,7 @@ def decode(model: GenerativeRetriever, trie: PrefixTrie, history: torch.Tensor,
             sl = slice(g * per, (g + 1) * per)
             c = cand[:, sl]  # (U, per, V)
             pick = c
-            if g and settings.diversity:
+            if g and settings.diversity and not last:
                 pick = c - settings.diversity * counts[:, None, :]
             if last and g:
                 pick = torch.where((items[:, sl, :, None] == taken[:, None, None, :]).any(-1),

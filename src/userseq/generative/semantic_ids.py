@@ -186,6 +186,10 @@ class PrefixTrie:
         s = codes[order]
         prev = np.zeros(len(s), dtype=np.int64)  # prefix id at depth d (root: 0)
         self.offsets, self.code, self.child, self.keys = [], [], [], []
+        # item_node[d][i]: the depth d + 1 node above item index i (the item itself at the last
+        # depth); subtree[d][node]: how many items are below that node
+        self.item_node: list[np.ndarray] = []
+        self.subtree: list[np.ndarray] = []
         for d in range(self.depth):
             new = np.ones(len(s), dtype=bool)
             if len(s) > 1:
@@ -200,6 +204,14 @@ class PrefixTrie:
             self.code.append(torch.from_numpy(code))
             self.child.append(torch.from_numpy(child))
             self.keys.append(torch.from_numpy(parent * self.width + code))
+            node = np.zeros(len(s) + 1, dtype=np.int64)
+            if d < self.depth - 1:
+                node[order + 1] = nxt
+                self.subtree.append(np.bincount(nxt))
+            else:
+                node = np.arange(len(s) + 1, dtype=np.int64)
+                self.subtree.append(np.ones(len(s) + 1, dtype=np.int64))
+            self.item_node.append(node)
             prev = nxt
 
     def edges(self, d: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
