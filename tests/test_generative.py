@@ -305,6 +305,8 @@ def test_cli_errors(cli, runs):
     assert r.code == 2 and "--levels 0: Input should be greater than or equal to 1" in r.error
     r = cli("semantic-ids", "fit", "--data", events, "--out", d / "x")
     assert r.code == 2 and "items.source text:" in r.error and "has no item text" in r.error
+    r = cli("train", "--data", events, "--out", d / "g3", "--model", "generative")
+    assert r.code == 2 and "userseq generative train" in r.error
     r = cli("generative", "train", "--data", events, "--out", d / "g2", "--semantic-ids",
             d / "missing")
     assert r.code == 2 and "--semantic-ids" in r.error and "directory not found" in r.error

@@ -129,7 +129,8 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         self.device_ = trainer.device
         valid = self._valid_subset(split.valid)
         bs = cfg.train.batch_size
-        state = trainer.fit(model, self._batches(rows, users, trainer.device), (len(rows) + bs - 1)
+        state = trainer.fit(model, self._batches(split, rows, users, trainer.device),
+                            (len(rows) + bs - 1)
                             // bs, lambda m, b: m.loss(*b),
                             lambda m: self.evaluate(valid), resume)
         per_epoch = [h["epoch_seconds"] for h in state.history]
@@ -201,7 +202,9 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
             max_len=m.max_len, preference_dim=PREFERENCE_DIM if m.preference else None,
             init_std=m.init_std)
 
-    def _batches(self, rows: np.ndarray, users: np.ndarray, device: torch.device):
+    def _batches(self, split: Split, rows: np.ndarray, users: np.ndarray, device: torch.device):
+        """epoch -> length-bucketed batches of (left-padded rows, preference vectors or None);
+        with `data.train_windows: random`, long histories are cropped anew every epoch."""
         cfg = self.config
         bs, seed = cfg.train.batch_size, cfg.train.seed
         rows_t = torch.from_numpy(rows)
@@ -210,9 +213,13 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
             rng = np.random.default_rng(seed + epoch)
+            rows_e = rows_t
+            if cfg.data.train_windows == "random":
+                rows_e = torch.from_numpy(training_windows(
+                    split.train_offsets, split.train_items, cfg.model.max_len, rng=rng))
             for idx in length_bucketed_batches(lengths, bs, rng):
                 width = int(lengths[idx].max())
-                x = rows_t[torch.from_numpy(idx)][:, -width:].to(device, non_blocking=True)
+                x = rows_e[torch.from_numpy(idx)][:, -width:].to(device, non_blocking=True)
                 p = None
                 if prefs is not None:
                     p = torch.from_numpy(prefs[0][users[idx]]).to(device)

@@ -56,6 +56,10 @@ def train(
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs
 
+    if model == "generative":
+        raise UserseqError("--model generative: generative retrieval (semantic IDs) is its own "
+                           "task; train it with `userseq generative train --data ... --out ...` "
+                           "(see docs/generative.md).")
     _check_train_paths(out_dir, item_text)
     # a file path is recorded absolute, so `evaluate RUN` works from any working directory
     named = is_dataset_name(data) or not Path(data).exists()
