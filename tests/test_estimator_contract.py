@@ -92,7 +92,19 @@ def _attack(tmp_path_factory) -> Case:
                 lambda e: e.generate(split.test), "sample_seed")
 
 
-BUILDERS = {"nextitem": _nextitem, "detect": _detect, "ctr": _ctr, "attack": _attack}
+def _generative() -> Case:
+    log = userseq.EventLog.from_frame(synthetic_events(n_users=30, n_items=20, length=8))
+    vec = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    over = {"semantic_ids.codebook_size": 4, "semantic_ids.levels": 2, "semantic_ids.epochs": 5,
+            "model.dim": 16, "model.max_len": 10, "train.epochs": 1, "train.batch_size": 16,
+            "decode.beams": 10, "train.device": "cpu"}
+    return Case(lambda: userseq.GenerativeRecommender(overrides=over),
+                lambda e: e.fit(log, vectors=vec, quiet=True),
+                lambda e: e.recommend(["u0", "u3"], k=5).to_dicts(), "train.epochs")
+
+
+BUILDERS = {"nextitem": _nextitem, "detect": _detect, "ctr": _ctr, "attack": _attack,
+            "generative": _generative}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -107,7 +119,7 @@ def case(request, tmp_path_factory) -> tuple[str, Case, Estimator, Any]:
 
 
 def test_every_task_has_a_case():
-    for task in ("nextitem", "detect", "ctr", "attack"):
+    for task in ("nextitem", "detect", "ctr", "attack", "generative"):
         estimator_class(task)  # registers the built-in tasks
     assert set(BUILDERS) == set(ESTIMATORS.names())
 

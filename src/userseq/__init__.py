@@ -29,6 +29,8 @@ _LAZY = {
     "CTREstimator": "userseq.ctr.estimator",
     "UserDetector": "userseq.detect.estimator",
     "Attacker": "userseq.attack.estimator",
+    "GenerativeRecommender": "userseq.generative.estimator",
+    "SemanticIdTokenizer": "userseq.index.semantic_ids",
     # training
     "Trainer": "userseq.core.trainer",
     "TrainConfig": "userseq.core.config",

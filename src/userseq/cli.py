@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # Each module defines `register(app)`; the order is the order of `userseq --help`.
 COMMAND_MODULES = ("userseq.core.cli", "userseq.data.cli", "userseq.nextitem.cli",
-                   "userseq.ctr.cli", "userseq.index.cli", "userseq.serve.cli",
+                   "userseq.generative.cli", "userseq.ctr.cli",
+                   "userseq.index.cli", "userseq.serve.cli",
                    "userseq.detect.cli", "userseq.attack.cli")
 
 for _name in COMMAND_MODULES:

@@ -112,7 +112,8 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
 def config_show(
     run_dir: Annotated[Path | None, typer.Argument(help="a run directory (any task)")] = None,
     task: Annotated[str | None, typer.Option(help="print the default config of a task instead "
-                                                  "(nextitem, ctr, detect, attack)")] = None,
+                                                  "(nextitem, ctr, detect, attack, "
+                                                  "generative)")] = None,
 ) -> None:
     """Print a run's resolved config (every setting, defaults included) as YAML."""
     from userseq.core.estimator import estimator_class, read_manifest

@@ -17,6 +17,7 @@ Histories are CSR arrays (offsets, items) over the `EventLog`'s item indices.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -161,6 +162,16 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
                         "event is a held-out item); raise data.cold_fraction or change "
                         "data.split_seed.")
     return Split("cold-start", train_offsets, train_items, valid, test, info)
+
+
+def split_options(data: Any) -> dict[str, Any]:
+    """The keyword arguments of `make_split` for a `DataConfig`'s split (quantiles, cold-start
+    share and seed)."""
+    if data.split == "temporal":
+        return {"test_quantile": data.test_quantile, "valid_quantile": data.valid_quantile}
+    if data.split == "cold-start":
+        return {"cold_fraction": data.cold_fraction, "seed": data.split_seed}
+    return {}
 
 
 def make_split(log: EventLog, kind: str = "loo", **kw) -> Split:

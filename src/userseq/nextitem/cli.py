@@ -79,6 +79,10 @@ def train(
     from userseq.data.split import make_split
     from userseq.nextitem.config import check_monitor, split_kwargs
 
+    if model == "generative":
+        raise UserseqError("--model generative: generative retrieval (semantic IDs) is its own "
+                           "task; train it with `userseq generative train --data ... --out ...` "
+                           "(see docs/generative.md).")
     _check_train_paths(out_dir, item_text)
     check_out_dir(out_dir, resume, overwrite)
     # a file path is recorded absolute, so `evaluate RUN` works from any working directory
@@ -234,30 +238,56 @@ def recommend(
     keep_seen: Annotated[bool, Opt(help="allow items from the history")] = False,
     as_json: Annotated[bool, Opt("--json", help="JSON output")] = False,
     retrieval: RetrievalOpt = None,
+    decode: Annotated[str | None, Opt(help="generative runs: beam | diverse (Diverse Beam "
+                                           "Search)")] = None,
+    beams: Annotated[int | None, Opt(help="generative runs: beams B (at least k)")] = None,
+    groups: Annotated[int | None, Opt(help="generative runs, --decode diverse: groups G "
+                                           "(divides B)")] = None,
+    diversity: Annotated[float | None, Opt(help="generative runs, --decode diverse: Hamming "
+                                                "penalty λ")] = None,
+    preference: Annotated[str | None, Opt(help="generative runs with a preference slot: the "
+                                               "user's preference text")] = None,
 ) -> None:
-    """Top-k next items for known users, or for an explicit history."""
+    """Top-k next items for known users, or for an explicit history. Works for next-item runs
+    (`userseq train`) and generative runs (`userseq generative train`: decoded with beam search or
+    Diverse Beam Search)."""
     import polars as pl
 
-    from userseq.nextitem.estimator import NextItemRecommender
+    from userseq.core.estimator import load
 
     if k <= 0:
         raise UserseqError(f"-k must be a positive integer (got {k}).")
     if not user and not history:
         raise UserseqError("give --user ID (a user seen in training) or --history ITEM,ITEM,... "
                            "(any user).")
-    mode = None if retrieval is None else _retrieval_mode(retrieval)
-    rec = NextItemRecommender.load(run_dir)
+    rec = load(run_dir)  # the estimator class of the run's task
+    options = {"decode": decode, "beams": beams, "groups": groups, "diversity": diversity}
+    given = {key: v for key, v in options.items() if v is not None}
+    if rec.task == "nextitem" and (given or preference is not None):
+        flag = next(iter(given), "preference")
+        raise UserseqError(f"--{flag}: {run_dir} is a next-item run, which ranks by dot product; "
+                           "decoding options apply to generative runs (userseq generative "
+                           "train).")
+    if retrieval is not None:
+        if rec.task != "nextitem":
+            raise UserseqError(f"--retrieval: {run_dir} is a {rec.task} run; retrieval modes "
+                               "apply to next-item runs (generative runs: --decode).")
+        given["retrieval"] = _retrieval_mode(retrieval)
+    if preference is not None:
+        given["preference"] = [preference] * len(user or []) if user else None
     frames = []
     if user:
         users = _typed(user, rec.user_ids, "user")
-        frames.append(rec.recommend(users, k, filter_seen=not keep_seen, retrieval=mode))
+        frames.append(rec.recommend(users, k, filter_seen=not keep_seen, **given))
     if history:
         items = _typed([h.strip() for h in history.split(",") if h.strip()], rec.item_ids, "item")
         if not items:
             raise UserseqError("--history is empty; give item ids separated by commas, oldest "
                                "first.")
+        if preference is not None:
+            given["preference"] = [preference]
         frames.append(rec.recommend_history([items], k, filter_seen=not keep_seen,
-                                            ids=["<history>"], retrieval=mode))
+                                            ids=["<history>"], **given))
     res = pl.concat([f.with_columns(f["user_id"].cast(pl.String)) for f in frames])
     if as_json:
         out.print_json(json.dumps(res.to_dicts(), default=str))
@@ -267,10 +297,15 @@ def recommend(
 
 def _print_recommendations(res: Any, titles: dict | None) -> None:
     t = Table("user", "rank", "item", "score")
+    codes = "semantic_id" in res.columns  # generative runs: the decoded code tuple
+    if codes:
+        t.add_column("semantic id")
     if titles is not None:
         t.add_column("title")
     for r in res.iter_rows(named=True):
         row = [str(r["user_id"]), str(r["rank"]), str(r["item_id"]), f"{r['score']:.4f}"]
+        if codes:
+            row.append("-".join(map(str, r["semantic_id"])))
         if titles is not None:
             row.append(titles.get(r["item_id"], ""))
         t.add_row(*row)
@@ -325,6 +360,12 @@ def embed(
                      ] = False,
     index_kind: Annotated[str | None, Opt(help="with --index: auto | exact | flat | hnsw | ivfpq")
                           ] = None,
+    semantic_ids: Annotated[bool, Opt("--semantic-ids", help="also give every user a semantic ID "
+                                                             "(RQ-VAE codes of the user vector): "
+                                                             "OUT_semantic_ids.parquet")] = False,
+    levels: Annotated[int, Opt(help="with --semantic-ids: codes per user before the collision "
+                                    "code")] = 2,
+    codebook_size: Annotated[int, Opt(help="with --semantic-ids: codes per level")] = 64,
     quiet: QuietOpt = False,
 ) -> None:
     """Write user (and item) embeddings to Parquet: columns id, embedding (list of floats).
@@ -367,6 +408,36 @@ def embed(
     out.print(f"wrote {len(items):,} item embeddings to {items_out}")
     if index:
         _build_index(rec, run_dir, cfg, chunk_size, vectors_path)
+    if semantic_ids:
+        _user_semantic_ids(rec, run_dir, out_path, levels, codebook_size)
+
+
+def _user_semantic_ids(rec: Any, run_dir: Path, out_path: Path, levels: int,
+                       codebook_size: int) -> None:
+    """ULMRec-style user semantic IDs: the RQ-VAE tokenizer over the user vectors; the tokenizer
+    is kept in RUN_DIR/user_semantic_ids, the codes go next to the embeddings."""
+    import polars as pl
+
+    from userseq.index.semantic_ids import SemanticIdTokenizer, prefix_neighbour_check
+
+    vectors = rec.user_embeddings()
+    tok = SemanticIdTokenizer({"levels": levels, "codebook_size": codebook_size})
+    tok.fit(vectors, what="users", setting="--codebook-size")
+    tok.save(Path(run_dir) / "user_semantic_ids")
+    path = out_path.with_name(out_path.stem + "_semantic_ids.parquet")
+    pl.DataFrame({"user_id": rec.user_ids, "semantic_id": tok.ids_.tolist()}).write_parquet(path)
+    r = tok.report_
+    out.print(f"wrote {len(vectors):,} user semantic IDs ({levels} x {codebook_size} codes + "
+              f"collision code) to {path}; codebook usage "
+              f"{', '.join(f'{u:.0%}' for u in r['codebook_usage'])}, collision rate "
+              f"{r['collision_rate']:.1%}")
+    t = Table("prefix", "cosine, same prefix", "cosine, all pairs", "10-NN sharing it",
+              "by chance", title="do equal prefixes mean near users? (sample of 2,000)")
+    for c in prefix_neighbour_check(vectors, tok.ids_):
+        t.add_row(str(c["prefix"]), f"{c['same_prefix_cosine']:.3f}",
+                  f"{c['all_pairs_cosine']:.3f}", f"{c['knn_same_prefix']:.1%}",
+                  f"{c['chance_same_prefix']:.1%}")
+    out.print(t)
 
 
 def _check_embedding_path(flag: str, path: Path) -> None:

@@ -13,6 +13,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 from userseq.core.errors import ConfigError
 from userseq.data.config import DataConfig
+from userseq.data.split import split_options
 from userseq.encoders import (
     COMMON_SETTINGS,
     DEFAULT_ENCODER,
@@ -130,8 +131,4 @@ def check_monitor(cfg: RunConfig) -> None:
 
 def split_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The keyword arguments of `data.split.make_split` for the configured split."""
-    if cfg.data.split == "temporal":
-        return {"test_quantile": cfg.data.test_quantile, "valid_quantile": cfg.data.valid_quantile}
-    if cfg.data.split == "cold-start":
-        return {"cold_fraction": cfg.data.cold_fraction, "seed": cfg.data.split_seed}
-    return {}
+    return split_options(cfg.data)

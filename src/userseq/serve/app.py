@@ -30,6 +30,7 @@ from userseq.core.errors import UserseqError
 from userseq.core.version import __version__
 from userseq.serve.routes import ctr as ctr_routes
 from userseq.serve.routes import detect as detect_routes
+from userseq.serve.routes import generative as generative_routes
 from userseq.serve.routes import nextitem as nextitem_routes
 from userseq.serve.routes.ctr import CTRService
 from userseq.serve.routes.detect import DetectorService
@@ -237,6 +238,31 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # the body limit wraps the whole app (it must see the raw body before FastAPI parses it);
     # the in-flight limit wraps that (added last = outermost: it refuses before reading a body)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
+    return app
+
+
+def create_generative_app(service: generative_routes.GenerativeService,
+                          max_body_bytes: int = MAX_BODY_BYTES,
+                          max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
+    """A service of one generative run (`userseq generative train`): POST /recommend (beam
+    search or Diverse Beam Search over semantic IDs), GET /health and /info."""
+    app = FastAPI(title="userseq generative", version=__version__,
+                  description="Next items decoded as semantic IDs from a saved `userseq "
+                              "generative train` run.")
+    app.state.service = service
+    add_error_handlers(app)
+    generative_routes.mount(app, service)
+
+    @app.get("/health", tags=["service"])
+    async def health() -> Any:
+        return {"status": "ok", "items": len(service.items), "users": len(service.users)}
+
+    @app.get("/info", tags=["service"])
+    async def info() -> Any:
+        return service.info()
+
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(InFlightLimit, limit=max_in_flight)
     return app

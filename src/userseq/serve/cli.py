@@ -52,6 +52,11 @@ def serve_cmd(
         raise UserseqError(f"--max-in-flight must be 0 (no limit) or positive (got "
                            f"{max_in_flight}).")
     _limit_threads(threads)
+    if _task(run_dir) == "generative":
+        if detector is not None or ctr is not None:
+            raise UserseqError("--detector/--ctr: a generative run is served on its own; serve "
+                               "the detector or CTR run next to a next-item run.")
+        return _serve_generative(run_dir, host, port, max_body_bytes, log_level, uvicorn)
     from userseq.serve.app import create_app
     from userseq.serve.routes.ctr import CTRService
     from userseq.serve.routes.detect import DetectorService
@@ -80,6 +85,28 @@ def serve_cmd(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         service.close()
+
+
+def _task(run_dir: Path) -> str:
+    from userseq.core.errors import ArtifactError
+    from userseq.core.estimator import read_manifest
+
+    if not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir}: run directory not found.")
+    return read_manifest(run_dir)["task"]
+
+
+def _serve_generative(run_dir: Path, host: str, port: int, max_body_bytes: int, log_level: str,
+                      uvicorn: Any) -> None:
+    from userseq.serve.app import create_generative_app
+    from userseq.serve.routes.generative import GenerativeService
+
+    service = GenerativeService.from_run(run_dir)
+    app = create_generative_app(service, max_body_bytes)
+    err.print(f"serving generative run {run_dir} ({len(service.items):,} items, "
+              f"{len(service.users):,} users) on http://{host}:{port}/  (POST /recommend; API "
+              "docs: /docs)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 def ctr_serve_cmd(
