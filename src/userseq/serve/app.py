@@ -39,7 +39,7 @@ from userseq.serve.service import RequestError, Service
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
-MAX_IN_FLIGHT = 64  # requests handled at once; more answer 503 + Retry-After (0: no limit)
+MAX_IN_FLIGHT = 32  # requests handled at once; more answer 503 + Retry-After (0: no limit)
 RETRY_AFTER_S = 1
 UNLIMITED_PATHS = ("/health",)  # load balancers must see the service alive while it sheds load
 DESCRIPTION = ("Next-item recommendations, similar items and users, and user embeddings computed "

@@ -27,7 +27,7 @@ def serve_cmd(
         help="most histories encoded in one forward pass")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="larger request bodies answer 413")] = 1 << 20,
     max_in_flight: Annotated[int, typer.Option(
-        help="requests handled at once; more answer 503 with Retry-After (0: no limit)")] = 64,
+        help="requests handled at once; more answer 503 with Retry-After (0: no limit)")] = 32,
     threads: Annotated[int | None, typer.Option(
         help="torch threads for encoding (default 1)")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
