@@ -171,7 +171,7 @@ def part_ada(a) -> None:
         rec.config = rec.config.updated({
             "train.epochs": a.ada_epochs, "train.monitor": "ndcg@50", "train.threads": a.threads,
             "retrieval.ada.rounds": a.rounds, "retrieval.ada.train_k": 100,
-            "train.lr": a.ada_lr})
+            "train.lr": a.ada_lr, "train.valid_users": a.valid_users})
         log, sp = load_data(a.dataset, rec.config)
         out = WORK / f"{a.dataset}-sasrec-ada-s{seed}"
         results.log(f"ada {a.dataset} seed={seed} epochs={a.ada_epochs}")
@@ -180,6 +180,7 @@ def part_ada(a) -> None:
         m = read_json(out / "metrics.json")
         row = {"part": "ada", "dataset": a.dataset, "seed": seed,
                "budget": f"{a.ada_epochs} fine-tune epochs, lr {a.ada_lr}",
+               "selection": f"validation NDCG@50 on {a.valid_users} random validation users",
                "status": converged(m["train"]), "rounds": a.rounds,
                "base_test": base["test"], "test": m["test"], "valid": m["valid"],
                "train": m["train"], **results.provenance(mon, seeds=[seed], data=a.dataset)}
@@ -359,6 +360,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ada-epochs", type=int, default=2)
     ap.add_argument("--ada-lr", type=float, default=1e-3)
+    ap.add_argument("--valid-users", type=int, default=5000,
+                    help="validation users of the Ada fine-tune's epoch selection")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--table-only", action="store_true")

@@ -162,6 +162,10 @@ def test_ficl_pulls_toward_the_nearest_prototype():
     ctx.state["prototypes"] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
     assert ficl_loss(z, ctx).item() == pytest.approx(expected.item(), rel=1e-5)
+    cos = icsrec_ctx(similarity="cosine", temperature=0.5)
+    cos.state["prototypes"] = torch.tensor([[3.0, 0.0], [0.0, 0.5]])  # norms do not matter
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]  # cos 1 and 0, / 0.5
+    assert ficl_loss(z, cos).item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ConfigError, match=r"loss.icsrec.intents \(5\) is larger"):
         kmeans(z, 5)
 
