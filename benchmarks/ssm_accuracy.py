@@ -129,7 +129,10 @@ def main() -> None:
              "{dataset}-{model}.yaml (hybrid = ssm with `model.blocks: [ssm, attn]`). "
              "'unconverged': some seed's best validation epoch was its last, so the budget, not "
              "convergence, ended training; these rows compare models at equal (small) budgets, "
-             "not at their best.", "", *table(rows), "",
+             "not at their best. 'ssm (default init)': amazon-beauty-ssm.yaml before "
+             "`init_std: 0.02` (SASRec's init) was added to it (rows of commit "
+             + ", ".join(sorted({r["commit"] for r in rows if "default init" in r["model"]}))
+             + ").", "", *table(rows), "",
              "Commands: `" + "`, `".join(sorted({r["cmd"].split(" --out")[0] + " ... "
                                                  + r["cmd"].split("--quiet")[1]
                                                  for r in rows})[:8]) + "`"]

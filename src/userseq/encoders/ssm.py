@@ -32,11 +32,17 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from userseq.encoders.base import SequenceEncoder
-from userseq.encoders.blocks import Dropout, TransformerBlock, attention_mask, feed_forward
+from userseq.encoders.blocks import (
+    Dropout,
+    TransformerBlock,
+    attention_mask,
+    feed_forward,
+    init_normal_,
+)
 from userseq.encoders.config import EncoderConfig
 from userseq.encoders.registry import register_encoder
 from userseq.encoders.transformer import heads_divide_dim
-from userseq.items.base import ItemRepr
+from userseq.items.base import IdEmbedding, ItemRepr
 
 BlockKind = Literal["ssm", "attn"]
 
@@ -55,6 +61,10 @@ class SSMConfig(EncoderConfig):
         "`layers` ssm blocks); attention blocks are SASRec blocks")
     heads: int = Field(1, ge=1, description="attention heads of `attn` blocks")
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention weights")
+    init_std: float | None = Field(
+        None, gt=0, description="N(0, init_std) for every Linear/Embedding weight (as the "
+        "transformers' init_std, e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) "
+        "item embeddings")
 
     @field_validator("heads")
     @classmethod
@@ -222,6 +232,10 @@ class SSMEncoder(SequenceEncoder):
             TransformerBlock(dim, config.heads, ffn, config.dropout, "gelu", config.attn_dropout)
             for kind in self.kinds)
         self.norm = nn.LayerNorm(dim)
+        if config.init_std is not None:  # the encoder's layers, and a plain id item table
+            for child in self.children():
+                if child is not items or isinstance(items, IdEmbedding):
+                    init_normal_(child, config.init_std)
 
     @property
     def recurrent(self) -> bool:
