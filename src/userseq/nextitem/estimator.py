@@ -513,10 +513,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         chunk from `output_rows`, so the whole item matrix is never built (memory flat in the
         catalogue size); otherwise from `item_matrix()`."""
         items = self.check_is_fitted().items
-        # a stored table (IdEmbedding) is its own matrix (a view): streaming would save nothing
-        streams = type(items).output_rows is not ItemRepr.output_rows and not isinstance(
-            items, IdEmbedding)
-        if not streams or len(self.item_ids_) + 1 <= self.config.eval.item_chunk:
+        if not self._streams():
             return matrix_scorer(users, self.item_matrix())
 
         def rows(lo: int, hi: int) -> torch.Tensor:
@@ -525,6 +522,16 @@ class NextItemRecommender(Estimator[RunConfig]):
                 return self._serving(items.output_rows(ids).float().cpu())
 
         return streamed_scorer(users, rows)
+
+    def _streams(self) -> bool:
+        """Whether item vectors are computed chunk by chunk (`scorer`): an item table that
+        computes its rows (hashed, QR, unified) and a catalogue larger than one
+        `eval.item_chunk`. A stored table (IdEmbedding) is its own matrix (a view): streaming it
+        would save nothing."""
+        items = self.check_is_fitted().items
+        computed = type(items).output_rows is not ItemRepr.output_rows and not isinstance(
+            items, IdEmbedding)
+        return computed and len(self.item_ids_) + 1 > self.config.eval.item_chunk
 
     def _serving(self, vectors: torch.Tensor) -> torch.Tensor:
         d = serve_dim(self.config.model)
@@ -557,7 +564,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         if mode == "single":
             users = self.encode(eval_set.offsets, eval_set.items)
             hist = (eval_set.offsets, eval_set.items) if seen else None
-            ranks, top, _ = scan_catalogue(matrix_scorer(users, self.item_matrix()), n_items,
+            ranks, top, _ = scan_catalogue(self.scorer(users), n_items,
                                            len(users), eval_set.targets, hist, ks[-1],
                                            c.user_chunk, c.item_chunk)
             out = ranking_metrics(ranks, ks)
@@ -570,6 +577,17 @@ class NextItemRecommender(Estimator[RunConfig]):
             _, top = self._retrieve(mode, eval_set.offsets, eval_set.items, k, seen,
                                     self_rows=eval_set.users, bank=bank)
             out = evaluate_lists(top, eval_set.targets, n_items, ks)
+        if self._streams():  # a computed table too large for one chunk: only the listed rows
+            ids = np.unique(np.concatenate([[0], top.ravel()]))  # row 0 stays the padding row
+            top_rows = np.searchsorted(ids, top)
+            with torch.no_grad():
+                listed = self.check_is_fitted().items.output_rows(
+                    torch.from_numpy(ids).to(self.device_))
+            vectors = self._serving(listed.float().cpu())
+            # kNN-Embed clusters need the whole item matrix: not computed here
+            out.update(diversity(top_rows, ks, vectors, None))
+            out.update(diversity(top, ks, None, item_groups))
+            return out
         groups = {"clusters": self._knn_embed(bank, users=False).cluster_ids(),
                   **(item_groups or {})}
         out.update(diversity(top, ks, self.item_matrix(), groups))
