@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -90,7 +91,7 @@ def test_cli_init_from_and_its_errors(base, cli, tmp_path):
 def test_init_from_another_task_is_a_clear_error(base, tmp_path):
     old, frame, tmp = base
     fake = tmp_path / "ctr-run"
-    fake.mkdir()
+    shutil.copytree(tmp / "base", fake)  # a complete run whose manifest names another task
     manifest = json.loads((tmp / "base" / "estimator.json").read_text())
     (fake / "estimator.json").write_text(json.dumps({**manifest, "task": "ctr"}))
     rec = NextItemRecommender("sasrec", overrides=OVER)

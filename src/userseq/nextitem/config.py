@@ -120,7 +120,12 @@ def validation_metrics(ks: list[int]) -> list[str]:
 def check_monitor(cfg: RunConfig) -> None:
     """train.monitor must be a metric validation produces: checked before training (it was a
     KeyError after the first epoch)."""
+    from userseq.encoders.registry import ENCODERS
+
     produced = validation_metrics(cfg.eval.ks)
+    if cfg.model.name in ENCODERS and getattr(ENCODERS.get(cfg.model.name).obj, "reconstructs",
+                                              False):
+        produced = [*produced, "recon_acc"]  # autoencoders (seq2seq-ae) also validate that
     if cfg.train.monitor not in produced:
         ks = cfg.eval.ks
         raise ConfigError(
