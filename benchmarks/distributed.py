@@ -76,7 +76,7 @@ def part_ddp(a: argparse.Namespace) -> None:
         elif "torchrun" in name:
             prog[prog.index("--master-port") + 1] = str(_port())
         with results.LoadMonitor() as mon:
-            wall = _run([*prog, *common, "--out", str(out)], _env())
+            wall = _run([*prog, *common, "--out", str(out), "--overwrite"], _env())
         log = json.loads((out / "train_log.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
         from safetensors.torch import load_file
@@ -273,7 +273,7 @@ def part_warm(a: argparse.Namespace) -> None:
         out = d / name.split()[0]
         with results.LoadMonitor() as mon:
             wall = _run([sys.executable, "-m", "userseq", "train", *args, *common, "--out",
-                         str(out)], _env(2))
+                         str(out), "--overwrite"], _env(2))
         m = json.loads((out / "metrics.json").read_text())
         tr = m["train"]
         row = {"part": "warm", "run": name, "data": a.data, "test_ndcg@10": m["test"]["ndcg@10"],

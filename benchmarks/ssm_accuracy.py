@@ -40,7 +40,7 @@ def config_path(dataset: str, model: str) -> Path | None:
 def run_one(dataset: str, model: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.workdir / f"{dataset}-{model}-e{args.epochs}-s{seed}"
     cfg = config_path(dataset, model)
-    cmd = ["userseq", "train", "--data", dataset, "--out", str(run_dir), "--quiet",
+    cmd = ["userseq", "train", "--data", dataset, "--out", str(run_dir), "--overwrite", "--quiet",
            "--seed", str(seed), "--epochs", str(args.epochs),
            "--set", f"train.threads={args.threads}"]
     if cfg is not None:
