@@ -31,8 +31,8 @@ CONFIGS = HERE / "configs"
 
 def run_one(dataset: str, model: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.workdir / f"{dataset}-{model}-e{args.epochs}-s{seed}"
-    cmd = ["userseq", "train", "--data", dataset, "--model", model, "--out", str(run_dir), "--overwrite",
-           "--quiet", "--seed", str(seed), "--epochs", str(args.epochs),
+    cmd = ["userseq", "train", "--data", dataset, "--model", model, "--out", str(run_dir),
+           "--overwrite", "--quiet", "--seed", str(seed), "--epochs", str(args.epochs),
            "--set", f"train.threads={args.threads}"]
     for name in (f"{dataset}-{model}", dataset):
         if (CONFIGS / f"{name}.yaml").exists():
