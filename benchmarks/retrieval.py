@@ -198,11 +198,12 @@ def part_latency(a) -> None:
     torch.set_num_threads(a.threads)
     src = run_dir(a.dataset, "ce", a.seeds[0])
     ada_src = WORK / f"{a.dataset}-sasrec-ada-s{a.seeds[0]}"
-    rec = NextItemRecommender.load(ada_src if ada_src.exists() else src)
+    base = ada_src if ada_src.exists() else src
+    rec = NextItemRecommender.load(base)
     rng = np.random.default_rng(0)
     offsets, items = rec.histories_
     users = rng.choice(len(offsets) - 1, a.queries, replace=False)
-    index = RunIndex.build(rec, WORK / "latency-index", None)
+    index = RunIndex.build(rec, base, None)  # RUN/index/ of the loaded run
     modes = ["single", "knn_embed"] + (["ada"] if rec.ada_ is not None else [])
     rec.set_params(**{"retrieval.knn_embed.clusters": a.clusters})
     rec.top_items(offsets[:2], items, 100, True, "knn_embed", np.array([0]))  # build once

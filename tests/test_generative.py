@@ -363,7 +363,7 @@ def test_service_recommend_route(fitted, tmp_path):
     assert r.status_code == 422
     assert "decode.groups (3) must divide decode.beams (10)" in r.json()["message"]
     r = client.post("/recommend", json={"user_id": "nobody"})
-    assert r.status_code == 404 and "unknown user_id 'nobody'" in r.json()["message"]
+    assert r.status_code == 404 and "unknown user id 'nobody'" in r.json()["message"]
     r = client.post("/recommend", json={"user_id": "u1", "k": 11})
     assert r.status_code == 422 and "k (11) is larger than decode.beams (10)" in r.json()["message"]
     assert client.get("/info").json()["task"] == "generative"

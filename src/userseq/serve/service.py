@@ -250,38 +250,8 @@ class Service:
 
     def resolve(self, req: Any) -> tuple[int | None, np.ndarray, list[Any]]:
         """(known user row or None, full history as item indices oldest first, ignored unknown
-        items)."""
-        row = None
-        ignored: list[Any] = []
-        if req.user_id is not None:
-            row = self.users.row(req.user_id)
-            if row is None and not req.history:
-                self._user_row(req.user_id)  # raises 404
-        parts = []
-        if row is not None:
-            parts.append(self.hist_items[self.offsets[row] : self.offsets[row + 1]])
-        if req.history:
-            hist = list(req.history)
-            if req.timestamps is not None:
-                keys = [t.timestamp() if hasattr(t, "timestamp") else float(t)
-                        for t in req.timestamps]
-                # stable: ties keep input order
-                order = sorted(range(len(hist)), key=lambda j: keys[j])
-                hist = [hist[j] for j in order]
-            rows, bad = self.items.rows(hist)
-            if bad:
-                if req.unknown_items == "error":
-                    raise RequestError(422, f"unknown item id(s) {bad[:10]} in `history`: not in "
-                                            "the model's catalogue (send unknown_items='ignore' to "
-                                            "skip them).")
-                ignored = bad
-                rows = rows[rows >= 0]
-                if len(rows) == 0 and row is None:
-                    raise RequestError(422, f"no known item in `history` (unknown: {bad[:10]}); "
-                                            "nothing to recommend from.")
-            parts.append((rows + 1).astype(self.hist_items.dtype))
-        seq = np.concatenate(parts) if parts else np.zeros(0, self.hist_items.dtype)
-        return row, seq, ignored
+        items): `resolve_history` over this run's users, items and histories."""
+        return resolve_history(req, self.users, self.items, self.offsets, self.hist_items)
 
     async def user_vector(self, row: int | None, seq: np.ndarray,
                           history_given: bool) -> np.ndarray:
@@ -518,3 +488,45 @@ def load_item_meta(source: str | Path | pl.DataFrame | None, rec: Any) -> pl.Dat
         return load_item_metadata(name)
     except UserseqError:
         return None
+
+
+def resolve_history(req: Any, users: Any, items: Any, offsets: np.ndarray,
+                    hist_items: np.ndarray) -> tuple[int | None, np.ndarray, list[Any]]:
+    """The history a request stands for: (the known user's row or None, the full history as item
+    indices oldest first, the ignored unknown items). `req` has `user_id`, `history`, `timestamps`
+    and `unknown_items`; a known user's stored history comes first, then the sent `history`
+    (ordered by `timestamps` when given, ties keeping input order). `users`/`items` are the run's
+    id maps (`row`/`rows`). 404 for an unknown user without a history; 422 for unknown items with
+    unknown_items='error', or when no known item is left."""
+    row = None
+    ignored: list[Any] = []
+    if req.user_id is not None:
+        row = users.row(req.user_id)
+        if row is None and not req.history:
+            raise RequestError(404, f"unknown user id {req.user_id!r}: not in the training data; "
+                                    "send a `history` of item ids instead (POST /recommend or "
+                                    "/embed).")
+    parts = []
+    if row is not None:
+        parts.append(hist_items[offsets[row] : offsets[row + 1]])
+    if req.history:
+        hist = list(req.history)
+        if req.timestamps is not None:
+            keys = [t.timestamp() if hasattr(t, "timestamp") else float(t)
+                    for t in req.timestamps]
+            order = sorted(range(len(hist)), key=lambda j: keys[j])  # stable: ties keep order
+            hist = [hist[j] for j in order]
+        rows, bad = items.rows(hist)
+        if bad:
+            if req.unknown_items == "error":
+                raise RequestError(422, f"unknown item id(s) {bad[:10]} in `history`: not in "
+                                        "the model's catalogue (send unknown_items='ignore' to "
+                                        "skip them).")
+            ignored = bad
+            rows = rows[rows >= 0]
+            if len(rows) == 0 and row is None:
+                raise RequestError(422, f"no known item in `history` (unknown: {bad[:10]}); "
+                                        "nothing to recommend from.")
+        parts.append((rows + 1).astype(hist_items.dtype))
+    seq = np.concatenate(parts) if parts else np.zeros(0, hist_items.dtype)
+    return row, seq, ignored

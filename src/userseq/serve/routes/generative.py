@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from userseq.core.errors import UserseqError
 from userseq.serve.routes import ERRORS, json_response
 from userseq.serve.schemas import MAX_K, HistoryInput, Id
-from userseq.serve.service import IdMap, RequestError
+from userseq.serve.service import IdMap, RequestError, resolve_history
 
 MAX_BEAMS = 1000
 
@@ -83,31 +83,11 @@ class GenerativeService:
                 "preference_slot": c.model.preference}
 
     def _history(self, req: GenerativeRecommendRequest) -> tuple[int | None, np.ndarray, list]:
-        row = self.users.row(req.user_id) if req.user_id is not None else None
-        if req.user_id is not None and row is None and not req.history:
-            raise RequestError(404, f"unknown user_id {req.user_id!r}: not in the training data; "
-                                    "send a `history` instead.")
-        parts, ignored = [], []
-        if row is not None:
-            parts.append(self.hist_items[self.offsets[row] : self.offsets[row + 1]])
-        if req.history:
-            hist = list(req.history)
-            if req.timestamps is not None:
-                keys = [t.timestamp() if hasattr(t, "timestamp") else float(t)
-                        for t in req.timestamps]
-                hist = [hist[j] for j in sorted(range(len(hist)), key=lambda j: keys[j])]
-            rows, bad = self.items.rows(hist)
-            if bad:
-                if req.unknown_items == "error":
-                    raise RequestError(422, f"unknown item id(s) {bad[:10]} in `history`: not in "
-                                            "the model's catalogue (send unknown_items='ignore' to "
-                                            "skip them).")
-                ignored, rows = bad, rows[rows >= 0]
-            parts.append(rows + 1)
-        seq = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        row, seq, ignored = resolve_history(req, self.users, self.items, self.offsets,
+                                            self.hist_items)
         if len(seq) == 0:
             raise RequestError(422, "no known item in the history; nothing to decode from.")
-        return row, seq, ignored
+        return row, seq.astype(np.int64), ignored
 
     def recommend_now(self, req: GenerativeRecommendRequest) -> dict[str, Any]:
         rec = self.rec
