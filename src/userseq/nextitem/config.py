@@ -17,6 +17,7 @@ from userseq.data.split import split_options
 from userseq.encoders import (
     COMMON_SETTINGS,
     DEFAULT_ENCODER,
+    ENCODERS,
     EncoderConfig,
     encoder_config,
     other_encoder_setting,
@@ -120,8 +121,6 @@ def validation_metrics(ks: list[int]) -> list[str]:
 def check_monitor(cfg: RunConfig) -> None:
     """train.monitor must be a metric validation produces: checked before training (it was a
     KeyError after the first epoch)."""
-    from userseq.encoders.registry import ENCODERS
-
     produced = validation_metrics(cfg.eval.ks)
     if cfg.model.name in ENCODERS and getattr(ENCODERS.get(cfg.model.name).obj, "reconstructs",
                                               False):
