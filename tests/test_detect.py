@@ -365,7 +365,7 @@ def test_baselines_run(events_data):
             assert score(s.test, 1).shape == (len(s.test),)
 
 
-def test_page_vandal_rate_uses_training_labels_only():
+def test_page_vandal_rate_uses_training_labels_known_before_the_event():
     from userseq.detect.baselines import page_vandal_rate
 
     ev = pl.DataFrame({"user_id": ["a", "a", "a", "b", "c"], "item_id": ["P", "P", "Q", "P", "P"],
@@ -374,11 +374,13 @@ def test_page_vandal_rate_uses_training_labels_only():
     data = event_data(log, pl.DataFrame({"user_id": ["a", "b", "c"], "label": [1, 0, 1]}))
     train = np.array([0, 1])  # a, b; c is a test user
     rate, log_users = page_vandal_rate(data, train, smoothing=1.0)
-    # prior 0.5; P has training users {a (1), b (0)}; a's own vote is left out of a's events;
-    # a's two P edits count once; c's label is never read
-    assert rate.tolist() == pytest.approx([0.25, 0.25, 0.5, 0.75, 0.5])
-    assert log_users.tolist() == pytest.approx(np.log1p([1, 1, 0, 1, 2]).tolist())
-    data.labels = np.array([1, 0, 0])
+    # a's label is known after t=3 (its last edit), b's after t=4. Prior = (known vandals + 1) /
+    # (known + 2). t<=3: nothing known -> 0.5. b@4 on P: a known (1) -> prior 2/3,
+    # rate (1 + 2/3) / 2. c@5 on P: a (1), b (0) known -> prior 1/2, rate (1 + 0.5) / 3.
+    assert rate.tolist() == pytest.approx([0.5, 0.5, 0.5, 5 / 6, 0.5])
+    # training users who edited the page strictly before (a's own earlier edit left out)
+    assert log_users.tolist() == pytest.approx(np.log1p([0, 0, 0, 1, 2]).tolist())
+    data.labels = np.array([1, 0, 0])  # a test user's label is never read
     assert page_vandal_rate(data, train, smoothing=1.0)[0].tolist() == pytest.approx(rate.tolist())
 
 

@@ -1,13 +1,16 @@
 """Simple non-sequential baselines: what do sequence models add?
 
 * `hand_features`: per-user aggregates of the edit-time features over the first k events (means,
-  first-event features, log count) -> standardised logistic regression (`logreg`) or gradient
-  boosted trees (`gbdt`).
+  first-event features; no length feature) -> standardised logistic regression (`logreg`) or
+  gradient boosted trees (`gbdt`).
+* `length` (log number of events -> logistic regression) and `counts` (events, distinct pages,
+  active days, time span -> GBDT): what account length and activity alone give (a block ends a
+  vandal's account, so length leaks the label); a row beside every detector row.
 * `bag_of_pages`: binary user x page matrix over the first k events -> logistic regression
   (`pages`).
 * `gbdt-prefix`: one GBDT per prefix length k, trained on the training users' first k events:
-  hand features + the pages' vandal rate among *training* users (`page_vandal_rate`; a training
-  user's own label is left out). `gbdt-prefix-name` adds features of the user name
+  hand features + the pages' vandal rate among *training* users, causal (`page_vandal_rate`: only
+  edits before the scored event and labels known by then, i.e. of users blocked before it). `gbdt-prefix-name` adds features of the user name
   (`username_features`), which is known at edit time but is not behaviour.
 * `tfidf` (post texts): TF-IDF of the user's first k posts (unigrams of the detectors' tokenizer,
   sublinear tf, words in >= 2 training users) -> logistic regression.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import polars as pl
 
 from userseq.core.errors import ConfigError
 from userseq.core.registry import Registry
@@ -43,9 +47,14 @@ def prefix_rows(data: EventData, k: int | None,
     return users, starts + within
 
 
+LENGTH_PROXIES = ("first_event", "position_log")  # their means over a prefix encode its length
+
+
 def hand_features(data: EventData, k: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """Per-user: mean of every edit-time feature over the first k events, the first event's
-    features, and log(number of events considered)."""
+    """Per-user: mean of every edit-time feature over the first k events (except those whose mean
+    only encodes the number of events, `LENGTH_PROXIES`) and the first event's features. No
+    length feature: account length leaks the label (a block ends a vandal's account); the
+    `length` and `counts` baselines measure what length alone gives."""
     users, rows = prefix_rows(data, k)
     F = data.features
     n = np.bincount(users, minlength=data.n_users).astype(np.float64)
@@ -53,10 +62,42 @@ def hand_features(data: EventData, k: int | None = None) -> tuple[np.ndarray, li
     np.add.at(sums, users, F[rows])
     offsets, _ = data.log.sequences()
     first = F[offsets[:-1]]
-    X = np.concatenate([sums / n[:, None], first, np.log1p(n)[:, None]], axis=1)
-    names = ([f"mean_{f}" for f in data.feature_names] + [f"first_{f}" for f in data.feature_names]
-             + ["log_events"])
+    keep = [j for j, f in enumerate(data.feature_names) if f not in LENGTH_PROXIES]
+    X = np.concatenate([(sums / np.maximum(n, 1)[:, None])[:, keep], first], axis=1)
+    names = ([f"mean_{data.feature_names[j]}" for j in keep]
+             + [f"first_{f}" for f in data.feature_names])
     return X.astype(np.float32), names
+
+
+def user_lengths(data: EventData | TextData) -> np.ndarray:
+    """Events (posts) per user."""
+    if isinstance(data, TextData):
+        return np.array([len(p) for p in data.posts], dtype=np.int64)
+    return np.diff(data.log.sequences()[0]).astype(np.int64)
+
+
+def count_features(data: EventData, k: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Per-user activity counts over the first k events: log events, log distinct pages, log
+    active days, log span (seconds, or timestamp units) between the first and the k-th event."""
+    users, rows = prefix_rows(data, k)
+    f = data.log.frame
+    n = np.bincount(users, minlength=data.n_users).astype(np.float64)
+    t = _event_times(data)[rows]
+    pages = pl.DataFrame({"u": users, "i": f["item"].to_numpy()[rows],
+                          "d": np.floor(t / 86400.0)})
+    distinct = np.zeros(data.n_users)
+    days = np.zeros(data.n_users)
+    agg = pages.group_by("u").agg(pl.col("i").n_unique(), pl.col("d").n_unique())
+    distinct[agg["u"].to_numpy()] = agg["i"].to_numpy()
+    days[agg["u"].to_numpy()] = agg["d"].to_numpy()
+    lo = np.full(data.n_users, np.inf)
+    hi = np.full(data.n_users, -np.inf)
+    np.minimum.at(lo, users, t)
+    np.maximum.at(hi, users, t)
+    span = np.where(n > 0, hi - lo, 0.0)
+    X = np.stack([np.log1p(n), np.log1p(distinct), np.log1p(days), np.log1p(span)], axis=1)
+    return X.astype(np.float32), ["log_events", "log_distinct_pages", "log_active_days",
+                                  "log_span"]
 
 
 def bag_of_pages(data: EventData, k: int | None = None, min_users: int = 2):
@@ -74,30 +115,72 @@ def bag_of_pages(data: EventData, k: int | None = None, min_users: int = 2):
     return M
 
 
+def count_earlier(keys: np.ndarray, times: np.ndarray, q_keys: np.ndarray, q_times: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """For each query (key, time): the (weighted) number of entries with the same key and a time
+    strictly earlier than the query's."""
+    _, rank = np.unique(np.concatenate([times, q_times]), return_inverse=True)
+    span = np.int64(rank.max() + 2)
+    comp = keys.astype(np.int64) * span + rank[:len(times)]
+    order = np.argsort(comp, kind="stable")
+    comp = comp[order]
+    w = np.ones(len(comp)) if weights is None else np.asarray(weights, np.float64)[order]
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    q_key = q_keys.astype(np.int64) * span
+    hi = np.searchsorted(comp, q_key + rank[len(times):], side="left")
+    lo = np.searchsorted(comp, q_key, side="left")
+    return cum[hi] - cum[lo]
+
+
 def page_vandal_rate(data: EventData, train: np.ndarray,
                      smoothing: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """Per event: the smoothed share of malicious users among the *training* users who edited the
-    event's page, and log(1 + that many users). Labels of other users are never read; for an event
-    of a training user, that user is left out of its page's counts (no label leaks into its own
-    features). Smoothing pulls rare pages towards the training base rate."""
+    """Per event, causally: the smoothed share of malicious users among the *training* users whose
+    label was known before the event and who edited its page, and log(1 + the number of training
+    users who had edited the page before the event).
+
+    A training user's label counts as known from their block, i.e. after their last edit in the
+    log (strictly earlier than the scored event's time); their edits count from their time. So no
+    edit after the scored event and no label learnt after it enters its features, and a user's own
+    label never enters their features (it is known only after their last edit). Smoothing pulls
+    rare pages towards the base rate of the training labels known by then (Laplace-smoothed)."""
     assert data.labels is not None
     f = data.log.frame
     users, items = f["user"].to_numpy(), f["item"].to_numpy()
+    ts = _event_times(data)
     is_train = np.zeros(data.n_users, dtype=bool)
     is_train[train] = True
-    y = data.labels
-    n_items = data.log.n_items + 1
-    pairs = np.unique(users.astype(np.int64) * n_items + items)  # one vote per (user, page)
-    pu, pi = pairs // n_items, pairs % n_items
-    keep = is_train[pu]
-    n = np.bincount(pi[keep], minlength=n_items).astype(np.float64)
-    v = np.bincount(pi[keep], weights=y[pu[keep]], minlength=n_items)
-    n_e, v_e = n[items].copy(), v[items].copy()
-    own = is_train[users]
-    n_e[own] -= 1
-    v_e[own] -= y[users[own]]
-    prior = float(y[train].mean())
-    return (v_e + smoothing * prior) / (n_e + smoothing), np.log1p(n_e)
+    y = data.labels.astype(np.float64)
+    last = np.full(data.n_users, -np.inf)
+    np.maximum.at(last, users, ts)
+    # one vote per (training user, page): when the user first edited it
+    pairs = (pl.DataFrame({"u": users, "i": items, "t": ts})
+             .filter(pl.Series(is_train[users]))
+             .group_by("u", "i").agg(pl.col("t").min()))
+    pu, pi, pt = (pairs["u"].to_numpy(), pairs["i"].to_numpy(),
+                  pairs["t"].to_numpy().astype(np.float64))
+    n_known = count_earlier(pi, last[pu], items, ts)
+    v_known = count_earlier(pi, last[pu], items, ts, weights=y[pu])
+    n_before = count_earlier(pi, pt, items, ts)
+    own = is_train[users] & _edited_earlier(users, items, ts)
+    n_before -= own
+    tr = np.flatnonzero(is_train)
+    base_n = count_earlier(np.zeros(len(tr)), last[tr], np.zeros(len(ts)), ts)
+    base_v = count_earlier(np.zeros(len(tr)), last[tr], np.zeros(len(ts)), ts, weights=y[tr])
+    prior = (base_v + 1.0) / (base_n + 2.0)  # base rate of the labels known by then (Laplace)
+    rate = (v_known + smoothing * prior) / (n_known + smoothing)
+    return rate, np.log1p(n_before)
+
+
+def _edited_earlier(users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per event: did the same user edit the same page at an earlier time."""
+    first = (pl.DataFrame({"u": users, "i": items, "t": ts})
+             .select(pl.col("t").min().over("u", "i"))["t"].to_numpy())
+    return first < ts
+
+
+def _event_times(data: EventData) -> np.ndarray:
+    """Every event's timestamp (float), aligned with `data.log.frame` rows."""
+    return data.log.frame["timestamp"].to_numpy().astype(np.float64)
 
 
 def username_features(data: EventData) -> tuple[np.ndarray, list[str]]:
@@ -212,13 +295,15 @@ def _fit_prefix_gbdt(data: EventData, train: np.ndarray, seed: int, with_name: b
     assert data.labels is not None
     y = data.labels
     rate, log_users = page_vandal_rate(data, train)
+    lengths = user_lengths(data)
     models: dict[int | None, tuple[np.ndarray, Any]] = {}
 
     def score(users: np.ndarray, kk: int | None = None) -> np.ndarray:
         if kk not in models:  # one model per prefix length, trained on first-kk features
             Xk = prefix_features(data, kk, rate, log_users, with_name)
             clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, random_state=seed)
-            models[kk] = (Xk, clf.fit(Xk[train], y[train]))
+            fit_on = train if kk is None else train[lengths[train] >= kk]  # as they are scored
+            models[kk] = (Xk, clf.fit(Xk[fit_on], y[fit_on]))
         Xk, clf = models[kk]
         return clf.predict_proba(Xk[users])[:, 1]
 
@@ -235,6 +320,38 @@ def _fit_gbdt_prefix(data: EventData, train: np.ndarray, seed: int, k: int | Non
 def _fit_gbdt_prefix_name(data: EventData, train: np.ndarray, seed: int, k: int | None) -> Scorer:
     """gbdt-prefix + user-name features"""
     return _fit_prefix_gbdt(data, train, seed, with_name=True)
+
+
+def _fit_counts(X_of: Callable[[int | None], np.ndarray], data: EventData, train: np.ndarray,
+                k: int | None, clf: Any) -> Scorer:
+    assert data.labels is not None
+    X = X_of(k)
+    clf.fit(X[train], data.labels[train])
+
+    def score(users: np.ndarray, kk: int | None = None) -> np.ndarray:
+        Xk = X if kk == k else X_of(kk)
+        return clf.predict_proba(Xk[users])[:, 1]
+
+    return score
+
+
+@_baseline("length")
+def _fit_length(data: EventData, train: np.ndarray, seed: int, k: int | None) -> Scorer:
+    """log(number of events) -> logistic regression: what account length alone gives"""
+    from sklearn.linear_model import LogisticRegression
+
+    return _fit_counts(lambda kk: count_features(data, kk)[0][:, :1], data, train, k,
+                       LogisticRegression(max_iter=1000))
+
+
+@_baseline("counts")
+def _fit_count_gbdt(data: EventData, train: np.ndarray, seed: int, k: int | None) -> Scorer:
+    """activity counts (events, distinct pages, active days, time span) -> gradient boosted
+    trees"""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return _fit_counts(lambda kk: count_features(data, kk)[0], data, train, k,
+                       HistGradientBoostingClassifier(max_iter=200, random_state=seed))
 
 
 @_baseline("tfidf", reads="texts")
@@ -260,7 +377,8 @@ def _fit_tfidf(data: TextData, train: np.ndarray, seed: int, k: int | None) -> S
 def fit_baseline(name: str, data: EventData | TextData, train: np.ndarray, seed: int = 0,
                  k: int | None = None) -> Scorer:
     """A fitted scoring function `score(users, k) -> P(malicious)` for baseline `name`
-    (`BASELINES`: logreg, gbdt, pages, gbdt-prefix[-name] on event data; tfidf on post texts)."""
+    (`BASELINES`: logreg, gbdt, pages, gbdt-prefix[-name], length, counts on event data; tfidf on
+    post texts)."""
     baseline = BASELINES.get(name).obj
     if isinstance(data, TextData) != (baseline.reads == "texts"):
         what = "post texts" if baseline.reads == "texts" else "event sequences"

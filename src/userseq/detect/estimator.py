@@ -93,6 +93,13 @@ def _labels(data: Data, what: str) -> np.ndarray:
     return data.labels
 
 
+def at_least(users: np.ndarray, lengths: np.ndarray, k: int | None) -> np.ndarray:
+    """The users with at least k events/posts (all for k None): first-k metrics score only those,
+    so a short account (its length leaks the label) is never scored as a 'prefix'."""
+    users = np.asarray(users, dtype=np.int64)
+    return users if k is None else users[lengths[users] >= k]
+
+
 # ---------------------------------------------------------------------- the estimator
 class UserDetector(Estimator[DetectConfig]):
     """Binary user classifier over event or post sequences (scikit-learn style)."""
@@ -244,9 +251,12 @@ class UserDetector(Estimator[DetectConfig]):
         state = self._train(trainer, prep, y, split)
         net.eval()
         # thresholds per prefix length, chosen on validation users only
-        self.thresholds_ = {str(k or "all"): best_threshold(y[split.valid],
-                                                            self._scores(prep, split.valid, k))
-                            for k in [*cfg.first_k, None]}
+        self.thresholds_ = {}
+        full = self._full_lengths(data)
+        for k in [*cfg.first_k, None]:
+            v = at_least(split.valid, full, k)
+            if len(v) and len(np.unique(y[v])) == 2:
+                self.thresholds_[str(k or "all")] = best_threshold(y[v], self._scores(prep, v, k))
         self.train_state_ = self._train_summary(state)
         self._prep_cache = (data, prep)
         if run_dir is not None and distributed.is_main():  # data-parallel: rank 0 writes
@@ -359,16 +369,27 @@ class UserDetector(Estimator[DetectConfig]):
     def evaluate(self, data: Data, users: np.ndarray,
                  first_k: list[int] | None = None) -> dict[str, Any]:
         """Test metrics (full sequences) and early-detection metrics from the first k
-        events/posts."""
-        y = _labels(data, "evaluation")[users]
+        events/posts, over the users with at least k of them (`n` says how many)."""
+        labels = _labels(data, "evaluation")
+        y = labels[users]
         s = self.predict_proba(data, users)
         out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)),
                                "first_k": {}}
+        full = self._full_lengths(data)
         for k in first_k if first_k is not None else self.config.first_k:
-            sk = self.predict_proba(data, users, first_k=k)
-            out["first_k"][str(k)] = binary_metrics(y, sk, self.thresholds_.get(str(k), 0.5))
+            uk = at_least(np.asarray(users), full, k)  # only users who made k events
+            if len(np.unique(labels[uk])) < 2:
+                continue
+            sk = self.predict_proba(data, uk, first_k=k)
+            out["first_k"][str(k)] = binary_metrics(labels[uk], sk, self.threshold(k))
         out["first_k"]["all"] = out["test"]
         return out
+
+    @staticmethod
+    def _full_lengths(data: Data) -> np.ndarray:
+        if isinstance(data, EventData):
+            return np.diff(data.log.sequences()[0])
+        return np.array([len(p) for p in data.posts], dtype=np.int64)
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -466,7 +487,7 @@ def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit,
                   "split_seed": cfg.split_seed},
         "test": _mean_metrics([r["test"] for r in results]),
         "first_k": {k: _mean_metrics([r["first_k"][k] for r in results])
-                    for k in results[0]["first_k"]},
+                    for k in results[0]["first_k"] if all(k in r["first_k"] for r in results)},
         "train": {k: v for k, v in detector.train_state_.items() if k != "history"},
         "thresholds": detector.thresholds_,
     }

@@ -197,7 +197,9 @@ class CNNSeq(nn.Module):
                      token_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, P, T = tokens.shape[:3]
         tm = _token_mask(tokens, token_mask).reshape(B * P, 1, T)
-        x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1).transpose(1, 2)
+        # padding tokens enter as zeros, exactly as the convolution's own zero padding: a post's
+        # vector does not depend on how far its batch is padded
+        x = self.drop(self.tokens(tokens)).reshape(B * P, T, -1).transpose(1, 2) * tm
         outs = []
         for conv in self.convs:
             y = F.relu(conv(x))[..., :T]

@@ -1,0 +1,83 @@
+"""Page statistics and edit-time features are causal: perturbing everything that happens after a
+time t (later edits, labels learnt after t) leaves every feature of the events up to t unchanged.
+The check fails on a statistic that reads future edits or labels (the former page_vandal_rate)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from userseq.data.eventlog import EventLog
+from userseq.detect.baselines import count_earlier, page_vandal_rate
+from userseq.detect.data import event_data
+
+
+def _world(seed: int = 0, n_users: int = 60, n_pages: int = 12) -> tuple[pl.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        t = int(rng.integers(0, 2000))
+        for _ in range(int(rng.integers(1, 9))):
+            t += int(rng.integers(1, 300))
+            rows.append((f"u{u}", f"P{int(rng.integers(0, n_pages))}", t))
+    ev = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    return ev, (np.arange(n_users) % 3 == 0).astype(np.int64)
+
+
+def _features(ev: pl.DataFrame, y: np.ndarray, train: np.ndarray):
+    lab = pl.DataFrame({"user_id": [f"u{u}" for u in range(len(y))], "label": y})
+    data = event_data(EventLog.from_frame(ev), lab)
+    rate, log_users = page_vandal_rate(data, train)
+    return data, rate, log_users
+
+
+def _future_perturbed(ev: pl.DataFrame, y: np.ndarray, t: int, seed: int):
+    """The same world up to time t; after t: other pages, later times, and the labels of every
+    user still active at t (known only after t) flipped."""
+    rng = np.random.default_rng(seed)
+    late = (ev["timestamp"] > t).to_numpy()
+    pages = ev["item_id"].to_numpy().copy()
+    pages[late] = rng.permutation(pages[late])
+    times = ev["timestamp"].to_numpy().copy()
+    times[late] += rng.integers(1, 500, late.sum())
+    ev2 = ev.with_columns(pl.Series("item_id", pages), pl.Series("timestamp", times))
+    last = ev.group_by("user_id").agg(pl.col("timestamp").max())
+    active = set(last.filter(pl.col("timestamp") >= t)["user_id"].to_list())
+    y2 = y.copy()
+    for u in range(len(y)):
+        if f"u{u}" in active:
+            y2[u] = 1 - y2[u]
+    return ev2, y2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_features_at_t_ignore_everything_after_t(seed):
+    ev, y = _world(seed)
+    train = np.arange(0, 60, 2)  # every other user trains; the rest are scored
+    data, rate, log_users = _features(ev, y, train)
+    ts = data.log.frame["timestamp"].to_numpy()
+    t = int(np.median(ts))
+    ev2, y2 = _future_perturbed(ev, y, t, seed)
+    assert (y2 != y).any() and not ev2.equals(ev)
+    data2, rate2, log2 = _features(ev2, y2, train)
+    # rows are (user, time)-sorted and every user keeps its number of events: row i up to time t
+    # is the same event in both worlds
+    assert data2.log.user_ids.to_list() == data.log.user_ids.to_list()
+    early = ts <= t
+    assert early.sum() > 50 and (~early).sum() > 50
+    np.testing.assert_array_equal(data2.log.frame["timestamp"].to_numpy()[early], ts[early])
+    np.testing.assert_allclose(rate2[early], rate[early], atol=1e-12)
+    np.testing.assert_allclose(log2[early], log_users[early], atol=1e-12)
+    np.testing.assert_allclose(data2.features[early], data.features[early], atol=1e-7)
+    # the statistic does use the past: later events see labels of earlier-blocked users
+    assert not np.allclose(rate[~early], rate2[~early])
+
+
+def test_count_earlier_by_hand():
+    keys = np.array([1, 1, 1, 2])
+    times = np.array([5.0, 1.0, 3.0, 0.0])
+    w = np.array([1.0, 10.0, 100.0, 1000.0])
+    q_keys, q_times = np.array([1, 1, 2, 3, 1]), np.array([3.0, 6.0, 0.0, 9.0, 1.0])
+    assert count_earlier(keys, times, q_keys, q_times).tolist() == [1, 3, 0, 0, 0]
+    assert count_earlier(keys, times, q_keys, q_times, w).tolist() == [10, 111, 0, 0, 0]
