@@ -30,7 +30,7 @@ import polars as pl
 
 from userseq.core.errors import ConfigError
 from userseq.core.registry import Registry
-from userseq.detect.data import EventData, TextData, tokenize
+from userseq.detect.data import EventData, TextData, tokenize, user_lengths
 
 
 def prefix_rows(data: EventData, k: int | None,
@@ -67,13 +67,6 @@ def hand_features(data: EventData, k: int | None = None) -> tuple[np.ndarray, li
     names = ([f"mean_{data.feature_names[j]}" for j in keep]
              + [f"first_{f}" for f in data.feature_names])
     return X.astype(np.float32), names
-
-
-def user_lengths(data: EventData | TextData) -> np.ndarray:
-    """Events (posts) per user."""
-    if isinstance(data, TextData):
-        return np.array([len(p) for p in data.posts], dtype=np.int64)
-    return np.diff(data.log.sequences()[0]).astype(np.int64)
 
 
 def count_features(data: EventData, k: int | None = None) -> tuple[np.ndarray, list[str]]:

@@ -360,6 +360,13 @@ def load_text_data(data: Any, labels: Any = None, columns: Columns | None = None
     return TextData(user_ids=log.user_ids, posts=posts, labels=y, source=log.source)
 
 
+def user_lengths(data: EventData | TextData) -> np.ndarray:
+    """Events (posts) per user, uncut."""
+    if isinstance(data, TextData):
+        return np.array([len(p) for p in data.posts], dtype=np.int64)
+    return np.diff(data.log.sequences()[0]).astype(np.int64)
+
+
 # ---------------------------------------------------------------------- text
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 

@@ -47,6 +47,7 @@ from userseq.detect.data import (
     stratified_folds,
     stratified_split,
     tokenize,
+    user_lengths,
 )
 from userseq.detect.models import DetectModel, Detector, detect_model
 from userseq.detect.text import build_vocab, encode_posts, minilm_vectors
@@ -252,7 +253,7 @@ class UserDetector(Estimator[DetectConfig]):
         net.eval()
         # thresholds per prefix length, chosen on validation users only
         self.thresholds_ = {}
-        full = self._full_lengths(data)
+        full = user_lengths(data)
         for k in [*cfg.first_k, None]:
             v = at_least(split.valid, full, k)
             if len(v) and len(np.unique(y[v])) == 2:
@@ -375,7 +376,7 @@ class UserDetector(Estimator[DetectConfig]):
         s = self.predict_proba(data, users)
         out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)),
                                "first_k": {}}
-        full = self._full_lengths(data)
+        full = user_lengths(data)
         for k in first_k if first_k is not None else self.config.first_k:
             uk = at_least(np.asarray(users), full, k)  # only users who made k events
             if len(np.unique(labels[uk])) < 2:
@@ -384,12 +385,6 @@ class UserDetector(Estimator[DetectConfig]):
             out["first_k"][str(k)] = binary_metrics(labels[uk], sk, self.threshold(k))
         out["first_k"]["all"] = out["test"]
         return out
-
-    @staticmethod
-    def _full_lengths(data: Data) -> np.ndarray:
-        if isinstance(data, EventData):
-            return np.diff(data.log.sequences()[0])
-        return np.array([len(p) for p in data.posts], dtype=np.int64)
 
     # ------------------------------------------------------------------ persistence
     @classmethod

@@ -111,3 +111,29 @@ def best_threshold(y: np.ndarray, s: np.ndarray) -> float:
     if correct[i] <= len(y) - y.sum():  # predicting nobody positive is as good
         return float(ss[0]) + 1e-9
     return float(ss[last[i]])
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion successes / n; (nan, nan) for n=0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def roc_auc_interval(y: np.ndarray, s: np.ndarray, n_boot: int = 200, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ROC-AUC, resampling users stratified by class."""
+    y, s = _check(y, s)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if not len(pos) or not len(neg):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = [roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))],
+                    np.r_[s[rng.choice(pos, len(pos))], s[rng.choice(neg, len(neg))]])
+            for _ in range(n_boot)]
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
