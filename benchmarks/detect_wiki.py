@@ -99,8 +99,8 @@ def render(rows: dict) -> list[str]:
         "blocked before it (test: tests/test_detect_causal.py). Figures: mean over seeds; the "
         "bracket is the 95% bootstrap interval of ROC-AUC (accuracy: Wilson) of the seed-0 split.",
         "", "| model | seeds | verdicts | ROC-AUC all | acc all | acc first 1 | ROC-AUC first 1 "
-        "| ROC-AUC first 2 | ROC-AUC first 5 | ROC-AUC first 10 | n / vandals (first 1, first 10, all) "
-        "| fit s |",
+        "| ROC-AUC first 2 | ROC-AUC first 5 | ROC-AUC first 10 "
+        "| n / vandals (first 1, first 10, all) | fit s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for name in [n for n in order if n in by] + sorted(set(by) - set(order)):
         rs = sorted(by[name], key=lambda r: r["seed"])
@@ -124,7 +124,8 @@ def render(rows: dict) -> list[str]:
              if n not in ("length", "counts") and not n.endswith("-name")}
     if first:
         best = max(first, key=first.get)
-        lines += ["", f"First-edit accuracy, best behaviour-only model: {first[best]:.4f} ({best}); "
+        lines += ["", "First-edit accuracy, best behaviour-only model: "
+                  f"{first[best]:.4f} ({best}); "
                   f"VEWS reports {VEWS_FIRST_EDIT} (10-fold CV, their features). The length and "
                   "counts rows are at chance for first k by construction (every scored user has "
                   ">= k edits and reads k), so the first-k columns carry no length signal."]

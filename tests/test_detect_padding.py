@@ -10,8 +10,8 @@ import torch
 from detect_support import TINY, synthetic_detect
 
 from userseq.data.eventlog import EventLog
-from userseq.detect.data import TextData, event_data, stratified_split
 from userseq.detect.config import DetectModelConfig
+from userseq.detect.data import TextData, event_data, stratified_split
 from userseq.detect.models import detect_model, model_names
 
 

@@ -53,7 +53,8 @@ def run(
     out_dir: Annotated[Path, typer.Option(
         "--out", "-o", help="directory for the fitted attacker, metrics.json and the report")],
     method: Annotated[str | None, typer.Option(
-        help="petgen | copycat | hotflip | trigger | textbugger | lm [default: the config's, "
+        help="petgen | copycat | hotflip | trigger | textbugger | lm (post texts); "
+        "event-gradient | event-transfer (event sequences) [default: the config's, "
         "petgen]")] = None,
     black_box_surrogate: Annotated[Path | None, typer.Option(
         help="black-box: optimise against this detector run (same split), evaluate on "
@@ -71,7 +72,8 @@ def run(
     cache: Annotated[Path | None, typer.Option(
         help="reuse pretrained generators / LMs saved in this directory")] = None,
     train_posts: Annotated[bool, typer.Option(
-        help="also write train_posts.parquet for `detect train --adversarial`")] = False,
+        help="also write train_posts.parquet (train_events.parquet for event attacks) for "
+        "`detect train --adversarial`")] = False,
     seed: Annotated[int | None, typer.Option(
         help="seeds the whole attack: its training phases, the trigger search and the sampling "
         "of generated posts")] = None,
@@ -80,7 +82,12 @@ def run(
     """Attack the detector's test users; writes the fitted attacker and OUT/metrics.json,
     generations.parquet, report.md/.html, scores.png."""
     from userseq.attack.estimator import check_method, run_attack
+    from userseq.attack.events import EVENT_METHODS
 
+    if method in EVENT_METHODS:  # behaviour sequences (wiki-vandals): see attack/events.py
+        _run_events(detector, data, method, out_dir, black_box_surrogate, labels, set_, seed,
+                    train_posts)
+        return
     if method is not None:
         check_method(method)
     options: dict[str, tuple[str, Any]] = {
@@ -93,3 +100,22 @@ def run(
     m = run_attack(detector, data, method, out_dir, surrogate=black_box_surrogate, labels=labels,
                    config=cfg, cache_dir=cache, train_posts=train_posts, quiet=quiet)
     _print_summary(m, out_dir)
+
+
+def _run_events(detector: Path, data: str, method: str, out_dir: Path, surrogate: Path | None,
+                labels: Path | None, sets: list[str] | None, seed: int | None,
+                train_events: bool) -> None:
+    from userseq.attack.events import run_event_attack
+    from userseq.core.cli import parse_set
+
+    over = parse_set(sets)
+    if seed is not None:
+        over["seed"] = seed
+    m = run_event_attack(detector, data, method, out_dir, surrogate=surrogate, labels=labels,
+                         overrides=over, train_events=train_events)
+    c, a = m["clean"], m["attacked"]
+    rate = "n/a" if m["flip_rate"] is None else format(m["flip_rate"], ".4f")
+    out.print(f"{method} vs {m['detector_model']} ({m['setting']}): ROC-AUC {c['roc_auc']:.4f} -> "
+              f"{a['roc_auc']:.4f}, accuracy {c['accuracy']:.4f} -> {a['accuracy']:.4f}, flip rate "
+              f"{rate} ({m['flipped']}/{m['flagged_vandals']} flagged vandals)")
+    out.print(f"wrote {out_dir}/metrics.json, {out_dir}/attack_events.parquet")

@@ -10,8 +10,9 @@
   (`pages`).
 * `gbdt-prefix`: one GBDT per prefix length k, trained on the training users' first k events:
   hand features + the pages' vandal rate among *training* users, causal (`page_vandal_rate`: only
-  edits before the scored event and labels known by then, i.e. of users blocked before it). `gbdt-prefix-name` adds features of the user name
-  (`username_features`), which is known at edit time but is not behaviour.
+  edits before the scored event and labels known by then, i.e. of users blocked before it).
+  `gbdt-prefix-name` adds features of the user name (`username_features`), which is known at edit
+  time but is not behaviour.
 * `tfidf` (post texts): TF-IDF of the user's first k posts (unigrams of the detectors' tokenizer,
   sublinear tf, words in >= 2 training users) -> logistic regression.
 

@@ -33,8 +33,8 @@ def _opt(text: str, *names: str) -> Any:
 
 
 DetectRunArg = Annotated[Path, typer.Argument(help="run directory of `userseq detect train`")]
-MODEL_HELP = ("gru | transformer | any registered encoder (events); hlstm | cnn | minilm (texts). "
-              "Default: gru")
+MODEL_HELP = ("gru | transformer | any registered encoder (events); behavior-ae (unsupervised, "
+              "events); hlstm | cnn | minilm (texts). Default: gru")
 LEAKAGE_HELP = "add after-the-fact columns (reverts, STiKi) as features: NOT early detection"
 ADVERSARIAL_HELP = ("adversarial training: an `attack run --train-posts` output directory; its "
                     "posts are appended to copies of malicious training users")
@@ -174,16 +174,25 @@ def score(
 @detect_app.command("cluster")
 def cluster(
     run_dir: DetectRunArg,
-    out_dir: Annotated[Path, _opt("directory for map.png + report.md/html", "--out", "-o")],
+    out_dir: Annotated[Path | None, _opt("directory for metrics.json, map.png, report.md/html "
+                                         "(default RUN/cluster)", "--out", "-o")] = None,
+    features: Annotated[str, _opt("what is clustered: both (embedding + readable features), "
+                                  "embedding, hand")] = "both",
     min_cluster_size: Annotated[int | None, _opt("HDBSCAN min_cluster_size (default: ~0.5% of "
                                                  "users)")] = None,
-    max_users: Annotated[int, _opt("cluster a random sample of at most this many users")] = 20000,
+    max_users: Annotated[int, _opt("cluster a random sample of at most this many users (0: "
+                                   "all)")] = 0,
     seed: Annotated[int, _opt("seeds the user sample and the clustering")] = 0,
 ) -> None:
-    """Cluster the run's user embeddings (HDBSCAN), draw a PCA map, explain each cluster."""
+    """Cluster the run's users (HDBSCAN), rank clusters by risk, extract rules, draw a map; writes
+    OUT/metrics.json with capture_at_10pct, lift_at_10pct, purity, n_clusters."""
     from userseq.detect.cluster import cluster_run
 
-    summary = cluster_run(run_dir, out_dir, min_cluster_size=min_cluster_size, max_users=max_users,
-                          seed=seed)
-    out.print(json.dumps({k: summary[k] for k in ("users", "clusters", "noise_share")}, indent=1))
-    out.print(f"wrote {out_dir}/report.md, report.html, map.png")
+    summary = cluster_run(run_dir, out_dir, min_cluster_size=min_cluster_size,
+                          max_users=max_users, seed=seed, features=features)
+    m = summary["metrics"]
+    out.print(json.dumps({k: m[k] for k in ("users", "n_clusters", "capture_at_10pct",
+                                            "lift_at_10pct", "purity", "rule_precision",
+                                            "rule_recall")}, indent=1))
+    where = out_dir if out_dir is not None else run_dir / "cluster"
+    out.print(f"wrote {where}/metrics.json, report.md, report.html, map.png")

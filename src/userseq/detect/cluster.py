@@ -1,12 +1,19 @@
 """Behaviour clustering of user embeddings with explanations (FinDeepBehaviorCluster idea).
 
-`cluster_run(run_dir, out_dir)` reads a detector run (`embeddings.safetensors`, `users.parquet`,
-optional `user_pages.parquet`), clusters the user vectors with HDBSCAN (scikit-learn) after a PCA
+`cluster_run(run_dir, out_dir)` reads a detector run (e.g. the unsupervised `behavior-ae`):
+`embeddings.safetensors`, `users.parquet`, optional `user_pages.parquet`. It clusters the user
+vectors (the embedding, readable features, or both) with HDBSCAN (scikit-learn) after a PCA
 to a few dimensions, draws a 2-D PCA map (PNG), and writes a Markdown and an HTML report with, for
 each cluster: size, malicious-label rate and purity, mean detector score, the readable features
 that most distinguish it (standardised mean difference against all users), the pages its users
 edit far more often than others (lift), and a depth-2 decision-tree rule separating it from the
 rest.
+
+`cluster_metrics` scores a clustering the way FinDeepBehaviorCluster uses it: clusters ranked by
+risk (labelled vandal rate of *training* users), `capture_at_10pct` = share of the other users'
+vandals inside the riskiest clusters covering 10% of them (`lift_at_10pct` = capture / 0.10),
+size-weighted `purity`, `n_clusters`, and a depth-3 tree's rules (in words) recognising the risky
+clusters from readable features, with their precision/recall for vandals.
 """
 
 from __future__ import annotations
@@ -136,7 +143,7 @@ def _plot(xy: np.ndarray, labels: np.ndarray, y: np.ndarray, path: Path) -> None
         ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(i % 20), label=f"c{c}")
         cx, cy = np.median(xy[m], axis=0)
         ax.text(cx, cy, str(c), fontsize=9, weight="bold")
-    ax.set_title("HDBSCAN clusters (PCA of user embeddings)")
+    ax.set_title("HDBSCAN clusters (PCA of the clustered vectors)")
     ax = axes[1]
     ax.scatter(xy[y == 0, 0], xy[y == 0, 1], s=2, c="tab:blue", alpha=0.5, label="benign")
     ax.scatter(xy[y == 1, 0], xy[y == 1, 1], s=2, c="tab:red", alpha=0.5, label="malicious")
@@ -170,6 +177,7 @@ def _markdown(summary: dict[str, Any]) -> str:
              f"{summary['noise_share']:.1%} noise; size-weighted purity of clusters "
              f"{summary['weighted_purity']:.3f} (label rate overall "
              f"{summary['malicious_rate']:.3f}).", "",
+             *_metrics_lines(summary.get("metrics")),
              "![map](map.png)", "",
              "| cluster | users | share | malicious rate | purity | mean score |",
              "|---:|---:|---:|---:|---:|---:|"]
@@ -183,6 +191,25 @@ def _markdown(summary: dict[str, Any]) -> str:
         if c["cluster"] != -1:
             lines += _cluster_section(c)
     return "\n".join(lines) + "\n"
+
+
+def _metrics_lines(m: dict[str, Any] | None) -> list[str]:
+    if not m:
+        return []
+    lines = [f"Clustered: {m['features']}. Top-risk clusters (risk from {m['risk_from']}) covering "
+             f"10% of the {m['evaluated_users']:,} evaluated users hold "
+             f"{m['capture_at_10pct']:.1%} of their {m['evaluated_vandals']:,} vandals (lift "
+             f"{m['lift_at_10pct']:.2f}); purity {m['purity']:.3f}; {m['n_clusters']} clusters; "
+             f"HDBSCAN {m['cluster_seconds']:.1f} s.", ""]
+    r = m["rule"]
+    if r["rules"]:
+        prec = "n/a" if r["precision"] is None else f"{r['precision']:.3f}"
+        rec = "n/a" if r["recall"] is None else f"{r['recall']:.3f}"
+        lines += [f"Rules for the risky clusters (depth-3 tree on readable features; precision "
+                  f"{prec}, recall {rec} for vandals):", ""]
+        lines += [f"- {rule}" for rule in r["rules"]]
+        lines.append("")
+    return lines
 
 
 def markdown_html(md: str, title: str = "clusters") -> str:
@@ -270,20 +297,141 @@ def _summary(d: Path, users: pl.DataFrame, n_all: int, labels: np.ndarray,
     }
 
 
-def cluster_run(run_dir: str | Path, out_dir: str | Path, min_cluster_size: int | None = None,
-                max_users: int = 20000, seed: int = 0) -> dict[str, Any]:
-    """Cluster a detector run's users; write map.png, report.md, report.html, clusters.json."""
-    d, o = Path(run_dir), Path(out_dir)
+FEATURE_SETS = ("both", "embedding", "hand")
+
+
+def cluster_inputs(emb: np.ndarray, users: pl.DataFrame, features: str) -> np.ndarray:
+    """What is clustered: the user embedding, the readable (hand) features, or both side by side
+    (each block standardised, the hand block weighted like the embedding block)."""
+    if features not in FEATURE_SETS:
+        raise ConfigError(f"--features must be one of {', '.join(FEATURE_SETS)} (got "
+                          f"{features!r}).")
+    hand = users.select([c for c in users.columns if c not in NON_FEATURES]).to_numpy()
+    hand = np.log1p(np.maximum(hand.astype(np.float64), 0))
+    if features == "embedding":
+        return emb
+    if features == "hand":
+        return hand
+    z = (emb - emb.mean(0)) / (emb.std(0) + 1e-6)
+    h = (hand - hand.mean(0)) / (hand.std(0) + 1e-6)
+    return np.concatenate([z, h * np.sqrt(z.shape[1] / max(1, h.shape[1]))], axis=1)
+
+
+def risk_order(labels: np.ndarray, y: np.ndarray, known: np.ndarray) -> list[int]:
+    """Clusters (noise included as one group) by risk, highest first: the vandal rate among the
+    users whose label is known (`known`: training users), Laplace-smoothed."""
+    clusters = sorted(set(labels.tolist()))
+    risk = {c: (y[(labels == c) & known].sum() + 1) / (((labels == c) & known).sum() + 2)
+            for c in clusters}
+    return sorted(clusters, key=lambda c: (-risk[c], c))
+
+
+def capture_at(labels: np.ndarray, y: np.ndarray, order: list[int], share: float = 0.10,
+               ) -> tuple[float, list[int]]:
+    """Share of the vandals among users that the highest-risk clusters covering `share` of the
+    users hold (the last cluster taken pro rata), and the clusters taken."""
+    n, total = len(labels), max(1, int(y.sum()))
+    budget, caught, taken = share * n, 0.0, []
+    for c in order:
+        m = labels == c
+        size = int(m.sum())
+        if budget <= 0:
+            break
+        take = min(1.0, budget / size)
+        caught += take * y[m].sum()
+        budget -= take * size
+        taken.append(c)
+    return float(caught / total), taken
+
+
+def rule_metrics(X: np.ndarray, names: list[str], target: np.ndarray, y: np.ndarray,
+                 fit_on: np.ndarray, score_on: np.ndarray, seed: int = 0, depth: int = 3,
+                 ) -> dict[str, Any]:
+    """A depth-`depth` tree fitted on `fit_on` users to recognise the risky clusters from readable
+    features; its positive leaves in words, and their precision/recall for vandals on
+    `score_on` users."""
+    _, _, Tree, _ = _sklearn()
+    if target[fit_on].all() or not target[fit_on].any():
+        return {"rules": [], "precision": None, "recall": None}
+    tree = Tree(max_depth=depth, random_state=seed, class_weight="balanced",
+                min_samples_leaf=20).fit(X[fit_on], target[fit_on])
+    t = tree.tree_
+    rules: list[str] = []
+
+    def walk(node: int, path: list[str]) -> None:
+        if t.children_left[node] == -1:
+            if int(np.argmax(t.value[node][0])) == 1:
+                rules.append(" and ".join(path) or "(all users)")
+            return
+        f, thr = names[t.feature[node]], t.threshold[node]
+        walk(t.children_left[node], [*path, f"{f} <= {thr:.3g}"])
+        walk(t.children_right[node], [*path, f"{f} > {thr:.3g}"])
+
+    walk(0, [])
+    hit = tree.predict(X[score_on]) == 1
+    ys = y[score_on]
+    return {"rules": rules, "precision": float(ys[hit].mean()) if hit.any() else None,
+            "recall": float(hit[ys == 1].mean()) if (ys == 1).any() else None,
+            "matched": int(hit.sum())}
+
+
+def cluster_metrics(X_read: np.ndarray, names: list[str], labels: np.ndarray, y: np.ndarray,
+                    known: np.ndarray, seed: int = 0, share: float = 0.10) -> dict[str, Any]:
+    """capture_at_10pct / lift_at_10pct (on users whose label was not used for risk), purity,
+    n_clusters, noise share, and the rules describing the risky clusters."""
+    order = risk_order(labels, y, known)
+    ev = ~known if (~known).any() else np.ones(len(y), dtype=bool)
+    capture, taken = capture_at(labels[ev], y[ev], order, share)
+    clustered = labels != -1
+    purity = 0.0
+    for c in set(labels[clustered].tolist()):
+        r = y[labels == c].mean()
+        purity += max(r, 1 - r) * (labels == c).sum()
+    risky = np.isin(labels, taken)
+    fit_on = np.flatnonzero(known) if known.any() else np.arange(len(y))
+    rules = rule_metrics(X_read, names, risky, y, fit_on, np.flatnonzero(ev), seed)
+    return {"capture_at_10pct": capture, "lift_at_10pct": capture / share,
+            "purity": float(purity / max(1, clustered.sum())),
+            "n_clusters": int(len(set(labels[clustered].tolist()))),
+            "noise_share": float((~clustered).mean()), "risky_clusters": [int(c) for c in taken],
+            "rule": rules, "rule_precision": rules["precision"], "rule_recall": rules["recall"],
+            "evaluated_users": int(ev.sum()), "evaluated_vandals": int(y[ev].sum()),
+            "risk_from": "training users' labels" if known.any() else "all labels"}
+
+
+def cluster_run(run_dir: str | Path, out_dir: str | Path | None = None,
+                min_cluster_size: int | None = None, max_users: int = 0, seed: int = 0,
+                features: str = "both") -> dict[str, Any]:
+    """Cluster a detector run's users (`features`: embedding, hand features or both); write
+    OUT/metrics.json (capture_at_10pct, lift_at_10pct, purity, n_clusters, rules), map.png,
+    report.md, report.html, clusters.json. OUT defaults to RUN/cluster; `max_users` > 0 clusters
+    a seeded sample."""
+    import time
+
+    d = Path(run_dir)
+    o = Path(out_dir) if out_dir is not None else d / "cluster"
     emb, users = _read_run(d)
     n_all = len(users)
     rng = np.random.default_rng(seed)
-    pick = (np.sort(rng.choice(n_all, max_users, replace=False)) if n_all > max_users
+    pick = (np.sort(rng.choice(n_all, max_users, replace=False)) if 0 < max_users < n_all
             else np.arange(n_all))
     emb, users = emb[pick], users[pick]
     pages = _user_pages(d, pick)
-    labels, xy = cluster_embeddings(emb, min_cluster_size, seed)
+    t0 = time.perf_counter()
+    labels, xy = cluster_embeddings(cluster_inputs(emb, users, features), min_cluster_size, seed)
+    seconds = time.perf_counter() - t0
     o.mkdir(parents=True, exist_ok=True)
+    names = [c for c in users.columns if c not in NON_FEATURES]
+    y = users["label"].to_numpy()
+    known = (users["split"] == "train").to_numpy() if "split" in users.columns else \
+        np.zeros(len(users), dtype=bool)
+    metrics = {"run": str(d), "features": features, "users": len(users),
+               "cluster_seconds": round(seconds, 2),
+               **cluster_metrics(users.select(names).to_numpy().astype(np.float64), names,
+                                 labels, y, known, seed)}
+    write_json(metrics, o / "metrics.json")
     summary = _summary(d, users, n_all, labels, explain_clusters(users, labels, pages, seed))
+    summary["metrics"] = metrics
     _plot(xy, labels, users["label"].to_numpy(), o / "map.png")
     md = _markdown(summary)
     (o / "report.md").write_text(md)

@@ -21,7 +21,7 @@ class DetectModelConfig(StrictModel):
     """The detector network and how much of each user it reads."""
 
     name: str = Field("gru", description="gru | transformer | any registered encoder (events); "
-                      "hlstm | cnn | minilm (post texts)")
+                      "hlstm | cnn | minilm (post texts); behavior-ae (unsupervised, events)")
     dim: int = Field(64, ge=2)
     layers: int = Field(1, ge=1)
     heads: int = Field(2, ge=1)
@@ -50,7 +50,8 @@ class DetectModelConfig(StrictModel):
         return heads_divide_dim(v, info)
 
 
-MONITORS = ("roc_auc", "accuracy")  # what the detector's validation returns (estimator.fit)
+MONITORS = ("roc_auc", "accuracy", "neg_loss")  # what detector validation returns (estimator.fit;
+# neg_loss: the unsupervised models' validation loss, negated)
 
 
 def _train_defaults() -> TrainConfig:

@@ -174,6 +174,12 @@ class UserDetector(Estimator[DetectConfig]):
         keep = n_users.filter(pl.col("n") >= self.config.model.page_min_users).sort("item")["item"]
         return data.log.item_ids.gather(keep.to_numpy() - 1)
 
+    def event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-event model inputs of `data` (row 0 = padding, then one row per `data.log.frame`
+        row): the detector's page index (1 = rare/unknown page) and the edit-time features."""
+        self.check_is_fitted()
+        return self._event_tables(data)
+
     def _event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page), features."""
         assert self.pages_ is not None
@@ -272,6 +278,9 @@ class UserDetector(Estimator[DetectConfig]):
         def batches(epoch: int) -> Iterator[dict[str, Any]]:
             return self._batches(prep, lengths, split.train, y_t, epoch)
 
+        if self._spec().objective == "contrast":  # unsupervised: labels are never read
+            return self._train_unsupervised(trainer, prep, lengths, split)
+
         def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(model(**batch["inputs"]), batch["y"])
 
@@ -281,6 +290,42 @@ class UserDetector(Estimator[DetectConfig]):
 
         n_batches = math.ceil(len(split.train) / self.config.train.batch_size)
         return trainer.fit(self.check_is_fitted(), batches, n_batches, loss_fn, validate)
+
+    def _train_unsupervised(self, trainer: Trainer, prep: dict[str, Any], lengths: np.ndarray,
+                            split: DetectSplit) -> TrainState:
+        """Contrastive training of an unsupervised user encoder (`behavior-ae`); validation: the
+        same loss on validation users with fixed crops. Then the anomaly reference point is set
+        from the training users' embeddings. No label is read."""
+        net = self.check_is_fitted()
+        enc = net.user_encoder
+        dummy = torch.zeros(len(lengths))
+        cfg = self.config
+
+        def batches(epoch: int) -> Iterator[dict[str, Any]]:
+            return self._batches(prep, lengths, split.train, dummy, epoch)
+
+        def loss_fn(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+            return enc.contrastive_loss(**batch["inputs"])
+
+        def validate(model: torch.nn.Module) -> dict[str, float]:
+            gen = torch.Generator().manual_seed(cfg.train.seed)
+            losses = []
+            with torch.no_grad():
+                v = np.asarray(split.valid)
+                for b in range(0, len(v), cfg.train.batch_size):
+                    u = v[b:b + cfg.train.batch_size]
+                    if len(u) < 2:
+                        continue
+                    inp = self._inputs(prep, u, np.maximum(lengths[u], 1))
+                    losses.append(float(enc.contrastive_loss(**inp, gen=gen)))
+            return {"neg_loss": -float(np.mean(losses)) if losses else 0.0}
+
+        n_batches = math.ceil(len(split.train) / cfg.train.batch_size)
+        state = trainer.fit(net, batches, n_batches, loss_fn, validate)
+        net.eval()
+        enc.set_center(torch.from_numpy(self._run(prep, np.asarray(split.train), None,
+                                                  embed=True)))
+        return state
 
     def _batches(self, prep: dict[str, Any], lengths: np.ndarray, users: np.ndarray,
                  y: torch.Tensor, epoch: int) -> Iterator[dict[str, Any]]:
@@ -301,7 +346,8 @@ class UserDetector(Estimator[DetectConfig]):
 
     def _train_summary(self, state: TrainState) -> dict[str, Any]:
         return {"epochs": state.epoch, "best_epoch": state.best_epoch,
-                "best_valid_roc_auc": state.best_metric, "seconds": round(state.seconds, 1),
+                "best_valid_roc_auc": state.best_metric, "monitor": self.config.train.monitor,
+                "seconds": round(state.seconds, 1),
                 "stopped": state.stopped, "device": str(self.device_), "history": state.history}
 
     # ------------------------------------------------------------------ inference

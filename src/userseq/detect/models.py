@@ -68,7 +68,11 @@ class Detector(nn.Module):
         return self.user_encoder(**inputs)
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(**inputs))
+        z = self.embed(**inputs)
+        score = getattr(self.user_encoder, "anomaly_logit", None)
+        if score is not None:  # an unsupervised encoder scores users without the head
+            return score(z)
+        return self.head(z)
 
 
 # ---------------------------------------------------------------------- event sequences
@@ -111,6 +115,92 @@ class EventUserEncoder(nn.Module):
 
     def forward(self, pages: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.encoder.last(pages, pages > 0, {EventInputs.FEATURES: features})
+
+
+def _left_to_right(mask: torch.Tensor) -> torch.Tensor:
+    """Gather index turning a left-padded (B, L) batch into a right-padded one."""
+    L = mask.shape[1]
+    lengths = mask.sum(1)
+    return (torch.arange(L, device=mask.device)[None, :] + (L - lengths)[:, None]).clamp(max=L - 1)
+
+
+class BehaviorEncoder(nn.Module):
+    """FinDeepBehaviorCluster's sequence embedding (METHODS.md section 7): a BiLSTM over events
+    (page embedding + edit-time features) pooled by time-gap-aware attention, the attention logit
+    of event t being v . tanh(W h_t + U gap_t). Trained without labels (`contrastive_loss`: two
+    random crops of the same user agree, InfoNCE over the batch). `anomaly_logit(z)`: distance to
+    the training users' mean embedding (set after training), the model's only score."""
+
+    objective = "contrast"
+
+    def __init__(self, n_pages: int, n_features: int, dim: int, dropout: float = 0.1,
+                 gap_index: int = 1, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.items = EventInputs(n_pages, n_features, dim)
+        self.lstm = nn.LSTM(dim, dim // 2, batch_first=True, bidirectional=True)
+        hidden = 2 * (dim // 2)
+        self.att_h = nn.Linear(hidden, dim)
+        self.att_gap = nn.Linear(1, dim, bias=False)
+        self.att_v = nn.Linear(dim, 1, bias=False)
+        self.out = nn.Linear(hidden, dim)
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.drop = Dropout(dropout)
+        self.gap_index, self.temperature, self.dim = gap_index, temperature, dim
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, pages: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        mask = pages > 0
+        lengths = mask.sum(1)
+        idx = _left_to_right(mask)
+        keep = torch.arange(pages.shape[1], device=pages.device)[None, :] < lengths[:, None]
+        p = pages.gather(1, idx) * keep
+        f = features.gather(1, idx[..., None].expand(-1, -1, features.shape[2])) * keep[..., None]
+        x = self.drop(self.items(p, {EventInputs.FEATURES: f}))
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=pages.shape[1])
+        gap = f[..., self.gap_index:self.gap_index + 1]
+        a = self.att_v(torch.tanh(self.att_h(h) + self.att_gap(gap))).squeeze(-1)
+        w = torch.softmax(a.masked_fill(~keep, -1e9), -1) * keep
+        return self.out((w.unsqueeze(-1) * h).sum(1))
+
+    @staticmethod
+    def crop(pages: torch.Tensor, features: torch.Tensor,
+             gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random contiguous window (at least half) of each left-padded sequence, left-padded."""
+        mask = pages > 0
+        B, L = pages.shape
+        n = mask.sum(1)
+        size = torch.maximum(torch.ones_like(n), torch.ceil(
+            n * (0.5 + 0.5 * torch.rand(B, generator=gen))).long())
+        start = (torch.rand(B, generator=gen) * (n - size + 1).float()).long()
+        pos = torch.arange(L)[None, :] - (L - n)[:, None]  # index within the real events
+        keep = mask & (pos >= start[:, None]) & (pos < (start + size)[:, None])
+        order = torch.argsort(keep.int(), dim=1, stable=True)  # kept events to the right
+        p = (pages * keep).gather(1, order)
+        f = (features * keep[..., None]).gather(1, order[..., None].expand(-1, -1,
+                                                                             features.shape[2]))
+        return p, f
+
+    def contrastive_loss(self, pages: torch.Tensor, features: torch.Tensor,
+                         gen: torch.Generator | None = None) -> torch.Tensor:
+        """InfoNCE between two crops of each user (the other users of the batch are negatives)."""
+        a = F.normalize(self.proj(self(*self.crop(pages, features, gen))), dim=-1)
+        b = F.normalize(self.proj(self(*self.crop(pages, features, gen))), dim=-1)
+        logits = a @ b.T / self.temperature
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    def set_center(self, z: torch.Tensor) -> None:
+        """The reference point of `anomaly_logit`: mean and mean distance of (training) users."""
+        with torch.no_grad():
+            self.center.copy_(z.mean(0))
+            self.scale.copy_((z - self.center).norm(dim=-1).mean().clamp(min=1e-6))
+
+    def anomaly_logit(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.center).norm(dim=-1) - self.scale) / self.scale
 
 
 # ---------------------------------------------------------------------- text sequences
@@ -258,6 +348,7 @@ class DetectModel:
     inputs: Literal["events", "tokens", "vectors"]
     build: Builder
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    objective: Literal["classify", "contrast"] = "classify"  # contrast: no labels in training
 
     @property
     def kind(self) -> Literal["event", "text"]:
@@ -310,6 +401,19 @@ DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, CNN_DEFAULTS),
                        help="TextCNN per post, GRU over posts")
 DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAULTS)),
                        help="transformer over MiniLM post vectors")
+
+
+def _behavior_ae(m: DetectModelConfig, *, n_pages: int, n_features: int, **_: int) -> nn.Module:
+    from userseq.detect.data import FEATURE_NAMES
+
+    return BehaviorEncoder(n_pages, n_features, m.dim, m.dropout, FEATURE_NAMES.index("gap_log"))
+
+
+DETECT_MODELS.register(
+    "behavior-ae", DetectModel("events", _behavior_ae, {"train.monitor": "neg_loss",
+                                                         "train.patience": 2}, "contrast"),
+    help="unsupervised BiLSTM + time-gap attention over events, contrastive (no labels; "
+         "FinDeepBehaviorCluster, for `detect cluster`)")
 
 
 def encoder_names() -> list[str]:
