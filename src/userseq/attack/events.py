@@ -42,7 +42,7 @@ from userseq.data.eventlog import EventLog
 from userseq.detect.augment import TRAIN_EVENTS_FILE
 from userseq.detect.data import DetectSplit, EventData, event_data, load_event_data
 from userseq.detect.estimator import UserDetector
-from userseq.detect.models import EventInputs
+from userseq.detect.models import EventInputs, detect_model
 from userseq.metrics.classification import binary_metrics, roc_auc_interval, wilson_interval
 
 EVENT_METHODS = ("event-gradient", "event-transfer")
@@ -78,6 +78,12 @@ def event_inputs(det: UserDetector, run: str | Path) -> EventInputs:
     """The detector's page-embedding input module: the differentiable path the white-box search
     needs; a ConfigError (suggesting the transfer attack) when the detector has none."""
     net = det.check_is_fitted()
+    if detect_model(det.config.model.name).objective != "classify":
+        raise ConfigError(f"{run}: model '{det.config.model.name}' is unsupervised (no detector "
+                          "score was trained), so there is no classifier gradient to follow. "
+                          "Attack a supervised event detector, or use --method event-transfer "
+                          "with --black-box-surrogate RUN (a gru or transformer detector trained "
+                          "on the same split).")
     found = [m for m in net.modules() if isinstance(m, EventInputs)]
     head = getattr(net, "head", None)
     if not found or head is None:
@@ -91,7 +97,7 @@ def event_inputs(det: UserDetector, run: str | Path) -> EventInputs:
 
 # ---------------------------------------------------------------------- plausibility
 def neighbourhood_pages(data: EventData, train: np.ndarray, users: np.ndarray, vocab_pages: set,
-                        size: int) -> list[np.ndarray]:
+                        size: int, max_degree: int = 200) -> list[np.ndarray]:
     """Per user: up to `size` log item indices edited by training users who share a page with the
     user (most shared first), restricted to the detector's page vocabulary; the most edited
     vocabulary pages when the user has none."""
@@ -106,8 +112,11 @@ def neighbourhood_pages(data: EventData, train: np.ndarray, users: np.ndarray, v
                .group_by("i").len().sort(["len", "i"], descending=[True, False])["i"]
                .to_numpy()[:size])
     mine = pairs.filter(pl.col("u").is_in(users.tolist()))
-    # training neighbours through a shared page, then the vocabulary pages they edited
-    nb = mine.join(tr_pairs.rename({"u": "v"}), on="i").select("u", "v").unique()
+    # training neighbours through a shared page (not through the most edited pages, which link
+    # everyone), then the vocabulary pages they edited
+    degree = tr_pairs.group_by("i").len()
+    links = tr_pairs.join(degree.filter(pl.col("len") <= max_degree), on="i").select("u", "i")
+    nb = mine.join(links.rename({"u": "v"}), on="i").select("u", "v").unique()
     reach = nb.join(tr_pairs.rename({"u": "v"}), on="v").select("u", "i")
     reach = reach.filter(pl.Series(in_vocab[reach["i"].to_numpy()]))
     cand = reach.group_by("u", "i").len().sort(["u", "len", "i"],
@@ -131,7 +140,7 @@ def benign_gaps(data: EventData, train: np.ndarray, quantiles: list[float]) -> l
     if not len(gaps):
         raise DataError(f"{data.source}: no benign training user has two events; the attack "
                         "needs benign time gaps.")
-    return [float(max(1.0, np.quantile(gaps, q))) for q in quantiles]
+    return [float(max(1.0, round(float(np.quantile(gaps, q))))) for q in quantiles]
 
 
 # ---------------------------------------------------------------------- appending events
@@ -170,8 +179,7 @@ class EventSearch:
         self.max_len = det.config.model.max_len
         self.gaps = benign_gaps(data, train, cfg.gap_quantiles)
         assert det.pages_ is not None
-        self.page_index = det.event_tables(data)[0]
-        self.feats = det.event_tables(data)[1]
+        self.page_index, self.feats = det.event_tables(data)
         self.offsets = data.log.sequences()[0]
         # log item -> detector page index (1 = rare page)
         item_pages = np.ones(data.log.n_items + 1, dtype=np.int64)
