@@ -81,3 +81,23 @@ def test_count_earlier_by_hand():
     q_keys, q_times = np.array([1, 1, 2, 3, 1]), np.array([3.0, 6.0, 0.0, 9.0, 1.0])
     assert count_earlier(keys, times, q_keys, q_times).tolist() == [1, 3, 0, 0, 0]
     assert count_earlier(keys, times, q_keys, q_times, w).tolist() == [10, 111, 0, 0, 0]
+
+
+def test_length_baselines_and_first_k_over_long_enough_users():
+    from userseq.detect.baselines import count_features, hand_features
+    from userseq.detect.estimator import at_least
+
+    ev = pl.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": ["P", "Q", "P", "P"],
+                       "timestamp": [0, 100, 86400 + 100, 5]})
+    data = event_data(EventLog.from_frame(ev), pl.DataFrame({"user_id": ["a", "b"],
+                                                             "label": [1, 0]}))
+    X, names = count_features(data)
+    assert names == ["log_events", "log_distinct_pages", "log_active_days", "log_span"]
+    np.testing.assert_allclose(X[0], np.log1p([3, 2, 2, 86400 + 100]), rtol=1e-6)
+    np.testing.assert_allclose(X[1], np.log1p([1, 1, 1, 0]), rtol=1e-6)
+    np.testing.assert_allclose(count_features(data, 2)[0][0], np.log1p([2, 2, 1, 100]), rtol=1e-6)
+    _, hnames = hand_features(data)
+    assert not any(n in ("log_events", "mean_first_event", "mean_position_log") for n in hnames)
+    lengths = np.array([3, 1, 10])
+    assert at_least(np.array([0, 1, 2]), lengths, 2).tolist() == [0, 2]
+    assert at_least(np.array([0, 1, 2]), lengths, None).tolist() == [0, 1, 2]
