@@ -10,7 +10,7 @@ import pytest
 from detect_support import TINY, synthetic_detect
 
 from userseq.data.eventlog import EventLog
-from userseq.detect.data import event_data
+from userseq.detect.data import event_data, stratified_split
 
 
 def test_capture_at_10pct_by_hand():
@@ -64,13 +64,16 @@ def test_behavior_ae_trains_without_labels_and_clusters(tmp_path):
     det = UserDetector("behavior-ae", overrides={**TINY, "train.epochs": 3})
     assert det.config.train.monitor == "neg_loss"
     m = train_and_evaluate(data, det, tmp_path / "run", quiet=True)
-    # training never reads labels: the same seed with shuffled labels gives the same encoder
+    # training never reads labels: the same split and seed with shuffled labels give the same
+    # encoder
+    split = stratified_split(data.labels, 0.1, 0.2, seed=0)
     data2 = event_data(EventLog.from_frame(ev), lab.with_columns(
         lab["label"].sample(fraction=1.0, shuffle=True, seed=5)))
-    det2 = UserDetector("behavior-ae", overrides={**TINY, "train.epochs": 3})
-    det2.fit(data2, quiet=True)
-    a = det.embed(data)
-    b = det2.embed(data)
+    assert (data2.labels != data.labels).any()
+    a = UserDetector("behavior-ae", overrides={**TINY, "train.epochs": 2}).fit(
+        data, split, quiet=True).embed(data)
+    b = UserDetector("behavior-ae", overrides={**TINY, "train.epochs": 2}).fit(
+        data2, split, quiet=True).embed(data)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert m["train"]["monitor"] == "neg_loss"
     s = cluster_run(tmp_path / "run", min_cluster_size=8)
