@@ -40,7 +40,13 @@ from userseq.core.config import StrictModel, validate_config
 from userseq.core.errors import ConfigError, DataError, UserseqError
 from userseq.data.eventlog import EventLog
 from userseq.detect.augment import TRAIN_EVENTS_FILE
-from userseq.detect.data import DetectSplit, EventData, event_data, load_event_data
+from userseq.detect.data import (
+    DetectSplit,
+    EventData,
+    event_data,
+    load_event_data,
+    stratified_split,
+)
 from userseq.detect.estimator import UserDetector
 from userseq.detect.models import EventInputs, detect_model
 from userseq.metrics.classification import binary_metrics, roc_auc_interval, wilson_interval
@@ -329,10 +335,22 @@ def _metrics(y: np.ndarray, s: np.ndarray, thr: float, seed: int) -> dict[str, A
 
 
 def attack_split(run: str | Path, data: EventData, det: UserDetector) -> DetectSplit:
-    """The detector run's user split (from RUN/users.parquet)."""
-    from userseq.attack.estimator import run_split
-
-    return run_split(run, data, det)  # type: ignore[arg-type]
+    """The detector run's user split: RUN/users.parquet, else recomputed from its config."""
+    p = Path(run) / "users.parquet"
+    cfg = det.config
+    if not p.is_file():
+        assert data.labels is not None
+        return stratified_split(data.labels, cfg.valid, cfg.test, cfg.split_seed)
+    t = pl.read_parquet(p, columns=["user_id", "split"])
+    where = dict(zip(t["user_id"].cast(pl.String).to_list(), t["split"].to_list(), strict=True))
+    ids = data.user_ids.cast(pl.String).to_list()
+    missing = [u for u in ids if u not in where]
+    if missing:
+        raise DataError(f"{p}: {len(missing)} users of {data.source} are not in the detector's "
+                        f"run (e.g. {missing[:3]}); attack the data the detector was trained on.")
+    names = np.array([where[u] for u in ids])
+    return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
+                       np.flatnonzero(names == "test"), cfg.split_seed)
 
 
 def find_attacks(det: UserDetector, run: str | Path, data: EventData, split: DetectSplit,
@@ -380,7 +398,8 @@ def run_event_attack(detector: str | Path, data: str | Any, method: str, out: st
     if method == "event-gradient" and surrogate is not None:
         raise ConfigError("event-gradient is white box (the target's own gradients); use "
                           "--method event-transfer with --black-box-surrogate.")
-    d = load_event_data(data, labels, with_leakage=target.config.with_leakage)
+    d = data if isinstance(data, EventData) else load_event_data(
+        data, labels, with_leakage=target.config.with_leakage)
     if d.labels is None:
         raise DataError(f"{d.source}: the attack needs user labels (who is a vandal).")
     split = attack_split(detector, d, target)
@@ -408,7 +427,8 @@ def run_event_attack(detector: str | Path, data: str | Any, method: str, out: st
     if train_events:
         tr = np.asarray(split.train)
         s_tr = source.predict_proba(d, tr)
-        flagged = tr[(d.labels[tr] == 1) & (s_tr >= source.threshold(None))]
+        room = np.diff(d.log.sequences()[0])[tr] < source.config.model.max_len
+        flagged = tr[(d.labels[tr] == 1) & (s_tr >= source.threshold(None)) & room]
         table, _ = find_attacks(source, source_run, d, split, _cap(flagged, cfg), cfg,
                                 source.threshold(None))
         table.write_parquet(o / TRAIN_EVENTS_FILE)
