@@ -30,6 +30,8 @@ NEURAL = {"gru": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 
                   "train.patience": 2},
           "transformer": {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 6,
                           "train.patience": 2, "model.layers": 2}}
+TITLE = ("wiki-vandals detection: causal features, length baselines, first k over users with >= k "
+         "edits")
 VEWS_FIRST_EDIT = 0.774  # Kumar et al. 2015, accuracy from the first edit (10-fold CV)
 
 
@@ -126,9 +128,11 @@ def render(rows: dict) -> list[str]:
         best = max(first, key=first.get)
         lines += ["", "First-edit accuracy, best behaviour-only model: "
                   f"{first[best]:.4f} ({best}); "
-                  f"VEWS reports {VEWS_FIRST_EDIT} (10-fold CV, their features). The length and "
-                  "counts rows are at chance for first k by construction (every scored user has "
-                  ">= k edits and reads k), so the first-k columns carry no length signal."]
+                  f"VEWS reports {VEWS_FIRST_EDIT} (10-fold CV, their features). The length row is "
+                  "at chance for every first k by construction (every scored user has >= k "
+                  "edits and reads k), so the first-k columns carry no length signal; the counts "
+                  "row's first-k figures come from distinct pages, days and time span within "
+                  "the first k edits (activity, not length)."]
     cmds = sorted({r["command"] for r in rows.values()})
     lines += ["", "Commands: " + "; ".join(f"`{c.strip()}`" for c in cmds),
               f"Dates: {results.run_dates(rows.values())}; machine: {r0['machine']}."]
@@ -143,7 +147,11 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=0, help="smoke: keep this many users")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-quiet", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md from the JSON")
     args = ap.parse_args()
+    if args.render_only:
+        results.publish("detect-wiki", TITLE, render(results.load_rows(STORE)))
+        return
     if not args.no_write:
         results.ensure_quiet(args.no_quiet)
     from threadpoolctl import threadpool_limits
@@ -171,9 +179,7 @@ def main() -> None:
                 results.save_row(STORE, f"{name}/s{seed}", row, LOCK)
     rows = results.load_rows(STORE)
     if rows:
-        results.publish("detect-wiki", "wiki-vandals detection: causal features, length "
-                        "baselines, first k over users with >= k edits", render(rows),
-                        write=not args.no_write)
+        results.publish("detect-wiki", TITLE, render(rows), write=not args.no_write)
 
 
 def subsample(data, n):
