@@ -103,10 +103,11 @@ def event_inputs(det: UserDetector, run: str | Path) -> EventInputs:
 
 # ---------------------------------------------------------------------- plausibility
 def neighbourhood_pages(data: EventData, train: np.ndarray, users: np.ndarray, vocab_pages: set,
-                        size: int, max_degree: int = 200) -> list[np.ndarray]:
+                        size: int, max_degree: int = 200,
+                        n_popular: int = 50) -> list[np.ndarray]:
     """Per user: up to `size` log item indices edited by training users who share a page with the
-    user (most shared first), restricted to the detector's page vocabulary; the most edited
-    vocabulary pages when the user has none."""
+    user (most shared first), plus the `n_popular` most edited pages, all in the detector's page
+    vocabulary."""
     f = data.log.frame
     u_all, i_all = f["user"].to_numpy(), f["item"].to_numpy()
     is_train = np.zeros(data.n_users, dtype=bool)
@@ -129,7 +130,9 @@ def neighbourhood_pages(data: EventData, train: np.ndarray, users: np.ndarray, v
                                                descending=[False, True, False])
     by_user = {int(k[0]): g["i"].to_numpy()[:size]
                for k, g in cand.group_by("u", maintain_order=True)}
-    return [by_user[int(u)] if len(by_user.get(int(u), [])) else popular for u in users]
+    common = popular[:n_popular]  # pages anyone edits (the most edited ones) are plausible too
+    return [np.unique(np.concatenate([by_user.get(int(u), popular[:0]), common]))
+            for u in users]
 
 
 def benign_gaps(data: EventData, train: np.ndarray, quantiles: list[float]) -> list[float]:
