@@ -67,7 +67,8 @@ def render(write: bool) -> None:
              "`CE matmuls` = precision of the logits and gradient matmuls of the fused CE "
              "(softmax and sums in fp32 either way). The CE "
              "runs in ~306-row chunks (a 4 MiB logits block) and Adam "
-             "is torch's fused kernel (older code: 12.8 s fp32, 11.9 s bf16 per the issue, not stored as rows here).", "",
+             "is torch's fused kernel (the older code: 12.8 s fp32, 11.9 s bf16 per issue #14, "
+             "not stored as rows).", "",
              "| CE matmuls | fastest epoch s | mean of epochs 2+ s | all epochs s | valid NDCG@10 "
              "per epoch | target | load mean/max | verdict | commit | date |",
              "|---|---:|---:|---|---|---|---|---|---|---|"]
