@@ -245,6 +245,7 @@ class Trainer:
             record.update(self._validate(run, epoch))
             progress.update(bar, val=run.last_val)
         self.state.seconds = time.time() - run.t_start
+        record["seconds"] = round(self.state.seconds, 3)  # wall clock since the start (curves)
         self.state.history.append(record)
         self._check_budget(self.state.seconds)
         if self.distributed:  # rank 0 decides when to stop (early stopping, budget)
