@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ BASE = {"model": {"name": "sasrec", "dim": 64, "layers": 2, "heads": 1, "dropout
 VARIANTS = {"fp32": {"logits_dtype": "fp32"}, "bf16": {"logits_dtype": "bf16"}}
 
 
-def measure(variant: str, epochs: int, workdir: Path) -> dict:
+def measure(variant: str, epochs: int, workdir: Path, src: Path | None = None) -> dict:
     cfg = {**BASE, "loss": {"name": "ce", **VARIANTS[variant]}}
     path = workdir / f"{variant}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -46,17 +47,31 @@ def measure(variant: str, epochs: int, workdir: Path) -> dict:
     cmd = [sys.executable, "-m", "userseq.cli", "train", "--data", "ml-1m",
            "--config", str(path), "--epochs", str(epochs), "--out", str(run),
            "--overwrite", "--quiet"]
+    env = dict(os.environ)
+    code = "this checkout"
+    if src is not None:  # another checkout's userseq (e.g. main, for the before/after rows)
+        env["PYTHONPATH"] = str(src / "src")
+        code = src_label(src)
     with results.LoadMonitor() as mon:
         t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     log = json.loads((run / "train_log.json").read_text())
     return {"variant": variant, "epoch_seconds": [round(h["epoch_seconds"], 2) for h in log],
             "valid_ndcg10": [round(h.get("valid_ndcg@10", float("nan")), 4) for h in log],
-            "process_wall_s": round(wall, 1),
+            "process_wall_s": round(wall, 1), "code": code,
             "settings": cfg, **results.provenance(mon, seeds=[0], data="ml-1m")}
+
+
+def src_label(src: Path) -> str:
+    """'main@abc1234': the branch and commit of another checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    return f"{git('rev-parse', '--abbrev-ref', 'HEAD')}@{git('rev-parse', '--short', 'HEAD')}"
 
 
 def render(write: bool) -> None:
@@ -67,18 +82,22 @@ def render(write: bool) -> None:
              "`CE matmuls` = precision of the logits and gradient matmuls of the fused CE "
              "(softmax and sums in fp32 either way). The CE "
              "runs in ~306-row chunks (a 4 MiB logits block) and Adam "
-             "is torch's fused kernel (the older code: 12.8 s fp32, 11.9 s bf16 per issue #14, "
-             "not stored as rows).", "",
-             "| CE matmuls | fastest epoch s | mean of epochs 2+ s | all epochs s | valid NDCG@10 "
-             "per epoch | target | load mean/max | verdict | commit | date |",
-             "|---|---:|---:|---|---|---|---|---|---|---|"]
+             "is torch's fused kernel. `code`: 'this checkout' = the branch that wrote the row "
+             "(its commit in the commit column); `main@...` = the code before the change, timed "
+             "by the same script on the same machine (`--src`). Issue #14's 12.8 s (fp32) / 11.9 "
+             "s (bf16) were measured on another VM (an Intel Xeon; this one reports its CPU in "
+             "the machine line below).", "",
+             "| code | CE matmuls | fastest epoch s | mean of epochs 2+ s | all epochs s | valid "
+             "NDCG@10 per epoch | target | load mean/max | verdict | commit | date |",
+             "|---|---|---:|---:|---|---|---|---|---|---|---|"]
     for key in sorted(rows, key=lambda k: rows[k]["date"]):
         r = rows[key]
         secs = r["epoch_seconds"]
         later = secs[1:] or secs
         met = "met" if min(secs) <= TARGET_S else "missed"
         lines.append(
-            f"| {r['variant']} | {min(secs):.1f} | {sum(later) / len(later):.1f} | "
+            f"| {r.get('code', 'this checkout')} | {r['variant']} | {min(secs):.1f} | "
+            f"{sum(later) / len(later):.1f} | "
             f"{', '.join(f'{s:.1f}' for s in secs)} | "
             f"{', '.join(f'{v:.4f}' for v in r['valid_ndcg10'])} | {met} | "
             f"{r.get('load_mean', '?')}/{r.get('load_max', '?')} | {r.get('verdict', '?')} | "
@@ -100,6 +119,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="measure and print, store nothing")
     ap.add_argument("--table-only", action="store_true", help="re-render RESULTS.md from JSON")
     ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--src", type=Path, default=None,
+                    help="time another checkout's code (e.g. /work/main, the code before a change)")
     args = ap.parse_args()
     if args.table_only:
         render(write=True)
@@ -107,11 +128,11 @@ def main() -> None:
     results.ensure_quiet(args.no_quiet)
     args.workdir.mkdir(parents=True, exist_ok=True)
     for variant in args.variants:
-        row = measure(variant, args.epochs, args.workdir)
+        row = measure(variant, args.epochs, args.workdir, args.src)
         print(json.dumps({k: row[k] for k in ("variant", "epoch_seconds", "valid_ndcg10",
                                               "verdict")}), flush=True)
         if not args.no_write:
-            key = f"{variant}/{row['commit']}/{row['date']}"
+            key = f"{variant}/{row['code']}/{row['commit']}/{row['date']}"
             results.save_row(STORE, key, row, LOCK)
     if not args.no_write:
         render(write=True)
