@@ -36,11 +36,14 @@ TARGET_S = 10.0
 BASE = {"model": {"name": "sasrec", "dim": 64, "layers": 2, "heads": 1, "dropout": 0.1,
                   "max_len": 200},
         "loss": {"name": "ce"}, "train": {"batch_size": 128, "lr": 0.003}}
-VARIANTS = {"fp32": {"logits_dtype": "fp32"}, "bf16": {"logits_dtype": "bf16"}}
+# variant -> (loss settings, train settings)
+VARIANTS = {"fp32": ({"logits_dtype": "fp32"}, {}), "bf16": ({"logits_dtype": "bf16"}, {}),
+            "bf16-compile": ({"logits_dtype": "bf16"}, {"compile": True})}
 
 
 def measure(variant: str, epochs: int, workdir: Path, src: Path | None = None) -> dict:
-    cfg = {**BASE, "loss": {"name": "ce", **VARIANTS[variant]}}
+    loss, train = VARIANTS[variant]
+    cfg = {**BASE, "loss": {"name": "ce", **loss}, "train": {**BASE["train"], **train}}
     path = workdir / f"{variant}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     run = workdir / variant
