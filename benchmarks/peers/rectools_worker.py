@@ -1,4 +1,4 @@
-"""RecTools' SASRec on an exported userseq split; runs inside benchmarks/peers/.venv (RecTools 0.19).
+"""RecTools' SASRec on an exported userseq split; runs in benchmarks/peers/.venv (RecTools 0.19).
 
 Started by benchmarks/peers/rectools_sasrec.py, never imported by userseq. Reads SPLIT/train.csv
 (user, item, pos: the training events, in order) and SPLIT/valid.csv (user, item: each user's
