@@ -16,7 +16,8 @@ recommends top-10 lists (seen items filtered) from the training events (validati
 training + validation events (test). The lists are scored here with userseq.metrics
 (`evaluate_lists`), the same code as every userseq row. userseq's SASRec trains with the same
 architecture and recipe (d=64, 2 blocks, 1 head, dropout 0.1, max length 200, batch 128, lr
-3e-3, full-softmax CE) under `train.max_minutes`. Both report: the test NDCG@10 of the epoch with
+3e-3, full-softmax CE with bf16 matmuls, its fastest setting: see the epoch-time section) under
+`train.max_minutes`. Both report: the test NDCG@10 of the epoch with
 the best validation NDCG@10 within the budget, and the training seconds until validation NDCG@10
 first reached 0.15 (time excludes evaluation for both). Rows: benchmarks/peers/peers_runs.json,
 RESULTS.md section `peers`.
@@ -76,8 +77,10 @@ def config(minutes: float, seed: int):
     from userseq.nextitem.config import RunConfig
 
     cfg = RunConfig.from_yaml(BENCH / "configs" / "ml-1m.yaml")
+    # bf16 CE matmuls: userseq's fastest setting, accuracy-checked in benchmarks/epoch_time.py
     return cfg.updated({"train.max_minutes": minutes, "train.seed": seed, "train.epochs": 1000,
-                        "train.patience": 1000, "train.threads": 2, "dataset": "ml-1m"})
+                        "train.patience": 1000, "train.threads": 2, "dataset": "ml-1m",
+                        "loss.logits_dtype": "bf16"})
 
 
 def export_split(cfg, out: Path):
@@ -177,7 +180,8 @@ def table(write: bool) -> None:
     lines = ["ML-1M (SASRec preprocessing), userseq's leave-one-out split exported to both "
              "systems; top-10 lists scored by userseq.metrics; seen items filtered. Same "
              "architecture and recipe for both: d=64, 2 blocks, 1 head, dropout 0.1, max length "
-             "200, batch 128, lr 3e-3, full-softmax CE, 2 threads. `test NDCG@10` = the epoch with "
+             "200, batch 128, lr 3e-3, full-softmax CE (userseq: bf16 CE matmuls), 2 threads. "
+             "`test NDCG@10` = the epoch with "
              "the best validation NDCG@10 inside the budget. `to 0.15` = training seconds (no "
              f"evaluation) until validation NDCG@10 first reached {TARGET}.", "",
              "| budget | system | test NDCG@10 | best valid NDCG@10 | epochs (best) | train s | "
