@@ -74,7 +74,8 @@ def src_label(src: Path) -> str:
         return subprocess.run(["git", "-C", str(src), *args], capture_output=True,
                               text=True).stdout.strip()
 
-    return f"{git('rev-parse', '--abbrev-ref', 'HEAD')}@{git('rev-parse', '--short', 'HEAD')}"
+    branch, sha = git("rev-parse", "--abbrev-ref", "HEAD"), git("rev-parse", "--short", "HEAD")
+    return f"{branch}@{sha}" if sha else str(src)  # a plain copy: its path
 
 
 def render(write: bool) -> None:
