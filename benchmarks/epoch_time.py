@@ -68,6 +68,63 @@ def measure(variant: str, epochs: int, workdir: Path, src: Path | None = None) -
             "settings": cfg, **results.provenance(mon, seeds=[0], data="ml-1m")}
 
 
+def profile(variant: str, batches: int) -> dict:
+    """torch.profiler over `batches` training steps (after 2 warm-up steps) of the reference
+    setting, in this process: the ops' self CPU time, biggest first."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from userseq.core.optim import build_optimizer
+    from userseq.data.batches import length_bucketed_batches, training_windows
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.encoders import build_encoder
+    from userseq.losses import NextItemLoss
+    from userseq.nextitem.config import split_kwargs
+    from userseq.nextitem.estimator import NextItemRecommender
+
+    loss_cfg, train_cfg = VARIANTS[variant]
+    over = {"model.name": "sasrec", **{f"model.{k}": v for k, v in BASE["model"].items()
+                                       if k != "name"},
+            **{f"train.{k}": v for k, v in {**BASE["train"], **train_cfg}.items()},
+            **{f"loss.{k}": v for k, v in loss_cfg.items()}}
+    rec = NextItemRecommender(overrides=over)
+    cfg = rec.config
+    log = load_events("ml-1m", cfg.data)
+    sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
+    rows = training_windows(sp.train_offsets, sp.train_items, cfg.model.max_len)
+    lengths = (rows > 0).sum(1)
+    enc = build_encoder(cfg.model, log.n_items)
+    rec.encoder_ = enc
+    loss = NextItemLoss(cfg.loss, log.n_items)
+    opt = build_optimizer(enc.parameters(), cfg.train)
+    fwd = torch.compile(enc, dynamic=True) if cfg.train.compile else enc
+    plan = length_bucketed_batches(lengths, cfg.train.batch_size, np.random.default_rng(0))
+    rt = torch.from_numpy(rows)
+
+    def step(idx) -> None:
+        b = rt[torch.from_numpy(idx)][:, -int(lengths[idx].max()):]
+        value = rec._loss(fwd, b, loss)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+
+    enc.train()
+    for idx in plan[:2]:
+        step(idx)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for idx in plan[2 : 2 + batches]:
+            step(idx)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return {"batches": batches, "of_batches": len(plan), "self_cpu_s": round(total / 1e6, 2),
+            "top": [{"op": e.key[:60], "self_s": round(e.self_cpu_time_total / 1e6, 3),
+                     "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
+                    for e in ops[:15]]}
+
+
 def src_label(src: Path) -> str:
     """'main@abc1234': the branch and commit of another checkout."""
     def git(*args: str) -> str:
@@ -106,6 +163,17 @@ def render(write: bool) -> None:
             f"{', '.join(f'{v:.4f}' for v in r['valid_ndcg10'])} | {met} | "
             f"{r.get('load_mean', '?')}/{r.get('load_max', '?')} | {r.get('verdict', '?')} | "
             f"{r['commit']} | {r['date']} |")
+    for key in sorted(rows):
+        prof = rows[key].get("profile")
+        if prof:
+            r = rows[key]
+            lines += ["", f"Profile ({r['variant']}, {r.get('code', 'this checkout')}, commit "
+                      f"{r['commit']}, {r['verdict']}): torch.profiler over {prof['batches']} "
+                      f"of the epoch's {prof['of_batches']} batches, {prof['self_cpu_s']} s "
+                      "self CPU time in all; the top ops:", "",
+                      "| op | self CPU s | share | calls |", "|---|---:|---:|---:|"]
+            lines += [f"| `{o['op']}` | {o['self_s']:.3f} | {o['share']:.1%} | {o['calls']} |"
+                      for o in prof["top"]]
     cmds = sorted({f"`{r['command'].strip()}`" for r in rows.values()})
     lines += ["", f"Commands: {'; '.join(cmds)}. "
               f"Machine: {next(iter(rows.values()))['machine'] if rows else '-'}. A contended "
@@ -123,6 +191,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="measure and print, store nothing")
     ap.add_argument("--table-only", action="store_true", help="re-render RESULTS.md from JSON")
     ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--profile-batches", type=int, default=0,
+                    help="also profile this many steps per variant (torch.profiler, in process)")
     ap.add_argument("--src", type=Path, default=None,
                     help="time another checkout's code (e.g. /work/main, the code before a change)")
     args = ap.parse_args()
@@ -130,9 +200,18 @@ def main() -> None:
         render(write=True)
         return
     results.ensure_quiet(args.no_quiet)
+    if args.src is not None:  # the in-process profile imports that checkout's userseq too
+        sys.path.insert(0, str(args.src / "src"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     for variant in args.variants:
         row = measure(variant, args.epochs, args.workdir, args.src)
+        if args.profile_batches:
+            try:
+                with results.LoadMonitor() as mon:
+                    row["profile"] = profile(variant, args.profile_batches)
+                row["profile"]["verdict"] = mon.verdict
+            except Exception as e:  # the timing row is kept; the profile's failure is printed
+                print(f"profile of {variant} failed: {e!r}", flush=True)
         print(json.dumps({k: row[k] for k in ("variant", "epoch_seconds", "valid_ndcg10",
                                               "verdict")}), flush=True)
         if not args.no_write:
