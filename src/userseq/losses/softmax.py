@@ -56,27 +56,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for i in range(0, n, chunk):
             hi, t = hc[i : i + chunk], targets[i : i + chunk]
             m = len(t)
-            if fp32:
-                logits = torch.mm(hi, Wc.T, out=buf[:m])
-            else:
-                logits = buf[:m].copy_(torch.mm(hi, Wc.T, out=low[:m]))
-            # softmax, loss and gradient in place (5 passes over a cache-sized block)
-            logits[:, 0] = float("-inf")
             rows = torch.arange(m, device=h.device)
+            if fp32:
+                # fused log-softmax, then probabilities in place (3 passes over the block); the
+                # 1/n of the mean is applied to the small gradient matrices at the end.
+                # Measured (benchmarks/epoch_time.py, fp32): 13.7 s per epoch vs 16.2 s with the
+                # five-pass form below
+                logits = torch.mm(hi, Wc.T, out=buf[:m])
+                logits[:, 0] = float("-inf")
+                lp = torch.log_softmax(logits, 1)
+                total -= lp[rows, t].sum(dtype=torch.float64)
+                p = lp.exp_()
+                p[rows, t] -= 1.0  # n x d(mean CE)/d(logits)
+                torch.mm(p, Wc, out=grad_h[i : i + m])
+                grad_W.addmm_(p.T, hi)
+                continue
+            # bf16 matmuls: the five-pass in-place form (measured faster here than log_softmax
+            # reading the bf16 block: 11.0 s vs 14.4 s per epoch)
+            logits = buf[:m].copy_(torch.mm(hi, Wc.T, out=low[:m]))
+            logits[:, 0] = float("-inf")
             target_logit = logits[rows, t]
             top = logits.amax(1, keepdim=True)
             p = logits.sub_(top).exp_()
             z = p.sum(1, keepdim=True)
             total += (top.squeeze(1) + z.log().squeeze(1) - target_logit).sum(dtype=torch.float64)
-            p.mul_(z.reciprocal_().div_(n))  # softmax / n
-            p[rows, t] -= 1.0 / n  # d(mean CE)/d(logits)
-            if fp32:
-                torch.mm(p, Wc, out=grad_h[i : i + m])
-                grad_W.addmm_(p.T, hi)
-            else:
-                pl = low[:m].copy_(p)
-                grad_h[i : i + m] = pl @ Wc
-                grad_W += pl.T @ hi
+            p.mul_(z.reciprocal_())  # softmax
+            p[rows, t] -= 1.0  # n x d(mean CE)/d(logits)
+            pl = low[:m].copy_(p)
+            grad_h[i : i + m] = pl @ Wc
+            grad_W += pl.T @ hi
+        grad_h.div_(n)
+        grad_W.div_(n)
         ctx.save_for_backward(grad_h.to(h.dtype), grad_W.to(W.dtype))
         return (total / n).to(torch.float32)
 
