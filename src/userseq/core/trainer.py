@@ -287,7 +287,7 @@ class Trainer:
     def _step(self, run: FitRun, batch: Any) -> float:
         """One optimizer step (autocast, fp16 loss scaling, clipping, the schedule); the loss."""
         with self._autocast():
-            loss = run.loss_fn(run.forward or run.model, batch)
+            loss = run.loss_fn(run.model if run.forward is None else run.forward, batch)
         run.opt.zero_grad(set_to_none=True)
         if run.scaler is not None:
             run.scaler.scale(loss).backward()
