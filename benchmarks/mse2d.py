@@ -82,8 +82,11 @@ def table(write: bool) -> None:
         dims = sorted({int(k.split("x")[1]) for k in g}, reverse=True)
         layers = sorted({int(k.split("x")[0]) for k in g})
         t = r["train"]
+        status = "unconverged: best epoch = last" if t["best_epoch"] == t["epochs"] else \
+            "converged"
         lines += [f"**{r['dataset']} — {r['variant']}** (seed {r['seeds'][0]}; epochs "
-                  f"{t['epochs']} (best {t['best_epoch']}); {t['seconds']:.0f} s training; "
+                  f"{t['epochs']} (best {t['best_epoch']}), {status}; {t['seconds']:.0f} s "
+                  "training; "
                   f"{r['verdict']}, load max {r['load_max']}; commit {r['commit']}; "
                   f"{r['date']})", "",
                   "| blocks \\ width | " + " | ".join(str(d) for d in dims) + " |",
