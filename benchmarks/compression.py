@@ -1,5 +1,8 @@
 """Compressed item tables: bytes of the item table vs full-ranking NDCG@10 at 2x / 8x / 32x, on
-ML-1M and amazon-scientific, and a training-memory scaling run on a 10M-item synthetic catalogue.
+ML-1M, amazon-beauty and amazon-scientific, the memory/quality frontier as a PNG
+(benchmarks/compression_frontier.png), and a training-memory scaling run on a 10M-item synthetic
+catalogue. Rows record their provenance (command, commit, load verdict: results.provenance); the
+script waits for a quiet machine (results.ensure_quiet) unless --no-quiet.
 
 * `--part table`: SASRec trained with each table (hash, qr, unified, matryoshka) at each ratio, one
   `userseq train` subprocess per row, plus post-training `userseq compress` (int8, PQ) of the full
@@ -9,6 +12,7 @@ ML-1M and amazon-scientific, and a training-memory scaling run on a 10M-item syn
   its own subprocess.
 
     python benchmarks/compression.py --part table --jobs 2  # budgets: configs' train.max_minutes
+    python benchmarks/compression.py --part table --datasets amazon-beauty --ratios 8 32
     python benchmarks/compression.py --part scale --items 10000000
 """
 
@@ -23,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import results
 import yaml
 from nextitem import run_one
 from results import load_rows, machine_description, publish, run_dates, run_userseq, save_row
@@ -31,7 +36,9 @@ HERE = Path(__file__).resolve().parent
 STORE = HERE / "compression_runs.json"
 LOCK = HERE / "_work" / "compression_runs.lock"  # several invocations may add rows at once
 CONFIGS = {"ml-1m": HERE / "configs" / "compression-ml-1m.yaml",
+           "amazon-beauty": HERE / "configs" / "compression-amazon-beauty.yaml",
            "amazon-scientific": HERE / "configs" / "amazon-scientific.yaml"}
+FRONTIER = HERE / "compression_frontier.png"
 METHODS = ("hash", "qr", "unified", "matryoshka")
 
 
@@ -75,12 +82,13 @@ def train_part(datasets: list[str], minutes: float, workdir: Path, methods: list
         ds, method, ratio = job
         extra = ["--config", str(CONFIGS[ds])]
         extra += [] if method == "full" else ["--item-table", method, "--compression", str(ratio)]
-        r = run_one(ds, "sasrec", minutes, workdir / f"{ds}-{method}-{ratio}", extra)
+        with results.LoadMonitor() as mon:
+            r = run_one(ds, "sasrec", minutes, workdir / f"{ds}-{method}-{ratio}", extra)
+        r.update(results.provenance(mon, seeds=[42], data=ds))
         r["cmd"] = r["cmd"].replace(str(HERE.parent) + "/", "").replace(str(workdir) + "/", "")
         train_cfg = yaml.safe_load(CONFIGS[ds].read_text())["train"]
         budget = f"{minutes} min" if minutes else f"{train_cfg['epochs']} epochs"
-        r.update(method=method, ratio=ratio, budget=budget, jobs=jobs, machine=machine,
-                 date=time.strftime("%Y-%m-%d %H:%M"))
+        r.update(method=method, ratio=ratio, budget=budget, jobs=jobs, machine=machine)
         _save(f"{ds}/{method}/{ratio}", r)
         print(f"== {ds}/{method}/{ratio}: ndcg@10 {r['metrics']['test']['ndcg@10']:.4f} "
               f"bytes {r['metrics']['item_table_bytes']:,}", flush=True)
@@ -98,11 +106,12 @@ def post_part(datasets: list[str], workdir: Path) -> None:
         for method, ratio in [("int8", None), ("pq", 8), ("pq", 32)]:
             key = f"{ds}/{method}/{ratio or 4}"
             print(f"== {key}", flush=True)
-            m, cmd = _compress(full_run, method, workdir / f"{ds}-{method}-{ratio}", ratio)
+            with results.LoadMonitor() as mon:
+                m, cmd = _compress(full_run, method, workdir / f"{ds}-{method}-{ratio}", ratio)
             _save(key, {"dataset": ds, "method": method, "ratio": ratio or 4, "metrics": m,
                         "cmd": cmd.replace(str(workdir) + "/", ""), "load": os.getloadavg()[1],
-                        "budget": budget, "machine": machine,
-                        "date": time.strftime("%Y-%m-%d %H:%M")})
+                        "budget": budget, **results.provenance(mon, data=ds),
+                        "machine": machine})
 
 
 TABLE_NOTES = [
@@ -128,8 +137,8 @@ TABLE_NOTES = [
     "matrix; the encoder's input look-up still reads full-width rows (docs/items.md).",
     "",
     "| dataset | method | target ratio | item table bytes | achieved ratio | NDCG@10 | HR@10 "
-    "| epochs (best) | budget | machine (runs at a time) | load | command |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| epochs (best) | budget | machine (runs at a time) | load | verdict | command |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -144,7 +153,8 @@ def _table_row(r: dict, machines: list[str]) -> str:
         f"{tab['full_fp32_bytes'] / m['item_table_bytes']:.1f}x | {t['ndcg@10']:.4f} | "
         f"{t['hr@10']:.4f} | {ep} | "
         f"{r['budget']} | {machine} ({r.get('jobs', 1)}) | "
-        f"{r['load']:.1f} | `{r['cmd']}` |")
+        f"{r['load']:.1f} | {r.get('verdict', 'unchecked (before quiet runs)')} | "
+        f"`{r['cmd']}` |")
 
 
 def table_section() -> None:
@@ -162,14 +172,62 @@ def table_section() -> None:
         lines.append(_table_row(r, machines))
     done = {(r["dataset"], r["method"], r["ratio"]) for r in rows}
     missing = [f"{ds} {m} {r}x" for ds in CONFIGS for r in (2, 8, 32) for m in METHODS
-               if (ds, m, r) not in done]
+               if (ds, m, r) not in done]  # every configured dataset's every method and ratio
     if missing:
         lines += ["", "Not run (the shared CPU's time ran out; `python benchmarks/compression.py "
                   "--part train --datasets DATASET --methods ... --ratios ...` adds them): "
                   f"{', '.join(missing)}."]
+    if frontier_png(rows):
+        lines += ["", f"Memory/quality frontier (NDCG@10 against item-table bytes, per dataset; "
+                  f"the line joins the rows no other row beats on both): `{FRONTIER.name}`."]
     lines += ["", "Generated by `python benchmarks/compression.py --part table` (rows kept in "
               "benchmarks/compression_runs.json; dates: " + run_dates(rows) + ")."]
     publish("compression", "Compressed item tables: bytes vs NDCG@10", lines)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (bytes, quality) points no other point beats on both (fewer bytes and higher
+    quality), sorted by bytes."""
+    front, best = [], float("-inf")
+    for b, q in sorted(points, key=lambda p: (p[0], -p[1])):
+        if q > best:
+            front.append((b, q))
+            best = q
+    return front
+
+
+def frontier_png(rows: list[dict]) -> bool:
+    """NDCG@10 vs item-table bytes per dataset, with the Pareto frontier; False without rows."""
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        g = [r for r in rows if r["dataset"] == ds]
+        for method in sorted({r["method"] for r in g}):
+            pts = [(r["metrics"]["item_table_bytes"], r["metrics"]["test"]["ndcg@10"], r["ratio"])
+                   for r in g if r["method"] == method]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method, s=25)
+            for b, q, ratio in pts:
+                ax.annotate(f"{ratio}x", (b, q), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        front = pareto([(r["metrics"]["item_table_bytes"], r["metrics"]["test"]["ndcg@10"])
+                        for r in g])
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="frontier")
+        ax.set_xscale("log")
+        ax.set_xlabel("item table bytes (log)")
+        ax.set_ylabel("test NDCG@10")
+        ax.set_title(f"{ds} (SASRec, {g[0].get('budget', '')})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(FRONTIER, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------------- scaling run
@@ -335,11 +393,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--eval-users", type=int, default=100)
     ap.add_argument("--out")
+    ap.add_argument("--no-quiet", action="store_true", help="do not wait for a quiet machine")
     args = ap.parse_args()
     if args.part == "scale-child":
         return scale_child(args.items, args.table, args.ratio, args.steps, args.eval_users,
                            args.out)
     train = args.part in ("table", "train")
+    if train or args.part in ("post", "scale"):
+        results.ensure_quiet(args.no_quiet)
     if train:  # the full-table baseline first (post-training needs it)
         train_part(args.datasets, args.max_minutes, args.workdir, ["full"], [1], args.jobs,
                    args.redo)

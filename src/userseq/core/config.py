@@ -76,6 +76,9 @@ class TrainConfig(StrictModel):
         0, ge=0, description="also checkpoint every N optimizer steps inside an epoch (0: at the "
         "end of each epoch only); a killed run resumed with --resume loses at most N steps")
     threads: int | None = Field(None, ge=1)
+    compile: bool = Field(False, description="train through torch.compile(model, dynamic=True) "
+                          "(needs a C++ compiler on CPU; compiling takes part of the first "
+                          "epoch); saving, validation and serving use the plain module")
     valid_users: int | None = Field(
         None, ge=1, description="validate on a fixed random subset of users (None: all)")
     dist_backend: Literal["auto", "gloo", "nccl"] = Field(

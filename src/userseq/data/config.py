@@ -34,5 +34,10 @@ class DataConfig(StrictModel):
                                  "test targets)")
     split_seed: int = Field(0, ge=0, lt=2**63, description="seed of the split's random draws "
                             "(cold-start: the held-out items); was `cold_seed`")
+    tie_order: Literal["file", "item", "random"] = Field(
+        "file", description="order of a user's events with equal timestamps: input order "
+        "(file), by original item id (item; LRURec's ML-1M preprocessing), or shuffled with "
+        "tie_seed (random)")
+    tie_seed: int = Field(0, ge=0, lt=2**63, description="seed of tie_order=random")
     item_text: str | None = Field(None, description="item attribute table (item_id + text columns) "
                                   "for text items; default: the named dataset's item metadata")

@@ -4,7 +4,8 @@ Every later stage (splits, batches, models, services) reads an `EventLog`. It gu
 
 * required columns `user_id`, `item_id`, `timestamp` exist (names configurable), with no nulls,
   one value type per id column, and parseable timestamps;
-* events sorted by (user, timestamp) with input order breaking ties (stable);
+* events sorted by (user, timestamp) with input order breaking ties (stable; `tie_order` may
+  order same-timestamp events by item id or at random instead);
 * users mapped to 0..n_users-1 and items to 1..n_items (0 is the padding id), both in sorted
   order of the original ids; the maps travel with every saved model;
 * every filter (min events per user/item, k-core, consecutive de-duplication) is recorded in
@@ -25,6 +26,8 @@ from userseq.core.errors import DataError, UserseqWarning
 from userseq.data.io import collect_table, describe_rows, scan_table, source_kind
 
 TimestampKind = Literal["time", "numeric", "position"]
+TieOrder = Literal["file", "item", "random"]
+TIE_ORDERS = ("file", "item", "random")
 ROW = "__row"  # input row number (0-based data row), used for stable tie-breaks and error messages
 
 
@@ -104,6 +107,8 @@ class EventLog:
         dedup_consecutive: bool = False,
         notes: list[str] | None = None,
         strip_ids: bool = False,
+        tie_order: TieOrder = "file",
+        tie_seed: int = 0,
     ) -> EventLog:
         """Validate and index an events table.
 
@@ -113,6 +118,10 @@ class EventLog:
         String ids with blanks around them (`" u1"`, `"u1 "`) are distinct ids, and a warning
         (`UserseqWarning`, also in `notes`) says so; `strip_ids=True` strips them instead.
         Numeric timestamps in two units (Unix seconds and milliseconds) are warned about too.
+        `tie_order` orders a user's events with equal timestamps: "file" (input order, the
+        default), "item" (by original item id, as LRURec's preprocessing does) or "random" (a
+        shuffle drawn from `tie_seed`); the chosen order is recorded in `notes` when it is not
+        "file".
         """
         columns = columns or Columns()
         if not isinstance(df, pl.DataFrame):
@@ -123,7 +132,10 @@ class EventLog:
         notes = list(notes or [])
         df, kind = _validated(df, columns, source, timestamp_kind, notes, strip_ids)
         n0 = df.height
-        df = df.sort(["user_raw", "timestamp"], maintain_order=True)  # input order breaks ties
+        df = _sort_events(df, tie_order, tie_seed, source)
+        if tie_order != "file":
+            notes.append(f"same-timestamp events ordered by {tie_order}"
+                         + (f" (seed {tie_seed})" if tie_order == "random" else ""))
         report = [Step("read", n0, n0)]
         if dedup_consecutive:
             df, step = _dedup_consecutive(df)
@@ -467,6 +479,20 @@ def _dedup_consecutive(df: pl.DataFrame) -> tuple[pl.DataFrame, Step]:
     prev_same = (pl.col("item_raw") == pl.col("item_raw").shift(1)) & same_user
     kept = df.filter(~prev_same.fill_null(False))
     return kept, Step("dedup consecutive repeats", df.height, kept.height)
+
+
+def _sort_events(df: pl.DataFrame, tie_order: str, tie_seed: int, source: str) -> pl.DataFrame:
+    """Sort by (user, timestamp); ties in input order, by item id, or shuffled (`tie_seed`)."""
+    if tie_order == "file":
+        return df.sort(["user_raw", "timestamp"], maintain_order=True)
+    if tie_order == "item":
+        return df.sort(["user_raw", "timestamp", "item_raw"], maintain_order=True)
+    if tie_order == "random":
+        key = np.random.default_rng(tie_seed).random(df.height)
+        return (df.with_columns(pl.Series("__tie", key))
+                .sort(["user_raw", "timestamp", "__tie"]).drop("__tie"))
+    raise DataError(f"{source}: tie_order '{tie_order}' is not one of {', '.join(TIE_ORDERS)} "
+                    "(data.tie_order).")
 
 
 def _index(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series, pl.Series]:

@@ -22,6 +22,8 @@ def load_events(data: Any, cfg: DataConfig | None = None) -> EventLog:
                    k_core=cfg.k_core, dedup_consecutive=cfg.dedup_consecutive)
     if cfg.strip_ids:
         options["strip_ids"] = True
+    if cfg.tie_order != "file":
+        options.update(tie_order=cfg.tie_order, tie_seed=cfg.tie_seed)
     if isinstance(data, str) and is_dataset_name(data):
         return load_dataset(data, **options)
     check_not_a_misspelt_name(data)

@@ -30,3 +30,4 @@ class BERT4Rec(TransformerEncoder):
                          config.ffn_dim, causal=False, activation="gelu", scale_embeddings=False,
                          mask_token=items.n_items + 1, attn_dropout=config.attn_dropout,
                          init_std=config.init_std)
+        self.exit_layer = config.exit_layer

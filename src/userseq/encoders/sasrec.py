@@ -21,3 +21,4 @@ class SASRec(TransformerEncoder):
         super().__init__(items, config.max_len, config.layers, config.heads, config.dropout,
                          config.ffn_dim, causal=True, attn_dropout=config.attn_dropout,
                          init_std=config.init_std)
+        self.exit_layer = config.exit_layer

@@ -36,11 +36,22 @@ class TransformerConfig(EncoderConfig):
     init_std: float | None = Field(
         None, gt=0, description="N(0, init_std) for every Linear/Embedding weight (GPT-2 style, "
         "e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) item embeddings")
+    exit_layer: int | None = Field(
+        None, ge=1, description="read vectors after the first n blocks (then the final "
+        "LayerNorm): a shallower, cheaper model from a run trained with loss.mse2d; None: all")
 
     @field_validator("heads")
     @classmethod
     def _heads_divide(cls, v: int, info: Any) -> int:
         return heads_divide_dim(v, info)
+
+    @field_validator("exit_layer")
+    @classmethod
+    def _exit_inside(cls, v: int | None, info: Any) -> int | None:
+        layers = info.data.get("layers", 2)
+        if v is not None and v > layers:
+            raise ValueError(f"exit_layer ({v}) must be at most layers ({layers})")
+        return v
 
 
 class TransformerEncoder(SequenceEncoder):
@@ -79,6 +90,8 @@ class TransformerEncoder(SequenceEncoder):
             TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
             for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
+        # blocks run by forward/last (None: all); see TransformerConfig.exit_layer
+        self.exit_layer: int | None = None
         if init_std is not None:  # the encoder's layers, and the item table if a plain id table
             for child in self.children():
                 if child is not items or isinstance(items, IdEmbedding):
@@ -94,7 +107,12 @@ class TransformerEncoder(SequenceEncoder):
         # the final block computes queries for the last position only
         return self._run(item_ids, mask, features, last_only=True)[:, -1]
 
-    def _run(self, item_ids, mask, features, last_only: bool):
+    def layer_outputs(self, item_ids, mask, features=None) -> list:
+        """Hidden states (B, L, D) after each block, each through the final LayerNorm (the last
+        equals `forward`): the read-outs of 2D Matryoshka training."""
+        return self._run(item_ids, mask, features, last_only=False, every=True)
+
+    def _run(self, item_ids, mask, features, last_only: bool, every: bool = False):
         L = item_ids.shape[1]
         if L > self.max_len:
             item_ids, mask = item_ids[:, -self.max_len :], mask[:, -self.max_len :]
@@ -105,6 +123,11 @@ class TransformerEncoder(SequenceEncoder):
         x = self.items.embed(item_ids, features) * self.scale + pos
         x = self.drop(x) * mask.unsqueeze(-1)
         am = attention_mask(mask, self.causal)
-        for i, block in enumerate(self.blocks):
-            x = block(x, am, last_only and i == len(self.blocks) - 1)
-        return self.norm(x)
+        blocks = self.blocks if every or self.exit_layer is None else \
+            self.blocks[: self.exit_layer]
+        outs = []
+        for i, block in enumerate(blocks):
+            x = block(x, am, last_only and i == len(blocks) - 1)
+            if every:
+                outs.append(self.norm(x))
+        return outs if every else self.norm(x)

@@ -36,6 +36,25 @@ class ICSRecConfig(StrictModel):
             raise PydanticCustomError("unknown_loss", "{m}", {"m": str(e)}) from None
 
 
+class Matryoshka2DConfig(StrictModel):
+    """2D Matryoshka training (2DMSE, Li et al. 2024; `loss.mse2d.*`): user vectors usable from
+    the first n encoder blocks as well as from the first d dimensions. Each step adds the loss of
+    the last block at one sampled prefix width and of one sampled earlier block at one sampled
+    width, plus a KL term pulling the earlier block's softmax over items toward the last block's
+    (sentence-transformers' Matryoshka2dLoss defaults: one layer and one width per step, weights
+    1, KL temperature 0.3). Transformer encoders (sasrec, bert4rec) only."""
+
+    enabled: bool = False
+    dims: list[int] | None = Field(
+        None, description="prefix widths sampled from (default: dim, dim/2, ... down to 8)")
+    last_layer_weight: float = Field(1.0, ge=0)
+    prior_layers_weight: float = Field(1.0, ge=0)
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL alignment term")
+    kl_temperature: float = Field(0.3, gt=0)
+    kl_rows: int = Field(512, ge=1, description="positions per step in the KL term (its cost is "
+                         "rows x catalogue)")
+
+
 class LossConfig(StrictModel):
     """Training objective over the item catalogue. `name` is a registered loss (`LOSSES`); the
     other settings are read by the losses that use them."""
@@ -49,6 +68,7 @@ class LossConfig(StrictModel):
         "auto", description="matmul precision of the full-softmax CE (auto: follow autocast, else "
         "fp32); bf16 is about 2x faster on CPUs with AMX, softmax and gradients accumulate in fp32")
     icsrec: ICSRecConfig = Field(default_factory=ICSRecConfig)
+    mse2d: Matryoshka2DConfig = Field(default_factory=Matryoshka2DConfig)
 
     @field_validator("name")
     @classmethod

@@ -49,29 +49,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
         grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
-        buf = (torch.empty((min(chunk, n), W.shape[0]), dtype=torch.float32, device=h.device)
-               if fp32 else None)
+        # one logits buffer reused across chunks (a fresh multi-MB tensor per chunk costs page
+        # faults on CPU); with bf16 matmuls a second, bf16 buffer holds the matmul output
+        buf = torch.empty((min(chunk, n), W.shape[0]), dtype=torch.float32, device=h.device)
+        low = None if fp32 else torch.empty(buf.shape, dtype=compute_dtype, device=h.device)
         for i in range(0, n, chunk):
             hi, t = hc[i : i + chunk], targets[i : i + chunk]
             m = len(t)
-            # one logits buffer reused across chunks; softmax, loss and gradient in place (5 passes)
-            logits = torch.mm(hi, Wc.T, out=buf[:m]) if fp32 else (hi @ Wc.T).float()
-            logits[:, 0] = float("-inf")
             rows = torch.arange(m, device=h.device)
+            if fp32:
+                # fused log-softmax, then probabilities in place (3 passes over the block); the
+                # 1/n of the mean is applied to the small gradient matrices at the end.
+                # Measured (benchmarks/epoch_time.py, fp32): 13.7 s per epoch vs 16.2 s with the
+                # five-pass form below
+                logits = torch.mm(hi, Wc.T, out=buf[:m])
+                logits[:, 0] = float("-inf")
+                lp = torch.log_softmax(logits, 1)
+                total -= lp[rows, t].sum(dtype=torch.float64)
+                p = lp.exp_()
+                p[rows, t] -= 1.0  # n x d(mean CE)/d(logits)
+                torch.mm(p, Wc, out=grad_h[i : i + m])
+                grad_W.addmm_(p.T, hi)
+                continue
+            # bf16 matmuls: the five-pass in-place form (measured faster here than log_softmax
+            # reading the bf16 block: 11.0 s vs 14.4 s per epoch)
+            logits = buf[:m].copy_(torch.mm(hi, Wc.T, out=low[:m]))
+            logits[:, 0] = float("-inf")
             target_logit = logits[rows, t]
             top = logits.amax(1, keepdim=True)
             p = logits.sub_(top).exp_()
             z = p.sum(1, keepdim=True)
             total += (top.squeeze(1) + z.log().squeeze(1) - target_logit).sum(dtype=torch.float64)
-            p.mul_(z.reciprocal_().div_(n))  # softmax / n
-            p[rows, t] -= 1.0 / n  # d(mean CE)/d(logits)
-            if fp32:
-                torch.mm(p, Wc, out=grad_h[i : i + m])
-                grad_W.addmm_(p.T, hi)
-            else:
-                p = p.to(compute_dtype)
-                grad_h[i : i + m] = p @ Wc
-                grad_W += p.T @ hi
+            p.mul_(z.reciprocal_())  # softmax
+            p[rows, t] -= 1.0  # n x d(mean CE)/d(logits)
+            pl = low[:m].copy_(p)
+            grad_h[i : i + m] = pl @ Wc
+            grad_W += pl.T @ hi
+        grad_h.div_(n)
+        grad_W.div_(n)
         ctx.save_for_backward(grad_h.to(h.dtype), grad_W.to(W.dtype))
         return (total / n).to(torch.float32)
 
@@ -81,10 +96,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h * g, grad_W * g, None, None, None
 
 
-def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int = 8192,
+# Elements of one chunk's logits block: 2**20 fp32 values (4 MiB) stay in the L2/L3 cache during
+# the five in-place passes; measured on 2 EPYC cores (ML-1M, 3,417 columns, 14k rows per batch):
+# 8,192-row chunks 222 ms per batch (fp32) / 200 ms (bf16), 256-1,024-row chunks 150-190 ms /
+# 80-110 ms.
+CE_BLOCK_ELEMENTS = 2**20
+
+
+def ce_chunk_rows(n_columns: int, block: int = CE_BLOCK_ELEMENTS) -> int:
+    """Rows per chunk of the fused CE: a logits block of about `block` elements, 64 to 8,192
+    rows (ML-1M's 3,417 columns: 306 rows)."""
+    return max(64, min(8192, block // max(n_columns, 1)))
+
+
+def full_ce(h: torch.Tensor, targets: torch.Tensor, W: torch.Tensor, chunk: int | None = None,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """Full softmax cross-entropy over items 1..n_items (mean over rows). `dtype` is the matmul
-    precision (default: the autocast dtype when autocast is on, else fp32)."""
+    precision (default: the autocast dtype when autocast is on, else fp32); `chunk`: rows per
+    logits block (default `ce_chunk_rows(W.shape[0])`)."""
+    chunk = chunk or ce_chunk_rows(W.shape[0])
     if dtype is None:
         on = torch.is_autocast_enabled(h.device.type)
         dtype = torch.get_autocast_dtype(h.device.type) if on else torch.float32

@@ -169,10 +169,13 @@ def evaluate(
     filter_seen: Annotated[bool | None, Opt(help="filter history items from the ranking")] = None,
     overrides: SetOption = None,
     retrieval: RetrievalOpt = None,
+    grid: Annotated[bool, Opt(help="2D Matryoshka grid: NDCG/HR for user vectors read after "
+                              "each number of blocks x each prefix width (loss.mse2d runs); "
+                              "writes RUN_DIR/grid.json")] = False,
 ) -> None:
     """Full-ranking evaluation of a saved run (accuracy and diversity); writes
-    RUN_DIR/metrics.json. `--set` changes evaluation settings (eval.ks, eval.filter_seen,
-    retrieval.knn_embed.clusters, ...)."""
+    RUN_DIR/metrics.json (with --grid: RUN_DIR/grid.json). `--set` changes evaluation settings
+    (eval.ks, eval.filter_seen, retrieval.knn_embed.clusters, ...)."""
     from userseq.data.load import load_events
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs
@@ -200,9 +203,28 @@ def evaluate(
     log = load_events(source, cfg.data)
     _check_same_data(rec, log, source, explicit=data is not None)
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
+    if grid:
+        _write_grid(rec, run_dir, sp)
+        return
     metrics = rec.write_metrics(run_dir, rec.report(log, sp))
     _print_metrics(metrics, f"{cfg.model.name} ({metrics['retrieval']['mode']}): {run_dir}")
     out.print(f"wrote {run_dir / 'metrics.json'}")
+
+
+def _write_grid(rec: Any, run_dir: Path, sp: Any) -> None:
+    """`evaluate --grid`: the layers x dims grid on validation and test users, printed (test
+    NDCG@10) and written to RUN_DIR/grid.json."""
+    from userseq.core.artifacts import write_json
+
+    res = {"valid": rec.evaluate_grid(sp.valid), "test": rec.evaluate_grid(sp.test)}
+    write_json(res, run_dir / "grid.json")
+    dims = sorted({int(g["dim"]) for g in res["test"]}, reverse=True)
+    out.print("test NDCG@10: rows = blocks used, columns = prefix width")
+    out.print("blocks " + " ".join(f"{d:>7}" for d in dims))
+    for n in sorted({int(g["layers"]) for g in res["test"]}):
+        cells = {int(g["dim"]): g["ndcg@10"] for g in res["test"] if int(g["layers"]) == n}
+        out.print(f"{n:>6} " + " ".join(f"{cells[d]:7.4f}" for d in dims))
+    out.print(f"wrote {run_dir / 'grid.json'}")
 
 
 def _retrieval_mode(value: str) -> str:

@@ -140,6 +140,8 @@ class NextItemRecommender(Estimator[RunConfig]):
             catalogue = pl.concat([catalogue, warm.item_ids_.filter(
                 ~warm.item_ids_.is_in(catalogue.implode()))])
         self.encoder_ = encoder = build_encoder(cfg.model, len(catalogue), items)
+        if cfg.loss.mse2d.enabled:
+            _check_mse2d(cfg, encoder)
         self.user_ids_, self.item_ids_ = log.user_ids, catalogue
         self.histories_ = log.sequences()
         if warm is not None:
@@ -450,11 +452,15 @@ class NextItemRecommender(Estimator[RunConfig]):
             x = rows[:, 1:]
             real = x > 0
             return self._objective(model.reconstruct(x, real)[real], x[real], W, loss)
+        two_d = self.config.loss.mse2d.enabled
         if model.causal:
             inputs, targets = rows[:, :-1], rows[:, 1:]
             mask = inputs > 0
-            h = model(inputs, mask)
             sel = mask & (targets > 0)
+            if two_d:
+                return self._loss_2d(model.layer_outputs(inputs, mask), sel, targets[sel], W,
+                                     loss)
+            h = model(inputs, mask)
             return self._objective(h[sel], targets[sel], W, loss)
         # masked-item (Cloze) objective: hide a random share of real positions, predict them
         x = rows[:, 1:]
@@ -463,8 +469,46 @@ class NextItemRecommender(Estimator[RunConfig]):
         none = ~hide.any(1)
         hide[none, -1] = real[none, -1]  # every row predicts at least its last item
         inputs = torch.where(hide, torch.full_like(x, model.mask_token()), x)
+        if two_d:
+            return self._loss_2d(model.layer_outputs(inputs, real), hide, x[hide], W, loss)
         h = model(inputs, real)
         return self._objective(h[hide], x[hide], W, loss)
+
+    def _loss_2d(self, hs: list[torch.Tensor], sel: torch.Tensor, targets: torch.Tensor,
+                 items: Any, loss: NextItemLoss) -> torch.Tensor:
+        """2D Matryoshka objective (`loss.mse2d`): the last block's loss at a sampled prefix
+        width, plus one sampled earlier block's loss at a sampled width, plus the KL term pulling
+        that block's softmax over items toward the (detached) last block's. `hs`: the
+        hidden states after each block."""
+        c = self.config.loss.mse2d
+        dims = mse2d_dims(self.config)
+        full = hs[-1].shape[-1]
+
+        def pick(n: int) -> int:
+            return int(torch.randint(n, (1,)))
+
+        def at(h: torch.Tensor, d: int) -> torch.Tensor:
+            return loss(h[:, :d], targets, items if d == full else _Prefix(items, d))
+
+        last = hs[-1][sel]
+        total = c.last_layer_weight * at(last, dims[pick(len(dims))])
+        if len(hs) > 1:
+            prior = hs[pick(len(hs) - 1)][sel]
+            total = total + c.prior_layers_weight * at(prior, dims[pick(len(dims))])
+            if c.kl_weight > 0:
+                total = total + c.kl_weight * self._kl_to_last(last, prior, items, c)
+        return total
+
+    def _kl_to_last(self, last: torch.Tensor, prior: torch.Tensor, items: Any,
+                    c: Any) -> torch.Tensor:
+        """KL(softmax(last / T) || softmax(prior / T)) over the catalogue, on `c.kl_rows`
+        random positions (the last block is the detached teacher)."""
+        rows = torch.randperm(len(last), device=last.device)[: c.kl_rows]
+        W = items.output_matrix()[1 : len(self.item_ids_) + 1]
+        teacher = torch.log_softmax(last[rows].detach() @ W.T / c.kl_temperature, -1)
+        student = torch.log_softmax(prior[rows] @ W.T / c.kl_temperature, -1)
+        return torch.nn.functional.kl_div(student, teacher, log_target=True,
+                                          reduction="batchmean")
 
     def _mask_prob(self) -> float:
         """Share of positions hidden by the masked-item objective of bidirectional encoders."""
@@ -544,6 +588,44 @@ class NextItemRecommender(Estimator[RunConfig]):
         c = self.config.eval
         return evaluate(self.scorer(users), len(self.item_ids_),
                         eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
+
+    def evaluate_grid(self, eval_set: EvalSet, layers: Sequence[int] | None = None,
+                      dims: Sequence[int] | None = None, ks: Sequence[int] | None = None,
+                      filter_seen: bool | None = None) -> list[dict[str, float]]:
+        """Full-ranking metrics of `eval_set` with user vectors read after the first n blocks
+        (`layers`, default 1..all) and truncated to their first d dimensions (`dims`, default
+        the run's `loss.mse2d` widths), item vectors truncated alike: one row per (n, d) cell
+        (keys `layers`, `dim` and the metrics). Meant for runs trained with `loss.mse2d` (any
+        transformer run can be measured; untrained cells are poor)."""
+        enc = self.check_is_fitted()
+        if not hasattr(enc, "layer_outputs"):
+            raise ConfigError(f"encoder '{self.config.model.name}' has no per-block read-outs; "
+                              "the layers x dims grid needs a transformer (sasrec, bert4rec).")
+        c = self.config.eval
+        seen = (eval_set.offsets, eval_set.items) if (
+            c.filter_seen if filter_seen is None else filter_seen) else None
+        ks = sorted(set(ks or c.ks))
+        layers = list(layers or range(1, len(enc.blocks) + 1))
+        dims = list(dims or mse2d_dims(self.config))
+        items = self.item_matrix()
+        bad = [d for d in dims if not 1 <= d <= items.shape[1]]
+        if bad or not all(1 <= n <= len(enc.blocks) for n in layers):
+            raise ConfigError(f"grid: dims must lie in 1..{items.shape[1]} and layers in "
+                              f"1..{len(enc.blocks)} (got dims {dims}, layers {layers}).")
+        out = []
+        saved = enc.exit_layer
+        try:
+            for n in layers:
+                enc.exit_layer = n
+                users = self.encode(eval_set.offsets, eval_set.items)
+                for d in dims:
+                    scorer = matrix_scorer(users[:, :d].contiguous(), items[:, :d].contiguous())
+                    m = evaluate(scorer, len(self.item_ids_), eval_set.targets, seen, ks,
+                                 c.user_chunk, c.item_chunk)
+                    out.append({"layers": float(n), "dim": float(d), **m})
+        finally:
+            enc.exit_layer = saved
+        return out
 
     def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
                  filter_seen: bool | None = None, retrieval: str | None = None,
@@ -991,6 +1073,32 @@ def _train_state(state: TrainState, trainer: Trainer, n_rows: int) -> dict[str, 
         "precision": str(trainer.autocast_dtype or torch.float32).replace("torch.", ""),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
+
+
+def _check_mse2d(cfg: RunConfig, encoder: SequenceEncoder) -> None:
+    if not hasattr(encoder, "layer_outputs"):
+        raise ConfigError(f"loss.mse2d needs per-block read-outs: a transformer encoder (sasrec, "
+                          f"bert4rec) with model.readout=last; got '{cfg.model.name}' "
+                          f"(readout {cfg.model.readout}).")
+    too_wide = [d for d in mse2d_dims(cfg) if not 1 <= d <= cfg.model.dim]
+    if too_wide:
+        raise ConfigError(f"loss.mse2d.dims {too_wide}: each width must lie in 1..model.dim "
+                          f"({cfg.model.dim}).")
+
+
+def mse2d_dims(cfg: RunConfig) -> list[int]:
+    """Prefix widths of 2D Matryoshka training, widest first: `loss.mse2d.dims`, else the
+    Matryoshka table's nested prefixes, else dim, dim/2, ... down to 8."""
+    c, m = cfg.loss.mse2d, cfg.model
+    if c.dims:
+        return sorted(set(c.dims), reverse=True)
+    if m.item_table == "matryoshka":
+        return matryoshka_dims(m)
+    dims, d = [], m.dim
+    while d >= 8:
+        dims.append(d)
+        d //= 2
+    return dims or [m.dim]
 
 
 class _Prefix:
