@@ -197,6 +197,10 @@ def run_cost(args) -> None:
                     np.array([L]), np.ones(1, np.float32), np.zeros((1, 0), np.float32))
         cand = torch.from_numpy(rng.integers(1, n_items + 1, 1000))
         for model in args.models:
+            if model == "din" and L > 2000 and not args.smoke:
+                print(f"cost L={L} din: skipped (O(L) MLP per candidate: minutes per repeat; "
+                      "the ctr section measures it)", flush=True)
+                continue
             cfg = CTRConfig.from_yaml(CONFIG).updated({"model.name": model, "model.max_len": L,
                                                        "model.long_len": L}).model
             torch.manual_seed(0)
