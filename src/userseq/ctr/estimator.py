@@ -264,11 +264,16 @@ class CTREstimator(Estimator[CTRConfig]):
         `history`, `history_values`, `history_timestamps`, `timestamp`, `context`: see
         `predict_proba`); the history is encoded once (SDIM: bucket sums; search models: keys and
         values) and the candidates are scored in chunks."""
+        return self._score_candidates(*self.request_samples(request, candidates))
+
+    def request_samples(self, request: Mapping[str, Any], candidates: Sequence[Any]
+                        ) -> tuple[Behaviours, Samples, np.ndarray]:
+        """The request's history (one sample) and the candidates' item indices."""
         if len(candidates) == 0:
             raise DataError("no candidate items to score.")
         beh, s = self.requests_to_samples([{**request, "item": candidates[0]}])
         cand = self.vocab_.item_index(list(candidates), "candidate item")
-        return self._score_candidates(beh, s, cand)
+        return beh, s, cand
 
     def score_candidates(self, history: Sequence[Any], candidates: Sequence[Any],
                          history_values: Sequence[float] | None = None, user: Any = None,
