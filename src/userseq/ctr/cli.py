@@ -26,8 +26,9 @@ from userseq.core.cli import (
 )
 from userseq.core.errors import UserseqError
 
-ctr_app = typer.Typer(no_args_is_help=True,
-                      help="CTR prediction over behaviour histories (DIN, SIM, TWIN, SDIM, DARE, AW-MoE).")
+ctr_app = typer.Typer(
+    no_args_is_help=True,
+    help="CTR prediction over behaviour histories (DIN, SIM, TWIN, SDIM, DARE, AW-MoE).")
 
 RunDir = Annotated[Path, typer.Argument(help="run directory created by `userseq ctr train`")]
 
