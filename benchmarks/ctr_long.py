@@ -177,6 +177,31 @@ def run_resplit(args) -> None:
                                          "smoke": args.smoke, "time_split": time_split}, cli)
 
 
+def run_splits(args) -> None:
+    """Test-set shape of the MovieLens CTR rows (label = rating >= 4) under the global time split
+    and the per-user split: users, the heaviest user's share, cold impressions. No training."""
+    from userseq.ctr.config import CTRConfig
+    from userseq.ctr.data import build_ctr_data
+    from userseq.data.datasets import load_dataset, load_item_metadata
+
+    for ds in args.datasets:
+        log, meta = load_dataset(ds), load_item_metadata(ds)
+        base = CTRConfig().data
+        row = {"dataset": ds}
+        with LoadMonitor() as mon:
+            for split in ("time", "user"):
+                data = build_ctr_data(log, base.model_copy(update={"split": split}), meta)
+                s = data.split("test")
+                o = np.searchsorted(data.behaviours.offsets, s.start, side="right")
+                row[split] = {"test_users": int(len(np.unique(o))), "test_samples": len(o),
+                              "heaviest_user_share": heaviest_user_share(o),
+                              "cold_impressions": int((s.history_lengths < 20).sum()),
+                              "train_samples": len(data.splits["train"])}
+        save_row(STORE, f"{'smoke/' if args.smoke else ''}splits/{ds}", provenance(mon, **row),
+                 LOCK)
+        print(ds, row, flush=True)
+
+
 def run_cost(args) -> None:
     """ms to score 1,000 candidates for one history of length L: end to end (encode the history +
     score) and online (the per-user state is cached, as SDIM's BSE service / a DARE key cache
@@ -361,6 +386,23 @@ def render(write: bool) -> None:
                                  f"({'flat within 20%' if ratio <= 1.2 else 'not flat'}).")
         lines.append("")
 
+    sp = [r for k, r in rows.items() if k.startswith("splits/")]
+    if sp:
+        lines += ["### MovieLens CTR test sets: global time split vs per-user split", "",
+                  "Label = rating >= 4, every rating a sample (the `ctr` section's data). `time`: "
+                  "samples at/after the 90% time quantile test (the `ctr` section's rows); "
+                  "`user`: each user's last 10% of events test (`data.split: user`). Cold = test "
+                  "impressions with fewer than 20 history events. `python benchmarks/ctr_long.py "
+                  "--part splits --datasets ml-latest-small ml-100k`.", "",
+                  "| dataset | split | test users | test impressions | heaviest user's share | "
+                  "cold impressions | train impressions |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(sp, key=lambda r: r["dataset"]):
+            for split in ("time", "user"):
+                x = r[split]
+                lines.append(f"| {r['dataset']} | {split} | {x['test_users']:,} | "
+                             f"{x['test_samples']:,} | {x['heaviest_user_share']:.1%} | "
+                             f"{x['cold_impressions']:,} | {x['train_samples']:,} |")
+        lines.append("")
     rs_rows = [r for k, r in rows.items() if k.startswith("resplit/")]
     if rs_rows:
         lines += ["### MovieLens CTR rows re-split: every user in the test set", "",
@@ -394,7 +436,8 @@ def render(write: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["ml1m", "resplit", "cost", "table"], required=True)
+    ap.add_argument("--part", choices=["ml1m", "resplit", "splits", "cost", "table"],
+                    required=True)
     ap.add_argument("--models", nargs="+", default=["din", "sim", "twin", "sdim", "dare"])
     ap.add_argument("--lengths", nargs="+", default=["100", "1000", "all"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[42])
@@ -409,7 +452,8 @@ def main() -> None:
         ensure_quiet(args.no_quiet)
         setup_torch(args.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-        {"ml1m": run_ml1m, "resplit": run_resplit, "cost": run_cost}[args.part](args)
+        {"ml1m": run_ml1m, "resplit": run_resplit, "splits": run_splits,
+         "cost": run_cost}[args.part](args)
     render(not args.no_write and not args.smoke)
 
 
