@@ -205,22 +205,21 @@ def test_sampled_negatives_follow_dare_protocol():
 
 
 def test_negatives_are_drawn_by_item_frequency():
-    """Two users, item 'hot' seen 9x as often as each 'cold' item by others: a user who has
-    seen neither draws 'hot' about 9x as often as one 'cold' item."""
-    rows = [(f"o{u}", "hot", 0) for u in range(90)]
-    rows += [(f"c{u}", f"cold{u % 10}", 0) for u in range(100)]  # each cold item: 10 users
-    rows += [("me", "mine", t) for t in range(1)]
-    log = EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"],
-                                           orient="row"))
-    data = build_ctr_data(log, CTRDataConfig(negatives=400, valid_quantile=0.3,
-                                             test_quantile=0.6))
-    s = data.samples
-    me = data.vocab.item_index(["mine"])[0]
-    mine = np.flatnonzero((s.label == 0) & (s.start == s.start[np.flatnonzero(s.item == me)[0]]))
-    hot = data.vocab.item_index(["hot"])[0]
-    frac_hot = float((s.item[mine] == hot).mean())
-    assert abs(frac_hot - 90 / 190) < 0.06  # p(hot) = 90 / (90 + 100), not 1 / 11
-    assert me not in set(s.item[mine].tolist())
+    """'hot' is in the store 90 times, each of 10 'cold' items 10 times: a user who has seen
+    neither draws 'hot' with probability 90 / 190, never an item of their own."""
+    from userseq.ctr.data import Behaviours, Samples, add_sampled_negatives
+
+    items = np.r_[np.full(90, 1), np.repeat(np.arange(2, 12), 10), [12]]  # last: "me" saw 12
+    n = len(items)
+    beh = Behaviours(np.arange(n + 1), items, np.ones(n, np.int64), np.zeros(n))
+    me = n - 1
+    s = Samples(np.array([me + 1]), np.array([12]), np.array([1.0]), np.array([me]),
+                np.array([me]), np.ones(1, np.float32), np.zeros((1, 0), np.float32))
+    out, owner = add_sampled_negatives(s, np.array([me]), beh, 12, 2000, seed=0, source="x")
+    neg = out.item[1:]
+    assert len(out) == 2001 and (owner == me).all() and out.label[1:].sum() == 0
+    assert abs(float((neg == 1).mean()) - 90 / 190) < 0.04
+    assert 12 not in set(neg.tolist()) and 0 not in set(neg.tolist())
 
 
 def test_per_user_split_hand_computed():
@@ -231,7 +230,7 @@ def test_per_user_split_hand_computed():
                                            orient="row"))
     data = build_ctr_data(log, CTRDataConfig(negatives=1, split="user"))
     s = data.samples
-    a_start = 0  # user a's events come first in the store
+    a_start = data.behaviours.offsets[data.vocab.user_ids.to_list().index("a")]
     for name, want in (("train", list(range(8))), ("valid", [8]), ("test", [9])):
         idx = data.splits[name]
         a = idx[s.start[idx] == a_start]
@@ -261,7 +260,7 @@ def test_implicit_log_needs_negatives_or_a_label_column():
 
 
 def test_per_user_split_needs_three_targets():
-    rows = [("a", "x", 0), ("a", "y", 1)]
+    rows = [("a", "x", 0), ("a", "y", 1), ("b", "z", 0)]
     log = EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"],
                                            orient="row"))
     with pytest.raises(DataError, match="per-user split left no valid samples"):
