@@ -99,7 +99,7 @@ def test_bootstrap_replicate_equals_metrics_on_redrawn_users():
     impressions repeated as often as the user was drawn."""
     rng = np.random.default_rng(1)
     n = 400
-    users = rng.integers(0, 40, n)
+    users = rng.permutation(np.repeat(np.arange(40), 10))
     y = rng.integers(0, 2, n)
     s = np.round(y * 0.3 + rng.random(n), 2)  # rounded: ties across users
     out = bootstrap_ctr(y, s, users, n_boot=1, seed=5)
