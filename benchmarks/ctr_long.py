@@ -429,7 +429,10 @@ def render(write: bool) -> None:
         lines.append("")
     dates = sorted({r["date"] for r in rows.values()})
     if dates:
-        lines.append(f"Rows run {dates[0]} .. {dates[-1]}.")
+        stops = sorted({r["train"]["stopped"] for r in rows.values() if "train" in r})
+        lines.append(f"Rows run {dates[0]} .. {dates[-1]}, commits "
+                     f"{', '.join(sorted({r['commit'] for r in rows.values()}))}; training "
+                     f"stopped: {'; '.join(stops) or '-'}.")
     publish("ctr_long", "Long-history CTR (ML-1M), CTR intervals, cold/warm users, re-split rows",
             lines, write)
 
