@@ -149,3 +149,31 @@ def test_http_score_endpoint(cli, run):
     assert "at or after the target's timestamp" in future.json()["message"]
     nobody = client.post("/score", json={"items": [5]})
     assert nobody.status_code == 422 and "give `user`" in nobody.json()["message"]
+
+
+def test_awmoe_on_an_implicit_log_with_sampled_negatives_and_per_user_split(cli, files,
+                                                                            tmp_path):
+    """An implicit log (no label column): DARE's sampled negatives, every user tested, AW-MoE;
+    metrics.json carries the bootstrap intervals over users and the history buckets, and
+    `ctr evaluate` rebuilds the same samples (same fingerprint, same figures)."""
+    events, cfg = files
+    implicit = tmp_path / "implicit.csv"
+    pl.read_csv(events).select("user_id", "item_id", "timestamp", "category").write_csv(implicit)
+    out = tmp_path / "aw"
+    res = cli("ctr", "train", "--data", implicit, "--model", "awmoe", "--category-col",
+              "category", "--config", cfg, "--set", "data.negatives=2", "--set", "data.split=user",
+              "--set", "data.targets_per_user=5", "--set", "model.num_experts=3",
+              "--epochs", "1", "--out", out, "--quiet")
+    assert res.code == 0, res.output
+    assert "per user" in res.output and "auc 95% CI" in res.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    t = m["test"]
+    assert m["model"] == "awmoe" and m["split"]["split"] == "user"
+    assert t["impressions"] == 60 * 3 and t["positive_rate"] == pytest.approx(1 / 3)
+    lo, hi = t["ci95"]["auc"]
+    assert lo <= t["auc"] <= hi and t["ci95"]["n_boot"] == 200
+    assert sum(b["impressions"] for b in t["by_history"]) == t["impressions"]
+    res = cli("ctr", "evaluate", out)
+    assert res.code == 0, res.output
+    again = json.loads((out / "metrics.json").read_text())["test"]
+    assert again["auc"] == t["auc"] and again["ci95"] == t["ci95"]

@@ -161,3 +161,107 @@ def test_config_is_strict():
         CTRConfig().updated({"train.monitor": "ndcg@10"})
     with pytest.raises(ConfigError, match="valid_quantile"):
         CTRConfig().updated({"data.valid_quantile": 0.95})
+
+
+# ---------------------------------------------------------------- sampled negatives, per-user split
+def implicit_log(n_users=30, n_items=40, length=12, seed=0):
+    """An implicit log (no rating column): per user `length` distinct items in time order, item
+    popularity skewed (item k drawn with weight 1 / k)."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n_items + 1)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(n_items, size=length, replace=False, p=w / w.sum())
+        rows += [(f"u{u}", f"i{i}", t) for t, i in enumerate(items)]
+    return EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"],
+                                            orient="row"))
+
+
+def test_sampled_negatives_follow_dare_protocol():
+    log = implicit_log()
+    cfg = CTRDataConfig(negatives=2, split="user", negative_seed=7)
+    data = build_ctr_data(log, cfg)
+    s, b = data.samples, data.behaviours
+    n_pos = log.n_events
+    assert len(s) == 3 * n_pos and s.label[:n_pos].tolist() == [1] * n_pos
+    assert s.label[n_pos:].sum() == 0
+    # each negative shares its positive's user, time and history ...
+    for k in (1, 2):
+        blk = slice(k * n_pos, (k + 1) * n_pos)
+        for a in ("user", "ts", "start", "end"):
+            np.testing.assert_array_equal(getattr(s, a)[blk], getattr(s, a)[:n_pos])
+    # ... and is an item its user never interacted with
+    owner = np.repeat(np.arange(log.n_users), np.diff(b.offsets))
+    seen = {(int(u), int(i)) for u, i in zip(owner, b.items, strict=True)}
+    neg_owner = np.searchsorted(b.offsets, s.start[n_pos:], side="right") - 1
+    assert not any((int(u), int(i)) in seen for u, i in zip(neg_owner, s.item[n_pos:],
+                                                             strict=True))
+    # same seed, same samples; another seed, other negatives
+    again = build_ctr_data(log, cfg)
+    np.testing.assert_array_equal(again.samples.item, s.item)
+    other = build_ctr_data(log, cfg.model_copy(update={"negative_seed": 8}))
+    assert (other.samples.item[n_pos:] != s.item[n_pos:]).any()
+    assert "sampled by item frequency" in data.info["label"]
+
+
+def test_negatives_are_drawn_by_item_frequency():
+    """'hot' is in the store 90 times, each of 10 'cold' items 10 times: a user who has seen
+    neither draws 'hot' with probability 90 / 190, never an item of their own."""
+    from userseq.ctr.data import Behaviours, Samples, add_sampled_negatives
+
+    items = np.r_[np.full(90, 1), np.repeat(np.arange(2, 12), 10), [12]]  # last: "me" saw 12
+    n = len(items)
+    beh = Behaviours(np.arange(n + 1), items, np.ones(n, np.int64), np.zeros(n))
+    me = n - 1
+    s = Samples(np.array([me + 1]), np.array([12]), np.array([1.0]), np.array([me]),
+                np.array([me]), np.ones(1, np.float32), np.zeros((1, 0), np.float32))
+    out, owner = add_sampled_negatives(s, np.array([me]), beh, 12, 2000, seed=0, source="x")
+    neg = out.item[1:]
+    assert len(out) == 2001 and (owner == me).all() and out.label[1:].sum() == 0
+    assert abs(float((neg == 1).mean()) - 90 / 190) < 0.04
+    assert 12 not in set(neg.tolist()) and 0 not in set(neg.tolist())
+
+
+def test_per_user_split_hand_computed():
+    """10 targets: 8 train, 1 valid, 1 test (q 0.8 / 0.9); 2 targets: train only; a click and
+    its negatives stay in one split."""
+    rows = [("a", f"i{t}", t) for t in range(10)] + [("b", f"j{t}", t) for t in range(2)]
+    log = EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"],
+                                           orient="row"))
+    data = build_ctr_data(log, CTRDataConfig(negatives=1, split="user"))
+    s = data.samples
+    a_start = data.behaviours.offsets[data.vocab.user_ids.to_list().index("a")]
+    for name, want in (("train", list(range(8))), ("valid", [8]), ("test", [9])):
+        idx = data.splits[name]
+        a = idx[s.start[idx] == a_start]
+        assert sorted(set(s.ts[a].astype(int).tolist())) == want
+        assert (s.label[a] == 1).sum() == (s.label[a] == 0).sum() == len(want)
+    b_idx = np.flatnonzero(s.start != a_start)
+    assert set(b_idx.tolist()) <= set(data.splits["train"].tolist())
+    assert data.info["split"] == "user" and data.info["test_users"] == 1
+
+
+def test_targets_per_user_keeps_the_last_targets_with_whole_histories():
+    log = implicit_log(n_users=5, length=12)
+    data = build_ctr_data(log, CTRDataConfig(negatives=1, split="user", targets_per_user=4))
+    s = data.samples
+    pos = s.label == 1
+    assert pos.sum() == 5 * 4
+    assert sorted(set(s.ts[pos].astype(int).tolist())) == [8, 9, 10, 11]
+    assert set((s.end - s.start)[pos].tolist()) == {8, 9, 10, 11}  # histories stay whole
+    assert [len(data.splits[k]) for k in ("train", "valid", "test")] == [20, 10, 10]
+
+
+def test_implicit_log_needs_negatives_or_a_label_column():
+    log = implicit_log(n_users=4)
+    with pytest.raises(DataError, match="missing label column 'rating'"):
+        build_ctr_data(log, CTRDataConfig())
+    assert build_ctr_data(log, CTRDataConfig(negatives=1)).vocab.n_feats == 1
+
+
+def test_per_user_split_needs_three_targets():
+    rows = [("a", "x", 0), ("a", "y", 1), ("b", "z", 0)]
+    log = EventLog.from_frame(pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"],
+                                           orient="row"))
+    with pytest.raises(DataError, match="per-user split left no valid samples"):
+        build_ctr_data(log, CTRDataConfig(negatives=1, split="user"))

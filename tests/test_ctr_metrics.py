@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from userseq.core.errors import DataError
-from userseq.metrics.ctr import auc, ctr_metrics, group_auc, logloss
+from userseq.metrics.ctr import (
+    auc,
+    bootstrap_ctr,
+    ctr_by_history,
+    ctr_metrics,
+    group_auc,
+    logloss,
+)
 
 
 def test_auc_hand_computed_with_ties():
@@ -85,3 +92,55 @@ def test_ctr_metrics_report():
     m = ctr_metrics(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.3]), np.array([1, 1, 2, 2]))
     assert m["auc"] == 1.0 and m["gauc"] == 1.0 and m["gauc_groups"] == 2
     assert m["impressions"] == 4 and m["positive_rate"] == 0.5
+
+
+def test_bootstrap_replicate_equals_metrics_on_redrawn_users():
+    """One replicate: AUC and GAUC equal the plain metrics on the data with each user's
+    impressions repeated as often as the user was drawn."""
+    rng = np.random.default_rng(1)
+    n = 400
+    users = rng.permutation(np.repeat(np.arange(40), 10))
+    y = rng.integers(0, 2, n)
+    s = np.round(y * 0.3 + rng.random(n), 2)  # rounded: ties across users
+    out = bootstrap_ctr(y, s, users, n_boot=1, seed=5)
+    mult = np.bincount(np.random.default_rng(5).integers(0, 40, 40), minlength=40)
+    rep = np.concatenate([np.tile(np.flatnonzero(users == u), mult[u]) for u in range(40)])
+    # a user drawn twice is two groups for GAUC: tag the copies
+    copy = np.concatenate([np.repeat(np.arange(mult[u]), (users == u).sum()) for u in range(40)])
+    want_auc = auc(y[rep], s[rep])
+    want_gauc, _ = group_auc(y[rep], s[rep], users[rep] * 100 + copy)
+    assert out["auc"][0] == pytest.approx(want_auc, abs=1e-12)
+    assert out["auc"][1] == pytest.approx(want_auc, abs=1e-12)
+    assert out["gauc"][0] == pytest.approx(want_gauc, abs=1e-12)
+
+
+def test_bootstrap_interval_covers_the_estimate_and_narrows_with_users():
+    rng = np.random.default_rng(2)
+
+    def width(n_users):
+        users = np.repeat(np.arange(n_users), 20)
+        y = rng.integers(0, 2, len(users))
+        s = y * 0.4 + rng.random(len(users))
+        out = bootstrap_ctr(y, s, users, n_boot=200)
+        a = auc(y, s)
+        assert out["auc"][0] <= a <= out["auc"][1]
+        assert out["level"] == 0.95 and out["n_boot"] == 200
+        return out["auc"][1] - out["auc"][0]
+
+    assert width(400) < width(25)
+    one = bootstrap_ctr(np.ones(4), np.arange(4.0), np.arange(4))
+    assert all(math.isnan(v) for v in one["auc"])
+
+
+def test_ctr_by_history_buckets_hand_computed():
+    y = np.array([1, 0, 1, 0, 1, 0])
+    s = np.array([0.9, 0.1, 0.2, 0.8, 0.6, 0.5])
+    users = np.array([0, 0, 1, 1, 2, 2])
+    hist = np.array([3, 3, 50, 50, 2000, 2000])
+    rows = ctr_by_history(y, s, users, hist, edges=(20, 100))
+    assert [r["history"] for r in rows] == ["0-19", "20-99", ">=100"]
+    assert [r["impressions"] for r in rows] == [2, 2, 2]
+    assert [r["auc"] for r in rows] == [1.0, 0.0, 1.0]
+    assert [r["users"] for r in rows] == [1, 1, 1]
+    empty = ctr_by_history(y, s, users, hist, edges=(5000,))[1]
+    assert empty["impressions"] == 0 and math.isnan(empty["auc"])

@@ -15,7 +15,7 @@ from userseq.ctr.models import build_ctr_model
 from userseq.ctr.synthetic import synthetic_ctr_events
 from userseq.data.eventlog import EventLog
 
-MODELS = ["nohist", "mean", "din", "sim", "twin", "sdim", "dare"]
+MODELS = ["nohist", "mean", "din", "sim", "twin", "sdim", "dare", "awmoe"]
 SMALL = {"model.item_dim": 8, "model.cat_dim": 8, "model.user_dim": 4, "model.mlp": [32, 16],
          "model.att_hidden": [16, 8], "model.num_hashes": 8, "model.hash_bits": 2, "model.top_k": 5,
          "model.max_len": 300, "model.long_len": 300, "train.batch_size": 128, "train.threads": 1,

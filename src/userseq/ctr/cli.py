@@ -26,8 +26,9 @@ from userseq.core.cli import (
 )
 from userseq.core.errors import UserseqError
 
-ctr_app = typer.Typer(no_args_is_help=True,
-                      help="CTR prediction over behaviour histories (DIN, SIM, TWIN, SDIM, DARE).")
+ctr_app = typer.Typer(
+    no_args_is_help=True,
+    help="CTR prediction over behaviour histories (DIN, SIM, TWIN, SDIM, DARE, AW-MoE).")
 
 RunDir = Annotated[Path, typer.Argument(help="run directory created by `userseq ctr train`")]
 
@@ -53,13 +54,15 @@ def _load_log(data: str, cfg: Any):
 
 def _print(metrics: dict[str, Any], title: str) -> None:
     t = Table(title=title)
-    for c in ("split", "auc", "gauc", "logloss", "impressions", "positive rate"):
+    for c in ("split", "auc", "auc 95% CI (users)", "gauc", "logloss", "impressions",
+              "positive rate"):
         t.add_column(c, justify="right")
     for name in ("valid", "test"):
         if name in metrics:
             m = metrics[name]
-            t.add_row(name, f"{m['auc']:.4f}", f"{m['gauc']:.4f}", f"{m['logloss']:.4f}",
-                      f"{m['impressions']:,}", f"{m['positive_rate']:.3f}")
+            lo, hi = (m.get("ci95") or {}).get("auc", (float("nan"), float("nan")))
+            t.add_row(name, f"{m['auc']:.4f}", f"[{lo:.4f}, {hi:.4f}]", f"{m['gauc']:.4f}",
+                      f"{m['logloss']:.4f}", f"{m['impressions']:,}", f"{m['positive_rate']:.3f}")
     out.print(t)
     tr = metrics.get("train") or {}
     if tr:
@@ -73,7 +76,7 @@ def train(
         "--data", "-d", help="ml-100k | ml-latest-small | dataset name | events file")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")],
     model: Annotated[str | None, typer.Option(
-        help="nohist | mean | din | sim | twin | sdim | dare")] = None,
+        help="nohist | mean | din | sim | twin | sdim | dare | awmoe")] = None,
     config: Annotated[Path | None, typer.Option(
         help="YAML CTR config (sections data/model/train)")] = None,
     set_: SetOption = None,
@@ -136,8 +139,9 @@ def _train_run(data: str, cfg: Any, out_dir: Path, resume: bool, quiet: bool,
     log, meta = _load_log(data, cfg)
     ctr = build_ctr_data(log, cfg.data, meta)
     i = ctr.info
+    by = "per user" if i.get("split") == "user" else "by time"
     err.print(f"loaded {log.source}: {i['samples']:,} samples ({i['train_samples']:,} train / "
-              f"{i['valid_samples']:,} valid / {i['test_samples']:,} test by time), "
+              f"{i['valid_samples']:,} valid / {i['test_samples']:,} test {by}), "
               f"{i['categories']} categories, mean history {i['history_length']['mean']:.0f} "
               f"({time.time() - t0:.1f}s)")
     check_out_dir(out_dir, resume, overwrite, delete=True)  # the data loaded: replace the run

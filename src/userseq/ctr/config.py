@@ -39,6 +39,19 @@ class CTRDataConfig(StrictModel):
         0.8, gt=0, lt=1, description="samples before this time quantile train")
     test_quantile: float = Field(
         0.9, gt=0, lt=1, description="samples at/after this time quantile test")
+    split: Literal["time", "user"] = Field(
+        "time", description="time: one global time cut for everyone (the quantiles above over all "
+                            "samples); user: the quantiles over each user's own targets in time "
+                            "order, so every user with >= 3 targets is in valid and test")
+    negatives: int = Field(
+        0, ge=0, description="per observed event, this many items sampled by item frequency that "
+                             "the user never interacted with, as non-clicks (DARE's protocol): "
+                             "every observed event is then a click and the label column is only a "
+                             "history feature (optional)")
+    negative_seed: int = Field(0, description="seed of the negative sampling")
+    targets_per_user: int | None = Field(
+        None, ge=1, description="keep only each user's last N target events as samples (their "
+                                "histories stay whole)")
 
     @model_validator(mode="after")
     def _order(self) -> CTRDataConfig:
@@ -51,7 +64,7 @@ class CTRDataConfig(StrictModel):
 class CTRModelConfig(StrictModel):
     """The CTR model. `name` picks the interest module; the embedding and MLP blocks are shared."""
 
-    name: Literal["nohist", "mean", "din", "sim", "twin", "sdim", "dare"] = "din"
+    name: Literal["nohist", "mean", "din", "sim", "twin", "sdim", "dare", "awmoe"] = "din"
     item_dim: int = Field(32, ge=1)
     cat_dim: int = Field(16, ge=1)
     user_dim: int = Field(16, ge=0, description="user-id embedding size (0: no user-id feature)")
@@ -78,6 +91,12 @@ class CTRModelConfig(StrictModel):
     pos_buckets: int = Field(
         64, ge=2, description="log-spaced buckets of the position counted back from the target")
     dropout: float = Field(0.0, ge=0, lt=1)
+    num_experts: int = Field(4, ge=1, description="AW-MoE experts")
+    moe_mask_prob: float = Field(
+        0.5, ge=0, lt=1, description="AW-MoE: behaviours dropped in the masked (long-tail) view")
+    moe_cl_weight: float = Field(
+        0.1, ge=0, description="AW-MoE: weight of the contrastive loss on gate outputs (0: off)")
+    moe_temperature: float = Field(0.2, gt=0, description="AW-MoE: InfoNCE temperature")
 
     @field_validator("mlp", "att_hidden")
     @classmethod
@@ -91,7 +110,7 @@ class CTRModelConfig(StrictModel):
         """How many recent behaviours this model reads."""
         if self.name == "nohist":
             return 0
-        return self.max_len if self.name in ("mean", "din") else self.long_len
+        return self.max_len if self.name in ("mean", "din", "awmoe") else self.long_len
 
 
 def _train_defaults() -> TrainConfig:

@@ -12,8 +12,16 @@ column's own 0/1 values when the threshold is null. The same column, bucketed, i
 history feature ("what the user thought of it"). Item categories come from `category_col`, or for
 named MovieLens datasets from their genres (the item's rarest genre: the most specific one).
 
-The split is global in time: samples before the `valid_quantile` time quantile train, samples in
-[valid, test) validate (early stopping), samples at/after the `test_quantile` time test.
+The split is global in time (`split: time`): samples before the `valid_quantile` time quantile
+train, samples in [valid, test) validate (early stopping), samples at/after the `test_quantile` time
+test. `split: user` applies the same quantiles to each user's own targets in time order (every user
+with >= 3 targets is in valid and test: a test set with many users, as logs without timestamps
+such as the staged ML-1M need).
+
+Sampled negatives (`negatives: N`, DARE's protocol): every observed event is a click, and for
+each one N items the user never interacted with are drawn with probability proportional to their
+frequency in the log, as non-clicks with the same history and time. `targets_per_user` keeps only
+each user's last N observed events as targets (their histories stay whole).
 """
 
 from __future__ import annotations
@@ -223,12 +231,17 @@ def build_ctr_data(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None 
     split times (valid_cut, test_cut) instead of taking quantiles.
     """
     src = log.source
-    label_values = _column(log, cfg.label_col, "label", "--label-col / data.label_col")
-    labels = labels_from(label_values, cfg.label_threshold, src, cfg.label_col)
-    if label_values.dtype == pl.Boolean:
-        raw_feat = labels
+    if cfg.negatives and cfg.label_col not in log.frame.columns:
+        labels = raw_feat = np.ones(log.n_events, dtype=np.float32)  # implicit log: no feature
     else:
-        raw_feat = label_values.cast(pl.Float64).to_numpy()
+        label_values = _column(log, cfg.label_col, "label", "--label-col / data.label_col")
+        labels = labels_from(label_values, cfg.label_threshold, src, cfg.label_col)
+        if label_values.dtype == pl.Boolean:
+            raw_feat = labels
+        else:
+            raw_feat = label_values.cast(pl.Float64).to_numpy()
+    if cfg.negatives:  # observed events are the clicks, sampled items the non-clicks
+        labels = np.ones(log.n_events, dtype=np.float32)
     ctx, is_target = _context(log, cfg), _target_mask(log, cfg)
     fresh = vocab is None
     if vocab is None:
@@ -245,12 +258,21 @@ def build_ctr_data(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None 
     offsets, items = log.sequences()
     ts = log.timestamps().astype(np.float64)
     beh = Behaviours(offsets.astype(np.int64), item_map[items], vocab.feature_buckets(raw_feat), ts)
-    samples = _samples(log, beh, is_target, user_map, labels, ctx)
+    if cfg.targets_per_user is not None:
+        is_target = _last_targets(offsets, is_target, cfg.targets_per_user)
+    samples, owner = _samples(log, beh, is_target, user_map, labels, ctx)
     if len(samples) == 0:
         raise DataError(f"{src}: no CTR samples (target column '{cfg.target_col}' marks no event).")
+    if cfg.negatives:
+        samples, owner = add_sampled_negatives(samples, owner, beh, vocab.n_items, cfg.negatives,
+                                               cfg.negative_seed, src)
     data = CTRData(beh, samples, vocab, src)
-    data.splits, split_info = temporal_ctr_split(samples.ts, cfg.valid_quantile,
-                                                 cfg.test_quantile, cuts, src)
+    if cfg.split == "user":
+        data.splits, split_info = per_user_ctr_split(owner, samples.ts, cfg.valid_quantile,
+                                                     cfg.test_quantile, src)
+    else:
+        data.splits, split_info = temporal_ctr_split(samples.ts, cfg.valid_quantile,
+                                                     cfg.test_quantile, cuts, src)
     if len(cfg.context_cols):
         if fresh:  # standardize context with training-period statistics only
             _fit_context_scaling(vocab, samples.context[data.splits["train"]])
@@ -301,9 +323,58 @@ def _new_vocab(log: EventLog, cfg: CTRDataConfig, meta: pl.DataFrame | None,
                  list(cfg.context_cols), np.zeros(n_ctx), np.ones(n_ctx))
 
 
+def _last_targets(offsets: np.ndarray, is_target: np.ndarray, n: int) -> np.ndarray:
+    """The target mask restricted to each user's last `n` targets (events sorted by user, time)."""
+    users = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    per_user = np.bincount(users[is_target], minlength=len(offsets) - 1)
+    # 0-based index of each target among its user's targets
+    rank = np.cumsum(is_target) - 1 - np.concatenate([[0], np.cumsum(per_user)[:-1]])[users]
+    return is_target & (rank >= per_user[users] - n)
+
+
+def add_sampled_negatives(s: Samples, owner: np.ndarray, beh: Behaviours, n_items: int,
+                          per_positive: int, seed: int, source: str) -> tuple[Samples, np.ndarray]:
+    """`per_positive` non-clicks per sample (DARE): items drawn with probability proportional to
+    their frequency in the behaviour store, never interacted with by the sample's user, sharing
+    the positive's user, time, history and context. Positives come first, then the negatives in
+    blocks of one per positive. `owner` is the store's user index of each sample."""
+    freq = np.bincount(beh.items, minlength=n_items + 1).astype(np.float64)
+    freq[0] = 0.0
+    cdf = np.cumsum(freq) / freq.sum()
+    users = np.repeat(np.arange(len(beh.offsets) - 1), np.diff(beh.offsets))
+    seen = np.unique(users * (n_items + 1) + beh.items)  # (user, item) pairs in the log
+    rng = np.random.default_rng(seed)
+    n = len(s) * per_positive
+    own = np.tile(owner, per_positive)
+    neg = np.zeros(n, dtype=np.int64)
+    todo = np.arange(n)
+    for _ in range(100):  # rejection sampling: redraw the items the user has seen
+        draw = np.minimum(np.searchsorted(cdf, rng.random(len(todo)), side="right"), n_items)
+        key = own[todo] * (n_items + 1) + draw
+        pos = np.minimum(np.searchsorted(seen, key), len(seen) - 1)
+        ok = seen[pos] != key
+        neg[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+        if len(todo) == 0:
+            break
+    else:
+        raise DataError(f"{source}: could not sample {per_positive} unseen negative item(s) for "
+                        f"{len(todo):,} samples (their users interacted with nearly every "
+                        "item); lower data.negatives.")
+    rep = np.tile(np.arange(len(s)), per_positive)
+    negs = Samples(s.user[rep], neg, s.ts[rep], s.start[rep], s.end[rep],
+                   np.zeros(n, dtype=np.float32), s.context[rep])
+    out = Samples(*(np.concatenate([a, b]) for a, b in zip(
+        (s.user, s.item, s.ts, s.start, s.end, s.label, s.context),
+        (negs.user, negs.item, negs.ts, negs.start, negs.end, negs.label, negs.context),
+        strict=True)))
+    return out, np.concatenate([owner, own])
+
+
 def _samples(log: EventLog, beh: Behaviours, is_target: np.ndarray, user_map: np.ndarray,
-             labels: np.ndarray, ctx: np.ndarray) -> Samples:
-    """One sample per target event; its history is the user's events strictly before it."""
+             labels: np.ndarray, ctx: np.ndarray) -> tuple[Samples, np.ndarray]:
+    """One sample per target event; its history is the user's events strictly before it. Also
+    returns each sample's user index in the log (the store's row)."""
     offsets, ts = beh.offsets, beh.ts
     users = np.repeat(np.arange(log.n_users, dtype=np.int64), np.diff(offsets))
     # history end of event j: the first event of the same user with the same timestamp
@@ -315,7 +386,7 @@ def _samples(log: EventLog, beh: Behaviours, is_target: np.ndarray, user_map: np
         user=user_map[users[sel]], item=beh.items[sel], ts=ts[sel],
         start=offsets[users[sel]].astype(np.int64), end=group_start[sel].astype(np.int64),
         label=labels[sel], context=ctx[sel].astype(np.float32),
-    )
+    ), users[sel]
 
 
 def _fit_context_scaling(vocab: Vocab, train_ctx: np.ndarray) -> None:
@@ -330,7 +401,9 @@ def _info(log: EventLog, cfg: CTRDataConfig, vocab: Vocab, samples: Samples,
           split_info: dict[str, Any]) -> dict[str, Any]:
     lengths = samples.history_lengths
     label = cfg.label_col
-    if cfg.label_threshold is not None:
+    if cfg.negatives:
+        label = f"observed event = 1, {cfg.negatives} sampled by item frequency = 0"
+    elif cfg.label_threshold is not None:
         label = f"{cfg.label_col} >= {cfg.label_threshold}"
     return {
         "source": log.source, "users": log.n_users, "items": log.n_items, "events": log.n_events,
@@ -367,6 +440,35 @@ def temporal_ctr_split(ts: np.ndarray, valid_q: float, test_q: float,
                 )
     info = {"split": "temporal", "valid_cut": valid_cut, "test_cut": test_cut,
             **{f"{k}_samples": int(len(v)) for k, v in splits.items()}}
+    return splits, info
+
+
+def per_user_ctr_split(owner: np.ndarray, ts: np.ndarray, valid_q: float, test_q: float,
+                       source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Each user's distinct target times in order: the last round((1 - test_q) * n) (at least 1)
+    test, the round((test_q - valid_q) * n) (at least 1) before them validate, the rest train.
+    Users with fewer than 3 target times only train. Samples at one time (a click and its sampled
+    non-clicks) stay together."""
+    pairs, inv = np.unique(np.stack([owner, ts]), axis=1, return_inverse=True)
+    inv = inv.reshape(-1)
+    u = pairs[0].astype(np.int64)  # sorted by user, then time
+    n_u = np.bincount(u)[u]
+    rank = np.arange(len(u)) - np.searchsorted(u, u)  # rank of the time within its user
+    n_test = np.maximum(1, np.round((1 - test_q) * n_u)).astype(np.int64)
+    n_valid = np.maximum(1, np.round((test_q - valid_q) * n_u)).astype(np.int64)
+    part = np.zeros(len(u), dtype=np.int8)  # 0 train, 1 valid, 2 test
+    eligible = n_u >= 3
+    part[eligible & (rank >= n_u - n_test - n_valid)] = 1
+    part[eligible & (rank >= n_u - n_test)] = 2
+    p = part[inv]
+    splits = {name: np.flatnonzero(p == k) for k, name in enumerate(("train", "valid", "test"))}
+    for name in ("train", "valid", "test"):
+        if len(splits[name]) == 0:
+            raise DataError(f"{source}: the per-user split left no {name} samples (users need "
+                            ">= 3 targets); use data.split: time or more targets per user.")
+    info = {"split": "user", "valid_cut": None, "test_cut": None,
+            **{f"{k}_samples": int(len(v)) for k, v in splits.items()},
+            **{f"{k}_users": int(len(np.unique(owner[v]))) for k, v in splits.items()}}
     return splits, info
 
 

@@ -52,7 +52,7 @@ from userseq.ctr.models import CTRModel, build_ctr_model
 from userseq.ctr.requests import requests_to_samples
 from userseq.data.batches import length_bucketed_batches
 from userseq.data.eventlog import EventLog
-from userseq.metrics.ctr import ctr_metrics
+from userseq.metrics.ctr import bootstrap_ctr, ctr_by_history, ctr_metrics
 
 MODEL_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.json"
@@ -76,7 +76,7 @@ def data_fingerprint(data: CTRData) -> str:
 class CTREstimator(Estimator[CTRConfig]):
     """Click-probability model over user histories (scikit-learn style: fit / predict_proba).
 
-    `model` is one of nohist, mean, din, sim, twin, sdim, dare (a shortcut for the override
+    `model` is one of nohist, mean, din, sim, twin, sdim, dare, awmoe (a shortcut for the override
     `model.name`); `overrides` are dotted config keys ({"model.top_k": 50, "train.epochs": 5}).
     Fitted state: `model_` (the network), `vocab_` (ids, categories, feature buckets),
     `behaviours_` (the training histories), `cuts_` (the split times), `data_fingerprint_`,
@@ -118,7 +118,8 @@ class CTREstimator(Estimator[CTRConfig]):
         model = build_ctr_model(cfg.model, v.n_items, v.n_cats, v.n_feats, v.n_users,
                                 len(v.context_cols))
         self.model_, self.vocab_, self.behaviours_ = model, v, data.behaviours
-        self.cuts_ = (data.info["valid_cut"], data.info["test_cut"])
+        cut = (data.info.get("valid_cut"), data.info.get("test_cut"))
+        self.cuts_ = cut if cut[0] is not None else None  # a per-user split has no cut times
         self.data_fingerprint_ = data_fingerprint(data)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         self.device_ = trainer.device
@@ -205,7 +206,9 @@ class CTREstimator(Estimator[CTRConfig]):
         return self._predict(beh, s)
 
     def evaluate(self, data: CTRData, split: str = "test") -> dict[str, float]:
-        """AUC, GAUC (by user, impression-weighted), logloss and counts on one split of `data`."""
+        """AUC, GAUC (by user, impression-weighted), logloss and counts on one split of `data`,
+        with 95% bootstrap intervals over users (`ci95`) and AUC/GAUC per history-length bucket
+        (`by_history`: cold users, 0-19 events, apart from warm ones)."""
         self.check_is_fitted()
         self._check_vocab(data)
         s = data.split(split)
@@ -214,8 +217,12 @@ class CTREstimator(Estimator[CTRConfig]):
         t0 = time.perf_counter()
         p = self._predict(data.behaviours, s)
         sec = time.perf_counter() - t0
-        out = ctr_metrics(s.label, p, s.user)
+        out: dict[str, Any] = ctr_metrics(s.label, p, s.user)
         out["samples_per_second"] = round(len(s) / max(sec, 1e-9), 1)
+        # bootstrap over the log's users (Samples.user is 0 for users unknown to the model)
+        owner = np.searchsorted(data.behaviours.offsets, s.start, side="right")
+        out["ci95"] = bootstrap_ctr(s.label, p, owner, n_boot=200, seed=0)
+        out["by_history"] = ctr_by_history(s.label, p, owner, s.history_lengths)
         return out
 
     def report(self, data: CTRData) -> dict[str, Any]:
@@ -257,11 +264,16 @@ class CTREstimator(Estimator[CTRConfig]):
         `history`, `history_values`, `history_timestamps`, `timestamp`, `context`: see
         `predict_proba`); the history is encoded once (SDIM: bucket sums; search models: keys and
         values) and the candidates are scored in chunks."""
+        return self._score_candidates(*self.request_samples(request, candidates))
+
+    def request_samples(self, request: Mapping[str, Any], candidates: Sequence[Any]
+                        ) -> tuple[Behaviours, Samples, np.ndarray]:
+        """The request's history (one sample) and the candidates' item indices."""
         if len(candidates) == 0:
             raise DataError("no candidate items to score.")
         beh, s = self.requests_to_samples([{**request, "item": candidates[0]}])
         cand = self.vocab_.item_index(list(candidates), "candidate item")
-        return self._score_candidates(beh, s, cand)
+        return beh, s, cand
 
     def score_candidates(self, history: Sequence[Any], candidates: Sequence[Any],
                          history_values: Sequence[float] | None = None, user: Any = None,
@@ -362,6 +374,9 @@ def _bce_loss(m: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
     loss = F.binary_cross_entropy_with_logits(m(b).float(), b["label"])
     if m.aux_logit is not None:
         loss = loss + F.binary_cross_entropy_with_logits(m.aux_logit.float(), b["label"])
+    extra = getattr(m, "aux_loss", None)  # AW-MoE: contrastive loss on the gate outputs
+    if extra is not None:
+        loss = loss + extra
     return loss
 
 

@@ -13,6 +13,8 @@ differ only in how `interest` is read from the history (METHODS.md sections 2-4)
             behaviours, then target attention (re-softmax over the top-k) with the same embeddings
 * `dare`    TWIN with decoupled tables: attention (search + weights) and representation (values,
             target) embeddings are separate, the attention ones optionally smaller
+* `awmoe`   AW-MoE: expert MLPs mixed by a gate (gate unit + target attention) that reads the
+            last `max_len` behaviours; a contrastive loss aligns the gates of a masked view
 * `sdim`    SimHash signatures (m hashes of tau bits) of target and behaviours; the behaviours in
             the target's bucket are summed, L2-normalized and averaged over hashes, no attention
 
@@ -375,6 +377,84 @@ class SDIM(CTRModel):
         return {**h, "buckets": sums.reshape(1, m, n_b, -1)}
 
 
+class AWMoE(CTRModel):
+    """AW-MoE (JD, ICDE 2023): a mixture of expert MLPs whose inputs and gate both read the
+    behaviour sequence.
+
+    Behaviours (the last `max_len`) are read twice: target attention (scaled dot product plus the
+    position bias) gives `u`, masked mean pooling gives `m`. Each of `num_experts` expert MLPs
+    scores `[target ; user ; u ; target * u ; m ; context]`; the gate is a gate unit on the
+    sequence summary `m` plus an activation unit on the target-attention output `[u ; target]`,
+    softmax over experts; logit = sum_k gate_k * expert_k. Training adds a masked view: each
+    behaviour is dropped with probability `moe_mask_prob` (a simulated long-tail user) and an
+    InfoNCE loss (temperature `moe_temperature`, weight `moe_cl_weight`) pulls the gate
+    representation of the two views of one sample together and pushes other samples' apart.
+    """
+
+    has_interest = False
+
+    def __init__(self, cfg, n_items, n_cats, n_feats, n_users, n_context=0) -> None:
+        super().__init__(cfg, n_items, n_cats, n_feats, n_users, n_context)
+        d, k, h = self.emb.dim, cfg.num_experts, cfg.att_hidden[0]
+        d_in = 4 * d + (cfg.user_dim or 0) + n_context
+        self.experts = nn.ModuleList(MLP(d_in, cfg.mlp, cfg.activation, 1, cfg.dropout)
+                                     for _ in range(k))
+        self.mlp = None  # type: ignore[assignment]  # the experts replace the single MLP
+        self.gate_unit = nn.Sequential(nn.Linear(d, h), nn.PReLU(h, init=0.1))
+        self.gate_attn = nn.Sequential(nn.Linear(2 * d, h), nn.PReLU(h, init=0.1))
+        self.gate_out = nn.Linear(h, k)
+        self.pos_bias = nn.Embedding(cfg.pos_buckets, 1)
+        nn.init.zeros_(self.pos_bias.weight)
+        self.aux_loss: torch.Tensor | None = None
+
+    def _read(self, b: dict[str, torch.Tensor], t: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target-attention output u, mean of the behaviours m), both (B, d)."""
+        n = t.shape[0]
+        if b["hist_item"].shape[1] == 0:
+            return torch.zeros_like(t), torch.zeros_like(t)
+        e = self.emb.behaviour(b)  # (B or 1, L, d)
+        s = torch.matmul(e, t.unsqueeze(-1)).squeeze(-1) / math.sqrt(t.shape[-1])
+        w = masked_softmax(s + self.pos_bias(b["hist_pos"]).squeeze(-1), mask)  # (B, L)
+        u = torch.einsum("bl,bld->bd", w, _expand(e, n))
+        mf = mask.unsqueeze(-1).to(e.dtype)
+        m = (_expand(e, n) * mf).sum(1) / mf.sum(1).clamp_min(1.0)
+        return u, m
+
+    def _gate(self, u: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The gate representation (B, h): gate unit on the sequence + activation unit on the
+        target attention."""
+        return self.gate_unit(m) + self.gate_attn(torch.cat([u, t], -1))
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = self.target_repr(b)
+        n = t.shape[0]
+        mask = _expand(b["mask"], n)
+        u, m = self._read(b, t, mask)
+        g = self._gate(u, m, t)
+        parts = [t, u, t * u, m]
+        if self.user is not None:
+            parts.append(self.user(b["user"]))
+        if self.n_context:
+            parts.append(b["context"])
+        x = torch.cat(parts, -1)
+        logits = torch.cat([ex(x) for ex in self.experts], -1)  # (B, K)
+        out = (torch.softmax(self.gate_out(g), -1) * logits).sum(-1)
+        self.aux_loss = None
+        if self.training and self.cfg.moe_cl_weight > 0 and mask.shape[1] > 0:
+            keep = torch.rand(mask.shape, device=mask.device) >= self.cfg.moe_mask_prob
+            u2, m2 = self._read(b, t, mask & keep)
+            g2 = self._gate(u2, m2, t)
+            za, zb = F.normalize(g, dim=-1), F.normalize(g2, dim=-1)
+            sim = za @ zb.t() / self.cfg.moe_temperature
+            target = torch.arange(n, device=t.device)
+            self.aux_loss = self.cfg.moe_cl_weight * F.cross_entropy(sim.float(), target)
+        return out
+
+    def candidate_chunk(self, hist_len: int) -> int:
+        return max(1, 20_000_000 // max(hist_len, 1))
+
+
 CTR_MODELS: Registry[Callable[..., CTRModel]] = Registry(
     "CTR model", "Set it with model.name (CLI: userseq ctr train --model NAME).")
 CTR_MODELS.register("nohist", NoHistory, help="no history: target, category and user features")
@@ -387,6 +467,8 @@ CTR_MODELS.register("twin", partial(SearchAttention, search="soft"),
 CTR_MODELS.register("dare", partial(SearchAttention, search="soft", decoupled=True),
                     help="DARE: TWIN with decoupled attention and representation tables")
 CTR_MODELS.register("sdim", SDIM, help="SDIM: SimHash buckets of the history, no attention")
+CTR_MODELS.register("awmoe", AWMoE, help="AW-MoE: experts and gate read the sequence; gate "
+                    "contrastive loss on a masked view")
 
 
 def build_ctr_model(cfg: CTRModelConfig, n_items: int, n_cats: int, n_feats: int, n_users: int,

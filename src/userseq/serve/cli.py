@@ -40,6 +40,9 @@ def serve_cmd(
     state_dir: Annotated[Path | None, typer.Option(
         help="where POST /users/{id}/events keeps per-user streaming state (SQLite; ssm and "
              "gru4rec runs); default RUN/stream")] = None,
+    engine: Annotated[str, typer.Option(
+        help="torch | onnx: onnxruntime encodes users and scores /score (exports "
+             "RUN/model.onnx on first use)")] = "torch",
 ) -> None:
     """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar,
     /classify (with --detector), /score (with --ctr), the web page at /, the OpenAPI schema at
@@ -66,6 +69,9 @@ def serve_cmd(
     scorer = CTRService.from_run(ctr) if ctr is not None else None
     service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m),
                                state_dir=state_dir)
+    from userseq.serve.engines import apply_engine
+
+    apply_engine(engine, service, scorer)
     app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight)
     import gc
 
@@ -113,14 +119,18 @@ def ctr_serve_cmd(
     run_dir: Annotated[Path, typer.Argument(help="run directory created by `userseq ctr train`")],
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8001,
+    engine: Annotated[str, typer.Option(
+        help="torch | onnx (onnxruntime; exports RUN/model.onnx on first use)")] = "torch",
 ) -> None:
     """Serve POST /score (click probabilities of candidates for a user or history) over HTTP."""
     uvicorn = _uvicorn()
     _check_port(port)
     from userseq.serve.app import create_ctr_app
+    from userseq.serve.engines import apply_engine
     from userseq.serve.routes.ctr import CTRService
 
     scorer = CTRService.from_run(run_dir)
+    apply_engine(engine, scorer=scorer)
     app = create_ctr_app(scorer)
     out.print(f"serving {run_dir} ({scorer.model}) on http://{host}:{port}  (POST /score)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,1 @@
+"""Exporting fitted runs to other runtimes (ONNX: `userseq.export.onnx`)."""
