@@ -144,22 +144,34 @@ def _train_config(config: Path | None, sets: dict[str, Any], model: str | None,
     return with_options(cfg, options)
 
 
+ACCURACY = ("ndcg@", "hr@", "mrr")
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    t = Table(title=title)
     keys = [k for k in metrics["test"] if k != "users"]
-    t.add_column("split")
-    for k in keys:
-        t.add_column(k, justify="right")
-    for name in ("valid", "test"):
-        t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
-    for name, m in metrics.get("baselines", {}).items():
-        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" if k in m else "—" for k in keys))
-    out.print(t)
+    accuracy = [k for k in keys if k.startswith(ACCURACY)]
+    # two tables: accuracy, then beyond accuracy (coverage, novelty, gini, pop1%, diversity)
+    for part, name in ((accuracy, title), ([k for k in keys if k not in accuracy],
+                                           "beyond accuracy (test)")):
+        if not part:
+            continue
+        t = Table(title=name)
+        t.add_column("split")
+        for k in part:
+            t.add_column(k, justify="right")
+        for split in ("valid", "test"):
+            t.add_row(split, *(f"{metrics[split][k]:.4f}" if k in metrics[split] else "—"
+                               for k in part))
+        for b, m in metrics.get("baselines", {}).items():
+            t.add_row(f"test: {b}", *(f"{m[k]:.4f}" if k in m else "—" for k in part))
+        out.print(t)
     tr = metrics.get("train") or {}
     if tr:
-        out.print(f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')}), {tr.get('seconds')}s, "
-                  f"{tr.get('seconds_per_epoch')}s/epoch; seen items filtered: "
-                  f"{metrics['filter_seen']}")
+        fitted = (f"closed form, chosen on validation: {tr.get('chosen')}"
+                  if tr.get("fit") == "closed form" else
+                  f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')})")
+        out.print(f"{fitted}, {tr.get('seconds')}s, {tr.get('seconds_per_epoch')}s/epoch; seen "
+                  f"items filtered: {metrics['filter_seen']}")
 
 
 def evaluate(
