@@ -123,7 +123,9 @@ class NextItemRecommender(Estimator[RunConfig]):
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False,
             item_meta: pl.DataFrame | None = None,
-            init_from: str | Path | NextItemRecommender | None = None) -> NextItemRecommender:
+            init_from: str | Path | NextItemRecommender | None = None,
+            on_validated: Callable[[int, dict[str, float]], str | None] | None = None
+            ) -> NextItemRecommender:
         """Train on `split` (default: the configured split of `log`). `item_meta` (item_id +
         attribute columns) gives text items their text; by default it comes from `data.item_text`
         or from the named dataset's item metadata (see docs/items.md). With `run_dir`, the run is
@@ -132,7 +134,11 @@ class NextItemRecommender(Estimator[RunConfig]):
         `init_from` (a fitted recommender or its run directory) warm-starts from its weights: the
         catalogue is this log's items followed by the earlier run's items that the log lacks; an
         item's row is copied from the earlier run, new items get fresh rows; users of the earlier
-        run missing from the log keep their stored histories (docs/distributed.md)."""
+        run missing from the log keep their stored histories (docs/distributed.md).
+
+        `on_validated(epoch, metrics)` runs after each validation (`Trainer.on_validated`; a
+        returned reason stops training: `userseq tune` prunes trials with it); closed-form models
+        call it once per tried setting."""
         cfg = self.config
         check_monitor(cfg)
         warm = self._warm_source(init_from, resume) if init_from is not None else None
@@ -149,7 +155,7 @@ class NextItemRecommender(Estimator[RunConfig]):
             self.item_info_["warm_start"] = self._warm_start(warm, encoder, catalogue)
         self.data_fingerprint_ = data_fingerprint(log)
         if getattr(encoder, "closed_form", False):  # pop, itemknn, ease: no gradient steps
-            history = self._fit_closed_form(encoder, split, warm is not None)
+            history = self._fit_closed_form(encoder, split, warm is not None, on_validated)
             if run_dir is not None and distributed.is_main():
                 Path(run_dir).mkdir(parents=True, exist_ok=True)
                 write_json(history, Path(run_dir) / "train_log.json")
@@ -165,6 +171,8 @@ class NextItemRecommender(Estimator[RunConfig]):
         counts = np.bincount(split.train_items, minlength=n_items + 1)
         loss = NextItemLoss(cfg.loss, n_items, counts)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
+        if on_validated is not None:
+            trainer.on_validated.append(on_validated)
         self.device_ = trainer.device
         self._knn, self.ada_ = None, None
         if loss.wants_epoch_hidden:  # e.g. ICSRec's intent prototypes, refreshed every epoch
@@ -187,7 +195,9 @@ class NextItemRecommender(Estimator[RunConfig]):
             self.save(run_dir)
         return self
 
-    def _fit_closed_form(self, encoder: Any, split: Split, warm: bool) -> list[dict[str, Any]]:
+    def _fit_closed_form(self, encoder: Any, split: Split, warm: bool,
+                         on_validated: Callable[[int, dict[str, float]], str | None] | None = None
+                         ) -> list[dict[str, Any]]:
         """Fit a closed-form baseline (`encoders.classical`) on the training events with each
         setting of its grid, keep the one with the best validation `train.monitor`; returns the
         tried settings with their validation metrics (train_log.json)."""
@@ -210,6 +220,8 @@ class NextItemRecommender(Estimator[RunConfig]):
             encoder.fit_closed_form(split.train_offsets, split.train_items, **setting)
             fit_s = time.time() - t0
             metrics = self._validate(valid)
+            if on_validated is not None:
+                on_validated(len(history) + 1, metrics)
             value = metrics[cfg.train.monitor]
             history.append({**setting, "fit_seconds": round(fit_s, 3),
                             "seconds": round(time.time() - t0, 3),
