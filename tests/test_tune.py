@@ -11,12 +11,12 @@ import yaml
 
 pytest.importorskip("optuna", reason="optuna is not installed (pip install 'userseq[tune]')")
 
+from conftest import synthetic_events  # noqa: E402
+
 from userseq import EventLog, NextItemRecommender  # noqa: E402
 from userseq.core.errors import ConfigError, UserseqError  # noqa: E402
 from userseq.data.split import leave_one_out  # noqa: E402
 from userseq.nextitem.tune import read_tune_config, sealed, tune  # noqa: E402
-
-from .conftest import synthetic_events  # noqa: E402
 
 CONFIG = """\
 model: {name: sasrec, dim: 16, max_len: 16, heads: 1}

@@ -28,7 +28,6 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field, field_validator
 
-from userseq.core.errors import ConfigError
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.config import EncoderConfig
 from userseq.encoders.registry import register_encoder
