@@ -311,9 +311,13 @@ DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAU
 
 
 def encoder_names() -> list[str]:
-    """Names of the registered sequence encoders (each is also an event detector model)."""
+    """Names of the registered sequence encoders (each is also an event detector model), except
+    the closed-form next-item baselines (pop, itemknn, ease: nothing to train on events)."""
     registry: Any = ENCODERS  # a Registry (or, before encoders/ had one, a tuple of names)
-    return list(registry.names()) if hasattr(registry, "names") else list(registry)
+    if not hasattr(registry, "names"):
+        return list(registry)
+    return [n for n in registry.names()
+            if not getattr(registry.get(n).obj, "closed_form", False)]
 
 
 def model_names(kind: str | None = None) -> list[str]:
