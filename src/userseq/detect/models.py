@@ -333,7 +333,7 @@ def detect_model(name: str) -> DetectModel:
     An unknown name is a ConfigError listing the choices."""
     if name in DETECT_MODELS:
         return DETECT_MODELS.get(name).obj
-    if name in ENCODERS:
+    if name in ENCODERS and ENCODERS.canonical(name) in encoder_names():
         return event_model(name)
     close = difflib.get_close_matches(str(name), model_names(), n=1)
     maybe = f" Did you mean '{close[0]}'?" if close else ""
