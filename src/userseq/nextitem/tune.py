@@ -115,7 +115,11 @@ def _example(spec: Any) -> Any:
 
 def _suggest(trial: Any, key: str, spec: Any) -> Any:
     if isinstance(spec, list):
-        return trial.suggest_categorical(key, spec)
+        if all(v is None or isinstance(v, bool | int | float | str) for v in spec):
+            return trial.suggest_categorical(key, spec)
+        # lists or mappings as choices (e.g. eval.ks, model.l2 grids): chosen by their YAML text
+        labels = [yaml.safe_dump(v, default_flow_style=True).strip() for v in spec]
+        return spec[labels.index(trial.suggest_categorical(key, labels))]
     is_int = all(isinstance(spec[k], int) and not isinstance(spec[k], bool)
                  for k in ("low", "high"))
     if is_int:
