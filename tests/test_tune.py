@@ -127,3 +127,16 @@ def test_cli_tune(cli, tmp_path):
     assert "2 trials" in r.stdout and (tmp_path / "t" / "best.yaml").is_file()
     r = cli("tune", cfg, "--data", data, "--out", tmp_path / "t", "--trials", "1")
     assert r.code == 2 and "holds an earlier search; pass --overwrite" in r.error
+
+
+def test_tune_a_closed_form_model_with_list_choices(log, tmp_path):
+    cfg = _config(tmp_path, "model: {name: ease}\nsearch:\n  model.l2: [[1.0], [50.0], [500.0]]\n"
+                            "tune: {pruner: none, seed: 1}\n")
+    summary = tune(cfg, log, tmp_path / "out", trials=3)
+    records = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert all(r["state"] == "COMPLETE" and r["epochs"] == 0 for r in records)
+    assert {tuple(r["params"]["model.l2"]) for r in records} <= {(1.0,), (50.0,), (500.0,)}
+    chosen = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    assert chosen["model"]["l2"] == summary["best_params"]["model.l2"]
+    best = max(records, key=lambda r: r["value"])
+    assert summary["best_valid"] == pytest.approx(best["value"])
