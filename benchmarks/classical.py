@@ -127,6 +127,18 @@ def table_lines(saved: dict) -> list[str]:
         lines.append(f"| {ds} | {model} | {seeds} | " + " | ".join(cells)
                      + f" | {secs:.1f} s | {_status(g)} | "
                      f"{sum(r['wall_s'] for r in g):.0f} | {'/'.join(verdicts)} |")
+    ref = results.load_rows(HERE / "nextitem_runs.json")
+    notes = []
+    for ds in sorted({r["dataset"] for r in rows}):
+        r = ref.get(f"{ds}/sasrec")
+        if r:
+            t, tr = r["metrics"]["test"], r["metrics"]["train"]
+            notes.append(f"{ds}: SASRec (CE) trained to patience in the `nextitem` section, one "
+                         f"seed, {tr['epochs']} epochs (best {tr['best_epoch']}): NDCG@10 "
+                         f"{t['ndcg@10']:.4f}, HR@10 {t['hr@10']:.4f} (no beyond-accuracy "
+                         "figures: its run directory was not kept)")
+    if notes:
+        lines += ["", "For reference (benchmarks/nextitem_runs.json): " + "; ".join(notes) + "."]
     lines += ["", "Rows kept in benchmarks/classical_runs.json (each with its exact command, "
               "commit, machine, load verdict); dates: " + results.run_dates(rows) + ".",
               "Commands: " + "; ".join(sorted({f"`{r['command'].strip()}`" for r in rows}))]
