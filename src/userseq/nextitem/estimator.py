@@ -557,13 +557,14 @@ class NextItemRecommender(Estimator[RunConfig]):
         for i in range(0, n, batch_size):
             rows = order[i : i + batch_size]
             starts, ends = offsets[rows], offsets[rows + 1]
-            if mask_tok is None:
-                x = pad_left(starts, ends, items, L)
-            else:  # BERT4Rec reads the [mask] appended after the history
-                x = np.concatenate([pad_left(starts, ends, items, L - 1),
-                                    np.full((len(rows), 1), mask_tok)], 1)
+            # only as wide as the batch's longest history (max_len can be the whole history)
             width = int(min(L, max(1, lengths[rows].max() + (mask_tok is not None))))
-            xt = torch.from_numpy(x[:, -width:]).to(self.device_)
+            if mask_tok is None:
+                x = pad_left(starts, ends, items, width)
+            else:  # BERT4Rec reads the [mask] appended after the history
+                x = np.concatenate([pad_left(starts, ends, items, width - 1),
+                                    np.full((len(rows), 1), mask_tok)], 1)
+            xt = torch.from_numpy(x).to(self.device_)
             out[torch.from_numpy(rows)] = enc.last(xt, xt > 0).float().cpu()
         return self._serving(out)
 
