@@ -167,11 +167,11 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
         out.print(t)
     tr = metrics.get("train") or {}
     if tr:
-        fitted = (f"closed form, chosen on validation: {tr.get('chosen')}"
+        fitted = (f"closed form, chosen on validation: {tr.get('chosen')}, {tr.get('seconds')}s"
                   if tr.get("fit") == "closed form" else
-                  f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')})")
-        out.print(f"{fitted}, {tr.get('seconds')}s, {tr.get('seconds_per_epoch')}s/epoch; seen "
-                  f"items filtered: {metrics['filter_seen']}")
+                  f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')}), {tr.get('seconds')}s, "
+                  f"{tr.get('seconds_per_epoch')}s/epoch")
+        out.print(f"{fitted}; seen items filtered: {metrics['filter_seen']}")
 
 
 def evaluate(
