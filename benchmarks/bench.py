@@ -47,9 +47,6 @@ class Group:
 GROUPS: list[Group] = [
     Group("ingest", "benchmarks/ingest.py", guess_s=600, section="ingest"),
     Group("nextitem", "benchmarks/nextitem.py", "nextitem_runs.json", section="nextitem"),
-    Group("classical", "benchmarks/classical.py --sasrec-runs benchmarks/_work/retrieval",
-          "classical_runs.json", guess_s=480, section="classical"),
-    Group("tune", "benchmarks/tune_bench.py", "tune_runs.json", guess_s=300, section="tune"),
     Group("retrieval-beauty-ce",
           "benchmarks/retrieval.py --part train --dataset amazon-beauty --loss ce --seeds 0 1 2",
           "retrieval_runs.json", "train/amazon-beauty/ce/", section="retrieval"),
@@ -65,6 +62,10 @@ GROUPS: list[Group] = [
           "0 1 2", "retrieval_runs.json", "ada/amazon-beauty/", section="retrieval"),
     Group("retrieval-latency", "benchmarks/retrieval.py --part latency --dataset amazon-beauty",
           "retrieval_runs.json", "latency/", section="retrieval"),
+    # after the retrieval groups: it re-evaluates their saved SASRec runs
+    Group("classical", "benchmarks/classical.py --sasrec-runs benchmarks/_work/retrieval",
+          "classical_runs.json", guess_s=480, section="classical"),
+    Group("tune", "benchmarks/tune_bench.py", "tune_runs.json", guess_s=300, section="tune"),
     Group("ctr-real", "benchmarks/ctr.py --part real", "ctr_runs.json", "real/", guess_s=1200,
           section="ctr"),
     Group("ctr-scaling", "benchmarks/ctr.py --part scaling", "ctr_runs.json", "scaling/",
