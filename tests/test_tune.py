@@ -49,7 +49,7 @@ def test_search_space_format_and_errors(tmp_path):
         read_tune_config(_config(tmp_path, "train: {epochs: 2}\n"))
     with pytest.raises(ConfigError, match="search.train.lr: low .* is above high"):
         read_tune_config(_config(tmp_path, "search: {train.lr: {low: 0.1, high: 0.01}}\n"))
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key .train.lrr"):
         read_tune_config(_config(tmp_path, "search: {train.lrr: [0.1, 0.2]}\n"))
     with pytest.raises(ConfigError, match="tune: unknown setting"):
         read_tune_config(_config(tmp_path, "search: {train.lr: [0.1]}\ntune: {trials: 3}\n"))

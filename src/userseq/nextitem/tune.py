@@ -68,7 +68,7 @@ def sealed(split: Split) -> Split:
 
 def read_tune_config(path: str | Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]]:
     """(the run config, the search space, the tune settings) of a tune config file."""
-    data = dict(read_yaml_mapping(path))
+    data = dict(read_yaml_mapping(path) or {})
     search = data.pop("search", None)
     options = data.pop("tune", None) or {}
     if not isinstance(search, dict) or not search:
