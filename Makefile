@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench bench-serve chromium serve-demo clean
+.PHONY: install demo test test-slow lint bench bench-list bench-serve chromium serve-demo clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "Python 3.11 not found as '$(PY)'; run: make PY=/path/to/python3.11 ..."; exit 1; }
@@ -38,9 +38,13 @@ test: $(STAMP) chromium
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
+# Every benchmark row group, one at a time (under quiet-run when it exists); the total estimate
+# is printed first. `make bench ROWS=classical,tune` runs a subset; `make bench-list` lists them.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/nextitem.py
+	$(BIN)/python benchmarks/bench.py run $(if $(ROWS),--rows $(ROWS))
+
+bench-list:
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/bench.py list $(if $(ROWS),--rows $(ROWS))
 
 # ANN recall/latency (1M synthetic items + ML-1M) and HTTP load (ML-1M); needs runs/demo-ml1m or --run
 bench-serve: $(STAMP)

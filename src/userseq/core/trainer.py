@@ -171,6 +171,10 @@ class Trainer:
         # callbacks(model, epoch) run before each epoch's batches (e.g. a loss refreshing
         # per-epoch state such as ICSRec's intent prototypes)
         self.on_epoch_start: list[Callable[[torch.nn.Module, int], None]] = []
+        # callbacks(epoch, validation metrics) run after each validation; one that returns a
+        # reason (a non-empty string) stops training there, e.g. a hyperparameter search pruning
+        # an unpromising trial on its validation curve (`userseq tune`)
+        self.on_validated: list[Callable[[int, dict[str, float]], str | None]] = []
 
     # -------------------------------------------------------------- the loop
     def fit(
@@ -355,6 +359,10 @@ class Trainer:
             s.bad_epochs += self.cfg.eval_every
             if s.bad_epochs >= self.cfg.patience:
                 s.stopped = f"no {monitor} improvement for {s.bad_epochs} epochs"
+        for callback in self.on_validated:
+            reason = callback(epoch, metrics)
+            if reason and not s.stopped:
+                s.stopped = reason
         run.last_val = f"val {monitor} {value:.4f} (best {s.best_metric:.4f} @ {s.best_epoch})"
         return {f"valid_{k}": v for k, v in metrics.items()}
 

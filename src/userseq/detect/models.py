@@ -417,9 +417,13 @@ DETECT_MODELS.register(
 
 
 def encoder_names() -> list[str]:
-    """Names of the registered sequence encoders (each is also an event detector model)."""
+    """Names of the registered sequence encoders (each is also an event detector model), except
+    the closed-form next-item baselines (pop, itemknn, ease: nothing to train on events)."""
     registry: Any = ENCODERS  # a Registry (or, before encoders/ had one, a tuple of names)
-    return list(registry.names()) if hasattr(registry, "names") else list(registry)
+    if not hasattr(registry, "names"):
+        return list(registry)
+    return [n for n in registry.names()
+            if not getattr(registry.get(n).obj, "closed_form", False)]
 
 
 def model_names(kind: str | None = None) -> list[str]:
@@ -435,7 +439,7 @@ def detect_model(name: str) -> DetectModel:
     An unknown name is a ConfigError listing the choices."""
     if name in DETECT_MODELS:
         return DETECT_MODELS.get(name).obj
-    if name in ENCODERS:
+    if name in ENCODERS and ENCODERS.canonical(name) in encoder_names():
         return event_model(name)
     close = difflib.get_close_matches(str(name), model_names(), n=1)
     maybe = f" Did you mean '{close[0]}'?" if close else ""

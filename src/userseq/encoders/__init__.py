@@ -1,7 +1,8 @@
 """Sequence encoders sharing one call signature (see `base.SequenceEncoder`), chosen by name.
 
 Each encoder is one file (`sasrec.py`, `bert4rec.py`, `gru4rec.py`, `ssm.py`, `hydra.py`,
-`set2set.py`, `seq2seq_ae.py`) holding its config class and its module, registered with
+`set2set.py`, `seq2seq_ae.py`; the closed-form baselines pop, itemknn and ease share
+`classical.py`) holding its config class and its module, registered with
 `register_encoder(name, config=ConfigClass)`; `ENCODERS` lists them.
 Shared building blocks live in `blocks.py` and `transformer.py`.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 # importing the built-in encoders registers them
 from userseq.encoders.base import SequenceEncoder
 from userseq.encoders.bert4rec import BERT4Rec, BERT4RecConfig
+from userseq.encoders.classical import EASE, ClosedFormEncoder, ItemKNN, Pop
 from userseq.encoders.config import EncoderConfig
 from userseq.encoders.gru4rec import GRU4Rec, GRU4RecConfig
 from userseq.encoders.hydra import Hydra, HydraConfig
@@ -40,7 +42,8 @@ from userseq.encoders.ssm import SSM, SSMConfig, SSMEncoder
 from userseq.encoders.transformer import TransformerConfig, TransformerEncoder
 
 __all__ = [
-    "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
+    "BERT4Rec", "BERT4RecConfig", "COMMON_SETTINGS", "ClosedFormEncoder", "EASE", "ItemKNN",
+    "Pop", "DEFAULT_ENCODER", "ENCODERS", "EncoderConfig",
     "GRU4Rec", "GRU4RecConfig", "Hydra", "HydraConfig", "SASRec", "SASRecConfig", "SSM",
     "SSMConfig", "SSMEncoder", "Seq2SeqAE", "Seq2SeqAEConfig", "SequenceEncoder", "Set2SetConfig",
     "Set2SetEncoder", "Set2SetReadout", "TransformerConfig", "TransformerEncoder", "build_encoder",

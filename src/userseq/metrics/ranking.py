@@ -160,6 +160,56 @@ def coverage(top: np.ndarray, n_items: int, ks: Sequence[int]) -> dict[str, floa
     return out
 
 
+def self_information(item_counts: np.ndarray) -> np.ndarray:
+    """-log2 p(item) per item index, p = training count / all training events; an item without
+    training events counts as seen once (index 0, padding, gets 0)."""
+    c = np.asarray(item_counts, dtype=np.float64)
+    info = -np.log2(np.maximum(c, 1.0) / max(c[1:].sum(), 1.0))
+    info[0] = 0.0
+    return info
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of non-negative counts: 0 when all are equal, (n - 1) / n when one holds
+    everything; 0 for all-zero counts."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total == 0:
+        return 0.0
+    return float(((2 * np.arange(1, n + 1) - n - 1) * x).sum() / (n * total))
+
+
+def popular_items(item_counts: np.ndarray, share: float = 0.01) -> np.ndarray:
+    """Item indices of the top `share` of the catalogue (at least one item) by training count;
+    ties are broken by the lower index."""
+    c = np.asarray(item_counts)[1:]
+    m = max(1, int(np.ceil(share * len(c))))
+    return np.argsort(-c, kind="stable")[:m] + 1
+
+
+def beyond_accuracy(top: np.ndarray, item_counts: np.ndarray, ks: Sequence[int]
+                    ) -> dict[str, float]:
+    """Beyond-accuracy metrics of recommended lists (n, K) at each cut-off, from the training
+    counts per item index (`item_counts`, n_items + 1): `novelty@K` (mean self-information
+    -log2 p(i) of the recommended items, `self_information`), `gini@K` (Gini coefficient of how
+    often each catalogue item is recommended, `gini`: 0 = every item equally often, 1 = one item
+    for everyone) and `pop1%@K` (share of the recommendations among the top 1% most popular
+    training items). Empty slots (index 0) are skipped."""
+    info = self_information(item_counts)
+    popular = np.zeros(len(item_counts), dtype=bool)
+    popular[popular_items(item_counts)] = True
+    out: dict[str, float] = {}
+    for k in sorted(set(ks)):
+        t = np.asarray(top)[:, :k]
+        real = t[t > 0]
+        if len(real) == 0:
+            continue
+        out[f"novelty@{k}"] = float(info[real].mean())
+        out[f"gini@{k}"] = gini(np.bincount(real, minlength=len(item_counts))[1:])
+        out[f"pop1%@{k}"] = float(popular[real].mean())
+    return out
+
+
 def evaluate(
     scorer: Scorer,
     n_items: int,
@@ -168,12 +218,16 @@ def evaluate(
     ks: Sequence[int] = (10, 20),
     user_chunk: int = 1024,
     item_chunk: int = 262_144,
+    item_counts: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """All ranking metrics for one target per user row."""
+    """All ranking metrics for one target per user row; with `item_counts` (training counts per
+    item index) also the beyond-accuracy metrics (`beyond_accuracy`)."""
     ks = sorted(set(ks))
     ranks, top = rank_targets(scorer, n_items, targets, seen, max(ks), user_chunk, item_chunk)
     out = ranking_metrics(ranks, ks)
     out.update(coverage(top, n_items, ks))
+    if item_counts is not None:
+        out.update(beyond_accuracy(top, item_counts, ks))
     out["users"] = float(len(targets))
     return out
 
@@ -196,6 +250,28 @@ def popularity_scorer(item_counts: np.ndarray) -> Scorer:
     """Most-popular baseline: every user gets the training counts as scores."""
     c = torch.from_numpy(item_counts.astype(np.float32))
     return lambda rows, lo, hi: c[lo:hi].expand(len(rows), hi - lo)
+
+
+def bag_scorer(offsets: np.ndarray, items: np.ndarray, item_scores: torch.Tensor,
+               max_len: int | None = None) -> Scorer:
+    """Scores of bag-of-items models (item-kNN, EASE): the binary multi-hot vector of each row's
+    distinct history items (the last `max_len` events) times `item_scores` (n_items + 1,
+    n_items + 1), whose row i is what history item i adds to every item's score. Sparse: the
+    cost is (history length x catalogue) per row, not catalogue^2."""
+    n = item_scores.shape[0]
+
+    def score(rows: np.ndarray, lo: int, hi: int) -> torch.Tensor:
+        r, cols, pos = _csr_rows(rows, offsets, items)
+        if max_len is not None:
+            length = (offsets[rows + 1] - offsets[rows])[r]
+            keep = pos > length - max_len
+            r, cols = r[keep], cols[keep]
+        idx = torch.from_numpy(np.stack([r, cols]))
+        x = torch.sparse_coo_tensor(idx, torch.ones(len(r)), (len(rows), n)).coalesce()
+        x = torch.sparse_coo_tensor(x.indices(), x.values().clamp(max=1.0), x.shape)
+        return torch.sparse.mm(x, item_scores[:, lo:hi])
+
+    return score
 
 
 def _csr_rows(rows: np.ndarray, offsets: np.ndarray, items: np.ndarray):
@@ -235,9 +311,10 @@ def list_ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def evaluate_lists(top: np.ndarray, targets: np.ndarray, n_items: int,
-                   ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+                   ks: Sequence[int] = (10, 20),
+                   item_counts: np.ndarray | None = None) -> dict[str, float]:
     """NDCG/HR/MRR@K and coverage of recommended lists (n, K >= max(ks)); MRR is truncated at K
-    (a target outside the list contributes 0)."""
+    (a target outside the list contributes 0). With `item_counts`: `beyond_accuracy` too."""
     ks = sorted(set(ks))
     if top.shape[1] < ks[-1]:
         raise ValueError(f"lists have {top.shape[1]} items, fewer than the cut-off {ks[-1]}")
@@ -245,6 +322,8 @@ def evaluate_lists(top: np.ndarray, targets: np.ndarray, n_items: int,
     out = ranking_metrics(ranks, ks)
     out["mrr"] = float(np.where(ranks <= top.shape[1], 1.0 / ranks, 0.0).mean())
     out.update(coverage(top, n_items, ks))
+    if item_counts is not None:
+        out.update(beyond_accuracy(top, item_counts, ks))
     out["users"] = float(len(targets))
     return out
 

@@ -144,22 +144,34 @@ def _train_config(config: Path | None, sets: dict[str, Any], model: str | None,
     return with_options(cfg, options)
 
 
+ACCURACY = ("ndcg@", "hr@", "mrr")
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    t = Table(title=title)
     keys = [k for k in metrics["test"] if k != "users"]
-    t.add_column("split")
-    for k in keys:
-        t.add_column(k, justify="right")
-    for name in ("valid", "test"):
-        t.add_row(name, *(f"{metrics[name][k]:.4f}" for k in keys))
-    for name, m in metrics.get("baselines", {}).items():
-        t.add_row(f"test: {name}", *(f"{m[k]:.4f}" if k in m else "—" for k in keys))
-    out.print(t)
+    accuracy = [k for k in keys if k.startswith(ACCURACY)]
+    # two tables: accuracy, then beyond accuracy (coverage, novelty, gini, pop1%, diversity)
+    for part, name in ((accuracy, title), ([k for k in keys if k not in accuracy],
+                                           "beyond accuracy (test)")):
+        if not part:
+            continue
+        t = Table(title=name)
+        t.add_column("split")
+        for k in part:
+            t.add_column(k, justify="right")
+        for split in ("valid", "test"):
+            t.add_row(split, *(f"{metrics[split][k]:.4f}" if k in metrics[split] else "—"
+                               for k in part))
+        for b, m in metrics.get("baselines", {}).items():
+            t.add_row(f"test: {b}", *(f"{m[k]:.4f}" if k in m else "—" for k in part))
+        out.print(t)
     tr = metrics.get("train") or {}
     if tr:
-        out.print(f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')}), {tr.get('seconds')}s, "
-                  f"{tr.get('seconds_per_epoch')}s/epoch; seen items filtered: "
-                  f"{metrics['filter_seen']}")
+        fitted = (f"closed form, chosen on validation: {tr.get('chosen')}, {tr.get('seconds')}s"
+                  if tr.get("fit") == "closed form" else
+                  f"epochs {tr.get('epochs')} (best {tr.get('best_epoch')}), {tr.get('seconds')}s, "
+                  f"{tr.get('seconds_per_epoch')}s/epoch")
+        out.print(f"{fitted}; seen items filtered: {metrics['filter_seen']}")
 
 
 def evaluate(
@@ -663,8 +675,67 @@ def _probe_meta(items: Path | None, dataset: str | None) -> Any:
     return None
 
 
+# ---------------------------------------------------------------------- tune
+def tune(
+    config: Annotated[Path, typer.Argument(help="run config with a `search:` section "
+                                                "(docs/tuning.md)")],
+    out_dir: Annotated[Path, Opt("--out", "-o", help="directory for best.yaml, trials.csv/json, "
+                                                     "tune.json and best-run/")],
+    trials: Annotated[int, Opt(help="number of trials")] = 20,
+    budget_minutes: Annotated[float | None, Opt(help="no trial starts after this many minutes; "
+                                                     "each trial's time budget is capped by "
+                                                     "what is left")] = None,
+    data: Annotated[str | None, Opt(help="dataset name or events file (default: the config's "
+                                         "`dataset`)")] = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = True,
+) -> None:
+    """Optuna search over the config's `search:` space, chosen on validation (with pruning on the
+    validation curve); the best config is trained again and evaluated once on test."""
+    from userseq.data.load import load_events
+    from userseq.nextitem.tune import read_tune_config
+    from userseq.nextitem.tune import tune as run_tune
+
+    if not config.is_file():
+        raise UserseqError(f"{config}: config file not found.")
+    cfg, _, _ = read_tune_config(config)  # errors in the search space before the data is read
+    source = data or cfg.dataset
+    if not source:
+        raise UserseqError(f"{config}: no `dataset:` in the config; pass --data.")
+    _check_tune_dir(out_dir, overwrite)
+    log = load_events(source, cfg.data)
+    err.print(f"loaded {log.source}: {log.n_users:,} users, {log.n_items:,} items")
+    summary = run_tune(config, log, out_dir, trials, budget_minutes, quiet=quiet,
+                       progress=lambda m: err.print(m))
+    t = summary["test"]
+    out.print(f"{summary['trials']} trials ({summary['complete']} complete, {summary['pruned']} "
+              f"pruned) in {summary['search_seconds']:.0f}s; best trial {summary['best_trial']}: "
+              f"valid {summary['monitor']} {summary['best_valid']:.4f} with "
+              f"{summary['best_params']}")
+    out.print(f"best config retrained: test ndcg@10 {t.get('ndcg@10', float('nan')):.4f}, hr@10 "
+              f"{t.get('hr@10', float('nan')):.4f}; wrote {out_dir}/best.yaml, trials.csv, "
+              "trials.json, tune.json, best-run/")
+
+
+def _check_tune_dir(out_dir: Path, overwrite: bool) -> None:
+    """A new or empty directory, or (with --overwrite) an earlier search's (it has tune.json or
+    trials.json), which is deleted."""
+    import shutil
+
+    check_out_dir(out_dir, resume=True)  # a file, a path under a file, an unwritable place
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    earlier = (out_dir / "tune.json").exists() or (out_dir / "trials.json").exists()
+    if not overwrite or not earlier:
+        what = "holds an earlier search" if earlier else "is not empty and not a tune directory"
+        fix = "pass --overwrite to replace it, or" if earlier else ""
+        raise UserseqError(f"--out {out_dir}: {what}; {fix} choose a new directory.".replace(
+            ";  choose", "; choose"))
+    shutil.rmtree(out_dir)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (train, evaluate, recommend, embed, compress, probe):
+    for command in (train, evaluate, recommend, embed, compress, probe, tune):
         app.command()(command)
     ada_app = typer.Typer(no_args_is_help=True,
                           help="Ada-Retrieval: multi-round retrieval fine-tuned on a trained run.")

@@ -10,6 +10,7 @@ userseq 0.1 (no `estimator.json`) load too.
 from __future__ import annotations
 
 import resource
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from userseq.items.factory import (
 )
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
+    bag_scorer,
+    beyond_accuracy,
     coverage,
     diversity,
     evaluate,
@@ -120,7 +123,9 @@ class NextItemRecommender(Estimator[RunConfig]):
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False,
             item_meta: pl.DataFrame | None = None,
-            init_from: str | Path | NextItemRecommender | None = None) -> NextItemRecommender:
+            init_from: str | Path | NextItemRecommender | None = None,
+            on_validated: Callable[[int, dict[str, float]], str | None] | None = None
+            ) -> NextItemRecommender:
         """Train on `split` (default: the configured split of `log`). `item_meta` (item_id +
         attribute columns) gives text items their text; by default it comes from `data.item_text`
         or from the named dataset's item metadata (see docs/items.md). With `run_dir`, the run is
@@ -129,7 +134,11 @@ class NextItemRecommender(Estimator[RunConfig]):
         `init_from` (a fitted recommender or its run directory) warm-starts from its weights: the
         catalogue is this log's items followed by the earlier run's items that the log lacks; an
         item's row is copied from the earlier run, new items get fresh rows; users of the earlier
-        run missing from the log keep their stored histories (docs/distributed.md)."""
+        run missing from the log keep their stored histories (docs/distributed.md).
+
+        `on_validated(epoch, metrics)` runs after each validation (`Trainer.on_validated`; a
+        returned reason stops training: `userseq tune` prunes trials with it); closed-form models
+        call it once per tried setting."""
         cfg = self.config
         check_monitor(cfg)
         warm = self._warm_source(init_from, resume) if init_from is not None else None
@@ -147,6 +156,14 @@ class NextItemRecommender(Estimator[RunConfig]):
         if warm is not None:
             self.item_info_["warm_start"] = self._warm_start(warm, encoder, catalogue)
         self.data_fingerprint_ = data_fingerprint(log)
+        if getattr(encoder, "closed_form", False):  # pop, itemknn, ease: no gradient steps
+            history = self._fit_closed_form(encoder, split, warm is not None, on_validated)
+            if run_dir is not None and distributed.is_main():
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                write_json(history, Path(run_dir) / "train_log.json")
+                self.write_metrics(run_dir, self.report(log, split))
+                self.save(run_dir)
+            return self
         rows = training_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(rows) == 0:
             raise UserseqError(f"{log.source}: no training sequence has 2 or more events; "
@@ -156,6 +173,8 @@ class NextItemRecommender(Estimator[RunConfig]):
         counts = np.bincount(split.train_items, minlength=n_items + 1)
         loss = NextItemLoss(cfg.loss, n_items, counts)
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
+        if on_validated is not None:
+            trainer.on_validated.append(on_validated)
         self.device_ = trainer.device
         self._knn, self.ada_ = None, None
         if loss.wants_epoch_hidden:  # e.g. ICSRec's intent prototypes, refreshed every epoch
@@ -177,6 +196,53 @@ class NextItemRecommender(Estimator[RunConfig]):
             self.write_metrics(run_dir, self.report(log, split))
             self.save(run_dir)
         return self
+
+    def _fit_closed_form(self, encoder: Any, split: Split, warm: bool,
+                         on_validated: Callable[[int, dict[str, float]], str | None] | None = None
+                         ) -> list[dict[str, Any]]:
+        """Fit a closed-form baseline (`encoders.classical`) on the training events with each
+        setting of its grid, keep the one with the best validation `train.monitor`; returns the
+        tried settings with their validation metrics (train_log.json)."""
+        cfg = self.config
+        if warm:
+            raise ConfigError(f"--init-from: '{cfg.model.name}' is fitted in closed form; there "
+                              "are no weights to warm-start (train it without --init-from).")
+        m = cfg.model
+        if m.items != "id" or m.item_table != "full" or m.quantize != "none":
+            raise ConfigError(f"model '{m.name}' scores with its own item-to-item statistics; "
+                              "model.items, model.item_table and model.quantize do not apply "
+                              "(leave them at id, full, none).")
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        valid = self._valid_subset(split.valid)
+        t_start, history, best, best_weights = time.time(), [], None, None
+        sign = 1.0 if cfg.train.monitor_mode == "max" else -1.0
+        for setting in encoder.grid():
+            t0 = time.time()
+            encoder.fit_closed_form(split.train_offsets, split.train_items, **setting)
+            fit_s = time.time() - t0
+            metrics = self._validate(valid)
+            if on_validated is not None:
+                on_validated(len(history) + 1, metrics)
+            value = metrics[cfg.train.monitor]
+            history.append({**setting, "fit_seconds": round(fit_s, 3),
+                            "seconds": round(time.time() - t0, 3),
+                            **{f"valid_{k}": v for k, v in metrics.items()}})
+            if best is None or sign * value > sign * best[1]:
+                best = (setting, value)
+                if len(encoder.grid()) > 1:
+                    best_weights = {k: v.clone() for k, v in encoder.state_dict().items()}
+        if best_weights is not None:
+            encoder.load_state_dict(best_weights)
+        encoder.release()
+        self.train_state_ = {
+            "epochs": 0, "best_epoch": 0, "best_valid": best[1],
+            "seconds": round(time.time() - t_start, 2), "stopped": "closed form",
+            "fit": "closed form", "chosen": best[0], "selection": history,
+            "seconds_per_epoch": None, "train_sequences": len(split.train_offsets) - 1,
+            "device": "cpu", "precision": "float32",
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+        return history
 
     # ------------------------------------------------------------------ warm start
     def _warm_source(self, init_from: str | Path | NextItemRecommender,
@@ -535,13 +601,14 @@ class NextItemRecommender(Estimator[RunConfig]):
         for i in range(0, n, batch_size):
             rows = order[i : i + batch_size]
             starts, ends = offsets[rows], offsets[rows + 1]
-            if mask_tok is None:
-                x = pad_left(starts, ends, items, L)
-            else:  # BERT4Rec reads the [mask] appended after the history
-                x = np.concatenate([pad_left(starts, ends, items, L - 1),
-                                    np.full((len(rows), 1), mask_tok)], 1)
+            # only as wide as the batch's longest history (max_len can be the whole history)
             width = int(min(L, max(1, lengths[rows].max() + (mask_tok is not None))))
-            xt = torch.from_numpy(x[:, -width:]).to(self.device_)
+            if mask_tok is None:
+                x = pad_left(starts, ends, items, width)
+            else:  # BERT4Rec reads the [mask] appended after the history
+                x = np.concatenate([pad_left(starts, ends, items, width - 1),
+                                    np.full((len(rows), 1), mask_tok)], 1)
+            xt = torch.from_numpy(x).to(self.device_)
             out[torch.from_numpy(rows)] = enc.last(xt, xt > 0).float().cpu()
         return self._serving(out)
 
@@ -578,16 +645,27 @@ class NextItemRecommender(Estimator[RunConfig]):
         return computed and len(self.item_ids_) + 1 > self.config.eval.item_chunk
 
     def _serving(self, vectors: torch.Tensor) -> torch.Tensor:
+        if self.config.model.item_table != "matryoshka":
+            return vectors
         d = serve_dim(self.config.model)
         return vectors if d == vectors.shape[1] else vectors[:, :d].contiguous()
 
+    def history_scorer(self, offsets: np.ndarray, items: np.ndarray) -> Any:
+        """Full-catalogue scorer for CSR histories of item indices: the user vectors of `encode`
+        times the item matrix (`scorer`); bag-of-items baselines (item-kNN, EASE) score the sparse
+        history directly (`metrics.ranking.bag_scorer`), never building dense multi-hot rows."""
+        enc = self.check_is_fitted()
+        if getattr(enc, "bag_of_items", False):
+            return bag_scorer(offsets, items, enc.item_scores, self.config.model.max_len)
+        return self.scorer(self.encode(offsets, items))
+
     def _evaluate(self, eval_set: EvalSet, ks: Sequence[int],
                   filter_seen: bool) -> dict[str, float]:
-        users = self.encode(eval_set.offsets, eval_set.items)
         seen = (eval_set.offsets, eval_set.items) if filter_seen else None
         c = self.config.eval
-        return evaluate(self.scorer(users), len(self.item_ids_),
-                        eval_set.targets, seen, ks, c.user_chunk, c.item_chunk)
+        return evaluate(self.history_scorer(eval_set.offsets, eval_set.items),
+                        len(self.item_ids_), eval_set.targets, seen, ks, c.user_chunk,
+                        c.item_chunk)
 
     def evaluate_grid(self, eval_set: EvalSet, layers: Sequence[int] | None = None,
                       dims: Sequence[int] | None = None, ks: Sequence[int] | None = None,
@@ -630,28 +708,31 @@ class NextItemRecommender(Estimator[RunConfig]):
     def evaluate(self, eval_set: EvalSet, ks: Sequence[int] | None = None,
                  filter_seen: bool | None = None, retrieval: str | None = None,
                  bank: tuple[np.ndarray, np.ndarray] | None = None,
-                 item_groups: dict[str, Any] | None = None) -> dict:
+                 item_groups: dict[str, Any] | None = None,
+                 item_counts: np.ndarray | None = None) -> dict:
         """NDCG/HR/MRR/coverage of `eval_set` targets given their histories, plus diversity of
         the top-K lists (`ild@K`, `clusters@K`: distinct kNN-Embed item clusters, and one entry
         per `item_groups` name, e.g. `categories@K`). `retrieval` (default
         `retrieval.mode`): `single` ranks the whole catalogue with one user vector; `knn_embed`
         and `ada` return lists, scored by the target's position in the list. `bank`: the
         (offsets, items) histories of all training users, for kNN-Embed's neighbours (default:
-        the run's histories; pass the split's training part to keep test items out)."""
+        the run's histories; pass the split's training part to keep test items out).
+        `item_counts` (training events per item index) adds the beyond-accuracy metrics
+        (`novelty@K`, `gini@K`, `pop1%@K`: `metrics.ranking.beyond_accuracy`). Closed-form
+        baselines (pop, itemknn, ease) have no embedding space: no `ild@K` / `clusters@K`."""
         c = self.config.eval
         seen = c.filter_seen if filter_seen is None else filter_seen
         mode = self._mode(retrieval)
         ks = sorted(set(ks or c.ks))
         n_items = len(self.item_ids_)
         if mode == "single":
-            users = self.encode(eval_set.offsets, eval_set.items)
             hist = (eval_set.offsets, eval_set.items) if seen else None
-            ranks, top, _ = scan_catalogue(self.scorer(users), n_items,
-                                           len(users), eval_set.targets, hist, ks[-1],
+            ranks, top, _ = scan_catalogue(self.history_scorer(eval_set.offsets, eval_set.items),
+                                           n_items, len(eval_set), eval_set.targets, hist, ks[-1],
                                            c.user_chunk, c.item_chunk)
             out = ranking_metrics(ranks, ks)
             out.update(coverage(top, n_items, ks))
-            out["users"] = float(len(users))
+            out["users"] = float(len(eval_set))
         else:
             k = ks[-1]
             if mode == "ada":  # whole rounds: the smallest multiple of the rounds >= max(ks)
@@ -659,6 +740,11 @@ class NextItemRecommender(Estimator[RunConfig]):
             _, top = self._retrieve(mode, eval_set.offsets, eval_set.items, k, seen,
                                     self_rows=eval_set.users, bank=bank)
             out = evaluate_lists(top, eval_set.targets, n_items, ks)
+        if item_counts is not None:
+            out.update(beyond_accuracy(top, item_counts, ks))
+        if getattr(self.check_is_fitted(), "closed_form", False):
+            out.update(diversity(top, ks, None, item_groups))
+            return out
         if self._streams():  # a computed table too large for one chunk: only the listed rows
             ids = np.unique(np.concatenate([[0], top.ravel()]))  # row 0 stays the padding row
             top_rows = np.searchsorted(ids, top)
@@ -744,15 +830,16 @@ class NextItemRecommender(Estimator[RunConfig]):
         counts = np.bincount(split.train_items, minlength=n_items + 1)
         test = split.test
         pop = evaluate(popularity_scorer(counts), n_items, test.targets, seen, c.ks, c.user_chunk,
-                       c.item_chunk)
+                       c.item_chunk, counts)
         # the repeat baseline only scores history items: evaluated without seen-item filtering
         rep = evaluate(repeat_scorer(test.offsets, test.items), n_items, test.targets, None,
-                       c.ks, c.user_chunk, c.item_chunk)
+                       c.ks, c.user_chunk, c.item_chunk, counts)
         tables = table_report(self.check_is_fitted().items, self.config.model)
         return {
             "valid": self.evaluate(split.valid, retrieval=retrieval, bank=bank,
-                                   item_groups=groups),
-            "test": self.evaluate(test, retrieval=retrieval, bank=bank, item_groups=groups),
+                                   item_groups=groups, item_counts=counts),
+            "test": self.evaluate(test, retrieval=retrieval, bank=bank, item_groups=groups,
+                                  item_counts=counts),
             "retrieval": self._retrieval_report(retrieval),
             "item_table_bytes": tables["item_table_bytes"], "item_table": tables,
             **self.item_info_, "filter_seen": c.filter_seen, "ties": "pessimistic",
@@ -805,11 +892,10 @@ class NextItemRecommender(Estimator[RunConfig]):
         mode = self._mode(retrieval)
         if mode != "single":
             return self._retrieve(mode, offsets, items, int(k), filter_seen, self_rows)
-        users = self.encode(offsets, items)
         seen = (offsets, items) if filter_seen else None
         c = self.config.eval
-        _, top, top_s = scan_catalogue(self.scorer(users),
-                                       len(self.item_ids_), len(users), None, seen, int(k),
+        _, top, top_s = scan_catalogue(self.history_scorer(offsets, items),
+                                       len(self.item_ids_), len(offsets) - 1, None, seen, int(k),
                                        c.user_chunk, c.item_chunk)
         return top_s, top
 
