@@ -96,7 +96,7 @@ class TargetDetector:
 
     def post_vectors(self, posts: list[str]) -> torch.Tensor:
         """(N, d) the detector's vector of each post text."""
-        if self.model == "minilm":
+        if self.det.inputs == "vectors":  # MiniLM sentence vectors
             v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True,
                                               show_progress_bar=False)
             return torch.from_numpy(np.asarray(v, dtype=np.float32))

@@ -44,6 +44,7 @@ from userseq.detect.data import (
     DetectSplit,
     EventData,
     TextData,
+    fix_post_count,
     stratified_folds,
     stratified_split,
     tokenize,
@@ -127,6 +128,12 @@ class UserDetector(Estimator[DetectConfig]):
 
     def _spec(self) -> DetectModel:
         return detect_model(self.config.model.name)
+
+    @property
+    def inputs(self) -> str:
+        """What the model reads: 'events', 'tokens' (post token ids) or 'vectors' (MiniLM post
+        vectors)."""
+        return self._spec().inputs
 
     @property
     def kind(self) -> str:
@@ -470,6 +477,8 @@ def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit,
         "train": {k: v for k, v in detector.train_state_.items() if k != "history"},
         "thresholds": detector.thresholds_,
     }
+    if isinstance(data, TextData):
+        metrics["post_count"] = data.post_count or {"fixed_posts": 0}
     if folds:
         metrics["per_fold"] = [r["test"] for r in results]
     return metrics
@@ -501,8 +510,10 @@ def train_and_evaluate(data: Data, detector: UserDetector, out: str | Path | Non
     the saved model is the last fold's. The run directory gets `metrics.json` and, for clustering,
     `embeddings.safetensors` + `users.parquet` (id, label, split, score, readable features).
     """
-    labels = _labels(data, "training")
     cfg = detector.config
+    if isinstance(data, TextData) and cfg.fixed_posts:
+        data = fix_post_count(data, cfg.fixed_posts, cfg.fixed_keep)
+    labels = _labels(data, "training")
     splits = (stratified_folds(labels, folds, cfg.valid, cfg.split_seed) if folds
               else [stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)])
     results = []

