@@ -16,7 +16,7 @@ from userseq.attack.data import AttackUsers
 from userseq.core.errors import ConfigError, DataError
 from userseq.detect.estimator import UserDetector, encode_posts
 
-WHITE_BOX_MODELS = ("hlstm", "cnn")
+WHITE_BOX_MODELS = ("hlstm", "cnn", "bow-attn")  # the token models (`UserDetector.inputs`)
 
 
 def detector_state(det: UserDetector) -> tuple[torch.nn.Module, list[str] | None, dict[str, float]]:
@@ -60,7 +60,8 @@ class TargetDetector:
 
     @property
     def white_box(self) -> bool:
-        return self.model in WHITE_BOX_MODELS
+        """Token models (hlstm, cnn, bow-attn): a differentiable path from one-hot rows."""
+        return self.det.inputs == "tokens"
 
     @property
     def vocab(self) -> list[str]:

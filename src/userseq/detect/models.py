@@ -262,6 +262,32 @@ class PostAttention(nn.Module):
         return torch.cat([(w * x).sum(1), mean], -1)
 
 
+class BagOfWordsAttention(nn.Module):
+    """fastText-like post vectors (masked mean of token embeddings, differentiable from one-hot
+    rows: white-box attackable) -> `PostAttention` pooling over posts."""
+
+    def __init__(self, vocab: int, emb_dim: int = 64, dim: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.tokens = TokenEmbedding(vocab, emb_dim)
+        self.posts = PostAttention(emb_dim, dim, dropout)
+        self.drop = Dropout(dropout)
+        self.dim = self.posts.dim
+
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        tm = _token_mask(tokens, token_mask).unsqueeze(-1).float()  # (B, P, T, 1)
+        x = self.drop(self.tokens(tokens))
+        return (x * tm).sum(-2) / tm.sum(-2).clamp(min=1)
+
+    def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.post_vectors(tokens, token_mask), post_mask)
+
+    def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        """User vector from post vectors (B, P, d) (see `HierLSTM.pool`)."""
+        return self.posts(v, post_mask)
+
+
 # ---------------------------------------------------------------------- the named models
 Builder = Callable[..., nn.Module]  # (model config, *, n_pages, n_features, vocab) -> user encoder
 
@@ -328,6 +354,17 @@ DETECT_MODELS.register("cnn", DetectModel("tokens", _cnn, CNN_DEFAULTS),
                        help="TextCNN per post, GRU over posts")
 DETECT_MODELS.register("minilm", DetectModel("vectors", _minilm, dict(TEXT_DEFAULTS)),
                        help="transformer over MiniLM post vectors")
+
+
+def _bow_attn(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return BagOfWordsAttention(vocab, m.dim, m.dim, m.dropout)
+
+
+BOW_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.weight_decay": 0.01,
+                "prefix_prob": 0.0, "train.lr": 3e-3}
+DETECT_MODELS.register("bow-attn", DetectModel("tokens", _bow_attn, BOW_DEFAULTS),
+                       help="mean token embedding per post, attention pooling over posts "
+                       "(white-box attackable)")
 
 
 def _minilm_attn(m: DetectModelConfig, **_: int) -> nn.Module:
