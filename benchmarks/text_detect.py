@@ -41,7 +41,7 @@ from userseq.metrics.classification import best_threshold, binary_metrics  # noq
 STORE = HERE / "text_detect_runs.json"
 LOCK = HERE / "_work" / "text_detect.lock"
 BASELINES = ("length", "tokens", "tfidf-lr", "minilm-lr")
-NEURAL = ("minilm-attn", "minilm", "bow-attn", "hlstm", "cnn")
+NEURAL = ("minilm-attn", "minilm", "bow-minilm", "bow-attn", "hlstm", "cnn")
 FIXED = 8
 
 

@@ -52,7 +52,7 @@ from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqEr
 from userseq.core.estimator import Estimator
 from userseq.detect.data import DetectSplit, TextData, load_text_data, stratified_split
 from userseq.detect.estimator import build_vocab
-from userseq.metrics.classification import binary_metrics
+from userseq.metrics.classification import binary_metrics, wilson_interval
 
 EFFICACY_KEYS = ("accuracy", "f1", "roc_auc", "precision", "recall", "pr_auc")
 STATE_FILE = "attacker.json"
@@ -339,7 +339,8 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
     """Detector metrics on `idx` with the real final posts (clean), with `posts` written by the
     malicious users only (attacked: the threat model), and by every user (attacked_all: PETGEN's
     code protocol). success_rate: share of the malicious users flagged on the clean sequence that
-    are not flagged after."""
+    are not flagged after (`malicious_flipped` of `malicious_flagged_clean`, with a 95% Wilson
+    interval `success_ci95`)."""
     if users.labels is None:
         raise DataError("efficacy needs labels.")
     if len(posts) != len(idx):
@@ -354,6 +355,8 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
     return {"clean": _metrics(y, clean, thr), "attacked": _metrics(y, attacked, thr),
             "attacked_all": _metrics(y, gen, thr),
             "success_rate": float(flipped.sum() / flagged.sum()) if flagged.any() else None,
+            "success_ci95": list(wilson_interval(int(flipped.sum()), int(flagged.sum()))),
+            "malicious_flipped": int(flipped.sum()),
             "malicious_flagged_clean": int(flagged.sum()), "malicious": int((y == 1).sum()),
             "mean_score_malicious": {"clean": float(clean[y == 1].mean()),
                                      "attacked": float(gen[y == 1].mean())},

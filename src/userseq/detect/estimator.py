@@ -50,7 +50,7 @@ from userseq.detect.data import (
     tokenize,
 )
 from userseq.detect.models import DetectModel, Detector, detect_model
-from userseq.detect.text import build_vocab, encode_posts, minilm_vectors
+from userseq.detect.text import build_vocab, encode_posts, minilm_token_table, minilm_vectors
 from userseq.metrics.classification import best_threshold, binary_metrics
 
 __all__ = ["DetectConfig", "DetectModelConfig", "UserDetector", "build_vocab", "encode_posts",
@@ -164,7 +164,12 @@ class UserDetector(Estimator[DetectConfig]):
         if self._spec().inputs == "tokens":
             self.vocab_ = build_vocab(data.posts, train_users, m.vocab_size, m.min_token_count,
                                       m.max_tokens)
-        return self._build(0, 0, len(self.vocab_ or []))
+        net = self._build(0, 0, len(self.vocab_ or []))
+        if self._spec().token_init == "minilm":  # pretrained word vectors, frozen
+            table = net.user_encoder.tokens.weight
+            table.data.copy_(torch.from_numpy(minilm_token_table(self.vocab_ or [])))
+            table.requires_grad_(False)
+        return net
 
     def _page_vocab(self, data: EventData, users: np.ndarray) -> pl.Series:
         f = data.log.frame.select("user", "item")

@@ -302,6 +302,8 @@ class DetectModel:
     inputs: Literal["events", "tokens", "vectors"]
     build: Builder
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # token models: 'minilm' sets (and freezes) the token table to MiniLM vectors of the words
+    token_init: Literal["random", "minilm"] = "random"
 
     @property
     def kind(self) -> Literal["event", "text"]:
@@ -365,6 +367,15 @@ BOW_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.weight_decay": 0.0
 DETECT_MODELS.register("bow-attn", DetectModel("tokens", _bow_attn, BOW_DEFAULTS),
                        help="mean token embedding per post, attention pooling over posts "
                        "(white-box attackable)")
+
+
+def _bow_minilm(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return BagOfWordsAttention(vocab, MINILM_DIM, m.dim, m.dropout)
+
+
+DETECT_MODELS.register("bow-minilm", DetectModel("tokens", _bow_minilm, BOW_DEFAULTS, "minilm"),
+                       help="bow-attn over frozen MiniLM vectors of the words (white-box "
+                       "attackable, pretrained semantics)")
 
 
 def _minilm_attn(m: DetectModelConfig, **_: int) -> nn.Module:

@@ -45,3 +45,16 @@ def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64)
         out[u, :n] = vecs[i:i + n]
         i += n
     return out
+
+
+def minilm_token_table(vocab: list[str]) -> np.ndarray:
+    """(len(vocab), 384) MiniLM vector of every vocabulary word (row 0 `<pad>`: zeros, row 1
+    `<unk>`: the mean word vector); cached on disk like post vectors."""
+    from userseq.items.text import encode_texts
+
+    vecs, _ = encode_texts(list(vocab[2:]))
+    out = np.zeros((len(vocab), vecs.shape[1]), dtype=np.float32)
+    out[2:] = vecs
+    if len(vocab) > 2:
+        out[1] = vecs.mean(0)
+    return out
