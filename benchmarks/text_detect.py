@@ -159,9 +159,9 @@ def part_table(a) -> None:
     pc = next((r["post_count"] for r in models if r["post_count"].get("fixed_posts")), None)
     if pc:
         d = pc["dropped"]
-        lines += [f"Fixed post count: {pc['fixed_posts']} ({pc['keep']}) keeps {pc['users']} users; "
-                  f"dropped {d.get('benign')} benign and {d.get('malicious')} malicious users "
-                  "with fewer posts.", ""]
+        lines += [f"Fixed post count: {pc['fixed_posts']} ({pc['keep']}) keeps {pc['users']} "
+                  f"users; dropped {d.get('benign')} benign and {d.get('malicious')} "
+                  "malicious users with fewer posts.", ""]
     lines += ["| model | data | ROC-AUC | F1 | accuracy | seeds | epochs (best/ran) | verdicts |",
               "|---|---|---:|---:|---:|---|---|---|"]
     order = ["length (raw)", *BASELINES, *NEURAL]

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from test_attack import DET, TINY, synthetic_posts
 
 from userseq.attack.config import parse_attack_config
 from userseq.attack.estimator import Attacker, method_config
@@ -21,8 +22,6 @@ from userseq.detect.data import TextData, fix_post_count, load_text_data, strati
 from userseq.detect.estimator import UserDetector
 from userseq.detect.text_baselines import fit_text_baseline
 from userseq.metrics.classification import roc_auc
-
-from test_attack import DET, TINY, synthetic_posts
 
 
 def small() -> TextData:
@@ -161,3 +160,53 @@ def test_malcom_conditions_on_the_context_only(world2):
     assert "recency" not in att.info_["train"]["valid"] and "gan" in att.info_["train"]["valid"]
     res = att.evaluate(target, split.test, att.generate(split.test))
     assert res["malicious"] == int(data.labels[split.test].sum())
+
+
+# ---------------------------------------------------------------------- honest comparison, defence
+def test_wilson_interval_hand_values():
+    from userseq.metrics.classification import wilson_interval
+
+    lo, hi = wilson_interval(5, 10)
+    assert math.isclose(lo, 0.2366, abs_tol=1e-4) and math.isclose(hi, 0.7634, abs_tol=1e-4)
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and math.isclose(hi, 0.1611, abs_tol=1e-4)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_efficacy_reports_the_denominator_and_ensemble_is_query_only(world2):
+    from userseq.attack.baselines import Copycat, copycat_pool
+    from userseq.attack.data import attack_users
+    from userseq.attack.estimator import efficacy
+    from userseq.attack.target import TargetEnsemble
+    from userseq.core.errors import ConfigError
+
+    data, split, target = world2
+    users = attack_users(data, target.max_posts)
+    posts = Copycat(users, copycat_pool(users, split.train)).posts(split.test)
+    r = efficacy(target, users, split.test, posts)
+    assert r["malicious_flipped"] <= r["malicious_flagged_clean"] <= r["malicious"]
+    if r["malicious_flagged_clean"]:
+        assert r["success_rate"] == r["malicious_flipped"] / r["malicious_flagged_clean"]
+        lo, hi = r["success_ci95"]
+        assert lo <= r["success_rate"] <= hi
+    ens = TargetEnsemble([target, target])
+    np.testing.assert_allclose(ens.score(users, split.test, posts),
+                               target.score(users, split.test, posts), rtol=1e-6)
+    thr = ens.calibrate(users, split.valid)
+    assert 0 <= thr <= 1 and ens.threshold == thr and not ens.white_box
+    with pytest.raises(ConfigError, match="no single differentiable path"):
+        ens.require_white_box("petgen")
+    with pytest.raises(ConfigError, match="at least 2 detectors"):
+        TargetEnsemble([target])
+    with pytest.raises(ConfigError, match="no single differentiable path"):
+        Attacker("hotflip", overrides=TINY).fit(data, ens, split, quiet=True)
+
+
+def test_surrogate_with_another_post_count_is_a_clear_error(world2, tmp_path):
+    from userseq.attack.estimator import _load_detectors
+
+    data, split, target = world2
+    det = UserDetector("hlstm", overrides={**DET, "fixed_posts": 3}).fit(data, split, quiet=True)
+    run = det.save(tmp_path / "other")
+    with pytest.raises(DataError, match=r"read 3 \(last\) posts per user but the target"):
+        _load_detectors(target.run_dir, run, data, target)

@@ -403,9 +403,9 @@ def _load_detectors(detector: str | Path, surrogate: str | Path | None, data: Te
         source = TargetDetector.load(surrogate)
         mine, theirs = fixed_posts_of(target), fixed_posts_of(source)
         if mine != theirs:
-            raise DataError(f"{surrogate}: the surrogate read {theirs} posts per user but the "
-                            f"target {detector} read {mine}; train both with the same "
-                            "--fixed-posts.")
+            raise DataError(f"{surrogate}: the surrogate read {theirs[0]} ({theirs[1]}) posts "
+                            f"per user but the target {detector} read {mine[0]} ({mine[1]}); "
+                            "train both with the same --fixed-posts.")
         same_split(split, run_split(surrogate, data, source), f"{surrogate}")
     return target, source, split
 
