@@ -381,7 +381,7 @@ def main() -> None:
     ap.add_argument("--source", default="bow-minilm")
     ap.add_argument("--targets", nargs="*", default=["minilm", "minilm-attn", "bow-attn"])
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--adaptive", nargs="*", default=["hotflip", "trigger", "petgen"])
+    ap.add_argument("--adaptive", nargs="*", default=["hotflip", "petgen"])
     ap.add_argument("--detector-minutes", type=float, default=0.4)
     ap.add_argument("--pretrain-minutes", type=float, default=0.35)
     ap.add_argument("--attack-minutes", type=float, default=0.25)

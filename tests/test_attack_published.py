@@ -210,3 +210,34 @@ def test_surrogate_with_another_post_count_is_a_clear_error(world2, tmp_path):
     run = det.save(tmp_path / "other")
     with pytest.raises(DataError, match=r"read 3 \(last\) posts per user but the target"):
         _load_detectors(target.run_dir, run, data, target)
+
+
+def test_cli_fixed_posts_reach_the_attack(cli, tmp_path):
+    import json
+
+    from test_attack import _write_events
+
+    data = synthetic_posts(80, seed=1)
+    events, labels = _write_events(data, tmp_path)
+    r = cli("detect", "train", "--data", events, "--labels", labels, "--model", "bow-attn",
+            "--fixed-posts", "4", "--epochs", "3", "--dim", "16", "--quiet", "--out",
+            tmp_path / "d")
+    assert r.code == 0, r.output
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    short = np.array([len(p) < 4 for p in data.posts])
+    assert m["post_count"]["dropped"] == {"benign": int((short & (data.labels == 0)).sum()),
+                                          "malicious": int((short & (data.labels == 1)).sum()),
+                                          "all": int(short.sum())}
+    assert m["split"]["train"] + m["split"]["valid"] + m["split"]["test"] == int((~short).sum())
+    cfg = tmp_path / "attack.yaml"
+    cfg.write_text("pretrain: {epochs: 1}\ntrain: {epochs: 1}\neval_lm: {epochs: 1}\n"
+                   "generator: {hidden: 16, emb_dim: 8, decoder: transformer, layers: 1}\n"
+                   "quality_embedding: tfidf\n")
+    r = cli("attack", "run", "--detector", tmp_path / "d", "--data", events, "--labels", labels,
+            "--method", "malcom", "--config", cfg, "--out", tmp_path / "a", "--quiet")
+    assert r.code == 0, r.output
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert a["method"] == "malcom" and a["malicious_flagged_clean"] <= a["malicious"]
+    assert len(a["success_ci95"]) == 2
+    att = Attacker.load(tmp_path / "a")
+    assert {len(h) for h in att.users_.history} == {3}  # 4 posts: 3 history + the attacked one
