@@ -17,9 +17,9 @@ Per split seed (stratified 70/10/20 user split of the last-8-posts data, `fix_po
    perplexity under a separately trained LM, MiniLM cosine to the user's history (style) and to
    the target context.
 4. Defences: (a) adversarial training: the source retrained with one attack post per malicious
-   training user (methods round robin) appended to a copy of the user; then every method is
-   fitted again against the retrained detector (adaptive white-box) and the old posts are scored
-   too (non-adaptive); (b) an ensemble of the source and the target detectors (mean score,
+   training user (methods round robin) appended to a copy of the user; then hotflip and petgen
+   are fitted again against the retrained detector (adaptive white-box, `--adaptive`) and every
+   method's old posts are scored too (non-adaptive); (b) an ensemble of the source and the target detectors (mean score,
    threshold on validation users), scored on every method's posts (black-box).
 
 Rows go to benchmarks/attack_compare_runs.json; the `attack-compare` section of RESULTS.md is
