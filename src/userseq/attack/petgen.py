@@ -221,7 +221,8 @@ class PetgenObjective:
 
     def __init__(self, gen: PostGenerator, frozen: PostGenerator, users: AttackUsers,
                  vocab: list[str], source: TargetDetector | None, weights: LossWeights,
-                 recent: int, tau: float, hard: bool, disc_lr: float = 1e-4) -> None:
+                 recent: int, tau: float, hard: bool, disc_lr: float = 1e-4,
+                 disc_seed: int = 0) -> None:
         self.gen, self.frozen, self.users, self.w = gen, frozen, users, weights
         self.source, self.tau, self.hard = source, tau, hard
         if weights.attack > 0:
@@ -243,7 +244,9 @@ class PetgenObjective:
         self.labels = torch.from_numpy(labels).float()
         self.disc: Discriminator | None = None
         if weights.gan > 0:
-            self.disc = Discriminator(gen.vocab)
+            with torch.random.fork_rng():  # its initial weights follow the seed, not the history
+                torch.manual_seed(disc_seed)
+                self.disc = Discriminator(gen.vocab)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
             self.real_rows = self.enc.final.clamp(max=gen.vocab - 1)
 
@@ -352,7 +355,7 @@ def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str]
     for p in frozen.parameters():
         p.requires_grad_(False)
     obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts,
-                          cfg.tau, cfg.hard, cfg.discriminator_lr)
+                          cfg.tau, cfg.hard, cfg.discriminator_lr, cfg.train.seed)
     tc = cfg.train.model_copy(update={"monitor": "neg_loss", "device": "cpu"})
     trainer = Trainer(tc, None, quiet=quiet)
     if cfg.tau_schedule == "exp":  # RelGAN: inverse temperature 1 -> tau_max over the epochs
