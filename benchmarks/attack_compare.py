@@ -330,8 +330,8 @@ def plot(eff: list[dict], targets: list[str], path: Path) -> None:
             lo, hi = wilson_interval(k, n)
             rate = k / n if n else np.nan
             rates.append(rate)
-            los.append(rate - lo if n else 0)
-            his.append(hi - rate if n else 0)
+            los.append(max(rate - lo, 0.0) if n else 0.0)
+            his.append(max(hi - rate, 0.0) if n else 0.0)
         axes[0].bar(x + j * width, drops, width, label=t)
         axes[1].errorbar(x + j * width, rates, yerr=[los, his], fmt="o", capsize=3, label=t)
     for ax, ylabel in ((axes[0], "test ROC-AUC drop (clean - attacked)"),
