@@ -19,8 +19,9 @@ Per split seed (stratified 70/10/20 user split of the last-8-posts data, `fix_po
 4. Defences: (a) adversarial training: the source retrained with one attack post per malicious
    training user (methods round robin) appended to a copy of the user; then hotflip and petgen
    are fitted again against the retrained detector (adaptive white-box, `--adaptive`) and every
-   method's old posts are scored too (non-adaptive); (b) an ensemble of the source and the target detectors (mean score,
-   threshold on validation users), scored on every method's posts (black-box).
+   method's old posts are scored too (non-adaptive); (b) an ensemble of the source and the
+   target detectors (mean score, threshold on validation users), scored on every method's posts
+   (black-box).
 
 Rows go to benchmarks/attack_compare_runs.json; the `attack-compare` section of RESULTS.md is
 rendered from them (`--part table`).
@@ -283,6 +284,8 @@ def part_table(a) -> None:
               f"(a) adversarial training: `{src}` retrained with attack posts of the malicious "
               "training users appended to copies of them (methods round robin); (b) ensemble "
               "of all detectors above (mean P(malicious), threshold on validation users).", ""]
+    lines += defence_summary(eff, src, plain)
+    lines += ["", "All defence rows:", ""]
     lines += efficacy_table(eff, ["ensemble", f"{src}+adv"])
     lines += ["", "### Example generated posts (malicious test users, seed 0)", ""]
     for q in sorted(qual, key=lambda q: q["method"]):
@@ -344,6 +347,46 @@ def plot(eff: list[dict], targets: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def defence_summary(eff: list[dict], src: str, plain: list[str]) -> list[str]:
+    """Per attack: ROC-AUC / flip rate before and after each defence (means over seeds; flip
+    rates pooled)."""
+
+    def cell(rows: list[dict]) -> str:
+        if not rows:
+            return "—"
+        k = sum(r["malicious_flipped"] for r in rows)
+        n = sum(r["malicious_flagged_clean"] for r in rows)
+        return (f"{_ms([r['attacked']['roc_auc'] for r in rows])} / "
+                f"{_f(k / n if n else None)} ({k}/{n})")
+
+    def pick(method: str, target: str, prefix: str) -> list[dict]:
+        return [r for r in eff if r["method"] == method and r["target"] == target
+                and r["setting"].startswith(prefix)]
+
+    members = [t for t in plain if t != src]
+    clean = {t: _ms([r["clean"]["roc_auc"] for r in eff if r["target"] == t
+                     and r["method"] == METHODS[0] and not r["setting"].startswith("adaptive")])
+             for t in [src, f"{src}+adv", "ensemble", *members]}
+    lines = ["Clean test ROC-AUC: " + ", ".join(f"{t} {v}" for t, v in clean.items()) + ".", "",
+             "Attacked ROC-AUC / flip rate (flipped/flagged) per attack, before and after each "
+             "defence:", "",
+             f"| method | {src} (white-box, before) | {src}+adv, same posts | {src}+adv, "
+             "adaptive re-fit | strongest member, black-box (before) | ensemble (after) |",
+             "|---|---|---|---|---|---|"]
+    # the ensemble against its strongest member (highest mean clean ROC-AUC)
+    strength = {t: np.mean([r["clean"]["roc_auc"] for r in eff if r["target"] == t])
+                for t in members}
+    best = max(strength, key=strength.get) if strength else None
+    for m in METHODS:
+        singles = {t: pick(m, t, "black-box") for t in members}
+        lines.append(f"| {m} | {cell(pick(m, src, 'white-box'))} | "
+                     f"{cell(pick(m, f'{src}+adv', 'non-adaptive'))} | "
+                     f"{cell(pick(m, f'{src}+adv', 'adaptive'))} | "
+                     f"{best}: {cell(singles.get(best, []))} | "
+                     f"{cell(pick(m, 'ensemble', 'black-box'))} |")
+    return lines
 
 
 def wins(eff: list[dict], qual: list[dict], targets: list[str]) -> list[str]:
