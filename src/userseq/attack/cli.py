@@ -53,8 +53,9 @@ def run(
     out_dir: Annotated[Path, typer.Option(
         "--out", "-o", help="directory for the fitted attacker, metrics.json and the report")],
     method: Annotated[str | None, typer.Option(
-        help="petgen | copycat | hotflip | trigger | textbugger | lm (post texts); "
-        "event-gradient | event-transfer (event sequences) [default: the config's, "
+        help="petgen | copycat | hotflip | trigger | textbugger | malcom | lm (post texts); "
+        "event-gradient | event-transfer (event sequences) [default: the "
+        "config's, "
         "petgen]")] = None,
     black_box_surrogate: Annotated[Path | None, typer.Option(
         help="black-box: optimise against this detector run (same split), evaluate on "

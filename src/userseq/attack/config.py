@@ -9,9 +9,9 @@ from pydantic import Field, model_validator
 
 from userseq.core.config import StrictModel, TaskConfig, TrainConfig
 
-METHODS = ("petgen", "copycat", "hotflip", "trigger", "textbugger", "lm")
+METHODS = ("petgen", "copycat", "hotflip", "trigger", "textbugger", "lm", "malcom")
 # methods that need a differentiable token path (white-box or a surrogate)
-GRADIENT_METHODS = ("petgen", "hotflip", "trigger")
+GRADIENT_METHODS = ("petgen", "hotflip", "trigger", "malcom")
 
 # Old setting names, still accepted in config files and overrides: the old top-level `seed`
 # seeded both the generation-time sampling and the trigger search.
@@ -31,6 +31,14 @@ class GeneratorConfig(StrictModel):
         3, ge=1, description="end-of-post is not allowed before this many tokens")
     dropout: float = Field(0.1, ge=0, lt=1)
     recent_posts: int = Field(3, ge=1, description="the 'recent' posts of the recency loss")
+    decoder: Literal["gru", "transformer"] = Field(
+        "gru", description="gru, or transformer (causal blocks; PETGEN/RelGAN use a relational "
+        "memory core, not implemented)")
+    layers: int = Field(2, ge=1, description="transformer decoder blocks")
+    heads: int = Field(2, ge=1, description="transformer decoder heads")
+    condition: Literal["context-attention", "mean-history", "context-only"] = Field(
+        "context-attention", description="PETGEN's style/context personalisation: context-aware "
+        "history average; mean-history = plain average (term off); context-only = MALCOM's")
 
 
 class LossWeights(StrictModel):
@@ -46,6 +54,9 @@ class LossWeights(StrictModel):
         0.5, ge=0, description="MMD to the user's last few posts (frozen LM encoder)")
     relevancy: float = Field(
         0.5, ge=0, description="MMD to the user's posts on the target context (or the context)")
+    gan: float = Field(
+        0.0, ge=0, description="relativistic GAN loss against a CNN discriminator trained on "
+        "the real final posts (RelGAN's rsgan); 0 = no discriminator")
 
 
 def _pretrain_defaults() -> TrainConfig:
@@ -77,7 +88,8 @@ class AttackConfig(TaskConfig):
     """The whole attack: method, generator, losses, the three training phases (`pretrain.seed`,
     `train.seed` and `eval_lm.seed` seed them), baselines and generation (`sample_seed`)."""
 
-    method: Literal["petgen", "copycat", "hotflip", "trigger", "textbugger", "lm"] = "petgen"
+    method: Literal["petgen", "copycat", "hotflip", "trigger", "textbugger", "lm",
+                    "malcom"] = "petgen"
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     losses: LossWeights = Field(default_factory=LossWeights)
     pretrain: TrainConfig = Field(default_factory=_pretrain_defaults)
@@ -89,6 +101,11 @@ class AttackConfig(TaskConfig):
         1.0, gt=0, description="Gumbel-softmax temperature while training the attack")
     hard: bool = Field(
         True, description="straight-through Gumbel-softmax (the detector sees the discrete post)")
+    tau_schedule: Literal["constant", "exp"] = Field(
+        "constant", description="exp: RelGAN's annealing, inverse temperature 1 -> tau_max over "
+        "the attack epochs (tau = 1 / tau_max ** (epoch / epochs))")
+    tau_max: float = Field(100.0, ge=1, description="largest inverse temperature (exp schedule)")
+    discriminator_lr: float = Field(1e-4, gt=0, description="Adam lr of the GAN discriminator")
     sample_temperature: float = Field(0.8, gt=0, description="sampling temperature at generation")
     sample_seed: int = Field(
         0, description="seeds the sampling of generated posts (generate() is deterministic)")

@@ -52,7 +52,7 @@ from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqEr
 from userseq.core.estimator import Estimator
 from userseq.detect.data import DetectSplit, TextData, load_text_data, stratified_split
 from userseq.detect.estimator import build_vocab
-from userseq.metrics.classification import binary_metrics
+from userseq.metrics.classification import binary_metrics, wilson_interval
 
 EFFICACY_KEYS = ("accuracy", "f1", "roc_auc", "precision", "recall", "pr_auc")
 STATE_FILE = "attacker.json"
@@ -62,7 +62,8 @@ POOL_FILE = "copycat_pool.parquet"
 GENERATOR_FILE = "generator.safetensors"
 PRETRAINED_FILE = "pretrained.safetensors"
 COPYCAT_METHODS = ("copycat", "hotflip", "trigger", "textbugger")
-LM_METHODS = ("petgen", "lm", "textbugger")  # need the MLE-pretrained generator
+LM_METHODS = ("petgen", "lm", "textbugger", "malcom")  # need the MLE-pretrained generator
+GENERATOR_METHODS = ("petgen", "lm", "malcom")  # write posts with a trained generator
 
 
 class Attacker(Estimator[AttackConfig]):
@@ -113,7 +114,7 @@ class Attacker(Estimator[AttackConfig]):
         info = self._fit_info(users, source, vocab, black_box=surrogate is not None)
         lm = None
         if self.method in LM_METHODS:
-            g = self.config
+            g = method_config(self.config)
             lm = pretrained or cached_generator(cache_dir, users, vocab, train, valid, g.generator,
                                                 g.pretrain, source.max_tokens, True, quiet)
             info["pretrain"] = getattr(lm, "train_state", {})
@@ -150,12 +151,13 @@ class Attacker(Estimator[AttackConfig]):
                        vocab: list[str], source: TargetDetector, train: np.ndarray,
                        valid: np.ndarray, info: dict[str, Any], quiet: bool,
                        ) -> PostGenerator | None:
-        """petgen: the PETGEN objective; lm: the same without the attack loss."""
-        if self.method not in ("petgen", "lm"):
+        """petgen: the PETGEN objective; lm: the same without the attack loss; malcom: see
+        `method_config`."""
+        if self.method not in GENERATOR_METHODS:
             return None
         assert pretrained is not None
-        cfg = self.config
-        weights = cfg.losses if self.method == "petgen" else cfg.losses.model_copy(
+        cfg = method_config(self.config)
+        weights = cfg.losses if self.method != "lm" else cfg.losses.model_copy(
             update={"attack": 0.0})
         generator, info["train"] = train_attack(
             pretrained, users, vocab, source if weights.attack > 0 else None, train, valid, cfg,
@@ -185,7 +187,7 @@ class Attacker(Estimator[AttackConfig]):
         assert source is not None and vocab is not None
         idx = np.asarray(users, dtype=np.int64)
         cfg = self.config
-        if self.method in ("petgen", "lm"):
+        if self.method in GENERATOR_METHODS:
             assert self.generator_ is not None
             return generate_posts(self.generator_, au, vocab, idx, cfg.sample_temperature,
                                   cfg.sample_seed)
@@ -249,12 +251,24 @@ class Attacker(Estimator[AttackConfig]):
             self.source_.check_vocab(vocab, f"saved attacker {d}")
         if self.method in COPYCAT_METHODS:
             self.copycat_ = Copycat(self.users_, _read_pool(d / POOL_FILE))
-        if self.method in ("petgen", "lm"):
+        if self.method in GENERATOR_METHODS:
             self.generator_ = load_generator(d / GENERATOR_FILE, vocab)
         if self.method == "textbugger":
             self.pretrained_ = load_generator(d / PRETRAINED_FILE, vocab)
         self.trigger_ = state.get("trigger")
         self.info_ = state.get("info", {})
+
+
+def method_config(cfg: AttackConfig) -> AttackConfig:
+    """The config a method really trains with. malcom (MALCOM-style, Le et al. 2020): the
+    generator is conditioned on the target context only (no history: no style personalisation),
+    no recency / relevancy terms, and the relativistic GAN term on (losses.gan, or 1 if 0)."""
+    if cfg.method != "malcom":
+        return cfg
+    losses = cfg.losses.model_copy(update={"recency": 0.0, "relevancy": 0.0,
+                                           "gan": cfg.losses.gan or 1.0})
+    generator = cfg.generator.model_copy(update={"condition": "context-only"})
+    return cfg.model_copy(update={"losses": losses, "generator": generator})
 
 
 def check_method(name: str) -> str:
@@ -325,7 +339,8 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
     """Detector metrics on `idx` with the real final posts (clean), with `posts` written by the
     malicious users only (attacked: the threat model), and by every user (attacked_all: PETGEN's
     code protocol). success_rate: share of the malicious users flagged on the clean sequence that
-    are not flagged after."""
+    are not flagged after (`malicious_flipped` of `malicious_flagged_clean`, with a 95% Wilson
+    interval `success_ci95`)."""
     if users.labels is None:
         raise DataError("efficacy needs labels.")
     if len(posts) != len(idx):
@@ -340,6 +355,8 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
     return {"clean": _metrics(y, clean, thr), "attacked": _metrics(y, attacked, thr),
             "attacked_all": _metrics(y, gen, thr),
             "success_rate": float(flipped.sum() / flagged.sum()) if flagged.any() else None,
+            "success_ci95": list(wilson_interval(int(flipped.sum()), int(flagged.sum()))),
+            "malicious_flipped": int(flipped.sum()),
             "malicious_flagged_clean": int(flagged.sum()), "malicious": int((y == 1).sum()),
             "mean_score_malicious": {"clean": float(clean[y == 1].mean()),
                                      "attacked": float(gen[y == 1].mean())},
@@ -376,15 +393,28 @@ def same_split(a: DetectSplit, b: DetectSplit, what: str) -> None:
 
 
 def _load_detectors(detector: str | Path, surrogate: str | Path | None, data: TextData,
+                    target: TargetDetector | None = None,
                     ) -> tuple[TargetDetector, TargetDetector | None, DetectSplit]:
     """The target (and surrogate) detector runs and the target's user split."""
-    target = TargetDetector.load(detector)
+    target = target or TargetDetector.load(detector)
     split = run_split(detector, data, target)
     source = None
     if surrogate is not None:
         source = TargetDetector.load(surrogate)
+        mine, theirs = fixed_posts_of(target), fixed_posts_of(source)
+        if mine != theirs:
+            raise DataError(f"{surrogate}: the surrogate read {theirs[0]} ({theirs[1]}) posts "
+                            f"per user but the target {detector} read {mine[0]} ({mine[1]}); "
+                            "train both with the same --fixed-posts.")
         same_split(split, run_split(surrogate, data, source), f"{surrogate}")
     return target, source, split
+
+
+def fixed_posts_of(det: TargetDetector) -> tuple[int | str, str]:
+    """(fixed post count, which posts) a detector run was trained with ('dataset default' for
+    runs that left it to the dataset)."""
+    c = det.det.config
+    return (c.fixed_posts if c.fixed_posts is not None else "dataset default", c.fixed_keep)
 
 
 def _text_quality(att: Attacker, target: TargetDetector, data: TextData, split: DetectSplit,
@@ -441,8 +471,11 @@ def run_attack(detector: str | Path, data: str | Path, method: str | None, out: 
     o = Path(out)
     if o.exists() and not o.is_dir():
         raise UserseqError(f"--out {o}: exists and is not a directory.")
-    d = load_text_data(str(data) if isinstance(data, Path) else data, labels)
-    target, source, split = _load_detectors(detector, surrogate, d)
+    target = TargetDetector.load(detector)
+    c = target.det.config  # the attack reads the users the detector was trained on
+    d = load_text_data(str(data) if isinstance(data, Path) else data, labels,
+                       fixed_posts=c.fixed_posts, keep=c.fixed_keep)
+    target, source, split = _load_detectors(detector, surrogate, d, target)
     att = Attacker(method, config, overrides).fit(d, target, split, surrogate=source,
                                                   cache_dir=cache_dir, quiet=quiet)
     test = np.asarray(split.test)

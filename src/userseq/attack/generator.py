@@ -11,6 +11,12 @@ one-hot rows so losses flow through the detector.
   tokens.
 * `conditional=False` gives a plain LM over the same vocabulary (the separately trained LM that
   scores perplexity).
+* `decoder`: 'gru' or 'transformer' (causal pre-LN blocks; the user state is projected, layer-
+  normalised and added to every token's input, as PETGEN's code injects its RMC state; RelGAN's
+  relational memory core itself is not implemented).
+* `condition` (PETGEN's style/context personalisation, switchable): 'context-attention' (the
+  weighted average above), 'mean-history' (uniform average of the history posts, no context) or
+  'context-only' (the target context alone: MALCOM's conditioning).
 """
 
 from __future__ import annotations
@@ -20,23 +26,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from userseq.detect.models import TokenEmbedding, run_rnn
+from userseq.encoders.blocks import TransformerBlock, attention_mask
 
 PAD, UNK = 0, 1
+DECODERS = ("gru", "transformer")
+CONDITIONS = ("context-attention", "mean-history", "context-only")
 
 
 class PostGenerator(nn.Module):
     def __init__(self, vocab: int, emb_dim: int = 64, hidden: int = 128, max_tokens: int = 30,
-                 min_tokens: int = 3, dropout: float = 0.1, conditional: bool = True) -> None:
+                 min_tokens: int = 3, dropout: float = 0.1, conditional: bool = True,
+                 decoder: str = "gru", layers: int = 2, heads: int = 2,
+                 condition: str = "context-attention") -> None:
         super().__init__()
+        if decoder not in DECODERS or condition not in CONDITIONS:
+            raise ValueError(f"decoder must be one of {DECODERS} (got {decoder!r}) and condition "
+                             f"one of {CONDITIONS} (got {condition!r})")
         self.vocab, self.emb_dim, self.hidden = vocab, emb_dim, hidden
         self.max_tokens, self.min_tokens, self.dropout = max_tokens, min_tokens, dropout
         self.conditional = conditional
+        self.decoder_kind, self.layers, self.heads = decoder, layers, heads
+        self.condition_kind = condition
         self.words: list[str] | None = None  # the vocabulary, when known
         self.emb = TokenEmbedding(vocab, emb_dim)
         self.bos = nn.Parameter(torch.zeros(emb_dim))
         self.drop = nn.Dropout(dropout)
         cond = hidden if conditional else 0
-        self.decoder = nn.GRU(emb_dim + cond, hidden, batch_first=True)
+        if decoder == "gru":
+            self.decoder = nn.GRU(emb_dim + cond, hidden, batch_first=True)
+        else:
+            self.in_proj = nn.Linear(emb_dim, hidden)
+            self.positions = nn.Parameter(torch.randn(max_tokens + 1, hidden) * 0.02)
+            self.blocks = nn.ModuleList(TransformerBlock(hidden, heads, 2 * hidden, dropout)
+                                        for _ in range(layers))
+            self.final_norm = nn.LayerNorm(hidden)
+            if conditional:
+                self.inject = nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
         self.out = nn.Linear(hidden, vocab)
         if conditional:
             self.encoder = nn.GRU(emb_dim, hidden, batch_first=True)
@@ -68,8 +93,13 @@ class PostGenerator(nn.Module):
         the context)."""
         B, P, _ = h.shape
         c = torch.where(has_context[:, None], c, self.no_context.expand_as(c))
+        if self.condition_kind == "context-only":
+            return c
         pos = torch.arange(P, device=h.device)[None, :]
         valid = pos < n_prev[:, None]
+        if self.condition_kind == "mean-history":
+            m = valid.unsqueeze(-1).float()
+            return (h * m).sum(1) / m.sum(1).clamp(min=1)
         back = (n_prev[:, None] - 1 - pos).clamp(min=0).float()  # 0 = most recent post
         logits = self.rel_scale * relevancy - self.recency_scale * torch.log1p(back)
         logits = torch.cat([logits.masked_fill(~valid, -1e9), self.rel_scale.expand(B, 1)], 1)
@@ -99,12 +129,25 @@ class PostGenerator(nn.Module):
         logits[:, early, PAD] = -1e9
         return logits
 
+    def _transform(self, e: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        """Causal transformer states (B, T, hidden) of input embeddings e (B, T, emb_dim)."""
+        T = e.shape[1]
+        x = self.in_proj(self.drop(e)) + self.positions[:T]
+        if u is not None:
+            x = x + self.inject(u)[:, None]
+        am = attention_mask(torch.ones(e.shape[:2], dtype=torch.bool, device=e.device), True)
+        for block in self.blocks:
+            x = block(x, am)
+        return self.final_norm(x)
+
     def states(self, targets: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         """Decoder states (B, T, hidden) predicting targets (B, T) ids or (B, T, V) rows from the
         previous tokens."""
         B = targets.shape[0]
         e = self.emb(targets)[:, :-1]
         e = torch.cat([self.bos.expand(B, 1, -1), e], 1)
+        if self.decoder_kind == "transformer":
+            return self.drop(self._transform(e, u))
         out, _ = self.decoder(self._step_input(self.drop(e), u), self._h0(u))
         return self.drop(out)
 
@@ -143,11 +186,15 @@ class PostGenerator(nn.Module):
         dev = self.out.weight.device
         h = self._h0(u)
         e = self.bos.expand(B, 1, -1)
+        prefix = [e]  # transformer: every input so far
         alive = torch.ones(B, dtype=torch.bool, device=dev)
         rows, ids, masks = [], [], []
         pad_row = F.one_hot(torch.tensor(PAD, device=dev), self.vocab).float()
         for t in range(self.max_tokens):
-            out, h = self.decoder(self._step_input(self.drop(e), u), h)
+            if self.decoder_kind == "transformer":
+                out = self._transform(torch.cat(prefix, 1), u)[:, -1:]
+            else:
+                out, h = self.decoder(self._step_input(self.drop(e), u), h)
             logits = self._mask_logits(self.out(self.drop(out)), t)[:, 0] / temperature
             y = self._gumbel(logits, tau, hard, generator)
             tok = y.argmax(-1)
@@ -158,6 +205,7 @@ class PostGenerator(nn.Module):
             masks.append(is_tok)
             alive = is_tok
             e = self.emb(y)[:, None]
+            prefix.append(e)
             if not bool(alive.any()):
                 break
         return torch.stack(rows, 1), torch.stack(ids, 1), torch.stack(masks, 1)

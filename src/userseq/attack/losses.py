@@ -46,3 +46,42 @@ def attack_loss(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def soft_nll(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mean NLL of (soft) one-hot rows (N, V) under logits (N, V)."""
     return -(rows * F.log_softmax(logits, -1)).sum(-1).mean()
+
+
+class Discriminator(torch.nn.Module):
+    """RelGAN's CNN discriminator over (soft) one-hot post rows (B, T, V): token embedding (a
+    product with the one-hot rows, so the generator's Gumbel-softmax rows stay differentiable),
+    convolutions of widths 2-5, masked max-pool, highway layer, one logit per post."""
+
+    def __init__(self, vocab: int, emb_dim: int = 64, channels: int = 64,
+                 widths: tuple[int, ...] = (2, 3, 4, 5), dropout: float = 0.25) -> None:
+        super().__init__()
+        from userseq.detect.models import TokenEmbedding
+
+        self.emb = TokenEmbedding(vocab, emb_dim)
+        self.convs = torch.nn.ModuleList(torch.nn.Conv1d(emb_dim, channels, w, padding=w - 1)
+                                         for w in widths)
+        d = channels * len(widths)
+        self.highway = torch.nn.Linear(d, 2 * d)
+        self.drop = torch.nn.Dropout(dropout)
+        self.out = torch.nn.Linear(d, 1)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        x = self.emb(rows).transpose(1, 2)  # (B, E, T)
+        T = rows.shape[1]
+        keep = (rows[..., 1:].sum(-1) > 0)  # column 0 is padding / end of post
+        feats = []
+        for conv in self.convs:
+            y = F.relu(conv(x))[..., :T]
+            feats.append(y.masked_fill(~keep[:, None], -1e4).amax(-1) * keep.any(1, True))
+        h = torch.cat(feats, 1)
+        t, g = self.highway(h).chunk(2, -1)
+        gate = torch.sigmoid(g)
+        h = gate * F.relu(t) + (1 - gate) * h
+        return self.out(self.drop(h)).squeeze(-1)
+
+
+def rsgan_losses(d_real: torch.Tensor, d_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relativistic standard GAN losses (RelGAN's `rsgan`): (generator loss, discriminator
+    loss) = (softplus(-(D(fake) - D(real))), softplus(-(D(real) - D(fake)))), batch means."""
+    return F.softplus(-(d_fake - d_real)).mean(), F.softplus(-(d_real - d_fake)).mean()

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from userseq.attack.config import AttackConfig, GeneratorConfig, LossWeights
 from userseq.attack.data import AttackUsers, EncodedUsers, decode, encode_users
 from userseq.attack.generator import PostGenerator
-from userseq.attack.losses import attack_loss, set_mmd, soft_nll
+from userseq.attack.losses import Discriminator, attack_loss, rsgan_losses, set_mmd, soft_nll
 from userseq.attack.target import TargetDetector
 from userseq.core.artifacts import load_tensors, save_tensors
 from userseq.core.config import TrainConfig
@@ -45,18 +46,23 @@ TARGETS_PER_USER = 4
 def build_generator(vocab: list[str], g: GeneratorConfig, max_tokens: int,
                     conditional: bool = True) -> PostGenerator:
     gen = PostGenerator(len(vocab), g.emb_dim, g.hidden, min(g.max_tokens, max_tokens),
-                        g.min_tokens, g.dropout, conditional=conditional)
+                        g.min_tokens, g.dropout, conditional=conditional, decoder=g.decoder,
+                        layers=g.layers, heads=g.heads, condition=g.condition)
     gen.words = list(vocab)  # the vocabulary it was built over (checked against the detector's)
     return gen
 
 
 GENERATOR_SIZES = ("vocab", "emb_dim", "hidden", "max_tokens", "min_tokens", "dropout",
                    "conditional")
+# added later: (constructor argument, attribute); generators saved before them use the defaults
+GENERATOR_OPTIONS = (("decoder", "decoder_kind"), ("layers", "layers"), ("heads", "heads"),
+                     ("condition", "condition_kind"))
 
 
 def save_generator(gen: PostGenerator, path: Path) -> None:
     """Weights (safetensors) with the sizes and the training summary in the metadata."""
     meta = {k: json.dumps(getattr(gen, k)) for k in GENERATOR_SIZES}
+    meta.update({k: json.dumps(getattr(gen, a)) for k, a in GENERATOR_OPTIONS})
     meta["train_state"] = json.dumps(getattr(gen, "train_state", {}))
     save_tensors(gen.state_dict(), path, meta)
 
@@ -68,6 +74,7 @@ def load_generator(path: Path, words: list[str]) -> PostGenerator:
     if missing:
         raise ArtifactError(f"{path}: not a saved generator (no {', '.join(missing)} metadata).")
     sizes = {k: json.loads(meta[k]) for k in GENERATOR_SIZES}
+    sizes.update({k: json.loads(meta[k]) for k, _ in GENERATOR_OPTIONS if k in meta})
     if sizes["vocab"] != len(words):
         raise ArtifactError(f"{path}: the generator has {sizes['vocab']:,} tokens but the saved "
                             f"vocabulary {len(words):,}; the run directory is inconsistent.")
@@ -175,9 +182,13 @@ def pretrain_generator(users: AttackUsers, vocab: list[str], train: np.ndarray,
     trainer.fit(gen, batches, -(-len(train) // bs), loss_fn, validate)
     gen.eval()
     st = trainer.state
+    curve = [round(-float(v), 4) for r in st.history for k, v in r.items()
+             if k.endswith("neg_nll")]
     gen.train_state = {  # type: ignore[attr-defined]
         "epochs": st.epoch, "best_epoch": st.best_epoch,
-        "valid_perplexity": float(np.exp(-st.best_metric)), "seconds": round(st.seconds, 1)}
+        "valid_perplexity": float(np.exp(-st.best_metric)), "seconds": round(st.seconds, 1),
+        "stopped": st.stopped, "unconverged": st.best_epoch == st.epoch,
+        "valid_nll_curve": curve}
     return gen
 
 
@@ -210,7 +221,8 @@ class PetgenObjective:
 
     def __init__(self, gen: PostGenerator, frozen: PostGenerator, users: AttackUsers,
                  vocab: list[str], source: TargetDetector | None, weights: LossWeights,
-                 recent: int, tau: float, hard: bool) -> None:
+                 recent: int, tau: float, hard: bool, disc_lr: float = 1e-4,
+                 disc_seed: int = 0) -> None:
         self.gen, self.frozen, self.users, self.w = gen, frozen, users, weights
         self.source, self.tau, self.hard = source, tau, hard
         if weights.attack > 0:
@@ -230,6 +242,13 @@ class PetgenObjective:
         self.rel_mask = (self.enc.relevancy > 0) & (pos < n)
         labels = users.labels if users.labels is not None else np.zeros(users.n_users)
         self.labels = torch.from_numpy(labels).float()
+        self.disc: Discriminator | None = None
+        if weights.gan > 0:
+            with torch.random.fork_rng():  # its initial weights follow the seed, not the history
+                torch.manual_seed(disc_seed)
+                self.disc = Discriminator(gen.vocab)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=disc_lr)
+            self.real_rows = self.enc.final.clamp(max=gen.vocab - 1)
 
     def terms(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Each weighted-on loss term (and the mean P(malicious) of the malicious users)."""
@@ -247,7 +266,28 @@ class PetgenObjective:
             out.update(self._attack(idx, t, rows, mask))
         if w.recency > 0 or w.relevancy > 0:
             out.update(self._personal(t, rows, mask))
+        if self.disc is not None:
+            out["gan"] = self._gan(t, rows)
         return out
+
+    def _gan(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Relativistic GAN: one discriminator step (its own Adam; while training) on real final
+        posts vs these generated rows, then the generator's rsgan loss."""
+        assert self.disc is not None
+        real = F.one_hot(self.real_rows[t], self.gen.vocab).float()
+        if self.gen.training and torch.is_grad_enabled():
+            self.disc.train()
+            _, d_loss = rsgan_losses(self.disc(real), self.disc(rows.detach()))
+            self.disc_opt.zero_grad()
+            d_loss.backward()
+            self.disc_opt.step()
+        self.disc.eval()
+        for p in self.disc.parameters():
+            p.requires_grad_(False)
+        g_loss, _ = rsgan_losses(self.disc(real), self.disc(rows))
+        for p in self.disc.parameters():
+            p.requires_grad_(True)
+        return g_loss
 
     def _realism(self, t: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """NLL of the sampled rows under the frozen pretrained generator."""
@@ -315,9 +355,15 @@ def train_attack(pretrained: PostGenerator, users: AttackUsers, vocab: list[str]
     for p in frozen.parameters():
         p.requires_grad_(False)
     obj = PetgenObjective(gen, frozen, users, vocab, source, weights, cfg.generator.recent_posts,
-                          cfg.tau, cfg.hard)
+                          cfg.tau, cfg.hard, cfg.discriminator_lr, cfg.train.seed)
     tc = cfg.train.model_copy(update={"monitor": "neg_loss", "device": "cpu"})
     trainer = Trainer(tc, None, quiet=quiet)
+    if cfg.tau_schedule == "exp":  # RelGAN: inverse temperature 1 -> tau_max over the epochs
+
+        def anneal(model: torch.nn.Module, epoch: int) -> None:
+            obj.tau = 1.0 / cfg.tau_max ** ((epoch - 1) / max(tc.epochs - 1, 1))
+
+        trainer.on_epoch_start.append(anneal)
 
     def batches(epoch: int) -> Iterator[np.ndarray]:
         yield from _batches(train, tc.batch_size, tc.seed * 1000 + epoch)

@@ -16,7 +16,7 @@ from userseq.attack.data import AttackUsers
 from userseq.core.errors import ConfigError, DataError
 from userseq.detect.estimator import UserDetector, encode_posts
 
-WHITE_BOX_MODELS = ("hlstm", "cnn")
+WHITE_BOX_MODELS = ("hlstm", "cnn", "bow-attn")  # the token models (`UserDetector.inputs`)
 
 
 def detector_state(det: UserDetector) -> tuple[torch.nn.Module, list[str] | None, dict[str, float]]:
@@ -60,7 +60,8 @@ class TargetDetector:
 
     @property
     def white_box(self) -> bool:
-        return self.model in WHITE_BOX_MODELS
+        """Token models (hlstm, cnn, bow-attn): a differentiable path from one-hot rows."""
+        return self.det.inputs == "tokens"
 
     @property
     def vocab(self) -> list[str]:
@@ -96,7 +97,7 @@ class TargetDetector:
 
     def post_vectors(self, posts: list[str]) -> torch.Tensor:
         """(N, d) the detector's vector of each post text."""
-        if self.model == "minilm":
+        if self.det.inputs == "vectors":  # MiniLM sentence vectors
             v = self._sentence_model().encode(posts, batch_size=64, convert_to_numpy=True,
                                               show_progress_bar=False)
             return torch.from_numpy(np.asarray(v, dtype=np.float32))
@@ -175,6 +176,44 @@ class TargetDetector:
             v = self.post_vectors(posts[b:b + batch])
             out.append(torch.sigmoid(self.user_logits(users, idx[b:b + batch], v)).numpy())
         return np.concatenate(out) if out else np.zeros(0)
+
+
+class TargetEnsemble:
+    """A defence: several fitted text detectors scored as one (mean P(malicious)), with its own
+    decision threshold chosen on validation users (`calibrate`). Query access only: an attack
+    on it is black-box (fit against a member or a surrogate, score here)."""
+
+    white_box = False
+
+    def __init__(self, members: list[TargetDetector], name: str = "ensemble") -> None:
+        if len(members) < 2:
+            raise ConfigError(f"{name}: an ensemble needs at least 2 detectors "
+                              f"(got {len(members)}).")
+        self.members, self.name = list(members), name
+        self.model = "ensemble(" + "+".join(m.model for m in members) + ")"
+        self.max_posts = min(m.max_posts for m in members)
+        self.max_tokens = min(m.max_tokens for m in members)
+        self.threshold = 0.5
+
+    def require_white_box(self, method: str) -> None:
+        raise ConfigError(f"{self.name}: an ensemble has no single differentiable path, so the "
+                          f"white-box attack '{method}' cannot run against it; fit the attack "
+                          "against one member or a surrogate and score the posts here.")
+
+    def score(self, users: AttackUsers, idx: np.ndarray, posts: list[str]) -> np.ndarray:
+        """Mean P(malicious) of the members (see `TargetDetector.score`)."""
+        return np.mean([m.score(users, idx, posts) for m in self.members], axis=0)
+
+    def calibrate(self, users: AttackUsers, valid: np.ndarray) -> float:
+        """Set (and return) the threshold best on the validation users' real sequences."""
+        from userseq.metrics.classification import best_threshold
+
+        if users.labels is None:
+            raise DataError(f"{self.name}: calibrating the threshold needs labels.")
+        valid = np.asarray(valid, dtype=np.int64)
+        s = self.score(users, valid, [users.final[i] for i in valid])
+        self.threshold = float(best_threshold(users.labels[valid], s))
+        return self.threshold
 
 
 def _first_diff(a: list[str], b: list[str]) -> int:

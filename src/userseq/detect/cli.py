@@ -36,14 +36,17 @@ DetectRunArg = Annotated[Path, typer.Argument(help="run directory of `userseq de
 MODEL_HELP = ("gru | transformer | any registered encoder (events); behavior-ae (unsupervised, "
               "events); hlstm | cnn | minilm (texts). Default: gru")
 LEAKAGE_HELP = "add after-the-fact columns (reverts, STiKi) as features: NOT early detection"
+FIXED_HELP = ("text data: posts per user, the last N (users with fewer are dropped); default: "
+              "the dataset's (petgen-wiki 8, removing the post-count confound), 0 = all")
 ADVERSARIAL_HELP = ("adversarial training: an `attack run --train-posts` output directory; its "
                     "posts are appended to copies of malicious training users")
 
 
 def _load_data(data: str, labels: Path | None, kind: str, columns: tuple[str, str, str, str],
-               with_leakage: bool = False) -> Any:
-    """Event data for event models, post texts for text models (`kind` of the detector);
-    `columns`: the user, item, timestamp and text column names."""
+               with_leakage: bool = False, fixed_posts: int = 0, keep: str = "last") -> Any:
+    """Event data for event models, post texts for text models (`kind` of the detector), the
+    latter with `fixed_posts` posts per user (0 = all); `columns`: the user, item, timestamp and
+    text column names."""
     from userseq.data.eventlog import Columns
     from userseq.detect.data import load_event_data, load_text_data
 
@@ -51,7 +54,7 @@ def _load_data(data: str, labels: Path | None, kind: str, columns: tuple[str, st
     cols = Columns(user=user, item=item, timestamp=timestamp, text=text)
     if kind == "event":
         return load_event_data(data, labels, cols, with_leakage=with_leakage)
-    return load_text_data(data, labels, cols)
+    return load_text_data(data, labels, cols, fixed_posts=fixed_posts, keep=keep)
 
 
 def _first_k(first_k: str | None) -> list[int] | None:
@@ -97,6 +100,7 @@ def train(
     with_leakage: Annotated[bool | None,
                             _opt(LEAKAGE_HELP, "--with-leakage/--no-with-leakage")] = None,
     max_minutes: float | None = None,
+    fixed_posts: Annotated[int | None, _opt(FIXED_HELP)] = None,
     adversarial: Annotated[Path | None, _opt(ADVERSARIAL_HELP)] = None,
     adversarial_share: Annotated[float, _opt("share of those users copied")] = 1.0,
     threads: Annotated[int | None, _opt("torch CPU threads (1: faster on a busy machine)")] = None,
@@ -122,6 +126,7 @@ def train(
         "--with-leakage": ("with_leakage", with_leakage),
         "--max-minutes": ("train.max_minutes", max_minutes),
         "--threads": ("train.threads", threads),
+        "--fixed-posts": ("fixed_posts", fixed_posts),
         "--data": ("dataset", data)}))
     augment = None
     if adversarial is not None:
@@ -131,7 +136,12 @@ def train(
         det.set_params(dataset=f"{data} + adversarial posts from {adversarial} "
                                f"(share {adversarial_share:g})")
     columns = (user_col, item_col, timestamp_col, text_col)
-    d = _load_data(data, labels, det.kind, columns, det.config.with_leakage)
+    if det.kind == "text" and det.config.fixed_posts is None:  # record the dataset's default
+        from userseq.detect.data import default_fixed_posts
+
+        det.set_params(fixed_posts=default_fixed_posts(data))
+    d = _load_data(data, labels, det.kind, columns, det.config.with_leakage,
+                   det.config.fixed_posts or 0, det.config.fixed_keep)
     check_out_dir(out_dir, overwrite=overwrite, delete=True)  # the data loaded: replace the run
     metrics = train_and_evaluate(d, det, out_dir, folds=folds, quiet=quiet, augment=augment)
     _print_metrics(metrics, out_dir)

@@ -7,7 +7,7 @@ rename call it `seed`: still read, also as an override).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -75,6 +75,11 @@ class DetectConfig(TaskConfig):
     first_k: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     with_leakage: bool = False
     dataset: str | None = None
+    fixed_posts: int | None = Field(
+        None, ge=0, description="text data: posts per user (users with fewer are dropped); None "
+        "= the dataset's default (petgen-wiki 8: removes the post-count confound), 0 = all")
+    fixed_keep: Literal["last", "first"] = Field(
+        "last", description="which posts fixed_posts keeps ('last' keeps the target context)")
 
     @model_validator(mode="after")
     def _monitor(self) -> DetectConfig:

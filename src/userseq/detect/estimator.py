@@ -44,13 +44,14 @@ from userseq.detect.data import (
     DetectSplit,
     EventData,
     TextData,
+    fix_post_count,
     stratified_folds,
     stratified_split,
     tokenize,
     user_lengths,
 )
 from userseq.detect.models import DetectModel, Detector, detect_model
-from userseq.detect.text import build_vocab, encode_posts, minilm_vectors
+from userseq.detect.text import build_vocab, encode_posts, minilm_token_table, minilm_vectors
 from userseq.metrics.classification import best_threshold, binary_metrics
 
 __all__ = ["DetectConfig", "DetectModelConfig", "UserDetector", "build_vocab", "encode_posts",
@@ -137,6 +138,12 @@ class UserDetector(Estimator[DetectConfig]):
         return detect_model(self.config.model.name)
 
     @property
+    def inputs(self) -> str:
+        """What the model reads: 'events', 'tokens' (post token ids) or 'vectors' (MiniLM post
+        vectors)."""
+        return self._spec().inputs
+
+    @property
     def kind(self) -> str:
         """'event' (reads edit events) or 'text' (reads post texts)."""
         return self._spec().kind
@@ -165,7 +172,12 @@ class UserDetector(Estimator[DetectConfig]):
         if self._spec().inputs == "tokens":
             self.vocab_ = build_vocab(data.posts, train_users, m.vocab_size, m.min_token_count,
                                       m.max_tokens)
-        return self._build(0, 0, len(self.vocab_ or []))
+        net = self._build(0, 0, len(self.vocab_ or []))
+        if self._spec().token_init == "minilm":  # pretrained word vectors, frozen
+            table = net.user_encoder.tokens.weight
+            table.data.copy_(torch.from_numpy(minilm_token_table(self.vocab_ or [])))
+            table.requires_grad_(False)
+        return net
 
     def _page_vocab(self, data: EventData, users: np.ndarray) -> pl.Series:
         f = data.log.frame.select("user", "item")
@@ -532,6 +544,8 @@ def _run_metrics(data: Data, detector: UserDetector, split: DetectSplit,
         "train": {k: v for k, v in detector.train_state_.items() if k != "history"},
         "thresholds": detector.thresholds_,
     }
+    if isinstance(data, TextData):
+        metrics["post_count"] = data.post_count or {"fixed_posts": 0}
     if folds:
         metrics["per_fold"] = [r["test"] for r in results]
     return metrics
@@ -563,8 +577,10 @@ def train_and_evaluate(data: Data, detector: UserDetector, out: str | Path | Non
     the saved model is the last fold's. The run directory gets `metrics.json` and, for clustering,
     `embeddings.safetensors` + `users.parquet` (id, label, split, score, readable features).
     """
-    labels = _labels(data, "training")
     cfg = detector.config
+    if isinstance(data, TextData) and cfg.fixed_posts:
+        data = fix_post_count(data, cfg.fixed_posts, cfg.fixed_keep)
+    labels = _labels(data, "training")
     splits = (stratified_folds(labels, folds, cfg.valid, cfg.split_seed) if folds
               else [stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)])
     results = []

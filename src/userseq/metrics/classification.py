@@ -113,11 +113,13 @@ def best_threshold(y: np.ndarray, s: np.ndarray) -> float:
     return float(ss[last[i]])
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval (95% by default) of a proportion successes / n; (nan, nan) for n=0."""
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n = 0."""
     if n <= 0:
         return float("nan"), float("nan")
-    p = successes / n
+    if not 0 <= k <= n:
+        raise UserseqError(f"wilson_interval: need 0 <= k <= n (got k={k}, n={n}).")
+    p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
