@@ -39,6 +39,12 @@ class EncoderConfig(StrictModel):
     text_adapter: Literal["moe", "mlp"] = Field("moe", description="text vector -> model space")
     text_experts: int = Field(8, ge=1, description="experts of the MoE whitening adapter")
     text_encoder: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
+    id_dropout: float = Field(
+        0.5, ge=0, lt=1, description="id+text: DropoutNet share of item occurrences whose id part "
+        "is dropped while training, so the text path alone must rank (0: the pre-0.3 behaviour)")
+    id_gate: Literal["popularity", "none"] = Field(
+        "popularity", description="id+text: scale the id part by a learned gate of the item's "
+        "training count ('none': plain sum)")
     quantize: Literal["none", "int8", "pq"] = Field("none", description="set by `userseq compress`")
     pq_subquantizers: int | None = Field(
         None, ge=1, description="set by `userseq compress --method pq`")

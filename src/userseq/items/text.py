@@ -281,20 +281,30 @@ class MLPAdapter(nn.Module):
 
 
 class TextItems(ItemRepr):
-    """Item vector = adapter(text vector) [+ id vector]; items without text use the id part alone.
+    """Item vector = adapter(text vector) [+ gate * id vector]; items without text use the id part
+    alone.
 
     `mode`: 'text' (the id part holds only the items without text and the special tokens) or
     'id+text' (an id vector for every item; `known` marks the items that get it: those seen in
     training). Text vectors, masks and the row map are buffers saved with the model.
+
+    Cold-start-aware id+text (DropoutNet, Volkovs et al. 2017): while training, the id part of
+    each item occurrence (history inputs and scored outputs alike) is dropped with probability
+    `id_dropout`, so the text path alone has to rank items; with `gate='popularity'` the id part is
+    scaled by a learned gate sigmoid(a log(1 + n_i) + b) of the item's training count n_i, so
+    rarely seen items lean on their text. Cold items (no training events) use the text path only.
     """
 
     def __init__(self, vectors: torch.Tensor, has_text: torch.Tensor, dim: int, mode: str = "text",
                  ids: ItemRepr | None = None, known: torch.Tensor | None = None,
                  special_tokens: int = 0, adapter: str = "moe", experts: int = 8,
-                 dropout: float = 0.1, id_rows: torch.Tensor | None = None) -> None:
+                 dropout: float = 0.1, id_rows: torch.Tensor | None = None,
+                 id_dropout: float = 0.0, gate: str = "none",
+                 counts: torch.Tensor | None = None) -> None:
         super().__init__()
         n = vectors.shape[0] - 1
         self.n_items, self.dim, self.mode, self.special_tokens = n, dim, mode, special_tokens
+        self.id_dropout = float(id_dropout) if mode == "id+text" else 0.0
         self.register_buffer("text_vectors", vectors.float().contiguous())
         self.register_buffer("has_text", has_text.bool().contiguous())
         self.adapter = (MoEWhitening(vectors.shape[1], dim, experts, dropout) if adapter == "moe"
@@ -315,6 +325,32 @@ class TextItems(ItemRepr):
             id_mask = torch.cat([known | ~has_text, torch.ones(special_tokens, dtype=torch.bool)])
         id_mask[0] = False
         self.register_buffer("id_mask", id_mask.contiguous())
+        self.gate = gate if mode == "id+text" else "none"
+        if self.gate == "popularity":
+            c = torch.zeros(n + 1 + special_tokens) if counts is None else counts.float()
+            if len(c) == n + 1:
+                c = torch.cat([c, torch.zeros(special_tokens)])
+            self.register_buffer("log_counts", torch.log1p(c).contiguous())
+            self.gate_w = nn.Parameter(torch.ones(1))
+            self.gate_b = nn.Parameter(torch.zeros(1))
+        elif self.gate != "none":
+            raise ConfigError(f"unknown id gate '{gate}'; use 'popularity' or 'none'.")
+
+    def id_weight(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) weight of the id part of each item: its mask (no id for cold items), the
+        popularity gate and, while training, the DropoutNet drop (text without id items always
+        keep it: they have nothing else)."""
+        w = self.id_mask[ids].float()
+        if self.gate == "popularity":
+            special = ids > self.n_items
+            g = torch.sigmoid(self.gate_w * self.log_counts[ids] + self.gate_b)
+            w = w * torch.where(special, torch.ones_like(g), g)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
+            inside = ids.clamp(max=self.n_items)
+            keep = keep | ~self.has_text[inside] | (ids > self.n_items)
+            w = w * keep
+        return w
 
     def forward(self, ids: torch.Tensor,
                 features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -322,7 +358,7 @@ class TextItems(ItemRepr):
         with_text = self.has_text[inside] & (ids <= self.n_items)
         text = self.adapter(self.text_vectors[inside]) * with_text.unsqueeze(-1)
         rows = self.id_rows[ids] if self.mode == "text" else ids
-        return text + self.ids(rows) * self.id_mask[ids].unsqueeze(-1)
+        return text + self.ids(rows) * self.id_weight(ids).unsqueeze(-1)
 
     def output_matrix(self) -> torch.Tensor:
         return self(torch.arange(self.n_items + 1, device=self.text_vectors.device))

@@ -388,8 +388,9 @@ class NextItemRecommender(Estimator[RunConfig]):
         if m.items == "id" and m.item_table == "full" and m.quantize == "none":
             return catalogue, None
         features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
-        known = torch.from_numpy(np.bincount(split.train_items, minlength=len(catalogue) + 1) > 0)
-        return catalogue, build_items(m, len(catalogue), text=text, known=known, features=features)
+        counts = torch.from_numpy(np.bincount(split.train_items, minlength=len(catalogue) + 1))
+        return catalogue, build_items(m, len(catalogue), text=text, known=counts > 0,
+                                      features=features, counts=counts)
 
     def _item_meta(self, log: EventLog) -> tuple[pl.DataFrame | None, str]:
         from userseq.data.datasets import is_dataset_name, load_item_metadata
@@ -504,6 +505,7 @@ class NextItemRecommender(Estimator[RunConfig]):
     def item_matrix(self) -> torch.Tensor:
         """(n_items + 1, D) item output vectors (D = the Matryoshka serving prefix where set)."""
         enc = self.check_is_fitted()
+        enc.eval()  # no dropout (nor DropoutNet's id drop) in served vectors
         with torch.no_grad():
             return self._serving(enc.items.output_matrix().detach().float().cpu())
 
@@ -667,11 +669,12 @@ class NextItemRecommender(Estimator[RunConfig]):
         rep = evaluate(repeat_scorer(test.offsets, test.items), n_items, test.targets, None,
                        c.ks, c.user_chunk, c.item_chunk)
         tables = table_report(self.check_is_fitted().items, self.config.model)
+        extra = {"test_groups": self.group_report(split)} if split.groups else {}
         return {
             "valid": self.evaluate(split.valid, retrieval=retrieval, bank=bank,
                                    item_groups=groups),
             "test": self.evaluate(test, retrieval=retrieval, bank=bank, item_groups=groups),
-            "retrieval": self._retrieval_report(retrieval),
+            **extra, "retrieval": self._retrieval_report(retrieval),
             "item_table_bytes": tables["item_table_bytes"], "item_table": tables,
             **self.item_info_, "filter_seen": c.filter_seen, "ties": "pessimistic",
             "split": split.kind, "split_info": split.info, "model": self.config.model.name,
@@ -681,6 +684,25 @@ class NextItemRecommender(Estimator[RunConfig]):
                      "fingerprint": self.data_fingerprint_, "timestamp_kind": log.timestamp_kind},
             "baselines": {"popularity": pop, "repeat (no seen filter)": rep},
         }
+
+    def group_report(self, split: Split) -> dict[str, dict[str, float]]:
+        """Ranking metrics of the split's test target groups: the test set under its split's name
+        for it (cold-start: `cold`), each of `split.groups` (`warm`), and `all` of them together,
+        with the popularity baseline of each."""
+        c = self.config.eval
+        name = "cold" if split.kind == "cold-start" else "test"
+        sets = {name: split.test, **split.groups}
+        sets["all"] = _concat(list(sets.values()))
+        counts = np.bincount(split.train_items, minlength=len(self.item_ids_) + 1)
+        out = {}
+        for k, e in sets.items():
+            seen = (e.offsets, e.items) if c.filter_seen else None
+            m = self._evaluate(e, c.ks, c.filter_seen)
+            pop = evaluate(popularity_scorer(counts), len(self.item_ids_), e.targets, seen, c.ks,
+                           c.user_chunk, c.item_chunk)
+            out[k] = {**m, "users": float(len(e)),
+                      "popularity": {f"ndcg@{x}": pop[f"ndcg@{x}"] for x in c.ks}}
+        return out
 
     # ------------------------------------------------------------------ recommending
     def item_categories(self, log: EventLog | None = None) -> dict[str, list[list[int]]]:
@@ -1009,6 +1031,15 @@ class _Prefix:
 def _subset(e: EvalSet, pick: np.ndarray) -> EvalSet:
     off, items = csr_take(e.offsets, e.items, e.offsets[pick], e.offsets[pick + 1])
     return EvalSet(e.users[pick], e.targets[pick], off, items)
+
+
+def _concat(sets: list[EvalSet]) -> EvalSet:
+    """One evaluation set made of several (users may repeat: each row is one target)."""
+    lengths = np.concatenate([np.diff(e.offsets) for e in sets])
+    return EvalSet(np.concatenate([e.users for e in sets]),
+                   np.concatenate([e.targets for e in sets]),
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(sets[0].offsets.dtype),
+                   np.concatenate([e.items for e in sets]))
 
 
 def _lookup(id_map: pl.Series, ids: Sequence[Any]) -> np.ndarray:
