@@ -1,0 +1,225 @@
+"""Text that carries over (issue #20): cold-start-aware id+text items, zero-shot transfer, the
+item-vector cache, the Persona-Plug context aggregator.
+
+Parts (each stores rows in benchmarks/text_transfer_runs.json and re-renders its RESULTS.md
+section):
+
+    python benchmarks/text_transfer.py --part cache
+    python benchmarks/text_transfer.py --part cold --seeds 0 1 2 --epochs 3
+    python benchmarks/text_transfer.py --part zeroshot --seeds 0 1 2
+    python benchmarks/text_transfer.py --part context --seeds 0 1 2
+    python benchmarks/text_transfer.py --table-only
+
+Protocol (cold): amazon-scientific, the cold-start split (20% of the items held out of training,
+split seed 0 for every row), full ranking, seen items filtered, pessimistic ties; SASRec with
+benchmarks/configs/amazon-scientific.yaml; the best epoch chosen on validation NDCG@10 (the
+cold-start split's validation users are cold-item users); `--seeds` are training seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+STORE = HERE / "text_transfer_runs.json"
+LOCK = HERE / "_work" / "text_transfer.lock"
+WORK = HERE / "_work" / "text_transfer"
+CACHE = WORK / "cache"  # USERSEQ_CACHE of every part: text vectors are encoded once
+SCI = "amazon-scientific"
+VARIANTS = {  # name -> model overrides
+    "id": {"model.items": "id"},
+    "text": {"model.items": "text"},
+    "id+text (old: plain sum)": {"model.items": "id+text", "model.id_dropout": 0.0,
+                                 "model.id_gate": "none"},
+    "id+text + dropout + gate": {"model.items": "id+text"},
+}
+
+
+def converged(train: dict) -> str:
+    if train.get("best_epoch") == train.get("epochs") and "epochs" in str(train.get("stopped")):
+        return "unconverged"
+    return f"{train.get('best_epoch')}/{train.get('epochs')}"
+
+
+def cli_sets(over: dict) -> str:
+    return " ".join(f"--set {k}={v}" for k, v in over.items())
+
+
+# ---------------------------------------------------------------------- cache
+def part_cache(a) -> None:
+    from userseq.data.datasets import load_item_metadata
+    from userseq.data.load import load_events
+    from userseq.items.text import encode_texts, item_text_for
+
+    log = load_events(SCI)
+    it = item_text_for(log.item_ids, load_item_metadata(SCI))
+    texts = [t for t in it.texts if t is not None][: a.limit]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["USERSEQ_CACHE"] = tmp
+        with results.LoadMonitor() as mon:
+            t0 = time.perf_counter()
+            _, s_cold = encode_texts(texts)
+            cold = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, s_hit = encode_texts(texts)
+            hit = time.perf_counter() - t0
+            changed = [texts[0] + " (new edition)", *texts[1:]]
+            t0 = time.perf_counter()
+            _, s_one = encode_texts(changed)
+            one = time.perf_counter() - t0
+        src = Path(tmp) / "text-vectors"
+        CACHE.joinpath("text-vectors").mkdir(parents=True, exist_ok=True)
+        for f in src.glob("*.parquet"):
+            shutil.copy(f, CACHE / "text-vectors" / f.name)
+    row = {"texts": len(texts), "cold_s": round(cold, 3), "hit_s": round(hit, 3),
+           "one_changed_s": round(one, 3), "cold_counts": s_cold, "hit_counts": s_hit,
+           "one_changed_counts": s_one, **results.provenance(mon, data=SCI)}
+    results.save_row(STORE, "cache", row, LOCK)
+    results.log(f"cache: cold {cold:.1f}s, hit {hit:.2f}s, one changed {one:.1f}s")
+
+
+# ---------------------------------------------------------------------- cold start
+def part_cold(a) -> None:
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.nextitem.config import RunConfig, split_kwargs
+    from userseq.nextitem.estimator import NextItemRecommender
+
+    os.environ["USERSEQ_CACHE"] = str(CACHE)
+    base = RunConfig.from_yaml(HERE / "configs" / f"{SCI}.yaml")
+    log = sp = None
+    for seed in a.seeds:
+        for name, over in VARIANTS.items():
+            if a.variants and name.split(" ")[0] not in a.variants:
+                continue
+            sets = {"data.split": "cold-start", "data.split_seed": 0, "train.seed": seed,
+                    "train.epochs": a.epochs, "train.threads": a.threads, "dataset": SCI, **over}
+            cfg = base.updated(sets)
+            if log is None:
+                log = load_events(SCI, cfg.data)
+                sp = make_split(log, "cold-start", **split_kwargs(cfg))
+            with results.LoadMonitor() as mon:
+                rec = NextItemRecommender(config=cfg).fit(log, sp, quiet=True)
+                groups = rec.group_report(sp)
+            cmd = (f"userseq train --data {SCI} --model sasrec --config "
+                   f"benchmarks/configs/{SCI}.yaml --split cold-start --split-seed 0 --seed {seed}"
+                   f" --epochs {a.epochs} {cli_sets(over)} --out RUN")
+            row = {"variant": name, "seed": seed, "epochs": a.epochs, "groups": groups,
+                   "train": rec.train_state_, "train_cmd": cmd,
+                   **results.provenance(mon, seeds=[seed], data=SCI)}
+            results.save_row(STORE, f"cold/{name}/s{seed}", row, LOCK)
+            results.log(f"cold {name} s{seed}: " + ", ".join(
+                f"{g} {groups[g]['ndcg@10']:.4f}" for g in ("warm", "cold", "all")))
+
+
+# ---------------------------------------------------------------------- tables
+def mean_std(rows, f) -> str:
+    return results.mean_std([f(r) for r in rows])
+
+
+def cache_lines(rows: dict) -> list[str]:
+    r = rows.get("cache")
+    if r is None:
+        return ["Not run yet: `python benchmarks/text_transfer.py --part cache`."]
+    return [
+        f"Command: `{r['command'].strip()}` · commit {r['commit']} · {r['date']} · "
+        f"verdict {r['verdict']} (load mean {r['load_mean']}, max {r['load_max']})",
+        "",
+        f"MiniLM (all-MiniLM-L6-v2, offline package) vectors of the {r['texts']:,} amazon-scientific"
+        " item texts, CPU, cache = one Parquet file keyed by SHA-256 of the text:",
+        "",
+        "| case | seconds | vectors from cache | vectors encoded |",
+        "|---|---|---|---|",
+        f"| cold (empty cache; includes loading the model) | {r['cold_s']:.2f} | "
+        f"{r['cold_counts']['cached']:,} | {r['cold_counts']['encoded']:,} |",
+        f"| cache hit (every text cached; the model is not loaded) | {r['hit_s']:.3f} | "
+        f"{r['hit_counts']['cached']:,} | {r['hit_counts']['encoded']:,} |",
+        f"| one item's text changed (loads the model for that one text) | {r['one_changed_s']:.2f}"
+        f" | {r['one_changed_counts']['cached']:,} | {r['one_changed_counts']['encoded']:,} |",
+    ]
+
+
+def cold_lines(rows: dict) -> list[str]:
+    cold = [r for k, r in rows.items() if k.startswith("cold/")]
+    if not cold:
+        return ["Not run yet: `python benchmarks/text_transfer.py --part cold --seeds 0 1 2`."]
+    first = cold[0]
+    sp = first["groups"]
+    lines = [
+        f"Command: `{first['command'].strip()}` · commit {first['commit']} · machine "
+        f"{first['machine']}",
+        "",
+        "amazon-scientific, cold-start split (split seed 0: 20% of the items held out of training;"
+        f" {int(sp['cold']['users'])} test users whose last item is a held-out test item = `cold`;"
+        f" {int(sp['warm']['users']):,} users whose last item is a trained item, that event held"
+        " out = `warm`; `all` = both), full ranking over the whole catalogue, seen items filtered,"
+        " pessimistic ties. SASRec, benchmarks/configs/amazon-scientific.yaml, "
+        f"{first['epochs']} epochs, best epoch on validation NDCG@10 (validation users are "
+        "cold-item users). Mean ± std over training seeds.",
+        "",
+        "| items | warm NDCG@10 | cold NDCG@10 | all NDCG@10 | cold HR@10 | best epoch / epochs "
+        "| verdicts | train command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in VARIANTS:
+        rs = [r for r in cold if r["variant"] == name]
+        if not rs:
+            continue
+        lines.append(
+            f"| {name} | {mean_std(rs, lambda r: r['groups']['warm']['ndcg@10'])} | "
+            f"{mean_std(rs, lambda r: r['groups']['cold']['ndcg@10'])} | "
+            f"{mean_std(rs, lambda r: r['groups']['all']['ndcg@10'])} | "
+            f"{mean_std(rs, lambda r: r['groups']['cold']['hr@10'])} | "
+            f"{', '.join(converged(r['train']) for r in rs)} | "
+            f"{', '.join(sorted({r['verdict'] for r in rs}))} | `{rs[0]['train_cmd']}` |")
+    pop = sp
+    lines += ["", f"Popularity: warm {pop['warm']['popularity']['ndcg@10']:.4f}, cold "
+              f"{pop['cold']['popularity']['ndcg@10']:.4f}, all "
+              f"{pop['all']['popularity']['ndcg@10']:.4f} NDCG@10 (cold items have no training "
+              "events, so popularity ranks them last)."]
+    return lines
+
+
+def table(write: bool = True) -> None:
+    rows = results.load_rows(STORE)
+    results.publish("text_cache", "Item text vectors: cache hit vs cold computation",
+                    cache_lines(rows), write)
+    results.publish("text_cold", "Cold-start-aware id+text items (DropoutNet + popularity gate)",
+                    cold_lines(rows), write)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["cache", "cold", "zeroshot", "context"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--variants", nargs="*", default=None, help="id text id+text (first word)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=None, help="cache: first N texts (smoke)")
+    ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-quiet", action="store_true")
+    a = ap.parse_args()
+    if a.table_only:
+        table(not a.no_write)
+        return
+    results.ensure_quiet(a.no_quiet)
+    WORK.mkdir(parents=True, exist_ok=True)
+    parts = {"cache": part_cache, "cold": part_cold}
+    parts[a.part](a)
+    table(not a.no_write)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
