@@ -134,8 +134,8 @@ def cache_lines(rows: dict) -> list[str]:
         f"Command: `{r['command'].strip()}` · commit {r['commit']} · {r['date']} · "
         f"verdict {r['verdict']} (load mean {r['load_mean']}, max {r['load_max']})",
         "",
-        f"MiniLM (all-MiniLM-L6-v2, offline package) vectors of the {r['texts']:,} amazon-scientific"
-        " item texts, CPU, cache = one Parquet file keyed by SHA-256 of the text:",
+        f"MiniLM (all-MiniLM-L6-v2, offline package) vectors of the {r['texts']:,} "
+        "amazon-scientific item texts, CPU, cache = one Parquet file keyed by SHA-256 of the text:",
         "",
         "| case | seconds | vectors from cache | vectors encoded |",
         "|---|---|---|---|",

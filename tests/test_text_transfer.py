@@ -10,11 +10,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from cli_support import assert_user_error
 from conftest import synthetic_events
-from test_items import TINY, fake_text, item_meta  # noqa: F401 - fake_text is a fixture
+from test_items import TINY, item_meta
+from test_items import fake_text as fake_text  # noqa: F401 - the fixture
 
+from userseq.core.errors import ConfigError
 from userseq.data.eventlog import EventLog
-from userseq.data.split import cold_start_split
+from userseq.data.split import cold_start_split, make_split, subsample_train_users
 from userseq.items.text import TextItems
 from userseq.nextitem.estimator import NextItemRecommender
 
@@ -72,7 +75,7 @@ def test_id_text_dropout_trains_reports_groups_and_reloads(fake_text, tmp_path):
                                                    "model.id_gate": "none"}).fit(
         log, sp, item_meta=meta, quiet=True)
     g_new, g_old = new.group_report(sp), old.group_report(sp)
-    assert set(g_new) == {"cold", "warm", "all"}
+    assert set(g_new) == set(g_old) == {"cold", "warm", "all"}
     n = g_new["cold"]["users"] + g_new["warm"]["users"]
     assert g_new["all"]["users"] == n
     all_ndcg = (g_new["cold"]["ndcg@10"] * g_new["cold"]["users"]
@@ -86,3 +89,82 @@ def test_id_text_dropout_trains_reports_groups_and_reloads(fake_text, tmp_path):
     assert m["test_groups"]["cold"]["ndcg@10"] == pytest.approx(g_new["cold"]["ndcg@10"])
     back = NextItemRecommender.load(tmp_path / "new")
     assert torch.allclose(back.item_matrix(), new.item_matrix())
+
+
+# ---------------------------------------------------------------------- zero-shot transfer
+def renamed(frame: pl.DataFrame, prefix: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The same walks over another catalogue: item 'iK' becomes 'PREFIX K' (same text)."""
+    out = frame.with_columns(pl.col("item_id").str.replace("i", prefix))
+    ids = out["item_id"].unique().sort()
+    titles = [f"product {int(i[len(prefix):])}" for i in ids.to_list()]
+    return out, pl.DataFrame({"item_id": ids, "title": titles})
+
+
+def test_zero_shot_ranks_another_catalogue_and_fine_tunes(fake_text, tmp_path):
+    over = {**TINY, "train.epochs": 8, "train.patience": 8, "train.lr": 0.005,
+            "train.threads": 1, "model.items": "text"}
+    src = EventLog.from_frame(synthetic_events(n_users=150, n_items=60, length=8))
+    rec = NextItemRecommender("sasrec", overrides=over).fit(src, item_meta=item_meta(60, False),
+                                                            quiet=True)
+    frame, meta = renamed(synthetic_events(n_users=80, n_items=60, length=8, seed=3), "movie-")
+    tgt = EventLog.from_frame(frame)
+    zs = rec.transfer(tgt, meta)
+    assert zs.item_ids.to_list() == tgt.item_ids.to_list()
+    sp = make_split(tgt, "loo")
+    m = zs.report(tgt, sp)
+    assert m["test"]["hr@10"] > m["baselines"]["popularity"]["hr@10"] + 0.3, m["test"]
+    assert m["item_text"]["with_text"] == 60 and m["zero_shot"]["users_carried_over"] == 0
+    # the sequence model and adapter are the source's, the item vectors the target's text
+    a, b = rec.encoder_.state_dict(), zs.encoder_.state_dict()
+    assert torch.equal(a["items.adapter.weight"], b["items.adapter.weight"])
+    assert not torch.equal(a["items.text_vectors"][:5], b["items.text_vectors"][:5])
+    zs.save(tmp_path / "zs")
+    assert torch.allclose(NextItemRecommender.load(tmp_path / "zs").item_matrix(),
+                          zs.item_matrix())
+    # a short fine-tune on 10% of the target users, warm-started from the source run
+    ft = NextItemRecommender("sasrec", overrides={**over, "train.epochs": 1,
+                                                  "data.train_user_fraction": 0.1}).fit(
+        tgt, sp, item_meta=meta, quiet=True, init_from=rec)
+    assert ft.item_info_["warm_start"]["users_carried_over"] == 0
+    assert len(ft.item_ids) == 60  # the source catalogue is not appended
+    with pytest.raises(ConfigError, match="needs a text-only run"):
+        NextItemRecommender("sasrec", overrides={**over, "model.items": "id+text"}).fit(
+            src, item_meta=item_meta(60, False), quiet=True).transfer(tgt, meta)
+
+
+def test_train_user_fraction_keeps_evaluation_whole():
+    log = EventLog.from_frame(synthetic_events(n_users=100, n_items=30))
+    sp = make_split(log, "loo")
+    sub = subsample_train_users(sp, 0.1, seed=0)
+    users = np.flatnonzero(np.diff(sub.train_offsets) > 0)
+    assert len(users) == 10 and sub.info["train_users"] == 10
+    assert sub.test is sp.test and sub.valid is sp.valid
+    for u in users:
+        assert np.array_equal(sub.train_items[sub.train_offsets[u]:sub.train_offsets[u + 1]],
+                              sp.train_items[sp.train_offsets[u]:sp.train_offsets[u + 1]])
+    assert subsample_train_users(sp, 1.0) is sp
+
+
+def test_zero_shot_cli_writes_metrics_and_names_bad_input(fake_text, cli, tmp_path):
+    src_csv, tgt_csv = tmp_path / "src.csv", tmp_path / "tgt.csv"
+    synthetic_events(n_users=60, n_items=30, length=6).write_csv(src_csv)
+    frame, meta = renamed(synthetic_events(n_users=40, n_items=30, length=6, seed=2), "m")
+    frame.write_csv(tgt_csv)
+    meta.write_csv(tmp_path / "tgt_items.csv")
+    item_meta(30, False).write_csv(tmp_path / "src_items.csv")
+    run = tmp_path / "run"
+    res = cli("train", "--data", src_csv, "--items", "text", "--item-text",
+              tmp_path / "src_items.csv", "--epochs", "1", "--set", "model.dim=16",
+              "--set", "model.max_len=10", "--out", run, "--quiet")
+    assert res.code == 0, res.output
+    res = cli("evaluate", run, "--data", tgt_csv, "--zero-shot", "--item-text",
+              tmp_path / "tgt_items.csv", "--out", tmp_path / "zs")
+    assert res.code == 0, res.output
+    m = json.loads((run / "zero-shot" / "tgt.csv.json").read_text())
+    assert m["test"]["users"] == 40 and m["data"]["catalogue"] == 30
+    assert (tmp_path / "zs" / "model.safetensors").is_file()
+    res = cli("evaluate", run, "--data", tgt_csv, "--zero-shot")
+    assert_user_error(res, "--zero-shot --data", "needs --item-text FILE")
+    res = cli("train", "--data", src_csv, "--items", "text", "--text-model",
+              tmp_path / "no-such-model", "--out", tmp_path / "r2")
+    assert_user_error(res, "no-such-model", "no such local directory")

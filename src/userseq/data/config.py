@@ -34,5 +34,8 @@ class DataConfig(StrictModel):
                                  "test targets)")
     split_seed: int = Field(0, ge=0, lt=2**63, description="seed of the split's random draws "
                             "(cold-start: the held-out items); was `cold_seed`")
+    train_user_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the users whose training events are trained on "
+        "(seeded by split_seed); validation and test stay whole: sample-efficiency curves")
     item_text: str | None = Field(None, description="item attribute table (item_id + text columns) "
                                   "for text items; default: the named dataset's item metadata")

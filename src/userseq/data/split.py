@@ -175,6 +175,24 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
                  groups={"warm": warm})
 
 
+def subsample_train_users(split: Split, fraction: float, seed: int = 0) -> Split:
+    """The split with the training events of a seeded `fraction` of the users only (at least one
+    user); its validation and test sets are unchanged."""
+    if fraction >= 1:
+        return split
+    n = len(split.train_offsets) - 1
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))])
+    starts, ends = split.train_offsets[:-1], split.train_offsets[1:]
+    keep = np.zeros(n, dtype=bool)
+    keep[pick] = True
+    lengths = np.where(keep, ends - starts, 0)
+    _, items = csr_take(split.train_offsets, split.train_items, starts[keep], ends[keep])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(split.train_offsets.dtype)
+    info = {**split.info, "train_user_fraction": fraction, "train_users": int(len(pick))}
+    return Split(split.kind, offsets, items, split.valid, split.test, info,
+                 split.train_max_timestamp, split.groups)
+
+
 def split_options(data: Any) -> dict[str, Any]:
     """The keyword arguments of `make_split` for a `DataConfig`'s split (quantiles, cold-start
     share and seed)."""

