@@ -121,6 +121,107 @@ def part_cold(a) -> None:
                 f"{g} {groups[g]['ndcg@10']:.4f}" for g in ("warm", "cold", "all")))
 
 
+# ---------------------------------------------------------------------- zero-shot
+ML = "ml-latest-small"
+
+
+def part_zeroshot(a) -> None:
+    """Per seed: a text-only model on each catalogue (Scientific, MovieLens), each evaluated
+    zero-shot on the other; with `--curve-seeds`, 1% / 10% fine-tunes warm-started from the other
+    catalogue's model against the same fractions trained from scratch."""
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.nextitem.config import RunConfig
+    from userseq.nextitem.estimator import NextItemRecommender
+
+    os.environ["USERSEQ_CACHE"] = str(CACHE)
+    base = RunConfig.from_yaml(HERE / "configs" / f"{SCI}.yaml")  # one architecture for both
+    data = {}
+    for ds in (SCI, ML):
+        cfg = base.updated({"dataset": ds})
+        log = load_events(ds, cfg.data)
+        data[ds] = (log, make_split(log, "loo"))
+    other = {SCI: ML, ML: SCI}
+
+    def config(ds: str, seed: int, fraction: float = 1.0):
+        return base.updated({"dataset": ds, "model.items": "text", "train.seed": seed,
+                             "train.epochs": a.epochs, "train.threads": a.threads,
+                             "data.train_user_fraction": fraction, "data.split_seed": seed})
+
+    def test_row(m: dict) -> dict:
+        return {"ndcg@10": m["test"]["ndcg@10"], "hr@10": m["test"]["hr@10"],
+                "popularity_ndcg@10": m["baselines"]["popularity"]["ndcg@10"],
+                "users": m["test"]["users"]}
+
+    for seed in a.seeds:
+        src = {}
+        for ds in (SCI, ML):
+            log, sp = data[ds]
+            with results.LoadMonitor() as mon:
+                src[ds] = NextItemRecommender(config=config(ds, seed)).fit(log, sp, quiet=True)
+                m = src[ds].report(log, sp)
+            row = {"kind": "trained on target", "source": ds, "target": ds, "fraction": 1.0,
+                   "seed": seed, **test_row(m), "train": src[ds].train_state_,
+                   "cmd": f"userseq train --data {ds} --config benchmarks/configs/{SCI}.yaml "
+                          f"--items text --seed {seed} --epochs {a.epochs} --out RUN",
+                   **results.provenance(mon, seeds=[seed], data=ds)}
+            results.save_row(STORE, f"zs/{ds}/{ds}/1.0/s{seed}", row, LOCK)
+            results.log(f"trained {ds} s{seed}: {row['ndcg@10']:.4f}")
+        for ds in (SCI, ML):
+            tgt = other[ds]
+            log, sp = data[tgt]
+            with results.LoadMonitor() as mon:
+                zs = src[ds].transfer(log, dataset=tgt)
+                m = zs.report(log, sp)
+            row = {"kind": "zero-shot", "source": ds, "target": tgt, "fraction": 0.0,
+                   "seed": seed, **test_row(m),
+                   "cmd": f"userseq evaluate RUN_{ds} --data {tgt} --zero-shot",
+                   **results.provenance(mon, seeds=[seed], data=tgt)}
+            results.save_row(STORE, f"zs/{ds}/{tgt}/0.0/s{seed}", row, LOCK)
+            results.log(f"zero-shot {ds} -> {tgt} s{seed}: {row['ndcg@10']:.4f} "
+                        f"(popularity {row['popularity_ndcg@10']:.4f})")
+        if seed not in a.curve_seeds:
+            continue
+        for ds in (SCI, ML):
+            tgt = other[ds]
+            log, sp = data[tgt]
+            for frac in a.fractions:
+                for kind, init in (("fine-tuned", src[ds]), ("scratch", None)):
+                    with results.LoadMonitor() as mon:
+                        rec = NextItemRecommender(config=config(tgt, seed, frac)).fit(
+                            log, sp, quiet=True, init_from=init)
+                        m = rec.report(log, sp)
+                    init_arg = f" --init-from RUN_{ds}" if init is not None else ""
+                    row = {"kind": kind, "source": ds if init is not None else tgt,
+                           "target": tgt, "fraction": frac, "seed": seed, **test_row(m),
+                           "train": rec.train_state_,
+                           "cmd": f"userseq train --data {tgt} --config benchmarks/configs/"
+                                  f"{SCI}.yaml --items text --seed {seed} --epochs {a.epochs} "
+                                  f"--set data.train_user_fraction={frac}{init_arg} --out RUN",
+                           **results.provenance(mon, seeds=[seed], data=tgt)}
+                    results.save_row(STORE, f"zs/{kind}/{ds}/{tgt}/{frac}/s{seed}", row, LOCK)
+                    results.log(f"{kind} {tgt} {frac:.0%} s{seed}: {row['ndcg@10']:.4f}")
+
+
+# ---------------------------------------------------------------------- context
+def part_context(a) -> None:
+    from userseq.context import UserContext
+
+    os.environ["USERSEQ_CACHE"] = str(CACHE)
+    for seed in a.seeds:
+        with results.LoadMonitor() as mon:
+            ctx = UserContext(overrides={"data.split_seed": seed, "train.seed": seed,
+                                         "train.threads": a.threads,
+                                         "model.context_dim": a.context_dim}).fit(quiet=True)
+        row = {"seed": seed, "metrics": ctx.metrics_, "train": ctx.train_state_,
+               "cmd": f"userseq context train --data petgen-wiki --seed {seed} --context-dim "
+                      f"{a.context_dim} --out RUN",
+               **results.provenance(mon, seeds=[seed], data="petgen-wiki")}
+        results.save_row(STORE, f"context/s{seed}", row, LOCK)
+        t = ctx.metrics_["test"]
+        results.log(f"context s{seed}: cosine {t['cosine']:.4f} hit@10 {t['hit@10']:.4f}")
+
+
 # ---------------------------------------------------------------------- tables
 def mean_std(rows, f) -> str:
     return results.mean_std([f(r) for r in rows])
@@ -189,12 +290,89 @@ def cold_lines(rows: dict) -> list[str]:
     return lines
 
 
+def zeroshot_lines(rows: dict) -> list[str]:
+    zs = [r for k, r in rows.items() if k.startswith("zs/")]
+    if not zs:
+        return ["Not run yet: `python benchmarks/text_transfer.py --part zeroshot`."]
+    first = zs[0]
+    lines = [
+        f"Command: `{first['command'].strip()}` · commit {first['commit']} · machine "
+        f"{first['machine']}",
+        "",
+        "Text-only SASRec (`--items text`: MiniLM vectors + MoE adapter, no id vectors; the "
+        "amazon-scientific config for both catalogues), leave-one-out, full ranking over the "
+        "target catalogue, seen items filtered. `zero-shot` = the source run's sequence model "
+        "and adapter on the target's item text, never trained on the target "
+        "(`evaluate --zero-shot`); `fine-tuned` = warm-started from the source run "
+        "(`--init-from`) and trained on a share of the target's users (`data."
+        "train_user_fraction`); `scratch` = the same share trained from scratch; every "
+        "training run has the same epoch budget. Test users: all of the target's.",
+        "",
+        "| source → target | training on target | users trained on | NDCG@10 | HR@10 | "
+        "popularity NDCG@10 | verdicts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = {"zero-shot": 0, "fine-tuned": 1, "scratch": 2, "trained on target": 3}
+    keys = sorted({(r["target"], r["kind"], r["source"], r["fraction"]) for r in zs},
+                  key=lambda k: (k[0], k[3], order[k[1]]))
+    for tgt, kind, src, frac in keys:
+        rs = [r for r in zs if (r["target"], r["kind"], r["source"], r["fraction"])
+              == (tgt, kind, src, frac)]
+        arrow = f"{src} → {tgt}" if src != tgt else f"{tgt} (own)"
+        lines.append(
+            f"| {arrow} | {kind} | {frac:.0%} | {mean_std(rs, lambda r: r['ndcg@10'])} | "
+            f"{mean_std(rs, lambda r: r['hr@10'])} | "
+            f"{rs[0]['popularity_ndcg@10']:.4f} | "
+            f"{', '.join(sorted({r['verdict'] for r in rs}))} |")
+    return lines
+
+
+def context_lines(rows: dict) -> list[str]:
+    cs = [r for k, r in rows.items() if k.startswith("context/")]
+    if not cs:
+        return ["Not run yet: `python benchmarks/text_transfer.py --part context`."]
+    first = cs[0]
+    m0 = first["metrics"]
+    k = m0["top_k"]
+    lines = [
+        f"Command: `{first['command'].strip()}` · commit {first['commit']} · machine "
+        f"{first['machine']} · verdicts {', '.join(sorted({r['verdict'] for r in cs}))}",
+        "",
+        f"petgen-wiki: {m0['data']['examples']} users with a target context; per seed "
+        f"{m0['data']['test_users']} held-out test users, {m0['data']['valid_users']} "
+        "validation users (early stopping on validation cosine), the rest train. Input = the "
+        "target context text of the user's last post, history = the earlier posts, target = the "
+        "MiniLM vector of the last post. `cosine`: predicted vs real next-post vector; "
+        "`next-post hit@10`: the real next post among the held-out users' next posts, ranked by "
+        f"the predicted vector; `relevant@{k}`: share of users (with both on-context and other "
+        f"history posts) whose top-{k} retrieved history posts include one on the target "
+        f"context (PETGEN's relevancy flags). Context vector: {m0['context_dim']} dims.",
+        "",
+        f"| method | cosine | next-post hit@10 | relevant@{k} |",
+        "|---|---|---|---|",
+    ]
+    for name in m0["methods"]:
+        rs = [r["metrics"]["methods"][name] for r in cs]
+        rel = (results.mean_std([r[f"relevant@{k}"] for r in rs])
+               if f"relevant@{k}" in rs[0] else "— (retrieves nothing)")
+        lines.append(f"| {name} | {results.mean_std([r['cosine'] for r in rs])} | "
+                     f"{results.mean_std([r['hit@10'] for r in rs])} | {rel} |")
+    tr = [r["train"] for r in cs]
+    lines += ["", "Aggregator training: best epoch / epochs " + ", ".join(
+        converged(t) for t in tr) + f"; train command: `{first['cmd']}`."]
+    return lines
+
+
 def table(write: bool = True) -> None:
     rows = results.load_rows(STORE)
     results.publish("text_cache", "Item text vectors: cache hit vs cold computation",
                     cache_lines(rows), write)
     results.publish("text_cold", "Cold-start-aware id+text items (DropoutNet + popularity gate)",
                     cold_lines(rows), write)
+    results.publish("text_zeroshot", "Zero-shot transfer between catalogues (text-only models)",
+                    zeroshot_lines(rows), write)
+    results.publish("text_context", "User context for text generation (Persona-Plug "
+                    "aggregator, petgen-wiki)", context_lines(rows), write)
 
 
 def main() -> None:
@@ -205,6 +383,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--variants", nargs="*", default=None, help="id text id+text (first word)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--curve-seeds", type=int, nargs="*", default=[0],
+                    help="zeroshot: seeds that also run the fine-tune curve")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
+    ap.add_argument("--context-dim", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="cache: first N texts (smoke)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--no-write", action="store_true")
@@ -215,7 +397,8 @@ def main() -> None:
         return
     results.ensure_quiet(a.no_quiet)
     WORK.mkdir(parents=True, exist_ok=True)
-    parts = {"cache": part_cache, "cold": part_cold}
+    parts = {"cache": part_cache, "cold": part_cold, "zeroshot": part_zeroshot,
+             "context": part_context}
     parts[a.part](a)
     table(not a.no_write)
 
