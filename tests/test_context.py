@@ -95,6 +95,11 @@ def test_context_cli_and_service(fake_text, cli, tmp_path):
     bad.write_text(json.dumps({"user_id": 1, "posts": ["a", "b"]}) + "\n")
     assert_user_error(cli("context", "train", "--data", bad, "--out", tmp_path / "b"),
                       "missing fields ['context']")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"user_id": 1, "posts": ["a"], "context": "x"}\n{"user_id": 2, '
+                      b'"posts": ["caf\xe9"], "context": "y"}\n')
+    assert_user_error(cli("context", "train", "--data", latin, "--out", tmp_path / "c"),
+                      "line 2: not valid UTF-8")
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

@@ -24,7 +24,7 @@ from userseq.core.artifacts import load_tensors, read_json, save_tensors, write_
 from userseq.core.errors import ArtifactError, DataError, UserseqError
 from userseq.core.estimator import Estimator
 from userseq.core.trainer import Trainer
-from userseq.items.text import check_vector_dim, encode_texts
+from userseq.items.text import check_utf8, check_vector_dim, encode_texts
 
 MODEL_FILE = "model.safetensors"
 USERS_FILE = "users.parquet"
@@ -44,6 +44,7 @@ def load_users(source: str | Path | None = None) -> pl.DataFrame:
     if not p.is_file():
         raise DataError(f"{source}: not a file and not 'petgen-wiki'; pass a JSONL file with "
                         "user_id, posts and context per line.")
+    check_utf8(p)  # a non-UTF-8 line is named, with how to re-encode
     try:
         df = pl.read_ndjson(p, infer_schema_length=None)
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as e:
