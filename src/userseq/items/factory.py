@@ -118,11 +118,13 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
         return TextItems(*text, cfg.dim, "text", id_rows=id_rows, **common)
     ids = id_table(cfg, n_items, special, features)
     # the gate of a saved run is what it was trained with (runs before the gate have none)
-    gate = cfg.id_gate if saved is None else ("popularity" if "gate_w" in saved else "none")
+    gate = getattr(cfg, "id_gate", "none") if saved is None else (
+        "popularity" if "gate_w" in saved else "none")
     if gate == "popularity" and counts is None and known is not None:
         counts = known.float()
-    return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known, id_dropout=cfg.id_dropout,
-                     gate=gate, counts=counts, **common)
+    return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known,
+                     id_dropout=getattr(cfg, "id_dropout", 0.0), gate=gate, counts=counts,
+                     **common)
 
 
 def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:
