@@ -266,7 +266,7 @@ class NextItemRecommender(Estimator[RunConfig]):
                               f"this run's items are '{m.items}': its id vectors belong to its "
                               "own catalogue. Train with --items text.")
         new = NextItemRecommender(config=self.config.updated(
-            {"dataset": dataset or log.source.split(" ")[0]}))
+            {"dataset": dataset or log.source.split(" ")[0], "data.item_text": None}))
         catalogue, items = new._build_item_repr(log, None, item_meta)
         new.encoder_ = encoder = build_encoder(m, len(catalogue), items)
         info = self._copy_text_model(encoder, "zero-shot")
