@@ -223,8 +223,8 @@ class NextItemRecommender(Estimator[RunConfig]):
     def _copy_text_model(self, encoder: SequenceEncoder, where: str) -> dict[str, Any]:
         """Copy this text-only run's sequence model and text adapter into `encoder` (built for
         another catalogue): every tensor except the item-indexed ones (text vectors, masks, the
-        id rows of items without text, which start at zero: such items are never recommended);
-        special-token rows (BERT4Rec's [mask]) are copied."""
+        id rows of items without text, which start at zero: such items score 0); special-token
+        rows (BERT4Rec's [mask]) are copied."""
         old_sd, new_sd = self.check_is_fitted().state_dict(), encoder.state_dict()
         old_w = old_sd["items.text_vectors"].shape[1]
         check_vector_dim(old_w, new_sd["items.text_vectors"].shape[1],
@@ -257,8 +257,8 @@ class NextItemRecommender(Estimator[RunConfig]):
         items (plus items only `item_meta` knows), from their text alone. The sequence model and
         text adapter are this run's; the item vectors come from the new items' text through the
         same text encoder (a different vector width is an error naming both). Items without text
-        get a zero vector (score 0 for every user; counted in `item_info_['item_text']`). The result
-        is a fitted recommender over `log`'s users: evaluate, recommend, save it."""
+        get a zero vector (score 0 for every user; counted in `item_info_['item_text']`). The
+        result is a fitted recommender over `log`'s users: evaluate, recommend, save it."""
         self.check_is_fitted()
         m = self.config.model
         if m.items != "text":
