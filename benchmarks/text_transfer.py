@@ -41,6 +41,10 @@ VARIANTS = {  # name -> model overrides
     "id+text (old: plain sum)": {"model.items": "id+text", "model.id_dropout": 0.0,
                                  "model.id_gate": "none"},
     "id+text + dropout + gate": {"model.items": "id+text"},
+    "id+text + inverted dropout 0.5 + gate": {"model.items": "id+text",
+                                              "model.id_dropout_scale": True},
+    "id+text + inverted dropout 0.8 + gate": {"model.items": "id+text", "model.id_dropout": 0.8,
+                                              "model.id_dropout_scale": True},
 }
 
 
@@ -99,7 +103,7 @@ def part_cold(a) -> None:
     log = sp = None
     for seed in a.seeds:
         for name, over in VARIANTS.items():
-            if a.variants and name.split(" ")[0] not in a.variants:
+            if a.variants and not any(name.startswith(v) for v in a.variants):
                 continue
             sets = {"data.split": "cold-start", "data.split_seed": 0, "train.seed": seed,
                     "train.epochs": a.epochs, "train.threads": a.threads, "dataset": SCI, **over}
@@ -381,7 +385,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["cache", "cold", "zeroshot", "context"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--variants", nargs="*", default=None, help="id text id+text (first word)")
+    ap.add_argument("--variants", nargs="*", default=None, help="variants whose name starts with one of these")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve-seeds", type=int, nargs="*", default=[0],
                     help="zeroshot: seeds that also run the fine-tune curve")

@@ -44,6 +44,9 @@ class EncoderConfig(StrictModel):
     id_dropout: float = Field(
         0.5, ge=0, lt=1, description="id+text: DropoutNet share of item occurrences whose id part "
         "is dropped while training, so the text path alone must rank (0: the pre-0.3 behaviour)")
+    id_dropout_scale: bool = Field(
+        False, description="id+text: scale kept id parts by 1/(1 - id_dropout) while training "
+        "(inverted dropout): at inference the id part weighs its training expectation")
     id_gate: Literal["popularity", "none"] = Field(
         "popularity", description="id+text: scale the id part by a learned gate of the item's "
         "training count ('none': plain sum)")

@@ -124,7 +124,7 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
         counts = known.float()
     return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known,
                      id_dropout=getattr(cfg, "id_dropout", 0.0), gate=gate, counts=counts,
-                     **common)
+                     id_dropout_scale=getattr(cfg, "id_dropout_scale", False), **common)
 
 
 def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:

@@ -359,6 +359,8 @@ class TextItems(ItemRepr):
     `id_dropout`, so the text path alone has to rank items; with `gate='popularity'` the id part is
     scaled by a learned gate sigmoid(a log(1 + n_i) + b) of the item's training count n_i, so
     rarely seen items lean on their text. Cold items (no training events) use the text path only.
+    With `id_dropout_scale`, kept id parts are scaled by 1 / (1 - id_dropout) while training
+    (inverted dropout), so at inference the id part is its training expectation.
     """
 
     def __init__(self, vectors: torch.Tensor, has_text: torch.Tensor, dim: int, mode: str = "text",
@@ -366,11 +368,12 @@ class TextItems(ItemRepr):
                  special_tokens: int = 0, adapter: str = "moe", experts: int = 8,
                  dropout: float = 0.1, id_rows: torch.Tensor | None = None,
                  id_dropout: float = 0.0, gate: str = "none",
-                 counts: torch.Tensor | None = None) -> None:
+                 counts: torch.Tensor | None = None, id_dropout_scale: bool = False) -> None:
         super().__init__()
         n = vectors.shape[0] - 1
         self.n_items, self.dim, self.mode, self.special_tokens = n, dim, mode, special_tokens
         self.id_dropout = float(id_dropout) if mode == "id+text" else 0.0
+        self.id_dropout_scale = bool(id_dropout_scale)
         self.register_buffer("text_vectors", vectors.float().contiguous())
         self.register_buffer("has_text", has_text.bool().contiguous())
         self.adapter = (MoEWhitening(vectors.shape[1], dim, experts, dropout) if adapter == "moe"
@@ -414,8 +417,9 @@ class TextItems(ItemRepr):
         if self.training and self.id_dropout > 0:
             keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
             inside = ids.clamp(max=self.n_items)
-            keep = keep | ~self.has_text[inside] | (ids > self.n_items)
-            w = w * keep
+            always = ~self.has_text[inside] | (ids > self.n_items)
+            scale = 1 / (1 - self.id_dropout) if self.id_dropout_scale else 1.0
+            w = w * torch.where(always, torch.ones_like(w), keep * scale)
         return w
 
     def forward(self, ids: torch.Tensor,
