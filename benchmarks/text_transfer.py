@@ -385,7 +385,8 @@ def main() -> None:
     ap.add_argument("--part", choices=["cache", "cold", "zeroshot", "context"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--variants", nargs="*", default=None, help="variants whose name starts with one of these")
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="variants whose name starts with one of these")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--curve-seeds", type=int, nargs="*", default=[0],
                     help="zeroshot: seeds that also run the fine-tune curve")
