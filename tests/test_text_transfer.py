@@ -39,6 +39,12 @@ def test_popularity_gate_and_id_dropout_weights():
     assert abs(kept - 0.5) < 0.02  # half the occurrences lose their id part while training
     out = t(torch.tensor([3]))  # a cold item is its text path alone, also while training
     assert torch.allclose(out, t.adapter(vec[3:4]))
+    inv = TextItems(vec, has, 8, "id+text", known=known, adapter="mlp", id_dropout=0.8,
+                    id_dropout_scale=True).train()
+    w_inv = inv.id_weight(big)
+    assert set(w_inv.unique().tolist()) == {0.0, pytest.approx(5.0)}  # kept: 1 / (1 - 0.8)
+    assert abs(w_inv.mean().item() - 1.0) < 0.1  # its expectation: the inference weight
+    assert inv.eval().id_weight(torch.tensor([1])).item() == 1.0
     old = TextItems(vec, has, 8, "id+text", known=known, adapter="mlp").train()
     assert torch.equal(old.id_weight(torch.tensor([0, 1, 2, 3])),
                        torch.tensor([0.0, 1.0, 1.0, 0.0]))  # no drop, no gate: the old sum
