@@ -45,6 +45,8 @@ VARIANTS = {  # name -> model overrides
                                               "model.id_dropout_scale": True},
     "id+text + inverted dropout 0.8 + gate": {"model.items": "id+text", "model.id_dropout": 0.8,
                                               "model.id_dropout_scale": True},
+    "id+text + dropout + gate + text-kNN ids": {"model.items": "id+text",
+                                                "model.cold_ids": "text_knn"},
 }
 
 

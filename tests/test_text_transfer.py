@@ -51,6 +51,25 @@ def test_popularity_gate_and_id_dropout_weights():
                        torch.tensor([0.0, 1.0, 1.0, 0.0]))  # no drop, no gate: the old sum
 
 
+def test_text_neighbours_and_borrowed_cold_ids():
+    from userseq.items.text import text_neighbours
+
+    vec = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [1.0, 0.1]])
+    cand = torch.tensor([False, True, True, True, False])  # item 4 is cold
+    idx, w = text_neighbours(vec, cand, k=2)
+    assert idx[4].tolist() == [1, 2]  # cos 0.995 and 0.855 (0.8 + 0.06) / 1.005
+    c1, c2 = 1 / math.sqrt(1.01), 0.86 / math.sqrt(1.01)
+    assert torch.allclose(w[4], torch.tensor([c1, c2]) / (c1 + c2))
+    assert 1 not in idx[1].tolist() and idx[1].tolist() == [2, 3]  # never itself; cos(1,3) = 0
+    assert torch.allclose(w[1], torch.tensor([1.0, 0.0]))
+    has = torch.tensor([False, True, True, True, True])
+    t = TextItems(vec.repeat(1, 2), has, 4, "id+text", known=cand, adapter="mlp", dropout=0.0,
+                  cold_ids="text_knn", gate="none").eval()
+    table = t.ids.table.weight
+    lent = (w[4, 0] * table[1] + w[4, 1] * table[2]).detach()
+    assert torch.allclose(t(torch.tensor([4])) - t.adapter(vec[4:5].repeat(1, 2)), lent)
+
+
 def test_cold_start_split_has_a_warm_group_out_of_training():
     log = EventLog.from_frame(synthetic_events(n_users=80, n_items=40))
     sp = cold_start_split(log, cold_fraction=0.3, seed=1)

@@ -47,6 +47,9 @@ class EncoderConfig(StrictModel):
     id_dropout_scale: bool = Field(
         False, description="id+text: scale kept id parts by 1/(1 - id_dropout) while training "
         "(inverted dropout): at inference the id part weighs its training expectation")
+    cold_ids: Literal["none", "text_knn"] = Field(
+        "none", description="id+text: cold items (and, while training, dropped ones) borrow the "
+        "mean id vector of their 10 nearest trained items in text space")
     id_gate: Literal["popularity", "none"] = Field(
         "popularity", description="id+text: scale the id part by a learned gate of the item's "
         "training count ('none': plain sum)")

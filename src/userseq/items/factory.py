@@ -120,11 +120,14 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
     # the gate of a saved run is what it was trained with (runs before the gate have none)
     gate = getattr(cfg, "id_gate", "none") if saved is None else (
         "popularity" if "gate_w" in saved else "none")
+    cold = getattr(cfg, "cold_ids", "none") if saved is None else (
+        "text_knn" if "nbr_idx" in saved else "none")
     if gate == "popularity" and counts is None and known is not None:
         counts = known.float()
     return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known,
                      id_dropout=getattr(cfg, "id_dropout", 0.0), gate=gate, counts=counts,
-                     id_dropout_scale=getattr(cfg, "id_dropout_scale", False), **common)
+                     id_dropout_scale=getattr(cfg, "id_dropout_scale", False),
+                     cold_ids=cold, **common)
 
 
 def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:

@@ -313,6 +313,33 @@ def text_matrix(item_text: ItemText, encoder: str = DEFAULT_ENCODER, cache: bool
     return torch.from_numpy(out), has, stats
 
 
+def text_neighbours(vectors: torch.Tensor, candidates: torch.Tensor, k: int = 10,
+                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of `vectors`, its `k` most cosine-similar rows among `candidates` (a bool
+    mask; never the row itself) and weights proportional to the positive similarities (uniform
+    where none is positive). Row 0 and rows without candidates point at row 0 with weight 0."""
+    n = vectors.shape[0]
+    cand = candidates.nonzero().squeeze(1)
+    k = max(1, min(k, len(cand)))
+    idx = torch.zeros(n, k, dtype=torch.int64)
+    w = torch.zeros(n, k)
+    if len(cand) == 0:
+        return idx, w
+    unit = torch.nn.functional.normalize(vectors.float(), dim=1)
+    cu = unit[cand]
+    for lo in range(0, n, chunk):
+        sim = unit[lo:lo + chunk] @ cu.T
+        rows = torch.arange(lo, min(n, lo + chunk))
+        sim[rows.unsqueeze(1) == cand.unsqueeze(0)] = float("-inf")  # never the item itself
+        top, j = sim.topk(k, dim=1)
+        pos = top.clamp(min=0).nan_to_num(0.0, neginf=0.0)
+        norm = pos.sum(1, keepdim=True)
+        weight = torch.where(norm > 0, pos / norm.clamp(min=1e-12), torch.full_like(pos, 1 / k))
+        idx[lo:lo + chunk], w[lo:lo + chunk] = cand[j], weight
+    idx[0], w[0] = 0, 0.0
+    return idx, w
+
+
 # ---------------------------------------------------------------------- adapters
 class MoEWhitening(nn.Module):
     """UniSRec's mixture-of-experts parametric whitening: expert k maps x to (x - b_k) W_k; a
@@ -368,7 +395,8 @@ class TextItems(ItemRepr):
                  special_tokens: int = 0, adapter: str = "moe", experts: int = 8,
                  dropout: float = 0.1, id_rows: torch.Tensor | None = None,
                  id_dropout: float = 0.0, gate: str = "none",
-                 counts: torch.Tensor | None = None, id_dropout_scale: bool = False) -> None:
+                 counts: torch.Tensor | None = None, id_dropout_scale: bool = False,
+                 cold_ids: str = "none", neighbours: int = 10) -> None:
         super().__init__()
         n = vectors.shape[0] - 1
         self.n_items, self.dim, self.mode, self.special_tokens = n, dim, mode, special_tokens
@@ -404,23 +432,47 @@ class TextItems(ItemRepr):
             self.gate_b = nn.Parameter(torch.zeros(1))
         elif self.gate != "none":
             raise ConfigError(f"unknown id gate '{gate}'; use 'popularity' or 'none'.")
+        self.cold_ids = cold_ids if mode == "id+text" else "none"
+        if self.cold_ids == "text_knn":
+            idx, w = text_neighbours(self.text_vectors, id_mask[: n + 1] & self.has_text,
+                                     neighbours)
+            self.register_buffer("nbr_idx", idx)
+            self.register_buffer("nbr_w", w)
+        elif self.cold_ids != "none":
+            raise ConfigError(f"unknown cold_ids '{cold_ids}'; use 'text_knn' or 'none'.")
 
-    def id_weight(self, ids: torch.Tensor) -> torch.Tensor:
-        """(...,) weight of the id part of each item: its mask (no id for cold items), the
-        popularity gate and, while training, the DropoutNet drop (text without id items always
-        keep it: they have nothing else)."""
+    def id_weights(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(...,) weights of each item's own id vector and of its borrowed one.
+
+        Own: its mask (no id for cold items), the popularity gate and, while training, the
+        DropoutNet drop (items without text always keep it: they have nothing else). Borrowed
+        (`cold_ids='text_knn'`): cold items with text, and dropped items while training, use the
+        mean id vector of their nearest trained items in text space, weighted by the gate of an
+        item never seen (count 0)."""
         w = self.id_mask[ids].float()
+        g0 = torch.ones((), device=ids.device)
         if self.gate == "popularity":
             special = ids > self.n_items
             g = torch.sigmoid(self.gate_w * self.log_counts[ids] + self.gate_b)
             w = w * torch.where(special, torch.ones_like(g), g)
+            g0 = torch.sigmoid(self.gate_b)
+        inside = ids.clamp(max=self.n_items)
+        text_item = self.has_text[inside] & (ids <= self.n_items)
+        dropped = torch.zeros_like(text_item)
         if self.training and self.id_dropout > 0:
             keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
-            inside = ids.clamp(max=self.n_items)
-            always = ~self.has_text[inside] | (ids > self.n_items)
+            dropped = ~keep & text_item & (w > 0)
             scale = 1 / (1 - self.id_dropout) if self.id_dropout_scale else 1.0
-            w = w * torch.where(always, torch.ones_like(w), keep * scale)
-        return w
+            w = w * torch.where(text_item, keep * scale, torch.ones_like(w))
+        borrow = torch.zeros_like(w)
+        if self.cold_ids == "text_knn":
+            cold = text_item & ~self.id_mask[ids]
+            borrow = (cold | dropped).float() * g0
+        return w, borrow
+
+    def id_weight(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) weight of each item's own id vector (see `id_weights`)."""
+        return self.id_weights(ids)[0]
 
     def forward(self, ids: torch.Tensor,
                 features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -428,7 +480,13 @@ class TextItems(ItemRepr):
         with_text = self.has_text[inside] & (ids <= self.n_items)
         text = self.adapter(self.text_vectors[inside]) * with_text.unsqueeze(-1)
         rows = self.id_rows[ids] if self.mode == "text" else ids
-        return text + self.ids(rows) * self.id_weight(ids).unsqueeze(-1)
+        own, borrow = self.id_weights(ids)
+        out = text + self.ids(rows) * own.unsqueeze(-1)
+        if self.cold_ids == "text_knn" and bool((borrow > 0).any()):
+            nbr = self.ids(self.nbr_idx[inside])  # (..., k, d)
+            lent = (self.nbr_w[inside].unsqueeze(-1) * nbr).sum(-2)
+            out = out + lent * borrow.unsqueeze(-1)
+        return out
 
     def output_matrix(self) -> torch.Tensor:
         return self(torch.arange(self.n_items + 1, device=self.text_vectors.device))
