@@ -4,9 +4,10 @@ Given the current input's text vector x (e.g. the article a user is about to edi
 vectors h_1..h_n of the user's history, relevance scores s_i = (W_q x)·(W_k h_i) / sqrt(d)
 (+ a learned bias per position from the end) give weights a = softmax(s); the top-weighted history
 items are the retrieved context, and u = sum_i a_i h_i projected by P to `context_dim` is the one
-user vector (the soft-prompt slot of an external LLM). Without an LLM, a linear head reads
-[P u, x] and is trained to predict the text vector of the user's real next post (in-batch
-contrastive loss + cosine), so the aggregator learns which history items matter for an input.
+user vector (the soft-prompt slot of an external LLM). Without an LLM, the next post's text vector
+is predicted as u + head([P u, x]) (the head starts at zero, so training starts from the
+relevance-weighted history mean), trained with an in-batch contrastive loss + cosine, so the
+aggregator learns which history items matter for an input and what the projected vector adds.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class ContextAggregator(nn.Module):
         self.recency = nn.Parameter(torch.zeros(max_history)) if recency else None
         self.project = nn.Linear(in_dim, context_dim)  # the soft-prompt projector
         self.head = nn.Linear(context_dim + in_dim, in_dim)
+        nn.init.zeros_(self.head.weight)  # starts as the relevance-weighted history mean
+        nn.init.zeros_(self.head.bias)
 
     def weights(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, n) relevance weights of the history items (0 on padding). `h` is left-padded:
@@ -44,8 +47,9 @@ class ContextAggregator(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weights (B, n), user vector (B, context_dim), predicted next-item vector (B, E))."""
         a = self.weights(x, h, mask)
-        z = self.project(torch.einsum("bn,bne->be", a, h))
-        return a, z, self.head(torch.cat([z, x], -1))
+        pooled = torch.einsum("bn,bne->be", a, h)
+        z = self.project(pooled)
+        return a, z, pooled + self.head(torch.cat([z, x], -1))
 
 
 def context_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
