@@ -143,7 +143,8 @@ def test_zero_shot_ranks_another_catalogue_and_fine_tunes(fake_text, tmp_path):
     # the sequence model and adapter are the source's, the item vectors the target's text
     a, b = rec.encoder_.state_dict(), zs.encoder_.state_dict()
     assert torch.equal(a["items.adapter.weight"], b["items.adapter.weight"])
-    assert not torch.equal(a["items.text_vectors"][:5], b["items.text_vectors"][:5])
+    assert b["items.text_vectors"].shape == (61, 384)  # the target's 60 items (+ padding)
+    assert not set(zs.item_ids.to_list()) & set(rec.item_ids.to_list())
     zs.save(tmp_path / "zs")
     assert torch.allclose(NextItemRecommender.load(tmp_path / "zs").item_matrix(),
                           zs.item_matrix())
