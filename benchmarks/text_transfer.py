@@ -219,7 +219,8 @@ def part_context(a) -> None:
             ctx = UserContext(overrides={"data.split_seed": seed, "train.seed": seed,
                                          "train.threads": a.threads,
                                          "model.context_dim": a.context_dim}).fit(quiet=True)
-        row = {"seed": seed, "metrics": ctx.metrics_, "train": ctx.train_state_,
+        row = {"seed": seed, "head": "residual", "metrics": ctx.metrics_,
+               "train": ctx.train_state_,
                "cmd": f"userseq context train --data petgen-wiki --seed {seed} --context-dim "
                       f"{a.context_dim} --out RUN",
                **results.provenance(mon, seeds=[seed], data="petgen-wiki")}
@@ -364,6 +365,11 @@ def context_lines(rows: dict) -> list[str]:
         lines.append(f"| {name} | {results.mean_std([r['cosine'] for r in rs])} | "
                      f"{results.mean_std([r['hit@10'] for r in rs])} | {rel} |")
     tr = [r["train"] for r in cs]
+    if any("head" not in r for r in cs):
+        lines += ["", "These rows were measured with the first aggregator (a plain linear head "
+                  "over [u, x]); the residual head of later commits (prediction = weighted "
+                  "history mean + a zero-initialised head) is not measured yet: rerun "
+                  "`python benchmarks/text_transfer.py --part context --seeds 0 1 2`."]
     lines += ["", "Aggregator training: best epoch / epochs " + ", ".join(
         converged(t) for t in tr) + f"; train command: `{first['cmd']}`."]
     return lines
