@@ -20,7 +20,7 @@ LAYERS = {
     "data": 1,
     "items": 2, "metrics": 2,
     "encoders": 3, "losses": 3, "index": 3,
-    "nextitem": 4, "ctr": 4, "detect": 4, "generative": 4,
+    "nextitem": 4, "ctr": 4, "detect": 4, "generative": 4, "context": 4,
     "attack": 5, "export": 5,
     "serve": 6,
     "cli": 7, "__init__": 7, "__main__": 8,

@@ -22,7 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 COMMAND_MODULES = ("userseq.core.cli", "userseq.data.cli", "userseq.nextitem.cli",
                    "userseq.generative.cli", "userseq.ctr.cli",
                    "userseq.index.cli", "userseq.serve.cli",
-                   "userseq.detect.cli", "userseq.attack.cli", "userseq.export.cli")
+                   "userseq.detect.cli", "userseq.attack.cli", "userseq.export.cli",
+                   "userseq.context.cli")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(_name).register(app)

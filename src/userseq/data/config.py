@@ -39,5 +39,8 @@ class DataConfig(StrictModel):
         "(file), by original item id (item; LRURec's ML-1M preprocessing), or shuffled with "
         "tie_seed (random)")
     tie_seed: int = Field(0, ge=0, lt=2**63, description="seed of tie_order=random")
+    train_user_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the users whose training events are trained on "
+        "(seeded by split_seed); validation and test stay whole: sample-efficiency curves")
     item_text: str | None = Field(None, description="item attribute table (item_id + text columns) "
                                   "for text items; default: the named dataset's item metadata")

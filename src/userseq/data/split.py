@@ -10,6 +10,8 @@
   on them is removed from the training sequences); half of them are validation items, half test
   items. A user whose last event is a held-out test (validation) item is a test (validation)
   user, with all earlier events as history. Test targets are therefore never in training.
+  Every other user (last event on a warm item, 2+ events) has that last event held out too: the
+  `warm` test group (`Split.groups`), so one run measures cold, warm and all targets.
 
 Histories are CSR arrays (offsets, items) over the `EventLog`'s item indices.
 """
@@ -54,6 +56,9 @@ class Split:
     test: EvalSet
     info: dict = field(default_factory=dict)
     train_max_timestamp: float | None = None
+    # further named test sets, reported beside `test` (cold-start: "warm", leave-one-out targets
+    # of the users whose last event is a warm item)
+    groups: dict[str, EvalSet] = field(default_factory=dict)
 
 
 def leave_one_out(log: EventLog) -> Split:
@@ -142,6 +147,8 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
     users = np.arange(log.n_users, dtype=np.int64)
     last = items[np.maximum(ends - 1, 0)]
     keep = role[items] == 0
+    warm_users = users[(lengths >= 2) & (role[last] == 0)]
+    keep[ends[warm_users] - 1] = False  # their last event is the warm test target
     user_of_event = np.repeat(users, lengths)
     kept_per_user = np.bincount(user_of_event[keep], minlength=log.n_users)
     train_offsets = np.concatenate([[0], np.cumsum(kept_per_user)])
@@ -156,12 +163,34 @@ def cold_start_split(log: EventLog, cold_fraction: float = 0.2, seed: int = 0) -
         return EvalSet(u, last[u].copy(), h_off, h_items)
 
     valid, test = targets(1, "valid"), targets(2, "test")
+    w_off, w_items = csr_take(offsets, items, starts[warm_users], ends[warm_users] - 1)
+    warm = EvalSet(warm_users, last[warm_users].copy(), w_off, w_items)
+    info["warm_test_users"] = len(warm_users)
     if len(test) == 0 or len(valid) == 0:
         part = "test" if len(test) == 0 else "validation"
         raise DataError(f"{log.source}: cold-start split left no {part} users (no user's last "
                         "event is a held-out item); raise data.cold_fraction or change "
                         "data.split_seed.")
-    return Split("cold-start", train_offsets, train_items, valid, test, info)
+    return Split("cold-start", train_offsets, train_items, valid, test, info,
+                 groups={"warm": warm})
+
+
+def subsample_train_users(split: Split, fraction: float, seed: int = 0) -> Split:
+    """The split with the training events of a seeded `fraction` of the users only (at least one
+    user); its validation and test sets are unchanged."""
+    if fraction >= 1:
+        return split
+    n = len(split.train_offsets) - 1
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))])
+    starts, ends = split.train_offsets[:-1], split.train_offsets[1:]
+    keep = np.zeros(n, dtype=bool)
+    keep[pick] = True
+    lengths = np.where(keep, ends - starts, 0)
+    _, items = csr_take(split.train_offsets, split.train_items, starts[keep], ends[keep])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(split.train_offsets.dtype)
+    info = {**split.info, "train_user_fraction": fraction, "train_users": int(len(pick))}
+    return Split(split.kind, offsets, items, split.valid, split.test, info,
+                 split.train_max_timestamp, split.groups)
 
 
 def split_options(data: Any) -> dict[str, Any]:

@@ -38,7 +38,21 @@ class EncoderConfig(StrictModel):
     hash_functions: int = Field(2, ge=1, description="hash / unified tables: look-ups per feature")
     text_adapter: Literal["moe", "mlp"] = Field("moe", description="text vector -> model space")
     text_experts: int = Field(8, ge=1, description="experts of the MoE whitening adapter")
-    text_encoder: Literal["all-minilm-l6-v2"] = "all-minilm-l6-v2"
+    text_encoder: str = Field(
+        "all-minilm-l6-v2", description="sentence encoder of text items: the offline MiniLM "
+        "package (default) or the path of a local sentence-transformers model")
+    id_dropout: float = Field(
+        0.5, ge=0, lt=1, description="id+text: DropoutNet share of item occurrences whose id part "
+        "is dropped while training, so the text path alone must rank (0: the pre-0.3 behaviour)")
+    id_dropout_scale: bool = Field(
+        False, description="id+text: scale kept id parts by 1/(1 - id_dropout) while training "
+        "(inverted dropout): at inference the id part weighs its training expectation")
+    cold_ids: Literal["none", "text_knn"] = Field(
+        "none", description="id+text: cold items (and, while training, dropped ones) borrow the "
+        "mean id vector of their 10 nearest trained items in text space")
+    id_gate: Literal["popularity", "none"] = Field(
+        "popularity", description="id+text: scale the id part by a learned gate of the item's "
+        "training count ('none': plain sum)")
     quantize: Literal["none", "int8", "pq"] = Field("none", description="set by `userseq compress`")
     pq_subquantizers: int | None = Field(
         None, ge=1, description="set by `userseq compress --method pq`")

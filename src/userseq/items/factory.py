@@ -77,11 +77,13 @@ def id_table(cfg: Any, n_items: int, special: int,
 
 def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tensor] | None = None,
                 known: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
-                saved: dict[str, torch.Tensor] | None = None) -> ItemRepr:
+                saved: dict[str, torch.Tensor] | None = None,
+                counts: torch.Tensor | None = None) -> ItemRepr:
     """Item representation for a `ModelConfig`.
 
     `text`: (vectors (n_items + 1, E), has_text (n_items + 1,)) for text items; `known`: items with
-    training events (id+text gives only those an id vector); `features`: categorical attribute
+    training events (id+text gives only those an id vector); `counts`: training events per item
+(the id+text popularity gate); `features`: categorical attribute
     token matrices for the unified table; `saved`: the encoder state dict of a saved run, from which
     all of these are taken instead.
     """
@@ -115,7 +117,17 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
         id_rows = None if saved is None else saved["id_rows"]
         return TextItems(*text, cfg.dim, "text", id_rows=id_rows, **common)
     ids = id_table(cfg, n_items, special, features)
-    return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known, **common)
+    # the gate of a saved run is what it was trained with (runs before the gate have none)
+    gate = getattr(cfg, "id_gate", "none") if saved is None else (
+        "popularity" if "gate_w" in saved else "none")
+    cold = getattr(cfg, "cold_ids", "none") if saved is None else (
+        "text_knn" if "nbr_idx" in saved else "none")
+    if gate == "popularity" and counts is None and known is not None:
+        counts = known.float()
+    return TextItems(*text, cfg.dim, "id+text", ids=ids, known=known,
+                     id_dropout=getattr(cfg, "id_dropout", 0.0), gate=gate, counts=counts,
+                     id_dropout_scale=getattr(cfg, "id_dropout_scale", False),
+                     cold_ids=cold, **common)
 
 
 def table_report(items: ItemRepr, cfg: Any) -> dict[str, Any]:

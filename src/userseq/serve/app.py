@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from userseq.core.errors import UserseqError
 from userseq.core.version import __version__
+from userseq.serve.routes import context as context_routes
 from userseq.serve.routes import ctr as ctr_routes
 from userseq.serve.routes import detect as detect_routes
 from userseq.serve.routes import generative as generative_routes
@@ -218,6 +219,7 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     nextitem_routes.mount(app, service)
     detect_routes.mount(app, detector)
     ctr_routes.mount(app, ctr)
+    context_routes.mount(app)  # POST /context: app.state.context (userseq serve --context)
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> Any:
@@ -276,6 +278,7 @@ def create_ctr_app(ctr: CTRService, max_body_bytes: int = MAX_BODY_BYTES,
     app.state.ctr = ctr
     add_error_handlers(app)
     ctr_routes.mount(app, ctr)
+    context_routes.mount(app)  # POST /context: app.state.context (userseq serve --context)
 
     @app.get("/health", response_model=CTRHealth, tags=["service"])
     async def health() -> Any:

@@ -37,6 +37,8 @@ def serve_cmd(
         help="a detector run (`userseq detect train`) answering POST /classify")] = None,
     ctr: Annotated[Path | None, typer.Option(
         help="a CTR run (`userseq ctr train`) answering POST /score")] = None,
+    context: Annotated[Path | None, typer.Option(
+        help="a context run (`userseq context train`) answering POST /context")] = None,
     state_dir: Annotated[Path | None, typer.Option(
         help="where POST /users/{id}/events keeps per-user streaming state (SQLite; ssm and "
              "gru4rec runs); default RUN/stream")] = None,
@@ -73,6 +75,11 @@ def serve_cmd(
 
     apply_engine(engine, service, scorer)
     app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight)
+    if context is not None:
+        from userseq.serve.routes.context import ContextService
+
+        app.state.context = ContextService.from_run(context)
+        err.print(f"POST /context: context run {context}")
     import gc
 
     gc.collect()
