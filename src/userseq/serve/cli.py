@@ -10,14 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from userseq.core.cli import RunDirArg, err, out
+from userseq.core.cli import err, out
 from userseq.core.errors import UserseqError
 
 Host = Annotated[str, typer.Option(help="address to listen on")]
 
 
 def serve_cmd(
-    run_dir: RunDirArg,
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="run directory created by `userseq train` (the retrieval run); omit it to serve "
+             "`--detector` alone")] = None,
     host: Host = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     items: Annotated[Path | None, typer.Option(
@@ -37,15 +39,32 @@ def serve_cmd(
         help="a detector run (`userseq detect train`) answering POST /classify")] = None,
     ctr: Annotated[Path | None, typer.Option(
         help="a CTR run (`userseq ctr train`) answering POST /score")] = None,
+    ranker: Annotated[Path | None, typer.Option(
+        help="a ranking run (`userseq ctr train` on the same items as RUN) answering POST /rank "
+             "(retrieve with RUN, rank with this run) and POST /score")] = None,
+    min_item_overlap: Annotated[float, typer.Option(
+        help="--ranker: refuse to start when the ranker knows less than this share of RUN's "
+             "items")] = 0.5,
     state_dir: Annotated[Path | None, typer.Option(
         help="where POST /users/{id}/events keeps per-user streaming state (SQLite; ssm and "
              "gru4rec runs); default RUN/stream")] = None,
 ) -> None:
     """Serve a run over HTTP: /recommend, /embed, /items/{id}/similar, /users/{id}/similar,
-    /classify (with --detector), /score (with --ctr), the web page at /, the OpenAPI schema at
-    /docs."""
+    /explain, /classify (with --detector), /score and /rank (with --ranker), the web page at /,
+    the OpenAPI schema at /docs. `userseq serve --detector DETECT_RUN` serves /classify alone."""
     uvicorn = _uvicorn()
     _check_port(port)
+    if not 0 <= min_item_overlap <= 1:
+        raise UserseqError(f"--min-item-overlap must be in [0, 1] (got {min_item_overlap}).")
+    if run_dir is None:
+        if detector is None:
+            raise UserseqError("give a run directory (`userseq serve RUN`) or a detector run "
+                               "(`userseq serve --detector DETECT_RUN`).")
+        if ctr is not None or ranker is not None:
+            raise UserseqError("--ranker/--ctr need a retrieval run: `userseq serve RUN --ranker "
+                               "CTR_RUN` (or `userseq ctr serve CTR_RUN` for /score alone).")
+        return _serve_detector(detector, host, port, max_body_bytes, max_in_flight, threads,
+                               log_level, uvicorn)
     if max_batch <= 0 or max_body_bytes <= 0:
         raise UserseqError("--max-batch and --max-body-bytes must be positive.")
     if max_in_flight < 0:
@@ -53,20 +72,32 @@ def serve_cmd(
                            f"{max_in_flight}).")
     _limit_threads(threads)
     if _task(run_dir) == "generative":
-        if detector is not None or ctr is not None:
-            raise UserseqError("--detector/--ctr: a generative run is served on its own; serve "
-                               "the detector or CTR run next to a next-item run.")
+        if detector is not None or ctr is not None or ranker is not None:
+            raise UserseqError("--detector/--ctr/--ranker: a generative run is served on its "
+                               "own; serve the detector or CTR run next to a next-item run.")
         return _serve_generative(run_dir, host, port, max_body_bytes, log_level, uvicorn)
     from userseq.serve.app import create_app
+    from userseq.serve.routes import rank as rank_routes
     from userseq.serve.routes.ctr import CTRService
     from userseq.serve.routes.detect import DetectorService
     from userseq.serve.service import Service
 
     classifier = DetectorService.from_run(detector) if detector is not None else None
-    scorer = CTRService.from_run(ctr) if ctr is not None else None
     service = Service.from_run(run_dir, items, max_batch=max_batch, log=lambda m: err.print(m),
                                state_dir=state_dir)
-    app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight)
+    if ctr is not None and ranker is not None:
+        raise UserseqError("give --ranker (serves /rank and /score) or --ctr (/score only), not "
+                           "both.")
+    scorer = CTRService.from_run(ctr) if ctr is not None else None
+    joined = None
+    if ranker is not None:
+        try:
+            scorer, joined = rank_routes.load(service, ranker, min_item_overlap)
+        except UserseqError:
+            service.close()
+            raise
+    app = create_app(service, max_body_bytes, classifier, scorer, max_in_flight=max_in_flight,
+                     ranker=joined)
     import gc
 
     gc.collect()
@@ -79,12 +110,33 @@ def serve_cmd(
     if classifier is not None:
         err.print(f"POST /classify: detector {detector} ({classifier.model}, reads "
                   f"{classifier.info()['reads']})")
-    if scorer is not None:
+    if scorer is not None and joined is None:
         err.print(f"POST /score: CTR model {ctr} ({scorer.model}, {scorer.n_items:,} items)")
+    if joined is not None:
+        err.print(f"POST /rank and /score: ranking run {ranker} ({joined.ranker.model}, "
+                  f"{joined.ranker.n_items:,} items; {joined.shared:,} of the retrieval run's "
+                  f"{len(service.items):,} items shared, {joined.overlap:.1%})")
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         service.close()
+
+
+def _serve_detector(detector: Path, host: str, port: int, max_body_bytes: int,
+                    max_in_flight: int, threads: int | None, log_level: str,
+                    uvicorn: Any) -> None:
+    from userseq.serve.app import create_detector_app
+    from userseq.serve.routes.detect import DetectorService
+
+    if max_body_bytes <= 0 or max_in_flight < 0:
+        raise UserseqError("--max-body-bytes must be positive and --max-in-flight >= 0.")
+    _limit_threads(threads)
+    classifier = DetectorService.from_run(detector)
+    app = create_detector_app(classifier, max_body_bytes, max_in_flight)
+    err.print(f"serving detector {detector} ({classifier.model}, reads "
+              f"{classifier.info()['reads']}) on http://{host}:{port}/  (POST /classify; API "
+              "docs: /docs)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 def _task(run_dir: Path) -> str:
