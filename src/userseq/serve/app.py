@@ -30,6 +30,7 @@ from userseq.core.errors import UserseqError
 from userseq.core.version import __version__
 from userseq.serve.routes import ctr as ctr_routes
 from userseq.serve.routes import detect as detect_routes
+from userseq.serve.routes import explain as explain_routes
 from userseq.serve.routes import generative as generative_routes
 from userseq.serve.routes import nextitem as nextitem_routes
 from userseq.serve.routes import rank as rank_routes
@@ -212,7 +213,7 @@ def add_error_handlers(app: FastAPI) -> None:
 def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
                detector: DetectorService | None = None, ctr: CTRService | None = None,
                max_in_flight: int = MAX_IN_FLIGHT, ranker: RankService | None = None,
-               explainer: Any = None) -> FastAPI:
+               explainer: explain_routes.ConceptExplainer | None = None) -> FastAPI:
     """The app for one loaded next-item run, optionally with a detector run (/classify), a CTR
     run (/score) and its join with the next-item run (`ranker`: /rank); without them those routes
     answer 404 saying how to load one. `userseq serve` runs it with uvicorn. Past
@@ -226,6 +227,8 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     detect_routes.mount(app, detector)
     ctr_routes.mount(app, ctr)
     rank_routes.mount(app, ranker)
+    explainer = explainer or explain_routes.ConceptExplainer.for_service(service)
+    explain_routes.mount(app, explainer)
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> Any:
@@ -237,7 +240,7 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
         (null when not loaded)."""
         info = {**service.info(), "detector": detector.info() if detector else None,
                 "ctr": ctr.info() if ctr else None,
-                "ranker": ranker.info() if ranker else None}
+                "ranker": ranker.info() if ranker else None, "concepts": explainer.info()}
         return relative_paths(info, service.run_dir)
 
     @app.get("/", include_in_schema=False)

@@ -178,6 +178,114 @@ def ctr_serve_cmd(
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+def explain_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="run directory created by `userseq train`")],
+    user: Annotated[str | None, typer.Option(help="a training user id")] = None,
+    history: Annotated[str | None, typer.Option(
+        help="item ids, comma-separated, oldest first (appended to --user's history)")] = None,
+    item: Annotated[str | None, typer.Option(
+        help="explain this item (default: the user's top --items recommendations)")] = None,
+    top: Annotated[int, typer.Option(help="concepts per list")] = 5,
+    items: Annotated[int, typer.Option(help="recommendations explained without --item")] = 3,
+    fit: Annotated[bool, typer.Option(
+        help="(re)fit the concept map and save it in RUN (done anyway when RUN has none)")] = False,
+    concepts: Annotated[Path | None, typer.Option(
+        help="concept labels: CSV/Parquet (item_id + concepts/genres column, lists or "
+             "'|'-joined) or JSON {item_id: [concept, ...]} (S3-Rec item2attributes); default: "
+             "the dataset's genres")] = None,
+    concept_column: Annotated[str | None, typer.Option(
+        help="the concept column of --concepts (default: concepts, genres, categories, ...)")
+    ] = None,
+    holdout: Annotated[float, typer.Option(
+        help="share of labelled items held out for the reported accuracy")] = 0.2,
+    min_items: Annotated[int, typer.Option(help="drop concepts on fewer items")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the held-out split and the map")] = 0,
+) -> None:
+    """Explain a user with the SESA concept head: their top concepts and the concepts they share
+    with an item (--item) or with their top recommendations. Prints JSON. Fits the concept map on
+    the run's item embeddings first when RUN has none (or with --fit), reporting its held-out
+    accuracy."""
+    import json
+
+    from userseq.nextitem.concepts import ConceptHead, explain_history, fit_run_concepts
+    from userseq.nextitem.estimator import NextItemRecommender
+
+    if top < 1 or items < 1:
+        raise UserseqError("--top and --items must be positive.")
+    rec = NextItemRecommender.load(run_dir)
+    if fit or not ConceptHead.exists(run_dir):
+        labels, source = _concept_labels(rec, concepts, concept_column)
+        head = fit_run_concepts(rec, labels, holdout=holdout, min_items=min_items, seed=seed,
+                                source=source)
+        head.save(run_dir)
+        m = head.metrics
+        err.print(f"concept map: {m['concepts']} concepts from {source}, fitted on "
+                  f"{m['items_train']:,} items; held-out {m['items_heldout']:,} items: top-1 "
+                  f"accuracy {m['top1_accuracy']:.3f} (most-frequent baseline "
+                  f"{m['top1_baseline']:.3f}), micro F1 {m['f1']:.3f} (baseline "
+                  f"{m['baseline_f1']:.3f}); saved in {run_dir}")
+    else:
+        head = ConceptHead.load(run_dir)
+    if user is None and history is None:
+        if not fit:
+            raise UserseqError("give --user and/or --history (or --fit alone to fit the map).")
+        out.print_json(json.dumps({"concepts": head.names, "metrics": head.metrics}))
+        return
+    seq = _explain_history(rec, user, history)
+    rows = None
+    if item is not None:
+        from userseq.serve.service import IdMap
+
+        row = IdMap(rec.item_ids, "item").row(item)
+        if row is None:
+            raise UserseqError(f"--item {item!r}: not in the run's catalogue.")
+        rows = [row]
+    e = explain_history(rec, head, seq, rows, top, items)
+    ids = rec.item_ids.to_list()
+    for d in e["items"]:
+        d["item_id"] = ids[d.pop("row")]
+    out.print_json(json.dumps({"user": user, "history_length": len(seq), **e}, default=str))
+
+
+def _concept_labels(rec: Any, concepts: Path | None, column: str | None
+                    ) -> tuple[dict, str]:
+    from userseq.nextitem.concepts import read_concepts
+    from userseq.serve.service import load_item_meta
+
+    if concepts is not None:
+        return read_concepts(concepts, column), concepts.name
+    meta = load_item_meta(None, rec)
+    if meta is None or "genres" not in meta.columns:
+        raise UserseqError(f"the run's dataset ({rec.config.dataset}) has no item genres: give "
+                           "the concept labels with --concepts FILE (item_id + concepts).")
+    return read_concepts(meta, "genres"), f"{rec.config.dataset} genres"
+
+
+def _explain_history(rec: Any, user: str | None, history: str | None) -> Any:
+    import numpy as np
+
+    from userseq.serve.service import IdMap
+
+    parts = []
+    if user is not None:
+        row = IdMap(rec.user_ids, "user").row(user)
+        if row is None:
+            raise UserseqError(f"--user {user!r}: not a training user of this run; give "
+                               "--history instead.")
+        offsets, flat = rec.histories_
+        parts.append(flat[offsets[row] : offsets[row + 1]].astype(np.int64))
+    if history is not None:
+        ids = [v.strip() for v in history.split(",") if v.strip()]
+        if not ids:
+            raise UserseqError("--history is empty; give item ids separated by commas.")
+        rows, bad = IdMap(rec.item_ids, "item").rows(ids)
+        if bad:
+            raise UserseqError(f"--history: unknown item id(s) {bad[:10]}: not in the run's "
+                               "catalogue.")
+        parts.append(rows + 1)
+    return np.concatenate(parts)
+
+
 def _uvicorn() -> Any:
     try:
         import fastapi  # noqa: F401
@@ -218,6 +326,7 @@ def _limit_threads(threads: int | None) -> None:
 def register(app: typer.Typer) -> None:
     """`userseq serve`, and `serve` in the `userseq ctr` group (registered before this module)."""
     app.command("serve")(serve_cmd)
+    app.command("explain")(explain_cmd)
     for group in app.registered_groups:
         if group.name == "ctr" and group.typer_instance is not None:
             group.typer_instance.command("serve")(ctr_serve_cmd)

@@ -287,6 +287,8 @@ class Info(BaseModel):
     ranker: dict[str, Any] | None = Field(
         None, description="POST /rank: the ranking run and its item overlap with the retrieval "
                           "run (`--ranker`), if any")
+    concepts: dict[str, Any] | None = Field(
+        None, description="GET /explain: the concept map (null until loaded or fitted)")
 
 
 class ErrorResponse(BaseModel):
