@@ -44,6 +44,7 @@ from userseq.items.factory import (
     serve_dim,
     table_report,
 )
+from userseq.items.graph import cooccurrence_graph
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
     coverage,
@@ -371,10 +372,11 @@ class NextItemRecommender(Estimator[RunConfig]):
         m = self.config.model
         catalogue, self.item_info_ = log.item_ids, {}
         source = "item_meta argument"
-        if meta is None and (m.items != "id" or m.item_table == "unified"):
+        textual = m.items in ("text", "id+text")
+        if meta is None and (textual or m.item_table == "unified"):
             meta, source = self._item_meta(log)
         text = None
-        if m.items != "id":
+        if textual:
             if meta is None:
                 build_items(m, log.n_items)  # raises the "needs item text" error
             extra = catalogue_extension(catalogue, meta)
@@ -389,7 +391,15 @@ class NextItemRecommender(Estimator[RunConfig]):
             return catalogue, None
         features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
         known = torch.from_numpy(np.bincount(split.train_items, minlength=len(catalogue) + 1) > 0)
-        return catalogue, build_items(m, len(catalogue), text=text, known=known, features=features)
+        graph = None
+        if m.items == "id+graph":  # training sequences only: no validation/test edges
+            graph = cooccurrence_graph(split.train_offsets, split.train_items, len(catalogue),
+                                       m.graph_window)
+            self.item_info_["graph"] = {"edges": int(graph[0].shape[1]),
+                                        "layers": m.graph_layers, "window": m.graph_window,
+                                        "source": "training split"}
+        return catalogue, build_items(m, len(catalogue), text=text, known=known,
+                                      features=features, graph=graph)
 
     def _item_meta(self, log: EventLog) -> tuple[pl.DataFrame | None, str]:
         from userseq.data.datasets import is_dataset_name, load_item_metadata
