@@ -5,7 +5,8 @@ Both runs are trained here on the same dataset (default ml-latest-small: the sam
 as shipped in shared/data has no ratings, so no CTR labels) unless they exist already:
 
     userseq train --data ml-latest-small --model sasrec --out benchmarks/_work/rank/retrieval
-    userseq ctr train --data ml-latest-small --model din --out benchmarks/_work/rank/ranker
+    userseq ctr train --data ml-latest-small --model din --out benchmarks/_work/rank/ranker-din
+    (and --model sdim: one service per ranker, `--rankers din sdim`)
 
 then the service is started (a subprocess, torch 1 thread) and loaded with an open loop at
 `--rate` requests/s (default 200; latency counts from the scheduled send time, so queueing is
@@ -41,9 +42,9 @@ STORE = HERE / "serve_rank_runs.json"
 TARGET_P99_MS = 20.0
 
 
-def train_runs(args: argparse.Namespace) -> tuple[Path, Path]:
+def train_runs(args: argparse.Namespace, model: str) -> tuple[Path, Path]:
     work = args.work
-    retrieval, ranker = work / "retrieval", work / "ranker"
+    retrieval, ranker = work / "retrieval", work / f"ranker-{model}"
     if not (retrieval / "model.safetensors").exists():
         log(f"training the retrieval run {retrieval}")
         results.run_userseq(["userseq", "train", "--data", args.data, "--model", "sasrec",
@@ -53,7 +54,7 @@ def train_runs(args: argparse.Namespace) -> tuple[Path, Path]:
     if not (ranker / "model.safetensors").exists():
         log(f"training the ranking run {ranker}")
         results.run_userseq(["userseq", "ctr", "train", "--data", args.data, "--model",
-                             args.ranker, "--out", str(ranker), "--epochs", str(args.ctr_epochs),
+                             model, "--out", str(ranker), "--epochs", str(args.ctr_epochs),
                              "--max-minutes", str(args.max_minutes), "--seed", "0", "--quiet",
                              "--overwrite"])
     return retrieval, ranker
@@ -146,27 +147,30 @@ def section(rows: dict) -> list[str]:
              "k: 10}; `user` = a known user id, `history` = the last 50 items of a random user "
              "posted as a history. Server stage times are the medians the service reports "
              "(`timings_ms`).", "",
-             "| request | rate req/s | s | requests | errors | achieved req/s | p50 ms | p95 ms "
-             "| p99 ms | server retrieval p50 ms | server ranking p50 / p99 ms | runs "
+             "| ranker | request | rate req/s | s | requests | errors | achieved req/s | p50 ms "
+             "| p95 ms | p99 ms | server retrieval p50 ms | server ranking p50 / p99 ms | runs "
              "| load verdict | date |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
-    ordered = sorted(rows.values(), key=lambda r: (r["kind"], r["date"], r["repeat"]))
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    ordered = sorted(rows.values(), key=lambda r: (r["ranker"], r["kind"], r["date"],
+                                                   r["repeat"]))
     for r in ordered:
-        lines.append(f"| {r['kind']} | {r['rate']:.0f} | {r['seconds']:.0f} | {r['requests']:,} "
-                     f"| {r['errors']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+        lines.append(f"| {r['ranker'].split(',')[0]} | {r['kind']} | {r['rate']:.0f} | "
+                     f"{r['seconds']:.0f} | {r['requests']:,} | {r['errors']} | {r['rps']:.0f} | "
+                     f"{r['p50']:.2f} | {r['p95']:.2f} | "
                      f"{r['p99']:.2f} | {r['server_retrieval_p50_ms']:.2f} | "
                      f"{r['server_ranking_p50_ms']:.2f} / {r['server_ranking_p99_ms']:.2f} | "
                      f"{r['retrieval_run']}; ranker {r['ranker']} | {r['verdict']} "
                      f"(load max {r['load_max']}) | {r['date']} |")
     lines.append("")
-    for kind in sorted({r["kind"] for r in ordered}):
-        runs = [r for r in ordered if r["kind"] == kind]
+    for ranker, kind in sorted({(r["ranker"].split(",")[0], r["kind"]) for r in ordered}):
+        runs = [r for r in ordered if r["kind"] == kind and r["ranker"].startswith(ranker + ",")]
         p99s = sorted(r["p99"] for r in runs)
         med = p99s[len(p99s) // 2]
         errs = sum(r["errors"] for r in runs)
         ok = med < TARGET_P99_MS and errs == 0
+        per_run = ", ".join(f"{p:.1f}" for p in p99s)
         lines.append(f"- Target (p99 < {TARGET_P99_MS:.0f} ms, retrieve-100 + rank-100, 0 errors)"
-                     f", `{kind}`: p99 per run {', '.join(f'{p:.1f}' for p in p99s)} ms (median "
+                     f", ranker {ranker}, `{kind}`: p99 per run {per_run} ms (median "
                      f"{med:.1f}), {errs} errors: **{'PASS' if ok else 'FAIL'}** (median run)")
     cmds = sorted({r["command"] for r in ordered})
     lines += ["", *(f"Command: `{c}`" for c in cmds)]
@@ -178,13 +182,14 @@ def parse_args() -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-latest-small")
     ap.add_argument("--work", type=Path, default=HERE / "_work" / "rank")
-    ap.add_argument("--ranker", default="din", help="CTR model of the ranking run")
+    ap.add_argument("--rankers", nargs="+", default=["din", "sdim"],
+                    help="CTR models of the ranking runs (one service each)")
     ap.add_argument("--epochs", type=int, default=30, help="retrieval run epochs (max)")
     ap.add_argument("--ctr-epochs", type=int, default=3)
     ap.add_argument("--max-minutes", type=float, default=1.5, help="per training run")
     ap.add_argument("--rate", type=float, default=200.0)
-    ap.add_argument("--rate-seconds", type=float, default=15.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rate-seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", default=["user", "history"])
     ap.add_argument("--retrieve", type=int, default=100)
     ap.add_argument("-k", type=int, default=10)
@@ -197,15 +202,17 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     results.ensure_quiet(args.no_quiet)
-    retrieval, ranker = train_runs(args)
-    rows = measure(args, retrieval, ranker)
+    rows = []
+    for model in args.rankers:
+        retrieval, ranker = train_runs(args, model)
+        rows += measure(args, retrieval, ranker)
     if args.no_write:
         for line in section({str(i): r for i, r in enumerate(rows)}):
             print(line)
         return
     for r in rows:
-        results.save_row(STORE, f"{r['kind']}/{r['date']}/#{r['repeat']}", r,
-                         HERE / "_work" / "serve_rank.lock")
+        key = f"{r['ranker'].split(',')[0]}/{r['kind']}/{r['date']}/#{r['repeat']}"
+        results.save_row(STORE, key, r, HERE / "_work" / "serve_rank.lock")
     publish("serve_rank", "HTTP service: two-stage POST /rank (retrieve 100 + rank 100)",
             section(results.load_rows(STORE)))
     log("wrote the serve_rank section of benchmarks/RESULTS.md")
