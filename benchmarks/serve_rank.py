@@ -196,11 +196,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--server-args", default="")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-quiet", action="store_true")
+    ap.add_argument("--table-only", action="store_true",
+                    help="render the RESULTS.md section from the stored rows")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.table_only:
+        publish("serve_rank", "HTTP service: two-stage POST /rank (retrieve 100 + rank 100)",
+                section(results.load_rows(STORE)))
+        return
     results.ensure_quiet(args.no_quiet)
     rows = []
     for model in args.rankers:
