@@ -185,8 +185,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rankers", nargs="+", default=["din", "sdim"],
                     help="CTR models of the ranking runs (one service each)")
     ap.add_argument("--epochs", type=int, default=30, help="retrieval run epochs (max)")
-    ap.add_argument("--ctr-epochs", type=int, default=3)
-    ap.add_argument("--max-minutes", type=float, default=1.5, help="per training run")
+    ap.add_argument("--ctr-epochs", type=int, default=2)
+    ap.add_argument("--max-minutes", type=float, default=1.0, help="per training run")
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--rate-seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=2)
