@@ -225,5 +225,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # no OMP_NUM_THREADS here: quiet-run's `nproc` honours it and would judge the load against 1
+    # core (the 2026-12-02 13:47 run's quiet-run line said "cores=1 ... contended" for that
+    # reason; its rows' own monitor, on os.cpu_count() = 2 cores, says clean). The service runs
+    # with torch 1 thread (`userseq serve --threads 1`, the default).
     main()
