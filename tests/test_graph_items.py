@@ -72,7 +72,7 @@ def leaky_log() -> pl.DataFrame:
 
 
 SMALL = {"model.dim": 16, "model.max_len": 12, "train.batch_size": 16, "train.epochs": 2,
-         "eval.ks": [1, 5], "model.items": "id+graph"}
+         "eval.ks": [1, 10], "model.items": "id+graph"}
 
 
 @pytest.mark.parametrize("model,extra", [("sasrec", {}),

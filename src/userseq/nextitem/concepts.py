@@ -228,7 +228,7 @@ def fit_concepts(item_vectors: np.ndarray, item_ids: pl.Series, concepts: dict[A
     head.metrics.update({"items_labelled": int(len(idx)), "items_train": int(len(train)),
                          "items_heldout": int(len(test)), "concepts": len(names),
                          "holdout": holdout, "seed": seed, "min_items": min_items,
-                         "train_loss": round(float(loss), 5)})
+                         "train_loss": round(float(loss.detach()), 5)})
     return head
 
 
