@@ -26,8 +26,13 @@ class EncoderConfig(StrictModel):
     dim: int = Field(64, ge=2)
     dropout: float = Field(0.1, ge=0, lt=1)
     max_len: int = Field(200, ge=2)
-    items: Literal["id", "text", "id+text"] = Field(
-        "id", description="item representation (docs/items.md)")
+    items: Literal["id", "text", "id+text", "id+graph"] = Field(
+        "id", description="item representation (docs/items.md); id+graph: the id table "
+        "propagated over the training co-occurrence graph (LightGCN-style, userseq.items.graph)")
+    graph_layers: int = Field(2, ge=1, le=8, description="id+graph: propagation layers")
+    graph_window: int = Field(
+        1, ge=1, le=50, description="id+graph: items within this many positions of each other in "
+        "a training sequence are linked")
     item_table: str = Field(
         "full", description="how id vectors are stored, a name in userseq.items.ITEM_TABLES (full, "
         "hash, qr, unified, matryoshka, or a registered one); compressed tables use "

@@ -18,6 +18,7 @@ import torch
 from userseq.core.errors import ConfigError
 from userseq.items.base import ItemRepr, state_bytes
 from userseq.items.compressed import QuantizedTable
+from userseq.items.graph import GraphItems
 from userseq.items.registry import ITEM_TABLES
 from userseq.items.text import TextItems
 
@@ -78,14 +79,16 @@ def id_table(cfg: Any, n_items: int, special: int,
 def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tensor] | None = None,
                 known: torch.Tensor | None = None, features: dict[str, torch.Tensor] | None = None,
                 saved: dict[str, torch.Tensor] | None = None,
-                counts: torch.Tensor | None = None) -> ItemRepr:
+                counts: torch.Tensor | None = None,
+                graph: tuple[torch.Tensor, torch.Tensor] | None = None) -> ItemRepr:
     """Item representation for a `ModelConfig`.
 
     `text`: (vectors (n_items + 1, E), has_text (n_items + 1,)) for text items; `known`: items with
     training events (id+text gives only those an id vector); `counts`: training events per item
 (the id+text popularity gate); `features`: categorical attribute
-    token matrices for the unified table; `saved`: the encoder state dict of a saved run, from which
-    all of these are taken instead.
+    token matrices for the unified table; `graph`: the co-occurrence adjacency (indices, values)
+    of `items.graph.cooccurrence_graph` for id+graph; `saved`: the encoder state dict of a saved
+    run, from which all of these are taken instead.
     """
     ITEM_TABLES.canonical(cfg.item_table)  # an unknown name: the registry's ConfigError
     special = special_tokens(cfg)
@@ -98,13 +101,20 @@ def build_items(cfg: Any, n_items: int, *, text: tuple[torch.Tensor, torch.Tenso
         return QuantizedTable(n_items, cfg.dim, cfg.quantize, saved["codes"], saved.get("scale"),
                               saved.get("centroids"))
     if saved is not None:
-        prefix = "ids.tokens_" if cfg.items == "id+text" else "tokens_"
+        prefix = "ids.tokens_" if cfg.items in ("id+text", "id+graph") else "tokens_"
         features = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
     if cfg.items == "id":
         if text is not None:
             raise ConfigError("item text was given but model.items is 'id'; use --items text or "
                               "id+text.")
         return id_table(cfg, n_items, special, features)
+    if cfg.items == "id+graph":
+        if saved is not None:
+            graph = (saved["graph_index"], saved["graph_value"])
+        if graph is None:
+            raise ConfigError("model.items 'id+graph' needs the item co-occurrence graph of the "
+                              "training split (NextItemRecommender.fit builds it).")
+        return GraphItems(id_table(cfg, n_items, special, features), *graph, cfg.graph_layers)
     if saved is not None:
         text = (saved["text_vectors"], saved["has_text"])
     if text is None:

@@ -53,7 +53,8 @@ def train(
     max_minutes: Annotated[float | None, Opt(help="training time budget in minutes")] = None,
     loss: Annotated[str | None, Opt(help=" | ".join(LOSSES.names()))] = None,
     split: Annotated[str | None, Opt(help="loo | temporal | cold-start")] = None,
-    items: Annotated[str | None, Opt(help="item representation: id | text | id+text")] = None,
+    items: Annotated[str | None, Opt(
+        help="item representation: id | text | id+text | id+graph")] = None,
     item_table: Annotated[str | None, Opt(help="full | hash | qr | unified | matryoshka")] = None,
     compression: Annotated[float | None, Opt(help="item-table memory ratio (8 = 8x smaller)")
                            ] = None,

@@ -46,6 +46,7 @@ from userseq.items.factory import (
     table_report,
 )
 from userseq.items.text import check_encoder, check_vector_dim
+from userseq.items.graph import cooccurrence_graph
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
     bag_scorer,
@@ -509,10 +510,11 @@ class NextItemRecommender(Estimator[RunConfig]):
         if m.items != "id":
             check_encoder(m.text_encoder)  # an unknown model path: before any text is read
         source = "item_meta argument"
-        if meta is None and (m.items != "id" or m.item_table == "unified"):
+        textual = m.items in ("text", "id+text")
+        if meta is None and (textual or m.item_table == "unified"):
             meta, source = self._item_meta(log)
         text = None
-        if m.items != "id":
+        if textual:
             if meta is None:
                 build_items(m, log.n_items)  # raises the "needs item text" error
             extra = catalogue_extension(catalogue, meta)
@@ -528,8 +530,15 @@ class NextItemRecommender(Estimator[RunConfig]):
         features = categorical_features(catalogue, meta) if m.item_table == "unified" else None
         train_items = split.train_items if split is not None else np.zeros(0, np.int64)
         counts = torch.from_numpy(np.bincount(train_items, minlength=len(catalogue) + 1))
+        graph = None
+        if m.items == "id+graph":  # training sequences only: no validation/test edges
+            graph = cooccurrence_graph(split.train_offsets, split.train_items, len(catalogue),
+                                       m.graph_window)
+            self.item_info_["graph"] = {"edges": int(graph[0].shape[1]),
+                                        "layers": m.graph_layers, "window": m.graph_window,
+                                        "source": "training split"}
         return catalogue, build_items(m, len(catalogue), text=text, known=counts > 0,
-                                      features=features, counts=counts)
+                                      features=features, counts=counts, graph=graph)
 
     def _item_meta(self, log: EventLog) -> tuple[pl.DataFrame | None, str]:
         from userseq.data.datasets import is_dataset_name, load_item_metadata

@@ -31,10 +31,13 @@ from userseq.core.version import __version__
 from userseq.serve.routes import context as context_routes
 from userseq.serve.routes import ctr as ctr_routes
 from userseq.serve.routes import detect as detect_routes
+from userseq.serve.routes import explain as explain_routes
 from userseq.serve.routes import generative as generative_routes
 from userseq.serve.routes import nextitem as nextitem_routes
+from userseq.serve.routes import rank as rank_routes
 from userseq.serve.routes.ctr import CTRService
 from userseq.serve.routes.detect import DetectorService
+from userseq.serve.routes.rank import RankService
 from userseq.serve.schemas import CTRHealth, Health, Info
 from userseq.serve.service import RequestError, Service
 
@@ -45,7 +48,8 @@ RETRY_AFTER_S = 1
 UNLIMITED_PATHS = ("/health",)  # load balancers must see the service alive while it sheds load
 DESCRIPTION = ("Next-item recommendations, similar items and users, and user embeddings computed "
                "on the fly from a behaviour history; with `--detector`, malicious-user scores "
-               "(/classify); with `--ctr`, click probabilities (/score). Ids are as in the input "
+               "(/classify); with `--ctr`, click probabilities (/score); with `--ranker`, "
+               "two-stage retrieval + ranking (/rank) and /score. Ids are as in the input "
                "data.")
 
 
@@ -209,10 +213,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
                detector: DetectorService | None = None, ctr: CTRService | None = None,
-               max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
-    """The app for one loaded next-item run, optionally with a detector run (/classify) and a CTR
-    run (/score); without them those routes answer 404 saying how to load one. `userseq serve`
-    runs it with uvicorn. Past `max_in_flight` concurrent requests, 503 + Retry-After."""
+               max_in_flight: int = MAX_IN_FLIGHT, ranker: RankService | None = None,
+               explainer: explain_routes.ConceptExplainer | None = None) -> FastAPI:
+    """The app for one loaded next-item run, optionally with a detector run (/classify), a CTR
+    run (/score) and its join with the next-item run (`ranker`: /rank); without them those routes
+    answer 404 saying how to load one. `userseq serve` runs it with uvicorn. Past
+    `max_in_flight` concurrent requests, 503 + Retry-After."""
+    if ranker is not None and ctr is None:
+        ctr = ranker.ranker
     app = FastAPI(title="userseq", version=__version__, description=DESCRIPTION)
     app.state.service = service
     add_error_handlers(app)
@@ -220,6 +228,9 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     detect_routes.mount(app, detector)
     ctr_routes.mount(app, ctr)
     context_routes.mount(app)  # POST /context: app.state.context (userseq serve --context)
+    rank_routes.mount(app, ranker)
+    explainer = explainer or explain_routes.ConceptExplainer.for_service(service)
+    explain_routes.mount(app, explainer)
 
     @app.get("/health", response_model=Health, tags=["service"])
     async def health() -> Any:
@@ -230,7 +241,8 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
         """Model, data fingerprint, evaluation metrics, index, and the detector and CTR runs
         (null when not loaded)."""
         info = {**service.info(), "detector": detector.info() if detector else None,
-                "ctr": ctr.info() if ctr else None}
+                "ctr": ctr.info() if ctr else None,
+                "ranker": ranker.info() if ranker else None, "concepts": explainer.info()}
         return relative_paths(info, service.run_dir)
 
     @app.get("/", include_in_schema=False)
@@ -264,6 +276,30 @@ def create_generative_app(service: generative_routes.GenerativeService,
     @app.get("/info", tags=["service"])
     async def info() -> Any:
         return service.info()
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
+    return app
+
+
+def create_detector_app(detector: DetectorService, max_body_bytes: int = MAX_BODY_BYTES,
+                        max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
+    """A service of one detector run alone (`userseq serve --detector DETECT_RUN`, no next-item
+    run): POST /classify, GET /health and /info."""
+    app = FastAPI(title="userseq detector", version=__version__,
+                  description="P(malicious) of one user from a posted sequence, from a saved "
+                              "`userseq detect train` run.")
+    app.state.detector = detector
+    add_error_handlers(app)
+    detect_routes.mount(app, detector)
+
+    @app.get("/health", tags=["service"])
+    async def health() -> Any:
+        return {"status": "ok", "model": detector.model}
+
+    @app.get("/info", tags=["service"])
+    async def info() -> Any:
+        return {"detector": relative_paths(detector.info(), detector.run_dir)}
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(InFlightLimit, limit=max_in_flight)

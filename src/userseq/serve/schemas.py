@@ -3,6 +3,7 @@ them), for every task's routes."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -282,7 +283,12 @@ class Info(BaseModel):
     detector: dict[str, Any] | None = Field(
         None, description="the detector run answering POST /classify (`--detector`), if any")
     ctr: dict[str, Any] | None = Field(
-        None, description="the CTR run answering POST /score (`--ctr`), if any")
+        None, description="the CTR run answering POST /score and /rank (`--ranker`), if any")
+    ranker: dict[str, Any] | None = Field(
+        None, description="POST /rank: the ranking run and its item overlap with the retrieval "
+                          "run (`--ranker`), if any")
+    concepts: dict[str, Any] | None = Field(
+        None, description="GET /explain: the concept map (null until loaded or fitted)")
 
 
 class ErrorResponse(BaseModel):
@@ -317,3 +323,62 @@ class EventsResponse(BaseModel):
     items: list[ScoredItem]
     index: str
 
+
+
+MAX_RANK_CANDIDATES = 10_000  # explicit candidates or retrieved ones scored by the ranker at once
+
+
+class RankRequest(HistoryInput):
+    """POST /rank: two-stage recommendation. Stage 1 takes the explicit `candidates` or retrieves
+    `retrieve` items with the next-item run; stage 2 scores them with the ranking (CTR) run; the
+    top `k` by ranking score come back with both scores."""
+
+    candidates: list[Id] | None = Field(
+        None, min_length=1, max_length=MAX_RANK_CANDIDATES,
+        description="item ids to rank (instead of retrieving them)")
+    retrieve: StrictInt | None = Field(
+        None, ge=1, le=MAX_K,
+        description="retrieve this many candidates with the retrieval run (default 100 when "
+                    "`candidates` is not given)")
+    k: StrictInt = Field(10, ge=1, le=MAX_RANK_CANDIDATES, description="items to return")
+    exclude_seen: StrictBool = Field(
+        True, description="retrieval leaves out items in the user's history")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RankRequest:
+        if self.candidates is not None and self.retrieve is not None:
+            raise ValueError("give `candidates` (item ids to rank) or `retrieve` (how many to "
+                             "retrieve), not both")
+        if self.candidates is not None:
+            counts = Counter(str(c) for c in self.candidates)
+            dup = sorted(c for c, n in counts.items() if n > 1)
+            if dup:
+                raise ValueError(f"`candidates` has duplicate ids {dup[:10]}; send each item once")
+        return self
+
+
+class RankedItem(BaseModel):
+    item_id: Id
+    rank_score: float = Field(description="the ranking (CTR) run's click probability")
+    retrieval_score: float = Field(
+        description="the retrieval run's score (dot product of the user and item embeddings)")
+    retrieval_rank: int = Field(description="1-based position by retrieval score among the "
+                                            "candidates")
+    title: str | None = None
+    genres: list[str] | None = None
+
+
+class RankResponse(BaseModel):
+    user_id: Id | None
+    known_user: bool = Field(description="the user id was seen by the retrieval run")
+    history_length: int = Field(description="events the retrieval embedding was computed from")
+    ranker_history: str = Field(description="what the ranker read: the ranking run's stored "
+                                            "history of the user, or the retrieval stage's "
+                                            "history (stored + posted)")
+    source: str = Field(description="'candidates' (explicit) or 'retrieved'")
+    candidates: int = Field(description="candidates scored by the ranker")
+    k: int
+    ranker: str = Field(description="the ranking run's model (din, sdim, dare, ...)")
+    items: list[RankedItem]
+    ignored_items: list[Id] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(description="retrieval and ranking stage times")
