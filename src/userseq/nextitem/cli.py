@@ -214,7 +214,8 @@ def evaluate(
     """Full-ranking evaluation of a saved run (accuracy and diversity); writes
     RUN_DIR/metrics.json (with --grid: RUN_DIR/grid.json). `--set` changes evaluation settings
     (eval.ks, eval.filter_seen, retrieval.knn_embed.clusters, ...). With --zero-shot --data
-    OTHER, a text-only run ranks OTHER's items from their text; metrics go to RUN_DIR/zero-shot/NAME.json (and --out)."""
+    OTHER, a text-only run ranks OTHER's items from their text; metrics go to
+    RUN_DIR/zero-shot/NAME.json (and --out)."""
     from userseq.data.load import load_events
     from userseq.data.split import make_split
     from userseq.nextitem.config import split_kwargs

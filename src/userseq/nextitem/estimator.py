@@ -45,8 +45,8 @@ from userseq.items.factory import (
     serve_dim,
     table_report,
 )
-from userseq.items.text import check_encoder, check_vector_dim
 from userseq.items.graph import cooccurrence_graph
+from userseq.items.text import check_encoder, check_vector_dim
 from userseq.losses import NextItemLoss
 from userseq.metrics.ranking import (
     bag_scorer,
