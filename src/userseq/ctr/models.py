@@ -56,11 +56,10 @@ class Dice(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         if self.training and flat.shape[0] > 1:
-            z = self.bn(flat)
-        else:
-            z = F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False,
-                             eps=self.bn.eps)
-        p = torch.sigmoid(z).reshape(shape)
+            z = self.bn(flat).reshape(shape)
+        else:  # running statistics, written out (traces to ONNX without a batch_norm node)
+            z = (x - self.bn.running_mean) * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        p = torch.sigmoid(z)
         return p * x + (1 - p) * self.alpha * x
 
 

@@ -12,7 +12,8 @@ def attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:
     sees itself so that fully padded rows do not produce NaNs (their outputs are never used)."""
     B, L = mask.shape
     allowed = mask[:, None, None, :].expand(B, 1, L, L)
-    eye = torch.eye(L, dtype=torch.bool, device=mask.device)
+    pos = torch.arange(L, device=mask.device)
+    eye = pos[:, None] == pos[None, :]  # (not torch.eye: onnxruntime has no boolean EyeLike)
     if causal:
         allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool, device=mask.device))
     return allowed | eye
@@ -132,7 +133,8 @@ class Set2Set(nn.Module):
                 allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool,
                                                           device=m.device))
             # a position always sees itself, so rows without real memories stay finite
-            allowed = allowed | torch.eye(L, dtype=torch.bool, device=m.device)
+            pos = torch.arange(L, device=m.device)
+            allowed = allowed | (pos[:, None] == pos[None, :])
         Q = allowed.shape[1]
         h = m.new_zeros(B * Q, D)
         c = m.new_zeros(B * Q, D)

@@ -158,8 +158,15 @@ def export_onnx(run: str | Path | Estimator, out: str | Path, n_check: int = 64)
             raise ArtifactError(f"{run}: the {est.task} model '{name}' cannot be exported to "
                                 f"ONNX ({type(e).__name__}: {first[:300]}). Serve it with the "
                                 "PyTorch engine (the default).") from None
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    try:  # a graph that traced but onnxruntime cannot run is the same failure
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    except Exception as e:
+        out.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{run}: the {est.task} model '{name}' cannot be exported to ONNX "
+                            f"(the traced graph fails in onnxruntime: {type(e).__name__}: {first[:300]}). "
+                            "Serve it with the PyTorch engine (the default).") from None
     diff = float(np.abs(got - want).max()) if want.size else 0.0
     info.update({"task": est.task, "model": name, "opset": OPSET,
                  "export_seconds": round(time.perf_counter() - t0, 2), "check_rows": len(want),
