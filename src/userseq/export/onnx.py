@@ -165,8 +165,9 @@ def export_onnx(run: str | Path | Estimator, out: str | Path, n_check: int = 64)
         out.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{run}: the {est.task} model '{name}' cannot be exported to ONNX "
-                            f"(the traced graph fails in onnxruntime: {type(e).__name__}: {first[:300]}). "
-                            "Serve it with the PyTorch engine (the default).") from None
+                            f"(the traced graph fails in onnxruntime: {type(e).__name__}: "
+                            f"{first[:300]}). Serve it with the PyTorch engine (the "
+                            "default).") from None
     diff = float(np.abs(got - want).max()) if want.size else 0.0
     info.update({"task": est.task, "model": name, "opset": OPSET,
                  "export_seconds": round(time.perf_counter() - t0, 2), "check_rows": len(want),
