@@ -364,6 +364,20 @@ def efficacy(target: TargetDetector, users: AttackUsers, idx: np.ndarray,
 
 
 # ---------------------------------------------------------------------- run directories
+def saved_split(path: Path, user_ids: list[str], seed: int) -> DetectSplit:
+    """The user split a detector run saved (RUN/users.parquet: user_id, split), in the order of
+    `user_ids`; every user must be in it."""
+    t = pl.read_parquet(path, columns=["user_id", "split"])
+    where = dict(zip(t["user_id"].cast(pl.String).to_list(), t["split"].to_list(), strict=True))
+    missing = [u for u in user_ids if u not in where]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} users of the data are not in the detector's run "
+                        f"(e.g. {missing[:3]}); attack the data the detector was trained on.")
+    names = np.array([where[u] for u in user_ids])
+    return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
+                       np.flatnonzero(names == "test"), seed)
+
+
 def run_split(run_dir: str | Path, data: TextData, det: TargetDetector) -> DetectSplit:
     """The detector run's user split: RUN/users.parquet if present, else recomputed from its
     config."""
@@ -371,15 +385,7 @@ def run_split(run_dir: str | Path, data: TextData, det: TargetDetector) -> Detec
     ids = [str(x) for x in data.user_ids.to_list()]
     valid, test, seed = detector_split_config(det.det)
     if p.is_file():
-        t = pl.read_parquet(p, columns=["user_id", "split"])
-        where = dict(zip(t["user_id"].cast(pl.String).to_list(), t["split"].to_list(), strict=True))
-        missing = [u for u in ids if u not in where]
-        if missing:
-            raise DataError(f"{p}: {len(missing)} users of the data are not in the detector's run "
-                            f"(e.g. {missing[:3]}); attack the data the detector was trained on.")
-        names = np.array([where[u] for u in ids])
-        return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
-                           np.flatnonzero(names == "test"), seed)
+        return saved_split(p, ids, seed)
     if data.labels is None:
         raise DataError(f"{data.source}: labels needed to rebuild the detector's split.")
     return stratified_split(data.labels, valid, test, seed)

@@ -35,6 +35,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
+from userseq.attack.estimator import saved_split
 from userseq.core.artifacts import read_json, write_json
 from userseq.core.config import StrictModel, validate_config
 from userseq.core.errors import ConfigError, DataError, UserseqError
@@ -344,16 +345,7 @@ def attack_split(run: str | Path, data: EventData, det: UserDetector) -> DetectS
     if not p.is_file():
         assert data.labels is not None
         return stratified_split(data.labels, cfg.valid, cfg.test, cfg.split_seed)
-    t = pl.read_parquet(p, columns=["user_id", "split"])
-    where = dict(zip(t["user_id"].cast(pl.String).to_list(), t["split"].to_list(), strict=True))
-    ids = data.user_ids.cast(pl.String).to_list()
-    missing = [u for u in ids if u not in where]
-    if missing:
-        raise DataError(f"{p}: {len(missing)} users of {data.source} are not in the detector's "
-                        f"run (e.g. {missing[:3]}); attack the data the detector was trained on.")
-    names = np.array([where[u] for u in ids])
-    return DetectSplit(np.flatnonzero(names == "train"), np.flatnonzero(names == "valid"),
-                       np.flatnonzero(names == "test"), cfg.split_seed)
+    return saved_split(p, data.user_ids.cast(pl.String).to_list(), cfg.split_seed)
 
 
 def find_attacks(det: UserDetector, run: str | Path, data: EventData, split: DetectSplit,
