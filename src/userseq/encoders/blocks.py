@@ -7,13 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def diagonal(L: int, device: torch.device) -> torch.Tensor:
+    """(L, L) boolean identity, built by comparison (not torch.eye: onnxruntime has no boolean
+    EyeLike, so exported attention masks must not use it)."""
+    pos = torch.arange(L, device=device)
+    return pos[:, None] == pos[None, :]
+
+
 def attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:
     """Boolean (B, 1, L, L) mask, True = may attend. Padded keys are hidden; a position always
     sees itself so that fully padded rows do not produce NaNs (their outputs are never used)."""
     B, L = mask.shape
     allowed = mask[:, None, None, :].expand(B, 1, L, L)
-    pos = torch.arange(L, device=mask.device)
-    eye = pos[:, None] == pos[None, :]  # (not torch.eye: onnxruntime has no boolean EyeLike)
+    eye = diagonal(L, mask.device)
     if causal:
         allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool, device=mask.device))
     return allowed | eye
@@ -133,8 +139,7 @@ class Set2Set(nn.Module):
                 allowed = allowed & torch.tril(torch.ones(L, L, dtype=torch.bool,
                                                           device=m.device))
             # a position always sees itself, so rows without real memories stay finite
-            pos = torch.arange(L, device=m.device)
-            allowed = allowed | (pos[:, None] == pos[None, :])
+            allowed = allowed | diagonal(L, m.device)
         Q = allowed.shape[1]
         h = m.new_zeros(B * Q, D)
         c = m.new_zeros(B * Q, D)
