@@ -127,17 +127,19 @@ QUIET_RUN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "quiet-ru
 def ensure_quiet(no_quiet: bool = False) -> None:
     """Re-execute this script under quiet-run (lock + wait for a quiet machine) when available.
 
-    `USERSEQ_DEV_LOCK` (optional): a lock file taken exclusively around the run, so development
-    work that takes it shared (unit tests) pauses while a benchmark measures.
+    `USERSEQ_DEV_LOCK` (optional): a lock file taken exclusively once quiet-run's lock is held,
+    so development work that takes it shared (unit tests) pauses only while a benchmark measures,
+    not while one waits in quiet-run's queue.
     """
     tool = Path(os.environ.get("USERSEQ_QUIET_RUN", QUIET_RUN))
     if no_quiet or os.environ.get("USERSEQ_UNDER_QUIET_RUN") == "1" or not tool.exists():
         return
     env = dict(os.environ, USERSEQ_UNDER_QUIET_RUN="1")
-    cmd = [str(tool), "--", sys.executable, *sys.argv]
+    run = [sys.executable, *sys.argv]
     lock = os.environ.get("USERSEQ_DEV_LOCK")
-    if lock:
-        cmd = ["flock", "-x", lock, *cmd]
+    if lock:  # inside quiet-run: queued benchmarks do not hold it, only the measuring one
+        run = ["flock", "-x", lock, *run]
+    cmd = [str(tool), "--", *run]
     os.execvpe(cmd[0], cmd, env)
 
 
