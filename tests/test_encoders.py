@@ -167,3 +167,67 @@ def test_bert4rec_reserves_the_mask_row_in_any_item_table():
     assert enc.mask_token() == 21
     x = torch.tensor([[0, 3, 5, 21]])
     assert enc(x, x > 0).shape == (1, 4, 8)
+
+
+# --------------------------------------------------------------------------- reference recipe
+
+
+@pytest.mark.parametrize("block,positions", [("sasrec", "last"), ("pre", "first"),
+                                             ("sasrec", "first")])
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_block_and_position_options_keep_the_interface(name, block, positions):
+    torch.manual_seed(0)
+    cfg = encoder_config(name, dim=16, max_len=12, heads=2, block=block, positions=positions)
+    enc = build_encoder(cfg, n_items=30).eval()
+    assert all(b.style == block for b in enc.blocks)
+    x = torch.randint(1, 31, (3, 8))
+    x[0, :3] = 0
+    x[1, :7] = 0
+    h = enc(x, x > 0)
+    torch.testing.assert_close(enc.last(x, x > 0), h[:, -1], rtol=1e-5, atol=1e-5)
+    wider = torch.cat([torch.zeros(3, 4, dtype=torch.long), x], 1)  # more left padding
+    torch.testing.assert_close(enc.last(wider, wider > 0), h[:, -1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="block"):
+        encoder_config(name, block="post")
+
+
+def test_sasrec_block_matches_the_reference_code_by_hand():
+    """style="sasrec": q = LN1(x); x = q + Attn(q; keys/values x); h = LN2(x); out = h + FFN(h)."""
+    from userseq.encoders.blocks import TransformerBlock, attention_mask
+
+    torch.manual_seed(0)
+    blk = TransformerBlock(8, 1, 8, 0.0, style="sasrec").eval()
+    x = torch.randn(2, 5, 8)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    am = attention_mask(mask, causal=True)
+    w, b = blk.attn.qkv.weight, blk.attn.qkv.bias
+    q_in = blk.ln1(x)
+    q = q_in @ w[:8].T + b[:8]
+    k = x @ w[8:16].T + b[8:16]
+    v = x @ w[16:].T + b[16:]
+    scores = (q @ k.transpose(1, 2)) / 8**0.5
+    scores = scores.masked_fill(~torch.tril(torch.ones(5, 5, dtype=torch.bool)), float("-inf"))
+    y = blk.attn.out(torch.softmax(scores, -1) @ v)
+    h = blk.ln2(q_in + y)
+    expected = h + blk.ffn(h)
+    torch.testing.assert_close(blk(x, am), expected, rtol=1e-5, atol=1e-5)
+    # the default pre-LN block differs
+    pre = TransformerBlock(8, 1, 8, 0.0).eval()
+    pre.load_state_dict(blk.state_dict())
+    assert not torch.allclose(pre(x, am), expected)
+
+
+def test_positions_first_counts_from_the_oldest_event():
+    torch.manual_seed(0)
+    first = build_encoder(encoder_config("sasrec", dim=8, max_len=6, positions="first",
+                                         layers=1, dropout=0.0), n_items=20).eval()
+    last = build_encoder(encoder_config("sasrec", dim=8, max_len=6, layers=1, dropout=0.0),
+                         n_items=20).eval()
+    last.load_state_dict(first.state_dict())
+    full = torch.tensor([[1, 2, 3, 4, 5, 6]])  # a full window: both alignments agree
+    torch.testing.assert_close(first(full, full > 0), last(full, full > 0))
+    short = torch.tensor([[0, 0, 0, 4, 5, 6]])  # 3 events: positions 0..2 vs 3..5
+    assert not torch.allclose(first(short, short > 0)[:, -1], last(short, short > 0)[:, -1])
+    alone = torch.tensor([[4, 5, 6, 0, 0, 0]])[:, :3]  # the same 3 events without padding
+    torch.testing.assert_close(first(short, short > 0)[:, -3:], first(alone, alone > 0),
+                               rtol=1e-5, atol=1e-5)

@@ -51,6 +51,9 @@ class TrainConfig(StrictModel):
 
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(128, ge=1)
+    bucket_batches: int = Field(
+        32, ge=1, description="length bucketing of sequence batches: shuffle, sort each run of "
+        "this many batches by length, batch it (less padding); 1: plain shuffled batches")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: str = Field("adam", description="adam | adamw | sgd, or a registered optimizer")

@@ -351,7 +351,8 @@ class UserDetector(Estimator[DetectConfig]):
         short = np.floor(np.exp(rng.random(cut.sum()) * np.log(full[cut] + 1))).astype(np.int64)
         k[cut] = np.minimum(full[cut], short)
         k = np.maximum(k, 1)
-        for idx in length_bucketed_batches(k, cfg.train.batch_size, rng):
+        for idx in length_bucketed_batches(k, cfg.train.batch_size, rng,
+                                           cfg.train.bucket_batches):
             u = users[idx]
             yield {"inputs": self._inputs(prep, u, k[idx]),
                    "y": y[torch.from_numpy(u)].to(self.device_)}

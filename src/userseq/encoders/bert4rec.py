@@ -29,5 +29,6 @@ class BERT4Rec(TransformerEncoder):
         super().__init__(items, config.max_len, config.layers, config.heads, config.dropout,
                          config.ffn_dim, causal=False, activation="gelu", scale_embeddings=False,
                          mask_token=items.n_items + 1, attn_dropout=config.attn_dropout,
-                         init_std=config.init_std)
+                         init_std=config.init_std, block=config.block,
+                         positions=config.positions)
         self.exit_layer = config.exit_layer

@@ -60,11 +60,17 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Self-attention over x (B, L, D); with last_only, only the last position queries:
-        (B, 1, D)."""
+        (B, 1, D). `kv`: keys and values from another (B, L, D) input than the queries (the
+        reference SASRec code's block: queries from LN(x), keys and values from x)."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if kv is None:
+            qkv = self.qkv(x)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            qkv = torch.cat([F.linear(x, w[:D], b[:D]), F.linear(kv, w[D:], b[D:])], -1)
+        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if last_only:
             q, attn_mask = q[:, :, -1:], attn_mask[:, :, -1:]
         p = self.attn_dropout if self.training else 0.0
@@ -78,12 +84,24 @@ def feed_forward(dim: int, ffn_dim: int, dropout: float, activation: str = "relu
     return nn.Sequential(nn.Linear(dim, ffn_dim), act, Dropout(dropout), nn.Linear(ffn_dim, dim))
 
 
+BLOCKS = ("pre", "sasrec")
+
+
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+    """A transformer block, `style`:
+
+    - "pre" (default): pre-LayerNorm, x + Attn(LN(x)), then x + FFN(LN(x)).
+    - "sasrec": the block of the reference SASRec code (kang205/SASRec and its PyTorch ports, used
+      by SASRec+): q = LN(x); x = q + Attn(queries q, keys/values x) with no dropout on the
+      attention output; h = LN(x); x = h + FFN(h). Residuals start from the normalised input.
+    """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, activation: str = "relu",
-                 attn_dropout: float = 0.0) -> None:
+                 attn_dropout: float = 0.0, style: str = "pre") -> None:
         super().__init__()
+        if style not in BLOCKS:
+            raise ValueError(f"unknown block style {style!r}: use one of {', '.join(BLOCKS)}")
+        self.style = style
         self.ln1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, attn_dropout)
         self.ln2 = nn.LayerNorm(dim)
@@ -92,6 +110,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor,
                 last_only: bool = False) -> torch.Tensor:
+        if self.style == "sasrec":
+            q = self.ln1(x)
+            x = (q[:, -1:] if last_only else q) + self.attn(q, attn_mask, last_only, kv=x)
+            h = self.ln2(x)
+            return h + self.drop(self.ffn(h))
         y = self.drop(self.attn(self.ln1(x), attn_mask, last_only))
         x = (x[:, -1:] if last_only else x) + y
         return x + self.drop(self.ffn(self.ln2(x)))

@@ -20,5 +20,6 @@ class SASRec(TransformerEncoder):
     def __init__(self, config: SASRecConfig, items: ItemRepr) -> None:
         super().__init__(items, config.max_len, config.layers, config.heads, config.dropout,
                          config.ffn_dim, causal=True, attn_dropout=config.attn_dropout,
-                         init_std=config.init_std)
+                         init_std=config.init_std, block=config.block,
+                         positions=config.positions)
         self.exit_layer = config.exit_layer

@@ -6,8 +6,9 @@ SASRec (`sasrec.py`) runs it causally; BERT4Rec (`bert4rec.py`) bidirectionally 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -36,6 +37,13 @@ class TransformerConfig(EncoderConfig):
     init_std: float | None = Field(
         None, gt=0, description="N(0, init_std) for every Linear/Embedding weight (GPT-2 style, "
         "e.g. 0.02); default: PyTorch's layer defaults and N(0, 1/dim) item embeddings")
+    block: Literal["pre", "sasrec"] = Field(
+        "pre", description="block layout: pre (pre-LayerNorm) or sasrec (the reference SASRec "
+        "code's: residuals from the normalised input, keys/values un-normalised)")
+    positions: Literal["last", "first"] = Field(
+        "last", description="learned positions counted from the newest event (last: it always "
+        "has the same position) or from the oldest event of the window (first: as the reference "
+        "SASRec code's right-padded batches)")
     exit_layer: int | None = Field(
         None, ge=1, description="read vectors after the first n blocks (then the final "
         "LayerNorm): a shallower, cheaper model from a run trained with loss.mse2d; None: all")
@@ -76,10 +84,15 @@ class TransformerEncoder(SequenceEncoder):
         mask_token: int | None = None,
         attn_dropout: float = 0.0,
         init_std: float | None = None,
+        block: str = "pre",
+        positions: str = "last",
     ) -> None:
         super().__init__()
         dim = items.dim
         self.items, self.dim, self.max_len, self.causal = items, dim, max_len, causal
+        if positions not in ("last", "first"):
+            raise ValueError(f"unknown positions {positions!r}: use last or first")
+        self.align_first = positions == "first"
         self.scale = math.sqrt(dim) if scale_embeddings else 1.0
         self._mask_token = mask_token
         self.positions = nn.Embedding(max_len, dim)
@@ -87,7 +100,7 @@ class TransformerEncoder(SequenceEncoder):
         self.drop = Dropout(dropout)
         ffn = ffn_dim or (dim if causal else 4 * dim)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout)
+            TransformerBlock(dim, heads, ffn, dropout, activation, attn_dropout, block)
             for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         # blocks run by forward/last (None: all); see TransformerConfig.exit_layer
@@ -119,7 +132,11 @@ class TransformerEncoder(SequenceEncoder):
             L = self.max_len
             if features is not None:
                 features = {k: v[:, -L:] for k, v in features.items()}
-        pos = self.positions.weight[self.max_len - L :]
+        if self.align_first:  # rows are left-padded: the first real event gets position 0
+            start = L - mask.sum(1, keepdim=True)
+            pos = self.positions((torch.arange(L, device=mask.device) - start).clamp(min=0))
+        else:
+            pos = self.positions.weight[self.max_len - L :]
         x = self.items.embed(item_ids, features) * self.scale + pos
         x = self.drop(x) * mask.unsqueeze(-1)
         am = attention_mask(mask, self.causal)

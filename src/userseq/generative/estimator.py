@@ -217,7 +217,7 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
             if cfg.data.train_windows == "random":
                 rows_e = torch.from_numpy(training_windows(
                     split.train_offsets, split.train_items, cfg.model.max_len, rng=rng))
-            for idx in length_bucketed_batches(lengths, bs, rng):
+            for idx in length_bucketed_batches(lengths, bs, rng, cfg.train.bucket_batches):
                 width = int(lengths[idx].max())
                 x = rows_e[torch.from_numpy(idx)][:, -width:].to(device, non_blocking=True)
                 p = None

@@ -484,7 +484,7 @@ class NextItemRecommender(Estimator[RunConfig]):
             if cfg.data.train_windows == "random":
                 rows_e = torch.from_numpy(training_windows(split.train_offsets, split.train_items,
                                                            max_len, rng=rng))
-            for idx in length_bucketed_batches(lengths, bs, rng):
+            for idx in length_bucketed_batches(lengths, bs, rng, cfg.train.bucket_batches):
                 width = int(lengths[idx].max())
                 yield rows_e[torch.from_numpy(idx)][:, -width:].to(device, non_blocking=True)
 
