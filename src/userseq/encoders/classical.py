@@ -52,9 +52,10 @@ class ItemKNNConfig(ClassicalConfig):
     """Item-kNN: `neighbours` is the grid of top-k neighbour counts chosen from on validation."""
 
     name: str = "itemknn"
-    neighbours: list[int] = Field(default_factory=lambda: [20, 50, 100, 200, 500],
-                                  description="neighbours kept per item (grid, chosen on "
-                                              "validation)")
+    neighbours: list[int] = Field(
+        default_factory=lambda: [5, 10, 20, 50, 100, 200, 500, 1000, 2000],
+        description="neighbours kept per item (grid, chosen on validation; counts above the "
+        "catalogue size keep every item)")
 
     @field_validator("neighbours")
     @classmethod
