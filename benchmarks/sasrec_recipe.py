@@ -37,6 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import results  # noqa: E402
 
+from userseq.core.config import NULL  # noqa: E402
+
 STORE = HERE / "sasrec_recipe_runs.json"
 LOCK = HERE / "_work" / "sasrec_recipe.lock"
 WORK = HERE / "_work" / "sasrec_recipe"
@@ -44,7 +46,7 @@ SECTION = "sasrec-recipe"
 PUBLISHED = 0.1821
 REFERENCE = {"train.lr": 1e-3, "model.init_std": 0.02, "model.attn_dropout": 0.1,
              "model.block": "sasrec", "model.positions": "first", "train.bucket_batches": 1,
-             "train.grad_clip": None}
+             "train.grad_clip": NULL}
 VARIANTS: dict[str, dict] = {
     # benchmarks/configs/ml-1m.yaml as it is (lr 3e-3, PyTorch default init, pre-LN)
     "base": {},
@@ -57,7 +59,7 @@ VARIANTS: dict[str, dict] = {
     "reference-bucketed": {**REFERENCE, "train.bucket_batches": 32},
     "reference-lr2e-3": {**REFERENCE, "train.lr": 2e-3},
 }
-COMMON = {"loss.logits_dtype": "bf16", "train.max_minutes": None}
+COMMON = {"loss.logits_dtype": "bf16", "train.max_minutes": NULL}  # epochs and patience stop
 
 
 def part_train(a) -> None:
@@ -67,19 +69,19 @@ def part_train(a) -> None:
     from userseq.nextitem.config import RunConfig, split_kwargs
     from userseq.nextitem.estimator import NextItemRecommender
 
-    base = RunConfig.from_yaml(HERE / "configs" / "ml-1m.yaml")
+    base = RunConfig.from_yaml(HERE / "configs" / f"{a.dataset}.yaml")
     log = None
     for name in a.variants:
         for seed in a.seeds:
             over = {**COMMON, **VARIANTS[name], "train.seed": seed, "train.epochs": a.epochs,
                     "train.patience": a.patience, "train.threads": a.threads,
-                    "dataset": "ml-1m"}
+                    "dataset": a.dataset}
             cfg = base.updated(over)
             if log is None:
-                log = load_events("ml-1m", cfg.data)
+                log = load_events(a.dataset, cfg.data)
             split = make_split(log, cfg.data.split, **split_kwargs(cfg))
-            out = WORK / f"{name}-s{seed}"
-            results.log(f"train ml-1m {name} seed={seed} ({a.epochs} epochs max)")
+            out = WORK / f"{a.dataset}-{name}-s{seed}"
+            results.log(f"train {a.dataset} {name} seed={seed} ({a.epochs} epochs max)")
             with results.LoadMonitor() as mon:
                 NextItemRecommender(config=cfg).fit(log, split, run_dir=out, quiet=True)
             m = read_json(out / "metrics.json")
@@ -89,7 +91,8 @@ def part_train(a) -> None:
             status = ("unconverged (best epoch = last)" if t["best_epoch"] == t["epochs"]
                       else f"best epoch {t['best_epoch']}/{t['epochs']}"
                       + (" (patience)" if "improvement" in stopped else " (epoch cap)"))
-            row = {"variant": name, "overrides": {k: v for k, v in over.items()
+            flat = cfg.flat()  # the settings in effect (NULL overrides are null there)
+            row = {"variant": name, "overrides": {k: flat.get(k, v) for k, v in over.items()
                                                   if k not in ("train.seed", "train.threads")},
                    "seed": seed, "valid_ndcg10": m["valid"]["ndcg@10"],
                    "test_ndcg10": m["test"]["ndcg@10"], "test_hr10": m["test"]["hr@10"],
@@ -97,31 +100,33 @@ def part_train(a) -> None:
                    "valid_curve": [round(e["valid_ndcg@10"], 4) for e in curve
                                    if "valid_ndcg@10" in e],
                    "epoch_seconds": [e.get("epoch_seconds") for e in curve],
-                   **results.provenance(mon, seeds=[seed], data="ml-1m")}
-            results.save_row(STORE, f"{name}/s{seed}/e{a.epochs}", row, LOCK)
+                   "dataset": a.dataset, **results.provenance(mon, seeds=[seed], data=a.dataset)}
+            results.save_row(STORE, f"{a.dataset}/{name}/s{seed}/e{a.epochs}", row, LOCK)
             results.log(f"  valid {row['valid_ndcg10']:.4f} test {row['test_ndcg10']:.4f} "
                         f"({t['seconds']:.0f}s, {status}, verdict {row['verdict']})")
 
 
 def table(write: bool) -> None:
     rows = list(results.load_rows(STORE).values())
-    lines = ["ML-1M SASRec with full-softmax CE (benchmarks/configs/ml-1m.yaml + the overrides "
-             "below; CE logits in bf16, fp32 softmax), leave-one-out, full ranking, seen items "
-             "filtered, all 6,040 users; best epoch on validation NDCG@10, test read once. "
-             f"Published SASRec+: {PUBLISHED}. Variants are compared on VALIDATION; the headline "
+    lines = ["SASRec with full-softmax CE (benchmarks/configs/DATA.yaml + the overrides below; "
+             "CE logits in bf16, fp32 softmax), leave-one-out, full ranking, seen items "
+             "filtered, all users; best epoch on validation NDCG@10, test read once. "
+             f"Published SASRec+ on ML-1M: {PUBLISHED}; issue #14's Beauty target: 0.055. "
+             "Variants are compared on VALIDATION; the headline "
              "row is the variant with the best mean validation NDCG@10 over 3 seeds.", "",
-             "| variant | epoch cap | seeds | valid NDCG@10 | test NDCG@10 | test HR@10 | status "
-             "| s/epoch (median) | train s (mean) | verdicts |",
-             "|---|---:|---|---|---|---|---|---:|---:|---|"]
+             "| data | variant | epoch cap | seeds | valid NDCG@10 | test NDCG@10 | test HR@10 | "
+             "status | s/epoch (median) | train s (mean) | verdicts |",
+             "|---|---|---:|---|---|---|---|---|---:|---:|---|"]
     groups: dict[tuple, list] = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["overrides"]["train.epochs"]), []).append(r)
-    for (name, cap), g in sorted(groups.items(), key=lambda kv: -np.mean(
-            [r["valid_ndcg10"] for r in kv[1]])):
+        key = (r.get("dataset", "ml-1m"), r["variant"], r["overrides"]["train.epochs"])
+        groups.setdefault(key, []).append(r)
+    for (ds, name, cap), g in sorted(groups.items(), key=lambda kv: (kv[0][0], -np.mean(
+            [r["valid_ndcg10"] for r in kv[1]]))):
         g.sort(key=lambda r: r["seed"])
         secs = [s for r in g for s in r["epoch_seconds"] if s]
         lines.append(
-            f"| {name} | {cap} | {', '.join(str(r['seed']) for r in g)} | "
+            f"| {ds} | {name} | {cap} | {', '.join(str(r['seed']) for r in g)} | "
             f"{results.mean_std([r['valid_ndcg10'] for r in g])} | "
             f"{results.mean_std([r['test_ndcg10'] for r in g])} | "
             f"{results.mean_std([r['test_hr10'] for r in g])} | "
@@ -146,6 +151,8 @@ def table(write: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "amazon-beauty"],
+                    help="benchmarks/configs/DATASET.yaml is the base config")
     ap.add_argument("--variants", nargs="+", default=["base", "reference"],
                     choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])

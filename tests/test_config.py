@@ -68,3 +68,18 @@ def test_bad_files_and_shapes_are_one_clear_error(tmp_path):
         Task.parse([1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown key 'section.colour'.*allowed here: size, name"):
         Task.parse({"section": {"colour": "red"}})
+
+
+def test_set_null_sets_a_field_to_null_while_none_means_not_given():
+    from userseq.core.cli import parse_set
+    from userseq.core.config import NULL
+    from userseq.nextitem.config import RunConfig
+
+    sets = parse_set(["train.max_minutes=null", "train.grad_clip=~", "train.epochs=3"])
+    assert sets["train.max_minutes"] is NULL and sets["train.grad_clip"] is NULL
+    base = RunConfig().updated({"train.max_minutes": 30, "train.grad_clip": 5.0})
+    cfg = base.updated(sets)
+    assert cfg.train.max_minutes is None and cfg.train.grad_clip is None and cfg.train.epochs == 3
+    # a plain None is "not given" (unset CLI options): the field keeps its value
+    kept = base.updated({"train.max_minutes": None})
+    assert kept.train.max_minutes == 30

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from userseq.core.config import NULL
 from userseq.core.errors import ConfigError
 
 out = Console()
@@ -103,9 +104,10 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
         if not eq or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.dim=128.")
         try:
-            out_[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML.") from None
+        out_[key.strip()] = NULL if value is None else value  # null: set the field to null
     return out_
 
 

@@ -111,13 +111,26 @@ def registered(registry: Registry[Any], name: str) -> str:
         raise PydanticCustomError("unknown_name", str(e)) from None
 
 
+class _Null:
+    """`NULL`: an override that sets a field to null (None), where a plain None means "not
+    given" (unset CLI options)."""
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+
+NULL = _Null()
+
+
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any], error: str) -> dict[str, Any]:
     """Apply dotted overrides ({"train.epochs": 5, "model.dim": 128}) to a config dict; None values
-    are skipped. A key that names no existing section or field raises
-    ConfigError(f"{error} '{key}'.")."""
+    are skipped (not given), `NULL` sets the field to null (`--set train.max_minutes=null`). A key
+    that names no existing section or field raises ConfigError(f"{error} '{key}'.")."""
     for key, value in overrides.items():
         if value is None:
             continue
+        if value is NULL:
+            value = None
         *path, last = key.split(".")
         node = data
         for part in path:
