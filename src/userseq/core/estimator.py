@@ -52,6 +52,24 @@ ESTIMATORS: Registry[type[Estimator[Any]]] = Registry(
     "task", "Each is a package of userseq (nextitem, ctr, ...).")
 
 
+class IdMaps:
+    """Mixin of the estimators that embed users and items: their original ids, set by fit/load
+    (`user_ids_`, `item_ids_`: polars Series; None before)."""
+
+    user_ids_: Any = None
+    item_ids_: Any = None
+
+    @property
+    def user_ids(self) -> Any:
+        """The training users' original ids, in the order of `user_embeddings()`."""
+        return self.user_ids_
+
+    @property
+    def item_ids(self) -> Any:
+        """The catalogue's original item ids (item index i + 1), order of `item_embeddings()`."""
+        return self.item_ids_
+
+
 class Estimator(Generic[ConfigT]):
     """Base class of the task estimators; see the module docstring for the contract."""
 

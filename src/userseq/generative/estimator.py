@@ -29,7 +29,7 @@ from userseq.core.artifacts import (
     write_json,
 )
 from userseq.core.errors import ArtifactError, ConfigError, DataError, UserseqError
-from userseq.core.estimator import Estimator
+from userseq.core.estimator import Estimator, IdMaps
 from userseq.core.trainer import Trainer, resolve_device
 from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
 from userseq.data.eventlog import EventLog, lookup_ids
@@ -60,7 +60,7 @@ def encode_preferences(texts: Sequence[str]) -> np.ndarray:
     return encode_texts(list(texts))[0]
 
 
-class GenerativeRecommender(Estimator[GenerativeConfig]):
+class GenerativeRecommender(IdMaps, Estimator[GenerativeConfig]):
     """Generative retrieval with semantic IDs (TIGER-style) and Diverse Beam Search.
 
     >>> rec = GenerativeRecommender(overrides={"items.source": "run:runs/sasrec"}).fit(log)
@@ -90,14 +90,6 @@ class GenerativeRecommender(Estimator[GenerativeConfig]):
         self.data_fingerprint_: str | None = None
         self.train_state_: dict[str, Any] = {}
         self.device_ = torch.device("cpu")
-
-    @property
-    def user_ids(self) -> pl.Series | None:
-        return self.user_ids_
-
-    @property
-    def item_ids(self) -> pl.Series | None:
-        return self.item_ids_
 
     # ------------------------------------------------------------------ training
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,

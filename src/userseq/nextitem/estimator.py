@@ -30,7 +30,7 @@ from userseq.core.artifacts import (
     write_json,
 )
 from userseq.core.errors import ArtifactError, ConfigError, UserseqError
-from userseq.core.estimator import Estimator
+from userseq.core.estimator import Estimator, IdMaps
 from userseq.core.trainer import Trainer, TrainState, resolve_device
 from userseq.core.version import __version__
 from userseq.data.batches import csr_take, length_bucketed_batches, pad_left, training_windows
@@ -76,7 +76,7 @@ def data_fingerprint(log: EventLog) -> str:
     return fingerprint(offsets, items, extra=f"{log.n_users}:{log.n_items}")
 
 
-class NextItemRecommender(Estimator[RunConfig]):
+class NextItemRecommender(IdMaps, Estimator[RunConfig]):
     """Sequential recommender in the scikit-learn style.
 
     >>> rec = NextItemRecommender("sasrec", overrides={"train.epochs": 20}).fit(log)
@@ -110,16 +110,6 @@ class NextItemRecommender(Estimator[RunConfig]):
         self.device_ = torch.device("cpu")
         self._knn: tuple[Any, Any, Any] | None = None  # (settings, KnnEmbed, bank) cache
         self._item_dict: tuple[pl.Series, dict] | None = None
-
-    @property
-    def user_ids(self) -> pl.Series | None:
-        """The training users' original ids, in the order of `user_embeddings()`."""
-        return self.user_ids_
-
-    @property
-    def item_ids(self) -> pl.Series | None:
-        """The catalogue's original item ids (item index i + 1), order of `item_embeddings()`."""
-        return self.item_ids_
 
     # ------------------------------------------------------------------ training
     def fit(self, log: EventLog, split: Split | None = None, run_dir: str | Path | None = None,
