@@ -103,7 +103,8 @@ def ctr_rows(tmp: Path, reps: int, smoke: bool) -> list[dict]:
                                  f"{int(np.median(lengths))} events, window "
                                  f"{est.config.model.window})",
                          "engine": engine, "ms": round(ms, 3),
-                         "max_abs_diff": info["max_abs_diff"]})
+                         "max_abs_diff": info["max_abs_diff"],
+                         "dynamic_width": info.get("dynamic_width")})
     return rows
 
 
@@ -112,14 +113,20 @@ def render(write: bool) -> None:
     lines = ["Written by `benchmarks/onnx_latency.py` from `benchmarks/onnx_runs.json`. Median "
              "latency of one call after a warm-up, one thread for both engines (the service "
              "default). `max abs diff`: onnxruntime vs PyTorch on the export check.", "",
-             "| what | engine | ms per call | onnx / torch | max abs diff | verdict | command |",
-             "|---|---|---|---|---|---|---|"]
+             "`history width`: free = the graph's history axis is dynamic (a short history is "
+             "not padded to the window; since this was added), window = padded to the window.", "",
+             "| what | engine | ms per call | onnx / torch | max abs diff | history width | "
+             "verdict | command |", "|---|---|---|---|---|---|---|---|"]
     by = {(r["what"], r["engine"]): r for r in rows}
     for r in rows:
         base = by.get((r["what"], "torch"))
         ratio = f"{r['ms'] / base['ms']:.2f}" if base and r["engine"] == "onnx" else ""
+        width = {True: "free", False: "window"}.get(r.get("dynamic_width"), "—")
+        if r["engine"] == "onnx" and "CTR" in r["what"] and r.get("dynamic_width") is None:
+            width = "window"  # rows from before the dynamic history axis
         lines.append(f"| {r['what']} | {r['engine']} | {r['ms']:.2f} | {ratio} | "
-                     f"{r['max_abs_diff']:.1e} | {r['verdict']} | `{r['command'].strip()}` |")
+                     f"{r['max_abs_diff']:.1e} | {width} | {r['verdict']} | "
+                     f"`{r['command'].strip()}` |")
     if rows:
         lines += ["", f"Run {rows[0]['date']}, commit {rows[0]['commit']}, {rows[0]['machine']}."]
     publish("onnx", "ONNX engine latency next to PyTorch", lines, write)

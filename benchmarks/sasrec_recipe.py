@@ -19,7 +19,7 @@ Python API: leave-one-out, full ranking, seen items filtered, best epoch on vali
 test read once. The variant kept for the headline row is chosen on mean VALIDATION NDCG@10.
 
     python benchmarks/sasrec_recipe.py --variants base reference --seeds 0 --epochs 40
-    python benchmarks/sasrec_recipe.py --variants reference --seeds 0 1 2 --epochs 100
+    python benchmarks/sasrec_recipe.py --variants reference --seeds 0 1 2 --epochs 100 --resume
     python benchmarks/sasrec_recipe.py --table-only
 
 Rows: benchmarks/sasrec_recipe_runs.json, rendered into RESULTS.md section `sasrec-recipe`.
@@ -82,8 +82,12 @@ def part_train(a) -> None:
             split = make_split(log, cfg.data.split, **split_kwargs(cfg))
             out = WORK / f"{a.dataset}-{name}-s{seed}"
             results.log(f"train {a.dataset} {name} seed={seed} ({a.epochs} epochs max)")
+            resume = a.resume and (out / "checkpoint.safetensors").is_file()
+            if resume:  # continue a shorter run of this variant and seed to the new epoch cap
+                results.log(f"  resuming {out} (bit-exact continuation, core/trainer.py)")
             with results.LoadMonitor() as mon:
-                NextItemRecommender(config=cfg).fit(log, split, run_dir=out, quiet=True)
+                NextItemRecommender(config=cfg).fit(log, split, run_dir=out, quiet=True,
+                                                    resume=resume)
             m = read_json(out / "metrics.json")
             curve = read_json(out / "train_log.json")
             t = m["train"]
@@ -96,7 +100,7 @@ def part_train(a) -> None:
                                                   if k not in ("train.seed", "train.threads")},
                    "seed": seed, "valid_ndcg10": m["valid"]["ndcg@10"],
                    "test_ndcg10": m["test"]["ndcg@10"], "test_hr10": m["test"]["hr@10"],
-                   "status": status, "train": t,
+                   "status": status, "train": t, "resumed": resume,
                    "valid_curve": [round(e["valid_ndcg@10"], 4) for e in curve
                                    if "valid_ndcg@10" in e],
                    "epoch_seconds": [e.get("epoch_seconds") for e in curve],
@@ -159,6 +163,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100, help="epoch cap (published: 100)")
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an existing run of the same variant and seed (a lower epoch "
+                    "cap) instead of starting over; the row's wall time covers this part only")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-quiet", action="store_true")
