@@ -59,6 +59,7 @@ def test_ctr_export_matches_pytorch(ctr_data, name, tmp_path):
     assert info["max_abs_diff"] <= 1e-4 and info["check_rows"] == 40
     assert info["outputs"] == ["probability"]
     assert info["history_width"] == (0 if name == "nohist" else 60)  # nohist reads no history
+    assert isinstance(info["dynamic_width"], bool)
     side = json.loads((tmp_path / "m.onnx.json").read_text())
     assert side["model"] == name and side["task"] == "ctr"
     # the engine answers score_request like the PyTorch path, for a user and a raw history

@@ -6,9 +6,11 @@
   matrix stays with the run (retrieval is an index lookup, not a graph).
 * CTR runs export the **click model**: inputs `item`, `cat` (B,), `user` (B,), the history tensors
   `hist_item`, `hist_cat`, `hist_feat`, `hist_pos` (B, W) int64 and `mask` (B, W) bool, `context`
-  (B, C) float32 when the run has context columns; output `probability` (B,). W is fixed at
-  export time to the model's window (max_len or long_len): histories are left-padded to it
-  (padding does not change a score), batch size is free.
+  (B, C) float32 when the run has context columns; output `probability` (B,). W is free
+  (<= the model's window, max_len or long_len) when the graph also passes the check at a second,
+  shorter width (`dynamic_width` in FILE.json), so a short history is not padded to a long
+  window; otherwise W is fixed to the window and histories are left-padded to it (padding does
+  not change a score). Batch size is free.
 
 `export_onnx(run, out)` writes FILE and FILE.json (inputs, outputs, width, and the largest
 absolute difference between onnxruntime and PyTorch on real histories of the run, which must be
@@ -41,6 +43,8 @@ from userseq.nextitem.estimator import NextItemRecommender
 TOLERANCE = 1e-4
 OPSET = 17
 CTR_INPUTS = ("item", "cat", "user", "hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")
+HISTORY = ("hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")
+NARROW = 16  # the second check width of a CTR export (its history axis is dynamic if it passes)
 
 
 def _require(name: str) -> Any:
@@ -89,7 +93,7 @@ def pad_batch(b: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]
     w = b["hist_item"].shape[1]
     if w > width:
         raise ValueError(f"history width {w} exceeds the exported width {width}")
-    for k in ("hist_item", "hist_cat", "hist_feat", "hist_pos", "mask"):
+    for k in HISTORY:
         pad = torch.zeros(b[k].shape[0], width - w, dtype=b[k].dtype)
         out[k] = torch.cat([pad, b[k]], 1)
     return out
@@ -127,7 +131,7 @@ def export_onnx(run: str | Path | Estimator, out: str | Path, n_check: int = 64)
     """Export a next-item or CTR run to ONNX at `out`, check it against PyTorch with
     onnxruntime, and write `out`.json; returns that JSON's content."""
     _require("onnx")
-    ort = _require("onnxruntime")
+    _require("onnxruntime")
     est = Estimator.load(run) if not isinstance(run, Estimator) else run
     out = Path(out)
     if not out.parent.is_dir():
@@ -143,43 +147,70 @@ def export_onnx(run: str | Path | Estimator, out: str | Path, n_check: int = 64)
             raise ArtifactError(f"{run}: a '{est.task}' run; ONNX export covers next-item "
                                 "encoders and CTR models.")
         graph.eval()
-        args = tuple(torch.from_numpy(feeds[k]) for k in info["inputs"])
-        want = graph(*args).numpy()
         t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(graph, args, str(out), input_names=info["inputs"],
-                                  output_names=info["outputs"], dynamic_axes=dyn,
-                                  opset_version=OPSET, dynamo=False)
-        except Exception as e:  # the exporter's errors are many kinds
-            out.unlink(missing_ok=True)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{run}: the {est.task} model '{name}' cannot be exported to "
-                                f"ONNX ({type(e).__name__}: {first[:300]}). Serve it with the "
-                                "PyTorch engine (the default).") from None
+        diff, sess = _export_checked(graph, feeds, dyn, info, out, run, est.task, name)
+        if isinstance(est, CTREstimator):
+            # a free history width serves short histories without padding them to the window;
+            # keep it only if the graph also matches PyTorch on narrower inputs
+            narrow = {k: v[:, -NARROW:] if k in HISTORY else v for k, v in feeds.items()}
+            try:
+                wide_ok = _max_diff(graph, sess, narrow, info) <= TOLERANCE
+            except Exception:  # onnxruntime refuses the narrower shape: keep the width fixed
+                wide_ok = False
+            info["dynamic_width"] = wide_ok
+            if not wide_ok:
+                fixed = {k: {0: "batch"} for k in dyn}
+                diff, _ = _export_checked(graph, feeds, fixed, info, out, run, est.task, name)
+    info.update({"task": est.task, "model": name, "opset": OPSET,
+                 "export_seconds": round(time.perf_counter() - t0, 2), "check_rows":
+                 len(next(iter(feeds.values()))), "max_abs_diff": diff, "tolerance": TOLERANCE,
+                 "userseq_version": __version__,
+                 "run": str(run) if not isinstance(run, Estimator) else None})
+    Path(f"{out}.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def _max_diff(graph: nn.Module, sess: Any, feeds: dict[str, np.ndarray], info: dict) -> float:
+    with torch.no_grad():
+        want = graph(*(torch.from_numpy(feeds[k]) for k in info["inputs"])).numpy()
+    got = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+    return float(np.abs(got - want).max()) if want.size else 0.0
+
+
+def _export_checked(graph: nn.Module, feeds: dict[str, np.ndarray], dyn: dict, info: dict,
+                    out: Path, run: Any, task: str, name: str) -> tuple[float, Any]:
+    """Trace `graph` to `out` and check it with onnxruntime on `feeds`: (max |diff|, session).
+    Any failure (tracing, running, > TOLERANCE) removes `out` and raises one ArtifactError."""
+    ort = _require("onnxruntime")
+    args = tuple(torch.from_numpy(feeds[k]) for k in info["inputs"])
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, args, str(out), input_names=info["inputs"],
+                              output_names=info["outputs"], dynamic_axes=dyn,
+                              opset_version=OPSET, dynamo=False)
+    except Exception as e:  # the exporter's errors are many kinds
+        out.unlink(missing_ok=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{run}: the {task} model '{name}' cannot be exported to "
+                            f"ONNX ({type(e).__name__}: {first[:300]}). Serve it with the "
+                            "PyTorch engine (the default).") from None
     try:  # a graph that traced but onnxruntime cannot run is the same failure
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})[0]
+        diff = _max_diff(graph, sess, feeds, info)
     except Exception as e:
         out.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{run}: the {est.task} model '{name}' cannot be exported to ONNX "
+        raise ArtifactError(f"{run}: the {task} model '{name}' cannot be exported to ONNX "
                             f"(the traced graph fails in onnxruntime: {type(e).__name__}: "
                             f"{first[:300]}). Serve it with the PyTorch engine (the "
                             "default).") from None
-    diff = float(np.abs(got - want).max()) if want.size else 0.0
-    info.update({"task": est.task, "model": name, "opset": OPSET,
-                 "export_seconds": round(time.perf_counter() - t0, 2), "check_rows": len(want),
-                 "max_abs_diff": diff, "tolerance": TOLERANCE, "userseq_version": __version__,
-                 "run": str(run) if not isinstance(run, Estimator) else None})
     if not diff <= TOLERANCE:
         out.unlink(missing_ok=True)
         raise ArtifactError(f"{run}: the ONNX export of '{name}' differs from PyTorch by "
                             f"{diff:.3g} (> {TOLERANCE}); not written. Serve it with the PyTorch "
                             "engine.")
-    Path(f"{out}.json").write_text(json.dumps(info, indent=1) + "\n")
-    return info
+    return diff, sess
 
 
 def _nextitem_export(rec: NextItemRecommender, n: int):
@@ -202,9 +233,11 @@ def _ctr_export(est: CTREstimator, n: int):
     names = [*CTR_INPUTS, *(["context"] if n_ctx else [])]
     feeds = {k: b[k].numpy() for k in names}
     info = {"inputs": names, "outputs": ["probability"], "history_width": width,
-            "input_doc": "history tensors left-padded to history_width; see "
+            "input_doc": "history tensors left-padded (to at most history_width, or exactly "
+                         "history_width when dynamic_width is false); see "
                          "userseq.ctr.data.make_batch"}
-    dyn = {k: {0: "batch"} for k in [*names, "probability"]}
+    dyn = {k: {0: "batch", 1: "width"} if k in HISTORY else {0: "batch"}
+           for k in [*names, "probability"]}
     return graph, feeds, dyn, info
 
 
@@ -262,14 +295,21 @@ class OnnxUserEncoder(_Engine):
 class OnnxCTRScorer(_Engine):
     """A CTR estimator whose `score_request` runs the exported graph."""
 
+    def __init__(self, est: Estimator, path: Path) -> None:
+        super().__init__(est, path)
+        meta = Path(f"{path}.json")
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        self.dynamic_width = bool(info.get("dynamic_width", False))
+
     def score_request(self, request: dict[str, Any], candidates: list[Any]) -> np.ndarray:
         est = self._est
         beh, s, cand = est.request_samples(request, candidates)
         reps = s.take(np.zeros(len(cand), dtype=np.int64))
         reps.item = cand
         m = est.config.model
-        b = pad_batch(make_batch(beh, reps, est.vocab_.item_cat, m.window, m.pos_buckets),
-                      int(m.window))
+        b = make_batch(beh, reps, est.vocab_.item_cat, m.window, m.pos_buckets)
+        if not self.dynamic_width:  # an export with a fixed history width
+            b = pad_batch(b, int(m.window))
         feeds = {k: b[k].numpy() for k in self.input_names}
         return self.session.run(None, feeds)[0].astype(np.float64)
 
