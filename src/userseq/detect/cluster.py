@@ -13,8 +13,9 @@ rest.
 risk (labelled vandal rate of *training* users), `capture_at_10pct` = share of the other users'
 vandals inside the riskiest clusters covering 10% of them (`lift_at_10pct` = capture / 0.10),
 recall (`capture_at_Npct`) and precision (`precision_at_Npct`) at user shares 10/20/30/50% with
-the area under that capture curve (`capture_auc`; random 0.5), size-weighted `purity`, `n_clusters`, and a depth-3 tree's rules (in words) recognising the risky
-clusters from readable features, with their precision/recall for vandals.
+the area under that capture curve (`capture_auc`; random 0.5), size-weighted `purity`,
+`n_clusters`, and a depth-3 tree's rules (in words) recognising the risky clusters from readable
+features, with their precision/recall for vandals.
 """
 
 from __future__ import annotations
