@@ -33,6 +33,9 @@ STORE = HERE / "cluster_wiki_runs.json"
 LOCK = HERE / "_work" / "cluster_wiki.lock"
 WORK = HERE / "_work" / "cluster_wiki"
 SUPERVISED = HERE / "_work" / "attack_events" / "target"
+CURVE_KEYS = ("capture_at_20pct", "capture_at_30pct", "capture_at_50pct", "precision_at_10pct",
+              "precision_at_20pct", "precision_at_30pct", "precision_at_50pct", "capture_auc",
+              "capture_auc_best")
 AE = {"model.max_len": 50, "train.batch_size": 256, "train.epochs": 8, "train.threads": 2,
       "model.dim": 32}
 
@@ -59,7 +62,8 @@ def cluster(run, features, seed):
     return {"kind": "cluster", "seed": seed, "run": Path(run).name, "features": features,
             **{k: m[k] for k in ("capture_at_10pct", "lift_at_10pct", "purity", "n_clusters",
                                  "noise_share", "rule_precision", "rule_recall",
-                                 "cluster_seconds", "evaluated_users", "evaluated_vandals")},
+                                 "cluster_seconds", "evaluated_users", "evaluated_vandals",
+                                 *CURVE_KEYS)},
             "rules": m["rule"]["rules"][:4]}
 
 
@@ -102,6 +106,24 @@ def render(rows):
                      f"| {ms('n_clusters')} | {ms('noise_share')} | {ms('rule_precision')} "
                      f"| {ms('rule_recall')} | {ms('cluster_seconds')} "
                      f"| {','.join(sorted({r['verdict'] for r in rs}))} |")
+    curve = [(k, rs) for k, rs in sorted(groups.items())
+             if all("capture_auc" in r for r in rs)]
+    if curve:
+        lines += ["", "Recall (share of the evaluated users' vandals caught) and precision (vandal "
+                  "rate of the users taken) of the riskiest clusters at cumulative user shares, "
+                  "and the area under that capture curve (random 0.5; best possible = 1 - "
+                  "vandal rate / 2). Capture@10% cannot exceed 0.10 / vandal rate (about 0.2 here: "
+                  "vandals are about half the users).", "",
+                  "| embedding | clustered | seeds | recall@10% | @20% | @30% | @50% "
+                  "| precision@10% | @20% | @30% | @50% | capture AUC | best AUC |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (emb, feats), rs in curve:
+            def ms(k, rs=rs):
+                return results.mean_std([r[k] for r in rs])
+            lines.append(f"| {emb} | {feats} | {','.join(str(r['seed']) for r in rs)} | "
+                         + " | ".join(ms(f"{m}_at_{p}pct") for m in ("capture", "precision")
+                                      for p in (10, 20, 30, 50))
+                         + f" | {ms('capture_auc')} | {ms('capture_auc_best')} |")
     main = [r for r in cl if r["run"].startswith("ae-") and r["features"] == "both"]
     if main and main[0]["rules"]:
         lines += ["", f"Rules (behavior-ae + features, seed {main[0]['seed']}):", ""]

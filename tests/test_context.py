@@ -95,6 +95,17 @@ def test_context_cli_and_service(fake_text, cli, tmp_path):
     bad.write_text(json.dumps({"user_id": 1, "posts": ["a", "b"]}) + "\n")
     assert_user_error(cli("context", "train", "--data", bad, "--out", tmp_path / "b"),
                       "missing fields ['context']")
+    # --overwrite with bad data: the data is read and validated first, the old run stays
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(json.dumps(r) for r in users(40).to_dicts()[:5]))
+    for data_path, message in ((bad, "missing fields ['context']"),
+                               (few, "only 5 users have 2+ posts"),
+                               (tmp_path / "none.jsonl", "no such file")):
+        assert_user_error(cli("context", "train", "--data", data_path, "--out", run,
+                              "--overwrite", "--quiet"), message)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert cli("context", run, "--user", "3", "--input", "about product 2").code == 0
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"user_id": 1, "posts": ["a"], "context": "x"}\n{"user_id": 2, '
                       b'"posts": ["caf\xe9"], "context": "y"}\n')

@@ -101,3 +101,77 @@ def test_length_baselines_and_first_k_over_long_enough_users():
     lengths = np.array([3, 1, 10])
     assert at_least(np.array([0, 1, 2]), lengths, 2).tolist() == [0, 2]
     assert at_least(np.array([0, 1, 2]), lengths, None).tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------- the page vocabulary
+def _page_reads(ev: pl.DataFrame, y: np.ndarray, split, causal: bool = True) -> np.ndarray:
+    """Per event (frame rows), the page the fitted detector reads: its id, or '<rare>'."""
+    from detect_support import TINY
+
+    from userseq.detect.estimator import UserDetector
+
+    lab = pl.DataFrame({"user_id": [f"u{u}" for u in range(len(y))], "label": y})
+    data = event_data(EventLog.from_frame(ev), lab)
+    det = UserDetector("gru", overrides={**TINY, "train.epochs": 1,
+                                         "model.causal_pages": causal}).fit(data, split, quiet=True)
+    rows = det.event_tables(data)[0].numpy()[1:]
+    names = np.array(["<pad>", "<rare>", *[str(p) for p in det.pages_.to_list()]], dtype=object)
+    return names[rows]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_page_vocabulary_at_t_ignores_everything_after_t(seed):
+    from userseq.detect.data import DetectSplit
+
+    ev, y = _world(seed, n_users=80, n_pages=70)
+    n = len(y)
+    split = DetectSplit(np.arange(0, n, 2), np.arange(1, n, 4), np.arange(3, n, 4))
+    t = int(np.median(ev["timestamp"].to_numpy()))
+    ev2, y2 = _future_perturbed(ev, y, t, seed)
+    early = EventLog.from_frame(ev).frame["timestamp"].to_numpy() <= t
+    reads, reads2 = _page_reads(ev, y, split), _page_reads(ev2, y2, split)
+    np.testing.assert_array_equal(reads2[early], reads[early])
+    assert (reads[early] != "<rare>").sum() > 10  # the vocabulary is used before t
+    # the former vocabulary (pages of the training users' whole histories) fails this
+    old, old2 = (_page_reads(ev, y, split, causal=False),
+                 _page_reads(ev2, y2, split, causal=False))
+    assert (old[early] != old2[early]).any()
+
+
+def test_page_vocabulary_by_hand_and_test_users_never_enter_it(tmp_path):
+    from detect_support import TINY
+
+    from userseq.detect.data import DetectSplit
+    from userseq.detect.estimator import UserDetector
+
+    # training users a, b, c first edit P at 5, 3, 9 (b again at 10); Q only by a; test user d
+    # edits P at 4 and 6, Q at 7 and R at 8; validation users e, f edit P at 2 and R at 1
+    ev = pl.DataFrame({"user_id": ["a", "a", "b", "b", "c", "d", "d", "d", "d", "e", "f"],
+                       "item_id": ["P", "Q", "P", "P", "P", "P", "P", "Q", "R", "P", "R"],
+                       "timestamp": [5, 6, 3, 10, 9, 4, 6, 7, 8, 2, 1]})
+    lab = pl.DataFrame({"user_id": list("abcdef"), "label": [1, 0, 1, 0, 1, 0]})
+    data = event_data(EventLog.from_frame(ev), lab)
+    ids = data.log.user_ids.to_list()
+    split = DetectSplit(np.array([ids.index(u) for u in "abc"]),
+                        np.array([ids.index(u) for u in "ef"]), np.array([ids.index("d")]))
+    det = UserDetector("gru", overrides={**TINY, "train.epochs": 1}).fit(
+        data, split, run_dir=tmp_path / "run", quiet=True)
+    assert det.pages_.to_list() == ["P"]  # Q: one training user; R: no training user
+    np.testing.assert_array_equal(det.page_since_, [5.0])  # the 2nd training user's first edit
+    f = data.log.frame
+    rows = det.event_tables(data)[0].numpy()[1:]
+    read = {(data.log.user_ids[int(u)], float(t)): int(r)
+            for u, t, r in zip(f["user"].to_numpy(), f["timestamp"].to_numpy(), rows, strict=True)}
+    assert read[("d", 4.0)] == 1 and read[("d", 6.0)] == 2  # P is known from after t=5
+    assert read[("a", 5.0)] == 1 and read[("b", 10.0)] == 2 and read[("e", 2.0)] == 1
+    assert read[("d", 7.0)] == 1 and read[("d", 8.0)] == 1  # Q, R: rare
+    # the vocabulary and its times reload with the run
+    again = UserDetector.load(tmp_path / "run")
+    np.testing.assert_array_equal(again.page_since_, [5.0])
+    np.testing.assert_array_equal(again.event_tables(data)[0].numpy(), det.event_tables(data)[0])
+    # test and validation users' events never enter it: change all of them, same vocabulary
+    ev2 = ev.with_columns(pl.when(pl.col("user_id").is_in(["d", "e", "f"])).then(pl.lit("Q"))
+                          .otherwise(pl.col("item_id")).alias("item_id"))
+    det2 = UserDetector("gru", overrides={**TINY, "train.epochs": 1}).fit(
+        event_data(EventLog.from_frame(ev2), lab), split, quiet=True)
+    assert det2.pages_.to_list() == ["P"] and det2.page_since_.tolist() == [5.0]

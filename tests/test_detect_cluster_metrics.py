@@ -28,6 +28,41 @@ def test_capture_at_10pct_by_hand():
     assert capture == pytest.approx((2 + 0.5 * 1) / 4) and taken == [0, 1]
 
 
+def test_capture_curve_by_hand():
+    from userseq.detect.cluster import capture_at, capture_curve, cluster_metrics, risk_order
+
+    # the same 20 users: order [0, 1, noise]; the curve runs through (share of users, share of
+    # the 4 vandals) = (0, 0), (2/20, 2/4), (6/20, 3/4), (20/20, 4/4)
+    labels = np.array([0, 0] + [1] * 4 + [-1] * 14)
+    y = np.array([1, 1] + [1, 0, 0, 0] + [1] + [0] * 13)
+    order = risk_order(labels, y, np.ones(20, dtype=bool))
+    c = capture_curve(labels, y, order)
+    got = {p["share"]: (p["capture"], p["precision"]) for p in c["points"]}
+    assert got[0.10] == pytest.approx((2 / 4, 2 / 2))          # cluster 0: 2 users, 2 vandals
+    assert got[0.20] == pytest.approx((2.5 / 4, 2.5 / 4))      # + half of cluster 1
+    assert got[0.30] == pytest.approx((3 / 4, 3 / 6))          # clusters 0 and 1
+    # + 4 of the 14 noise users (pro rata 4/14 of its one vandal)
+    assert got[0.50] == pytest.approx(((3 + 4 / 14) / 4, (3 + 4 / 14) / 10))
+    for s in (0.1, 0.2, 0.3, 0.5):
+        assert got[s][0] == pytest.approx(capture_at(labels, y, order, s)[0])
+    # trapezoids: 0.1 * (0 + .5) / 2 + 0.2 * (.5 + .75) / 2 + 0.7 * (.75 + 1) / 2
+    assert c["auc"] == pytest.approx(0.025 + 0.125 + 0.6125)
+    assert c["auc_random"] == 0.5 and c["auc_best"] == pytest.approx(1 - 0.2 / 2)
+    # worst order (noise first) sits below random
+    assert capture_curve(labels, y, [-1, 1, 0])["auc"] < 0.5
+    # cluster_metrics: the old keys kept, the curve evaluated on the users whose label was unused
+    pytest.importorskip("sklearn")
+    known = np.zeros(40, dtype=bool)
+    known[20:] = True
+    m = cluster_metrics(np.zeros((40, 1)), ["f"], np.concatenate([labels, labels]),
+                        np.concatenate([y, y]), known)
+    assert m["capture_at_10pct"] == pytest.approx(0.5) and m["lift_at_10pct"] == pytest.approx(5)
+    assert m["capture_at_50pct"] == pytest.approx((3 + 4 / 14) / 4)
+    assert m["precision_at_30pct"] == pytest.approx(0.5)
+    assert m["capture_auc"] == pytest.approx(0.7625)
+    assert [p["share"] for p in m["capture_curve"]] == [0.1, 0.2, 0.3, 0.5]
+
+
 def test_risk_reads_training_labels_only():
     from userseq.detect.cluster import risk_order
 
@@ -78,7 +113,8 @@ def test_behavior_ae_trains_without_labels_and_clusters(tmp_path):
     assert m["train"]["monitor"] == "neg_loss"
     s = cluster_run(tmp_path / "run", min_cluster_size=8)
     out = json.loads((tmp_path / "run" / "cluster" / "metrics.json").read_text())
-    for k in ("capture_at_10pct", "lift_at_10pct", "purity", "n_clusters"):
+    for k in ("capture_at_10pct", "lift_at_10pct", "purity", "n_clusters", "capture_at_50pct",
+              "precision_at_20pct", "capture_auc", "capture_auc_random"):
         assert k in out
     assert out["lift_at_10pct"] == pytest.approx(out["capture_at_10pct"] / 0.10)
     assert out["n_clusters"] >= 2 and 0 <= out["capture_at_10pct"] <= 1

@@ -191,10 +191,10 @@ class EventSearch:
         assert det.pages_ is not None
         self.page_index, self.feats = det.event_tables(data)
         self.offsets = data.log.sequences()[0]
-        # log item -> detector page index (1 = rare page)
+        # log item -> detector page index (1 = rare page); appended events come after the user's
+        # last one, when (causal vocabulary) most pages are known: the final scoring is exact
         item_pages = np.ones(data.log.n_items + 1, dtype=np.int64)
-        f = data.log.frame
-        item_pages[f["item"].to_numpy()] = self.page_index[1:].numpy()
+        item_pages[1:] = det.page_rows(data.log.item_ids)
         self.item_pages = item_pages
         self.vocab_items = {int(i) for i in np.flatnonzero(item_pages > 1)}
         self.train = train

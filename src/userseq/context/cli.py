@@ -78,8 +78,10 @@ def _train(data: str | None, out_dir: Path | None, context_dim: int | None, top_
                        ("dataset", dataset)):
         if value is not None:
             sets[key] = value
-    check_out_dir(out_dir, False, overwrite, delete=True)
-    ctx = UserContext(overrides=sets).fit(run_dir=out_dir, quiet=quiet)
+    # --overwrite: the old run goes only once the data is read and valid (bad data keeps it)
+    ctx = UserContext(overrides=sets).fit(
+        run_dir=out_dir, quiet=quiet,
+        before_write=lambda: check_out_dir(out_dir, False, overwrite, delete=True))
     t = ctx.metrics_["test"]
     k = ctx.config.model.top_k
     for name, m in ctx.metrics_["methods"].items():

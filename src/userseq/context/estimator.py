@@ -10,6 +10,7 @@ text vector. Users are held out (validation for early stopping, test for the rep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,12 @@ class UserContext(Estimator[ContextConfig]):
 
     # ------------------------------------------------------------------ training
     def fit(self, frame: pl.DataFrame | None = None, run_dir: str | Path | None = None,
-            quiet: bool = False) -> UserContext:
+            quiet: bool = False, before_write: Callable[[], None] | None = None) -> UserContext:
         """Train on `frame` (user_id, posts, context[, relevancy]; default: `config.dataset`,
         petgen-wiki) with held-out validation and test users; with `run_dir`, save the run and
-        its metrics.json (test metrics of the aggregator and the baselines)."""
+        its metrics.json (test metrics of the aggregator and the baselines). `before_write` is
+        called once the data is read, validated and encoded, before anything is written (the
+        CLI's --overwrite deletes the old run there, so bad data leaves it intact)."""
         cfg = self.config
         frame = load_users(cfg.dataset) if frame is None else frame
         if "relevancy" not in frame.columns:
@@ -169,6 +172,8 @@ class UserContext(Estimator[ContextConfig]):
             return self._scores("aggregator", model, [rows[i] for i in valid],
                                 (x[valid], h[valid], m[valid], t[valid]))
 
+        if before_write is not None:
+            before_write()
         trainer = Trainer(cfg.train, run_dir, quiet=quiet)
         state = trainer.fit(model, batches, -(-len(train_idx) // bs), loss_fn, validate)
         model.eval()

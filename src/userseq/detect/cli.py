@@ -158,16 +158,23 @@ def score(
     timestamp_col: str = "timestamp",
     text_col: str = "text",
 ) -> None:
-    """Score users: CSV of user_id, score (P(malicious)), flagged (validation-chosen threshold)."""
+    """Score users: CSV of user_id, score (P(malicious)), flagged (validation-chosen threshold).
+    Text detectors read the posts per user they were trained with (--fixed-posts of the run)."""
     import polars as pl
 
+    from userseq.detect.data import default_fixed_posts
     from userseq.detect.estimator import UserDetector
 
     if first_k is not None and first_k < 1:
         raise UserseqError(f"--first-k must be a positive integer (got {first_k}).")
     det = UserDetector.load(run_dir)
     columns = (user_col, item_col, timestamp_col, text_col)
-    d = _load_data(events, None, det.kind, columns, det.config.with_leakage)
+    c = det.config  # text: the posts per user the detector was trained with (None: the default)
+    fixed = c.fixed_posts if c.fixed_posts is not None else default_fixed_posts(events)
+    d = _load_data(events, None, det.kind, columns, c.with_leakage, fixed, c.fixed_keep)
+    if det.kind == "text" and d.post_count is not None and d.post_count["dropped"]["all"]:
+        err.print(f"the detector reads the {c.fixed_keep} {fixed} posts per user (as trained); "
+                  f"{d.post_count['dropped']['all']:,} users with fewer are not scored")
     d.labels = None
     s = det.predict_proba(d, first_k=first_k)
     flagged = (s >= det.threshold(first_k)).astype(int)

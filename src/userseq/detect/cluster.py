@@ -12,8 +12,10 @@ rest.
 `cluster_metrics` scores a clustering the way FinDeepBehaviorCluster uses it: clusters ranked by
 risk (labelled vandal rate of *training* users), `capture_at_10pct` = share of the other users'
 vandals inside the riskiest clusters covering 10% of them (`lift_at_10pct` = capture / 0.10),
-size-weighted `purity`, `n_clusters`, and a depth-3 tree's rules (in words) recognising the risky
-clusters from readable features, with their precision/recall for vandals.
+recall (`capture_at_Npct`) and precision (`precision_at_Npct`) at user shares 10/20/30/50% with
+the area under that capture curve (`capture_auc`; random 0.5), size-weighted `purity`,
+`n_clusters`, and a depth-3 tree's rules (in words) recognising the risky clusters from readable
+features, with their precision/recall for vandals.
 """
 
 from __future__ import annotations
@@ -201,6 +203,15 @@ def _metrics_lines(m: dict[str, Any] | None) -> list[str]:
              f"{m['capture_at_10pct']:.1%} of their {m['evaluated_vandals']:,} vandals (lift "
              f"{m['lift_at_10pct']:.2f}); purity {m['purity']:.3f}; {m['n_clusters']} clusters; "
              f"HDBSCAN {m['cluster_seconds']:.1f} s.", ""]
+    if m.get("capture_curve"):
+        lines += ["Riskiest clusters covering a share of the evaluated users: recall (share of "
+                  "their vandals caught) and precision (vandal rate of the users taken); area "
+                  f"under the capture curve {m['capture_auc']:.3f} (random "
+                  f"{m['capture_auc_random']:.2f}, best possible {m['capture_auc_best']:.3f}).",
+                  "", "| users taken | recall | precision | lift |", "|---:|---:|---:|---:|"]
+        lines += [f"| {p['share']:.0%} | {p['capture']:.3f} | {p['precision']:.3f} "
+                  f"| {p['lift']:.2f} |" for p in m["capture_curve"]]
+        lines.append("")
     r = m["rule"]
     if r["rules"]:
         prec = "n/a" if r["precision"] is None else f"{r['precision']:.3f}"
@@ -344,6 +355,39 @@ def capture_at(labels: np.ndarray, y: np.ndarray, order: list[int], share: float
     return float(caught / total), taken
 
 
+CURVE_SHARES = (0.10, 0.20, 0.30, 0.50)
+
+
+def capture_curve(labels: np.ndarray, y: np.ndarray, order: list[int],
+                  shares: tuple[float, ...] = CURVE_SHARES) -> dict[str, Any]:
+    """Recall and precision of the riskiest clusters at cumulative user shares, and the area under
+    the capture curve.
+
+    Taking the clusters in `order` (each pro rata at the boundary) traces a piecewise-linear curve
+    from (0, 0) to (1, 1): x = share of users taken, y = share of their vandals caught. At each
+    share s: `capture` (recall) = y(s), `precision` = vandals caught / users taken (the vandal
+    rate of the taken users), `lift` = capture / s. `auc` is the exact area under the curve;
+    random order gives 0.5 (`auc_random`) and the best possible order, all vandals first, gives
+    1 - p/2 for vandal rate p (`auc_best`)."""
+    n, v = len(labels), int(y.sum())
+    xs, cs = [0.0], [0.0]
+    for c in order:
+        m = labels == c
+        if not m.any():
+            continue
+        xs.append(xs[-1] + m.sum() / n)
+        cs.append(cs[-1] + (y[m].sum() / v if v else 0.0))
+    xs_a, cs_a = np.array(xs), np.array(cs)
+    points = []
+    for s in shares:
+        cap = float(np.interp(s, xs_a, cs_a))
+        points.append({"share": s, "capture": cap, "lift": cap / s,
+                       "precision": cap * v / (s * n) if n else 0.0})
+    rate = v / n if n else 0.0
+    auc = float(np.sum((xs_a[1:] - xs_a[:-1]) * (cs_a[1:] + cs_a[:-1]) / 2))
+    return {"points": points, "auc": auc, "auc_random": 0.5, "auc_best": 1 - rate / 2}
+
+
 def rule_metrics(X: np.ndarray, names: list[str], target: np.ndarray, y: np.ndarray,
                  fit_on: np.ndarray, score_on: np.ndarray, seed: int = 0, depth: int = 3,
                  ) -> dict[str, Any]:
@@ -390,7 +434,13 @@ def cluster_metrics(X_read: np.ndarray, names: list[str], labels: np.ndarray, y:
     risky = np.isin(labels, taken)
     fit_on = np.flatnonzero(known) if known.any() else np.arange(len(y))
     rules = rule_metrics(X_read, names, risky, y, fit_on, np.flatnonzero(ev), seed)
+    curve = capture_curve(labels[ev], y[ev], order)
+    at = {f"{k}_at_{round(p['share'] * 100)}pct": p[k] for p in curve["points"]
+          for k in ("capture", "precision")}
     return {"capture_at_10pct": capture, "lift_at_10pct": capture / share,
+            **{k: at[k] for k in at if k != "capture_at_10pct"},
+            "capture_auc": curve["auc"], "capture_auc_random": curve["auc_random"],
+            "capture_auc_best": curve["auc_best"], "capture_curve": curve["points"],
             "purity": float(purity / max(1, clustered.sum())),
             "n_clusters": int(len(set(labels[clustered].tolist()))),
             "noise_share": float((~clustered).mean()), "risky_clusters": [int(c) for c in taken],

@@ -30,6 +30,9 @@ class DetectModelConfig(StrictModel):
                          "first max_len")
     page_min_users: int = Field(2, ge=1, description="pages edited by fewer training users share "
                                 "one 'rare' vector")
+    causal_pages: bool = Field(True, description="an event reads its page's vector only if "
+                               "page_min_users training users had edited the page before it "
+                               "(else the 'rare' vector); False: any time (reads the future)")
     max_posts: int = Field(20, ge=1)
     max_tokens: int = Field(30, ge=1)
     vocab_size: int = Field(20000, ge=10)

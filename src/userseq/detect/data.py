@@ -150,9 +150,12 @@ DATASET_FIXED_POSTS = {"petgen-wiki": 8}
 KEEP = ("last", "first")
 
 
-def fix_post_count(data: TextData, n: int, keep: str = "last") -> TextData:
+def fix_post_count(data: TextData, n: int, keep: str = "last", drop_short: bool = True,
+                   ) -> TextData:
     """Every user with exactly `n` posts: the last (or first) `n`; users with fewer are dropped
-    (counted per class in `post_count`). `n` = 0 returns `data` unchanged."""
+    (counted per class in `post_count`). `n` = 0 returns `data` unchanged. `drop_short=False`
+    keeps users with fewer posts whole (scoring with a detector trained on `n` posts per user;
+    `post_count["short_kept"]` counts them)."""
     if n == 0:
         return data
     if n < 2:
@@ -167,29 +170,32 @@ def fix_post_count(data: TextData, n: int, keep: str = "last") -> TextData:
                         f"{data.post_count['fixed_posts']} ({data.post_count['keep']}); load the "
                         "data again to fix them to another count.")
     lengths = np.array([len(p) for p in data.posts])
-    kept = np.flatnonzero(lengths >= n)
-    if len(kept) == 0:
+    kept = np.flatnonzero(lengths >= n) if drop_short else np.arange(len(lengths))
+    if len(kept) == 0 and drop_short:
         raise DataError(f"{data.source}: no user has {n} posts (most: {int(lengths.max())}); "
                         "choose a smaller fixed_posts.")
 
     def cut(seq: list[Any], total: int) -> list[Any]:
-        return list(seq[total - n:]) if keep == "last" else list(seq[:n])
+        return list(seq[max(0, total - n):]) if keep == "last" else list(seq[:n])
 
     relevancy = None
     if data.relevancy is not None:
         # flags belong to the posts before the last; 'first' keeps posts whose target context
         # is not the original one, so their flags no longer apply (zeros)
-        relevancy = [list(data.relevancy[u][-(n - 1):]) if keep == "last" else [0] * (n - 1)
-                     for u in kept]
+        relevancy = [list(data.relevancy[u][-(n - 1):]) if keep == "last"
+                     else [0] * (min(n, len(data.posts[u])) - 1) for u in kept]
     contexts = None
     if data.contexts is not None:
         contexts = [data.contexts[u] if keep == "last" else "" for u in kept]
     dropped: dict[str, int] = {"all": int(len(lengths) - len(kept))}
-    if data.labels is not None:
+    if data.labels is not None and drop_short:
         short = lengths < n
         dropped = {"benign": int((short & (data.labels == 0)).sum()),
                    "malicious": int((short & (data.labels == 1)).sum()), **dropped}
-    info = {"fixed_posts": n, "keep": keep, "users": int(len(kept)), "dropped": dropped}
+    info: dict[str, Any] = {"fixed_posts": n, "keep": keep, "users": int(len(kept)),
+                            "dropped": dropped}
+    if not drop_short:
+        info["short_kept"] = int((lengths < n).sum())
     return TextData(user_ids=data.user_ids.gather(kept),
                     posts=[cut(data.posts[u], len(data.posts[u])) for u in kept],
                     labels=None if data.labels is None else data.labels[kept],

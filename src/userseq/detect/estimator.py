@@ -58,6 +58,7 @@ __all__ = ["DetectConfig", "DetectModelConfig", "UserDetector", "build_vocab", "
            "readable_user_features", "train_and_evaluate"]
 
 MODEL_FILE = "model.safetensors"
+PAGE_SINCE_FILE = "page_since.safetensors"  # causal page vocabulary: when each page became known
 LEGACY_CONFIG_FILE = "detect.yaml"  # the config file of runs written by userseq 0.1
 Data = EventData | TextData
 
@@ -127,6 +128,7 @@ class UserDetector(Estimator[DetectConfig]):
         super().__init__(config, over)
         self.net_: Detector | None = None
         self.pages_: pl.Series | None = None  # page vocabulary (event models): table rows 2..
+        self.page_since_: np.ndarray | None = None  # per page: read from this time on (causal)
         self.vocab_: list[str] | None = None  # token vocabulary (hlstm, cnn)
         self.feature_names_: list[str] = []
         self.thresholds_: dict[str, float] = {}
@@ -166,7 +168,7 @@ class UserDetector(Estimator[DetectConfig]):
         """A fresh network, with the vocabularies read off the training users."""
         m = self.config.model
         if isinstance(data, EventData):
-            self.pages_ = self._page_vocab(data, train_users)
+            self.pages_, self.page_since_ = self._page_vocab(data, train_users)
             self.feature_names_ = list(data.feature_names)
             return self._build(len(self.pages_) + 1, data.features.shape[1], 0)
         if self._spec().inputs == "tokens":
@@ -179,12 +181,35 @@ class UserDetector(Estimator[DetectConfig]):
             table.requires_grad_(False)
         return net
 
-    def _page_vocab(self, data: EventData, users: np.ndarray) -> pl.Series:
-        f = data.log.frame.select("user", "item")
-        train = f.filter(pl.col("user").is_in(users.tolist()))
-        n_users = train.group_by("item").agg(pl.col("user").n_unique().alias("n"))
-        keep = n_users.filter(pl.col("n") >= self.config.model.page_min_users).sort("item")["item"]
-        return data.log.item_ids.gather(keep.to_numpy() - 1)
+    def _page_vocab(self, data: EventData, users: np.ndarray,
+                    ) -> tuple[pl.Series, np.ndarray | None]:
+        """The pages at least `page_min_users` *training* users edited, and (`causal_pages`) for
+        each the time it got there: the page_min_users-th training user's first edit of it. An
+        event reads a page's vector only after that time (`_event_tables`), so no event's input
+        depends on later edits, and test users' events never enter the vocabulary."""
+        k = self.config.model.page_min_users
+        f = data.log.frame
+        u = f["user"].to_numpy()
+        is_train = np.zeros(data.n_users, dtype=bool)
+        is_train[np.asarray(users, dtype=np.int64)] = True
+        m = is_train[u]
+        firsts = (pl.DataFrame({"u": u[m], "i": f["item"].to_numpy()[m],
+                                "t": f["timestamp"].to_numpy().astype(np.float64)[m]})
+                  .group_by("u", "i").agg(pl.col("t").min()))
+        per_page = (firsts.group_by("i").agg(pl.len().alias("n"), pl.col("t").sort())
+                    .filter(pl.col("n") >= k).sort("i"))
+        pages = data.log.item_ids.gather(per_page["i"].to_numpy() - 1)
+        if not self.config.model.causal_pages:
+            return pages, None
+        return pages, per_page["t"].list.get(k - 1).to_numpy().astype(np.float64)
+
+    def page_rows(self, ids: Any) -> np.ndarray:
+        """Rows of the page table for page `ids` (1 = rare or unknown page), at any time: with
+        `causal_pages` an event reads the row only once the page is known (`event_tables`)."""
+        self.check_is_fitted()
+        assert self.pages_ is not None
+        idx = lookup_ids(self.pages_, ids, offset=2)  # unknown -> 0
+        return np.where(idx == 0, 1, idx)
 
     def event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-event model inputs of `data` (row 0 = padding, then one row per `data.log.frame`
@@ -195,9 +220,11 @@ class UserDetector(Estimator[DetectConfig]):
     def _event_tables(self, data: EventData) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-event model inputs, row 0 = padding: page index (1 = rare/unknown page), features."""
         assert self.pages_ is not None
-        idx = lookup_ids(self.pages_, data.log.item_ids, offset=2)  # unknown -> 0
-        idx = np.where(idx == 0, 1, idx)  # rare/unknown page -> 1
-        per_event = idx[data.log.frame["item"].to_numpy() - 1]
+        per_event = self.page_rows(data.log.item_ids)[data.log.frame["item"].to_numpy() - 1]
+        if self.page_since_ is not None:  # causal: a page is rare until enough users edited it
+            since = np.concatenate([[np.inf, np.inf], self.page_since_])
+            ts = data.log.frame["timestamp"].to_numpy().astype(np.float64)
+            per_event = np.where(since[per_event] < ts, per_event, 1)
         if data.features.shape[1] != len(self.feature_names_):
             raise DataError(f"{data.source}: events have {data.features.shape[1]} features but the "
                             f"model was trained with {len(self.feature_names_)} "
@@ -206,6 +233,27 @@ class UserDetector(Estimator[DetectConfig]):
         feats = torch.from_numpy(data.features).float()
         feats = torch.cat([torch.zeros(1, feats.shape[1]), feats])
         return pages, feats
+
+    def posts_read(self, data: Data) -> Data:
+        """`data` as this detector reads it. A text detector trained with `fixed_posts` N reads
+        each user's last (or first, `fixed_keep`) N posts; users with fewer keep all theirs
+        (training dropped them: load with `load_text_data(..., fixed_posts=N)` to do the same).
+        Event data, and detectors trained on all posts (0) or without a recorded count (None),
+        read `data` as given. Posts already fixed to another count are a DataError."""
+        n, keep = self.config.fixed_posts, self.config.fixed_keep
+        if not isinstance(data, TextData) or n is None:
+            return data
+        pc = data.post_count
+        if pc is not None and (pc["fixed_posts"], pc["keep"]) != (n, keep):
+            trained = f"the last {n}" if keep == "last" else f"the first {n}"
+            raise DataError(
+                f"{data.source}: posts were fixed to {pc['fixed_posts']} ({pc['keep']}) per user "
+                f"but the detector ('{self.config.model.name}') was trained on "
+                f"{'all posts' if n == 0 else trained + ' posts'} per user; load the data with "
+                f"fixed_posts={n}" + ("" if n == 0 else f", keep='{keep}'") + ".")
+        if pc is not None or n == 0:
+            return data
+        return fix_post_count(data, n, keep, drop_short=False)
 
     # ------------------------------------------------------------------ inputs per batch
     def _prepare(self, data: Data) -> dict[str, Any]:
@@ -255,6 +303,7 @@ class UserDetector(Estimator[DetectConfig]):
         seen. Without a split, the config's (`valid`, `test`, `split_seed`) is drawn.
         `augment(data, split) -> (data, split)` may add training users (adversarial training)."""
         self._check_data(data)
+        data = self.posts_read(data)
         labels = _labels(data, "training")
         cfg = self.config
         split = split or stratified_split(labels, cfg.valid, cfg.test, cfg.split_seed)
@@ -368,7 +417,7 @@ class UserDetector(Estimator[DetectConfig]):
         cache = self._prep_cache
         if cache is not None and cache[0] is data:
             return cache[1]
-        prep = self._prepare(data)
+        prep = self._prepare(self.posts_read(data))
         self._prep_cache = (data, prep)
         return prep
 
@@ -435,7 +484,7 @@ class UserDetector(Estimator[DetectConfig]):
         s = self.predict_proba(data, users)
         out: dict[str, Any] = {"test": binary_metrics(y, s, self.thresholds_.get("all", 0.5)),
                                "first_k": {}}
-        full = user_lengths(data)
+        full = user_lengths(self.posts_read(data))
         for k in first_k if first_k is not None else self.config.first_k:
             uk = at_least(np.asarray(users), full, k)  # only users who made k events
             if len(np.unique(labels[uk])) < 2:
@@ -463,6 +512,8 @@ class UserDetector(Estimator[DetectConfig]):
         save_tensors(net.state_dict(), d / MODEL_FILE, meta)
         if self.pages_ is not None:
             save_ids(self.pages_, d / "pages.parquet")
+        if self.page_since_ is not None:
+            save_tensors({"since": torch.from_numpy(self.page_since_)}, d / PAGE_SINCE_FILE)
         if self.vocab_ is not None:
             save_ids(pl.Series("id", self.vocab_), d / "vocab.parquet")
         write_json({"feature_names": self.feature_names_, "thresholds": self.thresholds_,
@@ -477,6 +528,13 @@ class UserDetector(Estimator[DetectConfig]):
         self.train_state_ = info.get("train", {})
         if (d / "pages.parquet").exists():
             self.pages_ = load_ids(d / "pages.parquet")
+        if (d / PAGE_SINCE_FILE).exists():  # runs before the causal vocabulary: read any time
+            since = load_tensors(d / PAGE_SINCE_FILE)[0]["since"].numpy()
+            if self.pages_ is None or len(since) != len(self.pages_):
+                raise ArtifactError(f"{d / PAGE_SINCE_FILE}: {len(since)} page times for "
+                                    f"{0 if self.pages_ is None else len(self.pages_)} pages in "
+                                    f"{d / 'pages.parquet'}; the run directory is inconsistent.")
+            self.page_since_ = since
         if (d / "vocab.parquet").exists():
             self.vocab_ = load_ids(d / "vocab.parquet").to_list()
         net = self._build(*(int(meta.get(k, 0)) for k in ("n_pages", "n_features", "vocab")))
