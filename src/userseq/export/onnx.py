@@ -8,9 +8,9 @@
   `hist_item`, `hist_cat`, `hist_feat`, `hist_pos` (B, W) int64 and `mask` (B, W) bool, `context`
   (B, C) float32 when the run has context columns; output `probability` (B,). W is free
   (<= the model's window, max_len or long_len) when the graph also passes the check at a second,
-  shorter width (`dynamic_width` in FILE.json), so a short history is not padded to a long
-  window; otherwise W is fixed to the window and histories are left-padded to it (padding does
-  not change a score). Batch size is free.
+  shorter width (`dynamic_width` and `min_width` in FILE.json: top-k models need at least k
+  columns), so a short history is not padded to a long window; otherwise W is fixed to the
+  window and histories are left-padded to it (padding does not change a score). Batch size is free.
 
 `export_onnx(run, out)` writes FILE and FILE.json (inputs, outputs, width, and the largest
 absolute difference between onnxruntime and PyTorch on real histories of the run, which must be
@@ -44,7 +44,8 @@ TOLERANCE = 1e-4
 OPSET = 17
 CTR_INPUTS = ("item", "cat", "user", "hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")
 HISTORY = ("hist_item", "hist_cat", "hist_feat", "hist_pos", "mask")
-NARROW = 16  # the second check width of a CTR export (its history axis is dynamic if it passes)
+NARROW = (16, 64)  # second check widths of a CTR export (its history axis is dynamic if one
+# passes; the first that passes is the smallest width the engine feeds)
 
 
 def _require(name: str) -> Any:
@@ -152,11 +153,18 @@ def export_onnx(run: str | Path | Estimator, out: str | Path, n_check: int = 64)
         if isinstance(est, CTREstimator):
             # a free history width serves short histories without padding them to the window;
             # keep it only if the graph also matches PyTorch on narrower inputs
-            narrow = {k: v[:, -NARROW:] if k in HISTORY else v for k, v in feeds.items()}
-            try:
-                wide_ok = _max_diff(graph, sess, narrow, info) <= TOLERANCE
-            except Exception:  # onnxruntime refuses the narrower shape: keep the width fixed
-                wide_ok = False
+            # (top-k models need a width of at least k: the narrowest passing width is the
+            # engine's minimum, histories shorter than it are padded to it)
+            wide_ok = False
+            for w in (w for w in NARROW if w < feeds["hist_item"].shape[1]):
+                narrow = {k: v[:, -w:] if k in HISTORY else v for k, v in feeds.items()}
+                try:
+                    wide_ok = _max_diff(graph, sess, narrow, info) <= TOLERANCE
+                except Exception:  # onnxruntime refuses this shape (e.g. top-k > width)
+                    wide_ok = False
+                if wide_ok:
+                    info["min_width"] = w
+                    break
             info["dynamic_width"] = wide_ok
             if not wide_ok:
                 fixed = {k: {0: "batch"} for k in dyn}
@@ -300,6 +308,7 @@ class OnnxCTRScorer(_Engine):
         meta = Path(f"{path}.json")
         info = json.loads(meta.read_text()) if meta.is_file() else {}
         self.dynamic_width = bool(info.get("dynamic_width", False))
+        self.min_width = int(info.get("min_width", 0))
 
     def score_request(self, request: dict[str, Any], candidates: list[Any]) -> np.ndarray:
         est = self._est
@@ -310,6 +319,8 @@ class OnnxCTRScorer(_Engine):
         b = make_batch(beh, reps, est.vocab_.item_cat, m.window, m.pos_buckets)
         if not self.dynamic_width:  # an export with a fixed history width
             b = pad_batch(b, int(m.window))
+        elif b["hist_item"].shape[1] < self.min_width:
+            b = pad_batch(b, self.min_width)
         feeds = {k: b[k].numpy() for k in self.input_names}
         return self.session.run(None, feeds)[0].astype(np.float64)
 
