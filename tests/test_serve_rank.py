@@ -112,6 +112,54 @@ def test_explicit_candidates_and_posted_history(client, ranker_run, service):
         assert d["retrieval_score"] == pytest.approx(float(dots[d["item_id"]]), abs=1e-4)
 
 
+def test_concurrent_rank_requests_share_one_forward_pass(service, ranker_run):
+    """12 concurrent /rank requests (known users, posted histories, explicit candidates) are
+    ranked in one CTR forward pass once the worker is free, with the scores each gets alone."""
+    import asyncio
+    import threading
+
+    from userseq.serve.schemas import RankRequest
+
+    joined = RankService(service, CTRService.from_run(ranker_run))
+    bodies = [{"user_id": f"u{i}", "retrieve": 20, "k": 20} for i in range(1, 6)]
+    bodies += [{"history": [FIRST_ITEM + (3 * i + j) % N_ITEMS for j in range(2 + i)],
+                "retrieve": 15, "k": 15} for i in range(5)]
+    bodies += [{"user_id": "u2", "history": [FIRST_ITEM + 5], "candidates": [FIRST_ITEM + 9,
+                FIRST_ITEM + 1, FIRST_ITEM + 33], "k": 3},
+               {"history": [FIRST_ITEM + 7], "candidates": [FIRST_ITEM + 8], "k": 1}]
+    requests = [RankRequest(**b) for b in bodies]
+
+    def scores(res):
+        return {d["item_id"]: d["rank_score"] for d in res["items"]}
+
+    alone = [scores(asyncio.run(joined.rank(r))) for r in requests]
+    assert joined.batcher.batches == len(requests) == joined.batcher.jobs
+
+    gate, fn = threading.Event(), joined.batcher.fn
+
+    def held(jobs):  # the worker is busy with a first request until the others are queued
+        gate.wait(10)
+        return fn(jobs)
+
+    joined.batcher.fn = held
+
+    async def together():
+        tasks = [asyncio.create_task(joined.rank(r)) for r in requests]
+        while joined.batcher._q.qsize() < len(requests) - 1:
+            await asyncio.sleep(0.01)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    before = joined.batcher.batches
+    results = asyncio.run(together())
+    assert joined.batcher.batches - before == 2  # the first request, then the other 11 at once
+    for want, res in zip(alone, results, strict=True):
+        got = scores(res)
+        assert list(got) == list(want)  # same items in the same order
+        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-6)
+    joined.close()
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ({"user_id": "u3", "candidates": []}, 422, "candidates: List should have at least 1 item"),
     ({"user_id": "u3", "candidates": [FIRST_ITEM, 999]}, 422,
