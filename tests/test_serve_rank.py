@@ -135,24 +135,33 @@ def test_concurrent_rank_requests_share_one_forward_pass(service, ranker_run):
     alone = [scores(asyncio.run(joined.rank(r))) for r in requests]
     assert joined.batcher.batches == len(requests) == joined.batcher.jobs
 
-    gate, fn = threading.Event(), joined.batcher.fn
+    gate, busy, fn, sizes = threading.Event(), threading.Event(), joined.batcher.fn, []
 
-    def held(jobs):  # the worker is busy with a first request until the others are queued
-        gate.wait(10)
+    def held(jobs):  # a first job keeps the worker busy until the 12 requests are queued
+        sizes.append(len(jobs))
+        if jobs == ["hold"]:
+            busy.set()
+            gate.wait(30)
+            return [None]
         return fn(jobs)
 
     joined.batcher.fn = held
+    joined.batcher.submit("hold")
+    assert busy.wait(30)
 
     async def together():
         tasks = [asyncio.create_task(joined.rank(r)) for r in requests]
-        while joined.batcher._q.qsize() < len(requests) - 1:
+        for _ in range(3000):
+            if joined.batcher._q.qsize() == len(requests):
+                break
             await asyncio.sleep(0.01)
         gate.set()
         return await asyncio.gather(*tasks)
 
-    before = joined.batcher.batches
     results = asyncio.run(together())
-    assert joined.batcher.batches - before == 2  # the first request, then the other 11 at once
+    assert sizes == [1, len(requests)]  # the 12 requests were ranked in one forward pass
+    assert joined.batcher.batches == len(requests) + 2  # 12 alone, the hold, the 12 together
+    assert joined.batcher.jobs == 2 * len(requests) + 1
     for want, res in zip(alone, results, strict=True):
         got = scores(res)
         assert list(got) == list(want)  # same items in the same order
