@@ -16,7 +16,8 @@ charged), `--repeats` times per request kind:
   the ranker reads the posted history).
 Each request is {retrieve: 100, k: 10}; an answer counts as an error unless it is 200 with 10
 items; each answer is recorded as ok / 4xx / 503 (the in-flight limit) / other / timeouts (no
-answer within `--timeout` s). Target: p99 < 20 ms and 0 errors on the 2-core machine (client and server share it).
+answer within `--timeout` s). Target: p99 < 20 ms and 0 errors on the 2-core machine (client
+and server share it).
 
     python benchmarks/serve_rank.py                       # train if needed, measure, write
     python benchmarks/serve_rank.py --rate-seconds 2 --repeats 1 --no-write   # smoke
