@@ -15,7 +15,9 @@ charged), `--repeats` times per request kind:
 - history: the last 50 items of a random user posted as an explicit history (encoded on the fly;
   the ranker reads the posted history).
 Each request is {retrieve: 100, k: 10}; an answer counts as an error unless it is 200 with 10
-items. Target: p99 < 20 ms and 0 errors on the 2-core machine (client and server share it).
+items; each answer is recorded as ok / 4xx / 503 (the in-flight limit) / other / timeouts (no
+answer within `--timeout` s). Target: p99 < 20 ms and 0 errors on the 2-core machine (client
+and server share it).
 
     python benchmarks/serve_rank.py                       # train if needed, measure, write
     python benchmarks/serve_rank.py --rate-seconds 2 --repeats 1 --no-write   # smoke
@@ -59,32 +61,45 @@ def train_runs(args: argparse.Namespace, model: str) -> tuple[Path, Path]:
     return retrieval, ranker
 
 
-async def _post(client, body: dict, server_ms: list) -> bool:
+OUTCOMES = ("ok", "4xx", "503", "other", "timeouts")
+
+
+async def _post(client, body: dict, server_ms: list) -> str:
+    """The outcome of one POST /rank: ok (200 with k items), 4xx, 503 (the in-flight limit),
+    other (any other status, a 200 without k items, a connection error) or timeouts (no answer
+    within the client timeout)."""
     try:
         async with client.post("/rank", json=body) as r:
-            data = await r.json() if r.status == 200 else None
-            if data is None or len(data["items"]) != body["k"]:
-                return False
+            data = await r.json() if r.status == 200 else await r.read()
+            if r.status == 503:
+                return "503"
+            if 400 <= r.status < 500:
+                return "4xx"
+            if r.status != 200 or len(data["items"]) != body["k"]:
+                return "other"
             server_ms.append((data["timings_ms"]["retrieval"], data["timings_ms"]["ranking"]))
-            return True
+            return "ok"
+    except TimeoutError:  # aiohttp's ClientTimeout raises asyncio.TimeoutError (= TimeoutError)
+        return "timeouts"
     except Exception:
-        return False
+        return "other"
 
 
-async def open_loop(url: str, bodies: list[dict], rate: float) -> tuple[dict, list]:
+async def open_loop(url: str, bodies: list[dict], rate: float, timeout_s: float = 10.0
+                    ) -> tuple[dict, list]:
     import aiohttp
 
     lat: list[float] = []
     server_ms: list = []
-    errors = 0
+    outcomes = dict.fromkeys(OUTCOMES, 0)
     connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(url, connector=connector) as client:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
 
         async def one(body: dict, scheduled: float) -> None:
-            nonlocal errors
-            ok = await _post(client, body, server_ms)
+            outcome = await _post(client, body, server_ms)
             lat.append(time.perf_counter() - scheduled)
-            errors += not ok
+            outcomes[outcome] += 1
 
         t0 = time.perf_counter()
         tasks = []
@@ -96,7 +111,8 @@ async def open_loop(url: str, bodies: list[dict], rate: float) -> tuple[dict, li
             tasks.append(asyncio.create_task(one(body, scheduled)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
-    return summary(lat, errors, wall), server_ms
+    res = summary(lat, len(bodies) - outcomes["ok"], wall)
+    return {**res, "status": outcomes}, server_ms
 
 
 def measure(args: argparse.Namespace, retrieval: Path, ranker: Path) -> list[dict]:
@@ -117,7 +133,7 @@ def measure(args: argparse.Namespace, retrieval: Path, ranker: Path) -> list[dic
             for rep in range(args.repeats):
                 with results.LoadMonitor(every=2.0) as mon:
                     res, server_ms = asyncio.run(open_loop(url, bodies[pos : pos + n_rate],
-                                                           args.rate))
+                                                           args.rate, args.timeout))
                 pos += n_rate
                 sm = np.array(server_ms) if server_ms else np.full((1, 2), np.nan)
                 row = {**res, "kind": kind, "repeat": rep + 1, "rate": args.rate,
@@ -131,11 +147,22 @@ def measure(args: argparse.Namespace, retrieval: Path, ranker: Path) -> list[dic
                                  f"({info['ranker']['shared_items']:,} shared)",
                        **results.provenance(mon, seeds=[0], data=args.data)}
                 log(f"{kind} #{rep + 1}: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, "
-                    f"{res['errors']} errors, {res['rps']:.0f} req/s ({mon.verdict})")
+                    f"{res['errors']} errors {res['status']}, {res['rps']:.0f} req/s, server "
+                    f"retrieval/ranking p50 {row['server_retrieval_p50_ms']:.1f}/"
+                    f"{row['server_ranking_p50_ms']:.1f} ms ({mon.verdict})")
                 rows.append(row)
     finally:
         stop_server(proc)
     return rows
+
+
+def _status(r: dict) -> str:
+    """ok / 4xx / 503 / other / timeouts; rows from before the status codes were recorded show
+    their error count alone."""
+    st = r.get("status")
+    if st is None:
+        return f"{r['requests'] - r['errors']:,} ok, {r['errors']:,} errors (codes not recorded)"
+    return " / ".join(f"{st[k]:,}" for k in OUTCOMES)
 
 
 def section(rows: dict) -> list[str]:
@@ -146,15 +173,15 @@ def section(rows: dict) -> list[str]:
              "k: 10}; `user` = a known user id, `history` = the last 50 items of a random user "
              "posted as a history. Server stage times are the medians the service reports "
              "(`timings_ms`).", "",
-             "| ranker | request | rate req/s | s | requests | errors | achieved req/s | p50 ms "
-             "| p95 ms | p99 ms | server retrieval p50 ms | server ranking p50 / p99 ms | runs "
-             "| load verdict | date |",
+             "| ranker | request | rate req/s | s | requests | ok / 4xx / 503 / other / timeouts "
+             "| achieved req/s | p50 ms | p95 ms | p99 ms | server retrieval p50 ms | server "
+             "ranking p50 / p99 ms | runs | load verdict | date |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     ordered = sorted(rows.values(), key=lambda r: (r["ranker"], r["kind"], r["date"],
                                                    r["repeat"]))
     for r in ordered:
         lines.append(f"| {r['ranker'].split(',')[0]} | {r['kind']} | {r['rate']:.0f} | "
-                     f"{r['seconds']:.0f} | {r['requests']:,} | {r['errors']} | {r['rps']:.0f} | "
+                     f"{r['seconds']:.0f} | {r['requests']:,} | {_status(r)} | {r['rps']:.0f} | "
                      f"{r['p50']:.2f} | {r['p95']:.2f} | "
                      f"{r['p99']:.2f} | {r['server_retrieval_p50_ms']:.2f} | "
                      f"{r['server_ranking_p50_ms']:.2f} / {r['server_ranking_p99_ms']:.2f} | "
@@ -193,6 +220,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--retrieve", type=int, default=100)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--server-args", default="")
+    ap.add_argument("--timeout", type=float, default=10.0, help="client timeout per request (s)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--no-quiet", action="store_true")
     ap.add_argument("--table-only", action="store_true",

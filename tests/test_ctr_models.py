@@ -87,6 +87,41 @@ def test_serving_path_equals_batch_scoring(name, synth):
     np.testing.assert_allclose(served, direct, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_score_jobs_in_one_pass_equals_one_by_one(name, synth):
+    """score_jobs: jobs of different history lengths (0, 7, 300 events), users and candidate
+    counts, padded into one batch, score exactly what each job scores alone (the one-history
+    path of score_request), and what the id path gives for the same request."""
+    from userseq.ctr.requests import ScoringJob, index_history
+
+    _, cfg, data = synth
+    est = CTREstimator(config=cfg, overrides={"model.name": name})
+    v = data.vocab
+    torch.manual_seed(0)
+    est.model_ = build_ctr_model(est.config.model, v.n_items, v.n_cats, v.n_feats, v.n_users).eval()
+    est.vocab_, est.behaviours_ = v, data.behaviours
+    rng = np.random.default_rng(0)
+    jobs = [ScoringJob(est.stored_history(3), rng.permutation(np.arange(1, 401))[:50], user=3),
+            ScoringJob(index_history(rng.integers(1, 401, 7)), np.array([5, 9, 400]), user=0),
+            ScoringJob(index_history(np.zeros(0, np.int64)), np.array([17]), user=8),
+            ScoringJob(est.stored_history(11), np.arange(1, 31), user=11)]
+    together = est.score_jobs(jobs)
+    alone = [est.score_jobs([j])[0] for j in jobs]
+    assert [len(t) for t in together] == [50, 3, 1, 30]
+    for t, a in zip(together, alone, strict=True):
+        np.testing.assert_allclose(t, a, rtol=0, atol=1e-6)
+    # the id path (score_request) of job 1: a posted history of raw ids
+    ids = v.item_ids.to_list()
+    hist = [ids[i - 1] for i in jobs[1].history[0]]
+    by_ids = est.score_request({"history": hist}, [ids[i - 1] for i in jobs[1].candidates])
+    np.testing.assert_allclose(alone[1], by_ids, rtol=0, atol=1e-6)
+    user = v.user_ids.to_list()[2]  # user index 3
+    by_user = est.score_request({"user": user}, [ids[i - 1] for i in jobs[0].candidates])
+    np.testing.assert_allclose(alone[0], by_user, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match="no candidate items to score"):
+        est.score_jobs([ScoringJob(index_history(np.array([1])), np.zeros(0, np.int64))])
+
+
 def test_sim_hard_search_reads_only_same_category_behaviours():
     cfg = CTRModelConfig(name="sim", item_dim=8, cat_dim=4, mlp=[16], top_k=3)
     model = build_ctr_model(cfg, 50, 6, 5, 4).eval()

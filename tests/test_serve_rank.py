@@ -112,6 +112,63 @@ def test_explicit_candidates_and_posted_history(client, ranker_run, service):
         assert d["retrieval_score"] == pytest.approx(float(dots[d["item_id"]]), abs=1e-4)
 
 
+def test_concurrent_rank_requests_share_one_forward_pass(service, ranker_run):
+    """12 concurrent /rank requests (known users, posted histories, explicit candidates) are
+    ranked in one CTR forward pass once the worker is free, with the scores each gets alone."""
+    import asyncio
+    import threading
+
+    from userseq.serve.schemas import RankRequest
+
+    joined = RankService(service, CTRService.from_run(ranker_run))
+    bodies = [{"user_id": f"u{i}", "retrieve": 20, "k": 20} for i in range(1, 6)]
+    bodies += [{"history": [FIRST_ITEM + (3 * i + j) % N_ITEMS for j in range(2 + i)],
+                "retrieve": 15, "k": 15} for i in range(5)]
+    bodies += [{"user_id": "u2", "history": [FIRST_ITEM + 5], "candidates": [FIRST_ITEM + 9,
+                FIRST_ITEM + 1, FIRST_ITEM + 33], "k": 3},
+               {"history": [FIRST_ITEM + 7], "candidates": [FIRST_ITEM + 8], "k": 1}]
+    requests = [RankRequest(**b) for b in bodies]
+
+    def scores(res):
+        return {d["item_id"]: d["rank_score"] for d in res["items"]}
+
+    alone = [scores(asyncio.run(joined.rank(r))) for r in requests]
+    assert joined.batcher.batches == len(requests) == joined.batcher.jobs
+
+    gate, busy, fn, sizes = threading.Event(), threading.Event(), joined.batcher.fn, []
+
+    def held(jobs):  # a first job keeps the worker busy until the 12 requests are queued
+        sizes.append(len(jobs))
+        if jobs == ["hold"]:
+            busy.set()
+            gate.wait(30)
+            return [None]
+        return fn(jobs)
+
+    joined.batcher.fn = held
+    joined.batcher.submit("hold")
+    assert busy.wait(30)
+
+    async def together():
+        tasks = [asyncio.create_task(joined.rank(r)) for r in requests]
+        for _ in range(3000):
+            if joined.batcher._q.qsize() == len(requests):
+                break
+            await asyncio.sleep(0.01)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(together())
+    assert sizes == [1, len(requests)]  # the 12 requests were ranked in one forward pass
+    assert joined.batcher.batches == len(requests) + 2  # 12 alone, the hold, the 12 together
+    assert joined.batcher.jobs == 2 * len(requests) + 1
+    for want, res in zip(alone, results, strict=True):
+        got = scores(res)
+        assert list(got) == list(want)  # same items in the same order
+        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-6)
+    joined.close()
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ({"user_id": "u3", "candidates": []}, 422, "candidates: List should have at least 1 item"),
     ({"user_id": "u3", "candidates": [FIRST_ITEM, 999]}, 422,

@@ -49,7 +49,12 @@ from userseq.ctr.data import (
     make_batch,
 )
 from userseq.ctr.models import CTRModel, build_ctr_model
-from userseq.ctr.requests import requests_to_samples
+from userseq.ctr.requests import (
+    ScoringJob,
+    jobs_to_samples,
+    requests_to_samples,
+    stored_history,
+)
 from userseq.data.batches import length_bucketed_batches
 from userseq.data.eventlog import EventLog
 from userseq.metrics.ctr import bootstrap_ctr, ctr_by_history, ctr_metrics
@@ -282,24 +287,56 @@ class CTREstimator(Estimator[CTRConfig]):
         return self.score_request({"history": list(history), "history_values": history_values,
                                    "user": user, "context": context}, candidates)
 
-    @torch.no_grad()
+    def score_jobs(self, jobs: Sequence[ScoringJob]) -> list[np.ndarray]:
+        """Probabilities of each job's candidates (`ScoringJob`: a history, user and candidates
+        already in the model's indices), all jobs in one forward pass: the histories are padded
+        into one batch and encoded once each, the candidates of every job scored together (each
+        against its own history). Equal to scoring the jobs one by one (to float rounding)."""
+        self.check_is_fitted()
+        beh, s = jobs_to_samples(jobs, self.vocab_)
+        return self._score_many(beh, s, [np.asarray(j.candidates, dtype=np.int64) for j in jobs])
+
+    def stored_history(self, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A training user's whole stored history (user index 1..n) as a `ScoringJob` history."""
+        if self.behaviours_ is None:
+            raise DataError("this CTR run has no stored histories; send a `history`.")
+        return stored_history(self.behaviours_, user)
+
     def _score_candidates(self, beh: Behaviours, s: Samples, cand: np.ndarray) -> np.ndarray:
+        """Probabilities of candidates `cand` for the one sample `s` (its history)."""
+        return self._score_many(beh, s, [cand])[0]
+
+    @torch.no_grad()
+    def _score_many(self, beh: Behaviours, s: Samples, cands: list[np.ndarray]
+                    ) -> list[np.ndarray]:
+        """Probabilities of `cands[i]` against the history of sample i, for every sample at once:
+        one `make_batch` of the histories, `encode_history` once, then the concatenated
+        candidates in chunks, each naming its history (`hist_row`; one history: none)."""
         model = self.check_is_fitted()
-        model.eval()
+        if model.training:
+            model.eval()
         cfg, device = self.config.model, self.device_
         b = make_batch(beh, s, self.vocab_.item_cat, cfg.window, cfg.pos_buckets, device)
         state = model.encode_history({k: b[k] for k in HISTORY_KEYS})
         chunk = model.candidate_chunk(int(b["hist_item"].shape[1]))
+        lengths = [len(c) for c in cands]
+        cand = np.concatenate(cands).astype(np.int64)
         out = np.empty(len(cand), dtype=np.float64)
         cand_t = torch.from_numpy(cand).to(device)
+        rows_t = torch.from_numpy(np.repeat(np.arange(len(cands)), lengths)).to(device)
         item_cat = torch.from_numpy(self.vocab_.item_cat).to(device)
         for i in range(0, len(cand), chunk):
             c = cand_t[i : i + chunk]
             n = len(c)
-            cb = {"item": c, "cat": item_cat[c], "user": b["user"].expand(n),
-                  "context": b["context"].expand(n, -1)}
+            if len(cands) == 1:
+                cb = {"item": c, "cat": item_cat[c], "user": b["user"].expand(n),
+                      "context": b["context"].expand(n, -1)}
+            else:
+                r = rows_t[i : i + chunk]
+                cb = {"item": c, "cat": item_cat[c], "user": b["user"][r],
+                      "context": b["context"][r], "hist_row": r}
             out[i : i + n] = torch.sigmoid(model.score_state(state, cb).float()).cpu().numpy()
-        return out
+        return np.split(out, np.cumsum(lengths)[:-1])
 
     # ------------------------------------------------------------------ persistence
     def _save_state(self, d: Path) -> None:

@@ -174,9 +174,17 @@ class CTRModel(nn.Module):
         """Per-history state reused for every candidate (default: the raw history tensors)."""
         return h
 
+    reads_hist_row = False  # True: `interest` indexes the R encoded histories by b["hist_row"]
+
     def score_state(self, state: dict[str, torch.Tensor],
                     b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits for candidate targets `b` (B,) against one encoded history."""
+        """Logits for candidate targets `b` (B,) against one encoded history (state tensors of
+        batch 1), or against R of them with `b["hist_row"]` (B,) naming each candidate's history
+        (the state rows are gathered per candidate unless the model reads `hist_row` itself)."""
+        rows = b.get("hist_row")
+        if rows is not None and not self.reads_hist_row:
+            state = {k: v.index_select(0, rows) for k, v in state.items()}
+            b = {k: v for k, v in b.items() if k != "hist_row"}
         return self.forward({**state, **b})
 
     def candidate_chunk(self, hist_len: int) -> int:
@@ -202,6 +210,8 @@ class DIN(CTRModel):
     """Local activation unit over the last `max_len` behaviours (computed on real positions
     only)."""
 
+    reads_hist_row = True
+
     def __init__(self, cfg, *a, **k) -> None:
         super().__init__(cfg, *a, **k)
         d = self.emb.dim
@@ -220,15 +230,21 @@ class DIN(CTRModel):
         w1, w2, w3, w4 = first.weight.split(d, dim=1)
         pe = torch.matmul(e, (w1 + w3).t())  # per behaviour, shared by all targets of a history
         pt = torch.matmul(t, (w2 - w3).t()) + first.bias
-        mask = _expand(b["mask"], n)
+        rows = b.get("hist_row")  # serving R histories: candidate -> its history's row
+        mask = b["mask"].index_select(0, rows) if rows is not None else _expand(b["mask"], n)
         bi, li = mask.nonzero(as_tuple=True)
-        hb = bi if e.shape[0] == n else torch.zeros_like(bi)
+        if rows is not None:
+            hb = rows[bi]
+        else:
+            hb = bi if e.shape[0] == n else torch.zeros_like(bi)
         ev = e[hb, li]
         h1 = pe[hb, li] + pt[bi] + torch.matmul(ev * t[bi], w4.t())
         w = torch.zeros(n, L, dtype=e.dtype, device=e.device)
         w[bi, li] = self.att.net[1:](h1).squeeze(-1).to(w.dtype)
         if self.cfg.din_softmax:
             w = masked_softmax(w / math.sqrt(d), mask)
+        if rows is not None:  # sum the weighted real behaviours of each candidate's history
+            return torch.zeros_like(t).index_add_(0, bi, w[bi, li].unsqueeze(-1) * ev)
         if e.shape[0] == n:
             return torch.einsum("bl,bld->bd", w, e)
         return w @ e[0]
@@ -316,6 +332,8 @@ class SearchAttention(CTRModel):
 class SDIM(CTRModel):
     """Sampling-based interest: SimHash buckets instead of attention (fixed random projection)."""
 
+    reads_hist_row = True
+
     def __init__(self, cfg, *a, **k) -> None:
         super().__init__(cfg, *a, **k)
         g = torch.Generator().manual_seed(cfg.hash_seed)
@@ -350,8 +368,12 @@ class SDIM(CTRModel):
         if "buckets" in b:  # serving: gather the target's bucket from the precomputed sums
             sig = self.signatures(t).long()  # (B, m)
             m = sig.shape[1]
-            buckets = b["buckets"][0]  # (m, 2^tau, d)
-            sums = buckets[torch.arange(m, device=t.device).unsqueeze(0), sig]  # (B, m, d)
+            hashes = torch.arange(m, device=t.device).unsqueeze(0)
+            rows = b.get("hist_row")
+            if rows is None:
+                sums = b["buckets"][0][hashes, sig]  # (B, m, d)
+            else:  # R histories (R, m, 2^tau, d): each candidate reads its own
+                sums = b["buckets"][rows.unsqueeze(1), hashes, sig]
             return self._normalize_mean(sums)
         n, L = t.shape[0], b["hist_item"].shape[1]
         if L == 0:
@@ -363,17 +385,20 @@ class SDIM(CTRModel):
         return self._normalize_mean(sums)
 
     def encode_history(self, h):
-        """Bucket sums (1, m, 2^tau, d) of one history: the per-user state of SDIM's BSE service."""
+        """Bucket sums (R, m, 2^tau, d) of R histories: the per-user state of SDIM's BSE
+        service."""
         if h["hist_item"].shape[1] == 0:
             return dict(h)
-        keep = h["mask"][0]
-        v = self.emb.behaviour(h)[0][keep]  # (L, d)
-        sig = self.behaviour_signatures(h)[0][keep].long()  # (L, m)
+        ri, li = h["mask"].nonzero(as_tuple=True)  # real behaviours, history by history
+        v = self.emb.behaviour(h)[ri, li]  # (K, d)
+        sig = self.behaviour_signatures(h)[ri, li].long()  # (K, m)
         m, n_b = self.cfg.num_hashes, 2 ** self.cfg.hash_bits
-        flat = sig + torch.arange(m, device=v.device) * n_b  # (L, m) in [0, m * 2^tau)
-        sums = torch.zeros(m * n_b, v.shape[-1], dtype=v.dtype, device=v.device)
+        r = h["hist_item"].shape[0]
+        # (K, m) in [0, R * m * 2^tau): history, hash, bucket
+        flat = sig + torch.arange(m, device=v.device) * n_b + (ri * (m * n_b)).unsqueeze(1)
+        sums = torch.zeros(r * m * n_b, v.shape[-1], dtype=v.dtype, device=v.device)
         sums.index_add_(0, flat.reshape(-1), v.repeat_interleave(m, 0))
-        return {**h, "buckets": sums.reshape(1, m, n_b, -1)}
+        return {**h, "buckets": sums.reshape(r, m, n_b, -1)}
 
 
 class AWMoE(CTRModel):

@@ -4,11 +4,16 @@ A request is a mapping with the candidate `item` and either an explicit `history
 oldest first; optional `history_values` and `history_timestamps`) or a training `user` (their
 stored history strictly before `timestamp`), plus `context` when the model has context columns.
 Every mistake is a `DataError` naming the request and the field.
+
+`ScoringJob` is the same request already in the model's indices (a history, a user, candidates):
+what a caller that has mapped its ids once (the two-stage service, `POST /rank`) hands to
+`CTREstimator.score_jobs`, which scores many jobs in one forward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +23,45 @@ from userseq.ctr.data import Behaviours, Samples, Vocab
 from userseq.data.eventlog import lookup_ids
 
 History = tuple[np.ndarray, np.ndarray, np.ndarray]  # item indices, feature buckets, timestamps
+
+
+@dataclass
+class ScoringJob:
+    """One history and the candidates to score against it, in the model's indices: `history`
+    (item indices 1..n, feature buckets (0: none), timestamps; oldest first), `candidates` (item
+    indices), `user` (user index, 0: none) and `context` (one raw value per context column)."""
+
+    history: History
+    candidates: np.ndarray
+    user: int = 0
+    context: np.ndarray | None = None
+
+
+def index_history(items: np.ndarray) -> History:
+    """A history of item indices without values or timestamps (what a posted `history` of ids
+    becomes)."""
+    items = np.asarray(items, dtype=np.int64)
+    return items, np.zeros(len(items), dtype=np.int64), np.full(len(items), -np.inf)
+
+
+def jobs_to_samples(jobs: Sequence[ScoringJob], vocab: Vocab) -> tuple[Behaviours, Samples]:
+    """Behaviours and one sample per job (its first candidate as the target; the scoring reads
+    every candidate)."""
+    if not jobs:
+        raise DataError("no requests to score.")
+    n = len(jobs)
+    ctx = np.zeros((n, len(vocab.context_cols)), dtype=np.float64)
+    for i, j in enumerate(jobs):
+        if len(j.candidates) == 0:
+            raise DataError("no candidate items to score.")
+        if len(vocab.context_cols):
+            if j.context is None:
+                raise DataError(f"request #{i}: missing context feature(s) "
+                                f"{list(vocab.context_cols)}.")
+            ctx[i] = j.context
+    users = np.array([j.user for j in jobs], dtype=np.int64)
+    items = np.array([j.candidates[0] for j in jobs], dtype=np.int64)
+    return _assemble([j.history for j in jobs], users, items, np.full(n, np.inf), ctx, vocab)
 
 
 def requests_to_samples(requests: list[Mapping[str, Any]], vocab: Vocab,
@@ -41,7 +85,7 @@ def requests_to_samples(requests: list[Mapping[str, Any]], vocab: Vocab,
         if r.get("history") is not None:
             histories.append(_explicit_history(i, r, vocab, ts[i]))
         elif users[i] > 0 and stored is not None:
-            histories.append(_stored_history(stored, int(users[i]), ts[i]))
+            histories.append(stored_history(stored, int(users[i]), ts[i]))
         else:
             who = r.get("user")
             hint = f" ({who!r} is not a training user)" if who is not None else ""
@@ -89,7 +133,7 @@ def _explicit_history(i: int, r: Mapping[str, Any], vocab: Vocab, ts: float) -> 
     return items[order], feats[order], ht[order]
 
 
-def _stored_history(b: Behaviours, user: int, ts: float) -> History:
+def stored_history(b: Behaviours, user: int, ts: float = np.inf) -> History:
     """A training user's stored events strictly before `ts`."""
     lo, hi = b.offsets[user - 1], b.offsets[user]
     end = lo + int(np.searchsorted(b.ts[lo:hi], ts, side="left"))

@@ -36,6 +36,7 @@ from userseq.core.estimator import Estimator
 from userseq.core.version import __version__
 from userseq.ctr.data import Behaviours, Samples, make_batch
 from userseq.ctr.estimator import CTREstimator
+from userseq.ctr.requests import jobs_to_samples
 from userseq.data.batches import pad_left
 from userseq.items.factory import serve_dim
 from userseq.nextitem.estimator import NextItemRecommender
@@ -311,8 +312,16 @@ class OnnxCTRScorer(_Engine):
         self.min_width = int(info.get("min_width", 0))
 
     def score_request(self, request: dict[str, Any], candidates: list[Any]) -> np.ndarray:
+        return self._score(*self._est.request_samples(request, candidates))
+
+    def score_jobs(self, jobs: list[Any]) -> list[np.ndarray]:
+        """`CTREstimator.score_jobs` through the graph (one job at a time: it takes one
+        history)."""
+        return [self._score(*jobs_to_samples([j], self._est.vocab_), np.asarray(j.candidates))
+                for j in jobs]
+
+    def _score(self, beh: Any, s: Any, cand: np.ndarray) -> np.ndarray:
         est = self._est
-        beh, s, cand = est.request_samples(request, candidates)
         reps = s.take(np.zeros(len(cand), dtype=np.int64))
         reps.item = cand
         m = est.config.model

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -257,28 +258,40 @@ def create_app(service: Service, max_body_bytes: int = MAX_BODY_BYTES,
     return app
 
 
+def _single_run_app(title: str, description: str, health: Callable[[], Any],
+                   info: Callable[[], Any], max_body_bytes: int = MAX_BODY_BYTES,
+                   max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
+    """The scaffolding of a service of one run: the error handlers, GET /health and /info
+    (answering `health()` and `info()`), the body-size and in-flight limits; the caller mounts
+    its routes."""
+    app = FastAPI(title=title, version=__version__, description=description)
+    add_error_handlers(app)
+
+    @app.get("/health", tags=["service"])
+    async def _health() -> Any:
+        return health()
+
+    @app.get("/info", tags=["service"])
+    async def _info() -> Any:
+        return info()
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
+    return app
+
+
 def create_generative_app(service: generative_routes.GenerativeService,
                           max_body_bytes: int = MAX_BODY_BYTES,
                           max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
     """A service of one generative run (`userseq generative train`): POST /recommend (beam
     search or Diverse Beam Search over semantic IDs), GET /health and /info."""
-    app = FastAPI(title="userseq generative", version=__version__,
-                  description="Next items decoded as semantic IDs from a saved `userseq "
-                              "generative train` run.")
+    app = _single_run_app(
+        "userseq generative", "Next items decoded as semantic IDs from a saved `userseq "
+        "generative train` run.",
+        lambda: {"status": "ok", "items": len(service.items), "users": len(service.users)},
+        service.info, max_body_bytes, max_in_flight)
     app.state.service = service
-    add_error_handlers(app)
     generative_routes.mount(app, service)
-
-    @app.get("/health", tags=["service"])
-    async def health() -> Any:
-        return {"status": "ok", "items": len(service.items), "users": len(service.users)}
-
-    @app.get("/info", tags=["service"])
-    async def info() -> Any:
-        return service.info()
-
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(InFlightLimit, limit=max_in_flight)
     return app
 
 
@@ -286,23 +299,14 @@ def create_detector_app(detector: DetectorService, max_body_bytes: int = MAX_BOD
                         max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
     """A service of one detector run alone (`userseq serve --detector DETECT_RUN`, no next-item
     run): POST /classify, GET /health and /info."""
-    app = FastAPI(title="userseq detector", version=__version__,
-                  description="P(malicious) of one user from a posted sequence, from a saved "
-                              "`userseq detect train` run.")
+    app = _single_run_app(
+        "userseq detector", "P(malicious) of one user from a posted sequence, from a saved "
+        "`userseq detect train` run.",
+        lambda: {"status": "ok", "model": detector.model},
+        lambda: {"detector": relative_paths(detector.info(), detector.run_dir)},
+        max_body_bytes, max_in_flight)
     app.state.detector = detector
-    add_error_handlers(app)
     detect_routes.mount(app, detector)
-
-    @app.get("/health", tags=["service"])
-    async def health() -> Any:
-        return {"status": "ok", "model": detector.model}
-
-    @app.get("/info", tags=["service"])
-    async def info() -> Any:
-        return {"detector": relative_paths(detector.info(), detector.run_dir)}
-
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(InFlightLimit, limit=max_in_flight)
     return app
 
 

@@ -133,6 +133,8 @@ def serve_cmd(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         service.close()
+        if joined is not None:
+            joined.close()
 
 
 def _serve_detector(detector: Path, host: str, port: int, max_body_bytes: int,

@@ -12,7 +12,7 @@ import queue
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,30 +85,27 @@ class IdMap:
         return out, bad
 
 
-class EncodeBatcher:
-    """Encodes histories on one worker thread, taking every request that is waiting at once as one
-    batch: under load, concurrent requests share a forward pass instead of queueing for the CPU."""
+class Batcher:
+    """Runs `fn(jobs) -> results` (one result per job) on one worker thread, taking every job
+    that is waiting at once as one batch (at most `max_batch`): under load, concurrent requests
+    share a forward pass instead of queueing for the CPU one by one. `submit(job)` returns a
+    future; when `fn` raises, every job of that batch gets the exception. `batches` / `jobs`
+    count the calls of `fn` and the jobs they took."""
 
-    def __init__(self, rec: Any, max_batch: int = 64) -> None:
-        self.rec = rec
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_batch: int = 64,
+                 name: str = "userseq-batch") -> None:
+        self.fn = fn
         self.max_batch = max_batch
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self.batches = 0
-        self.encoded = 0
-        self._thread = threading.Thread(target=self._run, name="userseq-encode", daemon=True)
+        self.jobs = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, items: np.ndarray) -> cf.Future:
+    def submit(self, job: Any) -> cf.Future:
         fut: cf.Future = cf.Future()
-        self._q.put((items, fut))
+        self._q.put((job, fut))
         return fut
-
-    def encode_now(self, histories: list[np.ndarray]) -> np.ndarray:
-        lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        flat = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
-        with torch.inference_mode():
-            return self.rec.encode(offsets, flat).numpy()
 
     def close(self) -> None:
         self._q.put(None)
@@ -130,15 +127,30 @@ class EncodeBatcher:
                     break
                 jobs.append(nxt)
             try:
-                vecs = self.encode_now([j[0] for j in jobs])
+                results = self.fn([j[0] for j in jobs])
             except Exception as e:  # hand the failure to every waiting request
                 for _, f in jobs:
                     f.set_exception(e)
                 continue
             self.batches += 1
-            self.encoded += len(jobs)
-            for (_, f), v in zip(jobs, vecs, strict=True):
+            self.jobs += len(jobs)
+            for (_, f), v in zip(jobs, results, strict=True):
                 f.set_result(v)
+
+
+class EncodeBatcher(Batcher):
+    """Encodes histories (item index arrays) into user vectors, concurrent requests batched."""
+
+    def __init__(self, rec: Any, max_batch: int = 64) -> None:
+        self.rec = rec
+        super().__init__(self.encode_now, max_batch, "userseq-encode")
+
+    def encode_now(self, histories: list[np.ndarray]) -> np.ndarray:
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate(histories).astype(np.int64) if histories else np.zeros(0, np.int64)
+        with torch.inference_mode():
+            return self.rec.encode(offsets, flat).numpy()
 
 
 class Service:

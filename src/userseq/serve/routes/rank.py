@@ -22,7 +22,7 @@ no `history` (with the ratings its training saw), else the full history the retr
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from userseq.core.errors import UserseqError
+from userseq.ctr.requests import ScoringJob, index_history
 from userseq.data.eventlog import lookup_ids
 from userseq.serve.routes import ERRORS, json_response
 from userseq.serve.routes.ctr import CTRService
 from userseq.serve.schemas import RankRequest, RankResponse
-from userseq.serve.service import IdMap, RequestError, Service
+from userseq.serve.service import Batcher, IdMap, RequestError, Service
 
 DEFAULT_RETRIEVE = 100
 MIN_OVERLAP = 0.5  # the ranker must know at least this share of the retrieval catalogue
@@ -49,7 +49,7 @@ class RankService:
     """A retrieval `Service` and a ranking `CTRService` joined through raw item ids."""
 
     def __init__(self, service: Service, ranker: CTRService,
-                 min_overlap: float = MIN_OVERLAP) -> None:
+                 min_overlap: float = MIN_OVERLAP, max_batch: int | None = None) -> None:
         self.service, self.ranker = service, ranker
         vocab = ranker.estimator.vocab_
         # ranker item index (1..n) of every retrieval row; 0: the ranker does not know the item
@@ -59,6 +59,7 @@ class RankService:
         self.overlap = self.shared / max(len(known), 1)
         self.unrankable = np.flatnonzero(~known).astype(np.int64)  # retrieval rows never ranked
         self.ranker_users = IdMap(vocab.user_ids, "user")
+        max_batch = max_batch or service.batcher.max_batch
         if self.overlap < min_overlap:
             ex_r = service.items.values[:3]
             ex_c = vocab.item_ids.head(3).to_list()
@@ -69,7 +70,8 @@ class RankService:
                 f"Item ids: retrieval {service.items.ids.dtype} e.g. {ex_r}, ranker "
                 f"{vocab.item_ids.dtype} e.g. {ex_c}. Train both runs on the same dataset "
                 "(same item ids).")
-        self._lock = threading.Lock()  # one ranking forward pass at a time
+        # concurrent requests share one ranking forward pass (`CTREstimator.score_jobs`)
+        self.batcher = Batcher(self.rank_now, max_batch, "userseq-rank")
 
     def info(self) -> dict[str, Any]:
         return {**self.ranker.info(), "shared_items": self.shared,
@@ -102,26 +104,34 @@ class RankService:
                                     "history and the items the ranker does not know.")
         return rows.astype(np.int64), scores, "retrieved"
 
-    def _ranker_request(self, req: RankRequest, seq: np.ndarray) -> tuple[dict, str, list]:
-        """The CTR request: the ranker's stored history of a user it knows when no history was
-        posted, else the retrieval stage's full history as raw ids (unknown items skipped)."""
+    def _ranker_job(self, req: RankRequest, seq: np.ndarray, rows: np.ndarray
+                    ) -> tuple[ScoringJob, str, list]:
+        """The CTR job, in the ranker's indices (mapped through `ranker_index`, no id lookups):
+        the ranker's stored history of a user it knows when no history was posted, else the
+        retrieval stage's full history (items the ranker does not know skipped and listed)."""
         urow = self.ranker_users.row(req.user_id) if req.user_id is not None else None
-        user = self.ranker_users.values[urow] if urow is not None else None
-        if not req.history and user is not None:
-            return {"user": user}, "stored (ranking run)", []
-        rows = seq - 1
-        keep = self.ranker_index[rows] > 0
+        user = 0 if urow is None else urow + 1
+        cand = self.ranker_index[rows]
+        est = self.ranker.estimator
+        if len(est.vocab_.context_cols):
+            raise RequestError(422, f"ranking: request #0: missing context feature(s) "
+                                    f"{list(est.vocab_.context_cols)}.")
+        if not req.history and urow is not None and est.behaviours_ is not None:
+            return (ScoringJob(est.stored_history(user), cand, user), "stored (ranking run)", [])
+        hist = self.ranker_index[seq - 1]
+        keep = hist > 0
         values = self.service.items.values
-        skipped = [values[r] for r in rows[~keep]]
-        history = [values[r] for r in rows[keep]]
-        return {"user": user, "history": history}, "retrieval history (stored + posted)", skipped
+        skipped = [values[r] for r in (seq - 1)[~keep]]
+        return (ScoringJob(index_history(hist[keep]), cand, user),
+                "retrieval history (stored + posted)", skipped)
 
-    def rank_now(self, cand_ids: list[Any], ctr_request: dict) -> np.ndarray:
-        with self._lock:
-            try:
-                return self.ranker.estimator.score_request(ctr_request, cand_ids)
-            except UserseqError as e:
-                raise RequestError(422, f"ranking: {e}") from None
+    def rank_now(self, jobs: list[ScoringJob]) -> list[np.ndarray]:
+        """Probabilities of every job's candidates, all jobs in one forward pass (the batcher's
+        function; the estimator is read per call: `--engine onnx` swaps it)."""
+        return self.ranker.estimator.score_jobs(jobs)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     async def rank(self, req: RankRequest) -> dict[str, Any]:
         svc = self.service
@@ -130,10 +140,11 @@ class RankService:
         vec = await svc.user_vector(row, seq, bool(req.history))
         rows, r_scores, source = self._candidates(req, vec, seq)
         t1 = time.perf_counter()
-        ctr_request, ranker_history, skipped = self._ranker_request(req, seq)
-        values = svc.items.values
-        cand_ids = [values[r] for r in rows]
-        probs = await run_in_threadpool(self.rank_now, cand_ids, ctr_request)
+        job, ranker_history, skipped = self._ranker_job(req, seq, rows)
+        try:
+            probs = await asyncio.wrap_future(self.batcher.submit(job))
+        except UserseqError as e:
+            raise RequestError(422, f"ranking: {e}") from None
         t2 = time.perf_counter()
         r_rank = np.empty(len(rows), dtype=np.int64)
         r_rank[np.argsort(-r_scores, kind="stable")] = np.arange(1, len(rows) + 1)
