@@ -329,3 +329,17 @@ def test_serve_cli_end_to_end(tmp_path, cli):
         proc.wait(timeout=20)
     assert cli("serve", tmp_path / "nowhere").code == 2
     assert cli("serve", run, "--port", "0").code == 2
+
+
+def test_a_closed_batcher_answers_later_jobs_instead_of_hanging():
+    """`close()` at shutdown stops the worker; a job submitted afterwards (an app reused after
+    `userseq serve` returned, as the CLI tests do) starts a new worker and is answered."""
+    from userseq.serve.service import Batcher
+
+    b = Batcher(lambda jobs: [2 * j for j in jobs], name="test-batcher")
+    assert b.submit(3).result(timeout=10) == 6
+    b.close()
+    b.close()  # closing twice is harmless
+    assert b.submit(4).result(timeout=10) == 8
+    assert b.batches == 2 and b.jobs == 2
+    b.close()

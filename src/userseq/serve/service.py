@@ -99,16 +99,30 @@ class Batcher:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self.batches = 0
         self.jobs = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._name, self._lock, self._closed = name, threading.Lock(), True
+        self._start()
+
+    def _start(self) -> None:
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Any) -> cf.Future:
+        """Queue one job; a closed batcher starts a new worker first (an app used again after
+        its service was shut down answers instead of waiting forever)."""
         fut: cf.Future = cf.Future()
-        self._q.put((job, fut))
+        with self._lock:
+            if self._closed:
+                self._start()
+            self._q.put((job, fut))
         return fut
 
     def close(self) -> None:
-        self._q.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._q.put(None)
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
