@@ -188,8 +188,14 @@ def section(rows: dict) -> list[str]:
                      f"{r['retrieval_run']}; ranker {r['ranker']} | {r['verdict']} "
                      f"(load max {r['load_max']}) | {r['date']} |")
     lines.append("")
+    latest = max((r["date"], r["commit"]) for r in ordered)[1] if ordered else ""
+    lines.append(f"Target verdicts use the latest measurement only (commit {latest}); the "
+                 "older rows above are kept for comparison (before /rank batching).")
     for ranker, kind in sorted({(r["ranker"].split(",")[0], r["kind"]) for r in ordered}):
-        runs = [r for r in ordered if r["kind"] == kind and r["ranker"].startswith(ranker + ",")]
+        runs = [r for r in ordered if r["kind"] == kind and r["ranker"].startswith(ranker + ",")
+                and r["commit"] == latest]
+        if not runs:
+            continue
         p99s = sorted(r["p99"] for r in runs)
         med = p99s[len(p99s) // 2]
         errs = sum(r["errors"] for r in runs)
