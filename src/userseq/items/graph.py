@@ -68,8 +68,10 @@ class GraphItems(ItemRepr):
 
     def _adjacency(self) -> torch.Tensor:
         n = self.n_items + 1
+        # indices are in range by construction (the training co-occurrence graph)
         return torch.sparse_coo_tensor(self.graph_index, self.graph_value, (n, n),
-                                       device=self.graph_value.device).coalesce()
+                                       device=self.graph_value.device,
+                                       check_invariants=False).coalesce()
 
     def output_matrix(self) -> torch.Tensor:
         e = self.ids.output_matrix()
