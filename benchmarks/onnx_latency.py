@@ -114,7 +114,7 @@ def render(write: bool) -> None:
              "latency of one call after a warm-up, one thread for both engines (the service "
              "default). `max abs diff`: onnxruntime vs PyTorch on the export check.", "",
              "`history width`: free = the graph's history axis is dynamic (a short history is "
-             "not padded to the window; since this was added), window = padded to the window.", "",
+             "not padded to the window), window = padded to the window.", "",
              "| what | engine | ms per call | onnx / torch | max abs diff | history width | "
              "verdict | command |", "|---|---|---|---|---|---|---|---|"]
     by = {(r["what"], r["engine"]): r for r in rows}
@@ -122,8 +122,6 @@ def render(write: bool) -> None:
         base = by.get((r["what"], "torch"))
         ratio = f"{r['ms'] / base['ms']:.2f}" if base and r["engine"] == "onnx" else ""
         width = {True: "free", False: "window"}.get(r.get("dynamic_width"), "—")
-        if r["engine"] == "onnx" and "CTR" in r["what"] and r.get("dynamic_width") is None:
-            width = "window"  # rows from before the dynamic history axis
         lines.append(f"| {r['what']} | {r['engine']} | {r['ms']:.2f} | {ratio} | "
                      f"{r['max_abs_diff']:.1e} | {width} | {r['verdict']} | "
                      f"`{r['command'].strip()}` |")
